@@ -1,0 +1,50 @@
+# Qwen3-VL-Embedding on Triton. `make serve` and `make test` work from a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EMBEDDING_TINY := models/qwen3-vl-embedding-tiny
+
+export TRITON_HTTP_PORT ?= 8000
+export TRITON_GRPC_PORT ?= 8001
+export TRITON_METRICS_PORT ?= 8002
+
+.PHONY: setup venv models serve test unit integration lint format clean
+
+setup: venv models
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m backend.launcher prepare > /dev/null
+	touch $@
+
+models: venv
+	$(PY) -m backend.tiny_model --out $(EMBEDDING_TINY) --kind embedding
+
+# Serves model_repository/ in the foreground; MODEL_PATH=/path/to/Qwen3-VL-Embedding-8B serves real weights.
+serve: setup
+	$(PY) -m backend.launcher serve --model-repository model_repository
+
+test: setup
+	$(PY) -m pytest -q
+
+unit: setup
+	$(PY) -m pytest -q tests/unit
+
+integration: setup
+	$(PY) -m pytest -q tests/integration
+
+lint: venv
+	$(VENV)/bin/ruff check backend client perf tests model_repository
+	$(VENV)/bin/ruff format --check backend client perf tests model_repository
+
+format: venv
+	$(VENV)/bin/ruff format backend client perf tests model_repository
+	$(VENV)/bin/ruff check --fix backend client perf tests model_repository
+
+clean:
+	rm -rf $(VENV) .triton models .pytest_cache

@@ -1,0 +1,176 @@
+"""The torch side of the embedding model step: load Qwen3VLModel, forward micro-batches, pool, normalise.
+
+Embedding = last hidden state at each row's last real token (right padding), L2-normalised; a Matryoshka
+size d keeps the first d values and normalises again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from backend import device as devices
+from backend.batching import BatchLimits, plan_micro_batches
+from backend.errors import ConfigError
+from backend.records import PreparedItem
+from backend.settings import ModelSettings
+from backend.vision import normalize_pixels
+
+logger = logging.getLogger(__name__)
+
+
+def load_backbone(model_path: str, dtype: torch.dtype, attn_implementation: str, device: torch.device):
+    """Qwen3VLModel (vision tower + language model, no LM head) from a Hugging Face checkpoint directory.
+    Released checkpoints keep the backbone under `model.` (Qwen3VLForConditionalGeneration / the official
+    Qwen3VLForEmbedding); 4.57.3's Qwen3VLModel does not strip that prefix by itself and would silently
+    start from random weights, so the mapping is explicit. A bare-model checkpoint loads unchanged."""
+    from transformers import Qwen3VLModel
+
+    try:
+        model = Qwen3VLModel.from_pretrained(
+            model_path, dtype=dtype, attn_implementation=attn_implementation, key_mapping={r"^model\.": ""}
+        )
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot load a Qwen3-VL model from {model_path!r}: {error}") from error
+    return model.to(device).eval()
+
+
+def last_token_pool(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Hidden state at position length-1 of each row: the last position whose attention mask is 1 under
+    right padding (pooling position -1 would pool a pad token)."""
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return hidden[rows, lengths.to(hidden.device) - 1]
+
+
+def matryoshka(normalized: torch.Tensor, dimensions: int) -> torch.Tensor:
+    """First `dimensions` values of an L2-normalised vector, normalised again (0 = keep all)."""
+    if dimensions <= 0 or dimensions >= normalized.shape[-1]:
+        return normalized
+    return torch.nn.functional.normalize(normalized[..., :dimensions], p=2, dim=-1)
+
+
+@dataclass
+class BatchStats:
+    """Counters the metrics exporter reads (monotonic totals)."""
+
+    rows: int = 0
+    micro_batches: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    forward_seconds: float = 0.0
+    last_rows_per_execute: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Collated:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    lengths: torch.Tensor
+    pixel_values: torch.Tensor | None = None
+    image_grid_thw: torch.Tensor | None = None
+    pixel_values_videos: torch.Tensor | None = None
+    video_grid_thw: torch.Tensor | None = None
+
+
+def collate(
+    rows: Sequence[PreparedItem], pad_token_id: int, device: torch.device, dtype: torch.dtype
+) -> Collated:
+    lengths = [row.length for row in rows]
+    input_ids = np.full((len(rows), max(lengths)), pad_token_id, dtype=np.int64)
+    mask = np.zeros_like(input_ids)
+    for index, row in enumerate(rows):
+        input_ids[index, : row.length] = row.input_ids
+        mask[index, : row.length] = 1
+    batch = Collated(
+        input_ids=torch.from_numpy(input_ids).to(device),
+        attention_mask=torch.from_numpy(mask).to(device),
+        lengths=torch.tensor(lengths, dtype=torch.long),
+    )
+    for attribute, values_name, grid_name in (
+        ("images", "pixel_values", "image_grid_thw"),
+        ("videos", "pixel_values_videos", "video_grid_thw"),
+    ):
+        visuals = [visual for row in rows for visual in getattr(row, attribute)]
+        if visuals:
+            patches = torch.from_numpy(np.concatenate([visual.patches for visual in visuals]))
+            setattr(batch, values_name, normalize_pixels(patches.to(device)).to(dtype))
+            setattr(
+                batch,
+                grid_name,
+                torch.tensor([visual.grid_thw for visual in visuals], dtype=torch.long, device=device),
+            )
+    return batch
+
+
+class EmbeddingModel:
+    """One model instance on one device. `embed` takes rows from any number of requests."""
+
+    def __init__(self, settings: ModelSettings, instance_index: int = 0, triton_gpu_id: int | None = None):
+        self.settings = settings
+        self.device = devices.resolve_device(settings.device, instance_index, triton_gpu_id)
+        self.dtype = devices.resolve_dtype(settings.dtype, self.device)
+        devices.set_current(self.device)
+        started = time.perf_counter()
+        self.model = load_backbone(settings.model_path, self.dtype, settings.attn_implementation, self.device)
+        config = self.model.config
+        self.hidden_size = int(config.text_config.hidden_size)
+        self.pad_token_id = int(getattr(config.text_config, "pad_token_id", None) or 151643)
+        self.limits = BatchLimits(
+            settings.token_budget,
+            settings.max_rows_per_batch,
+            settings.vision_patch_budget,
+            settings.batch_overhead_tokens,
+        )
+        self.stats = BatchStats()
+        logger.info(
+            "loaded %s on %s as %s (%s attention, hidden %d) in %.1f s",
+            settings.model_path,
+            self.device,
+            self.dtype,
+            settings.attn_implementation,
+            self.hidden_size,
+            time.perf_counter() - started,
+        )
+
+    @torch.inference_mode()
+    def forward_normalized(self, rows: Sequence[PreparedItem]) -> torch.Tensor:
+        """float32 [len(rows), hidden]: pooled and L2-normalised, in one forward pass."""
+        batch = collate(rows, self.pad_token_id, self.device, self.dtype)
+        output = self.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            pixel_values=batch.pixel_values,
+            image_grid_thw=batch.image_grid_thw,
+            pixel_values_videos=batch.pixel_values_videos,
+            video_grid_thw=batch.video_grid_thw,
+            use_cache=False,
+        )
+        pooled = last_token_pool(output.last_hidden_state, batch.lengths)
+        return torch.nn.functional.normalize(pooled.float(), p=2, dim=-1)
+
+    def embed(self, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
+        """One float32 vector per row (row order kept), each cut to its own Matryoshka size."""
+        lengths = [row.length for row in rows]
+        plan = plan_micro_batches(lengths, [row.vision_patch_count for row in rows], self.limits)
+        results: list[np.ndarray | None] = [None] * len(rows)
+        for indices in plan:
+            started = time.perf_counter()
+            vectors = self.forward_normalized([rows[index] for index in indices])
+            for position, index in enumerate(indices):
+                results[index] = matryoshka(vectors[position], rows[index].dimensions).cpu().numpy()
+            self.stats.micro_batches += 1
+            self.stats.forward_seconds += time.perf_counter() - started
+            self.stats.padded_tokens += len(indices) * max(lengths[index] for index in indices)
+        self.stats.rows += len(rows)
+        self.stats.real_tokens += sum(lengths)
+        return results  # type: ignore[return-value]
+
+    def warmup(self) -> None:
+        """One short forward so the first request does not pay for lazy initialisation."""
+        ids = np.array([151644, 872, 198, 9707, 151645], dtype=np.int64)
+        self.embed([PreparedItem(input_ids=ids)])

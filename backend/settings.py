@@ -1,0 +1,186 @@
+"""Typed settings read once from a model's `config.pbtxt` parameters, with environment overrides.
+
+Every knob a deployment can turn lives here, with its default, so the README table and the code cannot
+drift apart: `python -m backend.settings` prints the table the README carries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+from backend.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_EMBEDDING_MODEL = REPO_ROOT / "models" / "qwen3-vl-embedding-tiny"
+DEFAULT_RERANKER_MODEL = REPO_ROOT / "models" / "qwen3-vl-reranker-tiny"
+
+MIB = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionSettings:
+    """How images and videos are decoded, sized and sampled (defaults = the official embedder)."""
+
+    image_min_pixels: int = 4 * 32 * 32
+    image_max_pixels: int = 1800 * 32 * 32
+    video_fps: float = 1.0
+    video_max_frames: int = 64
+    video_min_pixels: int = 128 * 32 * 32
+    video_max_pixels: int = 768 * 32 * 32
+    # Limits that protect the server; checked before a full decode where the container says enough.
+    max_image_bytes: int = 32 * MIB
+    max_image_pixels: int = 64_000_000
+    max_images_per_item: int = 16
+    max_video_bytes: int = 128 * MIB
+    max_video_seconds: float = 900.0
+    max_video_frame_pixels: int = 3840 * 2160
+    max_video_decoded_frames: int = 30_000
+    max_videos_per_item: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessSettings:
+    model_path: str = str(DEFAULT_EMBEDDING_MODEL)
+    max_length: int = 8192
+    default_instruction: str = "Represent the user's input."
+    vision: VisionSettings = VisionSettings()
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    model_path: str = str(DEFAULT_EMBEDDING_MODEL)
+    device: str = "auto"
+    dtype: str = "auto"
+    attn_implementation: str = "sdpa"
+    # A micro-batch holds at most this many tokens counting padding (rows x longest row) ...
+    token_budget: int = 16384
+    # ... at most this many rows ...
+    max_rows_per_batch: int = 64
+    # ... and at most this many vision patches (before the 2x2 merge) across its images and videos.
+    vision_patch_budget: int = 65536
+    # What one more forward call costs, in padded tokens; the batch planner trades padding against it.
+    batch_overhead_tokens: int = 256
+    warmup: bool = True
+
+
+# Parameter name -> environment variable that overrides it (the documented deployment switches).
+EMBEDDING_ENV = {
+    "model_path": "MODEL_PATH",
+    "device": "DEVICE",
+    "dtype": "DTYPE",
+    "attn_implementation": "ATTN_IMPLEMENTATION",
+}
+RERANKER_ENV = {**EMBEDDING_ENV, "model_path": "RERANKER_MODEL_PATH"}
+
+ZERO_ALLOWED = {"batch_overhead_tokens"}
+
+_T = TypeVar("_T")
+
+
+def read_parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
+    """`parameters { key: ... value { string_value: ... } }` of a Triton model config, as a plain dict."""
+    raw = model_config.get("parameters") or {}
+    return {key: str(value.get("string_value", "")) for key, value in raw.items()}
+
+
+def _convert(name: str, text: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            lowered = text.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        return kind(text.strip()) if kind is not str else text
+    except ValueError:
+        raise ConfigError(f"parameter {name!r}: cannot read {text!r} as {kind.__name__}") from None
+
+
+def _build(cls: type[_T], values: Mapping[str, str], used: set[str]) -> _T:
+    hints = get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        kind = hints[field.name]
+        if dataclasses.is_dataclass(kind):
+            kwargs[field.name] = _build(kind, values, used)
+        elif field.name in values:
+            used.add(field.name)
+            kwargs[field.name] = _convert(field.name, values[field.name], kind)
+    return cls(**kwargs)
+
+
+def load_settings(
+    cls: type[_T],
+    parameters: Mapping[str, str],
+    env_overrides: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> _T:
+    """Typed settings from config parameters; a non-empty environment variable named in
+    `env_overrides` wins over the parameter. Empty parameter values mean "use the default".
+    Unknown lower-case parameters are an error (a typo should not silently do nothing); upper-case ones
+    belong to Triton (EXECUTION_ENV_PATH, ...) and are ignored."""
+    environ = os.environ if environ is None else environ
+    values = {key: value for key, value in parameters.items() if value != ""}
+    for key, variable in (env_overrides or {}).items():
+        if environ.get(variable):
+            values[key] = environ[variable]
+    used: set[str] = set()
+    settings = _build(cls, values, used)
+    unknown = sorted(key for key in values if key not in used and not key.isupper())
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {unknown} for {cls.__name__}")
+    _validate(settings)
+    return settings
+
+
+def _validate(settings: Any) -> None:
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if dataclasses.is_dataclass(value):
+            _validate(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value < 0 or (value == 0 and field.name not in ZERO_ALLOWED):
+                raise ConfigError(f"parameter {field.name!r} must be positive, got {value}")
+    if isinstance(settings, ModelSettings):
+        if settings.device.split(":")[0] not in ("auto", "cpu", "cuda", "npu"):
+            raise ConfigError(f"device must be auto, cpu, cuda[:N] or npu[:N], got {settings.device!r}")
+        if settings.dtype not in ("auto", "bfloat16", "float16", "float32"):
+            raise ConfigError(f"dtype must be auto, bfloat16, float16 or float32, got {settings.dtype!r}")
+        if settings.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
+            raise ConfigError(
+                "attn_implementation must be sdpa, eager or flash_attention_2, "
+                f"got {settings.attn_implementation!r}"
+            )
+    if isinstance(settings, VisionSettings):
+        if settings.image_min_pixels > settings.image_max_pixels:
+            raise ConfigError("image_min_pixels must not exceed image_max_pixels")
+        if settings.video_min_pixels > settings.video_max_pixels:
+            raise ConfigError("video_min_pixels must not exceed video_max_pixels")
+
+
+def parameter_table(cls: type) -> list[tuple[str, str]]:
+    """(name, default) for every parameter of a settings class, nested ones flattened."""
+    rows: list[tuple[str, str]] = []
+    instance = cls()
+    hints = get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[field.name]):
+            rows.extend(parameter_table(hints[field.name]))
+        else:
+            default = getattr(instance, field.name)
+            if field.name == "model_path":
+                default = str(Path(default).relative_to(REPO_ROOT))
+            rows.append((field.name, str(default)))
+    return rows
+
+
+if __name__ == "__main__":
+    for settings_cls in (PreprocessSettings, ModelSettings):
+        print(f"## {settings_cls.__name__}")
+        for name, default in parameter_table(settings_cls):
+            print(f"| `{name}` | `{default}` |")

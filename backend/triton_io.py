@@ -1,0 +1,74 @@
+"""The only place that touches `triton_python_backend_utils`: tensors in, responses out, errors mapped.
+
+The module exists only inside Triton's Python stub, so it is imported lazily and never by unit tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from backend.errors import InputError
+
+
+def _pb():
+    import triton_python_backend_utils as pb_utils
+
+    return pb_utils
+
+
+def configure_logging(model_name: str) -> None:
+    """Backend log lines go to the server's stderr with the model name, once per stub process."""
+    root = logging.getLogger()
+    if not any(getattr(handler, "_qwen3vl", False) for handler in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s [{model_name}] %(name)s: %(message)s")
+        )
+        handler._qwen3vl = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+
+
+def read_inputs(request, names: Iterable[str]) -> dict[str, np.ndarray | None]:
+    pb_utils = _pb()
+    inputs = {}
+    for name in names:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        inputs[name] = None if tensor is None else tensor.as_numpy()
+    return inputs
+
+
+def to_response(result: Mapping[str, np.ndarray] | Exception):
+    pb_utils = _pb()
+    if isinstance(result, InputError):
+        return pb_utils.InferenceResponse(
+            error=pb_utils.TritonError(str(result), pb_utils.TritonError.INVALID_ARG)
+        )
+    if isinstance(result, Exception):
+        message = f"internal error: {type(result).__name__}: {result}"
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL))
+    return pb_utils.InferenceResponse(
+        output_tensors=[pb_utils.Tensor(name, array) for name, array in result.items()]
+    )
+
+
+def model_parameters(args: Mapping[str, str]) -> dict[str, str]:
+    import json
+
+    from backend.settings import read_parameters
+
+    return read_parameters(json.loads(args["model_config"]))
+
+
+def instance_placement(args: Mapping[str, str]) -> tuple[int, int | None]:
+    """(instance index within the model, Triton's GPU id for KIND_GPU instances else None).
+    Instance names look like `<model>_<group>_<index>`."""
+    name = args.get("model_instance_name", "")
+    tail = name.rsplit("_", 1)[-1]
+    index = int(tail) if tail.isdigit() else 0
+    gpu = int(args["model_instance_device_id"]) if args.get("model_instance_kind") == "GPU" else None
+    return index, gpu

@@ -1,0 +1,19 @@
+"""Triton adapter for the embedding preprocess step; all logic lives in backend.preprocess."""
+
+from backend import triton_io
+from backend.preprocess import EmbeddingPreprocessor
+from backend.service import PREPROCESS_INPUTS, preprocess_requests
+from backend.settings import EMBEDDING_ENV, PreprocessSettings, load_settings
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        triton_io.configure_logging(args["model_name"])
+        settings = load_settings(
+            PreprocessSettings, triton_io.model_parameters(args), {"model_path": EMBEDDING_ENV["model_path"]}
+        )
+        self.preprocessor = EmbeddingPreprocessor(settings)
+
+    def execute(self, requests):
+        inputs = [triton_io.read_inputs(request, PREPROCESS_INPUTS) for request in requests]
+        return [triton_io.to_response(result) for result in preprocess_requests(self.preprocessor, inputs)]

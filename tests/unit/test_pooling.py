@@ -1,0 +1,24 @@
+import torch
+
+from backend.modeling import last_token_pool, matryoshka
+
+
+def test_last_token_pool_uses_each_rows_last_real_token_under_right_padding():
+    hidden = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(2, 5, 3)
+    pooled = last_token_pool(hidden, torch.tensor([3, 5]))
+    assert torch.equal(pooled[0], hidden[0, 2])
+    assert torch.equal(pooled[1], hidden[1, 4])
+    # Pooling position -1 would have taken a pad token for row 0.
+    assert not torch.equal(pooled[0], hidden[0, -1])
+
+
+def test_matryoshka_keeps_the_prefix_and_renormalises():
+    vector = torch.nn.functional.normalize(
+        torch.randn(256, generator=torch.Generator().manual_seed(0)), dim=-1
+    )
+    cut = matryoshka(vector, 64)
+    assert cut.shape == (64,)
+    assert torch.allclose(cut.norm(), torch.tensor(1.0))
+    assert torch.allclose(cut, torch.nn.functional.normalize(vector[:64], dim=-1))
+    assert matryoshka(vector, 0) is vector
+    assert matryoshka(vector, 256) is vector
