@@ -107,6 +107,12 @@ class EmbeddingPreprocessor:
             max_frame_pixels=vision.max_video_frame_pixels,
             max_decoded_frames=vision.max_video_decoded_frames,
         )
+        logger.info(
+            "preprocessing for %s (hidden %d, max_length %d)",
+            settings.model_path,
+            self.hidden_size,
+            settings.max_length,
+        )
         # Seconds spent per modality, read by the metrics exporter.
         self.timings: dict[str, float] = {"text": 0.0, "image": 0.0, "video": 0.0}
 

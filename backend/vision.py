@@ -85,6 +85,8 @@ def open_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise InputError(f"image rejected as a decompression bomb: {error}") from None
+    except Image.UnidentifiedImageError:
+        raise InputError("bytes are not a decodable image (unknown or unsupported format)") from None
     except Exception as error:  # PIL raises many types for corrupt data; all mean the same to a caller
         raise InputError(f"bytes are not a decodable image ({type(error).__name__}: {error})") from None
     return image

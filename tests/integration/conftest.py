@@ -1,0 +1,98 @@
+"""A real tritonserver on free ports, serving the project's model_repository/ with the tiny checkpoint."""
+
+from __future__ import annotations
+
+import os
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+MODEL_OVERRIDES = ("MODEL_PATH", "RERANKER_MODEL_PATH", "DEVICE", "DTYPE", "ATTN_IMPLEMENTATION")
+
+
+@pytest.fixture(scope="session")
+def server(tiny_model_path, tmp_path_factory):
+    from backend.launcher import TritonServer
+
+    saved = {name: os.environ.pop(name) for name in MODEL_OVERRIDES if name in os.environ}
+    log = tmp_path_factory.mktemp("triton") / "server.log"
+    try:
+        with TritonServer(REPO / "model_repository", log_path=log) as running:
+            yield running
+    finally:
+        os.environ.update(saved)
+        print(f"server log: {log}")
+
+
+@pytest.fixture(scope="session")
+def official(tiny_model_path):
+    from tests.reference import OfficialEmbedder
+
+    return OfficialEmbedder(tiny_model_path)
+
+
+@pytest.fixture
+def http_client(server):
+    import tritonclient.http as http
+
+    client = http.InferenceServerClient(server.http_url, concurrency=16, network_timeout=120)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def grpc_client(server):
+    import tritonclient.grpc as grpc
+
+    client = grpc.InferenceServerClient(server.grpc_url)
+    yield client
+    client.close()
+
+
+def embedding_inputs(module, rows: list[dict]):
+    """Public-contract tensors for rows of {text, images, videos, instruction, dimensions}."""
+    inputs = []
+
+    def add(name, array, datatype):
+        tensor = module.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+
+    if any("text" in row for row in rows):
+        texts = [row.get("text", "") for row in rows]
+        add(
+            "TEXT",
+            np.array([[t.encode() if isinstance(t, str) else t] for t in texts], dtype=object),
+            "BYTES",
+        )
+    for key, name in (("images", "IMAGE"), ("videos", "VIDEO")):
+        if any(row.get(key) for row in rows):
+            width = max(len(row.get(key, ())) for row in rows)
+            blobs = np.full((len(rows), width), b"", dtype=object)
+            for index, row in enumerate(rows):
+                for slot, blob in enumerate(row.get(key, ())):
+                    blobs[index, slot] = blob
+            add(name, blobs, "BYTES")
+    if any("instruction" in row for row in rows):
+        add(
+            "INSTRUCTION",
+            np.array([[row.get("instruction", "").encode()] for row in rows], dtype=object),
+            "BYTES",
+        )
+    if any("dimensions" in row for row in rows):
+        add("DIMENSIONS", np.array([[row.get("dimensions", 0)] for row in rows], dtype=np.int32), "INT32")
+    return inputs
+
+
+def embed_async(client, rows: list[dict]):
+    """Start a request on an HTTP client (its pool sends up to `concurrency` at once); `.get_result()`
+    waits. tritonclient's HTTP client is gevent-based and must not be shared between threads."""
+    import tritonclient.http as http
+
+    return client.async_infer("qwen3_vl_embedding", embedding_inputs(http, rows))
+
+
+def embed(client, module, rows: list[dict]) -> np.ndarray:
+    result = client.infer("qwen3_vl_embedding", embedding_inputs(module, rows))
+    return result.as_numpy("EMBEDDING")
