@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 EMBEDDING_TINY := models/qwen3-vl-embedding-tiny
+RERANKER_TINY := models/qwen3-vl-reranker-tiny
 
 export TRITON_HTTP_PORT ?= 8000
 export TRITON_GRPC_PORT ?= 8001
@@ -24,8 +25,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 models: venv
 	$(PY) -m backend.tiny_model --out $(EMBEDDING_TINY) --kind embedding
+	$(PY) -m backend.tiny_model --out $(RERANKER_TINY) --kind reranker
 
-# Serves model_repository/ in the foreground; MODEL_PATH=/path/to/Qwen3-VL-Embedding-8B serves real weights.
+# Serves model_repository/ in the foreground; MODEL_PATH=/path/to/Qwen3-VL-Embedding-8B and
+# RERANKER_MODEL_PATH=/path/to/Qwen3-VL-Reranker-8B serve real weights.
 serve: setup
 	$(PY) -m backend.launcher serve --model-repository model_repository
 

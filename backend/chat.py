@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -59,5 +60,34 @@ def embedding_prompt(
     return (
         f"{IM_START}system\n{instruction}{IM_END}\n"
         f"{IM_START}user\n{user_content(text, image_count, video_timestamps)}{IM_END}\n"
+        f"{IM_START}assistant\n"
+    )
+
+
+RERANK_SYSTEM_PROMPT = (
+    "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
+    'Note that the answer can only be "yes" or "no".'
+)
+DEFAULT_RERANK_INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
+
+
+@dataclass(frozen=True)
+class PromptSide:
+    """One side of a rerank pair as the prompt needs it: text plus how many images / which video groups."""
+
+    text: str | None = None
+    image_count: int = 0
+    video_timestamps: Sequence[Sequence[float]] = ()
+
+
+def rerank_prompt(instruction: str, query: PromptSide, document: PromptSide) -> str:
+    """The official reranker's conversation: fixed system prompt, then
+    `<Instruct>: {instruction}<Query>:{query}\\n<Document>:{document}` (the instruction is used as given,
+    not punctuated), then the assistant generation prompt."""
+    query_body = user_content(query.text, query.image_count, query.video_timestamps)
+    document_body = user_content(document.text, document.image_count, document.video_timestamps)
+    return (
+        f"{IM_START}system\n{RERANK_SYSTEM_PROMPT}{IM_END}\n"
+        f"{IM_START}user\n<Instruct>: {instruction}<Query>:{query_body}\n<Document>:{document_body}{IM_END}\n"
         f"{IM_START}assistant\n"
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,8 +107,9 @@ def collate(
     return batch
 
 
-class EmbeddingModel:
-    """One model instance on one device. `embed` takes rows from any number of requests."""
+class BackboneRunner:
+    """One Qwen3-VL backbone on one device, run over rows from any number of requests in token-budget
+    micro-batches. Subclasses turn each row's last-token hidden state into their output."""
 
     def __init__(self, settings: ModelSettings, instance_index: int = 0, triton_gpu_id: int | None = None):
         self.settings = settings
@@ -138,8 +139,8 @@ class EmbeddingModel:
         )
 
     @torch.inference_mode()
-    def forward_normalized(self, rows: Sequence[PreparedItem]) -> torch.Tensor:
-        """float32 [len(rows), hidden]: pooled and L2-normalised, in one forward pass."""
+    def last_hidden(self, rows: Sequence[PreparedItem]) -> torch.Tensor:
+        """float32 [len(rows), hidden]: each row's hidden state at its last real token, one forward pass."""
         batch = collate(rows, self.pad_token_id, self.device, self.dtype)
         output = self.model(
             input_ids=batch.input_ids,
@@ -150,19 +151,24 @@ class EmbeddingModel:
             video_grid_thw=batch.video_grid_thw,
             use_cache=False,
         )
-        pooled = last_token_pool(output.last_hidden_state, batch.lengths)
-        return torch.nn.functional.normalize(pooled.float(), p=2, dim=-1)
+        return last_token_pool(output.last_hidden_state, batch.lengths).float()
 
-    def embed(self, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
-        """One float32 vector per row (row order kept), each cut to its own Matryoshka size."""
+    def run(
+        self,
+        rows: Sequence[PreparedItem],
+        head: Callable[[torch.Tensor, Sequence[PreparedItem]], list[np.ndarray]],
+    ) -> list[np.ndarray]:
+        """`head(hidden, rows)` of every row, in row order, computed micro-batch by micro-batch."""
         lengths = [row.length for row in rows]
         plan = plan_micro_batches(lengths, [row.vision_patch_count for row in rows], self.limits)
         results: list[np.ndarray | None] = [None] * len(rows)
         for indices in plan:
             started = time.perf_counter()
-            vectors = self.forward_normalized([rows[index] for index in indices])
-            for position, index in enumerate(indices):
-                results[index] = matryoshka(vectors[position], rows[index].dimensions).cpu().numpy()
+            batch_rows = [rows[index] for index in indices]
+            with torch.inference_mode():
+                outputs = head(self.last_hidden(batch_rows), batch_rows)
+            for index, output in zip(indices, outputs):
+                results[index] = output
             self.stats.micro_batches += 1
             self.stats.forward_seconds += time.perf_counter() - started
             self.stats.padded_tokens += len(indices) * max(lengths[index] for index in indices)
@@ -173,4 +179,17 @@ class EmbeddingModel:
     def warmup(self) -> None:
         """One short forward so the first request does not pay for lazy initialisation."""
         ids = np.array([151644, 872, 198, 9707, 151645], dtype=np.int64)
-        self.embed([PreparedItem(input_ids=ids)])
+        self.run([PreparedItem(input_ids=ids)], lambda hidden, rows: [hidden.cpu().numpy()])
+
+
+class EmbeddingModel(BackboneRunner):
+    """Qwen3-VL-Embedding: normalised last-token states, cut per row to its Matryoshka size."""
+
+    @staticmethod
+    def _vectors(hidden: torch.Tensor, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
+        normalized = torch.nn.functional.normalize(hidden, p=2, dim=-1)
+        return [matryoshka(vector, row.dimensions).cpu().numpy() for vector, row in zip(normalized, rows)]
+
+    def embed(self, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
+        """One float32 vector per row (row order kept), each cut to its own Matryoshka size."""
+        return self.run(rows, self._vectors)

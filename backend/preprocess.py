@@ -12,18 +12,18 @@ import numpy as np
 
 from backend import chat
 from backend.errors import ConfigError, InputError
+from backend.media import MediaPreparer
 from backend.records import EmbeddingItem, PreparedItem
 from backend.settings import PreprocessSettings
 from backend.tokenization import PromptTokenizer
-from backend.video import VideoLimits, video_patches
-from backend.vision import image_patches
+from backend.wire import pack_rows
 
 logger = logging.getLogger(__name__)
 
 MIN_DIMENSIONS = 64
 
 
-def _text(value: object, name: str) -> str:
+def decode_text(value: object, name: str) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, (bytes, bytearray, np.bytes_)):
@@ -34,7 +34,7 @@ def _text(value: object, name: str) -> str:
     raise InputError(f"{name} must be BYTES, got {type(value).__name__}")
 
 
-def _blobs(values: np.ndarray | None, row: int) -> tuple[bytes, ...]:
+def row_blobs(values: np.ndarray | None, row: int) -> tuple[bytes, ...]:
     """Non-empty encoded files of one row; empty elements pad ragged rows and are ignored."""
     if values is None:
         return ()
@@ -43,7 +43,7 @@ def _blobs(values: np.ndarray | None, row: int) -> tuple[bytes, ...]:
     )
 
 
-def _scalar(values: np.ndarray | None, row: int):
+def row_scalar(values: np.ndarray | None, row: int):
     if values is None:
         return None
     flat = np.asarray(values[row]).reshape(-1)
@@ -66,15 +66,15 @@ def parse_items(inputs: Mapping[str, np.ndarray | None]) -> list[EmbeddingItem]:
     items = []
     for row in range(batch_size_of(inputs)):
         try:
-            text = _scalar(inputs.get("TEXT"), row)
-            instruction = _scalar(inputs.get("INSTRUCTION"), row)
-            dimensions = _scalar(inputs.get("DIMENSIONS"), row)
+            text = row_scalar(inputs.get("TEXT"), row)
+            instruction = row_scalar(inputs.get("INSTRUCTION"), row)
+            dimensions = row_scalar(inputs.get("DIMENSIONS"), row)
             items.append(
                 EmbeddingItem(
-                    text=None if text is None else (_text(text, "TEXT") or None),
-                    images=_blobs(inputs.get("IMAGE"), row),
-                    videos=_blobs(inputs.get("VIDEO"), row),
-                    instruction=None if instruction is None else _text(instruction, "INSTRUCTION"),
+                    text=None if text is None else (decode_text(text, "TEXT") or None),
+                    images=row_blobs(inputs.get("IMAGE"), row),
+                    videos=row_blobs(inputs.get("VIDEO"), row),
+                    instruction=None if instruction is None else decode_text(instruction, "INSTRUCTION"),
                     dimensions=0 if dimensions is None else int(dimensions),
                 )
             )
@@ -100,13 +100,6 @@ class EmbeddingPreprocessor:
         self.settings = settings
         self.tokenizer = PromptTokenizer(settings.model_path)
         self.hidden_size = read_hidden_size(settings.model_path)
-        vision = settings.vision
-        self.video_limits = VideoLimits(
-            max_bytes=vision.max_video_bytes,
-            max_seconds=vision.max_video_seconds,
-            max_frame_pixels=vision.max_video_frame_pixels,
-            max_decoded_frames=vision.max_video_decoded_frames,
-        )
         logger.info(
             "preprocessing for %s (hidden %d, max_length %d)",
             settings.model_path,
@@ -115,6 +108,7 @@ class EmbeddingPreprocessor:
         )
         # Seconds spent per modality, read by the metrics exporter.
         self.timings: dict[str, float] = {"text": 0.0, "image": 0.0, "video": 0.0}
+        self.media = MediaPreparer(settings.vision, self.timings)
 
     def check_dimensions(self, dimensions: int) -> int:
         if dimensions == 0:
@@ -126,78 +120,30 @@ class EmbeddingPreprocessor:
         return dimensions
 
     def prepare(self, item: EmbeddingItem) -> PreparedItem:
-        vision = self.settings.vision
         if not item.has_content:
             raise InputError("row has no content: send TEXT, IMAGE or VIDEO")
-        if len(item.images) > vision.max_images_per_item:
-            raise InputError(
-                f"row has {len(item.images)} images, over the limit of {vision.max_images_per_item}"
-            )
-        if len(item.videos) > vision.max_videos_per_item:
-            raise InputError(
-                f"row has {len(item.videos)} videos, over the limit of {vision.max_videos_per_item}"
-            )
         dimensions = self.check_dimensions(item.dimensions)
-
+        media = self.media.prepare(item.images, item.videos)
         started = time.perf_counter()
-        videos = []
-        for number, data in enumerate(item.videos):
-            try:
-                videos.append(
-                    video_patches(
-                        data,
-                        vision.video_fps,
-                        vision.video_max_frames,
-                        vision.video_min_pixels,
-                        vision.video_max_pixels,
-                        self.video_limits,
-                    )
-                )
-            except InputError as error:
-                raise InputError(f"VIDEO[{number}]: {error}") from None
-        after_video = time.perf_counter()
-        images = []
-        for number, data in enumerate(item.images):
-            try:
-                images.append(
-                    image_patches(
-                        data,
-                        vision.image_min_pixels,
-                        vision.image_max_pixels,
-                        vision.max_image_bytes,
-                        vision.max_image_pixels,
-                    )
-                )
-            except InputError as error:
-                raise InputError(f"IMAGE[{number}]: {error}") from None
-        after_image = time.perf_counter()
-
         prompt = chat.embedding_prompt(
             chat.normalize_instruction(item.instruction, self.settings.default_instruction),
             item.text,
-            image_count=len(images),
-            video_timestamps=[video.timestamps for video in videos],
+            image_count=len(media.images),
+            video_timestamps=media.video_timestamps,
         )
-        group_counts = []
-        for video in videos:
-            t, h, w = video.patches.grid_thw
-            group_counts.extend([h * w // 4] * t)
         input_ids = self.tokenizer.encode(
             prompt,
-            image_token_counts=[image.token_count for image in images],
-            video_group_token_counts=group_counts,
+            image_token_counts=media.image_token_counts,
+            video_group_token_counts=media.video_group_token_counts,
             max_length=self.settings.max_length,
         )
-        finished = time.perf_counter()
-        self.timings["video"] += after_video - started
-        self.timings["image"] += after_image - after_video
-        self.timings["text"] += finished - after_image
+        self.timings["text"] += time.perf_counter() - started
         return PreparedItem(
-            input_ids=input_ids,
-            images=tuple(images),
-            videos=tuple(video.patches for video in videos),
-            dimensions=dimensions,
+            input_ids=input_ids, images=media.images, videos=media.video_patches, dimensions=dimensions
         )
+
+    def pack(self, rows: list[PreparedItem]) -> dict[str, np.ndarray]:
+        return pack_rows(rows, self.tokenizer.pad_token_id)
 
     def prepare_request(self, inputs: Mapping[str, np.ndarray | None]) -> list[PreparedItem]:
         """Every row of one request; the first bad row fails the request with an error naming it."""

@@ -7,7 +7,7 @@ request, either its output tensors or the exception that fails that request alon
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -15,7 +15,9 @@ from backend.errors import InputError
 from backend.modeling import EmbeddingModel
 from backend.preprocess import EmbeddingPreprocessor
 from backend.records import PreparedItem
-from backend.wire import pack_rows, unpack_rows
+from backend.reranker import RerankPreprocessor
+from backend.scoring import RerankModel
+from backend.wire import unpack_rows
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +25,15 @@ Tensors = Mapping[str, np.ndarray | None]
 Result = dict[str, np.ndarray] | Exception
 
 PREPROCESS_INPUTS = ("TEXT", "IMAGE", "VIDEO", "INSTRUCTION", "DIMENSIONS")
+RERANK_PREPROCESS_INPUTS = (
+    "QUERY_TEXT",
+    "QUERY_IMAGE",
+    "QUERY_VIDEO",
+    "DOCUMENT_TEXT",
+    "DOCUMENT_IMAGE",
+    "DOCUMENT_VIDEO",
+    "INSTRUCTION",
+)
 MODEL_INPUTS = (
     "INPUT_IDS",
     "SEQ_LEN",
@@ -40,12 +51,14 @@ def _failure(error: Exception, what: str) -> Exception:
     return error
 
 
-def preprocess_requests(preprocessor: EmbeddingPreprocessor, requests: Sequence[Tensors]) -> list[Result]:
+def preprocess_requests(
+    preprocessor: EmbeddingPreprocessor | RerankPreprocessor, requests: Sequence[Tensors]
+) -> list[Result]:
     results: list[Result] = []
     for inputs in requests:
         try:
             rows = preprocessor.prepare_request(inputs)
-            results.append(pack_rows(rows, preprocessor.tokenizer.pad_token_id))
+            results.append(preprocessor.pack(rows))
         except Exception as error:
             results.append(_failure(error, "preprocess"))
     return results
@@ -69,35 +82,54 @@ def _checked_rows(model: EmbeddingModel, inputs: Tensors) -> list[PreparedItem]:
     return rows
 
 
-def embed_requests(model: EmbeddingModel, requests: Sequence[Tensors]) -> list[Result]:
-    """All rows of all requests go through the model together (the model packs them into micro-batches);
-    if that fails, each request is retried alone so that one poisonous request fails only itself."""
+def run_model_requests(
+    requests: Sequence[Tensors],
+    unpack: Callable[[Tensors], list[PreparedItem]],
+    compute: Callable[[list[PreparedItem]], list[np.ndarray]],
+    respond: Callable[[Sequence[np.ndarray]], dict[str, np.ndarray]],
+) -> list[Result]:
+    """All rows of all requests go through `compute` together (it packs them into micro-batches); if that
+    fails, each request is retried alone so that one poisonous request fails only itself."""
     results: list[Result | None] = [None] * len(requests)
     accepted: list[tuple[int, list[PreparedItem]]] = []
     for position, inputs in enumerate(requests):
         try:
-            accepted.append((position, _checked_rows(model, inputs)))
+            accepted.append((position, unpack(inputs)))
         except Exception as error:
             results[position] = _failure(error, "model input")
-    if accepted:
-        all_rows = [row for _, rows in accepted for row in rows]
-        try:
-            vectors = model.embed(all_rows)
-        except Exception as error:
-            if len(accepted) == 1:
-                results[accepted[0][0]] = _failure(error, "embedding forward")
-            else:
-                logger.warning(
-                    "batched forward failed (%s); retrying %d requests one by one", error, len(accepted)
-                )
-                for position, rows in accepted:
-                    try:
-                        results[position] = embedding_output(model.embed(rows))
-                    except Exception as single_error:
-                        results[position] = _failure(single_error, "embedding forward")
+    if not accepted:
+        return results  # type: ignore[return-value]
+    try:
+        outputs = compute([row for _, rows in accepted for row in rows])
+    except Exception as error:
+        if len(accepted) == 1:
+            results[accepted[0][0]] = _failure(error, "forward")
         else:
-            offset = 0
+            logger.warning(
+                "batched forward failed (%s); retrying %d requests one by one", error, len(accepted)
+            )
             for position, rows in accepted:
-                results[position] = embedding_output(vectors[offset : offset + len(rows)])
-                offset += len(rows)
+                try:
+                    results[position] = respond(compute(rows))
+                except Exception as single_error:
+                    results[position] = _failure(single_error, "forward")
+    else:
+        offset = 0
+        for position, rows in accepted:
+            results[position] = respond(outputs[offset : offset + len(rows)])
+            offset += len(rows)
     return results  # type: ignore[return-value]
+
+
+def embed_requests(model: EmbeddingModel, requests: Sequence[Tensors]) -> list[Result]:
+    return run_model_requests(
+        requests, lambda inputs: _checked_rows(model, inputs), model.embed, embedding_output
+    )
+
+
+def score_output(scores: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    return {"SCORE": np.stack(scores).astype(np.float32).reshape(-1, 1)}
+
+
+def rerank_requests(model: RerankModel, requests: Sequence[Tensors]) -> list[Result]:
+    return run_model_requests(requests, unpack_rows, model.score, score_output)

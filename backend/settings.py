@@ -51,6 +51,14 @@ class PreprocessSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class RerankPreprocessSettings:
+    model_path: str = str(DEFAULT_RERANKER_MODEL)
+    max_length: int = 10240
+    default_instruction: str = "Given a search query, retrieve relevant candidates that answer the query."
+    vision: VisionSettings = VisionSettings()
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSettings:
     model_path: str = str(DEFAULT_EMBEDDING_MODEL)
     device: str = "auto"
@@ -65,6 +73,11 @@ class ModelSettings:
     # What one more forward call costs, in padded tokens; the batch planner trades padding against it.
     batch_overhead_tokens: int = 256
     warmup: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class RerankModelSettings(ModelSettings):
+    model_path: str = str(DEFAULT_RERANKER_MODEL)
 
 
 # Parameter name -> environment variable that overrides it (the documented deployment switches).
@@ -180,7 +193,7 @@ def parameter_table(cls: type) -> list[tuple[str, str]]:
 
 
 if __name__ == "__main__":
-    for settings_cls in (PreprocessSettings, ModelSettings):
+    for settings_cls in (PreprocessSettings, ModelSettings, RerankPreprocessSettings, RerankModelSettings):
         print(f"## {settings_cls.__name__}")
         for name, default in parameter_table(settings_cls):
             print(f"| `{name}` | `{default}` |")

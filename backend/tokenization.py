@@ -10,6 +10,21 @@ from backend.chat import IMAGE_PAD, VIDEO_PAD
 from backend.errors import ConfigError, InputError
 
 
+def truncate_keeping_special(
+    ids: np.ndarray, max_length: int, special_ids: set[int], tail: int = 5
+) -> np.ndarray:
+    """The official reranker's truncation: the last `tail` tokens (the end of the user turn and the
+    assistant prompt) always stay; of the rest, every special token (vision pads included) stays and
+    ordinary tokens are kept from the start until `max_length` tokens are reached."""
+    head, end = ids[:-tail], ids[-tail:]
+    if len(head) <= max_length:
+        return ids
+    special = np.isin(head, list(special_ids))
+    ordinary_budget = max_length - int(special.sum())
+    keep = special | (np.cumsum(~special) <= ordinary_budget)
+    return np.concatenate([head[keep], end])
+
+
 class PromptTokenizer:
     """The checkpoint's tokenizer plus the ids the vision placeholders need."""
 
@@ -26,6 +41,7 @@ class PromptTokenizer:
         missing = [token for token in (IMAGE_PAD, VIDEO_PAD, "<|endoftext|>") if token not in vocab]
         if missing:
             raise ConfigError(f"tokenizer at {model_path!r} lacks the Qwen3-VL tokens {missing}")
+        self.special_ids = set(self.tokenizer.all_special_ids)
         self.image_pad_id = vocab[IMAGE_PAD]
         self.video_pad_id = vocab[VIDEO_PAD]
         # Qwen3-VL pads with <|endoftext|>; the value is irrelevant to the result (masked out), not to speed.

@@ -46,16 +46,17 @@ def _pack_vision(rows: Sequence[PreparedItem], attribute: str) -> tuple[np.ndarr
     return patches, grids
 
 
-def pack_rows(rows: Sequence[PreparedItem], pad_token_id: int) -> dict[str, np.ndarray]:
+def pack_rows(
+    rows: Sequence[PreparedItem], pad_token_id: int, with_dimensions: bool = True
+) -> dict[str, np.ndarray]:
+    """`with_dimensions=False` leaves EMBED_DIM out (the reranker has no Matryoshka size)."""
     lengths = np.array([[row.length] for row in rows], dtype=np.int64)
     input_ids = np.full((len(rows), int(lengths.max())), pad_token_id, dtype=np.int64)
     for index, row in enumerate(rows):
         input_ids[index, : row.length] = row.input_ids
-    tensors = {
-        "INPUT_IDS": input_ids,
-        "SEQ_LEN": lengths,
-        "EMBED_DIM": np.array([[row.dimensions] for row in rows], dtype=np.int32),
-    }
+    tensors = {"INPUT_IDS": input_ids, "SEQ_LEN": lengths}
+    if with_dimensions:
+        tensors["EMBED_DIM"] = np.array([[row.dimensions] for row in rows], dtype=np.int32)
     for prefix, attribute in MODALITIES:
         packed = _pack_vision(rows, attribute)
         if packed is not None:

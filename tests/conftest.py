@@ -9,6 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_EMBEDDING = REPO / "models" / "qwen3-vl-embedding-tiny"
+TINY_RERANKER = REPO / "models" / "qwen3-vl-reranker-tiny"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -19,6 +20,13 @@ def tiny_model_path() -> Path:
     from backend.tiny_model import build_tiny_checkpoint
 
     return build_tiny_checkpoint(TINY_EMBEDDING, kind="embedding")
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker_path() -> Path:
+    from backend.tiny_model import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(TINY_RERANKER, kind="reranker")
 
 
 @pytest.fixture(scope="session")

@@ -113,33 +113,53 @@ class _VideoProcessorShim:
         return out
 
 
+def official_processor(model_path, padding_side: str):
+    from transformers import AutoTokenizer, Qwen2VLImageProcessor, Qwen3VLProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side=padding_side, fix_mistral_regex=False)
+    # Without torchvision, transformers' BaseVideoProcessor is a placeholder and the processor's class
+    # check rejects the (working) Qwen3-VL video processor; skip that check while constructing.
+    check = ProcessorMixin.check_argument_for_proper_class
+    ProcessorMixin.check_argument_for_proper_class = lambda self, name, argument: type(argument)
+    try:
+        processor = Qwen3VLProcessor(
+            image_processor=Qwen2VLImageProcessor(
+                patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3
+            ),
+            tokenizer=tokenizer,
+            video_processor=Qwen3VLVideoProcessor(),
+            chat_template=tokenizer.chat_template,
+        )
+    finally:
+        ProcessorMixin.check_argument_for_proper_class = check
+    processor.video_processor = _VideoProcessorShim(processor.video_processor)
+    return processor
+
+
+def fetch_media(conversations):
+    """qwen-vl-utils' process_vision_info over our byte blobs: images and (video, metadata) in order."""
+    from transformers.video_utils import VideoMetadata
+
+    images, videos, metadata = [], [], []
+    for conversation_ in conversations:
+        for message in conversation_:
+            for element in message["content"]:
+                if element["type"] == "image":
+                    images.append(fetch_image(element["image"]))
+                elif element["type"] == "video":
+                    video, meta = fetch_video(element["video"])
+                    videos.append(video)
+                    metadata.append(VideoMetadata(**meta))
+    return images or None, videos or None, metadata or None
+
+
 class OfficialEmbedder:
     def __init__(self, model_path, dtype=torch.float32):
-        from transformers import AutoTokenizer, Qwen2VLImageProcessor, Qwen3VLModel, Qwen3VLProcessor
-        from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
-        from transformers.processing_utils import ProcessorMixin
+        from transformers import Qwen3VLModel
 
-        tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="right", fix_mistral_regex=False)
-        # Without torchvision, transformers' BaseVideoProcessor is a placeholder and the processor's class
-        # check rejects the (working) Qwen3-VL video processor; skip that check while constructing.
-        check = ProcessorMixin.check_argument_for_proper_class
-        ProcessorMixin.check_argument_for_proper_class = lambda self, name, argument: type(argument)
-        try:
-            self.processor = Qwen3VLProcessor(
-                image_processor=Qwen2VLImageProcessor(
-                    patch_size=16,
-                    temporal_patch_size=2,
-                    merge_size=2,
-                    image_mean=[0.5] * 3,
-                    image_std=[0.5] * 3,
-                ),
-                tokenizer=tokenizer,
-                video_processor=Qwen3VLVideoProcessor(),
-                chat_template=tokenizer.chat_template,
-            )
-        finally:
-            ProcessorMixin.check_argument_for_proper_class = check
-        self.processor.video_processor = _VideoProcessorShim(self.processor.video_processor)
+        self.processor = official_processor(model_path, "right")
         self.model = Qwen3VLModel.from_pretrained(
             model_path, dtype=dtype, key_mapping={r"^model\.": ""}
         ).eval()
@@ -147,8 +167,6 @@ class OfficialEmbedder:
     @torch.no_grad()
     def embed(self, items: list[dict], max_length: int = 8192) -> np.ndarray:
         """items: dicts with optional text, images (bytes), videos (bytes), instruction, dimensions."""
-        from transformers.video_utils import VideoMetadata
-
         conversations = [
             conversation(
                 item.get("text"), item.get("images", ()), item.get("videos", ()), item.get("instruction")
@@ -156,15 +174,12 @@ class OfficialEmbedder:
             for item in items
         ]
         text = self.processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
-        images = [fetch_image(i) for item in items for i in item.get("images", ())]
-        fetched = [fetch_video(v) for item in items for v in item.get("videos", ())]
-        videos = [video for video, _ in fetched]
-        metadata = [VideoMetadata(**meta) for _, meta in fetched]
+        images, videos, metadata = fetch_media(conversations)
         inputs = self.processor(
             text=text,
-            images=images or None,
-            videos=videos or None,
-            video_metadata=metadata or None,
+            images=images,
+            videos=videos,
+            video_metadata=metadata,
             truncation=True,
             max_length=max_length,
             padding=True,
@@ -181,3 +196,90 @@ class OfficialEmbedder:
             dims = item.get("dimensions") or vector.shape[0]
             vectors.append(torch.nn.functional.normalize(vector[:dims], p=2, dim=-1).numpy())
         return vectors
+
+
+RERANK_SYSTEM = (
+    "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
+    'Note that the answer can only be "yes" or "no".'
+)
+DEFAULT_RERANK_INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
+
+
+def _side_content(side: dict, prefix: str) -> list[dict]:
+    content = [{"type": "text", "text": prefix}]
+    content += [{"type": "video", "video": v} for v in side.get("videos", ())]
+    content += [{"type": "image", "image": i} for i in side.get("images", ())]
+    if side.get("text") is not None:
+        content.append({"type": "text", "text": side["text"]})
+    if len(content) == 1:
+        content.append({"type": "text", "text": "NULL"})
+    return content
+
+
+def rerank_conversation(query: dict, document: dict, instruction=None):
+    contents = [{"type": "text", "text": "<Instruct>: " + (instruction or DEFAULT_RERANK_INSTRUCTION)}]
+    contents += _side_content(query, "<Query>:") + _side_content(document, "\n<Document>:")
+    return [
+        {"role": "system", "content": [{"type": "text", "text": RERANK_SYSTEM}]},
+        {"role": "user", "content": contents},
+    ]
+
+
+def _truncate(ids: list[int], max_length: int, special: set[int]) -> list[int]:
+    if len(ids) <= max_length:
+        return ids
+    budget = max_length - sum(1 for token in ids if token in special)
+    kept, ordinary = [], 0
+    for token in ids:
+        if token in special:
+            kept.append(token)
+        elif ordinary < budget:
+            kept.append(token)
+            ordinary += 1
+    return kept
+
+
+class OfficialReranker:
+    """`Qwen3VLReranker.process`: one pair per forward, left padding, h[:, -1] · (W[yes] - W[no])."""
+
+    def __init__(self, model_path, dtype=torch.float32):
+        from transformers import Qwen3VLForConditionalGeneration
+
+        self.processor = official_processor(model_path, "left")
+        lm = Qwen3VLForConditionalGeneration.from_pretrained(model_path, dtype=dtype).eval()
+        self.model = lm.model
+        vocab = self.processor.tokenizer.get_vocab()
+        weight = lm.lm_head.weight.data
+        self.direction = weight[vocab["yes"]] - weight[vocab["no"]]
+
+    @torch.no_grad()
+    def score(
+        self, query: dict, documents: list[dict], instruction=None, max_length: int = 10240
+    ) -> list[float]:
+        scores = []
+        special = set(self.processor.tokenizer.all_special_ids)
+        for document in documents:
+            pair = rerank_conversation(query, document, instruction)
+            text = self.processor.apply_chat_template([pair], tokenize=False, add_generation_prompt=True)
+            images, videos, metadata = fetch_media([pair])
+            inputs = self.processor(
+                text=text,
+                images=images,
+                videos=videos,
+                video_metadata=metadata,
+                truncation=False,
+                padding=False,
+                do_resize=False,
+            )
+            ids = inputs["input_ids"][0]
+            ids = _truncate(ids[:-5], max_length, special) + ids[-5:]
+            model_inputs = {
+                "input_ids": torch.tensor([ids]),
+                "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+            }
+            for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"):
+                if key in inputs:
+                    model_inputs[key] = torch.as_tensor(np.asarray(inputs[key]))
+            hidden = self.model(**model_inputs).last_hidden_state[:, -1]
+            scores.append(float(torch.sigmoid(hidden @ self.direction)))
+        return scores

@@ -13,7 +13,7 @@ MODEL_OVERRIDES = ("MODEL_PATH", "RERANKER_MODEL_PATH", "DEVICE", "DTYPE", "ATTN
 
 
 @pytest.fixture(scope="session")
-def server(tiny_model_path, tmp_path_factory):
+def server(tiny_model_path, tiny_reranker_path, tmp_path_factory):
     from backend.launcher import TritonServer
 
     saved = {name: os.environ.pop(name) for name in MODEL_OVERRIDES if name in os.environ}
@@ -97,3 +97,39 @@ def embed_async(client, rows: list[dict]):
 def embed(client, module, rows: list[dict]) -> np.ndarray:
     result = client.infer("qwen3_vl_embedding", embedding_inputs(module, rows))
     return result.as_numpy("EMBEDDING")
+
+
+def rerank_inputs(module, query: dict, documents: list[dict], instruction: str | None = None):
+    """Reranker tensors: the query repeated on every row, one document per row."""
+    rows = [{"QUERY": query, "DOCUMENT": document} for document in documents]
+    inputs = []
+
+    def add(name, array, datatype):
+        tensor = module.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+
+    for side in ("QUERY", "DOCUMENT"):
+        if any("text" in row[side] for row in rows):
+            texts = [row[side].get("text", "") for row in rows]
+            add(
+                f"{side}_TEXT",
+                np.array([[t.encode() if isinstance(t, str) else t] for t in texts], dtype=object),
+                "BYTES",
+            )
+        for key, name in (("images", "IMAGE"), ("videos", "VIDEO")):
+            if any(row[side].get(key) for row in rows):
+                width = max(len(row[side].get(key, ())) for row in rows)
+                blobs = np.full((len(rows), width), b"", dtype=object)
+                for index, row in enumerate(rows):
+                    for slot, blob in enumerate(row[side].get(key, ())):
+                        blobs[index, slot] = blob
+                add(f"{side}_{name}", blobs, "BYTES")
+    if instruction is not None:
+        add("INSTRUCTION", np.array([[instruction.encode()]] * len(rows), dtype=object), "BYTES")
+    return inputs
+
+
+def rerank(client, module, query: dict, documents: list[dict], instruction: str | None = None) -> np.ndarray:
+    result = client.infer("qwen3_vl_reranker", rerank_inputs(module, query, documents, instruction))
+    return result.as_numpy("SCORE")[:, 0]

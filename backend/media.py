@@ -1,0 +1,102 @@
+"""Decoding and preparing the images and videos of one item (or one side of a rerank pair)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from backend.errors import InputError
+from backend.settings import VisionSettings
+from backend.video import PreparedVideo, VideoLimits, video_patches
+from backend.vision import MERGE_SIZE, VisionPatches, image_patches
+
+
+@dataclass(frozen=True)
+class PreparedMedia:
+    images: tuple[VisionPatches, ...] = ()
+    videos: tuple[PreparedVideo, ...] = ()
+
+    def __add__(self, other: PreparedMedia) -> PreparedMedia:
+        """Media of two prompt parts in prompt order (this part's placeholders come first)."""
+        return PreparedMedia(self.images + other.images, self.videos + other.videos)
+
+    @property
+    def image_token_counts(self) -> list[int]:
+        return [image.token_count for image in self.images]
+
+    @property
+    def video_group_token_counts(self) -> list[int]:
+        """Tokens per 2-frame group, each group having its own placeholder in the prompt."""
+        counts = []
+        for video in self.videos:
+            t, h, w = video.patches.grid_thw
+            counts.extend([h * w // (MERGE_SIZE * MERGE_SIZE)] * t)
+        return counts
+
+    @property
+    def video_timestamps(self) -> list[list[float]]:
+        return [video.timestamps for video in self.videos]
+
+    @property
+    def video_patches(self) -> tuple[VisionPatches, ...]:
+        return tuple(video.patches for video in self.videos)
+
+
+class MediaPreparer:
+    """Images and videos -> patches, with the configured limits; adds seconds spent to `timings`."""
+
+    def __init__(self, vision: VisionSettings, timings: dict[str, float]):
+        self.vision = vision
+        self.timings = timings
+        self.video_limits = VideoLimits(
+            max_bytes=vision.max_video_bytes,
+            max_seconds=vision.max_video_seconds,
+            max_frame_pixels=vision.max_video_frame_pixels,
+            max_decoded_frames=vision.max_video_decoded_frames,
+        )
+
+    def prepare(self, images: tuple[bytes, ...], videos: tuple[bytes, ...], label: str = "") -> PreparedMedia:
+        """`label` prefixes the input names in errors (e.g. "QUERY_" -> "QUERY_IMAGE[0]: ...")."""
+        vision = self.vision
+        if len(images) > vision.max_images_per_item:
+            raise InputError(
+                f"{len(images)} images in one item, over the limit of {vision.max_images_per_item}"
+            )
+        if len(videos) > vision.max_videos_per_item:
+            raise InputError(
+                f"{len(videos)} videos in one item, over the limit of {vision.max_videos_per_item}"
+            )
+        started = time.perf_counter()
+        prepared_videos = []
+        for number, data in enumerate(videos):
+            try:
+                prepared_videos.append(
+                    video_patches(
+                        data,
+                        vision.video_fps,
+                        vision.video_max_frames,
+                        vision.video_min_pixels,
+                        vision.video_max_pixels,
+                        self.video_limits,
+                    )
+                )
+            except InputError as error:
+                raise InputError(f"{label}VIDEO[{number}]: {error}") from None
+        after_videos = time.perf_counter()
+        prepared_images = []
+        for number, data in enumerate(images):
+            try:
+                prepared_images.append(
+                    image_patches(
+                        data,
+                        vision.image_min_pixels,
+                        vision.image_max_pixels,
+                        vision.max_image_bytes,
+                        vision.max_image_pixels,
+                    )
+                )
+            except InputError as error:
+                raise InputError(f"{label}IMAGE[{number}]: {error}") from None
+        self.timings["video"] += after_videos - started
+        self.timings["image"] += time.perf_counter() - after_videos
+        return PreparedMedia(tuple(prepared_images), tuple(prepared_videos))

@@ -1,0 +1,19 @@
+"""Triton adapter for the reranker model step; all logic lives in backend.scoring / backend.service."""
+
+from backend import triton_io
+from backend.scoring import RerankModel
+from backend.service import MODEL_INPUTS, rerank_requests
+from backend.settings import RERANKER_ENV, RerankModelSettings, load_settings
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        triton_io.configure_logging(args["model_name"])
+        settings = load_settings(RerankModelSettings, triton_io.model_parameters(args), RERANKER_ENV)
+        self.model = RerankModel(settings, *triton_io.instance_placement(args))
+        if settings.warmup:
+            self.model.warmup()
+
+    def execute(self, requests):
+        inputs = [triton_io.read_inputs(request, MODEL_INPUTS) for request in requests]
+        return [triton_io.to_response(result) for result in rerank_requests(self.model, inputs)]

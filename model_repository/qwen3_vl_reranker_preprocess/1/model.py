@@ -1,0 +1,18 @@
+"""Triton adapter for the reranker preprocess step; all logic lives in backend.reranker."""
+
+from backend import triton_io
+from backend.reranker import RerankPreprocessor
+from backend.service import RERANK_PREPROCESS_INPUTS, preprocess_requests
+from backend.settings import RERANKER_ENV, RerankPreprocessSettings, load_settings
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        triton_io.configure_logging(args["model_name"])
+        parameters = triton_io.model_parameters(args)
+        settings = load_settings(RerankPreprocessSettings, parameters, {"model_path": RERANKER_ENV["model_path"]})
+        self.preprocessor = RerankPreprocessor(settings)
+
+    def execute(self, requests):
+        inputs = [triton_io.read_inputs(request, RERANK_PREPROCESS_INPUTS) for request in requests]
+        return [triton_io.to_response(result) for result in preprocess_requests(self.preprocessor, inputs)]
