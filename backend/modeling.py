@@ -40,6 +40,30 @@ def load_backbone(model_path: str, dtype: torch.dtype, attn_implementation: str,
     return model.to(device).eval()
 
 
+class LinearPatchEmbed(torch.nn.Module):
+    """Qwen3-VL's patch embedding as the Linear it is: its Conv3d's kernel equals its stride and sees one
+    already-flattened patch per row. Used on Ascend, where Conv3d rejects bf16 on some chips and is missing
+    on 310P; the weights are the conv's, reshaped, so the result is the same up to summation order."""
+
+    def __init__(self, conv: torch.nn.Conv3d):
+        super().__init__()
+        self.embed_dim = conv.out_channels
+        self.proj = torch.nn.Linear(conv.weight[0].numel(), conv.out_channels, bias=conv.bias is not None)
+        with torch.no_grad():
+            self.proj.weight.copy_(conv.weight.reshape(conv.out_channels, -1))
+            if conv.bias is not None:
+                self.proj.bias.copy_(conv.bias)
+        self.proj.to(device=conv.weight.device, dtype=conv.weight.dtype)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.proj(hidden_states.reshape(-1, self.proj.in_features).to(self.proj.weight.dtype))
+
+
+def use_linear_patch_embed(model) -> None:
+    visual = model.visual
+    visual.patch_embed = LinearPatchEmbed(visual.patch_embed.proj)
+
+
 def last_token_pool(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Hidden state at position length-1 of each row: the last position whose attention mask is 1 under
     right padding (pooling position -1 would pool a pad token)."""
@@ -118,6 +142,8 @@ class BackboneRunner:
         devices.set_current(self.device)
         started = time.perf_counter()
         self.model = load_backbone(settings.model_path, self.dtype, settings.attn_implementation, self.device)
+        if self.device.type == "npu":
+            use_linear_patch_embed(self.model)
         config = self.model.config
         self.hidden_size = int(config.text_config.hidden_size)
         self.pad_token_id = int(getattr(config.text_config, "pad_token_id", None) or 151643)

@@ -22,3 +22,15 @@ def test_matryoshka_keeps_the_prefix_and_renormalises():
     assert torch.allclose(cut, torch.nn.functional.normalize(vector[:64], dim=-1))
     assert matryoshka(vector, 0) is vector
     assert matryoshka(vector, 256) is vector
+
+
+def test_linear_patch_embed_equals_the_conv3d_it_replaces(tiny_model_path):
+    from backend.modeling import LinearPatchEmbed, load_backbone
+
+    model = load_backbone(str(tiny_model_path), torch.float32, "sdpa", torch.device("cpu"))
+    conv_embed = model.visual.patch_embed
+    patches = torch.rand(37, 3 * 2 * 16 * 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    expected = conv_embed(patches)
+    got = LinearPatchEmbed(conv_embed.proj)(patches)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0)

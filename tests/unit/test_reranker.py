@@ -127,3 +127,33 @@ def test_bad_pairs_are_input_errors(preprocessor, inputs, message):
         for p in parse_pairs(tensors):
             preprocessor.prepare(p)
     assert message in str(error.value)
+
+
+def test_an_untied_lm_head_is_read_from_the_checkpoint(tiny_reranker_path, tmp_path):
+    import shutil
+
+    import torch
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from backend.tiny_model import make_config
+
+    config = make_config("tiny")
+    config.tie_word_embeddings = False
+    config.text_config.tie_word_embeddings = False
+    torch.manual_seed(3)
+    untied = Qwen3VLForConditionalGeneration(config).eval()
+    untied.save_pretrained(tmp_path)
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.json",
+        "merges.txt",
+    ):
+        shutil.copy(tiny_reranker_path / name, tmp_path / name)
+    model = RerankModel(
+        RerankModelSettings(model_path=str(tmp_path), device="cpu", dtype="float32", warmup=False)
+    )
+    head = untied.lm_head.weight.detach()
+    assert not torch.equal(head, untied.model.language_model.embed_tokens.weight)
+    assert torch.equal(model.score_direction, head[9693] - head[2152])  # "yes" - "no"
