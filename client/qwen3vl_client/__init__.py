@@ -1,0 +1,31 @@
+"""A small client for Qwen3-VL-Embedding served on Triton: text, images, screenshots, video, any mix.
+
+from qwen3vl_client import EmbeddingClient, Item
+
+with EmbeddingClient("localhost:8000") as client:
+    documents = client.embed(["The capital of China is Beijing.", Item(text="a cat", images=["cat.jpg"])])
+    queries = client.embed_queries(["What is the capital of China?"])
+    scores = queries @ documents.T
+"""
+
+from qwen3vl_client._core import DEFAULT_QUERY_TASK, EmbeddingResult, Health, TensorSpec
+from qwen3vl_client.aio import AsyncEmbeddingClient
+from qwen3vl_client.client import EmbeddingClient
+from qwen3vl_client.errors import EmbeddingError, ItemError, RequestError, ServerUnavailableError
+from qwen3vl_client.items import ImageInput, Item, VideoInput
+
+__all__ = [
+    "DEFAULT_QUERY_TASK",
+    "AsyncEmbeddingClient",
+    "EmbeddingClient",
+    "EmbeddingError",
+    "EmbeddingResult",
+    "Health",
+    "ImageInput",
+    "Item",
+    "ItemError",
+    "RequestError",
+    "ServerUnavailableError",
+    "TensorSpec",
+    "VideoInput",
+]
