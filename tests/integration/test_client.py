@@ -11,6 +11,10 @@ import time
 import numpy as np
 import pytest
 import tritonclient.http as http
+from tritonclient.utils import InferenceServerException
+
+from backend import synthetic
+from backend.launcher import free_port
 from qwen3vl_client import (
     DEFAULT_QUERY_TASK,
     AsyncEmbeddingClient,
@@ -23,10 +27,6 @@ from qwen3vl_client import (
 )
 from qwen3vl_client._core import Retry, make_options, next_step
 from qwen3vl_client.items import Batch, encode_row
-from tritonclient.utils import InferenceServerException
-
-from backend import synthetic
-from backend.launcher import free_port
 from tests.integration.conftest import embed
 
 pytestmark = pytest.mark.server
