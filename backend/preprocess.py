@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -21,6 +22,8 @@ from backend.wire import pack_rows
 logger = logging.getLogger(__name__)
 
 MIN_DIMENSIONS = 64
+
+_Record = TypeVar("_Record")
 
 
 def decode_text(value: object, name: str) -> str:
@@ -81,6 +84,19 @@ def parse_items(inputs: Mapping[str, np.ndarray | None]) -> list[EmbeddingItem]:
         except InputError as error:
             raise error.at_row(row) from None
     return items
+
+
+def prepare_each(
+    records: Sequence[_Record], prepare: Callable[[_Record], PreparedItem]
+) -> list[PreparedItem]:
+    """Every row of one request; the first bad row fails the request with an error naming it."""
+    prepared = []
+    for row, record in enumerate(records):
+        try:
+            prepared.append(prepare(record))
+        except InputError as error:
+            raise error.at_row(row) from None
+    return prepared
 
 
 def read_hidden_size(model_path: str) -> int:
@@ -146,11 +162,4 @@ class EmbeddingPreprocessor:
         return pack_rows(rows, self.tokenizer.pad_token_id)
 
     def prepare_request(self, inputs: Mapping[str, np.ndarray | None]) -> list[PreparedItem]:
-        """Every row of one request; the first bad row fails the request with an error naming it."""
-        prepared = []
-        for row, item in enumerate(parse_items(inputs)):
-            try:
-                prepared.append(self.prepare(item))
-            except InputError as error:
-                raise error.at_row(row) from None
-        return prepared
+        return prepare_each(parse_items(inputs), self.prepare)

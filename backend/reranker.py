@@ -17,7 +17,7 @@ import numpy as np
 from backend import chat
 from backend.errors import InputError
 from backend.media import MediaPreparer, PreparedMedia
-from backend.preprocess import batch_size_of, decode_text, row_blobs, row_scalar
+from backend.preprocess import batch_size_of, decode_text, prepare_each, row_blobs, row_scalar
 from backend.records import PreparedItem
 from backend.settings import RerankPreprocessSettings
 from backend.tokenization import PromptTokenizer, truncate_keeping_special
@@ -117,10 +117,4 @@ class RerankPreprocessor:
         return pack_rows(rows, self.tokenizer.pad_token_id, with_dimensions=False)
 
     def prepare_request(self, inputs: Mapping[str, np.ndarray | None]) -> list[PreparedItem]:
-        prepared = []
-        for row, pair in enumerate(parse_pairs(inputs)):
-            try:
-                prepared.append(self.prepare(pair))
-            except InputError as error:
-                raise error.at_row(row) from None
-        return prepared
+        return prepare_each(parse_pairs(inputs), self.prepare)
