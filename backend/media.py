@@ -60,11 +60,11 @@ class MediaPreparer:
         vision = self.vision
         if len(images) > vision.max_images_per_item:
             raise InputError(
-                f"{len(images)} images in one item, over the limit of {vision.max_images_per_item}"
+                f"{label}IMAGE has {len(images)} images, over the limit of {vision.max_images_per_item}"
             )
         if len(videos) > vision.max_videos_per_item:
             raise InputError(
-                f"{len(videos)} videos in one item, over the limit of {vision.max_videos_per_item}"
+                f"{label}VIDEO has {len(videos)} videos, over the limit of {vision.max_videos_per_item}"
             )
         started = time.perf_counter()
         prepared_videos = []

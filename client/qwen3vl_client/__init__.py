@@ -6,9 +6,11 @@ with EmbeddingClient("localhost:8000") as client:
     documents = client.embed(["The capital of China is Beijing.", Item(text="a cat", images=["cat.jpg"])])
     queries = client.embed_queries(["What is the capital of China?"])
     scores = queries @ documents.T
+    ranked = client.rerank("What is the capital of China?", ["Gravity.", "Beijing is the capital."])
+    ranked.top()  # [(1, 0.93...), (0, 0.02...)]: (document index, score), best first
 """
 
-from qwen3vl_client._core import DEFAULT_QUERY_TASK, EmbeddingResult, Health, TensorSpec
+from qwen3vl_client._core import DEFAULT_QUERY_TASK, EmbeddingResult, Health, RerankResult, TensorSpec
 from qwen3vl_client.aio import AsyncEmbeddingClient
 from qwen3vl_client.client import EmbeddingClient
 from qwen3vl_client.errors import EmbeddingError, ItemError, RequestError, ServerUnavailableError
@@ -25,6 +27,7 @@ __all__ = [
     "Item",
     "ItemError",
     "RequestError",
+    "RerankResult",
     "ServerUnavailableError",
     "TensorSpec",
     "VideoInput",

@@ -1,4 +1,5 @@
-"""The asyncio client: ``async with AsyncEmbeddingClient(url) as client: await client.embed(...)``."""
+"""The asyncio client: ``async with AsyncEmbeddingClient(url) as client: await client.embed(...)``
+(and ``await client.rerank(query, documents)``)."""
 
 from __future__ import annotations
 
@@ -21,22 +22,27 @@ from qwen3vl_client._core import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     MODEL_NAME,
-    OUTPUT_NAME,
     PROBE_TEXT,
-    Collector,
+    RERANKER_MODEL_NAME,
+    Call,
     EmbeddingResult,
+    Endpoint,
     Fail,
     Health,
     OnError,
     Progress,
+    RerankResult,
     Retry,
     Transport,
     as_dict,
-    build_inputs,
+    check_on_error,
+    embed_call,
     error_message,
     make_options,
     model_summary,
     next_step,
+    rerank_call,
+    rerank_items,
 )
 from qwen3vl_client.errors import ItemError
 from qwen3vl_client.items import (
@@ -46,7 +52,7 @@ from qwen3vl_client.items import (
     VideoInput,
     check_dimensions,
     collect_items,
-    plan_batches,
+    encode_row,
 )
 
 
@@ -69,9 +75,19 @@ class AsyncEmbeddingClient:
         retries: int = DEFAULT_RETRIES,
         backoff: float = DEFAULT_BACKOFF,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        reranker_model: str = RERANKER_MODEL_NAME,
     ) -> None:
         self.options = make_options(
-            url, protocol, model, batch_size, max_concurrency, timeout, retries, backoff, max_request_bytes
+            url,
+            protocol,
+            model,
+            batch_size,
+            max_concurrency,
+            timeout,
+            retries,
+            backoff,
+            max_request_bytes,
+            reranker_model,
         )
         self._client: Any = None
         self._module: ModuleType | None = None
@@ -153,11 +169,12 @@ class AsyncEmbeddingClient:
         progress: Progress | None = None,
     ) -> np.ndarray | EmbeddingResult:
         """See ``EmbeddingClient.embed``."""
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        check_on_error(on_error)
         check_dimensions(dimensions)
         collected = collect_items(items, texts, images, videos)
-        result = await self._run(collected, instruction, dimensions, on_error, progress)
+        call = embed_call(self.options, collected, instruction, dimensions, on_error, progress)
+        await self._run(call)
+        result = call.collector.result()
         return result if on_error == "skip" else result.embeddings
 
     @overload
@@ -198,6 +215,24 @@ class AsyncEmbeddingClient:
             queries, instruction=task, dimensions=dimensions, on_error=on_error, progress=progress
         )
 
+    async def rerank(
+        self,
+        query: Item | str,
+        documents: Iterable[Item | str],
+        *,
+        instruction: str | None = None,
+        top_k: int | None = None,
+        on_error: OnError = "raise",
+        progress: Progress | None = None,
+    ) -> RerankResult:
+        """See ``EmbeddingClient.rerank``."""
+        check_on_error(on_error)
+        query_item, items = rerank_items(query, documents, instruction, top_k)
+        query_row = await asyncio.to_thread(encode_row, query_item, None, None)
+        call = rerank_call(self.options, query_item, query_row, items, instruction, on_error, progress)
+        await self._run(call)
+        return call.collector.rerank_result(top_k)
+
     async def health(self, probe: bool = True) -> Health:
         """See ``EmbeddingClient.health``."""
         options = self.options
@@ -227,27 +262,19 @@ class AsyncEmbeddingClient:
             return replace(health, error=f"probe embedding failed: {error}")
         return replace(health, dimensions=int(vector.shape[1]), probe_seconds=time.perf_counter() - started)
 
-    async def _infer(self, batch: Batch) -> np.ndarray:
+    async def _infer(self, batch: Batch, endpoint: Endpoint) -> np.ndarray:
         client = self._connect()
-        inputs = build_inputs(self._module, batch.rows)  # type: ignore[arg-type]
+        inputs = endpoint.build_inputs(self._module, batch.rows)  # type: ignore[arg-type]
         if self.options.protocol == "http":
-            result = await client.infer(self.options.model, inputs)
+            result = await client.infer(endpoint.model, inputs)
         else:
-            result = await client.infer(self.options.model, inputs, client_timeout=self.options.timeout)
-        return result.as_numpy(OUTPUT_NAME)  # type: ignore[no-any-return]
+            result = await client.infer(endpoint.model, inputs, client_timeout=self.options.timeout)
+        return result.as_numpy(endpoint.output)  # type: ignore[no-any-return]
 
-    async def _run(
-        self,
-        items: list[Item],
-        instruction: str | None,
-        dimensions: int | None,
-        on_error: OnError,
-        progress: Progress | None,
-    ) -> EmbeddingResult:
-        options = self.options
-        collector = Collector(len(items), on_error, progress)
-        planned = plan_batches(items, instruction, dimensions, options.batch_size, options.max_request_bytes)
-        slots = asyncio.Semaphore(options.max_concurrency)
+    async def _run(self, call: Call) -> None:
+        """Send the call's planned requests, ``max_concurrency`` at a time, into its collector."""
+        planned, collector = call.planned, call.collector
+        slots = asyncio.Semaphore(self.options.max_concurrency)
         failures: list[BaseException] = []
         tasks: list[asyncio.Task[None]] = []
         try:
@@ -263,32 +290,34 @@ class AsyncEmbeddingClient:
                 if failures:
                     slots.release()
                     break
-                request = self._send(planned_next, collector, on_error, slots, failures)
+                request = self._send(planned_next, call, slots, failures)
                 tasks.append(asyncio.create_task(request))
             await asyncio.gather(*tasks)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        return collector.result()
 
     async def _send(
         self,
         batch: Batch,
-        collector: Collector,
-        on_error: OnError,
+        call: Call,
         slots: asyncio.Semaphore,
         failures: list[BaseException],
     ) -> None:
         """One planned request, with its retries and, when it must be split, its items one by one."""
+        endpoint, collector, on_error = call.endpoint, call.collector, call.collector.on_error
         queue: deque[tuple[Batch, int]] = deque([(batch, 0)])
         try:
             while queue:
                 current, attempt = queue.popleft()
                 try:
-                    embedding = await self._infer(current)
+                    output = await self._infer(current, endpoint)
                 except Exception as error:  # noqa: BLE001 - next_step re-raises what it does not handle
-                    step = next_step(error, current, attempt, self.options, on_error, self._connection_errors)
+                    connection_errors = self._connection_errors
+                    step = next_step(
+                        error, current, attempt, self.options, on_error, connection_errors, endpoint
+                    )
                     if isinstance(step, Retry):
                         await asyncio.sleep(step.delay)
                         queue.appendleft((current, attempt + 1))
@@ -297,7 +326,7 @@ class AsyncEmbeddingClient:
                     else:
                         queue.extendleft((single, 0) for single in reversed(step.batches))
                 else:
-                    collector.done(current, embedding)
+                    collector.done(current, output)
         except BaseException as error:
             failures.append(error)
             raise

@@ -5,9 +5,11 @@
     qwen3vl embed --input photos/ --input items.jsonl --out vectors      # vectors.npy + vectors.jsonl
     qwen3vl similarity --query "What is the capital of China?" --document "Beijing is the capital."
     qwen3vl search photos/ "a red car" -k 5
+    qwen3vl rerank --query "What is the capital of China?" --document "Beijing." --input photos/ -k 3
 
 The server comes from --url / --protocol / --timeout, or QWEN3VL_URL / QWEN3VL_PROTOCOL / QWEN3VL_TIMEOUT
-(default localhost:8000 over HTTP, localhost:8001 over gRPC).
+(default localhost:8000 over HTTP, localhost:8001 over gRPC); rerank's model from --reranker-model or
+QWEN3VL_RERANKER_MODEL.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from qwen3vl_client._core import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     MODEL_NAME,
+    RERANKER_MODEL_NAME,
     EmbeddingResult,
     Health,
+    RerankResult,
 )
 from qwen3vl_client.client import EmbeddingClient
 from qwen3vl_client.errors import EmbeddingError, ItemError
@@ -48,6 +52,7 @@ TUTORIAL_DOCUMENTS = [
 SEARCH_TASK = "Retrieve images, videos or passages relevant to the user's query"
 INDEX_DIR_NAME = ".qwen3vl-index"
 LABEL_CHARS = 40
+ID_CHARS = 72
 
 
 class UsageError(Exception):
@@ -88,6 +93,23 @@ def _progress_option(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="progress bar on stderr (default: when stderr is a terminal)",
     )
+
+
+class _Ordered(argparse.Action):
+    """Appends (kind, value) to one list, so that documents keep their command-line order."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=None, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        # A fresh list: argparse shares the default between parses.
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest), (self.const, values)])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,6 +180,42 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true")
     _progress_option(search)
 
+    rerank = commands.add_parser(
+        "rerank",
+        parents=common,
+        help="rank documents by relevance to a query with the reranker",
+        description="Scores each document against the query with the reranker model and prints them best "
+        "first. The query is one item (--query text plus any --query-image/--query-video); each --document, "
+        "--document-image and --document-video is one document, and --input adds a folder (every image, "
+        "video, .txt/.md file) or a JSONL file (one document per line: id, text, images, videos), in "
+        "command-line order.",
+    )
+    rerank.add_argument("--query", metavar="TEXT", help="the query's text")
+    rerank.add_argument("--query-image", action="append", default=[], type=Path, metavar="PATH")
+    rerank.add_argument("--query-video", action="append", default=[], type=Path, metavar="PATH")
+    for flag, kind, metavar in (
+        ("--document", "text", "TEXT"),
+        ("--document-image", "image", "PATH"),
+        ("--document-video", "video", "PATH"),
+        ("--input", "input", "FOLDER_OR_JSONL"),
+    ):
+        rerank.add_argument(flag, dest="documents", action=_Ordered, const=kind, default=[], metavar=metavar)
+    rerank.add_argument("--instruction", help="the task (default: the reranker's)")
+    rerank.add_argument("-k", "--top-k", type=int, default=None, help="print only the best K")
+    rerank.add_argument(
+        "--reranker-model",
+        default=_env("QWEN3VL_RERANKER_MODEL", RERANKER_MODEL_NAME),
+        help=f"env QWEN3VL_RERANKER_MODEL, default {RERANKER_MODEL_NAME}",
+    )
+    rerank.add_argument(
+        "--on-error",
+        choices=("raise", "skip"),
+        default="raise",
+        help="skip: rank the other documents and list the bad ones (default: stop at the first)",
+    )
+    rerank.add_argument("--json", action="store_true")
+    _progress_option(rerank)
+
     health = commands.add_parser(
         "health", parents=common, help="server and model readiness, model configuration"
     )
@@ -175,6 +233,7 @@ def _client(args: argparse.Namespace) -> EmbeddingClient:
         max_concurrency=args.concurrency,
         timeout=args.timeout,
         retries=args.retries,
+        reranker_model=getattr(args, "reranker_model", RERANKER_MODEL_NAME),
     )
 
 
@@ -223,20 +282,24 @@ def jsonl_items(path: Path) -> Iterator[tuple[str, Item]]:
             yield str(record.get("id", f"{path}:{number}")), item
 
 
+def _source_items(source: Path) -> list[tuple[str, Item]]:
+    """(id, item) for an --input: every file of a folder, or every line of a JSONL file."""
+    if source.is_dir():
+        return [
+            (str(source / entry.path), file_item(source / entry.path, entry.kind))
+            for entry in scan_folder(source)
+        ]
+    if source.is_file():
+        return list(jsonl_items(source))
+    raise UsageError(f"--input {source}: no such folder or file")
+
+
 def _embed_inputs(args: argparse.Namespace) -> tuple[list[str], list[Item]]:
     pairs: list[tuple[str, Item]] = [(text, Item(text=text)) for text in args.text]
     pairs += [(str(path), Item(images=(path,))) for path in args.image]
     pairs += [(str(path), Item(videos=(path,))) for path in args.video]
     for source in args.input:
-        if source.is_dir():
-            pairs += [
-                (str(source / entry.path), file_item(source / entry.path, entry.kind))
-                for entry in scan_folder(source)
-            ]
-        elif source.is_file():
-            pairs += list(jsonl_items(source))
-        else:
-            raise UsageError(f"--input {source}: no such folder or file")
+        pairs += _source_items(source)
     if not pairs:
         raise UsageError("nothing to embed: give --text, --image, --video or --input")
     return [identifier for identifier, _ in pairs], [item for _, item in pairs]
@@ -362,6 +425,70 @@ def cmd_search(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _rerank_documents(args: argparse.Namespace) -> tuple[list[str], list[Item]]:
+    pairs: list[tuple[str, Item]] = []
+    for kind, value in args.documents:
+        if kind == "text":
+            pairs.append((value, Item(text=value)))
+        elif kind == "image":
+            pairs.append((value, Item(images=(Path(value),))))
+        elif kind == "video":
+            pairs.append((value, Item(videos=(Path(value),))))
+        else:
+            pairs += _source_items(Path(value))
+    if not pairs:
+        raise UsageError("no documents: give --document, --document-image, --document-video or --input")
+    return [identifier for identifier, _ in pairs], [item for _, item in pairs]
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= ID_CHARS else text[: ID_CHARS - 1] + "…"
+
+
+def cmd_rerank(args: argparse.Namespace, out: TextIO) -> int:
+    query = Item(text=args.query, images=tuple(args.query_image), videos=tuple(args.query_video))
+    if not (query.text or query.images or query.videos):
+        raise UsageError("no query: give --query, --query-image or --query-video")
+    if args.top_k is not None and args.top_k < 1:
+        raise UsageError(f"-k must be at least 1, got {args.top_k}")
+    ids, documents = _rerank_documents(args)
+    with _client(args) as client, _progress_bar(len(documents), args.progress, "reranking") as progress:
+        result: RerankResult = client.rerank(
+            query,
+            documents,
+            instruction=args.instruction,
+            top_k=args.top_k,
+            on_error=args.on_error,
+            progress=progress,
+        )
+    for error in result.errors:
+        print(f"skipped {ids[error.index]}: {error.reason}", file=sys.stderr)
+    ranked = result.top()
+    if args.json:
+        document = {
+            "model": args.reranker_model,
+            "query": {
+                "text": args.query,
+                "images": [str(path) for path in args.query_image],
+                "videos": [str(path) for path in args.query_video],
+            },
+            "results": [
+                {"rank": rank, "index": index, "id": ids[index], "score": score}
+                for rank, (index, score) in enumerate(ranked, 1)
+            ],
+            "errors": [{"index": e.index, "id": ids[e.index], "error": e.reason} for e in result.errors],
+        }
+        out.write(json.dumps(document, ensure_ascii=False) + "\n")
+        return 0
+    width = max(3, len(str(len(documents) - 1)))
+    out.write(f"query: {_label(query)}\n")
+    out.write(f"{'rank':>4}  {'score':>6}  {'doc':>{width}}  document\n")
+    for rank, (index, score) in enumerate(ranked, 1):
+        out.write(f"{rank:>4}  {score:6.4f}  {index:>{width}}  {_short(ids[index])}\n")
+    return 0
+
+
 def _health_text(health: Health) -> str:
     state = {True: "ready", False: "NOT ready"}
     lines = [f"server    {health.url} ({health.protocol})"]
@@ -397,7 +524,13 @@ def cmd_health(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if health.ok else 1
 
 
-COMMANDS = {"embed": cmd_embed, "similarity": cmd_similarity, "search": cmd_search, "health": cmd_health}
+COMMANDS = {
+    "embed": cmd_embed,
+    "similarity": cmd_similarity,
+    "search": cmd_search,
+    "rerank": cmd_rerank,
+    "health": cmd_health,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

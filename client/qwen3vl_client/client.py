@@ -21,22 +21,27 @@ from qwen3vl_client._core import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     MODEL_NAME,
-    OUTPUT_NAME,
     PROBE_TEXT,
-    Collector,
+    RERANKER_MODEL_NAME,
+    Call,
     EmbeddingResult,
+    Endpoint,
     Fail,
     Health,
     OnError,
     Progress,
+    RerankResult,
     Retry,
     Transport,
     as_dict,
-    build_inputs,
+    check_on_error,
+    embed_call,
     error_message,
     make_options,
     model_summary,
     next_step,
+    rerank_call,
+    rerank_items,
 )
 from qwen3vl_client.errors import ItemError
 from qwen3vl_client.items import (
@@ -46,7 +51,7 @@ from qwen3vl_client.items import (
     VideoInput,
     check_dimensions,
     collect_items,
-    plan_batches,
+    encode_row,
 )
 
 Waiter = Callable[[], np.ndarray]
@@ -55,7 +60,8 @@ CONNECT_TIMEOUT = 30.0
 
 
 class EmbeddingClient:
-    """Embeds text, images, videos and mixed items through the Triton server; not thread-safe.
+    """Embeds text, images, videos and mixed items through the Triton server, and reranks documents
+    against a query (``reranker_model``); not thread-safe.
 
     Large inputs go out as requests of ``batch_size`` items (and at most ``max_request_bytes``),
     ``max_concurrency`` of them in flight, results in input order. UNAVAILABLE answers and failed
@@ -76,9 +82,19 @@ class EmbeddingClient:
         retries: int = DEFAULT_RETRIES,
         backoff: float = DEFAULT_BACKOFF,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        reranker_model: str = RERANKER_MODEL_NAME,
     ) -> None:
         self.options = make_options(
-            url, protocol, model, batch_size, max_concurrency, timeout, retries, backoff, max_request_bytes
+            url,
+            protocol,
+            model,
+            batch_size,
+            max_concurrency,
+            timeout,
+            retries,
+            backoff,
+            max_request_bytes,
+            reranker_model,
         )
         self._module: ModuleType
         self._connection_errors: tuple[type[BaseException], ...]
@@ -167,11 +183,12 @@ class EmbeddingClient:
         ``on_error="raise"`` raises ``ItemError`` naming the first bad item; ``"skip"`` embeds the rest
         and returns an ``EmbeddingResult`` listing the bad ones. ``progress(n)`` is called as items finish.
         """
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        check_on_error(on_error)
         check_dimensions(dimensions)
         collected = collect_items(items, texts, images, videos)
-        result = self._run(collected, instruction, dimensions, on_error, progress)
+        call = embed_call(self.options, collected, instruction, dimensions, on_error, progress)
+        self._run(call)
+        result = call.collector.result()
         return result if on_error == "skip" else result.embeddings
 
     @overload
@@ -214,6 +231,35 @@ class EmbeddingClient:
             queries, instruction=task, dimensions=dimensions, on_error=on_error, progress=progress
         )
 
+    def rerank(
+        self,
+        query: Item | str,
+        documents: Iterable[Item | str],
+        *,
+        instruction: str | None = None,
+        top_k: int | None = None,
+        on_error: OnError = "raise",
+        progress: Progress | None = None,
+    ) -> RerankResult:
+        """Score each document's relevance to ``query`` with the reranker (one (query, document) pair
+        per row; the query and each document are a str or an ``Item`` of text, images and videos).
+
+        ``instruction`` is the task (default: the reranker's, "Given a search query, retrieve relevant
+        candidates that answer the query."). Returns a ``RerankResult``: ``scores`` in input order and
+        ``order``, the document indices best first (at most ``top_k``); ``result.top()`` gives
+        ``[(index, score), ...]``. Requests, retries and errors work as in ``embed``: ``on_error="raise"``
+        raises ``ItemError`` naming the first bad document, ``"skip"`` scores the rest (NaN for the bad
+        ones, listed in ``errors``). A query the server rejects fails the call with a ``RequestError``
+        (also when skipping), an unreadable query file with ``OSError``; ``instruction`` or ``dimensions``
+        set on an item raise ``ValueError`` before anything is sent.
+        """
+        check_on_error(on_error)
+        query_item, items = rerank_items(query, documents, instruction, top_k)
+        query_row = encode_row(query_item, None, None)
+        call = rerank_call(self.options, query_item, query_row, items, instruction, on_error, progress)
+        self._run(call)
+        return call.collector.rerank_result(top_k)
+
     def health(self, probe: bool = True) -> Health:
         """Server and model readiness, the model's configuration and (``probe``) its full dimension."""
         options = self.options
@@ -243,23 +289,23 @@ class EmbeddingClient:
             return replace(health, error=f"probe embedding failed: {error}")
         return replace(health, dimensions=int(vector.shape[1]), probe_seconds=time.perf_counter() - started)
 
-    def _submit(self, batch: Batch) -> Waiter:
-        """Start one request; the returned function waits for its ``EMBEDDING``."""
+    def _submit(self, batch: Batch, endpoint: Endpoint) -> Waiter:
+        """Start one request; the returned function waits for its output tensor."""
         options = self.options
         try:
-            inputs = build_inputs(self._module, batch.rows)
+            inputs = endpoint.build_inputs(self._module, batch.rows)
             if options.protocol == "http":
-                greenlet = self._pool.spawn(_outcome, self._client.infer, options.model, inputs)
-                return lambda: _unwrap(greenlet.get()).as_numpy(OUTPUT_NAME)
+                greenlet = self._pool.spawn(_outcome, self._client.infer, endpoint.model, inputs)
+                return lambda: _unwrap(greenlet.get()).as_numpy(endpoint.output)
             future: Future[np.ndarray] = Future()
 
             def done(result: Any, error: BaseException | None) -> None:
                 if error is not None:
                     future.set_exception(error)
                 else:
-                    future.set_result(result.as_numpy(OUTPUT_NAME))
+                    future.set_result(result.as_numpy(endpoint.output))
 
-            self._client.async_infer(options.model, inputs, callback=done, client_timeout=options.timeout)
+            self._client.async_infer(endpoint.model, inputs, callback=done, client_timeout=options.timeout)
             return future.result
         except Exception as error:  # noqa: BLE001 - raised when waited for, like a server error
             failure = error
@@ -269,17 +315,10 @@ class EmbeddingClient:
 
             return failed
 
-    def _run(
-        self,
-        items: list[Item],
-        instruction: str | None,
-        dimensions: int | None,
-        on_error: OnError,
-        progress: Progress | None,
-    ) -> EmbeddingResult:
-        options = self.options
-        collector = Collector(len(items), on_error, progress)
-        planned = plan_batches(items, instruction, dimensions, options.batch_size, options.max_request_bytes)
+    def _run(self, call: Call) -> None:
+        """Send the call's planned requests, ``max_concurrency`` at a time, into its collector."""
+        options, endpoint, collector = self.options, call.endpoint, call.collector
+        planned, on_error = call.planned, collector.on_error
         waiting: deque[tuple[Batch, int]] = deque()  # retries and split batches go first
         in_flight: deque[tuple[Batch, int, Waiter]] = deque()
         while True:
@@ -294,14 +333,15 @@ class EmbeddingClient:
                         collector.fail(planned_next)
                         continue
                     batch, attempt = planned_next, 0
-                in_flight.append((batch, attempt, self._submit(batch)))
+                in_flight.append((batch, attempt, self._submit(batch, endpoint)))
             if not in_flight:
-                return collector.result()
+                return
             batch, attempt, wait = in_flight.popleft()
             try:
-                embedding = wait()
+                output = wait()
             except Exception as error:  # noqa: BLE001 - next_step re-raises what it does not handle
-                step = next_step(error, batch, attempt, options, on_error, self._connection_errors)
+                connection_errors = self._connection_errors
+                step = next_step(error, batch, attempt, options, on_error, connection_errors, endpoint)
                 if isinstance(step, Retry):
                     time.sleep(step.delay)
                     waiting.appendleft((batch, attempt + 1))
@@ -310,7 +350,7 @@ class EmbeddingClient:
                 else:
                     waiting.extendleft((single, 0) for single in reversed(step.batches))
             else:
-                collector.done(batch, embedding)
+                collector.done(batch, output)
 
 
 def _outcome(call: Callable[..., Any], *args: Any) -> Any:

@@ -47,10 +47,12 @@ def _media_tuple(value: Any, name: str, allow_pil: bool) -> tuple[Any, ...]:
 
 @dataclass(frozen=True)
 class Item:
-    """One thing to embed: any mix of text, images and videos (the model reads videos, images, text).
+    """One thing to embed or rerank: any mix of text, images and videos (the model reads videos,
+    images, text).
 
     ``instruction`` and ``dimensions`` override the call's values for this item only, so queries
-    (with a task instruction) and documents (default instruction) can share a call.
+    (with a task instruction) and documents (default instruction) can share a call. Reranking uses
+    neither (its instruction is per call) and refuses items that set them.
     """
 
     text: str | None = None
@@ -197,8 +199,10 @@ def plan_batches(
     dimensions: int | None,
     batch_size: int,
     max_request_bytes: int,
+    row_overhead: int = 0,
 ) -> Iterator[Batch | ItemError]:
-    """Requests of at most ``batch_size`` items and (unless one item is larger) ``max_request_bytes``.
+    """Requests of at most ``batch_size`` items and (unless one item is larger) ``max_request_bytes``;
+    ``row_overhead`` bytes go with every row besides its item (the rerank query).
 
     Files are read only when their batch is due, so a folder of thousands of videos is never held in
     memory at once. An item whose file cannot be read is yielded as an ``ItemError`` in its place.
@@ -211,10 +215,11 @@ def plan_batches(
         except OSError as error:
             yield ItemError(index, item.describe(), f"cannot read file: {error}")
             continue
-        if batch and (len(batch) >= batch_size or size + row.nbytes > max_request_bytes):
+        nbytes = row.nbytes + row_overhead
+        if batch and (len(batch) >= batch_size or size + nbytes > max_request_bytes):
             yield batch
             batch, size = Batch(), 0
         batch.add(index, item, row)
-        size += row.nbytes
+        size += nbytes
     if batch:
         yield batch
