@@ -83,6 +83,20 @@ def test_a_mixed_batch_matches_one_by_one(pipeline, official):
         assert np.abs(got - expected).max() <= 1e-5
 
 
+def test_text_rows_of_different_lengths_batched_together_match(pipeline, official):
+    cases = [{"text": "short"}, {"text": "a somewhat longer sentence " * 5}, {"text": "mid length text " * 2}]
+    preprocessor, model = pipeline
+    rows = [preprocessor.prepare(EmbeddingItem(text=case["text"])) for case in cases]
+    assert len({row.length for row in rows}) == 3
+    from backend.batching import plan_micro_batches
+
+    assert len(plan_micro_batches([row.length for row in rows], [0, 0, 0], model.limits)) == 1
+    vectors = model.run(rows, model._vectors)  # one right-padded micro-batch
+    for case, got in zip(cases, vectors):
+        [expected] = official.embed([case])
+        assert np.abs(got - expected).max() <= 1e-5
+
+
 def test_token_ids_match_the_official_processor(pipeline, official):
     preprocessor, _ = pipeline
     case = CASES["gif_video_image_text"]
