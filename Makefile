@@ -51,3 +51,18 @@ format: venv
 
 clean:
 	rm -rf $(VENV) .triton models .pytest_cache
+
+# perf_analyzer sweeps and side-by-side comparisons (perf/README.md); results in perf/results/<host>/<date>/.
+# `make perf WORKLOAD=text_200,image_448 CONCURRENCY=1,4,16 PERF_ARGS="--models tiny,bench"`
+WORKLOAD ?=
+CONCURRENCY ?=
+PERF_ARGS ?=
+SIZE ?= tiny
+.PHONY: perf perf-accel
+
+perf: setup
+	$(PY) -m perf.run $(if $(WORKLOAD),--workloads $(WORKLOAD)) $(if $(CONCURRENCY),--concurrency $(CONCURRENCY)) $(PERF_ARGS)
+
+# The vLLM-Ascend benchmark on a device: `make perf-accel SIZE=8b DEVICE=cuda` (SIZE=tiny DEVICE=cpu runs anywhere).
+perf-accel: setup
+	$(PY) -m perf.accel --size $(SIZE) --device $(or $(DEVICE),auto) $(PERF_ARGS)

@@ -10,7 +10,8 @@ class TritonPythonModel:
     def initialize(self, args):
         triton_io.configure_logging(args["model_name"])
         parameters = triton_io.model_parameters(args)
-        settings = load_settings(RerankPreprocessSettings, parameters, {"model_path": RERANKER_ENV["model_path"]})
+        overrides = {"model_path": RERANKER_ENV["model_path"]}
+        settings = load_settings(RerankPreprocessSettings, parameters, overrides)
         self.preprocessor = RerankPreprocessor(settings)
 
     def execute(self, requests):

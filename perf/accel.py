@@ -1,0 +1,318 @@
+"""`make perf-accel SIZE=2b|8b|tiny DEVICE=cuda|npu|cpu`: the vLLM-Ascend tutorial's benchmark on a device.
+
+    python -m perf.accel --size 8b --device cuda [--concurrency 256] [--budget-s 570]
+
+In one command, within --budget-s (10 minutes minus a margin by default):
+  1. build the real 2B / 8B architecture with random weights on the device (no download; tiny / bench use
+     their CPU checkpoints), written as a Hugging Face checkpoint under models/;
+  2. serve it through model_repository/ (a copy whose model step takes bigger batches on an accelerator:
+     --max-rows rows per micro-batch and per execute, --token-budget), with DEVICE set;
+  3. text_200 as the tutorial runs it (1,000 requests of 200 random tokens, all in flight at once up to
+     --concurrency; HTTP), after a short warm-up, then image_448;
+  4. stop the server and time the bare model in-process on the same device: forward + last-token pool +
+     L2 norm over equal 200-token rows, eager at each --bare-batches size, then torch.compile at the best
+     one, so the report can say serving throughput / best bare throughput.
+
+Writes perf/results/<host-tag>/<date>/accel-<size>.md and .json (and csv/ rows). Runs on a CPU-only machine
+with --size tiny --device cpu.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from perf import common
+from perf.common import Measurement, log
+from perf.summary import fmt, model_compute_ms, rows_per_execute, stage, table
+from perf.workloads import generate
+
+TUTORIAL = {
+    "requests": 1000,
+    "duration_s": 19.53,
+    "req_per_s": 51.20,
+    "tok_per_s": 10240.42,
+    "mean_e2el_ms": 10360.53,
+    "p99_e2el_ms": 19423.21,
+}
+ACCEL_TARGET = 0.90
+
+
+def checkpoint(size: str, device: str) -> Path:
+    if size in common.NAMED_MODELS:
+        return common.model_path(size)
+    from backend.tiny_model import build_tiny_checkpoint, is_complete_checkpoint
+
+    path = common.REPO / "models" / f"qwen3-vl-embedding-{size}-random"
+    if not is_complete_checkpoint(path):
+        import torch
+
+        if device.startswith("npu"):
+            import torch_npu  # noqa: F401  (registers the npu device with torch)
+        started = time.monotonic()
+        log(f"building the {size} architecture with random weights on {device} into {path} ...")
+        build_tiny_checkpoint(path, kind="embedding", size=size, device=device)
+        # The weights were made on the device in this process; the server loads its own copy.
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        elif device.startswith("npu"):
+            torch.npu.empty_cache()
+        log(f"  built in {time.monotonic() - started:.0f} s")
+    return path
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    from backend.device import resolve_device as backend_resolve
+
+    return str(backend_resolve("auto", 0, None))
+
+
+def serving_repository(dest: Path, max_rows: int, token_budget: int, preprocess_instances: int) -> Path:
+    """The repository with the model step allowed `max_rows` rows per execute and per micro-batch."""
+    model_edit = common.compose(
+        lambda config: config.replace("max_batch_size: 128", f"max_batch_size: {max_rows}"),
+        common.with_parameter("max_rows_per_batch", str(max_rows)),
+        common.with_parameter("token_budget", str(token_budget)),
+    )
+    edits = {common.MODEL_STEP: model_edit}
+    if preprocess_instances:
+        edits[common.PREPROCESS] = lambda config: config.replace(
+            "instance_group [ { count: 2, kind: KIND_CPU } ]",
+            f"instance_group [ {{ count: {preprocess_instances}, kind: KIND_CPU }} ]",
+        )
+    return common.variant_repository(dest, edits)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = argparse.ArgumentParser(
+        prog="python -m perf.accel", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", default="tiny", choices=("tiny", "bench", "2b", "8b"))
+    parser.add_argument("--device", default="auto", help="cuda, npu, cpu or auto")
+    parser.add_argument("--concurrency", type=int, default=0, help="default: 256 on accelerators, 64 on CPU")
+    parser.add_argument("--requests", type=int, default=TUTORIAL["requests"])
+    parser.add_argument(
+        "--image-requests", type=int, default=0, help="default: 500 on accelerators, 4 x concurrency on CPU"
+    )
+    parser.add_argument(
+        "--max-rows",
+        type=int,
+        default=0,
+        help="rows per execute / micro-batch; default 256 (accel), 64 (CPU)",
+    )
+    parser.add_argument("--token-budget", type=int, default=0, help="default 65536 (accel), 16384 (CPU)")
+    parser.add_argument("--preprocess-instances", type=int, default=0, help="default 4 (accel), 2 (CPU)")
+    parser.add_argument("--bare-batches", default="", help="default 64,128,256 (accel), 1,16,64 (CPU)")
+    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--budget-s", type=float, default=570.0)
+    parser.add_argument("--out", type=Path, default=common.RESULTS)
+    args = parser.parse_args(argv)
+
+    started = time.monotonic()
+    deadline = started + args.budget_s
+    device = resolve_device(args.device)
+    accel = not device.startswith("cpu")
+    concurrency = args.concurrency or (256 if accel else 64)
+    image_requests = args.image_requests or (500 if accel else 4 * concurrency)
+    max_rows = args.max_rows or (256 if accel else 64)
+    token_budget = args.token_budget or (65536 if accel else 16384)
+    preprocess_instances = args.preprocess_instances or (4 if accel else 2)
+    bare_batches = args.bare_batches or ("64,128,256" if accel else "1,16,64")
+    tag = common.host_tag(device)
+    run_dir = args.out / tag / datetime.date.today().isoformat()
+    for sub in ("", "csv", "raw"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    log(f"perf-accel: size {args.size} on {device}; results in {run_dir}")
+
+    record: dict = {
+        "size": args.size,
+        "device": device,
+        "device_name": common.accelerator_name(device) if accel else common.cpu_name(),
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "settings": {
+            "concurrency": concurrency,
+            "requests": args.requests,
+            "image_requests": image_requests,
+            "max_rows": max_rows,
+            "token_budget": token_budget,
+            "preprocess_instances": preprocess_instances,
+            "bare_batches": bare_batches,
+        },
+        "points": {},
+        "timeline": {},
+    }
+
+    def mark(step: str) -> None:
+        record["timeline"][step] = round(time.monotonic() - started, 1)
+        log(f"[{record['timeline'][step]:6.1f} s] {step}")
+
+    model = checkpoint(args.size, device)
+    mark("checkpoint ready")
+    data = {"text_200": generate("text_200", rows=args.requests), "image_448": generate("image_448")}
+    repository = serving_repository(
+        run_dir / "raw" / f"repo-accel-{args.size}", max_rows, token_budget, preprocess_instances
+    )
+    endpoint = common.start_server(
+        f"{args.size}-{device.split(':')[0]}",
+        model,
+        run_dir / "raw" / f"server-accel-{args.size}.log",
+        repository=repository,
+        env={"DEVICE": device},
+    )
+    mark("server ready")
+    try:
+        warm = Measurement(mode="count", request_count=2 * concurrency, timeout_s=300)
+        common.measure(
+            endpoint, "text_200", data["text_200"], "http", concurrency, warm, run_dir, "accel-warmup"
+        )
+        mark("warm-up done")
+        for workload, count in (("text_200", args.requests), ("image_448", image_requests)):
+            remaining = deadline - time.monotonic()
+            if remaining < 60:
+                log(f"skipping {workload}: {remaining:.0f} s left")
+                continue
+            measurement = Measurement(mode="count", request_count=count, timeout_s=min(300, remaining - 30))
+            point = common.measure(
+                endpoint,
+                workload,
+                data[workload],
+                "http",
+                concurrency,
+                measurement,
+                run_dir,
+                f"accel-{args.size}",
+            )
+            record["points"][workload] = point.as_dict()
+            log(f"  {workload} c={concurrency}: {common.describe(point)}")
+            mark(f"{workload} measured")
+    finally:
+        endpoint.stop()
+    mark("server stopped")
+
+    remaining = deadline - time.monotonic()
+    out = run_dir / "raw" / f"accel-{args.size}-bare.json"
+    if remaining > 60:
+        command = [
+            sys.executable,
+            "-m",
+            "perf.inprocess",
+            "--model-path",
+            str(model),
+            "--device",
+            device,
+            "--workload",
+            "text_200,image_448",
+            "--batch-sizes",
+            bare_batches,
+            "--modes",
+            "bare",
+            "--seconds",
+            "5" if accel else "4",
+            "--json",
+            str(out),
+            "--deadline-s",
+            str(max(remaining - 20, 30)),
+        ] + (["--compile"] if args.compile else [])
+        env = {**os.environ, "PYTHONPATH": str(common.REPO)}
+        try:
+            subprocess.run(command, cwd=common.REPO, env=env, timeout=max(remaining - 10, 30), check=False)
+        except subprocess.TimeoutExpired:
+            log("bare-model timing ran out of time")
+        if out.exists():
+            record["bare"] = json.loads(out.read_text())
+    mark("bare model timed")
+    record["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+    common.write_json(run_dir / f"accel-{args.size}.json", record)
+    path = write_report(run_dir / f"accel-{args.size}.md", record)
+    log(f"report: {path}")
+    return 0 if record["points"] else 1
+
+
+def write_report(path: Path, record: dict) -> Path:
+    settings = record["settings"]
+    text = record["points"].get("text_200", {})
+    image = record["points"].get("image_448", {})
+    bare = record.get("bare", {})
+    text_bare = bare.get("workloads", {}).get("text_200", {})
+    best_mode, best_rate, best_batch = None, 0.0, None
+    for mode, rates in text_bare.get("modes", {}).items():
+        for batch, rate in rates.items():
+            if rate > best_rate:
+                best_mode, best_rate, best_batch = mode, rate, batch
+    ratio = text.get("throughput", 0.0) / best_rate if best_rate and text.get("ok") else None
+    lines = [
+        f"# perf-accel: {record['size']} architecture (random weights) on {record['device_name']} "
+        f"({record['device']}), {record['started'][:10]}",
+        "",
+        f"Served through `model_repository/` (model step: up to {settings['max_rows']} rows per execute and "
+        f"per micro-batch, token budget {settings['token_budget']}; {settings['preprocess_instances']} "
+        f"preprocess instances), perf_analyzer over HTTP at concurrency {settings['concurrency']}, after a "
+        f"warm-up of {2 * settings['concurrency']} requests. Timeline (s since start): "
+        + ", ".join(f"{step} {seconds}" for step, seconds in record["timeline"].items())
+        + ".",
+        "",
+    ]
+    rows = []
+    for name, point in (("text_200", text), ("image_448", image)):
+        if point.get("ok"):
+            tokens = (
+                point["custom"].get("tokens", 0) / point["custom"]["seconds"]
+                if point["custom"].get("seconds")
+                else 0
+            )
+            requests = settings["requests"] if name == "text_200" else settings["image_requests"]
+            queue = stage(point, common.MODEL_STEP, "queue_ms")
+            rows.append(
+                [
+                    f"{name} through Triton ({requests} requests)",
+                    f"{fmt(point['throughput'])} req/s; p50 {fmt(point['p50_ms'])} ms, "
+                    f"p99 {fmt(point['p99_ms'])} ms; {fmt(rows_per_execute(point))} rows per execute; "
+                    f"model compute {fmt(model_compute_ms(point))} ms per execute, queue {fmt(queue)} ms; "
+                    f"~{fmt(tokens, 0)} tokens/s",
+                ]
+            )
+    for workload, section in bare.get("workloads", {}).items():
+        for mode, rates in section.get("modes", {}).items():
+            rows.append(
+                [
+                    f"bare model, {workload}, {mode}",
+                    ", ".join(f"batch {b}: {fmt(r)} rows/s" for b, r in rates.items()),
+                ]
+            )
+        if section.get("compile_seconds"):
+            rows.append([f"torch.compile time, {workload}", f"{fmt(section['compile_seconds'])} s"])
+        if section.get("compile_error"):
+            rows.append([f"torch.compile, {workload}", section["compile_error"]])
+    if ratio is not None:
+        rows.append(
+            [
+                "**serving ÷ best bare (text_200)**",
+                f"**{ratio:.2f}** ({fmt(text['throughput'])} ÷ {fmt(best_rate)} rows/s, {best_mode} batch "
+                f"{best_batch}); target ≥ {ACCEL_TARGET} for 8B on one H100",
+            ]
+        )
+    rows.append(
+        [
+            "vLLM-Ascend tutorial (Qwen3-VL-Embedding-8B, `vllm bench serve --random-input 200`)",
+            f"{TUTORIAL['req_per_s']} req/s, {TUTORIAL['tok_per_s']:,} tok/s, "
+            f"mean E2EL {TUTORIAL['mean_e2el_ms']:,} ms over {TUTORIAL['requests']} requests",
+        ]
+    )
+    lines += table(["measurement", "result"], rows)
+    lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())

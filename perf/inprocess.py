@@ -1,0 +1,261 @@
+"""The serving path's own code, called in-process with ideal batches: the denominator of serving efficiency.
+
+    python -m perf.inprocess --model-path models/qwen3-vl-embedding-bench --workload text_200 \
+        [--batch-sizes 1,4,16,64] [--device cpu] [--bare] [--compile] [--seconds 6] [--json out.json]
+
+Modes, each over the workload's requests (rows), reported in rows per second:
+  pipeline  EmbeddingPreprocessor.prepare (chat format, tokenise, media) + EmbeddingModel.embed (micro-batch
+            plan, forward, pool, normalise, Matryoshka) on batches of B rows: everything the two Python
+            models do, minus Triton
+  embed     EmbeddingModel.embed alone on already-prepared rows (the model step's share)
+  bare      (--bare) the HF backbone forward + last-token pool + L2 norm on one collated batch, nothing else:
+            what the accelerator can do at best; with --compile also under torch.compile (static shapes,
+            the language model compiled, compiled per batch shape before timing)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def entry_inputs(entry: dict) -> dict[str, np.ndarray | None]:
+    """One perf_analyzer JSON entry as the preprocess step's input tensors (batch of 1)."""
+    from perf.workloads import decode_bytes_tensor
+
+    inputs: dict[str, np.ndarray | None] = {}
+    for name, tensor in entry.items():
+        if "b64" in tensor:
+            inputs[name] = np.array([[decode_bytes_tensor(tensor)]], dtype=object)
+        elif name == "DIMENSIONS":
+            inputs[name] = np.array([tensor["content"]], dtype=np.int32)
+        else:
+            inputs[name] = np.array([[value.encode("utf-8") for value in tensor["content"]]], dtype=object)
+    return inputs
+
+
+def load_entries(workload: str, rows: int) -> list[dict]:
+    from perf.workloads import generate
+
+    data = json.loads(generate(workload).read_text())["data"]
+    return [data[index % len(data)] for index in range(rows)]
+
+
+def synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "npu":
+        torch.npu.synchronize(device)  # type: ignore[attr-defined]
+
+
+def timed(run: Callable[[], int], seconds: float, device, min_repeats: int = 2) -> float:
+    """Rows per second of `run` (which returns how many rows it did), repeated for at least `seconds`."""
+    run()  # warm (lazy init, allocator, first-shape costs)
+    synchronize(device)
+    rows, repeats, started = 0, 0, time.perf_counter()
+    while repeats < min_repeats or time.perf_counter() - started < seconds:
+        rows += run()
+        repeats += 1
+    synchronize(device)
+    return rows / (time.perf_counter() - started)
+
+
+def bare_forward(model, rows, compiled_lm=None):
+    """Forward + last-token pool + L2 norm of one collated batch, as the model step computes it."""
+    import torch
+
+    from backend.modeling import collate, last_token_pool
+
+    batch = collate(rows, model.pad_token_id, model.device, model.dtype)
+    backbone = model.model
+    with torch.inference_mode():
+        if compiled_lm is not None and batch.pixel_values is None and batch.pixel_values_videos is None:
+            original = backbone.language_model
+            backbone.language_model = compiled_lm
+            try:
+                output = backbone(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+                )
+            finally:
+                backbone.language_model = original
+        else:
+            output = backbone(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                pixel_values=batch.pixel_values,
+                image_grid_thw=batch.image_grid_thw,
+                pixel_values_videos=batch.pixel_values_videos,
+                video_grid_thw=batch.video_grid_thw,
+                use_cache=False,
+            )
+        pooled = last_token_pool(output.last_hidden_state, batch.lengths)
+        return torch.nn.functional.normalize(pooled.float(), p=2, dim=-1)
+
+
+def run(
+    model_path: str,
+    workloads: Sequence[str] = ("text_200",),
+    batch_sizes: Sequence[int] = (1, 4, 16, 64),
+    device: str = "cpu",
+    dtype: str = "auto",
+    seconds: float = 6.0,
+    modes: Sequence[str] = ("pipeline", "embed"),
+    compile_model: bool = False,
+    deadline: float | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Rows per second for every workload x mode x batch size; `best` holds the first workload's best rate
+    per mode. torch.compile (if asked) runs on the first workload only, at its best eager bare batch, and is
+    skipped when `deadline` (time.monotonic()) leaves too little time."""
+    import torch
+
+    from backend.modeling import EmbeddingModel
+    from backend.preprocess import EmbeddingPreprocessor
+    from backend.settings import ModelSettings, PreprocessSettings
+
+    started = time.perf_counter()
+    preprocessor = EmbeddingPreprocessor(PreprocessSettings(model_path=str(model_path)))
+    model = EmbeddingModel(ModelSettings(model_path=str(model_path), device=device, dtype=dtype))
+    model.warmup()
+    result: dict = {
+        "model_path": str(model_path),
+        "device": str(model.device),
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "torch_threads": torch.get_num_threads(),
+        "load_seconds": time.perf_counter() - started,
+        "workloads": {},
+    }
+
+    def out_of_time(margin: float) -> bool:
+        return deadline is not None and time.monotonic() + margin > deadline
+
+    for number, workload in enumerate(workloads):
+        entries = load_entries(workload, max(batch_sizes))
+        inputs = [entry_inputs(entry) for entry in entries]
+        prepared = [row for request in inputs for row in preprocessor.prepare_request(request)]
+        section: dict = {"mean_tokens": float(np.mean([row.length for row in prepared])), "modes": {}}
+        result["workloads"][workload] = section
+        tokens = section["mean_tokens"]
+        log(f"  in-process {workload} on {model.device} ({result['dtype']}), {tokens:.0f} tokens/row")
+
+        def record(mode: str, batch: int, rate: float, section=section) -> None:
+            section["modes"].setdefault(mode, {})[str(batch)] = rate
+            log(f"    {mode:13s} batch {batch:4d}: {rate:9.2f} rows/s")
+
+        # Media rows are big (a 448x448 image is 784 patches): past 64 of them a batch only tests memory.
+        sizes = batch_sizes if workload.startswith("text") else [b for b in batch_sizes if b <= 64] or [1]
+        for batch in sizes:
+            if out_of_time(3 * seconds):
+                log("    out of time: remaining batch sizes skipped")
+                break
+            if "pipeline" in modes:
+
+                def pipeline(batch=batch, inputs=inputs) -> int:
+                    rows = [
+                        row for request in inputs[:batch] for row in preprocessor.prepare_request(request)
+                    ]
+                    model.embed(rows)
+                    return len(rows)
+
+                record("pipeline", batch, timed(pipeline, seconds, model.device))
+            if "embed" in modes:
+                rate = timed(
+                    lambda batch=batch, rows=prepared: len(model.embed(rows[:batch])), seconds, model.device
+                )
+                record("embed", batch, rate)
+            if "bare" in modes:
+                rate = timed(
+                    lambda batch=batch, rows=prepared: len(bare_forward(model, rows[:batch])),
+                    seconds,
+                    model.device,
+                )
+                record("bare", batch, rate)
+
+        if compile_model and number == 0:
+            bare = section["modes"].get("bare") or {str(max(batch_sizes)): 0.0}
+            batch = int(max(bare.items(), key=lambda item: item[1])[0])
+            if out_of_time(150):
+                section["compile_error"] = "skipped: not enough time left in the run for compiling"
+                log(f"    torch.compile {section['compile_error']}")
+                continue
+            try:
+                compiled = torch.compile(model.model.language_model, dynamic=False)
+                compile_started = time.perf_counter()
+                bare_forward(model, prepared[:batch], compiled)  # compiles this shape
+                synchronize(model.device)
+                section["compile_seconds"] = time.perf_counter() - compile_started
+                log(f"    compiled batch {batch} in {section['compile_seconds']:.1f} s")
+                rows = prepared[:batch]
+                rate = timed(
+                    lambda rows=rows, compiled=compiled: len(bare_forward(model, rows, compiled)),
+                    seconds,
+                    model.device,
+                )
+                record("bare_compiled", batch, rate)
+            except Exception as error:  # no C++ compiler, an unsupported op, ...
+                section["compile_error"] = f"{type(error).__name__}: {str(error)[:300]}"
+                log(f"    torch.compile failed: {section['compile_error']}")
+
+    first = result["workloads"][workloads[0]]
+    result["workload"] = workloads[0]
+    result["mean_tokens"] = first["mean_tokens"]
+    result["modes"] = first["modes"]
+    result["best"] = {mode: max(rates.values()) for mode, rates in first["modes"].items() if rates}
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m perf.inprocess",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model-path", required=True)
+    parser.add_argument("--workload", default="text_200", help="comma list; the first is the headline")
+    parser.add_argument("--batch-sizes", default="1,4,16,64")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--modes", default="pipeline,embed", help="pipeline, embed, bare")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time the bare forward under torch.compile"
+    )
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--deadline-s", type=float, default=0.0, help="stop starting new work after this long"
+    )
+    args = parser.parse_args(argv)
+    result = run(
+        args.model_path,
+        args.workload.split(","),
+        [int(b) for b in args.batch_sizes.split(",")],
+        args.device,
+        args.dtype,
+        args.seconds,
+        [mode for mode in args.modes.split(",") if mode],
+        args.compile,
+        time.monotonic() + args.deadline_s if args.deadline_s else None,
+        log=lambda message: print(message, file=sys.stderr, flush=True),
+    )
+    text = json.dumps(result, indent=1)
+    if args.json:
+        args.json.write_text(text + "\n")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

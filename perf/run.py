@@ -1,0 +1,418 @@
+"""`make perf`: perf_analyzer sweeps of the embedding ensemble, side-by-side comparisons, a Markdown summary.
+
+    python -m perf.run [--models served|tiny|bench|PATH,...] [--workloads text_200,...]
+                       [--concurrency 1,2,...] [--protocols http,grpc]
+                       [--compare batching,efficiency,padding | none]
+                       [--compare-models tiny,bench] [--quick] [--out perf/results] [--run-dir DIR]
+
+Sweeps: for each model, workload, protocol and concurrency, one perf_analyzer measurement, bracketed by
+snapshots of Triton's per-model statistics (the ensemble's composing models: queue / compute per step,
+batch sizes executed) and of the metrics port (the qwen3vl_* families the Python models export). `served`
+(the default) measures the server `make serve` runs on TRITON_HTTP_PORT if one is up, else starts one with
+the default model; named models always get a server of their own, on free ports, loading only the
+embedding ensemble.
+
+Comparisons, each measured in this run, on servers of its own:
+  batching    text_200 at --compare-concurrency (16) with the model step's dynamic batching on, then off
+              (a copy of the repository whose config has no dynamic_batching block), for each compare model
+  efficiency  text_200 end-to-end throughput through the ensemble on the bench model (best of concurrency
+              8, 16 and 64) / the same backend code in-process with ideal batches (perf/inprocess.py), with
+              py-spy profiles of the stubs during the end-to-end run
+  padding     padded / real tokens on text_mixed (from the sweep, else measured at concurrency 16), and
+              text_mixed at concurrency 16 with batch_overhead_tokens set to each --padding-overheads value
+
+Results: perf/results/<host-tag>/<date>/ with summary.md, PNG plots, csv/ (perf_analyzer's -f rows),
+points.json (everything measured) and raw/ (logs, per-run CSVs, profiles; git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from perf import common, profiling, summary
+from perf.common import Endpoint, Measurement, Point, log
+from perf.workloads import DEFAULT_OUT, WORKLOADS, generate
+
+DEFAULT_CONCURRENCY = "1,2,4,8,16,32,64"
+TARGETS = {"efficiency": 0.85, "batching_gain": 3.0, "padding": 1.15}
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.measurement = Measurement(
+            mode=args.measurement,
+            interval_ms=args.interval_ms,
+            stability=args.stability,
+            max_trials=args.max_trials,
+            point_seconds=args.point_seconds,
+            timeout_s=args.point_timeout,
+        )
+        if args.append and args.run_dir is None:
+            raise SystemExit("--append needs --run-dir (the run to add to)")
+        self.run_dir = common.new_run_dir(args.host_tag or common.host_tag("cpu"), args.out, args.run_dir)
+        self.data: dict[str, Path] = {}
+        self.record: dict = {
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "command": "python -m perf.run " + " ".join(shlex.quote(arg) for arg in sys.argv[1:]),
+            "host": host_info(),
+            "measurement": vars(self.measurement),
+            "points": [],
+            "comparisons": {},
+            "targets": TARGETS,
+            "inprocess": {},
+        }
+        self.started = time.monotonic()
+        previous = self.run_dir / "points.json"
+        if args.append and previous.exists():
+            # Another part of the same run (e.g. a second model with fewer workloads): keep what is there.
+            earlier = json.loads(previous.read_text())
+            earlier["command"] = f"{earlier['command']} ; {self.record['command']}"
+            earlier["host"]["busy_before"] = earlier["host"].get("busy_before", []) + [
+                f"(part {earlier.get('parts', 1) + 1}) {busy}" for busy in self.record["host"]["busy_before"]
+            ]
+            earlier["parts"] = earlier.get("parts", 1) + 1
+            self.started -= earlier.get("elapsed_s", 0.0)
+            self.record = {**self.record, **{k: v for k, v in earlier.items() if k not in ("measurement",)}}
+
+    # -------------------------------------------------------------------------------------------------
+    def workload_data(self, name: str) -> Path:
+        if name not in self.data:
+            rows = dict(self.args.rows).get(name)
+            self.data[name] = generate(name, self.args.data_dir, rows=rows)
+        return self.data[name]
+
+    def save(self) -> None:
+        self.record["elapsed_s"] = round(time.monotonic() - self.started, 1)
+        common.write_json(self.run_dir / "points.json", self.record)
+
+    def add(self, point: Point, index: str = "") -> Point:
+        self.record["points"].append(point.as_dict())
+        where = f"{point.model} {point.workload} {point.protocol} c={point.concurrency}"
+        log(f"  {index}{where}: {common.describe(point)}")
+        self.save()
+        return point
+
+    def endpoint(self, model: str, label: str | None = None, repository: Path | None = None) -> Endpoint:
+        if model == "served":
+            if self.args.url:
+                return Endpoint(
+                    label="served",
+                    http=self.args.url,
+                    grpc=self.args.grpc_url or self.args.url,
+                    metrics_url=self.args.metrics_url or "",
+                    model_path=os.environ.get("MODEL_PATH", "(running server)"),
+                )
+            running = common.running_server()
+            if running is not None:
+                log(f"measuring the running server at {running.http}")
+                return running
+            model = os.environ.get("MODEL_PATH") or "tiny"
+        path = common.model_path(model)
+        label = label or (model if model in common.NAMED_MODELS else path.name)
+        log(f"starting a server for {label} ({path}) ...")
+        return common.start_server(
+            label,
+            path,
+            self.run_dir / "raw" / f"server-{label}.log",
+            repository=repository or common.MODEL_REPOSITORY,
+            env={k: os.environ[k] for k in ("DEVICE", "DTYPE") if os.environ.get(k)},
+        )
+
+    # -------------------------------------------------------------------------------------------------
+    def sweep(self) -> None:
+        plan = [
+            (workload, protocol, concurrency)
+            for workload in self.args.workloads
+            for protocol in self.args.protocols
+            for concurrency in self.args.concurrency
+        ]
+        for model in self.args.models:
+            endpoint = self.endpoint(model)
+            try:
+                self.record.setdefault("models", {})[endpoint.label] = endpoint.model_path
+                for workload in self.args.workloads:
+                    self.workload_data(workload)
+                log(f"sweep on {endpoint.label}: {len(plan)} points")
+                previous: dict[tuple[str, str], float] = {}
+                for number, (workload, protocol, concurrency) in enumerate(plan, 1):
+                    point = common.measure(
+                        endpoint,
+                        workload,
+                        self.data[workload],
+                        protocol,
+                        concurrency,
+                        self.measurement,
+                        self.run_dir,
+                        "sweep",
+                        previous.get((workload, protocol), 0.0),
+                    )
+                    previous[(workload, protocol)] = point.throughput
+                    self.add(point, f"[{number:3d}/{len(plan)}] ")
+            finally:
+                endpoint.stop()
+
+    # -------------------------------------------------------------------------------------------------
+    def compare(self) -> None:
+        wanted = set(self.args.compare)
+        if not wanted:
+            return
+        concurrency = self.args.compare_concurrency
+        data = self.workload_data("text_200")
+        results = self.record["comparisons"]
+        for model in self.args.compare_models:
+            label = f"{model}"
+            batching = results.setdefault("batching", {})
+            efficiency_model = "efficiency" in wanted and model == self.args.efficiency_model
+            needs_padding = (
+                "padding" in wanted
+                and model == self.args.compare_models[-1]
+                and not any(
+                    p["workload"] == "text_mixed" and p["ok"]
+                    for p in self.record["points"]
+                    if p["tag"] == "sweep"
+                )
+            )
+            if "batching" in wanted or efficiency_model or needs_padding:
+                log(f"comparisons on {label}: dynamic batching on")
+                endpoint = self.endpoint(model, label=f"{label}")
+                try:
+                    on = self.add(self.measure(endpoint, "text_200", data, concurrency, "batching-on"))
+                    batching.setdefault(label, {})["on"] = on.as_dict()
+                    if efficiency_model:
+                        results["efficiency_e2e"] = [on.as_dict()]
+                        for extra in self.args.efficiency_concurrency:
+                            if extra == concurrency:
+                                continue
+                            profiled = self.profiled_measure(endpoint, "text_200", data, extra, "efficiency")
+                            results["efficiency_e2e"].append(self.add(profiled).as_dict())
+                    if needs_padding:
+                        mixed = self.workload_data("text_mixed")
+                        results["padding"] = self.add(
+                            self.measure(endpoint, "text_mixed", mixed, concurrency, "padding")
+                        ).as_dict()
+                finally:
+                    endpoint.stop()
+            if "batching" in wanted:
+                log(f"comparisons on {label}: dynamic batching off")
+                repository = common.variant_repository(
+                    self.run_dir / "raw" / "repo-batching-off",
+                    {common.MODEL_STEP: common.without_dynamic_batching},
+                )
+                endpoint = self.endpoint(model, label=f"{label}-nobatch", repository=repository)
+                try:
+                    off = self.add(
+                        self.profiled_measure(endpoint, "text_200", data, concurrency, "batching-off")
+                    )
+                    batching[label]["off"] = off.as_dict()
+                finally:
+                    endpoint.stop()
+                on_tput, off_tput = batching[label]["on"]["throughput"], off.throughput
+                batching[label]["gain"] = on_tput / off_tput if off_tput else None
+                log(f"  batching gain on {label} at c={concurrency}: {batching[label]['gain'] or 0:.2f}x")
+            if efficiency_model:
+                self.inprocess(model)
+            self.save()
+        if "padding" in wanted and self.args.padding_overheads:
+            self.padding_overheads(self.args.compare_models[0], concurrency)
+
+    def padding_overheads(self, model: str, concurrency: int) -> None:
+        """text_mixed with the planner's batch_overhead_tokens changed (a copy of the repository each):
+        the knob that trades padding against the number of forward passes."""
+        mixed = self.workload_data("text_mixed")
+        results = self.record["comparisons"].setdefault("padding_overhead", {})
+        for overhead in self.args.padding_overheads:
+            edit = common.with_parameter("batch_overhead_tokens", str(overhead))
+            repository = common.variant_repository(
+                self.run_dir / "raw" / f"repo-overhead-{overhead}", {common.MODEL_STEP: edit}
+            )
+            log(f"comparisons on {model}: batch_overhead_tokens {overhead}")
+            endpoint = self.endpoint(model, label=f"{model}-overhead{overhead}", repository=repository)
+            try:
+                point = self.add(self.measure(endpoint, "text_mixed", mixed, concurrency, "padding-overhead"))
+                results[str(overhead)] = point.as_dict()
+            finally:
+                endpoint.stop()
+        self.save()
+
+    def measure(self, endpoint: Endpoint, workload: str, data: Path, concurrency: int, tag: str) -> Point:
+        return common.measure(
+            endpoint, workload, data, "http", concurrency, self.measurement, self.run_dir, tag
+        )
+
+    def profiled_measure(
+        self, endpoint: Endpoint, workload: str, data: Path, concurrency: int, tag: str
+    ) -> Point:
+        server_pid = getattr(endpoint.server, "pid", None)
+        if not self.args.profile or server_pid is None or profiling.available() is None:
+            return self.measure(endpoint, workload, data, concurrency, tag)
+        pids = {
+            name: profiling.stub_pids(server_pid, name) for name in (common.MODEL_STEP, common.PREPROCESS)
+        }
+        name = f"{tag}-{endpoint.label}-c{concurrency}"
+        with profiling.Profiler(
+            [pid for group in pids.values() for pid in group], self.run_dir / "raw", name
+        ) as prof:
+            point = self.measure(endpoint, workload, data, concurrency, tag)
+        by_pid = {entry["pid"]: entry for entry in prof.summaries()}
+        point.profile = {
+            model: profiling.merge([by_pid[pid] for pid in group if pid in by_pid])
+            for model, group in pids.items()
+            if any(pid in by_pid for pid in group)
+        }
+        return point
+
+    def inprocess(self, model: str) -> None:
+        path = common.model_path(model)
+        out = self.run_dir / "raw" / f"inprocess-{model}.json"
+        command = [
+            sys.executable,
+            "-m",
+            "perf.inprocess",
+            "--model-path",
+            str(path),
+            "--workload",
+            "text_200",
+            "--batch-sizes",
+            ",".join(str(b) for b in self.args.inprocess_batches),
+            "--seconds",
+            str(self.args.inprocess_seconds),
+            "--json",
+            str(out),
+        ]
+        log(f"in-process baseline on {model} (no server running) ...")
+        env = {**os.environ, "PYTHONPATH": str(common.REPO)}
+        for name in common.SERVER_OVERRIDES:
+            env.pop(name, None)
+        result = subprocess.run(command, cwd=common.REPO, env=env, timeout=1800)
+        if result.returncode == 0 and out.exists():
+            self.record["inprocess"][model] = json.loads(out.read_text())
+        else:
+            self.record["inprocess"][model] = {"error": f"perf.inprocess exited with {result.returncode}"}
+
+    # -------------------------------------------------------------------------------------------------
+    def finish(self) -> Path:
+        self.record["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+        self.record["host"]["load_after"] = os.getloadavg()
+        self.save()
+        path = summary.write(self.run_dir, self.record)
+        log(f"summary: {path}")
+        return path
+
+
+def host_info() -> dict:
+    import torch
+
+    info = {
+        "cpu": common.cpu_name(),
+        "cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "commit": common.git_commit(),
+        "load_before": os.getloadavg(),
+        "busy_before": common.busy_processes(),
+    }
+    try:
+        from importlib.metadata import version
+
+        info["tritonclient"] = version("tritonclient")
+        info["nvidia-pytriton"] = version("nvidia-pytriton")
+    except Exception:
+        pass
+    return info
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m perf.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--models", default="served", help="served, tiny, bench or checkpoint dirs (comma list)"
+    )
+    parser.add_argument(
+        "--url", default=None, help="HOST:PORT of a running server's HTTP endpoint (model 'served')"
+    )
+    parser.add_argument("--grpc-url", default=None, help="HOST:PORT of its gRPC endpoint")
+    parser.add_argument("--metrics-url", default=None, help="its metrics page, http://HOST:PORT/metrics")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--concurrency", default=DEFAULT_CONCURRENCY)
+    parser.add_argument("--protocols", default="http,grpc")
+    parser.add_argument("--compare", default="batching,efficiency,padding", help="or 'none'")
+    parser.add_argument("--compare-models", default="bench", help="models for the batching on/off comparison")
+    parser.add_argument("--compare-concurrency", type=int, default=16)
+    parser.add_argument("--efficiency-model", default="bench")
+    parser.add_argument("--efficiency-concurrency", default="8,16,64")
+    parser.add_argument(
+        "--padding-overheads", default="256,64", help="batch_overhead_tokens values to compare"
+    )
+    parser.add_argument("--inprocess-batches", default="1,4,16,64")
+    parser.add_argument("--inprocess-seconds", type=float, default=8.0)
+    parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip py-spy profiles")
+    parser.add_argument("--measurement", choices=("auto", "windows", "count"), default="auto")
+    parser.add_argument("--interval-ms", type=int, default=3000)
+    parser.add_argument("--stability", type=int, default=50)
+    parser.add_argument("--max-trials", type=int, default=5)
+    parser.add_argument("--point-seconds", type=float, default=8.0)
+    parser.add_argument("--point-timeout", type=float, default=300.0)
+    parser.add_argument("--rows", action="append", default=[], help="NAME=N: requests in a workload file")
+    parser.add_argument(
+        "--quick", action="store_true", help="short windows for smoke tests (-p 1000, -s 100, -r 6)"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=DEFAULT_OUT, help="where workload files are generated"
+    )
+    parser.add_argument("--out", type=Path, default=common.RESULTS)
+    parser.add_argument("--run-dir", type=Path, default=None)
+    parser.add_argument("--host-tag", default=None)
+    parser.add_argument("--append", action="store_true", help="add to the run in --run-dir, not a new one")
+    args = parser.parse_args(argv)
+    args.models = common.parse_list(args.models)
+    args.workloads = common.parse_list(args.workloads)
+    unknown = [w for w in args.workloads if w not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workloads {unknown}; choose from {list(WORKLOADS)}")
+    args.concurrency = common.parse_list(args.concurrency, int)
+    args.protocols = common.parse_list(args.protocols)
+    args.compare = [] if args.compare == "none" else common.parse_list(args.compare)
+    args.compare_models = common.parse_list(args.compare_models)
+    args.efficiency_concurrency = common.parse_list(args.efficiency_concurrency, int)
+    args.inprocess_batches = common.parse_list(args.inprocess_batches, int)
+    args.padding_overheads = common.parse_list(args.padding_overheads, int)
+    args.rows = [(name, int(count)) for name, _, count in (item.partition("=") for item in args.rows)]
+    if args.quick:
+        args.interval_ms, args.stability, args.max_trials = 1000, 100, 6
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = parse_args(argv)
+    runner = Runner(args)
+    log(f"results: {runner.run_dir}")
+    busy = runner.record["host"]["busy_before"]
+    if busy:
+        log(f"note: other busy processes now: {'; '.join(busy)} (timings will be noisy)")
+    try:
+        runner.sweep()
+        runner.compare()
+    except KeyboardInterrupt:
+        log("interrupted: writing the summary of what was measured")
+    runner.finish()
+    failed = [p for p in runner.record["points"] if not p["ok"]]
+    return 1 if failed and len(failed) == len(runner.record["points"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""`make perf` in miniature: the runner against the test server, one workload at concurrency 1 and 2."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.server
+
+
+def test_runner_writes_a_summary_and_csv_with_nonzero_throughput(server, tmp_path):
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "perf.run",
+        "--url",
+        server.http_url,
+        "--grpc-url",
+        server.grpc_url,
+        "--metrics-url",
+        server.metrics_url,
+        "--workloads",
+        "text_200",
+        "--rows",
+        "text_200=16",
+        "--concurrency",
+        "1,2",
+        "--protocols",
+        "http",
+        "--compare",
+        "none",
+        "--quick",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--run-dir",
+        str(run_dir),
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[  2/2] served text_200 http c=2" in result.stderr  # progress is printed as it goes
+
+    summary = (run_dir / "summary.md").read_text()
+    assert "| text_200 | http | 1 |" in summary and "| text_200 | http | 2 |" in summary
+    assert (run_dir / "throughput_vs_concurrency-served.png").stat().st_size > 1000
+    with open(run_dir / "csv" / "sweep-served-text_200-http.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["Concurrency"] for row in rows] == ["1", "2"]
+    assert all(float(row["Inferences/Second"]) > 0 for row in rows)
+
+    points = json.loads((run_dir / "points.json").read_text())["points"]
+    for point in points:
+        assert point["ok"] and point["throughput"] > 0
+        # The composing models' statistics and the Python models' own metrics were read around each run.
+        assert point["stages"]["qwen3_vl_embedding_model"]["requests"] > 0
+        # ... including the short rows the runner sends so the stubs flush their metrics (perf/common.py).
+        texts = point["custom"]["rows"] - point["custom"]["nudge_rows"]
+        assert texts > 0 and point["custom"]["tokens"] >= 200 * texts
+        assert point["custom"]["preprocess_items"]["text"] > 0
