@@ -18,7 +18,7 @@ class BatchLimits:
     token_budget: int
     max_rows: int
     vision_patch_budget: int
-    batch_overhead_tokens: int = 256
+    batch_overhead_tokens: int = 128
 
 
 def plan_micro_batches(

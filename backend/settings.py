@@ -71,7 +71,7 @@ class ModelSettings:
     # ... and at most this many vision patches (before the 2x2 merge) across its images and videos.
     vision_patch_budget: int = 65536
     # What one more forward call costs, in padded tokens; the batch planner trades padding against it.
-    batch_overhead_tokens: int = 256
+    batch_overhead_tokens: int = 128
     warmup: bool = True
 
 
