@@ -1,8 +1,9 @@
 """Custom Prometheus metrics the Python models export on Triton's metrics port (`pb_utils.MetricFamily`).
 
+Both pipelines' steps export them (embedding and reranker model.py files), told apart by the label.
 Families (all labelled `model`; totals are counters, per-execute sizes histograms):
 
-    qwen3vl_rows_total                    rows (items) embedded
+    qwen3vl_rows_total                    rows (items) embedded, or (query, document) pairs scored
     qwen3vl_tokens_total                  real tokens computed (prompt + vision tokens, no padding)
     qwen3vl_padded_tokens_total           tokens computed counting padding (rows x longest row per
                                           micro-batch); padded / real = padding waste
@@ -40,8 +41,12 @@ PREFIX = "qwen3vl_"
 EXECUTE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 FLUSH_SECONDS = 0.2
 MODALITIES = ("text", "image", "video")
-# Which public input holds each modality's content.
-MODALITY_INPUTS = {"text": "TEXT", "image": "IMAGE", "video": "VIDEO"}
+# Which public inputs hold each modality's content (a row counts once if any of them has it).
+MODALITY_INPUTS = {"text": ("TEXT",), "image": ("IMAGE",), "video": ("VIDEO",)}
+RERANK_MODALITY_INPUTS = {
+    modality: (f"QUERY_{name}", f"DOCUMENT_{name}")
+    for modality, name in (("text", "TEXT"), ("image", "IMAGE"), ("video", "VIDEO"))
+}
 
 
 def triton_utils() -> Any | None:
@@ -220,13 +225,17 @@ def _has_content(values: np.ndarray | None, row: int) -> bool:
     return any(v is not None and len(v) for v in np.asarray(values[row], dtype=object).reshape(-1))
 
 
-def modality_counts(inputs: Mapping[str, np.ndarray | None]) -> dict[str, int]:
-    """Rows of one request that hold text, images, videos (a row may count for several)."""
+def modality_counts(
+    inputs: Mapping[str, np.ndarray | None],
+    modality_inputs: Mapping[str, Sequence[str]] = MODALITY_INPUTS,
+) -> dict[str, int]:
+    """Rows of one request that hold text, images, videos (a row may count for several; a reranker pair
+    counts once for a modality either side holds)."""
     counts = dict.fromkeys(MODALITIES, 0)
     sizes = [int(value.shape[0]) for value in inputs.values() if value is not None]
     for row in range(sizes[0] if sizes else 0):
-        for modality, name in MODALITY_INPUTS.items():
-            counts[modality] += _has_content(inputs.get(name), row)
+        for modality, names in modality_inputs.items():
+            counts[modality] += any(_has_content(inputs.get(name), row) for name in names)
     return counts
 
 
@@ -239,9 +248,11 @@ class PreprocessMetrics:
         timings: Mapping[str, float] | None = None,
         pb: Any = _AUTO,
         flush_seconds: float = FLUSH_SECONDS,
+        modality_inputs: Mapping[str, Sequence[str]] = MODALITY_INPUTS,
     ):
         pb = triton_utils() if pb is _AUTO else pb
         self.metrics = MetricSet(model_name, PREPROCESS_SPECS, pb, flush_seconds)
+        self.modality_inputs = modality_inputs
         self._last = dict(timings or {})
 
     def record(
@@ -260,7 +271,7 @@ class PreprocessMetrics:
         for request, result in zip(inputs, results):
             if isinstance(result, Exception):
                 continue
-            for modality, count in modality_counts(request).items():
+            for modality, count in modality_counts(request, self.modality_inputs).items():
                 totals[modality] += count
             lengths = result.get("SEQ_LEN")
             if lengths is not None:

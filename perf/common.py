@@ -24,16 +24,62 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "perf" / "results"
 MODEL_REPOSITORY = REPO / "model_repository"
-ENSEMBLE = "qwen3_vl_embedding"
-PREPROCESS = "qwen3_vl_embedding_preprocess"
-MODEL_STEP = "qwen3_vl_embedding_model"
-EMBEDDING_MODELS = (ENSEMBLE, PREPROCESS, MODEL_STEP)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """One public ensemble and its two composing models (preprocess step, torch model step)."""
+
+    ensemble: str
+    preprocess: str
+    model_step: str
+    kind: str  # embedding | reranker (backend.tiny_model's kind)
+    model_env: str  # the environment variable naming its checkpoint
+    nudge_inputs: tuple[str, ...]  # the BYTES [1] inputs of a short row that flushes the stubs' metrics
+
+    @property
+    def models(self) -> tuple[str, str, str]:
+        return (self.ensemble, self.preprocess, self.model_step)
+
+
+EMBEDDING = Pipeline(
+    "qwen3_vl_embedding",
+    "qwen3_vl_embedding_preprocess",
+    "qwen3_vl_embedding_model",
+    "embedding",
+    "MODEL_PATH",
+    ("TEXT",),
+)
+RERANKER = Pipeline(
+    "qwen3_vl_reranker",
+    "qwen3_vl_reranker_preprocess",
+    "qwen3_vl_reranker_model",
+    "reranker",
+    "RERANKER_MODEL_PATH",
+    ("QUERY_TEXT", "DOCUMENT_TEXT"),
+)
+PIPELINES = {pipeline.ensemble: pipeline for pipeline in (EMBEDDING, RERANKER)}
+ALL_MODELS = tuple(name for pipeline in PIPELINES.values() for name in pipeline.models)
+ENSEMBLE, PREPROCESS, MODEL_STEP = EMBEDDING.models
+EMBEDDING_MODELS = EMBEDDING.models
 NAMED_MODELS = {
     "tiny": REPO / "models" / "qwen3-vl-embedding-tiny",
     "bench": REPO / "models" / "qwen3-vl-embedding-bench",
 }
+NAMED_RERANKERS = {
+    "tiny": REPO / "models" / "qwen3-vl-reranker-tiny",
+    "bench": REPO / "models" / "qwen3-vl-reranker-bench",
+}
 # Environment variables that change what a started server serves; cleared unless set on purpose.
-SERVER_OVERRIDES = ("MODEL_PATH", "DEVICE", "DTYPE", "ATTN_IMPLEMENTATION")
+SERVER_OVERRIDES = ("MODEL_PATH", "RERANKER_MODEL_PATH", "DEVICE", "DTYPE", "ATTN_IMPLEMENTATION")
+
+
+def pipeline_of(ensemble: str | dict | None) -> Pipeline:
+    """The pipeline of an ensemble name, or of a point (dict; points written before `ensemble` existed
+    measured the embedding ensemble)."""
+    if isinstance(ensemble, dict):
+        ensemble = ensemble.get("ensemble")
+    return PIPELINES.get(ensemble or ENSEMBLE, EMBEDDING)
 
 
 def log(message: str) -> None:
@@ -46,19 +92,22 @@ def log(message: str) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def model_path(name: str) -> Path:
-    """`tiny` / `bench` (built on demand, as `make setup` builds tiny) or a checkpoint directory."""
-    if name not in NAMED_MODELS:
-        path = Path(name)
+def model_path(name: str, kind: str = "embedding") -> Path:
+    """`tiny` / `bench` (built on demand, as `make setup` builds tiny) or a checkpoint directory. For the
+    reranker (`kind="reranker"`) a checkpoint directory comes from RERANKER_MODEL_PATH."""
+    named = NAMED_RERANKERS if kind == "reranker" else NAMED_MODELS
+    if name not in named:
+        path = Path(os.environ.get("RERANKER_MODEL_PATH", "") if kind == "reranker" else name)
         if not path.is_dir():
-            raise SystemExit(f"model {name!r} is neither tiny, bench nor a checkpoint directory")
+            where = "RERANKER_MODEL_PATH" if kind == "reranker" else f"model {name!r}"
+            raise SystemExit(f"{where} is neither tiny, bench nor a checkpoint directory")
         return path
-    path = NAMED_MODELS[name]
+    path = named[name]
     from backend.tiny_model import build_tiny_checkpoint, is_complete_checkpoint
 
     if not is_complete_checkpoint(path):
-        log(f"building the {name} checkpoint in {path} ...")
-        build_tiny_checkpoint(path, kind="embedding", size=name)
+        log(f"building the {name} {kind} checkpoint in {path} ...")
+        build_tiny_checkpoint(path, kind=kind, size=name)
     return path
 
 
@@ -230,8 +279,11 @@ def start_server(
     repository: Path = MODEL_REPOSITORY,
     env: Mapping[str, str] | None = None,
     startup_timeout: float = 900.0,
+    ensembles: Sequence[str] = (ENSEMBLE,),
 ) -> Endpoint:
-    """tritonserver on free ports serving only the embedding ensemble (and its two steps) of `repository`."""
+    """tritonserver on free ports serving only `ensembles` (default the embedding one, each with its two
+    steps) of `repository`. `model` is the embedding checkpoint; a reranker's comes in `env`
+    (RERANKER_MODEL_PATH)."""
     from backend.launcher import TritonServer
 
     overrides: dict[str, str | None] = dict.fromkeys(SERVER_OVERRIDES)
@@ -242,7 +294,7 @@ def start_server(
         server = TritonServer(
             repository,
             log_path=log_path,
-            extra_args=["--model-control-mode=explicit", f"--load-model={ENSEMBLE}"],
+            extra_args=["--model-control-mode=explicit"] + [f"--load-model={name}" for name in ensembles],
             startup_timeout=startup_timeout,
         )
         server.start()
@@ -323,9 +375,7 @@ def parse_prometheus(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]],
 def snapshot(endpoint: Endpoint) -> dict:
     """Triton's per-model statistics (the ensemble and its composing models) and the metrics page."""
     stats = json.loads(http_get(f"http://{endpoint.http}/v2/models/stats"))
-    by_model = {
-        entry["name"]: entry for entry in stats.get("model_stats", []) if entry["name"] in EMBEDDING_MODELS
-    }
+    by_model = {entry["name"]: entry for entry in stats.get("model_stats", []) if entry["name"] in ALL_MODELS}
     metrics = {}
     if endpoint.metrics_url:
         with contextlib.suppress(urllib.error.URLError, OSError, ValueError):
@@ -373,12 +423,14 @@ def _metric_total(samples: Mapping, name: str, **labels: str) -> float:
     return total
 
 
-def custom_delta(before: dict, after: dict) -> dict:
-    """The qwen3vl_* metrics the Python models export (backend/metrics.py), as differences."""
+def custom_delta(before: dict, after: dict, pipeline: Pipeline = EMBEDDING) -> dict:
+    """The qwen3vl_* metrics `pipeline`'s Python models export (backend/metrics.py), as differences."""
 
     def delta(name: str, **labels: str) -> float:
-        return _metric_total(after["metrics"], name, **labels) - _metric_total(
-            before["metrics"], name, **labels
+        return sum(
+            _metric_total(after["metrics"], name, model=model, **labels)
+            - _metric_total(before["metrics"], name, model=model, **labels)
+            for model in (pipeline.preprocess, pipeline.model_step)
         )
 
     out = {
@@ -428,7 +480,7 @@ def group_cpu_seconds(pgid: int) -> dict[str, float]:
                 continue
             cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             role = "tritonserver"
-            for model in EMBEDDING_MODELS[1:]:
+            for model in ALL_MODELS:
                 if f"/{model}/" in cmdline:
                     role = model
             usage[role] = usage.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
@@ -528,6 +580,7 @@ class Point:
     csv: str = ""
     error: str = ""
     tag: str = ""  # which sweep / comparison this point belongs to
+    ensemble: str = ENSEMBLE  # which public ensemble perf_analyzer sent the requests to
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -547,12 +600,13 @@ def run_perf_analyzer(
     csv_path: Path,
     log_path: Path,
     expected_throughput: float = 0.0,
+    ensemble: str = ENSEMBLE,
 ) -> tuple[str, str]:
     """Run one measurement; returns (mode used, error or ""). The CSV lands at csv_path on success."""
     base = [
         perf_analyzer_binary(),
         "-m",
-        ENSEMBLE,
+        ensemble,
         "-u",
         endpoint.url(protocol),
         "-i",
@@ -660,10 +714,17 @@ def measure(
     run_dir: Path,
     tag: str,
     expected_throughput: float = 0.0,
+    ensemble: str = ENSEMBLE,
 ) -> Point:
     """One perf_analyzer point plus what the server's statistics and metrics say happened meanwhile."""
+    pipeline = pipeline_of(ensemble)
     point = Point(
-        model=endpoint.label, workload=workload, protocol=protocol, concurrency=concurrency, tag=tag
+        model=endpoint.label,
+        workload=workload,
+        protocol=protocol,
+        concurrency=concurrency,
+        tag=tag,
+        ensemble=pipeline.ensemble,
     )
     name = f"{tag}-{endpoint.label}-{workload}-{protocol}-c{concurrency}"
     csv_path = run_dir / "raw" / f"{name}.csv"
@@ -681,6 +742,7 @@ def measure(
         csv_path,
         run_dir / "raw" / f"{name}.log",
         expected_throughput,
+        pipeline.ensemble,
     )
     point.seconds = time.monotonic() - started
     point.load1 = os.getloadavg()[0]
@@ -694,11 +756,11 @@ def measure(
     if not point.error:
         with contextlib.suppress(KeyError, ValueError, IndexError):
             p99_s = float(read_csv_row(csv_path)[1]["p99 latency"]) / 1e6
-    settle(endpoint, quiet_s=max(0.5, 1.5 * p99_s))
-    point.custom["nudge_rows"] = nudge(endpoint)
+    settle(endpoint, quiet_s=max(0.5, 1.5 * p99_s), pipeline=pipeline)
+    point.custom["nudge_rows"] = nudge(endpoint, pipeline)
     after = snapshot(endpoint)
-    point.stages = stats_delta(before, after)
-    point.custom = {**custom_delta(before, after), "nudge_rows": point.custom["nudge_rows"]}
+    point.stages = {name: row for name, row in stats_delta(before, after).items() if name in pipeline.models}
+    point.custom = {**custom_delta(before, after, pipeline), "nudge_rows": point.custom["nudge_rows"]}
     point.custom["seconds"] = point.seconds
     if not point.error:
         header, row = read_csv_row(csv_path)
@@ -724,32 +786,34 @@ def measure(
     return point
 
 
-def _ensemble_done(endpoint: Endpoint) -> int:
-    entry = snapshot(endpoint)["stats"].get(ENSEMBLE, {})
+def _ensemble_done(endpoint: Endpoint, ensemble: str = ENSEMBLE) -> int:
+    entry = snapshot(endpoint)["stats"].get(ensemble, {})
     return _ns(entry, "success")[0] + _ns(entry, "fail")[0] if entry else 0
 
 
-def settle(endpoint: Endpoint, quiet_s: float, timeout_s: float = 120.0) -> None:
+def settle(
+    endpoint: Endpoint, quiet_s: float, timeout_s: float = 120.0, pipeline: Pipeline = EMBEDDING
+) -> None:
     """Wait until the requests perf_analyzer left in flight when it exited are answered: the ensemble's
     count of finished requests has not moved for `quiet_s` (1.5 x the point's p99 latency)."""
     deadline = time.monotonic() + timeout_s
-    last, since = _ensemble_done(endpoint), time.monotonic()
+    last, since = _ensemble_done(endpoint, pipeline.ensemble), time.monotonic()
     while time.monotonic() < deadline and time.monotonic() - since < quiet_s:
         time.sleep(0.1)
-        now = _ensemble_done(endpoint)
+        now = _ensemble_done(endpoint, pipeline.ensemble)
         if now != last:
             last, since = now, time.monotonic()
 
 
-def preprocess_instances(endpoint: Endpoint) -> int:
+def preprocess_instances(endpoint: Endpoint, pipeline: Pipeline = EMBEDDING) -> int:
     try:
-        config = json.loads(http_get(f"http://{endpoint.http}/v2/models/{PREPROCESS}/config"))
+        config = json.loads(http_get(f"http://{endpoint.http}/v2/models/{pipeline.preprocess}/config"))
         return max(1, sum(int(group.get("count", 1)) for group in config.get("instance_group", [])))
     except (urllib.error.URLError, OSError, ValueError):
         return 2
 
 
-def nudge(endpoint: Endpoint) -> int:
+def nudge(endpoint: Endpoint, pipeline: Pipeline = EMBEDDING) -> int:
     """Requests of one short row each, sent together once the Python models' metric flush interval has
     passed, one per preprocess instance, so that every stub sends what it still holds (backend/metrics.py)
     and the snapshot after them is complete. They are counted in the point's statistics (returns how many)."""
@@ -758,18 +822,22 @@ def nudge(endpoint: Endpoint) -> int:
     from backend.metrics import FLUSH_SECONDS
 
     time.sleep(FLUSH_SECONDS + 0.05)
-    body = json.dumps({"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["flush"]}]})
+    inputs = [
+        {"name": name, "shape": [1, 1], "datatype": "BYTES", "data": ["flush"]}
+        for name in pipeline.nudge_inputs
+    ]
+    body = json.dumps({"inputs": inputs})
 
     def send() -> None:
         request = urllib.request.Request(
-            f"http://{endpoint.http}/v2/models/{ENSEMBLE}/infer",
+            f"http://{endpoint.http}/v2/models/{pipeline.ensemble}/infer",
             data=body.encode(),
             headers={"Content-Type": "application/json"},
         )
         with contextlib.suppress(urllib.error.URLError, OSError):
             urllib.request.urlopen(request, timeout=60).read()
 
-    count = preprocess_instances(endpoint)
+    count = preprocess_instances(endpoint, pipeline)
     threads = [threading.Thread(target=send) for _ in range(count)]
     for thread in threads:
         thread.start()
@@ -781,7 +849,7 @@ def nudge(endpoint: Endpoint) -> int:
 def describe(point: Point) -> str:
     if not point.ok:
         return f"FAILED ({point.error})"
-    model = point.stages.get(MODEL_STEP, {})
+    model = point.stages.get(pipeline_of(point.ensemble).model_step, {})
     rows_per_exec = model["inferences"] / model["executions"] if model.get("executions") else 0.0
     text = (
         f"{point.throughput:8.2f} infer/s  p50 {point.p50_ms:8.1f} ms  p99 {point.p99_ms:8.1f} ms  "

@@ -1,4 +1,4 @@
-"""`make perf`: perf_analyzer sweeps of the embedding ensemble, side-by-side comparisons, a Markdown summary.
+"""`make perf`: perf_analyzer sweeps of the embedding and reranker ensembles, comparisons, a Markdown summary.
 
     python -m perf.run [--models served|tiny|bench|PATH,...] [--workloads text_200,...]
                        [--concurrency 1,2,...] [--protocols http,grpc]
@@ -10,7 +10,8 @@ snapshots of Triton's per-model statistics (the ensemble's composing models: que
 batch sizes executed) and of the metrics port (the qwen3vl_* families the Python models export). `served`
 (the default) measures the server `make serve` runs on TRITON_HTTP_PORT if one is up, else starts one with
 the default model; named models always get a server of their own, on free ports, loading only the
-embedding ensemble.
+ensembles the chosen workloads target (rerank_200: the reranker, whose checkpoint for `tiny` / `bench` is
+models/qwen3-vl-reranker-<name>, for a checkpoint directory RERANKER_MODEL_PATH).
 
 Comparisons, each measured in this run, on servers of its own:
   batching    text_200 at --compare-concurrency (16) with the model step's dynamic batching on, then off
@@ -32,6 +33,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -103,7 +105,13 @@ class Runner:
         self.save()
         return point
 
-    def endpoint(self, model: str, label: str | None = None, repository: Path | None = None) -> Endpoint:
+    def endpoint(
+        self,
+        model: str,
+        label: str | None = None,
+        repository: Path | None = None,
+        ensembles: Sequence[str] = (common.ENSEMBLE,),
+    ) -> Endpoint:
         if model == "served":
             if self.args.url:
                 return Endpoint(
@@ -120,13 +128,17 @@ class Runner:
             model = os.environ.get("MODEL_PATH") or "tiny"
         path = common.model_path(model)
         label = label or (model if model in common.NAMED_MODELS else path.name)
-        log(f"starting a server for {label} ({path}) ...")
+        env = {k: os.environ[k] for k in ("DEVICE", "DTYPE") if os.environ.get(k)}
+        if common.RERANKER.ensemble in ensembles:
+            env["RERANKER_MODEL_PATH"] = str(common.model_path(model, kind="reranker"))
+        log(f"starting a server for {label} ({path}; {', '.join(ensembles)}) ...")
         return common.start_server(
             label,
             path,
             self.run_dir / "raw" / f"server-{label}.log",
             repository=repository or common.MODEL_REPOSITORY,
-            env={k: os.environ[k] for k in ("DEVICE", "DTYPE") if os.environ.get(k)},
+            env=env,
+            ensembles=ensembles,
         )
 
     # -------------------------------------------------------------------------------------------------
@@ -137,8 +149,10 @@ class Runner:
             for protocol in self.args.protocols
             for concurrency in self.args.concurrency
         ]
+        # Only the ensembles the chosen workloads send to are loaded (in the order first needed).
+        ensembles = list(dict.fromkeys(WORKLOADS[workload].model for workload in self.args.workloads))
         for model in self.args.models:
-            endpoint = self.endpoint(model)
+            endpoint = self.endpoint(model, ensembles=ensembles)
             try:
                 self.record.setdefault("models", {})[endpoint.label] = endpoint.model_path
                 for workload in self.args.workloads:
@@ -156,6 +170,7 @@ class Runner:
                         self.run_dir,
                         "sweep",
                         previous.get((workload, protocol), 0.0),
+                        WORKLOADS[workload].model,
                     )
                     previous[(workload, protocol)] = point.throughput
                     self.add(point, f"[{number:3d}/{len(plan)}] ")
@@ -310,6 +325,15 @@ class Runner:
         return path
 
 
+def served_batch_overhead_tokens() -> int:
+    """The embedding model step's `batch_overhead_tokens` as configured in model_repository/."""
+    from backend.settings import ModelSettings
+
+    config = (common.REPO / "model_repository" / "qwen3_vl_embedding_model" / "config.pbtxt").read_text()
+    match = re.search(r'key: "batch_overhead_tokens" value: \{ string_value: "(\d*)" \}', config)
+    return int(match.group(1)) if match and match.group(1) else ModelSettings().batch_overhead_tokens
+
+
 def host_info() -> dict:
     import torch
 
@@ -321,6 +345,7 @@ def host_info() -> dict:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "commit": common.git_commit(),
+        "served_batch_overhead_tokens": served_batch_overhead_tokens(),
         "load_before": os.getloadavg(),
         "busy_before": common.busy_processes(),
     }

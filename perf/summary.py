@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from perf.common import MODEL_STEP, PREPROCESS
+from perf.common import pipeline_of
 
 MARKERS = {"http": "o-", "grpc": "s--"}
 
@@ -21,13 +21,22 @@ MARKERS = {"http": "o-", "grpc": "s--"}
 # ----------------------------------------------------------------------------------------------------------
 
 
+def model_step(point: dict) -> str:
+    """The point's torch model step (the embedding or the reranker one)."""
+    return pipeline_of(point).model_step
+
+
+def preprocess_step(point: dict) -> str:
+    return pipeline_of(point).preprocess
+
+
 def rows_per_execute(point: dict) -> float:
-    model = point["stages"].get(MODEL_STEP, {})
+    model = point["stages"].get(model_step(point), {})
     return model["inferences"] / model["executions"] if model.get("executions") else 0.0
 
 
 def max_batch(point: dict) -> int:
-    sizes = point["stages"].get(MODEL_STEP, {}).get("batch_sizes", {})
+    sizes = point["stages"].get(model_step(point), {}).get("batch_sizes", {})
     return max((int(size) for size in sizes), default=0)
 
 
@@ -47,7 +56,8 @@ def stage(point: dict, model: str, key: str) -> float:
 
 def model_compute_ms(point: dict) -> float:
     return sum(
-        stage(point, MODEL_STEP, k) for k in ("compute_input_ms", "compute_infer_ms", "compute_output_ms")
+        stage(point, model_step(point), k)
+        for k in ("compute_input_ms", "compute_infer_ms", "compute_output_ms")
     )
 
 
@@ -230,10 +240,11 @@ def targets_lines(record: dict) -> list[str]:
     for overhead, point in sorted(
         comparisons.get("padding_overhead", {}).items(), key=lambda item: -int(item[0])
     ):
-        if point.get("ok") and overhead != "256":
+        served = str(record["host"].get("served_batch_overhead_tokens", 256))  # 256 before it was recorded
+        if point.get("ok") and overhead != served:
             rows.append(
                 [
-                    f"… with `batch_overhead_tokens` {overhead} instead of 256 (variant config), "
+                    f"… with `batch_overhead_tokens` {overhead} instead of {served} (variant config), "
                     f"`{point['model'].split('-')[0]}`, c={point['concurrency']}",
                     f"{fmt(padding_ratio(point), 3)} padded ÷ real tokens, "
                     f"{fmt(point['throughput'])} infer/s",
@@ -341,9 +352,9 @@ def sweep_lines(record: dict, run_dir: Path) -> list[str]:
                     fmt(p["p50_ms"]),
                     fmt(p["p90_ms"]),
                     fmt(p["p99_ms"]),
-                    f"{fmt(stage(p, PREPROCESS, 'queue_ms'))} / "
-                    f"{fmt(stage(p, PREPROCESS, 'compute_infer_ms'))}",
-                    f"{fmt(stage(p, MODEL_STEP, 'queue_ms'))} / {fmt(model_compute_ms(p))}",
+                    f"{fmt(stage(p, preprocess_step(p), 'queue_ms'))} / "
+                    f"{fmt(stage(p, preprocess_step(p), 'compute_infer_ms'))}",
+                    f"{fmt(stage(p, model_step(p), 'queue_ms'))} / {fmt(model_compute_ms(p))}",
                     f"{fmt(rows_per_execute(p))} / {max_batch(p)}",
                     fmt(padding_ratio(p), 3),
                     fmt(tokens_per_row(p), 0),
@@ -462,7 +473,7 @@ def comparison_lines(record: dict) -> list[str]:
                             fmt(p["p99_ms"]),
                             fmt(rows_per_execute(p)),
                             fmt(model_compute_ms(p)),
-                            fmt(stage(p, MODEL_STEP, "queue_ms")),
+                            fmt(stage(p, model_step(p), "queue_ms")),
                         ]
                     )
         lines += table(

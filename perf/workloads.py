@@ -1,9 +1,10 @@
-"""perf_analyzer `--input-data` files for the embedding ensemble, generated deterministically.
+"""perf_analyzer `--input-data` files for the embedding and reranker ensembles, generated deterministically.
 
     python -m perf.workloads [--out perf/data] [--only text_200,image_448] [--rows text_200=1000] [--force]
 
 Every workload is a JSON file `{"data": [entry, ...]}` where each entry is one batch-1 request to the
-`qwen3_vl_embedding` ensemble (perf_analyzer cycles through the entries). Nothing here is hand-written:
+ensemble the workload targets (`Workload.model`: `qwen3_vl_embedding`, or `qwen3_vl_reranker` for
+rerank_200; perf_analyzer cycles through the entries). Nothing here is hand-written:
 texts are random token ids of the model's own tokenizer, media come from `backend.synthetic`, all from
 fixed seeds, so the same command gives the same bytes. The files (a few MB of base64 media) are written at
 run time into `perf/data/` (git-ignored) next to a manifest that records how they were made; a file whose
@@ -19,6 +20,10 @@ Workloads:
   screenshot  one 1280x720 rendered UI / document page (PNG) per request
   video       one 8 s H.264 clip, 320x240, 24 fps per request
   mixed       text-only, photo+caption and screenshot+question rows interleaved
+  rerank_200  the vLLM-Ascend reranker tutorial's benchmark (random 200-token pairs, reported 72.99 req/s
+              for the 8B): 1,000 (query, document) pairs to `qwen3_vl_reranker`, QUERY_TEXT and
+              DOCUMENT_TEXT exactly 100 tokens each of random vocabulary (200 per pair, as text_200 per
+              request), default instruction
 """
 
 from __future__ import annotations
@@ -46,6 +51,11 @@ RECIPE_VERSION = 1
 # Ids below this are ordinary byte-level BPE tokens; the rest are the added special tokens.
 BPE_VOCAB_SIZE = 151643
 TEXT_200_TOKENS = 200
+# rerank_200's 200 tokens per pair: query + document, each counted alone like text_200's TEXT.
+RERANK_QUERY_TOKENS = 100
+RERANK_DOCUMENT_TOKENS = 100
+EMBEDDING_ENSEMBLE = "qwen3_vl_embedding"
+RERANKER_ENSEMBLE = "qwen3_vl_reranker"
 QUERY_TASKS = (
     "Given a web search query, retrieve relevant passages that answer the query",
     "Retrieve images or text relevant to the user's query",
@@ -72,6 +82,7 @@ class Workload:
     rows: int
     build: Callable[[Generator, int], list[dict]]
     uses_tokenizer: bool = False
+    model: str = EMBEDDING_ENSEMBLE  # the ensemble perf_analyzer sends the requests to
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -175,6 +186,18 @@ def build_text_200(gen: Generator, rows: int) -> list[dict]:
     return [{"TEXT": text_tensor(gen.exact_length_text(rng, TEXT_200_TOKENS))} for _ in range(rows)]
 
 
+def build_rerank_200(gen: Generator, rows: int) -> list[dict]:
+    """(query, document) pairs of random vocabulary, exactly 100 + 100 tokens, no INSTRUCTION (default)."""
+    rng = np.random.default_rng(201)
+    return [
+        {
+            "QUERY_TEXT": text_tensor(gen.exact_length_text(rng, RERANK_QUERY_TOKENS)),
+            "DOCUMENT_TEXT": text_tensor(gen.exact_length_text(rng, RERANK_DOCUMENT_TOKENS)),
+        }
+        for _ in range(rows)
+    ]
+
+
 def build_text_mixed(gen: Generator, rows: int) -> list[dict]:
     rng = np.random.default_rng(2048)
     entries = []
@@ -267,6 +290,14 @@ WORKLOADS: dict[str, Workload] = {
         Workload("screenshot", "1280x720 UI page PNG", 8, build_screenshot),
         Workload("video", "8 s H.264 320x240 24 fps", 4, build_video),
         Workload("mixed", "text-only, photo+caption, screenshot+question rows", 48, build_mixed, True),
+        Workload(
+            "rerank_200",
+            "reranker pairs: 100 + 100 random-vocabulary tokens (query + document)",
+            1000,
+            build_rerank_200,
+            True,
+            RERANKER_ENSEMBLE,
+        ),
     )
 }
 
@@ -324,7 +355,12 @@ def generate(
         "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
     }
     if workload.uses_tokenizer:
-        counts = [gen.count_tokens(entry["TEXT"]["content"][0]) for entry in entries]
+        counts = [
+            gen.count_tokens(tensor["content"][0])
+            for entry in entries
+            for name, tensor in entry.items()
+            if name in ("TEXT", "QUERY_TEXT", "DOCUMENT_TEXT")
+        ]
         manifest["text_tokens"] = {"min": min(counts), "median": float(np.median(counts)), "max": max(counts)}
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return path

@@ -63,3 +63,50 @@ def test_runner_writes_a_summary_and_csv_with_nonzero_throughput(server, tmp_pat
         texts = point["custom"]["rows"] - point["custom"]["nudge_rows"]
         assert texts > 0 and point["custom"]["tokens"] >= 200 * texts
         assert point["custom"]["preprocess_items"]["text"] > 0
+
+
+def test_rerank_200_goes_to_the_reranker_ensemble_and_reads_its_steps(server, tmp_path):
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "perf.run",
+        "--url",
+        server.http_url,
+        "--metrics-url",
+        server.metrics_url,
+        "--workloads",
+        "rerank_200",
+        "--rows",
+        "rerank_200=8",
+        "--concurrency",
+        "1",
+        "--protocols",
+        "http",
+        "--compare",
+        "none",
+        "--quick",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--run-dir",
+        str(run_dir),
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    summary = (run_dir / "summary.md").read_text()
+    row = next(line for line in summary.splitlines() if line.startswith("| rerank_200 | http | 1 |"))
+    assert float(row.split("|")[4].replace(",", "")) > 0  # infer/s
+
+    (point,) = json.loads((run_dir / "points.json").read_text())["points"]
+    assert point["ok"] and point["throughput"] > 0 and point["ensemble"] == "qwen3_vl_reranker"
+    assert set(point["stages"]) == {
+        "qwen3_vl_reranker",
+        "qwen3_vl_reranker_preprocess",
+        "qwen3_vl_reranker_model",
+    }
+    assert point["stages"]["qwen3_vl_reranker_model"]["requests"] > 0
+    # The reranker steps export the qwen3vl_* metrics too (labelled with their own model names).
+    pairs = point["custom"]["rows"] - point["custom"]["nudge_rows"]
+    assert pairs > 0 and point["custom"]["tokens"] >= 200 * pairs
+    assert point["custom"]["preprocess_items"]["text"] > 0

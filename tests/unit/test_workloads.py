@@ -33,6 +33,28 @@ def test_text_200_is_exactly_200_tokens_of_the_model_tokenizer(gen, tiny_tokeniz
     assert "INSTRUCTION" not in data[0]  # documents: the default instruction
 
 
+def test_rerank_200_pairs_are_exactly_100_plus_100_tokens_and_deterministic(gen, tiny_tokenizer, tmp_path):
+    workload = workloads.WORKLOADS["rerank_200"]
+    assert workload.model == "qwen3_vl_reranker"  # perf/run.py sends it to the reranker ensemble
+    assert workloads.WORKLOADS["text_200"].model == "qwen3_vl_embedding"
+    first = workloads.generate("rerank_200", tmp_path / "a", rows=20, gen=gen)
+    second = workloads.generate("rerank_200", tmp_path / "b", rows=20, gen=gen)
+    assert first.read_bytes() == second.read_bytes()
+    data = entries(first)
+    assert len(data) == 20
+    for entry in data:
+        assert set(entry) == {"QUERY_TEXT", "DOCUMENT_TEXT"}  # no INSTRUCTION: the default one
+        assert entry["QUERY_TEXT"]["shape"] == entry["DOCUMENT_TEXT"]["shape"] == [1]
+    for name in ("QUERY_TEXT", "DOCUMENT_TEXT"):
+        texts = [entry[name]["content"][0] for entry in data]
+        counts = [len(tiny_tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
+        assert counts == [100] * 20
+        assert len(set(texts)) == 20
+    assert data[0]["QUERY_TEXT"] != data[0]["DOCUMENT_TEXT"]
+    manifest = json.loads(first.with_suffix(".manifest.json").read_text())
+    assert manifest["text_tokens"] == {"min": 100, "median": 100.0, "max": 100}
+
+
 def test_files_are_deterministic_and_reused(gen, tmp_path):
     first = workloads.generate("text_mixed", tmp_path / "a", rows=30, gen=gen)
     second = workloads.generate("text_mixed", tmp_path / "b", rows=30, gen=gen)
@@ -114,21 +136,25 @@ def test_comparison_variants_edit_a_copy_of_the_repository(tmp_path):
 def test_prometheus_text_and_statistics_deltas():
     from perf import common
 
+    m, p = common.MODEL_STEP, common.PREPROCESS
     before = {
-        "metrics": common.parse_prometheus('qwen3vl_rows_total{model="m"} 2\n'),
+        "metrics": common.parse_prometheus(f'qwen3vl_rows_total{{model="{m}"}} 2\n'),
         "stats": {},
         "time": 0.0,
     }
     after_text = (
         "# TYPE qwen3vl_rows_total counter\n"
-        'qwen3vl_rows_total{model="m"} 10\n'
-        'qwen3vl_tokens_total{model="m"} 800\n'
-        'qwen3vl_padded_tokens_total{model="m"} 880\n'
-        'qwen3vl_rows_per_execute_bucket{model="m",le="1"} 2\n'
-        'qwen3vl_rows_per_execute_bucket{model="m",le="4"} 4\n'
-        'qwen3vl_rows_per_execute_bucket{model="m",le="+Inf"} 4\n'
-        'qwen3vl_preprocess_seconds_total{model="p",modality="text"} 0.5\n'
-        'qwen3vl_preprocess_items_total{model="p",modality="text"} 8\n'
+        f'qwen3vl_rows_total{{model="{m}"}} 10\n'
+        f'qwen3vl_tokens_total{{model="{m}"}} 800\n'
+        f'qwen3vl_padded_tokens_total{{model="{m}"}} 880\n'
+        f'qwen3vl_rows_per_execute_bucket{{model="{m}",le="1"}} 2\n'
+        f'qwen3vl_rows_per_execute_bucket{{model="{m}",le="4"}} 4\n'
+        f'qwen3vl_rows_per_execute_bucket{{model="{m}",le="+Inf"}} 4\n'
+        f'qwen3vl_preprocess_seconds_total{{model="{p}",modality="text"}} 0.5\n'
+        f'qwen3vl_preprocess_items_total{{model="{p}",modality="text"}} 8\n'
+        # Another pipeline's steps (both ensembles loaded): not counted for this one.
+        'qwen3vl_rows_total{model="qwen3_vl_reranker_model"} 5\n'
+        'qwen3vl_preprocess_items_total{model="qwen3_vl_reranker_preprocess",modality="text"} 5\n'
     )
     stats = {
         common.MODEL_STEP: {
@@ -153,3 +179,5 @@ def test_prometheus_text_and_statistics_deltas():
     assert delta["requests"] == 8 and delta["executions"] == 4
     assert delta["success_ms"] == 10.0 and delta["queue_ms"] == 1.0
     assert delta["batch_sizes"] == {1: 2, 3: 2}
+    reranker = common.custom_delta(before, after, common.RERANKER)
+    assert reranker["rows"] == 5 and reranker["preprocess_items"] == {"text": 5}

@@ -1,6 +1,6 @@
 """Triton adapter for the reranker model step; all logic lives in backend.scoring / backend.service."""
 
-from backend import triton_io
+from backend import metrics, triton_io
 from backend.scoring import RerankModel
 from backend.service import MODEL_INPUTS, rerank_requests
 from backend.settings import RERANKER_ENV, RerankModelSettings, load_settings
@@ -13,7 +13,13 @@ class TritonPythonModel:
         self.model = RerankModel(settings, *triton_io.instance_placement(args))
         if settings.warmup:
             self.model.warmup()
+        self.metrics = metrics.ModelMetrics(args["model_name"], self.model.stats)
 
     def execute(self, requests):
         inputs = [triton_io.read_inputs(request, MODEL_INPUTS) for request in requests]
-        return [triton_io.to_response(result) for result in rerank_requests(self.model, inputs)]
+        results = rerank_requests(self.model, inputs)
+        self.metrics.record(self.model.stats)
+        return [triton_io.to_response(result) for result in results]
+
+    def finalize(self):
+        self.metrics.close()

@@ -1,6 +1,6 @@
 """Triton adapter for the reranker preprocess step; all logic lives in backend.reranker."""
 
-from backend import triton_io
+from backend import metrics, triton_io
 from backend.reranker import RerankPreprocessor
 from backend.service import RERANK_PREPROCESS_INPUTS, preprocess_requests
 from backend.settings import RERANKER_ENV, RerankPreprocessSettings, load_settings
@@ -13,7 +13,15 @@ class TritonPythonModel:
         overrides = {"model_path": RERANKER_ENV["model_path"]}
         settings = load_settings(RerankPreprocessSettings, parameters, overrides)
         self.preprocessor = RerankPreprocessor(settings)
+        self.metrics = metrics.PreprocessMetrics(
+            args["model_name"], self.preprocessor.timings, modality_inputs=metrics.RERANK_MODALITY_INPUTS
+        )
 
     def execute(self, requests):
         inputs = [triton_io.read_inputs(request, RERANK_PREPROCESS_INPUTS) for request in requests]
-        return [triton_io.to_response(result) for result in preprocess_requests(self.preprocessor, inputs)]
+        results = preprocess_requests(self.preprocessor, inputs)
+        self.metrics.record(inputs, results, self.preprocessor.timings)
+        return [triton_io.to_response(result) for result in results]
+
+    def finalize(self):
+        self.metrics.close()
