@@ -133,3 +133,20 @@ def rerank_inputs(module, query: dict, documents: list[dict], instruction: str |
 def rerank(client, module, query: dict, documents: list[dict], instruction: str | None = None) -> np.ndarray:
     result = client.infer("qwen3_vl_reranker", rerank_inputs(module, query, documents, instruction))
     return result.as_numpy("SCORE")[:, 0]
+
+
+def settled_stats(client, model: str, at_least: int = 0, timeout: float = 10.0) -> dict:
+    """The model's statistics once Triton has recorded everything sent so far: it counts an execution
+    after the responses have gone out, so a client can see its last answer before the counts move.
+    Waits for `inference_count >= at_least` and for two reads 0.2 s apart to agree."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    previous = None
+    while True:
+        stats = client.get_inference_statistics(model)["model_stats"][0]
+        counts = (int(stats["inference_count"]), int(stats["execution_count"]))
+        if (counts == previous and counts[0] >= at_least) or time.monotonic() > deadline:
+            return stats
+        previous = counts
+        time.sleep(0.2)

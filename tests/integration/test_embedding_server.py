@@ -9,7 +9,7 @@ import tritonclient.http as http
 from tritonclient.utils import InferenceServerException
 
 from backend import synthetic
-from tests.integration.conftest import embed, embed_async
+from tests.integration.conftest import embed, embed_async, settled_stats
 
 pytestmark = pytest.mark.server
 
@@ -73,17 +73,13 @@ def test_overlong_text_is_truncated_at_8192_tokens_like_the_official_code(http_c
     assert_close(got, expected)
 
 
-def _stats(client, model):
-    return client.get_inference_statistics(model)["model_stats"][0]
-
-
 def test_concurrent_requests_are_batched_by_the_embedding_model(http_client):
-    before = _stats(http_client, "qwen3_vl_embedding_model")
+    before = settled_stats(http_client, "qwen3_vl_embedding_model")
     # Long enough (~1,200 tokens) that the model step is busy while more requests arrive, even on 2 cores.
     texts = [f"sentence number {index} " * (300 + index % 7) for index in range(48)]
     pending = [embed_async(http_client, [{"text": text}]) for text in texts]
     results = [request.get_result().as_numpy("EMBEDDING") for request in pending]
-    after = _stats(http_client, "qwen3_vl_embedding_model")
+    after = settled_stats(http_client, "qwen3_vl_embedding_model", int(before["inference_count"]) + 48)
     inferences = after["inference_count"] - before["inference_count"]
     executions = after["execution_count"] - before["execution_count"]
     assert inferences == 48

@@ -9,7 +9,7 @@ import tritonclient.http as http
 from tritonclient.utils import InferenceServerException
 
 from backend import synthetic
-from tests.integration.conftest import rerank, rerank_inputs
+from tests.integration.conftest import rerank, rerank_inputs, settled_stats
 
 pytestmark = pytest.mark.server
 
@@ -56,14 +56,14 @@ def test_grpc_gives_the_same_scores(grpc_client, http_client):
 
 
 def test_concurrent_rerank_requests_are_batched(http_client):
-    before = http_client.get_inference_statistics("qwen3_vl_reranker_model")["model_stats"][0]
+    before = settled_stats(http_client, "qwen3_vl_reranker_model")
     documents = [{"text": f"document {index} " * (300 + index)} for index in range(24)]
     pending = [
         http_client.async_infer("qwen3_vl_reranker", rerank_inputs(http, TEXT_QUERY, [document]))
         for document in documents
     ]
     scores = [request.get_result().as_numpy("SCORE")[0, 0] for request in pending]
-    after = http_client.get_inference_statistics("qwen3_vl_reranker_model")["model_stats"][0]
+    after = settled_stats(http_client, "qwen3_vl_reranker_model", int(before["inference_count"]) + 24)
     inferences = after["inference_count"] - before["inference_count"]
     executions = after["execution_count"] - before["execution_count"]
     assert inferences == 24 and executions < inferences, (executions, inferences)
