@@ -51,11 +51,12 @@ class PreprocessSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class RerankPreprocessSettings:
+class RerankPreprocessSettings(PreprocessSettings):
+    """The same knobs; the official reranker's defaults."""
+
     model_path: str = str(DEFAULT_RERANKER_MODEL)
     max_length: int = 10240
     default_instruction: str = "Given a search query, retrieve relevant candidates that answer the query."
-    vision: VisionSettings = VisionSettings()
 
 
 @dataclasses.dataclass(frozen=True)
