@@ -45,3 +45,34 @@ def test_read_parameters_from_a_triton_model_config():
     config = {"parameters": {"device": {"string_value": "cpu"}, "warmup": {"string_value": "false"}}}
     assert read_parameters(config) == {"device": "cpu", "warmup": "false"}
     assert load_settings(ModelSettings, read_parameters(config), environ={}).warmup is False
+
+
+def test_readme_documents_every_parameter_with_its_default():
+    import re
+
+    from backend.settings import RerankModelSettings, RerankPreprocessSettings, parameter_table
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Configuration") : readme.index("## Real weights")]
+    documented = {}
+    for names, defaults in re.findall(
+        r"^\| ((?:`\w+`(?: / )?)+) \| ((?:`[^`]*`(?: / )?)+) \|", section, re.M
+    ):
+        for name, default in zip(re.findall(r"`(\w+)`", names), re.findall(r"`([^`]*)`", defaults)):
+            documented[name] = default
+    assert len(documented) >= 25
+
+    def same(documented_value: str, default: str) -> bool:
+        try:
+            return float(documented_value) == float(default)
+        except ValueError:
+            return documented_value.lower() == default.lower()
+
+    for cls in (PreprocessSettings, ModelSettings, RerankPreprocessSettings, RerankModelSettings):
+        for name, default in parameter_table(cls):
+            assert name in documented, f"README's Configuration section does not list {name}"
+            if cls in (PreprocessSettings, ModelSettings):  # the reranker's own defaults are in prose
+                assert same(documented[name], default), (name, documented[name], default)
+    known = {name for cls in (PreprocessSettings, ModelSettings) for name, _ in parameter_table(cls)}
+    assert set(documented) <= known, set(documented) - known
