@@ -14,24 +14,17 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.server
 
 
-def test_runner_writes_a_summary_and_csv_with_nonzero_throughput(server, tmp_path):
-    run_dir = tmp_path / "run"
+def run_perf(server, tmp_path, *arguments: str) -> subprocess.CompletedProcess:
+    """`python -m perf.run` against the test server, quick measurements, files under tmp_path."""
     command = [
         sys.executable,
         "-m",
         "perf.run",
         "--url",
         server.http_url,
-        "--grpc-url",
-        server.grpc_url,
         "--metrics-url",
         server.metrics_url,
-        "--workloads",
-        "text_200",
-        "--rows",
-        "text_200=16",
-        "--concurrency",
-        "1,2",
+        *arguments,
         "--protocols",
         "http",
         "--compare",
@@ -40,10 +33,27 @@ def test_runner_writes_a_summary_and_csv_with_nonzero_throughput(server, tmp_pat
         "--data-dir",
         str(tmp_path / "data"),
         "--run-dir",
-        str(run_dir),
+        str(tmp_path / "run"),
     ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_runner_writes_a_summary_and_csv_with_nonzero_throughput(server, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_perf(
+        server,
+        tmp_path,
+        "--grpc-url",
+        server.grpc_url,
+        "--workloads",
+        "text_200",
+        "--rows",
+        "text_200=16",
+        "--concurrency",
+        "1,2",
+    )
     assert "[  2/2] served text_200 http c=2" in result.stderr  # progress is printed as it goes
 
     summary = (run_dir / "summary.md").read_text()
@@ -67,32 +77,7 @@ def test_runner_writes_a_summary_and_csv_with_nonzero_throughput(server, tmp_pat
 
 def test_rerank_200_goes_to_the_reranker_ensemble_and_reads_its_steps(server, tmp_path):
     run_dir = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "perf.run",
-        "--url",
-        server.http_url,
-        "--metrics-url",
-        server.metrics_url,
-        "--workloads",
-        "rerank_200",
-        "--rows",
-        "rerank_200=8",
-        "--concurrency",
-        "1",
-        "--protocols",
-        "http",
-        "--compare",
-        "none",
-        "--quick",
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--run-dir",
-        str(run_dir),
-    ]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_perf(server, tmp_path, "--workloads", "rerank_200", "--rows", "rerank_200=8", "--concurrency", "1")
 
     summary = (run_dir / "summary.md").read_text()
     row = next(line for line in summary.splitlines() if line.startswith("| rerank_200 | http | 1 |"))
