@@ -620,6 +620,19 @@ def write(run_dir: Path, record: dict) -> Path:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _save_log_plot(fig, ax, path: Path) -> Path:
+    """Log y axis, grid, legend, tight layout; written to `path` and closed."""
+    import matplotlib.pyplot as plt
+
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot(run_dir: Path, record: dict) -> list[Path]:
     import matplotlib
 
@@ -650,17 +663,10 @@ def plot(run_dir: Path, record: dict) -> list[Path]:
                 markersize=4,
             )
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
         ax.set_xlabel("concurrency (requests in flight)")
         ax.set_ylabel("throughput (requests/s, 1 row each)")
         ax.set_title(f"{model}: throughput vs concurrency")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        path = run_dir / f"throughput_vs_concurrency-{model}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save_log_plot(fig, ax, run_dir / f"throughput_vs_concurrency-{model}.png"))
 
         fig, ax = plt.subplots(figsize=(7, 4.2), dpi=90)
         for (workload, protocol), items in series.items():
@@ -685,17 +691,10 @@ def plot(run_dir: Path, record: dict) -> list[Path]:
                 label=f"{workload} p99",
             )
         ax.set_xscale("log")
-        ax.set_yscale("log")
         ax.set_xlabel("throughput (requests/s)")
         ax.set_ylabel("latency (ms)")
         ax.set_title(f"{model}: latency vs throughput (points = concurrency 1…max)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        path = run_dir / f"latency_vs_throughput-{model}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save_log_plot(fig, ax, run_dir / f"latency_vs_throughput-{model}.png"))
     return written
 
 
