@@ -9,6 +9,8 @@ Families (all labelled `model`; totals are counters, per-execute sizes histogram
                                           micro-batch); padded / real = padding waste
     qwen3vl_micro_batches_total           forward passes
     qwen3vl_forward_seconds_total         time in forward passes (incl. pooling)
+    qwen3vl_compiled_micro_batches_total  forward passes that ran the torch.compile'd text graph
+    qwen3vl_recompiles_total              graphs compiled after warm-up (a request waited; should stay 0)
     qwen3vl_rows_per_execute              histogram: rows handed to one execute() (its _count = executes)
     qwen3vl_preprocess_seconds_total      preprocessing time, label `modality` = text | image | video
     qwen3vl_preprocess_items_total        rows holding that modality, label `modality`
@@ -171,6 +173,8 @@ MODEL_SPECS = (
     ),
     _Spec("micro_batches_total", "Forward passes (micro-batches)", "COUNTER"),
     _Spec("forward_seconds_total", "Seconds spent in forward passes, pooling included", "COUNTER"),
+    _Spec("compiled_micro_batches_total", "Forward passes that ran the compiled text graph", "COUNTER"),
+    _Spec("recompiles_total", "Graphs torch.compile compiled after warm-up (should stay 0)", "COUNTER"),
     _Spec("rows_per_execute", "Rows handed to one execute() call", "HISTOGRAM"),
 )
 
@@ -184,6 +188,8 @@ class ModelMetrics:
         ("padded_tokens", "padded_tokens_total"),
         ("micro_batches", "micro_batches_total"),
         ("forward_seconds", "forward_seconds_total"),
+        ("compiled_micro_batches", "compiled_micro_batches_total"),
+        ("recompiles", "recompiles_total"),
     )
 
     def __init__(

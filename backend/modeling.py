@@ -16,6 +16,7 @@ import torch
 
 from backend import device as devices
 from backend.batching import BatchLimits, plan_micro_batches
+from backend.compiled import TextForward, compile_wanted
 from backend.errors import ConfigError
 from backend.records import PreparedItem
 from backend.settings import ModelSettings
@@ -87,6 +88,8 @@ class BatchStats:
     real_tokens: int = 0
     padded_tokens: int = 0
     forward_seconds: float = 0.0
+    compiled_micro_batches: int = 0
+    recompiles: int = 0
     last_rows_per_execute: list[int] = field(default_factory=list)
 
 
@@ -153,6 +156,13 @@ class BackboneRunner:
             settings.vision_patch_budget,
             settings.batch_overhead_tokens,
         )
+        self.text_forward = TextForward(
+            self.model.language_model,
+            self.pad_token_id,
+            compile_wanted(settings.compile, self.device),
+            settings.compile_mode,
+            settings.compile_length_multiple,
+        )
         self.stats = BatchStats()
         logger.info(
             "loaded %s on %s as %s (%s attention, hidden %d) in %.1f s",
@@ -168,17 +178,13 @@ class BackboneRunner:
     def last_hidden(self, rows: Sequence[PreparedItem]) -> torch.Tensor:
         """float32 [len(rows), hidden]: each row's hidden state at its last real token, one forward pass."""
         batch = collate(rows, self.pad_token_id, self.device, self.dtype)
-        position_ids = None
         if batch.pixel_values is None and batch.pixel_values_videos is None:
-            # Text only: MRoPE positions are plain 0..L-1 on all three axes, what HF's get_rope_index
-            # computes with a Python loop per row (a quarter of a small model's step time).
-            position_ids = torch.arange(batch.input_ids.shape[1], device=self.device).expand(
-                batch.input_ids.shape[0], -1
-            )
+            # Text only: the language model alone, no mask, plain positions (backend.compiled says why
+            # that is exact); it skips HF's per-row MRoPE index loop and may run compiled.
+            return self.text_forward(batch.input_ids, batch.lengths)
         output = self.model(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
-            position_ids=position_ids,
             pixel_values=batch.pixel_values,
             image_grid_thw=batch.image_grid_thw,
             pixel_values_videos=batch.pixel_values_videos,
@@ -205,13 +211,29 @@ class BackboneRunner:
                 results[index] = output
             self.stats.micro_batches += 1
             self.stats.forward_seconds += time.perf_counter() - started
-            self.stats.padded_tokens += len(indices) * max(lengths[index] for index in indices)
+            count, longest = len(indices), max(lengths[index] for index in indices)
+            if not any(row.vision_patch_count for row in batch_rows):  # ran in self.text_forward
+                count, longest = self.text_forward.computed_shape(count, longest)
+                self.stats.compiled_micro_batches += self.text_forward.compiled
+            self.stats.padded_tokens += count * longest
+        self.stats.recompiles = self.text_forward.recompiles
         self.stats.rows += len(rows)
         self.stats.real_tokens += sum(lengths)
         return results  # type: ignore[return-value]
 
     def warmup(self) -> None:
-        """One short forward so the first request does not pay for lazy initialisation."""
+        """Compile the text forward (when compiling) and run one short forward, so that the first request
+        pays for neither. With `compile: auto` a failed compile falls back to eager, with a warning."""
+        if self.text_forward.compiled:
+            try:
+                seconds = self.text_forward.warm(self.device)
+            except Exception as error:  # inductor needs a C++ compiler / Triton kernels; ops may be missing
+                if self.settings.compile == "on":
+                    raise ConfigError(f"compile=on: torch.compile failed: {error}") from error
+                logger.warning("torch.compile failed (%s); running eager", error)
+                self.text_forward.disable_compile()
+            else:
+                logger.info("text forward compiled in %.1f s (dynamic shapes)", seconds)
         ids = np.array([151644, 872, 198, 9707, 151645], dtype=np.int64)
         self.run([PreparedItem(input_ids=ids)], lambda hidden, rows: [hidden.cpu().numpy()])
 

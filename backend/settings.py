@@ -19,6 +19,8 @@ DEFAULT_EMBEDDING_MODEL = REPO_ROOT / "models" / "qwen3-vl-embedding-tiny"
 DEFAULT_RERANKER_MODEL = REPO_ROOT / "models" / "qwen3-vl-reranker-tiny"
 
 MIB = 1024 * 1024
+COMPILE_CHOICES = ("auto", "on", "off")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +75,12 @@ class ModelSettings:
     vision_patch_budget: int = 65536
     # What one more forward call costs, in padded tokens; the batch planner trades padding against it.
     batch_overhead_tokens: int = 128
+    # torch.compile the text-only forward (one dynamic-shape graph, compiled during warm-up at load):
+    # auto = on CUDA only; on | off. `compile_mode` is torch.compile's mode; text batches are padded to a
+    # multiple of `compile_length_multiple` tokens when compiled.
+    compile: str = "auto"
+    compile_mode: str = "default"
+    compile_length_multiple: int = 16
     warmup: bool = True
 
 
@@ -87,8 +95,11 @@ EMBEDDING_ENV = {
     "device": "DEVICE",
     "dtype": "DTYPE",
     "attn_implementation": "ATTN_IMPLEMENTATION",
+    "compile": "COMPILE",
 }
 RERANKER_ENV = {**EMBEDDING_ENV, "model_path": "RERANKER_MODEL_PATH"}
+# Every environment variable that changes what a started server serves.
+SERVER_ENV_VARIABLES = tuple(dict.fromkeys([*EMBEDDING_ENV.values(), *RERANKER_ENV.values()]))
 
 ZERO_ALLOWED = {"batch_overhead_tokens"}
 
@@ -165,6 +176,12 @@ def _validate(settings: Any) -> None:
             raise ConfigError(f"device must be auto, cpu, cuda[:N] or npu[:N], got {settings.device!r}")
         if settings.dtype not in ("auto", "bfloat16", "float16", "float32"):
             raise ConfigError(f"dtype must be auto, bfloat16, float16 or float32, got {settings.dtype!r}")
+        if settings.compile not in COMPILE_CHOICES:
+            raise ConfigError(f"compile must be auto, on or off, got {settings.compile!r}")
+        if settings.compile_mode not in COMPILE_MODES:
+            raise ConfigError(
+                f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {settings.compile_mode!r}"
+            )
         if settings.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
             raise ConfigError(
                 "attn_implementation must be sdpa, eager or flash_attention_2, "

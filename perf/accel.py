@@ -6,7 +6,8 @@ In one command, within --budget-s (10 minutes minus a margin by default):
   1. build the real 2B / 8B architecture with random weights on the device (no download; tiny / bench use
      their CPU checkpoints), written as a Hugging Face checkpoint under models/;
   2. serve it through model_repository/ (a copy whose model step takes bigger batches on an accelerator:
-     --max-rows rows per micro-batch and per execute, --token-budget), with DEVICE set;
+     --max-rows rows per micro-batch and per execute, --token-budget), with DEVICE set and COMPILE from
+     --serve-compile (auto: the model step compiles its text forward at load on CUDA);
   3. text_200 as the tutorial runs it (1,000 requests of 200 random tokens, all in flight at once up to
      --concurrency; HTTP), after a short warm-up, then image_448;
   4. stop the server and time the bare model in-process on the same device: forward + last-token pool +
@@ -113,7 +114,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--token-budget", type=int, default=0, help="default 65536 (accel), 16384 (CPU)")
     parser.add_argument("--preprocess-instances", type=int, default=0, help="default 4 (accel), 2 (CPU)")
     parser.add_argument("--bare-batches", default="", help="default 64,128,256 (accel), 1,16,64 (CPU)")
-    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument(
+        "--no-compile", dest="compile", action="store_false", help="skip the bare compiled timing"
+    )
+    parser.add_argument(
+        "--serve-compile",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="the served model step's `compile` (auto = on for CUDA)",
+    )
     parser.add_argument("--budget-s", type=float, default=570.0)
     parser.add_argument("--out", type=Path, default=common.RESULTS)
     args = parser.parse_args(argv)
@@ -147,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "token_budget": token_budget,
             "preprocess_instances": preprocess_instances,
             "bare_batches": bare_batches,
+            "serve_compile": args.serve_compile,
         },
         "points": {},
         "timeline": {},
@@ -167,9 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         model,
         run_dir / "raw" / f"server-accel-{args.size}.log",
         repository=repository,
-        env={"DEVICE": device},
+        env={"DEVICE": device, "COMPILE": args.serve_compile},
     )
     mark("server ready")
+    record["compile_log"] = compile_lines(Path(endpoint.log_path))
     try:
         warm = Measurement(mode="count", request_count=2 * concurrency, timeout_s=300)
         common.measure(
@@ -238,6 +249,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if record["points"] else 1
 
 
+def compile_lines(log_path: Path) -> list[str]:
+    """What the model step said about torch.compile while loading (backend.modeling / backend.compiled)."""
+    if not log_path.exists():
+        return []
+    keys = ("compiled in", "torch.compile failed", "more graph(s)", "running eager")
+    return [
+        line.split("] ", 1)[-1].strip()
+        for line in log_path.read_text(errors="replace").splitlines()
+        if "_model]" in line and any(key in line for key in keys)
+    ]
+
+
 def write_report(path: Path, record: dict) -> Path:
     settings = record["settings"]
     text = record["points"].get("text_200", {})
@@ -257,7 +280,10 @@ def write_report(path: Path, record: dict) -> Path:
         f"Served through `model_repository/` (model step: up to {settings['max_rows']} rows per execute and "
         f"per micro-batch, token budget {settings['token_budget']}; {settings['preprocess_instances']} "
         f"preprocess instances), perf_analyzer over HTTP at concurrency {settings['concurrency']}, after a "
-        f"warm-up of {2 * settings['concurrency']} requests. Timeline (s since start): "
+        f"warm-up of {2 * settings['concurrency']} requests; model step `compile: "
+        f"{settings.get('serve_compile', 'auto')}`"
+        + (" (" + "; ".join(record["compile_log"]) + ")" if record.get("compile_log") else "")
+        + ". Timeline (s since start): "
         + ", ".join(f"{step} {seconds}" for step, seconds in record["timeline"].items())
         + ".",
         "",
@@ -278,7 +304,10 @@ def write_report(path: Path, record: dict) -> Path:
                     f"{fmt(point['throughput'])} req/s; p50 {fmt(point['p50_ms'])} ms, "
                     f"p99 {fmt(point['p99_ms'])} ms; {fmt(rows_per_execute(point))} rows per execute; "
                     f"model compute {fmt(model_compute_ms(point))} ms per execute, queue {fmt(queue)} ms; "
-                    f"~{fmt(tokens, 0)} tokens/s",
+                    f"~{fmt(tokens, 0)} tokens/s; "
+                    f"{fmt(point['custom'].get('compiled_micro_batches', 0), 0)} of "
+                    f"{fmt(point['custom'].get('micro_batches', 0), 0)} micro-batches compiled, "
+                    f"{fmt(point['custom'].get('recompiles', 0), 0)} recompiles",
                 ]
             )
     for workload, section in bare.get("workloads", {}).items():

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from backend.settings import SERVER_ENV_VARIABLES
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "perf" / "results"
 MODEL_REPOSITORY = REPO / "model_repository"
@@ -71,7 +73,7 @@ NAMED_RERANKERS = {
     "bench": REPO / "models" / "qwen3-vl-reranker-bench",
 }
 # Environment variables that change what a started server serves; cleared unless set on purpose.
-SERVER_OVERRIDES = ("MODEL_PATH", "RERANKER_MODEL_PATH", "DEVICE", "DTYPE", "ATTN_IMPLEMENTATION")
+SERVER_OVERRIDES = SERVER_ENV_VARIABLES
 
 
 def pipeline_of(ensemble: str | dict | None) -> Pipeline:
@@ -439,6 +441,8 @@ def custom_delta(before: dict, after: dict, pipeline: Pipeline = EMBEDDING) -> d
         "padded_tokens": delta("qwen3vl_padded_tokens_total"),
         "micro_batches": delta("qwen3vl_micro_batches_total"),
         "forward_seconds": delta("qwen3vl_forward_seconds_total"),
+        "compiled_micro_batches": delta("qwen3vl_compiled_micro_batches_total"),
+        "recompiles": delta("qwen3vl_recompiles_total"),
         "executes": delta("qwen3vl_rows_per_execute_count"),
         "preprocess_tokens": delta("qwen3vl_preprocess_tokens_total"),
         "preprocess_seconds": {},

@@ -8,9 +8,10 @@ Modes, each over the workload's requests (rows), reported in rows per second:
             plan, forward, pool, normalise, Matryoshka) on batches of B rows: everything the two Python
             models do, minus Triton
   embed     EmbeddingModel.embed alone on already-prepared rows (the model step's share)
-  bare      (--bare) the HF backbone forward + last-token pool + L2 norm on one collated batch, nothing else:
-            what the accelerator can do at best; with --compile also under torch.compile (static shapes,
-            the language model compiled, compiled per batch shape before timing)
+  bare      (--modes bare) the HF forward + last-token pool + L2 norm on one collated batch, nothing else
+            (text: the language model without a mask, as the model step runs it): what the device can do at
+            best; with --compile also under torch.compile with static shapes (compiled for the best eager
+            batch before timing), the reference the serving path's dynamic-shape graph is held to
 """
 
 from __future__ import annotations
@@ -72,26 +73,24 @@ def timed(run: Callable[[], int], seconds: float, device, min_repeats: int = 2) 
     return rows / (time.perf_counter() - started)
 
 
-def bare_forward(model, rows, compiled_lm=None):
-    """Forward + last-token pool + L2 norm of one collated batch, as the model step computes it."""
+def bare_forward(model, rows, compiled_text=None):
+    """Forward + last-token pool + L2 norm of one collated batch, nothing else: text batches run the
+    language model alone without a mask (as the model step does, backend.compiled), through
+    `compiled_text` when given; batches with images run the whole backbone."""
     import torch
 
+    from backend.compiled import TextForward
     from backend.modeling import collate, last_token_pool
 
     batch = collate(rows, model.pad_token_id, model.device, model.dtype)
-    backbone = model.model
     with torch.inference_mode():
-        if compiled_lm is not None and batch.pixel_values is None and batch.pixel_values_videos is None:
-            original = backbone.language_model
-            backbone.language_model = compiled_lm
-            try:
-                output = backbone(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-                )
-            finally:
-                backbone.language_model = original
+        if batch.pixel_values is None and batch.pixel_values_videos is None:
+            last = (batch.lengths - 1).to(model.device)
+            if compiled_text is None:
+                compiled_text = TextForward(model.model.language_model, model.pad_token_id)._pooled
+            pooled = compiled_text(batch.input_ids, last)
         else:
-            output = backbone(
+            output = model.model(
                 input_ids=batch.input_ids,
                 attention_mask=batch.attention_mask,
                 pixel_values=batch.pixel_values,
@@ -100,7 +99,7 @@ def bare_forward(model, rows, compiled_lm=None):
                 video_grid_thw=batch.video_grid_thw,
                 use_cache=False,
             )
-        pooled = last_token_pool(output.last_hidden_state, batch.lengths)
+            pooled = last_token_pool(output.last_hidden_state, batch.lengths)
         return torch.nn.functional.normalize(pooled.float(), p=2, dim=-1)
 
 
@@ -127,7 +126,11 @@ def run(
 
     started = time.perf_counter()
     preprocessor = EmbeddingPreprocessor(PreprocessSettings(model_path=str(model_path)))
-    model = EmbeddingModel(ModelSettings(model_path=str(model_path), device=device, dtype=dtype))
+    # The serving code compiles as it would when served (compile auto); bare-only runs compile their own.
+    serving_compile = "off" if set(modes) <= {"bare"} else "auto"
+    model = EmbeddingModel(
+        ModelSettings(model_path=str(model_path), device=device, dtype=dtype, compile=serving_compile)
+    )
     model.warmup()
     result: dict = {
         "model_path": str(model_path),
@@ -191,7 +194,10 @@ def run(
                 log(f"    torch.compile {section['compile_error']}")
                 continue
             try:
-                compiled = torch.compile(model.model.language_model, dynamic=False)
+                from backend.compiled import TextForward
+
+                eager = TextForward(model.model.language_model, model.pad_token_id)
+                compiled = torch.compile(eager._pooled, dynamic=False)
                 compile_started = time.perf_counter()
                 bare_forward(model, prepared[:batch], compiled)  # compiles this shape
                 synchronize(model.device)

@@ -7,9 +7,10 @@ import os
 import numpy as np
 import pytest
 
+from backend.settings import SERVER_ENV_VARIABLES
 from tests.conftest import REPO
 
-MODEL_OVERRIDES = ("MODEL_PATH", "RERANKER_MODEL_PATH", "DEVICE", "DTYPE", "ATTN_IMPLEMENTATION")
+MODEL_OVERRIDES = SERVER_ENV_VARIABLES
 
 
 @pytest.fixture(scope="session")
