@@ -182,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     mark("server ready")
     record["compile_log"] = compile_lines(Path(endpoint.log_path))
     try:
-        warm = Measurement(mode="count", request_count=2 * concurrency, timeout_s=300)
+        # Everything compiles at load, so a warm-up that takes minutes is a stall: cut it short.
+        warm = Measurement(mode="count", request_count=2 * concurrency, timeout_s=120)
         common.measure(
             endpoint, "text_200", data["text_200"], "http", concurrency, warm, run_dir, "accel-warmup"
         )
