@@ -6,6 +6,7 @@ size d keeps the first d values and normalises again.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -63,6 +64,21 @@ class LinearPatchEmbed(torch.nn.Module):
 def use_linear_patch_embed(model) -> None:
     visual = model.visual
     visual.patch_embed = LinearPatchEmbed(visual.patch_embed.proj)
+
+
+def wants_mm_token_type_ids(model) -> bool:
+    """transformers 5.x's Qwen3VLModel.forward takes `mm_token_type_ids` (0 text, 1 image, 2 video) and
+    refuses vision inputs without it (its M-RoPE index groups runs of equal type); 4.57.x's finds the vision
+    tokens from the ids itself and has no such argument. Detected from the signature, not the version."""
+    return "mm_token_type_ids" in inspect.signature(type(model).forward).parameters
+
+
+def mm_token_type_ids(input_ids: torch.Tensor, image_token_id: int, video_token_id: int) -> torch.Tensor:
+    """What 5.x's processor returns beside input_ids: 1 at image placeholders, 2 at video ones, else 0."""
+    types = torch.zeros_like(input_ids, dtype=torch.int32)
+    types[input_ids == image_token_id] = 1
+    types[input_ids == video_token_id] = 2
+    return types
 
 
 def last_token_pool(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -148,6 +164,7 @@ class BackboneRunner:
         if self.device.type == "npu":
             use_linear_patch_embed(self.model)
         config = self.model.config
+        self.mm_token_types = wants_mm_token_type_ids(self.model)
         self.hidden_size = int(config.text_config.hidden_size)
         self.pad_token_id = int(getattr(config.text_config, "pad_token_id", None) or 151643)
         self.limits = BatchLimits(
@@ -182,6 +199,12 @@ class BackboneRunner:
             # Text only: the language model alone, no mask, plain positions (backend.compiled says why
             # that is exact); it skips HF's per-row MRoPE index loop and may run compiled.
             return self.text_forward(batch.input_ids, batch.lengths)
+        extra = {}
+        if self.mm_token_types:  # transformers 5.x (see wants_mm_token_type_ids)
+            config = self.model.config
+            extra["mm_token_type_ids"] = mm_token_type_ids(
+                batch.input_ids, config.image_token_id, config.video_token_id
+            )
         output = self.model(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
@@ -190,6 +213,7 @@ class BackboneRunner:
             pixel_values_videos=batch.pixel_values_videos,
             video_grid_thw=batch.video_grid_thw,
             use_cache=False,
+            **extra,
         )
         return last_token_pool(output.last_hidden_state, batch.lengths).float()
 
@@ -244,6 +268,8 @@ class EmbeddingModel(BackboneRunner):
     @staticmethod
     def _vectors(hidden: torch.Tensor, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
         normalized = torch.nn.functional.normalize(hidden, p=2, dim=-1)
+        if all(row.dimensions <= 0 or row.dimensions >= normalized.shape[-1] for row in rows):
+            return list(normalized.cpu().numpy())  # one device-to-host copy for the whole micro-batch
         return [matryoshka(vector, row.dimensions).cpu().numpy() for vector, row in zip(normalized, rows)]
 
     def embed(self, rows: Sequence[PreparedItem]) -> list[np.ndarray]:

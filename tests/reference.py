@@ -90,6 +90,7 @@ def conversation(text=None, images=(), videos=(), instruction=None):
 
 class _VideoProcessorShim:
     merge_size = 2
+    temporal_patch_size = 2  # read by 5.x's Qwen3VLProcessor for the frame timestamps
 
     def __init__(self, inner):
         self.inner = inner
@@ -97,6 +98,10 @@ class _VideoProcessorShim:
     def __call__(self, videos, video_metadata=None, **_ignored):
         out = self.inner._preprocess(
             videos=list(videos),
+            do_convert_rgb=False,  # required by 5.x, ignored by 4.57
+            size=None,
+            resample=None,
+            cap_pixels_per_frame=False,
             do_resize=False,
             do_rescale=False,
             do_normalize=False,
@@ -111,6 +116,18 @@ class _VideoProcessorShim:
         out["pixel_values_videos"] = (out["pixel_values_videos"] / 255.0 - 0.5) / 0.5
         out["video_metadata"] = video_metadata
         return out
+
+
+VIDEO_WRAPPER = "<|vision_start|><|video_pad|><|vision_end|>"
+
+
+def _chat_template(template: str) -> str:
+    """The chat template with each video as a bare `<|video_pad|>`, so that every transformers version
+    expands it to the official prompt (`<t seconds><|vision_start|>...<|vision_end|>` per frame group):
+    4.57 replaces the whole `<|vision_start|><|video_pad|><|vision_end|>` (or a bare pad) by those groups;
+    5.x replaces only the pad and would keep an extra outer start/end pair around them."""
+    assert VIDEO_WRAPPER in template
+    return template.replace(VIDEO_WRAPPER, "<|video_pad|>")
 
 
 def official_processor(model_path, padding_side: str):
@@ -130,7 +147,7 @@ def official_processor(model_path, padding_side: str):
             ),
             tokenizer=tokenizer,
             video_processor=Qwen3VLVideoProcessor(),
-            chat_template=tokenizer.chat_template,
+            chat_template=_chat_template(tokenizer.chat_template),
         )
     finally:
         ProcessorMixin.check_argument_for_proper_class = check
@@ -280,6 +297,9 @@ class OfficialReranker:
             for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"):
                 if key in inputs:
                     model_inputs[key] = torch.as_tensor(np.asarray(inputs[key]))
+            if "mm_token_type_ids" in inputs:  # transformers 5.x: recomputed for the truncated ids
+                types = self.processor.create_mm_token_type_ids([ids])
+                model_inputs["mm_token_type_ids"] = torch.tensor(types)
             hidden = self.model(**model_inputs).last_hidden_state[:, -1]
             scores.append(float(torch.sigmoid(hidden @ self.direction)))
         return scores

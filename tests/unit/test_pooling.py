@@ -34,3 +34,18 @@ def test_linear_patch_embed_equals_the_conv3d_it_replaces(tiny_model_path):
     got = LinearPatchEmbed(conv_embed.proj)(patches)
     assert got.shape == expected.shape
     assert torch.allclose(got, expected, atol=1e-5, rtol=0)
+
+
+def test_mm_token_type_ids_mark_image_and_video_placeholders():
+    from backend.modeling import mm_token_type_ids, wants_mm_token_type_ids
+
+    ids = torch.tensor([[151644, 151655, 151655, 9707, 151656, 151643]])
+    assert mm_token_type_ids(ids, 151655, 151656).tolist() == [[0, 1, 1, 0, 2, 0]]
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids=None, pixel_values=None): ...
+
+    class New(torch.nn.Module):
+        def forward(self, input_ids=None, pixel_values=None, mm_token_type_ids=None): ...
+
+    assert not wants_mm_token_type_ids(Old()) and wants_mm_token_type_ids(New())

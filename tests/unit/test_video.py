@@ -79,6 +79,10 @@ def test_video_patch_layout_equals_the_qwen3vl_video_processor():
     # Rescale/normalise need torchvision (absent here); they are elementwise, so compare raw values.
     reference = Qwen3VLVideoProcessor()._preprocess(
         videos=[torch.from_numpy(frames).permute(0, 3, 1, 2).float()],
+        do_convert_rgb=False,  # required by 5.x, ignored by 4.57
+        size=None,
+        resample=None,
+        cap_pixels_per_frame=False,
         do_resize=False,
         do_rescale=False,
         do_normalize=False,
