@@ -321,6 +321,8 @@ def write_report(path: Path, record: dict) -> Path:
             )
         if section.get("compile_seconds"):
             rows.append([f"torch.compile time, {workload}", f"{fmt(section['compile_seconds'])} s"])
+        if section.get("error"):
+            rows.append([f"bare model, {workload}", f"failed: {section['error']}"])
         if section.get("compile_error"):
             rows.append([f"torch.compile, {workload}", section["compile_error"]])
     if ratio is not None:

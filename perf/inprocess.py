@@ -74,32 +74,22 @@ def timed(run: Callable[[], int], seconds: float, device, min_repeats: int = 2) 
 
 
 def bare_forward(model, rows, compiled_text=None):
-    """Forward + last-token pool + L2 norm of one collated batch, nothing else: text batches run the
-    language model alone without a mask (as the model step does, backend.compiled), through
-    `compiled_text` when given; batches with images run the whole backbone."""
+    """Forward + last-token pool + L2 norm of one batch, nothing else: text batches run the language model
+    alone without a mask (as the model step does, backend.compiled), through `compiled_text` when given;
+    batches with images run the whole backbone as the model step does (BackboneRunner.last_hidden)."""
     import torch
 
     from backend.compiled import TextForward
-    from backend.modeling import collate, last_token_pool
+    from backend.modeling import collate
 
-    batch = collate(rows, model.pad_token_id, model.device, model.dtype)
     with torch.inference_mode():
-        if batch.pixel_values is None and batch.pixel_values_videos is None:
-            last = (batch.lengths - 1).to(model.device)
+        if any(row.vision_patch_count for row in rows):
+            pooled = model.last_hidden(rows)
+        else:
+            batch = collate(rows, model.pad_token_id, model.device, model.dtype)
             if compiled_text is None:
                 compiled_text = TextForward(model.model.language_model, model.pad_token_id)._pooled
-            pooled = compiled_text(batch.input_ids, last)
-        else:
-            output = model.model(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                pixel_values=batch.pixel_values,
-                image_grid_thw=batch.image_grid_thw,
-                pixel_values_videos=batch.pixel_values_videos,
-                video_grid_thw=batch.video_grid_thw,
-                use_cache=False,
-            )
-            pooled = last_token_pool(output.last_hidden_state, batch.lengths)
+            pooled = compiled_text(batch.input_ids, (batch.lengths - 1).to(model.device))
         return torch.nn.functional.normalize(pooled.float(), p=2, dim=-1)
 
 
@@ -159,32 +149,39 @@ def run(
 
         # Media rows are big (a 448x448 image is 784 patches): past 64 of them a batch only tests memory.
         sizes = batch_sizes if workload.startswith("text") else [b for b in batch_sizes if b <= 64] or [1]
-        for batch in sizes:
-            if out_of_time(3 * seconds):
-                log("    out of time: remaining batch sizes skipped")
-                break
-            if "pipeline" in modes:
+        try:
+            for batch in sizes:
+                if out_of_time(3 * seconds):
+                    log("    out of time: remaining batch sizes skipped")
+                    break
+                if "pipeline" in modes:
 
-                def pipeline(batch=batch, inputs=inputs) -> int:
-                    rows = [
-                        row for request in inputs[:batch] for row in preprocessor.prepare_request(request)
-                    ]
-                    model.embed(rows)
-                    return len(rows)
+                    def pipeline(batch=batch, inputs=inputs) -> int:
+                        rows = [
+                            row for request in inputs[:batch] for row in preprocessor.prepare_request(request)
+                        ]
+                        model.embed(rows)
+                        return len(rows)
 
-                record("pipeline", batch, timed(pipeline, seconds, model.device))
-            if "embed" in modes:
-                rate = timed(
-                    lambda batch=batch, rows=prepared: len(model.embed(rows[:batch])), seconds, model.device
-                )
-                record("embed", batch, rate)
-            if "bare" in modes:
-                rate = timed(
-                    lambda batch=batch, rows=prepared: len(bare_forward(model, rows[:batch])),
-                    seconds,
-                    model.device,
-                )
-                record("bare", batch, rate)
+                    record("pipeline", batch, timed(pipeline, seconds, model.device))
+                if "embed" in modes:
+                    rate = timed(
+                        lambda batch=batch, rows=prepared: len(model.embed(rows[:batch])),
+                        seconds,
+                        model.device,
+                    )
+                    record("embed", batch, rate)
+                if "bare" in modes:
+                    rate = timed(
+                        lambda batch=batch, rows=prepared: len(bare_forward(model, rows[:batch])),
+                        seconds,
+                        model.device,
+                    )
+                    record("bare", batch, rate)
+        except Exception as error:  # one workload failing must not lose the others' numbers
+            section["error"] = f"{type(error).__name__}: {str(error)[:300]}"
+            log(f"    {workload} failed: {section['error']}")
+            continue
 
         if compile_model and number == 0:
             bare = section["modes"].get("bare") or {str(max(batch_sizes)): 0.0}
