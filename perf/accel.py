@@ -24,6 +24,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -144,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"perf-accel: size {args.size} on {device}; results in {run_dir}")
 
     record: dict = {
+        "command": shlex.join(["python", "-m", "perf.accel", *(sys.argv[1:] if argv is None else argv)]),
         "size": args.size,
         "device": device,
         "device_name": common.accelerator_name(device) if accel else common.cpu_name(),
@@ -172,10 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     repository = serving_repository(
         run_dir / "raw" / f"repo-accel-{args.size}", max_rows, token_budget, preprocess_instances
     )
+    server_log = run_dir / "raw" / f"server-accel-{args.size}.log"
+    server_log.unlink(missing_ok=True)  # the server appends; the report quotes this run's lines only
     endpoint = common.start_server(
         f"{args.size}-{device.split(':')[0]}",
         model,
-        run_dir / "raw" / f"server-accel-{args.size}.log",
+        server_log,
         repository=repository,
         env={"DEVICE": device, "COMPILE": args.serve_compile},
     )
@@ -284,7 +288,7 @@ def write_report(path: Path, record: dict) -> Path:
         f"warm-up of {2 * settings['concurrency']} requests; model step `compile: "
         f"{settings.get('serve_compile', 'auto')}`"
         + (" (" + "; ".join(record["compile_log"]) + ")" if record.get("compile_log") else "")
-        + ". Timeline (s since start): "
+        + f". Command: `{record.get('command', 'python -m perf.accel')}`. Timeline (s since start): "
         + ", ".join(f"{step} {seconds}" for step, seconds in record["timeline"].items())
         + ".",
         "",
