@@ -154,11 +154,19 @@ class BackboneRunner:
     """One Qwen3-VL backbone on one device, run over rows from any number of requests in token-budget
     micro-batches. Subclasses turn each row's last-token hidden state into their output."""
 
-    def __init__(self, settings: ModelSettings, instance_index: int = 0, triton_gpu_id: int | None = None):
+    def __init__(
+        self,
+        settings: ModelSettings,
+        instance_index: int = 0,
+        triton_gpu_id: int | None = None,
+        instance_count: int = 1,
+    ):
         self.settings = settings
         self.device = devices.resolve_device(settings.device, instance_index, triton_gpu_id)
         self.dtype = devices.resolve_dtype(settings.dtype, self.device)
         devices.set_current(self.device)
+        if self.device.type == "cpu":
+            devices.share_cpu_threads(settings.cpu_threads, instance_count)
         started = time.perf_counter()
         self.model = load_backbone(settings.model_path, self.dtype, settings.attn_implementation, self.device)
         if self.device.type == "npu":

@@ -81,6 +81,8 @@ class ModelSettings:
     compile: str = "auto"
     compile_mode: str = "default"
     compile_length_multiple: int = 16
+    # torch threads per instance on CPU; 0 = the cores divided among the model's instances.
+    cpu_threads: int = 0
     warmup: bool = True
 
 
@@ -101,7 +103,7 @@ RERANKER_ENV = {**EMBEDDING_ENV, "model_path": "RERANKER_MODEL_PATH"}
 # Every environment variable that changes what a started server serves.
 SERVER_ENV_VARIABLES = tuple(dict.fromkeys([*EMBEDDING_ENV.values(), *RERANKER_ENV.values()]))
 
-ZERO_ALLOWED = {"batch_overhead_tokens"}
+ZERO_ALLOWED = {"batch_overhead_tokens", "cpu_threads"}
 
 _T = TypeVar("_T")
 

@@ -64,11 +64,15 @@ def model_parameters(args: Mapping[str, str]) -> dict[str, str]:
     return read_parameters(json.loads(args["model_config"]))
 
 
-def instance_placement(args: Mapping[str, str]) -> tuple[int, int | None]:
-    """(instance index within the model, Triton's GPU id for KIND_GPU instances else None).
-    Instance names look like `<model>_<group>_<index>`."""
+def instance_placement(args: Mapping[str, str]) -> tuple[int, int | None, int]:
+    """(instance index within the model, Triton's GPU id for KIND_GPU instances else None, how many
+    instances the model has in all). Instance names look like `<model>_<group>_<index>`."""
+    import json
+
     name = args.get("model_instance_name", "")
     tail = name.rsplit("_", 1)[-1]
     index = int(tail) if tail.isdigit() else 0
     gpu = int(args["model_instance_device_id"]) if args.get("model_instance_kind") == "GPU" else None
-    return index, gpu
+    groups = json.loads(args.get("model_config") or "{}").get("instance_group") or [{}]
+    count = sum(max(1, int(group.get("count", 1))) for group in groups)
+    return index, gpu, count

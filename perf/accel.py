@@ -78,10 +78,18 @@ def resolve_device(device: str) -> str:
     return str(backend_resolve("auto", 0, None))
 
 
-def serving_repository(dest: Path, max_rows: int, token_budget: int, preprocess_instances: int) -> Path:
-    """The repository with the model step allowed `max_rows` rows per execute and per micro-batch."""
+def serving_repository(
+    dest: Path, max_rows: int, token_budget: int, preprocess_instances: int, model_instances: int = 1
+) -> Path:
+    """The repository with the model step allowed `max_rows` rows per execute and per micro-batch, and
+    `model_instances` instances of it (several share one GPU: instance k uses device k modulo the count;
+    each holds its own weights, and one's CPU work overlaps another's forward)."""
     model_edit = common.compose(
         lambda config: config.replace("max_batch_size: 128", f"max_batch_size: {max_rows}"),
+        lambda config: config.replace(
+            "instance_group [ { count: 1, kind: KIND_CPU } ]",
+            f"instance_group [ {{ count: {model_instances}, kind: KIND_CPU }} ]",
+        ),
         common.with_parameter("max_rows_per_batch", str(max_rows)),
         common.with_parameter("token_budget", str(token_budget)),
     )
@@ -114,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--token-budget", type=int, default=0, help="default 65536 (accel), 16384 (CPU)")
     parser.add_argument("--preprocess-instances", type=int, default=0, help="default 4 (accel), 2 (CPU)")
+    parser.add_argument("--model-instances", type=int, default=1, help="model step instances (same device)")
     parser.add_argument("--bare-batches", default="", help="default 64,128,256 (accel), 1,16,64 (CPU)")
     parser.add_argument(
         "--no-compile", dest="compile", action="store_false", help="skip the bare compiled timing"
@@ -157,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "max_rows": max_rows,
             "token_budget": token_budget,
             "preprocess_instances": preprocess_instances,
+            "model_instances": args.model_instances,
             "bare_batches": bare_batches,
             "serve_compile": args.serve_compile,
         },
@@ -172,7 +182,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     mark("checkpoint ready")
     data = {"text_200": generate("text_200", rows=args.requests), "image_448": generate("image_448")}
     repository = serving_repository(
-        run_dir / "raw" / f"repo-accel-{args.size}", max_rows, token_budget, preprocess_instances
+        run_dir / "raw" / f"repo-accel-{args.size}",
+        max_rows,
+        token_budget,
+        preprocess_instances,
+        args.model_instances,
     )
     server_log = run_dir / "raw" / f"server-accel-{args.size}.log"
     server_log.unlink(missing_ok=True)  # the server appends; the report quotes this run's lines only
@@ -186,9 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     mark("server ready")
     record["compile_log"] = compile_lines(Path(endpoint.log_path))
     try:
-        # Everything compiles at load, so a warm-up that takes minutes is a stall: cut it short.
-        warm = Measurement(mode="count", request_count=2 * concurrency, timeout_s=120)
-        common.measure(
+        # Warm-up in time windows (perf_analyzer's --request-count mode sometimes hangs; windows never
+        # did); everything compiles at load, so a warm-up that takes minutes is a stall: cut it short.
+        warm = Measurement(mode="windows", interval_ms=2000, max_trials=2, timeout_s=120)
+        warm_point = common.measure(
             endpoint, "text_200", data["text_200"], "http", concurrency, warm, run_dir, "accel-warmup"
         )
         mark("warm-up done")
@@ -197,7 +212,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if remaining < 60:
                 log(f"skipping {workload}: {remaining:.0f} s left")
                 continue
-            measurement = Measurement(mode="count", request_count=count, timeout_s=min(300, remaining - 30))
+            # The tutorial's way: a fixed number of requests. A hang is cut after several times the
+            # expected length (text_200's rate is known from the warm-up) and retried once (common.measure).
+            rate = warm_point.throughput or common.last_throughput(
+                run_dir / "raw" / f"accel-warmup-{endpoint.label}-text_200-http-c{concurrency}.log"
+            )  # an unsettled warm-up still printed its windows' rates
+            expected = count / rate if workload == "text_200" and rate else 120
+            timeout = min(300, max(60, 30 + 4 * expected), (remaining - 30) / 2)
+            measurement = Measurement(mode="count", request_count=count, timeout_s=timeout)
             point = common.measure(
                 endpoint,
                 workload,
@@ -284,8 +306,9 @@ def write_report(path: Path, record: dict) -> Path:
         "",
         f"Served through `model_repository/` (model step: up to {settings['max_rows']} rows per execute and "
         f"per micro-batch, token budget {settings['token_budget']}; {settings['preprocess_instances']} "
-        f"preprocess instances), perf_analyzer over HTTP at concurrency {settings['concurrency']}, after a "
-        f"warm-up of {2 * settings['concurrency']} requests; model step `compile: "
+        f"preprocess instances, {settings.get('model_instances', 1)} model step instance(s)), "
+        f"perf_analyzer over HTTP at concurrency {settings['concurrency']}, after a "
+        f"warm-up in 2 s time windows; model step `compile: "
         f"{settings.get('serve_compile', 'auto')}`"
         + (" (" + "; ".join(record["compile_log"]) + ")" if record.get("compile_log") else "")
         + f". Command: `{record.get('command', 'python -m perf.accel')}`. Timeline (s since start): "
@@ -296,10 +319,10 @@ def write_report(path: Path, record: dict) -> Path:
     rows = []
     for name, point in (("text_200", text), ("image_448", image)):
         if point.get("ok"):
+            # tokens per row x rows per second (custom["seconds"] also counts a retried perf_analyzer run)
+            custom = point["custom"]
             tokens = (
-                point["custom"].get("tokens", 0) / point["custom"]["seconds"]
-                if point["custom"].get("seconds")
-                else 0
+                custom.get("tokens", 0) / custom["rows"] * point["throughput"] if custom.get("rows") else 0
             )
             requests = settings["requests"] if name == "text_200" else settings["image_requests"]
             queue = stage(point, common.MODEL_STEP, "queue_ms")
