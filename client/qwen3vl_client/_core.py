@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any, Literal
 
@@ -95,6 +95,14 @@ def make_options(
         max_request_bytes,
         reranker_model,
     )
+
+
+def capped(options: Options, max_batch_size: int) -> Options:
+    """``options`` with ``batch_size`` at most the model's ``max_batch_size`` (0: no limit known): a
+    request of more rows would be refused by the server."""
+    if 0 < max_batch_size < options.batch_size:
+        return replace(options, batch_size=max_batch_size)
+    return options
 
 
 def check_on_error(on_error: str) -> None:

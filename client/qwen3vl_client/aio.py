@@ -30,11 +30,13 @@ from qwen3vl_client._core import (
     Fail,
     Health,
     OnError,
+    Options,
     Progress,
     RerankResult,
     Retry,
     Transport,
     as_dict,
+    capped,
     check_on_error,
     embed_call,
     error_message,
@@ -92,6 +94,17 @@ class AsyncEmbeddingClient:
         self._client: Any = None
         self._module: ModuleType | None = None
         self._connection_errors: tuple[type[BaseException], ...] = (ConnectionError,)
+        self._max_batch: dict[str, int] = {}
+
+    async def _options_for(self, model: str) -> Options:
+        """See ``EmbeddingClient._options_for``."""
+        if model not in self._max_batch:
+            try:
+                config = as_dict(await self._connect().get_model_config(model))
+                self._max_batch[model] = model_summary(config)["max_batch_size"]
+            except Exception:  # noqa: BLE001
+                return self.options
+        return capped(self.options, self._max_batch[model])
 
     def __repr__(self) -> str:
         return f"AsyncEmbeddingClient({self.options.url!r}, protocol={self.options.protocol!r})"
@@ -172,7 +185,8 @@ class AsyncEmbeddingClient:
         check_on_error(on_error)
         check_dimensions(dimensions)
         collected = collect_items(items, texts, images, videos)
-        call = embed_call(self.options, collected, instruction, dimensions, on_error, progress)
+        options = await self._options_for(self.options.model)
+        call = embed_call(options, collected, instruction, dimensions, on_error, progress)
         await self._run(call)
         result = call.collector.result()
         return result if on_error == "skip" else result.embeddings
@@ -229,7 +243,8 @@ class AsyncEmbeddingClient:
         check_on_error(on_error)
         query_item, items = rerank_items(query, documents, instruction, top_k)
         query_row = await asyncio.to_thread(encode_row, query_item, None, None)
-        call = rerank_call(self.options, query_item, query_row, items, instruction, on_error, progress)
+        options = await self._options_for(self.options.reranker_model)
+        call = rerank_call(options, query_item, query_row, items, instruction, on_error, progress)
         await self._run(call)
         return call.collector.rerank_result(top_k)
 

@@ -29,11 +29,13 @@ from qwen3vl_client._core import (
     Fail,
     Health,
     OnError,
+    Options,
     Progress,
     RerankResult,
     Retry,
     Transport,
     as_dict,
+    capped,
     check_on_error,
     embed_call,
     error_message,
@@ -119,6 +121,18 @@ class EmbeddingClient:
             self._client = module.InferenceServerClient(self.options.url)
             self._connection_errors = (ConnectionError,)
         self._module = module
+        self._max_batch: dict[str, int] = {}
+
+    def _options_for(self, model: str) -> Options:
+        """The options with batch_size capped at ``model``'s max_batch_size, asked of the server once
+        (a failed lookup is not remembered: the requests themselves then say what is wrong)."""
+        if model not in self._max_batch:
+            try:
+                config = as_dict(self._client.get_model_config(model))
+                self._max_batch[model] = model_summary(config)["max_batch_size"]
+            except Exception:  # noqa: BLE001
+                return self.options
+        return capped(self.options, self._max_batch[model])
 
     def __repr__(self) -> str:
         return f"EmbeddingClient({self.options.url!r}, protocol={self.options.protocol!r})"
@@ -186,7 +200,8 @@ class EmbeddingClient:
         check_on_error(on_error)
         check_dimensions(dimensions)
         collected = collect_items(items, texts, images, videos)
-        call = embed_call(self.options, collected, instruction, dimensions, on_error, progress)
+        options = self._options_for(self.options.model)
+        call = embed_call(options, collected, instruction, dimensions, on_error, progress)
         self._run(call)
         result = call.collector.result()
         return result if on_error == "skip" else result.embeddings
@@ -256,7 +271,8 @@ class EmbeddingClient:
         check_on_error(on_error)
         query_item, items = rerank_items(query, documents, instruction, top_k)
         query_row = encode_row(query_item, None, None)
-        call = rerank_call(self.options, query_item, query_row, items, instruction, on_error, progress)
+        options = self._options_for(self.options.reranker_model)
+        call = rerank_call(options, query_item, query_row, items, instruction, on_error, progress)
         self._run(call)
         return call.collector.rerank_result(top_k)
 

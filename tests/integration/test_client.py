@@ -198,6 +198,28 @@ def test_order_is_preserved_across_split_concurrent_requests(server, protocol, m
     assert sum(done) == len(items) and len(done) == 6  # one call per request of at most 4
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_batch_size_is_capped_at_the_models_max_batch_size(server, protocol, mode):
+    texts = [f"text number {index}" for index in range(150)]  # the ensembles take at most 64 rows
+    done: list[int] = []
+    if mode == "sync":
+        with EmbeddingClient(url(server, protocol), protocol, batch_size=500) as client:
+            got = client.embed(texts, progress=done.append)
+            scores = client.rerank("a query", texts[:70]).scores
+    else:
+
+        async def run():
+            async with AsyncEmbeddingClient(url(server, protocol), protocol, batch_size=500) as client:
+                vectors = await client.embed(texts, progress=done.append)
+                return vectors, (await client.rerank("a query", texts[:70])).scores
+
+        got, scores = asyncio.run(run())
+    assert sorted(done) == [22, 64, 64]
+    assert_rows_equal(got[:3], direct(server, [{"text": text} for text in texts[:3]]))
+    assert got.shape == (150, 128) and scores.shape == (70,)
+
+
 def test_requests_are_also_cut_by_size(server):
     with EmbeddingClient(server.http_url, batch_size=64, max_request_bytes=len(PHOTO) * 2) as client:
         calls: list[int] = []
