@@ -59,14 +59,9 @@ def read_lm_head_rows(model_path: str, token_ids: Sequence[int]) -> torch.Tensor
 class RerankModel(BackboneRunner):
     """Qwen3-VL-Reranker: one relevance score in [0, 1] per (query, document) row."""
 
-    def __init__(
-        self,
-        settings: ModelSettings,
-        instance_index: int = 0,
-        triton_gpu_id: int | None = None,
-        instance_count: int = 1,
-    ):
-        super().__init__(settings, instance_index, triton_gpu_id, instance_count)
+    def __init__(self, settings: ModelSettings, *placement: int | None):
+        """`placement`: BackboneRunner's instance_index, triton_gpu_id, instance_count."""
+        super().__init__(settings, *placement)  # type: ignore[arg-type]
         yes, no = yes_no_token_ids(settings.model_path)
         rows = read_lm_head_rows(settings.model_path, (yes, no))
         if rows is None:
