@@ -45,18 +45,22 @@ def compile_wanted(choice: str, device: torch.device) -> bool:
     return choice == "on" or device.type == "cuda"
 
 
+def _files_read_as_utf8() -> bool:
+    return locale.getpreferredencoding(False).lower().replace("-", "") == "utf8"
+
+
 def ensure_utf8_files() -> None:
     """Triton's Python stub embeds the interpreter without setting the process locale, so files opened
     without an encoding are read as ASCII, and inductor fails reading its own UTF-8 kernel templates.
     Switch the character type (only) to the environment's locale, or C.UTF-8 when that is not UTF-8."""
-    if locale.getpreferredencoding(False).lower().replace("-", "") == "utf8":
+    if _files_read_as_utf8():
         return
     for name in ("", "C.UTF-8", "en_US.UTF-8"):
         try:
             locale.setlocale(locale.LC_CTYPE, name)
         except locale.Error:
             continue
-        if locale.getpreferredencoding(False).lower().replace("-", "") == "utf8":
+        if _files_read_as_utf8():
             logger.info(
                 "set LC_CTYPE to %s so that torch.compile reads its UTF-8 files", name or "the environment's"
             )
@@ -84,17 +88,20 @@ class TextForward:
     ):
         self.language_model = language_model
         self.pad_token_id = pad_token_id
-        self.compiled = compile_model
-        self.compile_mode = compile_mode
         self.length_multiple = max(16, length_multiple)
         self.recompiles = 0
         self.warmed = False
         self._function = None
         if compile_model:
             ensure_utf8_files()
-            self._function = torch.compile(self._pooled, dynamic=True, mode=compile_mode)
+            self._function = torch.compile(self.pooled, dynamic=True, mode=compile_mode)
 
-    def _pooled(self, input_ids: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
+    @property
+    def compiled(self) -> bool:
+        return self._function is not None
+
+    def pooled(self, input_ids: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
+        """The eager forward: last-token hidden states (float32) at `last_index`, no padding rules."""
         hidden = self.language_model(input_ids=input_ids, use_cache=False).last_hidden_state
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         return hidden[rows, last_index].float()
@@ -109,7 +116,7 @@ class TextForward:
     def __call__(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         last_index = (lengths - 1).to(input_ids.device)
         if self._function is None:
-            return self._pooled(input_ids, last_index)
+            return self.pooled(input_ids, last_index)
         rows, length = input_ids.shape
         shape = self.computed_shape(rows, length)
         # Always hand the graph inference tensors: a normal tensor has other dispatch keys, which torch
@@ -133,7 +140,7 @@ class TextForward:
         return pooled[:rows]
 
     def disable_compile(self) -> None:
-        self.compiled, self._function = False, None
+        self._function = None
 
     def warm(self, device: torch.device) -> float:
         """Compile now (no-op when eager); seconds spent. Raises what torch.compile raised."""

@@ -81,6 +81,11 @@ def mm_token_type_ids(input_ids: torch.Tensor, image_token_id: int, video_token_
     return types
 
 
+def text_only(rows: Sequence[PreparedItem]) -> bool:
+    """A micro-batch without images or videos: it runs in BackboneRunner.text_forward."""
+    return not any(row.vision_patch_count for row in rows)
+
+
 def last_token_pool(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Hidden state at position length-1 of each row: the last position whose attention mask is 1 under
     right padding (pooling position -1 would pool a pad token)."""
@@ -203,7 +208,7 @@ class BackboneRunner:
     def last_hidden(self, rows: Sequence[PreparedItem]) -> torch.Tensor:
         """float32 [len(rows), hidden]: each row's hidden state at its last real token, one forward pass."""
         batch = collate(rows, self.pad_token_id, self.device, self.dtype)
-        if batch.pixel_values is None and batch.pixel_values_videos is None:
+        if text_only(rows):
             # Text only: the language model alone, no mask, plain positions (backend.compiled says why
             # that is exact); it skips HF's per-row MRoPE index loop and may run compiled.
             return self.text_forward(batch.input_ids, batch.lengths)
@@ -244,7 +249,7 @@ class BackboneRunner:
             self.stats.micro_batches += 1
             self.stats.forward_seconds += time.perf_counter() - started
             count, longest = len(indices), max(lengths[index] for index in indices)
-            if not any(row.vision_patch_count for row in batch_rows):  # ran in self.text_forward
+            if text_only(batch_rows):
                 count, longest = self.text_forward.computed_shape(count, longest)
                 self.stats.compiled_micro_batches += self.text_forward.compiled
             self.stats.padded_tokens += count * longest

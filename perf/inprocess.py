@@ -79,17 +79,15 @@ def bare_forward(model, rows, compiled_text=None):
     batches with images run the whole backbone as the model step does (BackboneRunner.last_hidden)."""
     import torch
 
-    from backend.compiled import TextForward
-    from backend.modeling import collate
+    from backend.modeling import collate, text_only
 
     with torch.inference_mode():
-        if any(row.vision_patch_count for row in rows):
+        if not text_only(rows):
             pooled = model.last_hidden(rows)
         else:
             batch = collate(rows, model.pad_token_id, model.device, model.dtype)
-            if compiled_text is None:
-                compiled_text = TextForward(model.model.language_model, model.pad_token_id)._pooled
-            pooled = compiled_text(batch.input_ids, (batch.lengths - 1).to(model.device))
+            forward = compiled_text or model.text_forward.pooled
+            pooled = forward(batch.input_ids, (batch.lengths - 1).to(model.device))
         return torch.nn.functional.normalize(pooled.float(), p=2, dim=-1)
 
 
@@ -191,10 +189,7 @@ def run(
                 log(f"    torch.compile {section['compile_error']}")
                 continue
             try:
-                from backend.compiled import TextForward
-
-                eager = TextForward(model.model.language_model, model.pad_token_id)
-                compiled = torch.compile(eager._pooled, dynamic=False)
+                compiled = torch.compile(model.text_forward.pooled, dynamic=False)
                 compile_started = time.perf_counter()
                 bare_forward(model, prepared[:batch], compiled)  # compiles this shape
                 synchronize(model.device)
