@@ -88,6 +88,28 @@ def conversation(text=None, images=(), videos=(), instruction=None):
     ]
 
 
+def raw_video_patches(processor, videos) -> dict:
+    """`processor` (a Qwen3VLVideoProcessor)'s patches and grid for frames already sampled and sized, with
+    raw 0..255 values: its rescale and normalise need torchvision, absent here (they are elementwise)."""
+    return processor._preprocess(
+        videos=list(videos),
+        do_convert_rgb=False,  # required by 5.x, ignored by 4.57
+        size=None,
+        resample=None,
+        cap_pixels_per_frame=False,
+        do_resize=False,
+        do_rescale=False,
+        do_normalize=False,
+        rescale_factor=1 / 255,
+        image_mean=(0.5,) * 3,
+        image_std=(0.5,) * 3,
+        patch_size=16,
+        temporal_patch_size=2,
+        merge_size=2,
+        return_tensors="pt",
+    )
+
+
 class _VideoProcessorShim:
     merge_size = 2
     temporal_patch_size = 2  # read by 5.x's Qwen3VLProcessor for the frame timestamps
@@ -96,23 +118,7 @@ class _VideoProcessorShim:
         self.inner = inner
 
     def __call__(self, videos, video_metadata=None, **_ignored):
-        out = self.inner._preprocess(
-            videos=list(videos),
-            do_convert_rgb=False,  # required by 5.x, ignored by 4.57
-            size=None,
-            resample=None,
-            cap_pixels_per_frame=False,
-            do_resize=False,
-            do_rescale=False,
-            do_normalize=False,
-            rescale_factor=1 / 255,
-            image_mean=(0.5,) * 3,
-            image_std=(0.5,) * 3,
-            patch_size=16,
-            temporal_patch_size=2,
-            merge_size=2,
-            return_tensors="pt",
-        )
+        out = raw_video_patches(self.inner, videos)
         out["pixel_values_videos"] = (out["pixel_values_videos"] / 255.0 - 0.5) / 0.5
         out["video_metadata"] = video_metadata
         return out

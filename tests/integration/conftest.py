@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
 from backend.settings import SERVER_ENV_VARIABLES
 from tests.conftest import REPO
 
-MODEL_OVERRIDES = SERVER_ENV_VARIABLES
-
 
 @pytest.fixture(scope="session")
 def server(tiny_model_path, tiny_reranker_path, tmp_path_factory):
     from backend.launcher import TritonServer
+    from perf.common import environment
 
-    saved = {name: os.environ.pop(name) for name in MODEL_OVERRIDES if name in os.environ}
     log = tmp_path_factory.mktemp("triton") / "server.log"
     try:
-        with TritonServer(REPO / "model_repository", log_path=log) as running:
+        # Deployment overrides set in the caller's shell would change what the tests check: unset them.
+        with (
+            environment(dict.fromkeys(SERVER_ENV_VARIABLES)),
+            TritonServer(REPO / "model_repository", log_path=log) as running,
+        ):
             yield running
     finally:
-        os.environ.update(saved)
         print(f"server log: {log}")
 
 

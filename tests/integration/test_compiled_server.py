@@ -3,7 +3,6 @@ vectors and scores for text of every length and for images, and never compile ag
 
 from __future__ import annotations
 
-import os
 import time
 import urllib.request
 
@@ -14,7 +13,7 @@ import tritonclient.http as http
 from backend import synthetic
 from backend.metrics import FLUSH_SECONDS
 from backend.settings import SERVER_ENV_VARIABLES
-from perf.common import parse_prometheus
+from perf.common import environment, parse_prometheus
 from tests.conftest import REPO
 from tests.integration.conftest import embed, embed_async, rerank
 
@@ -33,15 +32,12 @@ def text_of(words: int, seed: int) -> str:
 def compiled_server(tiny_model_path, tiny_reranker_path, tmp_path_factory):
     from backend.launcher import TritonServer
 
-    saved = {name: os.environ.pop(name) for name in SERVER_ENV_VARIABLES if name in os.environ}
-    os.environ["COMPILE"] = "on"
     log = tmp_path_factory.mktemp("triton-compiled") / "server.log"
     try:
-        with TritonServer(REPO / "model_repository", log_path=log) as running:
+        overrides = {**dict.fromkeys(SERVER_ENV_VARIABLES), "COMPILE": "on"}
+        with environment(overrides), TritonServer(REPO / "model_repository", log_path=log) as running:
             yield running
     finally:
-        os.environ.pop("COMPILE", None)
-        os.environ.update(saved)
         print(f"server log: {log}")
 
 

@@ -74,25 +74,13 @@ def test_resize_matches_torch_bicubic_antialias_with_uint8_rounding():
 def test_video_patch_layout_equals_the_qwen3vl_video_processor():
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
+    from tests.reference import raw_video_patches
+
     frames = np.random.default_rng(0).integers(0, 256, size=(4, 64, 96, 3), dtype=np.uint8)
     ours = vision.patchify(frames)
     # Rescale/normalise need torchvision (absent here); they are elementwise, so compare raw values.
-    reference = Qwen3VLVideoProcessor()._preprocess(
-        videos=[torch.from_numpy(frames).permute(0, 3, 1, 2).float()],
-        do_convert_rgb=False,  # required by 5.x, ignored by 4.57
-        size=None,
-        resample=None,
-        cap_pixels_per_frame=False,
-        do_resize=False,
-        do_rescale=False,
-        do_normalize=False,
-        rescale_factor=1 / 255,
-        image_mean=(0.5,) * 3,
-        image_std=(0.5,) * 3,
-        patch_size=16,
-        temporal_patch_size=2,
-        merge_size=2,
-        return_tensors="pt",
+    reference = raw_video_patches(
+        Qwen3VLVideoProcessor(), [torch.from_numpy(frames).permute(0, 3, 1, 2).float()]
     )
     assert list(reference["video_grid_thw"][0]) == list(ours.grid_thw)
     np.testing.assert_array_equal(reference["pixel_values_videos"].numpy(), ours.patches.astype(np.float32))
