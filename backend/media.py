@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from backend.errors import InputError
 from backend.settings import VisionSettings
 from backend.video import PreparedVideo, VideoLimits, video_patches
 from backend.vision import MERGE_SIZE, VisionPatches, image_patches
+
+_P = TypeVar("_P")
 
 
 @dataclass(frozen=True)
@@ -67,36 +71,41 @@ class MediaPreparer:
                 f"{label}VIDEO has {len(videos)} videos, over the limit of {vision.max_videos_per_item}"
             )
         started = time.perf_counter()
-        prepared_videos = []
-        for number, data in enumerate(videos):
-            try:
-                prepared_videos.append(
-                    video_patches(
-                        data,
-                        vision.video_fps,
-                        vision.video_max_frames,
-                        vision.video_min_pixels,
-                        vision.video_max_pixels,
-                        self.video_limits,
-                    )
-                )
-            except InputError as error:
-                raise InputError(f"{label}VIDEO[{number}]: {error}") from None
+        prepared_videos = _each(
+            f"{label}VIDEO",
+            videos,
+            lambda data: video_patches(
+                data,
+                vision.video_fps,
+                vision.video_max_frames,
+                vision.video_min_pixels,
+                vision.video_max_pixels,
+                self.video_limits,
+            ),
+        )
         after_videos = time.perf_counter()
-        prepared_images = []
-        for number, data in enumerate(images):
-            try:
-                prepared_images.append(
-                    image_patches(
-                        data,
-                        vision.image_min_pixels,
-                        vision.image_max_pixels,
-                        vision.max_image_bytes,
-                        vision.max_image_pixels,
-                    )
-                )
-            except InputError as error:
-                raise InputError(f"{label}IMAGE[{number}]: {error}") from None
+        prepared_images = _each(
+            f"{label}IMAGE",
+            images,
+            lambda data: image_patches(
+                data,
+                vision.image_min_pixels,
+                vision.image_max_pixels,
+                vision.max_image_bytes,
+                vision.max_image_pixels,
+            ),
+        )
         self.timings["video"] += after_videos - started
         self.timings["image"] += time.perf_counter() - after_videos
-        return PreparedMedia(tuple(prepared_images), tuple(prepared_videos))
+        return PreparedMedia(prepared_images, prepared_videos)
+
+
+def _each(name: str, blobs: Sequence[bytes], prepare: Callable[[bytes], _P]) -> tuple[_P, ...]:
+    """`prepare` of every blob; an InputError names the blob as `name[i]`."""
+    prepared = []
+    for number, data in enumerate(blobs):
+        try:
+            prepared.append(prepare(data))
+        except InputError as error:
+            raise InputError(f"{name}[{number}]: {error}") from None
+    return tuple(prepared)
