@@ -20,17 +20,17 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
-	$(PY) -m backend.launcher prepare > /dev/null
+	$(PY) -m tools.launcher prepare > /dev/null
 	touch $@
 
 models: venv
-	$(PY) -m backend.tiny_model --out $(EMBEDDING_TINY) --kind embedding
-	$(PY) -m backend.tiny_model --out $(RERANKER_TINY) --kind reranker
+	$(PY) -m tools.checkpoint --out $(EMBEDDING_TINY) --kind embedding
+	$(PY) -m tools.checkpoint --out $(RERANKER_TINY) --kind reranker
 
 # Serves model_repository/ in the foreground; MODEL_PATH=/path/to/Qwen3-VL-Embedding-8B and
 # RERANKER_MODEL_PATH=/path/to/Qwen3-VL-Reranker-8B serve real weights.
 serve: setup
-	$(PY) -m backend.launcher serve --model-repository model_repository
+	$(PY) -m tools.launcher serve --model-repository model_repository
 
 test: setup
 	$(PY) -m pytest -q
@@ -42,12 +42,12 @@ integration: setup
 	$(PY) -m pytest -q tests/integration
 
 lint: venv
-	$(VENV)/bin/ruff check backend client perf tests model_repository
-	$(VENV)/bin/ruff format --check backend client perf tests model_repository
+	$(VENV)/bin/ruff check backend client perf tests tools model_repository
+	$(VENV)/bin/ruff format --check backend client perf tests tools model_repository
 
 format: venv
-	$(VENV)/bin/ruff format backend client perf tests model_repository
-	$(VENV)/bin/ruff check --fix backend client perf tests model_repository
+	$(VENV)/bin/ruff format backend client perf tests tools model_repository
+	$(VENV)/bin/ruff check --fix backend client perf tests tools model_repository
 
 clean:
 	rm -rf $(VENV) .triton models .pytest_cache

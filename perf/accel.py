@@ -50,7 +50,7 @@ ACCEL_TARGET = 0.90
 def checkpoint(size: str, device: str) -> Path:
     if size in common.NAMED_MODELS:
         return common.model_path(size)
-    from backend.tiny_model import build_tiny_checkpoint, is_complete_checkpoint
+    from tools.checkpoint import build_tiny_checkpoint, is_complete_checkpoint
 
     path = common.REPO / "models" / f"qwen3-vl-embedding-{size}-random"
     if not is_complete_checkpoint(path):

@@ -35,7 +35,7 @@ class Pipeline:
     ensemble: str
     preprocess: str
     model_step: str
-    kind: str  # embedding | reranker (backend.tiny_model's kind)
+    kind: str  # embedding | reranker (tools.checkpoint's kind)
     model_env: str  # the environment variable naming its checkpoint
     nudge_inputs: tuple[str, ...]  # the BYTES [1] inputs of a short row that flushes the stubs' metrics
 
@@ -105,7 +105,7 @@ def model_path(name: str, kind: str = "embedding") -> Path:
             raise SystemExit(f"{where} is neither tiny, bench nor a checkpoint directory")
         return path
     path = named[name]
-    from backend.tiny_model import build_tiny_checkpoint, is_complete_checkpoint
+    from tools.checkpoint import build_tiny_checkpoint, is_complete_checkpoint
 
     if not is_complete_checkpoint(path):
         log(f"building the {name} {kind} checkpoint in {path} ...")
@@ -287,7 +287,7 @@ def start_server(
     """tritonserver on free ports serving only `ensembles` (default the embedding one, each with its two
     steps) of `repository`. `model` is the embedding checkpoint; a reranker's comes in `env`
     (RERANKER_MODEL_PATH)."""
-    from backend.launcher import TritonServer
+    from tools.launcher import TritonServer
 
     overrides: dict[str, str | None] = dict.fromkeys(SERVER_OVERRIDES)
     overrides.update({"MODEL_PATH": str(model), "TOKENIZERS_PARALLELISM": "false"})
@@ -525,12 +525,12 @@ def perf_analyzer_binary() -> str:
 
 
 def perf_analyzer_env() -> dict[str, str]:
-    from backend.launcher import (
+    from tools.launcher import (
         default_runtime_dir,
         find_triton,
         prepare_runtime_dir,
     )
-    from backend.launcher import (
+    from tools.launcher import (
         perf_analyzer_env as launcher_env,
     )
 

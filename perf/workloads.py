@@ -5,7 +5,7 @@
 Every workload is a JSON file `{"data": [entry, ...]}` where each entry is one batch-1 request to the
 ensemble the workload targets (`Workload.model`: `qwen3_vl_embedding`, or `qwen3_vl_reranker` for
 rerank_200; perf_analyzer cycles through the entries). Nothing here is hand-written:
-texts are random token ids of the model's own tokenizer, media come from `backend.synthetic`, all from
+texts are random token ids of the model's own tokenizer, media come from `tools.synthetic`, all from
 fixed seeds, so the same command gives the same bytes. The files (a few MB of base64 media) are written at
 run time into `perf/data/` (git-ignored) next to a manifest that records how they were made; a file whose
 recipe has not changed is reused.
@@ -213,7 +213,7 @@ def build_text_mixed(gen: Generator, rows: int) -> list[dict]:
 
 
 def _photos(count: int) -> list[bytes]:
-    from backend import synthetic
+    from tools import synthetic
 
     return [
         synthetic.encode_image(synthetic.photo(448, 448, seed=1000 + index), "JPEG", quality=90)
@@ -222,7 +222,7 @@ def _photos(count: int) -> list[bytes]:
 
 
 def _screenshots(count: int) -> list[bytes]:
-    from backend import synthetic
+    from tools import synthetic
 
     return [
         synthetic.encode_image(synthetic.screenshot(1280, 720, seed=2000 + index)) for index in range(count)
@@ -241,7 +241,7 @@ def build_screenshot(gen: Generator, rows: int) -> list[dict]:
 
 
 def build_video(gen: Generator, rows: int) -> list[dict]:
-    from backend import synthetic
+    from tools import synthetic
 
     return [
         {"VIDEO": bytes_tensor(synthetic.video(seconds=8, fps=24, width=320, height=240, seed=3000 + index))}

@@ -17,14 +17,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
-    from backend.tiny_model import build_tiny_checkpoint
+    from tools.checkpoint import build_tiny_checkpoint
 
     return build_tiny_checkpoint(TINY_EMBEDDING, kind="embedding")
 
 
 @pytest.fixture(scope="session")
 def tiny_reranker_path() -> Path:
-    from backend.tiny_model import build_tiny_checkpoint
+    from tools.checkpoint import build_tiny_checkpoint
 
     return build_tiny_checkpoint(TINY_RERANKER, kind="reranker")
 

@@ -11,8 +11,8 @@ from tests.conftest import REPO
 
 @pytest.fixture(scope="session")
 def server(tiny_model_path, tiny_reranker_path, tmp_path_factory):
-    from backend.launcher import TritonServer
     from perf.common import environment
+    from tools.launcher import TritonServer
 
     log = tmp_path_factory.mktemp("triton") / "server.log"
     try:

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import tritonclient.http as http
 
-from backend import synthetic
-from backend.launcher import free_port
 from qwen3vl_client import DEFAULT_QUERY_TASK
 from qwen3vl_client.cli import SEARCH_TASK, TUTORIAL_DOCUMENTS, TUTORIAL_QUERIES, main
 from tests.integration.conftest import embed
+from tools import synthetic
+from tools.launcher import free_port
 
 pytestmark = pytest.mark.server
 

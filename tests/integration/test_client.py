@@ -13,8 +13,6 @@ import pytest
 import tritonclient.http as http
 from tritonclient.utils import InferenceServerException
 
-from backend import synthetic
-from backend.launcher import free_port
 from qwen3vl_client import (
     DEFAULT_QUERY_TASK,
     AsyncEmbeddingClient,
@@ -28,6 +26,8 @@ from qwen3vl_client import (
 from qwen3vl_client._core import Retry, make_options, next_step
 from qwen3vl_client.items import Batch, encode_row
 from tests.integration.conftest import embed
+from tools import synthetic
+from tools.launcher import free_port
 
 pytestmark = pytest.mark.server
 

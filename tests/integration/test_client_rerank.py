@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import tritonclient.http as http
 
-from backend import synthetic
 from qwen3vl_client import (
     AsyncEmbeddingClient,
     EmbeddingClient,
@@ -22,6 +21,7 @@ from qwen3vl_client import (
 )
 from qwen3vl_client.cli import main
 from tests.integration.conftest import rerank
+from tools import synthetic
 
 pytestmark = pytest.mark.server
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import tritonclient.http as http
 
-from backend import synthetic
 from backend.metrics import FLUSH_SECONDS
 from backend.settings import SERVER_ENV_VARIABLES
 from perf.common import environment, parse_prometheus
 from tests.conftest import REPO
 from tests.integration.conftest import embed, embed_async, rerank
+from tools import synthetic
 
 pytestmark = pytest.mark.server
 
@@ -30,7 +30,7 @@ def text_of(words: int, seed: int) -> str:
 
 @pytest.fixture(scope="module")
 def compiled_server(tiny_model_path, tiny_reranker_path, tmp_path_factory):
-    from backend.launcher import TritonServer
+    from tools.launcher import TritonServer
 
     log = tmp_path_factory.mktemp("triton-compiled") / "server.log"
     try:

@@ -8,8 +8,8 @@ import tritonclient.grpc as grpc
 import tritonclient.http as http
 from tritonclient.utils import InferenceServerException
 
-from backend import synthetic
 from tests.integration.conftest import embed, embed_async, settled_stats
+from tools import synthetic
 
 pytestmark = pytest.mark.server
 

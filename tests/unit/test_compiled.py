@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from backend import synthetic
 from backend.compiled import TextForward, compile_wanted
 from backend.errors import ConfigError
 from backend.modeling import EmbeddingModel
@@ -22,6 +21,7 @@ from backend.settings import (
     RerankModelSettings,
     RerankPreprocessSettings,
 )
+from tools import synthetic
 
 
 def settings(path, compile_choice: str) -> ModelSettings:

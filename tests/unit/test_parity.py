@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from backend import synthetic
 from backend.modeling import EmbeddingModel
 from backend.preprocess import EmbeddingPreprocessor
 from backend.records import EmbeddingItem
 from backend.settings import ModelSettings, PreprocessSettings
 from backend.wire import pack_rows, unpack_rows
 from tests.reference import OfficialEmbedder
+from tools import synthetic
 
 
 @pytest.fixture(scope="module")

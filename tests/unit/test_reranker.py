@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from backend import chat, synthetic
+from backend import chat
 from backend.errors import InputError
 from backend.reranker import PairSide, RerankPair, RerankPreprocessor, parse_pairs
 from backend.scoring import RerankModel
@@ -13,6 +13,7 @@ from backend.settings import RerankModelSettings, RerankPreprocessSettings
 from backend.tokenization import truncate_keeping_special
 from backend.wire import pack_rows, unpack_rows
 from tests.reference import OfficialReranker, _truncate, rerank_conversation
+from tools import synthetic
 
 PHOTO = synthetic.encode_image(synthetic.photo(448, 448, seed=21))
 SCREEN = synthetic.encode_image(synthetic.screenshot(1280, 720, seed=22))
@@ -135,7 +136,7 @@ def test_an_untied_lm_head_is_read_from_the_checkpoint(tiny_reranker_path, tmp_p
     import torch
     from transformers import Qwen3VLForConditionalGeneration
 
-    from backend.tiny_model import make_config
+    from tools.checkpoint import make_config
 
     config = make_config("tiny")
     config.tie_word_embeddings = False

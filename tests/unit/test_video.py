@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from backend import synthetic, video, vision
+from backend import video, vision
 from backend.errors import InputError
+from tools import synthetic
 
 LIMITS = video.VideoLimits(
     max_bytes=1 << 30, max_seconds=3600, max_frame_pixels=1 << 30, max_decoded_frames=100_000

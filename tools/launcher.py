@@ -7,9 +7,9 @@ child process (``TritonServer``, for tests and scripts) or in the foreground (th
 
 CLI::
 
-    python -m backend.launcher serve [--model-repository DIR] [--http-port N] ... [-- EXTRA_ARGS]
-    python -m backend.launcher prepare
-    python -m backend.launcher perf-env
+    python -m tools.launcher serve [--model-repository DIR] [--http-port N] ... [-- EXTRA_ARGS]
+    python -m tools.launcher prepare
+    python -m tools.launcher perf-env
 """
 
 from __future__ import annotations
@@ -509,7 +509,7 @@ def _env_port(name: str, default: int) -> int:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m backend.launcher",
+        prog="python -m tools.launcher",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
