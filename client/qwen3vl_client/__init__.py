@@ -10,11 +10,12 @@ with EmbeddingClient("localhost:8000") as client:
     ranked.top()  # [(1, 0.93...), (0, 0.02...)]: (document index, score), best first
 """
 
-from qwen3vl_client._core import DEFAULT_QUERY_TASK, EmbeddingResult, Health, RerankResult, TensorSpec
 from qwen3vl_client.aio import AsyncEmbeddingClient
 from qwen3vl_client.client import EmbeddingClient
 from qwen3vl_client.errors import EmbeddingError, ItemError, RequestError, ServerUnavailableError
 from qwen3vl_client.items import ImageInput, Item, VideoInput
+from qwen3vl_client.options import DEFAULT_QUERY_TASK
+from qwen3vl_client.results import EmbeddingResult, Health, ModelStatus, RerankResult, TensorSpec
 
 __all__ = [
     "DEFAULT_QUERY_TASK",
@@ -26,6 +27,7 @@ __all__ = [
     "ImageInput",
     "Item",
     "ItemError",
+    "ModelStatus",
     "RequestError",
     "RerankResult",
     "ServerUnavailableError",

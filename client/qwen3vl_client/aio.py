@@ -1,116 +1,39 @@
 """The asyncio client: ``async with AsyncEmbeddingClient(url) as client: await client.embed(...)``
-(and ``await client.rerank(query, documents)``)."""
+(and ``await client.rerank(query, documents)``). What each method does is planned in ``_plans``; this
+module performs the plans' operations by awaiting."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import replace
-from types import ModuleType, TracebackType
+from types import TracebackType
 from typing import Any, Literal, overload
 
 import numpy as np
 
-from qwen3vl_client._core import (
-    DEFAULT_BACKOFF,
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_MAX_CONCURRENCY,
-    DEFAULT_MAX_REQUEST_BYTES,
-    DEFAULT_QUERY_TASK,
-    DEFAULT_RETRIES,
-    DEFAULT_TIMEOUT,
-    MODEL_NAME,
-    PROBE_TEXT,
-    RERANKER_MODEL_NAME,
-    Call,
-    EmbeddingResult,
-    Endpoint,
-    Fail,
-    Health,
-    OnError,
-    Options,
-    Progress,
-    RerankResult,
-    Retry,
-    Transport,
-    as_dict,
-    capped,
-    check_on_error,
-    embed_call,
-    error_message,
-    make_options,
-    model_summary,
-    next_step,
-    rerank_call,
-    rerank_items,
-)
+from qwen3vl_client._calls import Call, OnError, Progress
+from qwen3vl_client._plans import Ask, ClientCore, Offload, Operation, Plan, T
+from qwen3vl_client._wire import Endpoint
 from qwen3vl_client.errors import ItemError
-from qwen3vl_client.items import (
-    Batch,
-    ImageInput,
-    Item,
-    VideoInput,
-    check_dimensions,
-    collect_items,
-    encode_row,
-)
+from qwen3vl_client.items import Batch, ImageInput, Item, VideoInput
+from qwen3vl_client.options import DEFAULT_QUERY_TASK
+from qwen3vl_client.results import EmbeddingResult, Health, RerankResult
 
 
-class AsyncEmbeddingClient:
+class AsyncEmbeddingClient(ClientCore):
     """``EmbeddingClient`` for asyncio (``tritonclient.http.aio`` / ``tritonclient.grpc.aio``).
 
     Same arguments and behaviour; the connection opens on first use inside the running loop. Use it
     from one event loop, and ``await close()`` it or use ``async with``.
     """
 
-    def __init__(
-        self,
-        url: str | None = None,
-        protocol: Transport = "http",
-        *,
-        model: str = MODEL_NAME,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-        timeout: float = DEFAULT_TIMEOUT,
-        retries: int = DEFAULT_RETRIES,
-        backoff: float = DEFAULT_BACKOFF,
-        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-        reranker_model: str = RERANKER_MODEL_NAME,
-    ) -> None:
-        self.options = make_options(
-            url,
-            protocol,
-            model,
-            batch_size,
-            max_concurrency,
-            timeout,
-            retries,
-            backoff,
-            max_request_bytes,
-            reranker_model,
-        )
+    def _open(self) -> None:
+        # aiohttp's session must be made inside the running loop: _connect makes it on first use.
         self._client: Any = None
-        self._module: ModuleType | None = None
-        self._connection_errors: tuple[type[BaseException], ...] = (ConnectionError,)
-        self._max_batch: dict[str, int] = {}
-
-    async def _options_for(self, model: str) -> Options:
-        """See ``EmbeddingClient._options_for``."""
-        if model not in self._max_batch:
-            try:
-                config = as_dict(await self._connect().get_model_config(model))
-                self._max_batch[model] = model_summary(config)["max_batch_size"]
-            except Exception:  # noqa: BLE001
-                return self.options
-        return capped(self.options, self._max_batch[model])
-
-    def __repr__(self) -> str:
-        return f"AsyncEmbeddingClient({self.options.url!r}, protocol={self.options.protocol!r})"
+        self._module: Any = None
 
     def _connect(self) -> Any:
-        # aiohttp's session must be made inside the running loop, so not in __init__.
         if self._client is None:
             options = self.options
             if options.protocol == "http":
@@ -182,14 +105,8 @@ class AsyncEmbeddingClient:
         progress: Progress | None = None,
     ) -> np.ndarray | EmbeddingResult:
         """See ``EmbeddingClient.embed``."""
-        check_on_error(on_error)
-        check_dimensions(dimensions)
-        collected = collect_items(items, texts, images, videos)
-        options = await self._options_for(self.options.model)
-        call = embed_call(options, collected, instruction, dimensions, on_error, progress)
-        await self._run(call)
-        result = call.collector.result()
-        return result if on_error == "skip" else result.embeddings
+        plan = self._embed_plan(items, texts, images, videos, instruction, dimensions, on_error, progress)
+        return await self._drive(plan)
 
     @overload
     async def embed_queries(
@@ -223,11 +140,7 @@ class AsyncEmbeddingClient:
         progress: Progress | None = None,
     ) -> np.ndarray | EmbeddingResult:
         """See ``EmbeddingClient.embed_queries``."""
-        if isinstance(queries, str):
-            queries = [queries]
-        return await self.embed(  # type: ignore[call-overload, no-any-return]
-            queries, instruction=task, dimensions=dimensions, on_error=on_error, progress=progress
-        )
+        return await self._drive(self._embed_queries_plan(queries, task, dimensions, on_error, progress))
 
     async def rerank(
         self,
@@ -240,46 +153,37 @@ class AsyncEmbeddingClient:
         progress: Progress | None = None,
     ) -> RerankResult:
         """See ``EmbeddingClient.rerank``."""
-        check_on_error(on_error)
-        query_item, items = rerank_items(query, documents, instruction, top_k)
-        query_row = await asyncio.to_thread(encode_row, query_item, None, None)
-        options = await self._options_for(self.options.reranker_model)
-        call = rerank_call(options, query_item, query_row, items, instruction, on_error, progress)
-        await self._run(call)
-        return call.collector.rerank_result(top_k)
+        return await self._drive(self._rerank_plan(query, documents, instruction, top_k, on_error, progress))
 
     async def health(self, probe: bool = True) -> Health:
         """See ``EmbeddingClient.health``."""
-        options = self.options
-        base: dict[str, Any] = {"url": options.url, "protocol": options.protocol, "model": options.model}
-        try:
-            client = self._connect()
-            server = {
-                "server_live": bool(await client.is_server_live()),
-                "server_ready": bool(await client.is_server_ready()),
-                "server_version": as_dict(await client.get_server_metadata()).get("version"),
-                "model_ready": bool(await client.is_model_ready(options.model)),
-            }
-            summary = {}
-            if server["model_ready"]:
-                summary = model_summary(as_dict(await client.get_model_config(options.model)))
-                names = summary.pop("step_names")
-                summary["steps"] = tuple([(name, bool(await client.is_model_ready(name))) for name in names])
-        except Exception as error:  # noqa: BLE001 - any failure is reported, not raised
-            return Health(**base, error=error_message(error))
-        health = Health(**base, **server, **summary)
-        if not (probe and health.model_ready):
-            return health
-        started = time.perf_counter()
-        try:
-            vector = await self.embed([PROBE_TEXT])
-        except Exception as error:  # noqa: BLE001
-            return replace(health, error=f"probe embedding failed: {error}")
-        return replace(health, dimensions=int(vector.shape[1]), probe_seconds=time.perf_counter() - started)
+        return await self._drive(self._health_plan(probe))
+
+    async def _drive(self, plan: Plan[T]) -> T:
+        """See ``EmbeddingClient._drive``."""
+        answer: Any = None
+        failure: Exception | None = None
+        while True:
+            try:
+                operation = plan.send(answer) if failure is None else plan.throw(failure)
+            except StopIteration as finished:
+                return finished.value  # type: ignore[no-any-return]
+            answer, failure = None, None
+            try:
+                answer = await self._perform(operation)
+            except Exception as error:  # noqa: BLE001 - the plan handles it or lets it through
+                failure = error
+
+    async def _perform(self, operation: Operation) -> Any:
+        if isinstance(operation, Ask):
+            return await getattr(self._connect(), operation.method)(*operation.args)
+        if isinstance(operation, Offload):
+            return await asyncio.to_thread(operation.function, *operation.args)
+        return await self._run(operation.call)
 
     async def _infer(self, batch: Batch, endpoint: Endpoint) -> np.ndarray:
         client = self._connect()
-        inputs = endpoint.build_inputs(self._module, batch.rows)  # type: ignore[arg-type]
+        inputs = endpoint.build_inputs(self._module, batch.rows)
         if self.options.protocol == "http":
             result = await client.infer(endpoint.model, inputs)
         else:
@@ -288,25 +192,23 @@ class AsyncEmbeddingClient:
 
     async def _run(self, call: Call) -> None:
         """Send the call's planned requests, ``max_concurrency`` at a time, into its collector."""
-        planned, collector = call.planned, call.collector
         slots = asyncio.Semaphore(self.options.max_concurrency)
         failures: list[BaseException] = []
         tasks: list[asyncio.Task[None]] = []
         try:
             while not failures:
                 # Files are read in a thread so that big videos do not stall the loop.
-                planned_next = await asyncio.to_thread(next, planned, None)
+                planned_next = await asyncio.to_thread(next, call.planned, None)
                 if planned_next is None:
                     break
                 if isinstance(planned_next, ItemError):
-                    collector.fail(planned_next)
+                    call.collector.fail(planned_next)
                     continue
                 await slots.acquire()
                 if failures:
                     slots.release()
                     break
-                request = self._send(planned_next, call, slots, failures)
-                tasks.append(asyncio.create_task(request))
+                tasks.append(asyncio.create_task(self._send(planned_next, call, slots, failures)))
             await asyncio.gather(*tasks)
         finally:
             for task in tasks:
@@ -314,34 +216,22 @@ class AsyncEmbeddingClient:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _send(
-        self,
-        batch: Batch,
-        call: Call,
-        slots: asyncio.Semaphore,
-        failures: list[BaseException],
+        self, batch: Batch, call: Call, slots: asyncio.Semaphore, failures: list[BaseException]
     ) -> None:
         """One planned request, with its retries and, when it must be split, its items one by one."""
-        endpoint, collector, on_error = call.endpoint, call.collector, call.collector.on_error
         queue: deque[tuple[Batch, int]] = deque([(batch, 0)])
         try:
             while queue:
                 current, attempt = queue.popleft()
                 try:
-                    output = await self._infer(current, endpoint)
-                except Exception as error:  # noqa: BLE001 - next_step re-raises what it does not handle
-                    connection_errors = self._connection_errors
-                    step = next_step(
-                        error, current, attempt, self.options, on_error, connection_errors, endpoint
-                    )
-                    if isinstance(step, Retry):
-                        await asyncio.sleep(step.delay)
-                        queue.appendleft((current, attempt + 1))
-                    elif isinstance(step, Fail):
-                        collector.fail(step.error)
-                    else:
-                        queue.extendleft((single, 0) for single in reversed(step.batches))
+                    output = await self._infer(current, call.endpoint)
+                except Exception as error:  # noqa: BLE001 - after_failure re-raises what it does not handle
+                    delay, again = call.after_failure(error, current, attempt, self._connection_errors)
+                    if delay:
+                        await asyncio.sleep(delay)
+                    queue.extendleft(reversed(again))
                 else:
-                    collector.done(current, output)
+                    call.collector.done(current, output)
         except BaseException as error:
             failures.append(error)
             raise

@@ -8,8 +8,8 @@
     qwen3vl rerank --query "What is the capital of China?" --document "Beijing." --input photos/ -k 3
 
 The server comes from --url / --protocol / --timeout, or QWEN3VL_URL / QWEN3VL_PROTOCOL / QWEN3VL_TIMEOUT
-(default localhost:8000 over HTTP, localhost:8001 over gRPC); rerank's model from --reranker-model or
-QWEN3VL_RERANKER_MODEL.
+(default localhost:8000 over HTTP, localhost:8001 over gRPC), the reranker from --reranker-model or
+QWEN3VL_RERANKER_MODEL; these options go before the command or after it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,11 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from qwen3vl_client._core import (
+from qwen3vl_client.client import EmbeddingClient
+from qwen3vl_client.errors import EmbeddingError, ItemError
+from qwen3vl_client.index import file_item, scan_folder, update_index
+from qwen3vl_client.items import Item
+from qwen3vl_client.options import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_QUERY_TASK,
@@ -33,14 +37,8 @@ from qwen3vl_client._core import (
     DEFAULT_TIMEOUT,
     MODEL_NAME,
     RERANKER_MODEL_NAME,
-    EmbeddingResult,
-    Health,
-    RerankResult,
 )
-from qwen3vl_client.client import EmbeddingClient
-from qwen3vl_client.errors import EmbeddingError, ItemError
-from qwen3vl_client.index import file_item, scan_folder, update_index
-from qwen3vl_client.items import Item
+from qwen3vl_client.results import EmbeddingResult, Health, ModelStatus, RerankResult
 
 # The vLLM-Ascend tutorial's offline example: two web-search queries against two passages.
 TUTORIAL_QUERIES = ["What is the capital of China?", "Explain gravity"]
@@ -63,26 +61,46 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name) or default
 
 
-def _common_options() -> argparse.ArgumentParser:
+def _server_options(defaults: bool) -> argparse.ArgumentParser:
+    """The server options, accepted before the command (``qwen3vl --url X health``) and after it. Only
+    the top-level parser holds the defaults: argparse copies everything a subcommand's parser sets over
+    what was parsed before the command, so there an option absent from the command line sets nothing."""
+
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
     common = argparse.ArgumentParser(add_help=False)
     server = common.add_argument_group("server")
-    server.add_argument("--url", default=_env("QWEN3VL_URL"), help="host:port (env QWEN3VL_URL)")
+    server.add_argument("--url", default=default(_env("QWEN3VL_URL")), help="host:port (env QWEN3VL_URL)")
     server.add_argument(
         "--protocol",
         choices=("http", "grpc"),
-        default=_env("QWEN3VL_PROTOCOL", "http"),
+        default=default(_env("QWEN3VL_PROTOCOL", "http")),
         help="default http (env QWEN3VL_PROTOCOL)",
     )
     server.add_argument(
         "--timeout",
         type=float,
-        default=float(_env("QWEN3VL_TIMEOUT") or DEFAULT_TIMEOUT),
+        default=default(float(_env("QWEN3VL_TIMEOUT") or DEFAULT_TIMEOUT)),
         help=f"seconds per request (env QWEN3VL_TIMEOUT, default {DEFAULT_TIMEOUT:g})",
     )
-    server.add_argument("--model", default=_env("QWEN3VL_MODEL", MODEL_NAME), help="env QWEN3VL_MODEL")
-    server.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="items per request")
-    server.add_argument("--concurrency", type=int, default=DEFAULT_MAX_CONCURRENCY, help="requests in flight")
-    server.add_argument("--retries", type=int, default=DEFAULT_RETRIES, help="retries on UNAVAILABLE")
+    server.add_argument(
+        "--model", default=default(_env("QWEN3VL_MODEL", MODEL_NAME)), help="env QWEN3VL_MODEL"
+    )
+    server.add_argument(
+        "--reranker-model",
+        default=default(_env("QWEN3VL_RERANKER_MODEL", RERANKER_MODEL_NAME)),
+        help=f"env QWEN3VL_RERANKER_MODEL, default {RERANKER_MODEL_NAME}",
+    )
+    server.add_argument(
+        "--batch-size", type=int, default=default(DEFAULT_BATCH_SIZE), help="items per request"
+    )
+    server.add_argument(
+        "--concurrency", type=int, default=default(DEFAULT_MAX_CONCURRENCY), help="requests in flight"
+    )
+    server.add_argument(
+        "--retries", type=int, default=default(DEFAULT_RETRIES), help="retries on UNAVAILABLE"
+    )
     return common
 
 
@@ -114,10 +132,13 @@ class _Ordered(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="qwen3vl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="qwen3vl",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_server_options(defaults=True)],
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    common = [_common_options()]
+    common = [_server_options(defaults=False)]
 
     embed = commands.add_parser(
         "embed",
@@ -203,11 +224,6 @@ def build_parser() -> argparse.ArgumentParser:
     rerank.add_argument("--instruction", help="the task (default: the reranker's)")
     rerank.add_argument("-k", "--top-k", type=int, default=None, help="print only the best K")
     rerank.add_argument(
-        "--reranker-model",
-        default=_env("QWEN3VL_RERANKER_MODEL", RERANKER_MODEL_NAME),
-        help=f"env QWEN3VL_RERANKER_MODEL, default {RERANKER_MODEL_NAME}",
-    )
-    rerank.add_argument(
         "--on-error",
         choices=("raise", "skip"),
         default="raise",
@@ -217,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     _progress_option(rerank)
 
     health = commands.add_parser(
-        "health", parents=common, help="server and model readiness, model configuration"
+        "health", parents=common, help="server, embedding and reranker readiness, model configuration"
     )
     health.add_argument("--no-probe", action="store_true", help="do not embed a test text")
     health.add_argument("--json", action="store_true")
@@ -233,7 +249,7 @@ def _client(args: argparse.Namespace) -> EmbeddingClient:
         max_concurrency=args.concurrency,
         timeout=args.timeout,
         retries=args.retries,
-        reranker_model=getattr(args, "reranker_model", RERANKER_MODEL_NAME),
+        reranker_model=args.reranker_model,
     )
 
 
@@ -489,6 +505,18 @@ def cmd_rerank(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _model_lines(label: str, status: ModelStatus) -> list[str]:
+    state = {True: "ready", False: "NOT ready"}
+    lines = [f"{label:<10}{status.name}  {state[status.ready]}"]
+    if status.ready:
+        lines[-1] += f"  ({status.platform}, max batch {status.max_batch_size})"
+        lines.append("inputs    " + ", ".join(map(str, status.inputs)))
+        lines.append("outputs   " + ", ".join(map(str, status.outputs)))
+        if status.steps:
+            lines.append("steps     " + ", ".join(f"{name} ({state[ready]})" for name, ready in status.steps))
+    return lines
+
+
 def _health_text(health: Health) -> str:
     state = {True: "ready", False: "NOT ready"}
     lines = [f"server    {health.url} ({health.protocol})"]
@@ -496,15 +524,11 @@ def _health_text(health: Health) -> str:
         lines.append(f"error     {health.error}")
         return "\n".join(lines)
     lines[0] += f"  live={health.server_live}  {state[health.server_ready]}  triton {health.server_version}"
-    lines.append(f"model     {health.model}  {state[health.model_ready]}")
-    if health.model_ready:
-        lines[-1] += f"  ({health.platform}, max batch {health.max_batch_size})"
-        lines.append("inputs    " + ", ".join(map(str, health.inputs)))
-        lines.append("outputs   " + ", ".join(map(str, health.outputs)))
-        if health.steps:
-            lines.append("steps     " + ", ".join(f"{name} ({state[ready]})" for name, ready in health.steps))
+    lines += _model_lines("model", health.embedding)
     if health.dimensions is not None and health.probe_seconds is not None:
         lines.append(f"embedding {health.dimensions} dimensions (probe {health.probe_seconds * 1000:.0f} ms)")
+    if health.reranker is not None:
+        lines += _model_lines("reranker", health.reranker)
     if health.error:
         lines.append(f"error     {health.error}")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""The blocking client: ``EmbeddingClient(url, protocol="http"|"grpc").embed(...)``."""
+"""The blocking client: ``EmbeddingClient(url, protocol="http"|"grpc").embed(...)``. What each method does
+is planned in ``_plans``; this module performs the plans' operations by blocking."""
 
 from __future__ import annotations
 
@@ -6,136 +7,58 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from dataclasses import replace
-from types import ModuleType, TracebackType
+from types import TracebackType
 from typing import Any, Literal, overload
 
 import numpy as np
 
-from qwen3vl_client._core import (
-    DEFAULT_BACKOFF,
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_MAX_CONCURRENCY,
-    DEFAULT_MAX_REQUEST_BYTES,
-    DEFAULT_QUERY_TASK,
-    DEFAULT_RETRIES,
-    DEFAULT_TIMEOUT,
-    MODEL_NAME,
-    PROBE_TEXT,
-    RERANKER_MODEL_NAME,
-    Call,
-    EmbeddingResult,
-    Endpoint,
-    Fail,
-    Health,
-    OnError,
-    Options,
-    Progress,
-    RerankResult,
-    Retry,
-    Transport,
-    as_dict,
-    capped,
-    check_on_error,
-    embed_call,
-    error_message,
-    make_options,
-    model_summary,
-    next_step,
-    rerank_call,
-    rerank_items,
-)
+from qwen3vl_client._calls import Call, OnError, Progress
+from qwen3vl_client._plans import Ask, ClientCore, Offload, Operation, Plan, T
+from qwen3vl_client._wire import Endpoint
 from qwen3vl_client.errors import ItemError
-from qwen3vl_client.items import (
-    Batch,
-    ImageInput,
-    Item,
-    VideoInput,
-    check_dimensions,
-    collect_items,
-    encode_row,
-)
+from qwen3vl_client.items import Batch, ImageInput, Item, VideoInput
+from qwen3vl_client.options import DEFAULT_QUERY_TASK
+from qwen3vl_client.results import EmbeddingResult, Health, RerankResult
 
 Waiter = Callable[[], np.ndarray]
 # A host that swallows packets should not hold a call for the whole request timeout.
 CONNECT_TIMEOUT = 30.0
 
 
-class EmbeddingClient:
+class EmbeddingClient(ClientCore):
     """Embeds text, images, videos and mixed items through the Triton server, and reranks documents
     against a query (``reranker_model``); not thread-safe.
 
-    Large inputs go out as requests of ``batch_size`` items (and at most ``max_request_bytes``),
-    ``max_concurrency`` of them in flight, results in input order. UNAVAILABLE answers and failed
-    connections are retried ``retries`` times with exponential backoff from ``backoff`` seconds;
-    ``timeout`` bounds each request. Use one client per thread (tritonclient's HTTP client is
-    gevent-based), and close it, or use it as a context manager.
+    ``EmbeddingClient(url=None, protocol="http", *, model, batch_size, max_concurrency, timeout, retries,
+    backoff, max_request_bytes, reranker_model)``. Large inputs go out as requests of ``batch_size``
+    items (and at most ``max_request_bytes``), ``max_concurrency`` of them in flight, results in input
+    order. UNAVAILABLE answers and failed connections are retried ``retries`` times with exponential
+    backoff from ``backoff`` seconds; ``timeout`` bounds each request. Use one client per thread
+    (tritonclient's HTTP client is gevent-based), and close it, or use it as a context manager.
     """
 
-    def __init__(
-        self,
-        url: str | None = None,
-        protocol: Transport = "http",
-        *,
-        model: str = MODEL_NAME,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-        timeout: float = DEFAULT_TIMEOUT,
-        retries: int = DEFAULT_RETRIES,
-        backoff: float = DEFAULT_BACKOFF,
-        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-        reranker_model: str = RERANKER_MODEL_NAME,
-    ) -> None:
-        self.options = make_options(
-            url,
-            protocol,
-            model,
-            batch_size,
-            max_concurrency,
-            timeout,
-            retries,
-            backoff,
-            max_request_bytes,
-            reranker_model,
-        )
-        self._module: ModuleType
-        self._connection_errors: tuple[type[BaseException], ...]
-        if protocol == "http":
+    def _open(self) -> None:
+        options = self.options
+        if options.protocol == "http":
             import gevent.pool
             import tritonclient.http as module
             from geventhttpclient.response import HTTPConnectionClosed
 
             self._client: Any = module.InferenceServerClient(
-                self.options.url,
-                concurrency=max_concurrency,
-                connection_timeout=min(timeout, CONNECT_TIMEOUT),
-                network_timeout=timeout,
+                options.url,
+                concurrency=options.max_concurrency,
+                connection_timeout=min(options.timeout, CONNECT_TIMEOUT),
+                network_timeout=options.timeout,
             )
             # Our own greenlets rather than async_infer's: a request that raises inside one of those
             # is also printed to stderr by gevent's hub, which is noise for a retried connection error.
-            self._pool: Any = gevent.pool.Pool(max_concurrency)
+            self._pool: Any = gevent.pool.Pool(options.max_concurrency)
             self._connection_errors = (ConnectionError, HTTPConnectionClosed)
         else:
             import tritonclient.grpc as module
 
-            self._client = module.InferenceServerClient(self.options.url)
-            self._connection_errors = (ConnectionError,)
+            self._client = module.InferenceServerClient(options.url)
         self._module = module
-        self._max_batch: dict[str, int] = {}
-
-    def _options_for(self, model: str) -> Options:
-        """The options with batch_size capped at ``model``'s max_batch_size, asked of the server once
-        (a failed lookup is not remembered: the requests themselves then say what is wrong)."""
-        if model not in self._max_batch:
-            try:
-                config = as_dict(self._client.get_model_config(model))
-                self._max_batch[model] = model_summary(config)["max_batch_size"]
-            except Exception:  # noqa: BLE001
-                return self.options
-        return capped(self.options, self._max_batch[model])
-
-    def __repr__(self) -> str:
-        return f"EmbeddingClient({self.options.url!r}, protocol={self.options.protocol!r})"
 
     def close(self) -> None:
         if self.options.protocol == "http":
@@ -197,14 +120,8 @@ class EmbeddingClient:
         ``on_error="raise"`` raises ``ItemError`` naming the first bad item; ``"skip"`` embeds the rest
         and returns an ``EmbeddingResult`` listing the bad ones. ``progress(n)`` is called as items finish.
         """
-        check_on_error(on_error)
-        check_dimensions(dimensions)
-        collected = collect_items(items, texts, images, videos)
-        options = self._options_for(self.options.model)
-        call = embed_call(options, collected, instruction, dimensions, on_error, progress)
-        self._run(call)
-        result = call.collector.result()
-        return result if on_error == "skip" else result.embeddings
+        plan = self._embed_plan(items, texts, images, videos, instruction, dimensions, on_error, progress)
+        return self._drive(plan)
 
     @overload
     def embed_queries(
@@ -240,11 +157,7 @@ class EmbeddingClient:
         """Embed queries with a one-sentence ``task`` as their instruction (Qwen3-VL-Embedding's
         convention; the server strips it and ends it with a period). Documents go through ``embed``
         without an instruction."""
-        if isinstance(queries, str):
-            queries = [queries]
-        return self.embed(  # type: ignore[call-overload, no-any-return]
-            queries, instruction=task, dimensions=dimensions, on_error=on_error, progress=progress
-        )
+        return self._drive(self._embed_queries_plan(queries, task, dimensions, on_error, progress))
 
     def rerank(
         self,
@@ -268,42 +181,34 @@ class EmbeddingClient:
         (also when skipping), an unreadable query file with ``OSError``; ``instruction`` or ``dimensions``
         set on an item raise ``ValueError`` before anything is sent.
         """
-        check_on_error(on_error)
-        query_item, items = rerank_items(query, documents, instruction, top_k)
-        query_row = encode_row(query_item, None, None)
-        options = self._options_for(self.options.reranker_model)
-        call = rerank_call(options, query_item, query_row, items, instruction, on_error, progress)
-        self._run(call)
-        return call.collector.rerank_result(top_k)
+        return self._drive(self._rerank_plan(query, documents, instruction, top_k, on_error, progress))
 
     def health(self, probe: bool = True) -> Health:
-        """Server and model readiness, the model's configuration and (``probe``) its full dimension."""
-        options = self.options
-        base: dict[str, Any] = {"url": options.url, "protocol": options.protocol, "model": options.model}
-        try:
-            server = {
-                "server_live": bool(self._client.is_server_live()),
-                "server_ready": bool(self._client.is_server_ready()),
-                "server_version": as_dict(self._client.get_server_metadata()).get("version"),
-                "model_ready": bool(self._client.is_model_ready(options.model)),
-            }
-            summary = {}
-            if server["model_ready"]:
-                summary = model_summary(as_dict(self._client.get_model_config(options.model)))
-                names = summary.pop("step_names")
-                summary["steps"] = tuple((name, bool(self._client.is_model_ready(name))) for name in names)
-        except Exception as error:  # noqa: BLE001 - any failure is reported, not raised
-            return Health(**base, error=error_message(error))
-        health = Health(**base, **server, **summary)
-        model_ready = health.model_ready
-        if not (probe and model_ready):
-            return health
-        started = time.perf_counter()
-        try:
-            vector = self.embed([PROBE_TEXT])
-        except Exception as error:  # noqa: BLE001
-            return replace(health, error=f"probe embedding failed: {error}")
-        return replace(health, dimensions=int(vector.shape[1]), probe_seconds=time.perf_counter() - started)
+        """Server and model readiness, the model's configuration and (``probe``) its full dimension;
+        ``reranker``: the reranker model's readiness and configuration."""
+        return self._drive(self._health_plan(probe))
+
+    def _drive(self, plan: Plan[T]) -> T:
+        """Run ``plan`` to its result, performing each operation it yields."""
+        answer: Any = None
+        failure: Exception | None = None
+        while True:
+            try:
+                operation = plan.send(answer) if failure is None else plan.throw(failure)
+            except StopIteration as finished:
+                return finished.value  # type: ignore[no-any-return]
+            answer, failure = None, None
+            try:
+                answer = self._perform(operation)
+            except Exception as error:  # noqa: BLE001 - the plan handles it or lets it through
+                failure = error
+
+    def _perform(self, operation: Operation) -> Any:
+        if isinstance(operation, Ask):
+            return getattr(self._client, operation.method)(*operation.args)
+        if isinstance(operation, Offload):
+            return operation.function(*operation.args)
+        return self._run(operation.call)
 
     def _submit(self, batch: Batch, endpoint: Endpoint) -> Waiter:
         """Start one request; the returned function waits for its output tensor."""
@@ -333,38 +238,32 @@ class EmbeddingClient:
 
     def _run(self, call: Call) -> None:
         """Send the call's planned requests, ``max_concurrency`` at a time, into its collector."""
-        options, endpoint, collector = self.options, call.endpoint, call.collector
-        planned, on_error = call.planned, collector.on_error
+        collector = call.collector
         waiting: deque[tuple[Batch, int]] = deque()  # retries and split batches go first
         in_flight: deque[tuple[Batch, int, Waiter]] = deque()
         while True:
-            while len(in_flight) < options.max_concurrency:
+            while len(in_flight) < self.options.max_concurrency:
                 if waiting:
                     batch, attempt = waiting.popleft()
                 else:
-                    planned_next = next(planned, None)
+                    planned_next = next(call.planned, None)
                     if planned_next is None:
                         break
                     if isinstance(planned_next, ItemError):
                         collector.fail(planned_next)
                         continue
                     batch, attempt = planned_next, 0
-                in_flight.append((batch, attempt, self._submit(batch, endpoint)))
+                in_flight.append((batch, attempt, self._submit(batch, call.endpoint)))
             if not in_flight:
                 return
             batch, attempt, wait = in_flight.popleft()
             try:
                 output = wait()
-            except Exception as error:  # noqa: BLE001 - next_step re-raises what it does not handle
-                connection_errors = self._connection_errors
-                step = next_step(error, batch, attempt, options, on_error, connection_errors, endpoint)
-                if isinstance(step, Retry):
-                    time.sleep(step.delay)
-                    waiting.appendleft((batch, attempt + 1))
-                elif isinstance(step, Fail):
-                    collector.fail(step.error)
-                else:
-                    waiting.extendleft((single, 0) for single in reversed(step.batches))
+            except Exception as error:  # noqa: BLE001 - after_failure re-raises what it does not handle
+                delay, again = call.after_failure(error, batch, attempt, self._connection_errors)
+                if delay:
+                    time.sleep(delay)
+                waiting.extendleft(reversed(again))
             else:
                 collector.done(batch, output)
 

@@ -225,14 +225,49 @@ def test_health_text_json_and_missing_server(env, capsys):
     assert code == 0
     assert f"server    {env.http_url} (http)" in out and "embedding 128 dimensions" in out
     assert "steps     qwen3_vl_embedding_preprocess (ready), qwen3_vl_embedding_model (ready)" in out
+    # The reranker is reported too, after the embedding model.
+    reranker = out.split("\nreranker  ")[1]
+    assert reranker.startswith("qwen3_vl_reranker  ready  (ensemble, max batch 64)")
+    assert "steps     qwen3_vl_reranker_preprocess (ready), qwen3_vl_reranker_model (ready)" in reranker
 
     code, out, _ = run(capsys, "health", "--json", "--protocol", "grpc", "--url", env.grpc_url, "--no-probe")
     report = json.loads(out)
     assert code == 0 and report["ok"] and report["max_batch_size"] == 64 and report["dimensions"] is None
     assert report["inputs"][0] == {"name": "TEXT", "datatype": "BYTES", "dims": [1], "optional": True}
+    assert report["reranker"]["name"] == "qwen3_vl_reranker" and report["reranker"]["ready"] is True
+    assert [spec["name"] for spec in report["reranker"]["outputs"]] == ["SCORE"]
+
+    # A reranker the server does not serve is reported as not ready; the embedding model decides the code.
+    code, out, _ = run(capsys, "health", "--no-probe", "--reranker-model", "no_such_reranker")
+    assert code == 0 and "reranker  no_such_reranker  NOT ready" in out
 
     code, out, _ = run(capsys, "health", "--url", f"127.0.0.1:{free_port()}", "--timeout", "5")
     assert code == 1 and "error" in out and "refused" in out.lower()
+
+
+def test_server_options_before_or_after_the_command(env, capsys, monkeypatch):
+    # The environment names a server that is not there: only the command line can make these pass.
+    monkeypatch.setenv("QWEN3VL_URL", f"127.0.0.1:{free_port()}")
+    code, out, _ = run(capsys, "--url", env.grpc_url, "--protocol", "grpc", "health", "--no-probe", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["ok"] and (report["url"], report["protocol"]) == (env.grpc_url, "grpc")
+
+    # After the command wins over before it, as the later of two options does.
+    code, out, _ = run(
+        capsys, "--url", "127.0.0.1:1", "health", "--url", env.http_url, "--no-probe", "--json"
+    )
+    assert code == 0 and json.loads(out)["url"] == env.http_url
+
+    code, out, _ = run(
+        capsys, "--url", env.http_url, "--batch-size", "1", "embed", "--text", "a", "--text", "b"
+    )
+    document = json.loads(out)
+    assert code == 0 and [item["id"] for item in document["items"]] == ["a", "b"]
+    np.testing.assert_allclose(
+        [item["embedding"] for item in document["items"]],
+        direct(env, [{"text": "a"}, {"text": "b"}]),
+        atol=1e-5,
+    )
 
 
 def test_console_script_and_module_entry_point(env):

@@ -23,8 +23,9 @@ from qwen3vl_client import (
     RequestError,
     ServerUnavailableError,
 )
-from qwen3vl_client._core import Retry, make_options, next_step
+from qwen3vl_client._retry import Retry, next_step
 from qwen3vl_client.items import Batch, encode_row
+from qwen3vl_client.options import make_options
 from tests.integration.conftest import embed
 from tools import synthetic
 from tools.launcher import free_port
@@ -384,18 +385,25 @@ def test_health_reports_readiness_config_and_dimensions(server, protocol):
     assert [spec.name for spec in health.outputs] == ["EMBEDDING"]
     assert dict(health.steps) == {"qwen3_vl_embedding_preprocess": True, "qwen3_vl_embedding_model": True}
     assert health.dimensions == 128
+    reranker = health.reranker
+    assert reranker is not None and reranker.name == "qwen3_vl_reranker" and reranker.ready
+    assert reranker.platform == "ensemble" and [spec.name for spec in reranker.outputs] == ["SCORE"]
+    assert dict(reranker.steps) == {"qwen3_vl_reranker_preprocess": True, "qwen3_vl_reranker_model": True}
+    assert health.embedding.steps == health.steps and health.embedding.ready
 
     async def run():
         async with AsyncEmbeddingClient(url(server, protocol), protocol) as client:
             return await client.health(probe=False)
 
-    assert asyncio.run(run()).dimensions is None
+    report = asyncio.run(run())
+    assert report.ok and report.dimensions is None and report.reranker == reranker
 
 
 def test_health_of_a_missing_server_says_why():
     with EmbeddingClient(f"127.0.0.1:{free_port()}") as client:
         health = client.health()
     assert not health.ok and not health.server_live and "refused" in (health.error or "").lower()
+    assert health.reranker is None
 
 
 def test_wrong_argument_types_fail_before_any_request():

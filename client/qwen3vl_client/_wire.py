@@ -1,0 +1,127 @@
+"""The server models as the client calls them: the tensors a batch of rows becomes, the output to read and
+how it splits into per-item values. Embedding and reranking differ only here, so both go through the same
+batching, retries and errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from qwen3vl_client.errors import RequestError
+from qwen3vl_client.items import Item, Row
+from qwen3vl_client.options import Options
+
+OUTPUT_NAME = "EMBEDDING"
+SCORE_NAME = "SCORE"
+
+
+def _adder(module: ModuleType, inputs: list[Any]) -> Callable[[str, np.ndarray, str], None]:
+    def add(name: str, array: np.ndarray, datatype: str) -> None:
+        tensor = module.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+
+    return add
+
+
+def _add_content(add: Callable[[str, np.ndarray, str], None], prefix: str, rows: Sequence[Row]) -> None:
+    """``{prefix}TEXT``, ``{prefix}IMAGE`` and ``{prefix}VIDEO`` when any row has them; ragged image and
+    video lists pad with b"" (ignored by the server)."""
+    if any(row.text for row in rows):
+        add(f"{prefix}TEXT", _column([row.text for row in rows]), "BYTES")
+    for name, field in (("IMAGE", "images"), ("VIDEO", "videos")):
+        width = max(len(getattr(row, field)) for row in rows)
+        if width:
+            blobs = np.full((len(rows), width), b"", dtype=object)
+            for index, row in enumerate(rows):
+                for slot, blob in enumerate(getattr(row, field)):
+                    blobs[index, slot] = blob
+            add(f"{prefix}{name}", blobs, "BYTES")
+
+
+def build_inputs(module: ModuleType, rows: Sequence[Row]) -> list[Any]:
+    """The embedding model's public-contract tensors for ``rows``."""
+    inputs: list[Any] = []
+    add = _adder(module, inputs)
+    _add_content(add, "", rows)
+    if any(row.instruction for row in rows):
+        add("INSTRUCTION", _column([row.instruction for row in rows]), "BYTES")
+    if any(row.dimensions for row in rows):
+        add("DIMENSIONS", np.array([[row.dimensions] for row in rows], dtype=np.int32), "INT32")
+    return inputs
+
+
+def build_rerank_inputs(module: ModuleType, rows: Sequence[Row], query: Row, instruction: bytes) -> list[Any]:
+    """The reranker's tensors: one (query, document) pair per row, the query repeated on every row."""
+    inputs: list[Any] = []
+    add = _adder(module, inputs)
+    _add_content(add, "QUERY_", [query] * len(rows))
+    _add_content(add, "DOCUMENT_", rows)
+    if instruction:
+        add("INSTRUCTION", _column([instruction] * len(rows)), "BYTES")
+    return inputs
+
+
+def _column(values: list[bytes]) -> np.ndarray:
+    column = np.empty((len(values), 1), dtype=object)
+    column[:, 0] = values
+    return column
+
+
+def split_rows(embedding: np.ndarray, rows: Sequence[Row]) -> list[np.ndarray]:
+    """Each row cut back to its own width: the server pads narrower Matryoshka rows with zeros."""
+    if embedding.ndim != 2 or embedding.shape[0] != len(rows):
+        shape = embedding.shape
+        raise RequestError([], f"server returned {OUTPUT_NAME} of shape {shape} for {len(rows)} rows")
+    full = embedding.shape[1]
+    return [
+        np.array(vector[: row.dimensions or full], dtype=np.float32) for vector, row in zip(embedding, rows)
+    ]
+
+
+def split_scores(scores: np.ndarray, rows: Sequence[Row]) -> list[float]:
+    """One relevance score per (query, document) row."""
+    if scores.shape != (len(rows), 1):
+        raise RequestError([], f"server returned {SCORE_NAME} of shape {scores.shape} for {len(rows)} rows")
+    return [float(score) for score in scores[:, 0]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One server model as the client calls it: the tensors a batch becomes, the output to read and
+    how it splits into per-item values. ``shared`` describes what every row carries besides its own
+    item (the rerank query); server errors that start with one of ``shared_markers`` are about it."""
+
+    model: str
+    output: str
+    build_inputs: Callable[[ModuleType, Sequence[Row]], list[Any]]
+    split: Callable[[np.ndarray, Sequence[Row]], list[Any]]
+    shared: str | None = None
+    shared_markers: tuple[str, ...] = ()
+
+    def about_shared(self, reason: str) -> bool:
+        return bool(self.shared_markers) and reason.startswith(self.shared_markers)
+
+
+def embedding_endpoint(options: Options) -> Endpoint:
+    return Endpoint(options.model, OUTPUT_NAME, build_inputs, split_rows)
+
+
+def rerank_endpoint(options: Options, query: Item, query_row: Row, instruction: str | None) -> Endpoint:
+    encoded = (instruction or "").encode("utf-8")
+
+    def build(module: ModuleType, rows: Sequence[Row]) -> list[Any]:
+        return build_rerank_inputs(module, rows, query_row, encoded)
+
+    return Endpoint(
+        options.reranker_model,
+        SCORE_NAME,
+        build,
+        split_scores,
+        shared=f"query ({query.describe()})",
+        shared_markers=("QUERY_", "the query "),
+    )
