@@ -10,7 +10,7 @@ export TRITON_HTTP_PORT ?= 8000
 export TRITON_GRPC_PORT ?= 8001
 export TRITON_METRICS_PORT ?= 8002
 
-.PHONY: setup venv models serve test unit integration lint format clean
+.PHONY: setup venv models serve test unit integration lint format clean manifests
 
 setup: venv models
 
@@ -42,12 +42,17 @@ integration: setup
 	$(PY) -m pytest -q tests/integration
 
 lint: venv
-	$(VENV)/bin/ruff check backend client perf tests tools model_repository
-	$(VENV)/bin/ruff format --check backend client perf tests tools model_repository
+	$(VENV)/bin/ruff check backend client deploy perf tests tools model_repository
+	$(VENV)/bin/ruff format --check backend client deploy perf tests tools model_repository
 
 format: venv
-	$(VENV)/bin/ruff format backend client perf tests tools model_repository
-	$(VENV)/bin/ruff check --fix backend client perf tests tools model_repository
+	$(VENV)/bin/ruff format backend client deploy perf tests tools model_repository
+	$(VENV)/bin/ruff check --fix backend client deploy perf tests tools model_repository
+
+# Renders the Helm chart for every variant (2B/8B x CUDA/Ascend/CPU, gateway on/off) into build/manifests/<variant>/
+# with deploy/render.py: no helm binary, no cluster. The tests validate them against the Kubernetes schemas.
+manifests: venv
+	$(PY) -m deploy.render --out build/manifests
 
 clean:
 	rm -rf $(VENV) .triton models .pytest_cache

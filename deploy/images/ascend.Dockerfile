@@ -1,0 +1,46 @@
+# syntax=docker/dockerfile:1
+# Ascend image: CANN 9.1.0 for 910B with Python 3.12, the CPU build of torch with the torch-npu of the same
+# version (torch-npu X.Y.Z requires torch X.Y.Z), and tritonserver 2.51 from the nvidia-pytriton wheel
+# (no published Triton image has torch-npu). Weights are mounted at /models; the NPUs come from the device
+# plugin (huawei.com/Ascend910) and the driver from the host.
+#   docker build -f deploy/images/ascend.Dockerfile -t qwen3-vl-triton:0.1.0-ascend .
+# Not built or run by this project's CI (no NPU, no Docker): the CANN / torch-npu pairing is Huawei's.
+ARG CANN_IMAGE=quay.io/ascend/cann:9.1.0-910b-ubuntu22.04-py3.12
+ARG TORCH_NPU_VERSION=2.13.0
+
+FROM ${CANN_IMAGE} AS build
+ARG TORCH_NPU_VERSION
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY requirements.txt pyproject.toml ./
+COPY deploy/images/serve-packages.txt deploy/images/
+RUN python3 -m venv /opt/venv
+RUN TORCH="$(sed -n 's/^torch==//p' requirements.txt)" \
+ && /opt/venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH}" \
+ && /opt/venv/bin/pip install -c requirements.txt -r deploy/images/serve-packages.txt \
+      "$(grep '^nvidia-pytriton==' requirements.txt)" "torch-npu==${TORCH_NPU_VERSION}"
+COPY backend backend
+COPY tools tools
+COPY client client
+RUN /opt/venv/bin/pip install --no-deps . \
+ && /opt/venv/bin/python -m tools.launcher --runtime-dir /opt/qwen3vl/triton-runtime prepare
+
+FROM ${CANN_IMAGE}
+# uid 1000 may already exist in the base (NGC has triton-server, CANN images HwHiAiUser); reuse it then.
+RUN getent passwd 1000 > /dev/null || useradd --uid 1000 --user-group --no-create-home --shell /usr/sbin/nologin qwen3vl
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/qwen3vl/triton-runtime /opt/qwen3vl/triton-runtime
+COPY model_repository /opt/qwen3vl/model_repository
+COPY deploy/__init__.py deploy/serve.py /opt/qwen3vl/deploy/
+COPY deploy/images/ascend-entrypoint.sh /opt/qwen3vl/
+ENV PATH=/opt/venv/bin:$PATH \
+    TRITON_RUNTIME_DIR=/opt/qwen3vl/triton-runtime \
+    HOME=/tmp \
+    HF_HUB_OFFLINE=1 \
+    DEVICE=npu \
+    TASK_QUEUE_ENABLE=1 \
+    PYTORCH_NPU_ALLOC_CONF=expandable_segments:True
+WORKDIR /opt/qwen3vl
+USER 1000:1000
+EXPOSE 8000 8001 8002
+ENTRYPOINT ["/opt/qwen3vl/ascend-entrypoint.sh"]

@@ -1,0 +1,39 @@
+# syntax=docker/dockerfile:1
+# CUDA image: NGC Triton 26.05 (the first release whose HTTP front parses JSON iteratively: its r26.05
+# branch of triton-inference-server/common contains PR #156, commit 3898bba of 2026-04-22; r26.04 does not),
+# with a CUDA build of torch, the Python backend code and model_repository/. Weights are mounted at /models.
+#   docker build -f deploy/images/cuda.Dockerfile -t qwen3-vl-triton:0.1.0-cuda .
+ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:26.05-py3
+# 26.05 is CUDA 13.2: the cu130 wheels run on its driver requirement.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cu130
+
+FROM ${TRITON_IMAGE} AS build
+ARG TORCH_INDEX
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY requirements.txt pyproject.toml ./
+COPY deploy/images/serve-packages.txt deploy/images/
+# A venv of the image's own python3 (Ubuntu's is externally managed); the stub is built for that Python.
+RUN python3 -m venv /opt/venv
+RUN TORCH="$(sed -n 's/^torch==//p' requirements.txt)" \
+ && /opt/venv/bin/pip install --index-url "${TORCH_INDEX}" "torch==${TORCH}" \
+ && /opt/venv/bin/pip install -c requirements.txt -r deploy/images/serve-packages.txt
+COPY backend backend
+COPY tools tools
+COPY client client
+RUN /opt/venv/bin/pip install --no-deps .
+
+FROM ${TRITON_IMAGE}
+# uid 1000 may already exist in the base (NGC has triton-server, CANN images HwHiAiUser); reuse it then.
+RUN getent passwd 1000 > /dev/null || useradd --uid 1000 --user-group --no-create-home --shell /usr/sbin/nologin qwen3vl
+COPY --from=build /opt/venv /opt/venv
+COPY model_repository /opt/qwen3vl/model_repository
+COPY deploy/__init__.py deploy/serve.py /opt/qwen3vl/deploy/
+ENV PATH=/opt/venv/bin:$PATH \
+    HOME=/tmp \
+    HF_HUB_OFFLINE=1 \
+    DEVICE=cuda
+WORKDIR /opt/qwen3vl
+USER 1000:1000
+EXPOSE 8000 8001 8002
+ENTRYPOINT ["python", "-m", "deploy.serve"]

@@ -1,0 +1,151 @@
+"""Container entrypoint of the Triton images: ``python -m deploy.serve [-- TRITONSERVER_ARGS]``.
+
+The image bakes ``model_repository/`` in; a pod differs from ``make serve`` only in how many devices it has,
+how many preprocess processes it wants, which pipelines it serves and whether it caches responses. This
+module copies the pipelines asked for into a writable directory with those instance counts, then replaces
+itself with the server: NGC's ``tritonserver`` where the image has one (CUDA), else the wheel's server through
+``tools.launcher`` (CPU, Ascend).
+
+Environment (the Helm chart sets each one; defaults are ``make serve``'s):
+  MODEL_REPOSITORY       repository to serve (default: the baked one)
+  PIPELINES              embedding,reranker (default both)
+  MODEL_INSTANCES        model-step instances, one per device (instance k uses device k)
+  PREPROCESS_INSTANCES   preprocess processes per pipeline
+  RESPONSE_CACHE         tritonserver --cache-config value: local,size=BYTES or redis,host=H,port=P
+  REDIS_PASSWORD         appended to a redis cache config
+  TRITON_EXIT_TIMEOUT_SECS, TRITON_SHM_DEFAULT_BYTES, TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT
+  SERVE_DIR              where the repository copy goes (default /tmp/qwen3vl)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BAKED_REPOSITORY = REPO / "model_repository"
+NGC_TRITONSERVER = Path("/opt/tritonserver/bin/tritonserver")
+
+# Pipeline name -> (ensemble, preprocess step, model step): the directories a pipeline needs.
+PIPELINE_MODELS = {
+    "embedding": ("qwen3_vl_embedding", "qwen3_vl_embedding_preprocess", "qwen3_vl_embedding_model"),
+    "reranker": ("qwen3_vl_reranker", "qwen3_vl_reranker_preprocess", "qwen3_vl_reranker_model"),
+}
+_INSTANCE_COUNT = re.compile(r"(instance_group\s*\[\s*\{\s*count:\s*)(\d+)")
+
+
+def set_instance_count(config: str, count: int) -> str:
+    """config.pbtxt text with its (single) instance group's count replaced."""
+    updated, replaced = _INSTANCE_COUNT.subn(lambda m: f"{m.group(1)}{count}", config)
+    if replaced != 1:
+        raise ValueError(f"expected one instance_group with a count, found {replaced}")
+    return updated
+
+
+def parse_pipelines(value: str) -> list[str]:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = set(names) - set(PIPELINE_MODELS)
+    if not names or unknown:
+        raise ValueError(f"PIPELINES={value!r}: choose from {', '.join(PIPELINE_MODELS)}")
+    return names
+
+
+def prepare_repository(
+    source: Path,
+    dest: Path,
+    pipelines: Sequence[str],
+    model_instances: int | None = None,
+    preprocess_instances: int | None = None,
+) -> Path:
+    """Copy the pipelines' model directories from source to dest (replacing dest) with the given counts."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for pipeline in pipelines:
+        _, preprocess, model_step = PIPELINE_MODELS[pipeline]
+        for name in PIPELINE_MODELS[pipeline]:
+            shutil.copytree(source / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        for name, count in ((model_step, model_instances), (preprocess, preprocess_instances)):
+            if count is not None:
+                config = dest / name / "config.pbtxt"
+                config.write_text(set_instance_count(config.read_text(), count))
+    return dest
+
+
+def cache_config(env: Mapping[str, str]) -> str | None:
+    value = env.get("RESPONSE_CACHE", "").strip()
+    if not value:
+        return None
+    if value.startswith("redis,") and env.get("REDIS_PASSWORD"):
+        value += f",password={env['REDIS_PASSWORD']}"
+    return value
+
+
+def server_args(env: Mapping[str, str]) -> list[str]:
+    """tritonserver options that come from the pod's environment (repository and ports excluded)."""
+    args = []
+    cache = cache_config(env)
+    if cache:
+        args.append(f"--cache-config={cache}")
+    if env.get("TRITON_EXIT_TIMEOUT_SECS"):
+        args.append(f"--exit-timeout-secs={int(env['TRITON_EXIT_TIMEOUT_SECS'])}")
+    if env.get("TRITON_SHM_DEFAULT_BYTES"):
+        args.append(f"--backend-config=python,shm-default-byte-size={int(env['TRITON_SHM_DEFAULT_BYTES'])}")
+    return args
+
+
+def _optional_int(env: Mapping[str, str], name: str) -> int | None:
+    return int(env[name]) if env.get(name) else None
+
+
+def command(env: Mapping[str, str], extra: Sequence[str], repository: Path) -> list[str]:
+    """The argv that serves ``repository``: NGC's server if present, else tools.launcher's."""
+    ports = {
+        name: env.get(f"TRITON_{name.upper()}_PORT", default)
+        for name, default in (("http", "8000"), ("grpc", "8001"), ("metrics", "8002"))
+    }
+    args = [*server_args(env), *extra]
+    if NGC_TRITONSERVER.exists():
+        return [
+            str(NGC_TRITONSERVER),
+            f"--model-repository={repository}",
+            f"--http-port={ports['http']}",
+            f"--grpc-port={ports['grpc']}",
+            f"--metrics-port={ports['metrics']}",
+            *args,
+        ]
+    return [
+        sys.executable, "-m", "tools.launcher",
+        *(["--runtime-dir", env["TRITON_RUNTIME_DIR"]] if env.get("TRITON_RUNTIME_DIR") else []),
+        "serve",
+        "--model-repository", str(repository),
+        "--http-port", ports["http"],
+        "--grpc-port", ports["grpc"],
+        "--metrics-port", ports["metrics"],
+        "--", *args,
+    ]  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else argv
+    env = os.environ
+    repository = prepare_repository(
+        Path(env.get("MODEL_REPOSITORY") or BAKED_REPOSITORY),
+        Path(env.get("SERVE_DIR", "/tmp/qwen3vl")) / "model_repository",
+        parse_pipelines(env.get("PIPELINES", "embedding,reranker")),
+        _optional_int(env, "MODEL_INSTANCES"),
+        _optional_int(env, "PREPROCESS_INSTANCES"),
+    )
+    argv_out = command(env, extra, repository)
+    print("serving:", " ".join(argv_out), flush=True)
+    os.execv(argv_out[0], argv_out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""The container images (deploy/images/*.Dockerfile), linted without Docker, and their entrypoint
+(deploy.serve), run for real on the project's model repository."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import tomllib
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from deploy import serve
+from tests.conftest import REPO
+
+IMAGES = REPO / "deploy" / "images"
+DOCKERFILES = sorted(IMAGES.glob("*.Dockerfile"))
+
+
+def requirement_pins() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[canonical(name)] = version
+    return pins
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", re.sub(r"\[.*\]", "", name)).lower().strip()
+
+
+def package_list(path: Path) -> list[str]:
+    return [
+        line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
+
+
+def stages(text: str) -> list[str]:
+    return re.findall(r"^FROM\s+(\S+)", text, re.MULTILINE)
+
+
+def arg_defaults(text: str) -> dict[str, str]:
+    return dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, re.MULTILINE))
+
+
+def test_the_four_images_exist():
+    assert {p.name for p in DOCKERFILES} == {f"{n}.Dockerfile" for n in ("cuda", "ascend", "cpu", "gateway")}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.stem)
+def test_base_images_are_pinned_and_builds_are_multi_stage(dockerfile):
+    text = dockerfile.read_text()
+    defaults = arg_defaults(text)
+    bases = stages(text)
+    assert len(bases) >= 2, "multi-stage: build tools and pip caches stay out of the final image"
+    for base in bases:
+        image = defaults.get(base.strip("${}"), base) if base.startswith("$") else base
+        if image in {"build"}:
+            continue
+        name, _, tag = image.rpartition(":")
+        assert name and tag, f"{image}: no tag"
+        assert tag != "latest" and "latest" not in tag
+        # A release number in the tag (26.05, 3.11.11, 9.1.0), not a moving name like "slim" or "py3" alone.
+        assert re.search(r"\d+\.\d+", tag), f"{image}: tag {tag!r} names no release"
+    assert "latest" not in text.lower()
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.stem)
+def test_final_stage_runs_as_non_root_without_weights(dockerfile):
+    text = dockerfile.read_text()
+    final = text[text.rindex("\nFROM ") :]
+    users = re.findall(r"^USER\s+(\S+)", final, re.MULTILINE)
+    assert users and not users[-1].startswith(("0", "root"))
+    assert "ENTRYPOINT" in final
+    # Weights are mounted or fetched by the chart's init container, never baked in.
+    assert not re.search(r"^(COPY|ADD)\s+\S*models?/", final, re.MULTILINE)
+    assert "hf download" not in text and "huggingface-cli" not in text
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.stem)
+def test_pip_installs_take_their_versions_from_requirements_txt(dockerfile):
+    """Every pip install is torch at requirements.txt's version (read from it), a line taken from it, a
+    package list constrained by it (-c requirements.txt), the project itself, or torch-npu pinned to torch's
+    version; nothing is installed unpinned."""
+    text = dockerfile.read_text().replace("\\\n", " ")
+    pins = requirement_pins()
+    installs = re.findall(r"pip install ([^&\n]+)", text)
+    assert installs
+    for install in installs:
+        words = install.split()
+        if "-r" in words:
+            assert "-c requirements.txt" in install, install
+            listed = package_list(REPO / words[words.index("-r") + 1])
+            missing = [name for name in listed if canonical(name) not in pins]
+            assert not missing, f"{dockerfile.name}: {missing} are not pinned in requirements.txt"
+        elif '"torch==${TORCH}"' in install:
+            assert "TORCH=\"$(sed -n 's/^torch==//p' requirements.txt)\"" in text
+        elif words == ["--no-deps", "."]:
+            pass
+        else:
+            pytest.fail(
+                f"{dockerfile.name}: pip install {install} does not take its versions from requirements.txt"
+            )
+    for quoted in re.findall(r'"\$\(grep \'\^([\w-]+)==\' requirements.txt\)"', text):
+        assert canonical(quoted) in pins
+
+
+def test_ascend_torch_npu_matches_torch():
+    text = (IMAGES / "ascend.Dockerfile").read_text()
+    npu = arg_defaults(text)["TORCH_NPU_VERSION"]
+    # torch-npu X.Y.Z[.postN] requires torch X.Y.Z.
+    assert re.sub(r"\.post\d+$", "", npu) == requirement_pins()["torch"]
+
+
+def test_serving_images_install_every_runtime_dependency_of_the_backend():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    needed = {canonical(re.split(r"[<>=!;\s]", dep)[0]) for dep in project["dependencies"]}
+    needed -= {"tritonclient"}  # the client library's, not the Python backend's
+    installed = {canonical(name) for name in package_list(IMAGES / "serve-packages.txt")}
+    assert needed <= installed, needed - installed
+
+
+def test_cuda_image_is_a_triton_release_with_iterative_json_parsing():
+    # triton-inference-server/common PR #156 (iterative JSON parsing) is in r26.05 and later, not r26.04.
+    image = arg_defaults((IMAGES / "cuda.Dockerfile").read_text())["TRITON_IMAGE"]
+    release = re.fullmatch(r"nvcr\.io/nvidia/tritonserver:(\d+)\.(\d+)-py3", image)
+    assert release and (int(release[1]), int(release[2])) >= (26, 5)
+
+
+def parse_config(path: Path) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def test_entrypoint_copies_the_chosen_pipelines_with_the_pod_instance_counts(tmp_path):
+    repository = serve.prepare_repository(
+        REPO / "model_repository", tmp_path / "repo", ["embedding"], model_instances=4, preprocess_instances=6
+    )
+    assert sorted(p.name for p in repository.iterdir()) == sorted(serve.PIPELINE_MODELS["embedding"])
+    model = parse_config(repository / "qwen3_vl_embedding_model" / "config.pbtxt")
+    preprocess = parse_config(repository / "qwen3_vl_embedding_preprocess" / "config.pbtxt")
+    assert [g.count for g in model.instance_group] == [4]
+    assert [g.count for g in preprocess.instance_group] == [6]
+    # Everything else is the repository's configuration, unchanged.
+    original = parse_config(REPO / "model_repository" / "qwen3_vl_embedding_model" / "config.pbtxt")
+    model.instance_group[0].count = original.instance_group[0].count
+    assert model == original
+
+
+def test_entrypoint_turns_the_pod_environment_into_server_options(tmp_path):
+    env = {
+        "RESPONSE_CACHE": "redis,host=redis-master,port=6379",
+        "REDIS_PASSWORD": "secret",
+        "TRITON_EXIT_TIMEOUT_SECS": "30",
+        "TRITON_SHM_DEFAULT_BYTES": "16777216",
+        "TRITON_HTTP_PORT": "8080",
+        "TRITON_RUNTIME_DIR": "/opt/qwen3vl/triton-runtime",
+    }
+    argv = serve.command(env, ["--log-verbose=1"], tmp_path)
+    if not serve.NGC_TRITONSERVER.exists():  # this machine: the wheel's server through tools.launcher
+        assert argv[1:4] == ["-m", "tools.launcher", "--runtime-dir"]
+        assert argv[argv.index("--http-port") + 1] == "8080"
+        passthrough = argv[argv.index("--") + 1 :]
+        assert passthrough == [
+            "--cache-config=redis,host=redis-master,port=6379,password=secret",
+            "--exit-timeout-secs=30",
+            "--backend-config=python,shm-default-byte-size=16777216",
+            "--log-verbose=1",
+        ]
+    assert serve.server_args({}) == []
+    with pytest.raises(ValueError):
+        serve.parse_pipelines("embedding,vision")
