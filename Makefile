@@ -42,12 +42,12 @@ integration: setup
 	$(PY) -m pytest -q tests/integration
 
 lint: venv
-	$(VENV)/bin/ruff check backend client deploy perf tests tools model_repository
-	$(VENV)/bin/ruff format --check backend client deploy perf tests tools model_repository
+	$(VENV)/bin/ruff check backend client deploy gateway perf tests tools model_repository
+	$(VENV)/bin/ruff format --check backend client deploy gateway perf tests tools model_repository
 
 format: venv
-	$(VENV)/bin/ruff format backend client deploy perf tests tools model_repository
-	$(VENV)/bin/ruff check --fix backend client deploy perf tests tools model_repository
+	$(VENV)/bin/ruff format backend client deploy gateway perf tests tools model_repository
+	$(VENV)/bin/ruff check --fix backend client deploy gateway perf tests tools model_repository
 
 # Renders the Helm chart for every variant (2B/8B x CUDA/Ascend/CPU, gateway on/off) into build/manifests/<variant>/
 # with deploy/render.py: no helm binary, no cluster. The tests validate them against the Kubernetes schemas.

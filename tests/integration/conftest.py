@@ -7,6 +7,7 @@ import pytest
 
 from backend.settings import SERVER_ENV_VARIABLES
 from tests.conftest import REPO
+from tests.integration.gateway_process import gateway, sdk  # noqa: F401 - fixtures of the gateway tests
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,105 @@
+"""Bounded in-flight requests with a waiting room sized by expected wait, not by count.
+
+A burst (``vllm bench serve`` sends all its requests at t=0) is not overload: every request that can be
+served within ``queue_timeout`` waits its turn and is served. A request is shed with 503 + Retry-After
+only when its expected wait (queue position / recent completion rate) is longer than the timeout, when it
+has actually waited that long, or when the waiting room's hard cap (a memory guard) is reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from gateway.errors import GatewayError, Kind
+
+# Completions within this window give the service rate; fewer than MIN_SAMPLES give no estimate yet.
+RATE_WINDOW_SECONDS = 10.0
+MIN_SAMPLES = 20
+
+
+class Admission:
+    def __init__(self, max_in_flight: int, max_waiting: int, queue_timeout: float):
+        self.max_in_flight = max_in_flight
+        self.max_waiting = max_waiting
+        self.queue_timeout = queue_timeout
+        self.in_flight = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._completions: deque[float] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def rate(self) -> float | None:
+        """Requests completed per second over the recent window, or None before there is enough data."""
+        now = time.monotonic()
+        while self._completions and now - self._completions[0] > RATE_WINDOW_SECONDS:
+            self._completions.popleft()
+        if len(self._completions) < MIN_SAMPLES:
+            return None
+        span = max(now - self._completions[0], 1e-3)
+        return len(self._completions) / span
+
+    def expected_wait(self) -> float | None:
+        rate = self.rate()
+        return None if rate is None else (self.waiting + 1) / rate
+
+    def _shed(self, message: str, retry_after: float | None = None) -> GatewayError:
+        seconds = math.ceil(retry_after) if retry_after else None
+        return GatewayError(Kind.OVERLOADED, message, retry_after=seconds)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        await self._acquire()
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self) -> None:
+        if self.in_flight < self.max_in_flight and not self._waiters:
+            self.in_flight += 1
+            return
+        if self.waiting >= self.max_waiting:
+            raise self._shed(f"server overloaded: {self.waiting} requests already waiting")
+        expected = self.expected_wait()
+        if expected is not None and expected > self.queue_timeout:
+            raise self._shed(
+                f"server overloaded: expected wait {expected:.1f} s is over the queue timeout "
+                f"of {self.queue_timeout:g} s",
+                retry_after=expected - self.queue_timeout,
+            )
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), self.queue_timeout)
+        except (asyncio.TimeoutError, asyncio.CancelledError) as error:
+            if waiter.done() and not waiter.cancelled():
+                # The slot was handed over just as we gave up: pass it on.
+                self._release(completed=False)
+            else:
+                waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            if isinstance(error, asyncio.CancelledError):
+                raise
+            raise self._shed(
+                f"server overloaded: no capacity within the queue timeout of {self.queue_timeout:g} s"
+            ) from None
+
+    def _release(self, completed: bool = True) -> None:
+        if completed:
+            self._completions.append(time.monotonic())
+        # Hand the slot straight to the next waiter, so that in_flight never overshoots.
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.in_flight -= 1

@@ -1,0 +1,249 @@
+"""The HTTP side: the FastAPI app, its routes (vLLM 0.33's paths), body reading with limits, the API key,
+metrics per route, and every error answered in vLLM's shape (400, never FastAPI's 422)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from importlib import metadata
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import protocol
+from gateway.errors import GatewayError, Kind, invalid
+from gateway.serving import Gateway
+from gateway.settings import GatewaySettings
+
+logger = logging.getLogger("gateway")
+_Request = TypeVar("_Request", bound=BaseModel)
+
+EMBEDDING_PATHS = ("/v1/embeddings",)
+RERANK_PATHS = ("/rerank", "/v1/rerank", "/v2/rerank")
+SCORE_PATHS = ("/score", "/v1/score")
+# Reachable without the API key: probes and scrapes.
+OPEN_PATHS = frozenset({"/health", "/ping", "/version", "/metrics"})
+KNOWN_PATHS = frozenset(
+    {*EMBEDDING_PATHS, *RERANK_PATHS, *SCORE_PATHS, *OPEN_PATHS, "/v1/models", "/tokenize", "/detokenize"}
+)
+MAX_VALIDATION_ERRORS = 3
+
+
+def _version() -> str:
+    try:
+        return metadata.version("qwen3-vl-triton")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def error_response(error: GatewayError, settings: GatewaySettings) -> Response:
+    return Response(
+        error.body(),
+        status_code=error.status,
+        media_type="application/json",
+        headers=error.headers(settings.retry_after),
+    )
+
+
+def json_response(model: BaseModel, request_id: str | None = None) -> Response:
+    headers = {"X-Request-Id": request_id} if request_id else None
+    return Response(model.model_dump_json(), media_type="application/json", headers=headers)
+
+
+async def read_json(request: Request, settings: GatewaySettings) -> Any:
+    """The body as parsed JSON: JSON content type (or none), within the size limit, an object."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type and media_type != "application/json" and not media_type.endswith("+json"):
+        raise invalid(f"Content-Type must be application/json, got {media_type!r}")
+    limit = settings.max_body_bytes
+    too_large = GatewayError(Kind.TOO_LARGE, f"request body is over the limit of {limit} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    if not body:
+        raise invalid("the request body is empty; send a JSON object")
+    try:
+        if len(body) > settings.offload_bytes:
+            parsed = await asyncio.to_thread(json.loads, bytes(body))
+        else:
+            parsed = json.loads(body)
+    except RecursionError:
+        raise invalid("malformed JSON: nested too deeply") from None
+    except ValueError as error:
+        raise invalid(f"malformed JSON: {error}") from None
+    if not isinstance(parsed, dict):
+        raise invalid(f"the request body must be a JSON object, got {type(parsed).__name__}")
+    return parsed
+
+
+def validation_error(error: ValidationError) -> GatewayError:
+    problems = error.errors(include_url=False, include_input=False)
+    shown = []
+    for problem in problems[:MAX_VALIDATION_ERRORS]:
+        where = ".".join(str(part) for part in problem["loc"]) or "body"
+        shown.append(f"{where}: {problem['msg']}")
+    more = len(problems) - len(shown)
+    message = "; ".join(shown) + (f" (and {more} more)" if more > 0 else "")
+    first = problems[0]["loc"] if problems else ()
+    return invalid(message, param=str(first[0]) if first else None)
+
+
+async def parse(request: Request, schema: type[_Request], settings: GatewaySettings) -> _Request:
+    body = await read_json(request, settings)
+    try:
+        return schema.model_validate(body)
+    except ValidationError as error:
+        raise validation_error(error) from None
+    except RecursionError:
+        raise invalid("request nested too deeply") from None
+
+
+def request_id_of(request: Request, declared: str | None) -> str:
+    return declared or request.headers.get("x-request-id") or uuid.uuid4().hex
+
+
+class GatewayMiddleware:
+    """API key check, then metrics per route and status for every HTTP request (pure ASGI: no per-request
+    task, unlike BaseHTTPMiddleware)."""
+
+    def __init__(self, app: ASGIApp, gateway: Gateway):
+        self.app = app
+        self.gateway = gateway
+        key = gateway.settings.api_key
+        self.expected = f"Bearer {key}".encode() if key else None
+
+    def _authorized(self, scope: Scope) -> bool:
+        if self.expected is None or scope["path"] in OPEN_PATHS:
+            return True
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                return hmac.compare_digest(value, self.expected)
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        metrics = self.gateway.metrics
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        metrics.http_in_flight.inc()
+        try:
+            if self._authorized(scope):
+                await self.app(scope, receive, send_and_record)
+            else:
+                error = GatewayError(Kind.UNAUTHORIZED, "Unauthorized: send Authorization: Bearer <API key>")
+                await error_response(error, self.gateway.settings)(scope, receive, send_and_record)
+        finally:
+            metrics.http_in_flight.dec()
+            route = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+            metrics.requests.labels(route, str(status)).inc()
+            metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    gateway = Gateway(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await gateway.close()
+
+    app = FastAPI(
+        title="Qwen3-VL gateway", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None
+    )
+    app.state.gateway = gateway
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(request: Request, error: GatewayError) -> Response:
+        return error_response(error, settings)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
+        kinds = {404: Kind.NOT_FOUND, 405: Kind.METHOD_NOT_ALLOWED, 413: Kind.TOO_LARGE}
+        kind = kinds.get(error.status_code, Kind.INVALID if error.status_code < 500 else Kind.INTERNAL)
+        message = (
+            f"{error.detail}: {request.method} {request.url.path}"
+            if error.status_code in kinds
+            else str(error.detail)
+        )
+        return error_response(GatewayError(kind, message), settings)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, error: Exception) -> Response:
+        logger.exception("unhandled error on %s", request.url.path)
+        return error_response(
+            GatewayError(Kind.INTERNAL, f"internal error: {type(error).__name__}"), settings
+        )
+
+    def pooling_route(
+        paths: tuple[str, ...], schema: type[_Request], handler: Callable[..., Awaitable[BaseModel]]
+    ) -> None:
+        async def endpoint(request: Request) -> Response:
+            body = await parse(request, schema, settings)
+            request_id = request_id_of(request, getattr(body, "request_id", None))
+            return json_response(await handler(body, request_id), request_id)
+
+        for path in paths:
+            app.add_api_route(path, endpoint, methods=["POST"], include_in_schema=path == paths[0])
+
+    pooling_route(EMBEDDING_PATHS, protocol.EmbeddingRequest, gateway.embeddings)
+    pooling_route(RERANK_PATHS, protocol.RerankRequest, gateway.rerank)
+    pooling_route(SCORE_PATHS, protocol.ScoreRequest, gateway.score)
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> Response:
+        return json_response(await gateway.tokenize(await parse(request, protocol.TokenizeRequest, settings)))
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> Response:
+        return json_response(
+            await gateway.detokenize(await parse(request, protocol.DetokenizeRequest, settings))
+        )
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        return json_response(await gateway.models())
+
+    @app.api_route("/health", methods=["GET"])
+    @app.api_route("/ping", methods=["GET", "POST"])
+    async def health() -> Response:
+        # Ready exactly when Triton is: a load balancer then sends nothing that would only fail.
+        if await gateway.backend.ready():
+            return Response(status_code=200)
+        return error_response(GatewayError(Kind.UNAVAILABLE, "Triton is not ready"), settings)
+
+    @app.get("/version")
+    async def version() -> Response:
+        body = {"version": _version(), "triton": await gateway.backend.version()}
+        return Response(json.dumps(body), media_type="application/json")
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(GatewayMiddleware, gateway=gateway)
+    return app

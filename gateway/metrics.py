@@ -1,0 +1,48 @@
+"""The gateway's Prometheus metrics (one registry per app, so that several apps in one process do not
+collide): requests and errors by route and status, latency, in-flight and waiting requests, tokens."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from gateway.admission import Admission
+
+# From a tiny text request (~5 ms) to a long video (minutes).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class GatewayMetrics:
+    def __init__(self, admission: Admission):
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "gateway_requests",
+            "HTTP requests answered, by route and status code",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from the request's arrival to its answer",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            "gateway_prompt_tokens", "Tokens the model ran for, by route", ["route"], registry=self.registry
+        )
+        self.http_in_flight = Gauge(
+            "gateway_http_requests_in_progress", "HTTP requests being handled", registry=self.registry
+        )
+        in_flight = Gauge(
+            "gateway_triton_requests_in_flight",
+            "Requests admitted and sent to Triton",
+            registry=self.registry,
+        )
+        in_flight.set_function(lambda: admission.in_flight)
+        waiting = Gauge(
+            "gateway_requests_waiting", "Requests waiting for an in-flight slot", registry=self.registry
+        )
+        waiting.set_function(lambda: admission.waiting)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

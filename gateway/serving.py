@@ -1,0 +1,278 @@
+"""What each route does, apart from HTTP: validated request in, response model out (vLLM's
+``serving.py`` split). ``Gateway`` holds the shared state: settings, the Triton connection, admission,
+media fetching, metrics and the tokenizer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from gateway import protocol
+from gateway.admission import Admission
+from gateway.errors import GatewayError, Kind, invalid
+from gateway.items import Item, input_items, message_items, score_item
+from gateway.media import MediaFetcher
+from gateway.metrics import GatewayMetrics
+from gateway.settings import GatewaySettings
+from gateway.tokenizer import GatewayTokenizer
+from gateway.triton import TritonBackend
+
+# Strings longer than this are tokenised in a worker thread.
+TOKENIZE_OFFLOAD_CHARS = 100_000
+
+
+def check_model(requested: str | None, names: Sequence[str]) -> None:
+    if requested is not None and requested not in names:
+        raise GatewayError(Kind.NOT_FOUND, f"The model `{requested}` does not exist.", param="model")
+
+
+def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return np.asarray(vector, dtype=np.float32).tolist()
+
+
+def usage(counts: list[int] | None) -> protocol.UsageInfo:
+    total = sum(counts) if counts else 0
+    return protocol.UsageInfo(prompt_tokens=total, total_tokens=total)
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings):
+        self.settings = settings
+        self.backend = TritonBackend(settings)
+        self.admission = Admission(settings.max_in_flight, settings.max_waiting, settings.queue_timeout)
+        self.metrics = GatewayMetrics(self.admission)
+        self.fetcher = MediaFetcher(settings)
+        self.started = int(time.time())
+        self._tokenizer: GatewayTokenizer | None = None
+
+    async def close(self) -> None:
+        await self.fetcher.close()
+        await self.backend.close()
+
+    async def tokenizer(self) -> GatewayTokenizer:
+        """Loaded on first use from GATEWAY_TOKENIZER / MODEL_PATH, else from the model_path the
+        embedding preprocess step reports, else from the backend's default checkpoint."""
+        if self._tokenizer is None:
+            path = self.settings.tokenizer_path
+            if path is None:
+                path = (await self.backend.info(self.settings.embedding_model)).model_path
+            if path is None:
+                try:
+                    # The preprocess step runs its default checkpoint: the one default lives in backend.
+                    from backend.settings import DEFAULT_EMBEDDING_MODEL
+
+                    path = str(DEFAULT_EMBEDDING_MODEL)
+                except ImportError:
+                    raise GatewayError(
+                        Kind.UNSUPPORTED, "no tokenizer: set GATEWAY_TOKENIZER to the checkpoint directory"
+                    ) from None
+            try:
+                self._tokenizer = await asyncio.to_thread(GatewayTokenizer, path)
+            except Exception as error:  # noqa: BLE001
+                raise GatewayError(Kind.INTERNAL, f"cannot load the tokenizer from {path}: {error}") from None
+        return self._tokenizer
+
+    async def _encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        tokenizer = await self.tokenizer()
+        if len(text) > TOKENIZE_OFFLOAD_CHARS:
+            return await asyncio.to_thread(tokenizer.encode, text, add_special_tokens)
+        return tokenizer.encode(text, add_special_tokens)
+
+    async def _max_length(self, model: str) -> int | None:
+        return (await self.backend.info(model)).max_length
+
+    def _check_count(self, count: int, field: str) -> None:
+        if count > self.settings.max_items:
+            raise invalid(f"{field} has {count} entries, over the limit of {self.settings.max_items}", field)
+
+    async def _check_truncation(self, value: int | None, model: str) -> None:
+        """-1 and null both mean what the official code does: truncate at the model maximum. A smaller
+        limit cannot be honoured inside the official prompt (vllm input_format can)."""
+        if value is None or value == -1:
+            return
+        max_length = await self._max_length(model)
+        if value == 0:
+            raise invalid("truncate_prompt_tokens must be -1 or a positive number", "truncate_prompt_tokens")
+        if max_length is None or value < max_length:
+            raise invalid(
+                f"truncate_prompt_tokens={value}: the official format truncates at the model maximum "
+                f"({max_length}); send -1, or use input_format 'vllm' for raw-token truncation",
+                "truncate_prompt_tokens",
+            )
+
+    async def _truncate_raw(self, items: list[Item], keep: int) -> list[Item]:
+        """vLLM's truncation: keep the last ``keep`` tokens of each raw item (sent as token ids)."""
+        if keep == 0:
+            raise invalid("truncate_prompt_tokens must be -1 or a positive number", "truncate_prompt_tokens")
+        truncated = []
+        for item in items:
+            ids = list(item.token_ids) if item.token_ids is not None else await self._encode(item.text or "")
+            truncated.append(Item(raw=True, token_ids=tuple(ids[-keep:])))
+        return truncated
+
+    async def embeddings(
+        self, request: protocol.EmbeddingRequest, request_id: str
+    ) -> protocol.EmbeddingResponse:
+        settings = self.settings
+        check_model(request.model, settings.served_model_names)
+        if request.encoding_format in ("bytes", "bytes_only"):
+            raise GatewayError(
+                Kind.UNSUPPORTED, f"encoding_format {request.encoding_format!r} is not supported"
+            )
+        if request.embed_dtype != "float32":
+            raise GatewayError(
+                Kind.UNSUPPORTED, "embed_dtype other than float32 is not supported", "embed_dtype"
+            )
+        input_format = request.input_format or settings.input_format
+        if request.input is not None:
+            items = input_items(request, input_format)
+            subject = "input"
+        else:
+            self._check_count(len(request.conversations()), "messages")
+            items = await message_items(request, self.fetcher)
+            subject = "messages"
+        self._check_count(len(items), subject)
+        truncate = request.truncate_prompt_tokens
+        if request.input is not None and input_format == "vllm" and truncate not in (None, -1):
+            items = await self._truncate_raw(items, truncate)
+        else:
+            await self._check_truncation(truncate, settings.embedding_model)
+        async with self.admission.slot():
+            outcome = await self.backend.embed(items, request.dimensions, subject)
+        self.metrics.prompt_tokens.labels("embeddings").inc(sum(outcome.token_counts or ()))
+        data = [
+            protocol.EmbeddingData(index=index, embedding=encode_vector(vector, request.encoding_format))
+            for index, vector in enumerate(outcome.values)
+        ]
+        return protocol.EmbeddingResponse(
+            id=f"embd-{request_id}",
+            created=int(time.time()),
+            model=settings.model_name,
+            data=data,
+            usage=usage(outcome.token_counts),
+        )
+
+    async def _score_pairs(
+        self, pairs: list[tuple[Item, Item]], instruction: str | None, subject: str
+    ) -> tuple[list[float], list[int] | None]:
+        async with self.admission.slot():
+            outcome = await self.backend.score(pairs, instruction, subject)
+        self.metrics.prompt_tokens.labels("score").inc(sum(outcome.token_counts or ()))
+        return outcome.values, outcome.token_counts
+
+    async def rerank(self, request: protocol.RerankRequest, request_id: str) -> protocol.RerankResponse:
+        settings = self.settings
+        check_model(request.model, settings.served_reranker_names)
+        await self._check_truncation(request.truncate_prompt_tokens, settings.reranker_model)
+        documents = request.document_list()
+        if not documents:
+            raise invalid("documents is empty", "documents")
+        self._check_count(len(documents), "documents")
+        query = await score_item(request.query, self.fetcher, "query")
+        items = [
+            await score_item(document, self.fetcher, f"documents[{i}]")
+            for i, document in enumerate(documents)
+        ]
+        scores, counts = await self._score_pairs(
+            [(query, item) for item in items], request.instruction, "documents"
+        )
+        # Best first; ties keep input order (sorted is stable).
+        order = sorted(range(len(scores)), key=lambda index: -scores[index])
+        if request.top_n:
+            order = order[: request.top_n]
+        results = [
+            protocol.RerankResult(
+                index=index,
+                document=_document(documents[index]) if request.return_documents else None,
+                relevance_score=scores[index],
+            )
+            for index in order
+        ]
+        total = sum(counts) if counts else 0
+        return protocol.RerankResponse(
+            id=f"score-{request_id}",
+            model=settings.reranker_name,
+            usage=protocol.RerankUsage(prompt_tokens=total, total_tokens=total),
+            results=results,
+        )
+
+    async def score(self, request: protocol.ScoreRequest, request_id: str) -> protocol.ScoreResponse:
+        settings = self.settings
+        check_model(request.model, settings.served_reranker_names)
+        await self._check_truncation(request.truncate_prompt_tokens, settings.reranker_model)
+        try:
+            left, right = request.sides()
+        except ValueError as error:
+            raise invalid(str(error)) from None
+        if not left or not right:
+            raise invalid("both sides of the score request need at least one entry")
+        if len(left) != 1 and len(left) != len(right):
+            raise invalid(
+                f"score pairs 1:1, 1:N or N:N; got {len(left)} queries and {len(right)} documents", "text_1"
+            )
+        self._check_count(len(right), "text_2")
+        queries = [await score_item(value, self.fetcher, f"text_1[{i}]") for i, value in enumerate(left)]
+        documents = [await score_item(value, self.fetcher, f"text_2[{i}]") for i, value in enumerate(right)]
+        pairs = [
+            (queries[0] if len(queries) == 1 else queries[i], document)
+            for i, document in enumerate(documents)
+        ]
+        scores, counts = await self._score_pairs(pairs, request.instruction, "text_2")
+        return protocol.ScoreResponse(
+            id=f"score-{request_id}",
+            created=int(time.time()),
+            model=settings.reranker_name,
+            data=[protocol.ScoreData(index=index, score=score) for index, score in enumerate(scores)],
+            usage=usage(counts),
+        )
+
+    async def tokenize(self, request: protocol.TokenizeRequest) -> protocol.TokenizeResponse:
+        check_model(request.model, self.settings.served_model_names + self.settings.served_reranker_names)
+        tokens = await self._encode(request.prompt, request.add_special_tokens)
+        token_strs = (await self.tokenizer()).tokens(tokens) if request.return_token_strs else None
+        return protocol.TokenizeResponse(
+            count=len(tokens),
+            max_model_len=await self._max_length(self.settings.embedding_model),
+            tokens=tokens,
+            token_strs=token_strs,
+        )
+
+    async def detokenize(self, request: protocol.DetokenizeRequest) -> protocol.DetokenizeResponse:
+        check_model(request.model, self.settings.served_model_names + self.settings.served_reranker_names)
+        tokenizer = await self.tokenizer()
+        if any(token >= tokenizer.vocab_size for token in request.tokens):
+            raise invalid(f"token ids must be below the vocabulary size {tokenizer.vocab_size}", "tokens")
+        return protocol.DetokenizeResponse(prompt=tokenizer.decode(request.tokens))
+
+    async def models(self) -> protocol.ModelList:
+        cards = []
+        for names, model in (
+            (self.settings.served_model_names, self.settings.embedding_model),
+            (self.settings.served_reranker_names, self.settings.reranker_model),
+        ):
+            try:
+                info = await self.backend.info(model)
+            except GatewayError:
+                info = None  # Triton not up yet, or this ensemble not loaded: list it without its limits
+            for name in names:
+                cards.append(
+                    protocol.ModelCard(
+                        id=name,
+                        created=self.started,
+                        root=(info.model_path if info else None) or model,
+                        max_model_len=info.max_length if info else None,
+                    )
+                )
+        return protocol.ModelList(data=cards)
+
+
+def _document(value: protocol.ScoreInput) -> protocol.RerankDocument:
+    if isinstance(value, str):
+        return protocol.RerankDocument(text=value)
+    return protocol.RerankDocument(multi_modal=[part.model_dump(exclude_none=True) for part in value.content])

@@ -1,0 +1,139 @@
+"""Every knob of the gateway, read once from the environment into one frozen object.
+
+``ENVIRONMENT`` names the variable behind each field; the README's table lists the same names (a unit test
+keeps them in step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any, Literal, get_type_hints
+
+MIB = 1024 * 1024
+InputFormat = Literal["official", "vllm"]
+INPUT_FORMATS: tuple[InputFormat, ...] = ("official", "vllm")
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewaySettings:
+    host: str = "127.0.0.1"
+    port: int = 9000
+    # When set, every route but /health, /ping, /version and /metrics wants `Authorization: Bearer <key>`.
+    api_key: str | None = None
+    # Names clients may put in `model`; the first is the one reported. vLLM users keep theirs by setting
+    # SERVED_MODEL_NAME=Qwen/Qwen3-VL-Embedding-8B.
+    served_model_names: tuple[str, ...] = ("qwen3_vl_embedding",)
+    served_reranker_names: tuple[str, ...] = ("qwen3_vl_reranker",)
+    triton_grpc_url: str = "127.0.0.1:8001"
+    embedding_model: str = "qwen3_vl_embedding"  # Triton ensemble names
+    reranker_model: str = "qwen3_vl_reranker"
+    # tokenizer.json directory for /tokenize, /detokenize and truncation in vllm format; unset = the
+    # model_path the embedding preprocess step reports (or MODEL_PATH).
+    tokenizer_path: str | None = None
+    # How `input` strings are embedded: the official format, or vLLM's raw completion path.
+    input_format: InputFormat = "official"
+    max_body_bytes: int = 64 * MIB
+    max_items: int = 2048  # inputs, conversations, documents or pairs per request
+    # Requests sent to Triton at once; keep it at or below Triton's own queue bound, if one is set.
+    max_in_flight: int = 256
+    max_waiting: int = 20_000
+    # Work that would wait longer than this for an in-flight slot is answered 503 + Retry-After.
+    queue_timeout: float = 60.0
+    request_timeout: float = 300.0  # one Triton call
+    retry_after: int = 1  # seconds, on 503s that have no better estimate
+    # Media by URL: data: URIs always; http(s) only when allowed; file: only under this directory.
+    allow_url_fetch: bool = False
+    allowed_local_media_path: str | None = None
+    media_fetch_timeout: float = 10.0
+    media_max_bytes: int = 64 * MIB
+    # Bodies, base64 payloads and tensors bigger than this are handled in a worker thread, off the loop.
+    offload_bytes: int = 1 * MIB
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.input_format not in INPUT_FORMATS:
+            raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got {self.input_format!r}")
+        for name in ("max_body_bytes", "max_items", "max_in_flight", "media_max_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("queue_timeout", "request_timeout", "media_fetch_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.served_model_names or not self.served_reranker_names:
+            raise ValueError("served model names must not be empty")
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_names[0]
+
+    @property
+    def reranker_name(self) -> str:
+        return self.served_reranker_names[0]
+
+
+ENVIRONMENT = {
+    "host": "GATEWAY_HOST",
+    "port": "GATEWAY_PORT",
+    "api_key": "GATEWAY_API_KEY",
+    "served_model_names": "SERVED_MODEL_NAME",
+    "served_reranker_names": "SERVED_RERANKER_MODEL_NAME",
+    "triton_grpc_url": "TRITON_GRPC_URL",
+    "embedding_model": "GATEWAY_EMBEDDING_MODEL",
+    "reranker_model": "GATEWAY_RERANKER_MODEL",
+    "tokenizer_path": "GATEWAY_TOKENIZER",
+    "input_format": "GATEWAY_INPUT_FORMAT",
+    "max_body_bytes": "GATEWAY_MAX_BODY_BYTES",
+    "max_items": "GATEWAY_MAX_ITEMS",
+    "max_in_flight": "GATEWAY_MAX_IN_FLIGHT",
+    "max_waiting": "GATEWAY_MAX_WAITING",
+    "queue_timeout": "GATEWAY_QUEUE_TIMEOUT",
+    "request_timeout": "GATEWAY_REQUEST_TIMEOUT",
+    "retry_after": "GATEWAY_RETRY_AFTER",
+    "allow_url_fetch": "GATEWAY_ALLOW_URL_FETCH",
+    "allowed_local_media_path": "GATEWAY_ALLOWED_LOCAL_MEDIA_PATH",
+    "media_fetch_timeout": "GATEWAY_MEDIA_FETCH_TIMEOUT",
+    "media_max_bytes": "GATEWAY_MEDIA_MAX_BYTES",
+    "offload_bytes": "GATEWAY_OFFLOAD_BYTES",
+    "log_level": "GATEWAY_LOG_LEVEL",
+}
+
+
+def _parse(name: str, hint: Any, text: str) -> Any:
+    hint_text = str(hint)
+    if hint_text.startswith("tuple"):
+        names = tuple(part.strip() for part in text.split(",") if part.strip())
+        if not names:
+            raise ValueError(f"{ENVIRONMENT[name]} names no model")
+        return names
+    if "bool" in hint_text:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{ENVIRONMENT[name]} must be true or false, got {text!r}")
+    if "int" in hint_text and "float" not in hint_text:
+        return int(text)
+    if "float" in hint_text:
+        return float(text)
+    return text
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> GatewaySettings:
+    """Settings from the environment (empty values = default), then ``overrides``. Without
+    TRITON_GRPC_URL, Triton is on this host at TRITON_GRPC_PORT (what ``make serve`` exports)."""
+    environ = os.environ if environ is None else environ
+    hints = get_type_hints(GatewaySettings)
+    values: dict[str, Any] = {}
+    for name, variable in ENVIRONMENT.items():
+        text = environ.get(variable, "")
+        if text.strip():
+            values[name] = _parse(name, hints[name], text)
+    if "triton_grpc_url" not in values and environ.get("TRITON_GRPC_PORT", "").strip():
+        values["triton_grpc_url"] = f"127.0.0.1:{int(environ['TRITON_GRPC_PORT'])}"
+    if "tokenizer_path" not in values and environ.get("MODEL_PATH", "").strip():
+        values["tokenizer_path"] = environ["MODEL_PATH"]
+    values.update(overrides)
+    return GatewaySettings(**values)
