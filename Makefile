@@ -29,8 +29,11 @@ models: venv
 
 # Serves model_repository/ in the foreground; MODEL_PATH=/path/to/Qwen3-VL-Embedding-8B and
 # RERANKER_MODEL_PATH=/path/to/Qwen3-VL-Reranker-8B serve real weights.
+# RESPONSE_CACHE_BYTES=1073741824 turns on Triton's local response cache (off by default; both ensembles use it).
+comma := ,
 serve: setup
-	$(PY) -m tools.launcher serve --model-repository model_repository
+	$(PY) -m tools.launcher serve --model-repository model_repository \
+		$(if $(RESPONSE_CACHE_BYTES),-- --cache-config=local$(comma)size=$(RESPONSE_CACHE_BYTES))
 
 test: setup
 	$(PY) -m pytest -q
