@@ -5,9 +5,12 @@ The wheel holds a real server, the Python backend and its stubs, but not laid ou
 environment the server and the backend stub need, and starts/stops the server either as a managed
 child process (``TritonServer``, for tests and scripts) or in the foreground (the CLI).
 
+``serve`` (``make serve``) checks the configuration first (tools.preflight), then runs the server under
+a supervisor that restarts it and reloads models whose stub died (tools.supervisor, tools.watchdog).
+
 CLI::
 
-    python -m tools.launcher serve [--model-repository DIR] [--http-port N] ... [-- EXTRA_ARGS]
+    python -m tools.launcher serve [--model-repository DIR] [--host ADDR] [--http-port N] ... [-- EXTRA_ARGS]
     python -m tools.launcher prepare
     python -m tools.launcher perf-env
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import logging
 import os
 import shlex
 import shutil
@@ -26,6 +30,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -41,14 +46,23 @@ SHM_DEFAULT_BYTE_SIZE = 16 * 1024 * 1024
 # Python backend's own default prefix; ours adds a per-server tag after it so that a server killed
 # with SIGKILL can have exactly its leftovers removed.
 SHM_PREFIX_BASE = "triton_python_backend_shm_region_"
-# Well below stop()'s SIGTERM grace so that the server gives up on stuck requests before we kill it.
+# How long tritonserver waits for in-flight requests and model unloads after SIGTERM (unloading the
+# four Python models takes 6-9 s on a busy 2-core host) ...
 EXIT_TIMEOUT_SECS = 10
-STOP_GRACE_SECS = 20.0
+# `make serve` allows in-flight requests of real checkpoints more time, and stays within the 30 s a
+# Kubernetes pod gets by default between SIGTERM and SIGKILL.
+SERVE_EXIT_TIMEOUT_SECS = 20
+# ... and how much longer stop() waits before it kills the whole process group.
+STOP_MARGIN_SECS = 10.0
 STUB_GRACE_SECS = 3.0
 LOG_TAIL_LINES = 60
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
+# `make serve` answers only on this machine; containers pass --host 0.0.0.0 (README "Security").
+DEFAULT_HOST = "127.0.0.1"
+# Loading real 8B checkpoints (and compiling them) can take many minutes.
+SERVE_STARTUP_TIMEOUT_SECS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -240,6 +254,34 @@ def perf_analyzer_env(runtime: RuntimeDirs, install: TritonInstall) -> dict[str,
     return env
 
 
+def control_args(extra_args: Sequence[str]) -> list[str]:
+    """Explicit model control with every model loaded, unless ``extra_args`` choose otherwise.
+
+    Explicit mode is what lets the watchdog (tools.watchdog) unload and reload a model whose stub
+    died; with ``--load-model=*`` it serves the same models as the default "none" mode.
+    """
+    if any(arg.startswith("--model-control-mode") for arg in extra_args):
+        return []
+    loads = [] if any(arg.startswith("--load-model") for arg in extra_args) else ["--load-model=*"]
+    return ["--model-control-mode=explicit", *loads]
+
+
+def has_nvidia_gpu() -> bool:
+    return Path("/dev/nvidiactl").exists()
+
+
+def cpu_host_args() -> list[str]:
+    """On a host without an NVIDIA driver, skip what can only warn: the pinned and CUDA memory pools
+    and GPU metrics (NVML/DCGM). Two error lines remain, see README "Log lines on a CPU host"."""
+    if has_nvidia_gpu():
+        return []
+    return [
+        "--pinned-memory-pool-byte-size=0",
+        "--cuda-memory-pool-byte-size=0:0",
+        "--allow-gpu-metrics=false",
+    ]
+
+
 def server_command(
     model_repository: Path,
     runtime: RuntimeDirs,
@@ -250,6 +292,8 @@ def server_command(
     extra_args: Sequence[str] = (),
     log_verbose: int = 0,
     shm_prefix: str | None = None,
+    host: str = DEFAULT_HOST,
+    exit_timeout: int = EXIT_TIMEOUT_SECS,
 ) -> list[str]:
     """The tritonserver argv; ``extra_args`` come last so they can override the defaults."""
     command = [
@@ -257,12 +301,17 @@ def server_command(
         f"--model-repository={Path(model_repository).resolve()}",
         f"--backend-directory={runtime.backend_dir}",
         f"--cache-directory={runtime.cache_dir}",
+        f"--http-address={host}",
         f"--http-port={http_port}",
+        f"--grpc-address={host}",
         f"--grpc-port={grpc_port}",
+        f"--metrics-address={host}",
         f"--metrics-port={metrics_port}",
         f"--backend-config=python,shm-default-byte-size={SHM_DEFAULT_BYTE_SIZE}",
-        f"--exit-timeout-secs={EXIT_TIMEOUT_SECS}",
+        f"--exit-timeout-secs={exit_timeout}",
         f"--log-verbose={log_verbose}",
+        *control_args(extra_args),
+        *cpu_host_args(),
     ]
     if shm_prefix:
         command.append(f"--backend-config=python,shm-region-prefix-name={shm_prefix}")
@@ -296,8 +345,13 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _is_ready(http_port: int) -> bool:
-    url = f"http://127.0.0.1:{http_port}/v2/health/ready"
+def connect_host(host: str) -> str:
+    """Where a local client reaches a server bound to ``host`` (a wildcard address means loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def _is_ready(host: str, http_port: int) -> bool:
+    url = f"http://{host}:{http_port}/v2/health/ready"
     try:
         with urllib.request.urlopen(url, timeout=1.0) as response:
             return response.status == 200
@@ -306,10 +360,16 @@ def _is_ready(http_port: int) -> bool:
         return False
 
 
+class StartCancelled(RuntimeError):
+    """``start()`` was told to give up (the launcher got SIGTERM while models were loading)."""
+
+
 class TritonServer:
     """A tritonserver child process, started in its own session so that it can be killed whole.
 
-    Use as a context manager, or call ``start()`` / ``stop()``.
+    Use as a context manager, or call ``start()`` / ``stop()``. ``log_path="-"`` lets the server write
+    to this process's stdout/stderr (``make serve``); otherwise it logs to a file (a temporary one by
+    default).
     """
 
     def __init__(
@@ -324,6 +384,8 @@ class TritonServer:
         extra_args: Sequence[str] = (),
         startup_timeout: float = 240.0,
         log_verbose: int = 0,
+        host: str = DEFAULT_HOST,
+        exit_timeout: int = EXIT_TIMEOUT_SECS,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         ports = iter(free_ports(3))
@@ -332,29 +394,36 @@ class TritonServer:
         self.metrics_port = metrics_port or next(ports)
         self.runtime_dir = Path(runtime_dir) if runtime_dir else default_runtime_dir()
         self.venv = Path(venv) if venv else Path(sys.prefix)
-        self.log_path = Path(log_path) if log_path else None
+        self.to_console = str(log_path) == "-"
+        self.log_path = Path(log_path) if log_path and not self.to_console else None
         self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
         self.log_verbose = log_verbose
+        self.host = host
+        self.exit_timeout = exit_timeout
         self.startup_seconds: float | None = None
         self.shm_prefix = f"{SHM_PREFIX_BASE}{uuid.uuid4().hex[:12]}_"
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{connect_host(self.host)}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{connect_host(self.host)}:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return f"http://{connect_host(self.host)}:{self.metrics_port}/metrics"
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.poll() if self._process else None
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -368,9 +437,11 @@ class TritonServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         return self.log_path
 
-    def start(self) -> TritonServer:
-        if self._process is not None:
-            raise RuntimeError("TritonServer already started")
+    def start(self, cancel: threading.Event | None = None) -> TritonServer:
+        """Start and wait until ready; on any failure nothing is left running and no /dev/shm region
+        stays behind. A set ``cancel`` event stops the wait with ``StartCancelled``."""
+        if self.is_running():
+            raise RuntimeError("TritonServer already running")
         install = find_triton(venv_python_version(self.venv))
         runtime = prepare_runtime_dir(self.runtime_dir, install)
         command = server_command(
@@ -383,45 +454,59 @@ class TritonServer:
             self.extra_args,
             self.log_verbose,
             shm_prefix=self.shm_prefix,
+            host=self.host,
+            exit_timeout=self.exit_timeout,
         )
-        log_path = self._open_log()
         started = time.monotonic()
-        with log_path.open("ab") as log:
+        with contextlib.ExitStack() as stack:
+            output = None if self.to_console else stack.enter_context(self._open_log().open("ab"))
             self._process = subprocess.Popen(
                 command,
                 env=server_env(self.venv, runtime, install),
                 stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                stdout=output,
+                stderr=subprocess.STDOUT if output else None,
                 start_new_session=True,
             )
         try:
-            self._wait_ready(started + self.startup_timeout)
+            self._wait_ready(started + self.startup_timeout, cancel)
         except BaseException:
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - started
         return self
 
-    def _wait_ready(self, deadline: float) -> None:
+    def _failure_detail(self) -> str:
+        if self.log_path is None:
+            return "see its log above"
+        return f"last lines of {self.log_path}:\n{_tail(self.log_path)}"
+
+    def _wait_ready(self, deadline: float, cancel: threading.Event | None) -> None:
         assert self._process is not None
         while True:
             if self._process.poll() is not None:
                 raise RuntimeError(
                     f"tritonserver exited with code {self._process.returncode} before becoming "
-                    f"ready; last lines of {self.log_path}:\n{_tail(self.log_path)}"
+                    f"ready; {self._failure_detail()}"
                 )
-            if _is_ready(self.http_port):
+            if _is_ready(connect_host(self.host), self.http_port):
                 return
+            if cancel is not None and cancel.is_set():
+                raise StartCancelled("tritonserver start cancelled")
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"tritonserver not ready after {self.startup_timeout:.1f} s; "
-                    f"last lines of {self.log_path}:\n{_tail(self.log_path)}"
+                    f"tritonserver not ready after {self.startup_timeout:.1f} s; {self._failure_detail()}"
                 )
             time.sleep(0.1)
 
-    def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL after a grace period; returns the exit code. Idempotent.
+    def stop(self, grace: float | None = None) -> int | None:
+        """Graceful stop; returns the exit code. Idempotent.
+
+        SIGTERM goes to tritonserver alone: it refuses new requests, lets in-flight ones finish and
+        unloads the models (stopping their stubs) within ``--exit-timeout-secs``. Should it still run
+        ``grace`` seconds later (default: the exit timeout plus a margin; a server with a dead stub can
+        deadlock), the whole process group is killed. Leftover stubs and shared-memory regions are
+        removed either way.
 
         Close clients first: the server waits out ``--exit-timeout-secs`` for every open HTTP
         keep-alive connection (a live ``InferenceServerClient``) and then exits with code 1.
@@ -431,26 +516,30 @@ class TritonServer:
             return None
         pgid = process.pid  # start_new_session made the server its group's leader
         if process.poll() is None:
-            _signal_group(pgid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
             try:
-                process.wait(timeout=STOP_GRACE_SECS)
+                process.wait(timeout=self.exit_timeout + STOP_MARGIN_SECS if grace is None else grace)
             except subprocess.TimeoutExpired:
-                _signal_group(pgid, signal.SIGKILL)
+                signal_group(pgid, signal.SIGKILL)
                 process.wait()
         # Stubs outlive a server that timed out or was killed and notice it only about a second
         # later; give them that second to clean up before they are killed too.
         if not _wait_group_gone(pgid, STUB_GRACE_SECS):
-            _signal_group(pgid, signal.SIGKILL)
-        self._remove_leftover_shm()
+            signal_group(pgid, signal.SIGKILL)
+            _wait_group_gone(pgid, STUB_GRACE_SECS)
+        self.remove_leftover_shm()
         return process.returncode
 
-    def _remove_leftover_shm(self) -> None:
-        # A clean shutdown unlinks these itself; after a SIGKILL they would stay in /dev/shm forever.
+    def leftover_shm(self) -> list[Path]:
         shm = Path("/dev/shm")
-        if shm.is_dir():
-            for region in shm.glob(f"{self.shm_prefix}*"):
-                with contextlib.suppress(OSError):
-                    region.unlink()
+        return sorted(shm.glob(f"{self.shm_prefix}*")) if shm.is_dir() else []
+
+    def remove_leftover_shm(self) -> None:
+        # A clean shutdown unlinks these itself; after a SIGKILL they would stay in /dev/shm forever.
+        for region in self.leftover_shm():
+            with contextlib.suppress(OSError):
+                region.unlink()
 
     def __enter__(self) -> TritonServer:
         return self.start()
@@ -464,7 +553,7 @@ class TritonServer:
         self.stop()
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
+def signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
@@ -525,7 +614,20 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--metrics-port", type=int, default=_env_port("TRITON_METRICS_PORT", DEFAULT_METRICS_PORT)
     )
+    serve.add_argument(
+        "--host",
+        default=os.environ.get("TRITON_HOST") or DEFAULT_HOST,
+        help=f"address HTTP, gRPC and metrics bind to (TRITON_HOST; default {DEFAULT_HOST}, 0.0.0.0 = all)",
+    )
+    serve.add_argument(
+        "--exit-timeout-secs",
+        type=int,
+        default=SERVE_EXIT_TIMEOUT_SECS,
+        help="after SIGTERM, how long in-flight requests may finish before the server is killed",
+    )
+    serve.add_argument("--startup-timeout", type=float, default=SERVE_STARTUP_TIMEOUT_SECS)
     serve.add_argument("--log-verbose", type=int, default=0)
+    serve.add_argument("--no-watchdog", action="store_true", help="do not reload models whose stub died")
     commands.add_parser("prepare", help="build the runtime directory and print its paths")
     commands.add_parser("perf-env", help="print shell exports that let perf_analyzer run")
     return parser
@@ -555,20 +657,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = perf_analyzer_env(runtime, install)
         print(f"export LD_LIBRARY_PATH={shlex.quote(env['LD_LIBRARY_PATH'])}")
         return 0
-    command = server_command(
+    return serve(args, venv, passthrough)
+
+
+def _load_model_args(passthrough: Sequence[str]) -> list[str]:
+    """Model names given to tritonserver with ``--load-model=NAME`` or ``--load-model NAME``."""
+    names = []
+    for index, arg in enumerate(passthrough):
+        if arg.startswith("--load-model="):
+            names.append(arg.split("=", 1)[1])
+        elif arg == "--load-model" and index + 1 < len(passthrough):
+            names.append(passthrough[index + 1])
+    return names
+
+
+def serve(args: argparse.Namespace, venv: Path, passthrough: Sequence[str]) -> int:
+    """Preflight checks, then tritonserver under the supervisor until SIGTERM / Ctrl-C."""
+    from tools.preflight import PreflightError, run_preflight
+    from tools.supervisor import Supervisor
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s launcher: %(message)s", stream=sys.stderr)
+    ports = {
+        "HTTP port (TRITON_HTTP_PORT)": args.http_port,
+        "gRPC port (TRITON_GRPC_PORT)": args.grpc_port,
+        "metrics port (TRITON_METRICS_PORT)": args.metrics_port,
+    }
+    try:
+        run_preflight(
+            args.model_repository, args.host, ports, _venv_python(venv), _load_model_args(passthrough)
+        )
+    except PreflightError as error:
+        print(f"launcher: error: {error}", file=sys.stderr)
+        return 2
+    server = TritonServer(
         args.model_repository,
-        runtime,
-        install,
-        args.http_port,
-        args.grpc_port,
-        args.metrics_port,
-        passthrough,
-        args.log_verbose,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        runtime_dir=args.runtime_dir,
+        venv=venv,
+        log_path="-",
+        extra_args=passthrough,
+        startup_timeout=args.startup_timeout,
+        log_verbose=args.log_verbose,
+        host=args.host,
+        exit_timeout=args.exit_timeout_secs,
     )
-    sys.stdout.flush()
-    # exec, not a child: Ctrl-C and SIGTERM then reach the server itself, which shuts down cleanly.
-    os.execvpe(command[0], command, server_env(venv, runtime, install))
-    return 0
+    return Supervisor(server, watch_stubs=not args.no_watchdog).run()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,310 @@
+"""`python -m tools.launcher serve` (what `make serve` runs) against a real tritonserver.
+
+The served repository is tests/integration/launcher_repository: a Python model that sleeps its input
+in milliseconds (one request per execution, a queue of two) and an ensemble over it. It loads in about
+a second, so killing stubs and servers and waiting for them to come back stays quick.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tools.launcher import STOP_MARGIN_SECS, free_ports
+from tools.watchdog import live_stubs
+
+REPOSITORY = Path(__file__).resolve().parent / "launcher_repository"
+EXIT_TIMEOUT = 8
+SERVE_LINE = re.compile(r"tritonserver pid (?P<pid>\d+), shm prefix (?P<prefix>\S+),")
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen
+    log: Path
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def server_pids(self) -> list[int]:
+        return [int(m["pid"]) for m in SERVE_LINE.finditer(self.text())]
+
+    def shm_prefix(self) -> str:
+        return SERVE_LINE.search(self.text())["prefix"]
+
+
+def http(method: str, url: str, body: dict | None = None, timeout: float = 30.0) -> tuple[int, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+    except OSError:
+        return 0, b""  # refused / reset: nobody is serving
+
+
+def infer(base: str, model: str, milliseconds: int, timeout: float = 30.0) -> tuple[int, bytes]:
+    body = {"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "INT32", "data": [milliseconds]}]}
+    return http("POST", f"{base}/v2/models/{model}/infer", body, timeout)
+
+
+def ready(base: str) -> int:
+    return http("GET", f"{base}/v2/health/ready", timeout=2.0)[0]
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+def launch(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    log = (tmp_path / "serve.log").open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "tools.launcher", "serve", *args],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("serve")
+    http_port, grpc_port, metrics_port = free_ports(3)
+    process = launch(
+        tmp_path,
+        f"--model-repository={REPOSITORY}",
+        f"--http-port={http_port}",
+        f"--grpc-port={grpc_port}",
+        f"--metrics-port={metrics_port}",
+        f"--exit-timeout-secs={EXIT_TIMEOUT}",
+    )
+    running = Served(process, tmp_path / "serve.log", http_port, grpc_port, metrics_port)
+    try:
+        assert wait_for(lambda: ready(running.base) == 200, 60.0), running.text()
+        yield running
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=EXIT_TIMEOUT + STOP_MARGIN_SECS + 10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        print(f"launcher log: {running.log}")
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses with a listening TCP socket on ``port`` (from /proc/net/tcp)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.rpartition(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+def test_serve_binds_loopback_by_default(served):
+    for port in (served.http_port, served.grpc_port, served.metrics_port):
+        addresses = listening_addresses(port)
+        # 127.0.0.1 in /proc's little-endian hex, as IPv4 or (gRPC) IPv4-mapped IPv6; never a wildcard.
+        assert addresses and addresses <= {"0100007F", "0000000000000000FFFF00000100007F"}, addresses
+
+
+def test_full_queue_answers_503_at_once(served):
+    """One request executes and two wait; the rest of a burst is refused in milliseconds."""
+    results: list[tuple[int, float]] = []
+
+    def one():
+        started = time.monotonic()
+        status, _ = infer(served.base, "echo", 1500)
+        results.append((status, time.monotonic() - started))
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)  # in order: the first three are admitted
+    for thread in threads:
+        thread.join()
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200, 200, 200, 503, 503, 503], results
+    assert all(seconds < 1.0 for status, seconds in results if status == 503), results
+
+
+def test_killed_stub_is_reloaded_and_readiness_says_so_meanwhile(served):
+    pid = served.server_pids()[-1]
+    (stub,) = [stub for stub, model in live_stubs(pid).items() if model == "echo"]
+    assert infer(served.base, "pipeline", 1)[0] == 200
+    killed = time.monotonic()
+    os.kill(stub, signal.SIGKILL)
+    # The watchdog notices within half a second and unloads the model: readiness turns false ...
+    assert wait_for(lambda: ready(served.base) == 400, 10.0, interval=0.02), served.text()[-3000:]
+    # ... until the reloaded model serves.
+    serving = wait_for(
+        lambda: ready(served.base) == 200 and infer(served.base, "pipeline", 1)[0] == 200, 60.0, interval=0.05
+    )
+    assert serving, served.text()[-3000:]
+    recovery = time.monotonic() - killed
+    assert "watchdog: model echo serves again" in served.text()
+    new_stubs = [stub for stub, model in live_stubs(pid).items() if model == "echo"]
+    assert len(new_stubs) == 1 and new_stubs != [stub]
+    # The dead stub's shared-memory region went with its model: one region per live stub.
+    assert len(list(Path("/dev/shm").glob(f"{served.shm_prefix()}*"))) == 1
+    print(f"stub SIGKILL -> serving again in {recovery:.1f} s")
+
+
+def test_killed_server_is_restarted(served):
+    first = served.server_pids()[-1]
+    killed = time.monotonic()
+    os.kill(first, signal.SIGKILL)
+    assert wait_for(lambda: len(served.server_pids()) == 2 and ready(served.base) == 200, 60.0), served.text()
+    assert infer(served.base, "pipeline", 1)[0] == 200
+    assert served.server_pids()[-1] != first
+    assert re.search(
+        r"tritonserver died \(killed by signal 9 \(SIGKILL\)\): crash 1, restarting in 1 s", served.text()
+    )
+    print(f"tritonserver SIGKILL -> serving again in {time.monotonic() - killed:.1f} s")
+
+
+def test_sigterm_drains_in_flight_requests_then_leaves_nothing(served):
+    pid = served.server_pids()[-1]
+    prefix = served.shm_prefix()
+    results: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(infer(served.base, "echo", 1500)[0])) for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    stopping = time.monotonic()
+    served.process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert infer(served.base, "echo", 1)[0] != 200  # new requests are refused while draining
+    code = served.process.wait(timeout=EXIT_TIMEOUT + STOP_MARGIN_SECS + 10)
+    for thread in threads:
+        thread.join()
+    assert results == [200, 200]  # both in flight when SIGTERM came: the second waited in the queue
+    assert code == 0
+    assert time.monotonic() - stopping < EXIT_TIMEOUT + STOP_MARGIN_SECS
+    assert not live_stubs(pid)
+    assert not list(Path("/dev/shm").glob(f"{prefix}*"))
+    assert "tritonserver stopped (exit code 0)" in served.text()
+
+
+def run_serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, float]:
+    started = time.monotonic()
+    process = launch(tmp_path, *args, env=env)
+    try:
+        code = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return code, (tmp_path / "serve.log").read_text(), time.monotonic() - started
+
+
+def ports_args() -> list[str]:
+    http_port, grpc_port, metrics_port = free_ports(3)
+    return [f"--http-port={http_port}", f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}"]
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        (
+            {"MODEL_PATH": "/nonexistent/Qwen3-VL-Embedding-8B"},
+            "MODEL_PATH = '/nonexistent/Qwen3-VL-Embedding-8B': no such directory",
+        ),
+        (
+            {"MODEL_PATH": "Qwen/Qwen3-VL-Embedding-2B"},
+            "is a Hugging Face repo id, but a local directory is needed",
+        ),
+        (
+            {"RERANKER_MODEL_PATH": str(REPO / "tests")},
+            "the directory has no config.json and no tokenizer.json",
+        ),
+        # 99: no host has that many, so this fails on GPU/NPU hosts too (there: "only N ... visible").
+        ({"DEVICE": "cuda:99"}, "DEVICE = 'cuda:99'"),
+        ({"DEVICE": "npu:99"}, "DEVICE = 'npu:99'"),
+    ],
+)
+def test_misconfiguration_fails_in_seconds_with_one_line(tmp_path, env, expected):
+    code, output, seconds = run_serve(tmp_path, "--model-repository=model_repository", *ports_args(), env=env)
+    assert code == 2
+    assert output.startswith("launcher: error: ") and output.count("\n") == 1, output
+    assert expected in output
+    assert seconds < 10.0
+
+
+def test_device_message_says_how_to_install_the_accelerator_torch(tmp_path):
+    code, output, _ = run_serve(
+        tmp_path, "--model-repository=model_repository", *ports_args(), env={"DEVICE": "npu"}
+    )
+    assert code == 2
+    # A CPU test host has no torch_npu; a host with one and a device would not fail.
+    assert "install torch-npu matching torch" in output or "sees no NPU" in output, output
+
+
+def test_busy_port_fails_in_seconds(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        _, grpc_port, metrics_port = free_ports(3)
+        args = [f"--http-port={port}", f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}"]
+        code, output, seconds = run_serve(tmp_path, f"--model-repository={REPOSITORY}", *args)
+    assert code == 2
+    assert f"HTTP port (TRITON_HTTP_PORT) 127.0.0.1:{port} is not free" in output
+    assert seconds < 10.0
+
+
+def test_failed_start_leaves_no_process_or_shared_memory(tmp_path):
+    """A model that fails to load stops tritonserver; nothing of it may stay behind."""
+    from tools.launcher import TritonServer
+
+    repository = tmp_path / "repository"
+    (repository / "echo" / "1").mkdir(parents=True)
+    (repository / "echo" / "config.pbtxt").write_text((REPOSITORY / "echo" / "config.pbtxt").read_text())
+    (repository / "echo" / "1" / "model.py").write_text(
+        "class TritonPythonModel:\n"
+        "    def initialize(self, args):\n"
+        "        raise RuntimeError('broken on purpose')\n"
+    )
+    server = TritonServer(repository, log_path=tmp_path / "server.log", startup_timeout=60)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="exited with code"):
+        server.start()
+    assert time.monotonic() - started < 30
+    assert "broken on purpose" in (tmp_path / "server.log").read_text()
+    assert not server.leftover_shm()
+    assert not live_stubs(server.pid)

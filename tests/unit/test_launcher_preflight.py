@@ -1,0 +1,111 @@
+"""The launcher's preflight checks and command line, without starting a server."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tools.launcher import _load_model_args, control_args
+from tools.preflight import (
+    PreflightError,
+    check_model_path,
+    check_ports,
+    read_model_config,
+    read_repository,
+    requested_devices,
+    served_models,
+)
+from tools.supervisor import RESTART_BACKOFF_MAX_SECS, restart_delay
+
+REPOSITORY = REPO / "model_repository"
+
+
+def test_repository_configs_are_read():
+    configs = read_repository(REPOSITORY)
+    assert configs["qwen3_vl_embedding"].ensemble_steps == (
+        "qwen3_vl_embedding_preprocess",
+        "qwen3_vl_embedding_model",
+    )
+    assert configs["qwen3_vl_reranker_model"].parameters["device"] == "auto"
+    assert "model_path" in configs["qwen3_vl_embedding_preprocess"].parameters
+
+
+def test_commented_out_parameters_are_ignored(tmp_path):
+    config = tmp_path / "m" / "config.pbtxt"
+    config.parent.mkdir()
+    config.write_text(
+        'name: "m"\n'
+        '# parameters { key: "device" value: { string_value: "cuda" } }\n'
+        'parameters { key: "model_path" value: { string_value: "/x" } }\n'
+    )
+    assert read_model_config(config).parameters == {"model_path": "/x"}
+
+
+def test_served_models_follow_load_model_and_ensemble_steps():
+    configs = read_repository(REPOSITORY)
+    names = {config.name for config in served_models(configs, ["qwen3_vl_embedding"])}
+    assert names == {"qwen3_vl_embedding", "qwen3_vl_embedding_preprocess", "qwen3_vl_embedding_model"}
+    assert len(served_models(configs, ["*"])) == len(served_models(configs, [])) == len(configs)
+
+
+def test_environment_overrides_the_right_models_path(tmp_path):
+    configs = read_repository(REPOSITORY)
+    reranker_env = {"RERANKER_MODEL_PATH": str(tmp_path / "missing")}
+    check_model_path(configs["qwen3_vl_embedding_model"], reranker_env, REPO)  # MODEL_PATH unset: default
+    with pytest.raises(PreflightError, match="^RERANKER_MODEL_PATH = .*missing.*: no such directory"):
+        check_model_path(configs["qwen3_vl_reranker_preprocess"], reranker_env, REPO)
+
+
+def test_a_directory_needs_config_and_tokenizer(tmp_path):
+    config = read_repository(REPOSITORY)["qwen3_vl_embedding_model"]
+    env = {"MODEL_PATH": str(tmp_path)}
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(PreflightError, match="has no tokenizer.json"):
+        check_model_path(config, env, REPO)
+    (tmp_path / "vocab.json").write_text("{}")
+    (tmp_path / "merges.txt").write_text("")
+    check_model_path(config, env, REPO)
+
+
+def test_only_explicit_accelerators_are_probed():
+    models = read_repository(REPOSITORY).values()
+    assert requested_devices(models, {}) == {}
+    assert requested_devices(models, {"DEVICE": "cpu"}) == {}
+    assert requested_devices(models, {"DEVICE": "CUDA:1"}) == {"cuda:1": "DEVICE"}
+
+
+def test_ports_must_be_free_and_distinct():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(PreflightError, match=f"^HTTP 127.0.0.1:{port} is not free"):
+            check_ports("127.0.0.1", {"HTTP": port})
+    with pytest.raises(PreflightError, match="both"):
+        check_ports("127.0.0.1", {"HTTP": port, "gRPC": port})
+    check_ports("127.0.0.1", {"HTTP": port})  # closed again: free
+
+
+def test_explicit_model_control_unless_the_caller_chooses():
+    assert control_args([]) == ["--model-control-mode=explicit", "--load-model=*"]
+    assert control_args(["--load-model=qwen3_vl_embedding"]) == ["--model-control-mode=explicit"]
+    assert control_args(["--model-control-mode=none"]) == []
+    assert _load_model_args(["--load-model=a", "--load-model", "b", "--log-info=true"]) == ["a", "b"]
+
+
+def test_restart_backoff_doubles_up_to_a_cap():
+    assert [restart_delay(n) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]
+    assert restart_delay(30) == RESTART_BACKOFF_MAX_SECS
+
+
+def test_preflight_runs_without_torch_in_the_launcher():
+    """The launcher imports preflight, watchdog and supervisor; none of them may pull in torch."""
+    import subprocess
+
+    code = "import sys, tools.launcher, tools.preflight, tools.supervisor; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(REPO))
+    assert result.stdout.strip() == "False", result.stderr

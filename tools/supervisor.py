@@ -1,0 +1,127 @@
+"""The serve loop behind ``make serve``: keep one tritonserver serving until told to stop.
+
+- tritonserver dies (a segfault, the OOM killer, SIGKILL): it is restarted on the same ports after a
+  backoff that doubles with each crash in a row (1 s, 2 s, 4 s ... 60 s; a server that stayed up
+  ``STABLE_SECS`` starts the count again), and each crash is logged with a running counter.
+- a Python stub dies: ``tools.watchdog`` reloads its model through the repository API.
+- SIGTERM / Ctrl-C: tritonserver gets SIGTERM, drains in-flight requests within its exit timeout and
+  unloads the models; should it still run at the deadline its whole process group is killed. A second
+  signal kills at once. No stub and no /dev/shm region outlives the launcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+
+from tools.launcher import StartCancelled, TritonServer, signal_group
+from tools.watchdog import StubWatchdog
+
+logger = logging.getLogger("launcher")
+
+RESTART_BACKOFF_FIRST_SECS = 1.0
+RESTART_BACKOFF_MAX_SECS = 60.0
+STABLE_SECS = 120.0
+POLL_SECS = 0.2
+REPEAT_SIGNAL_SECS = 2.0
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    return f"killed by signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exit code {code}"
+
+
+def restart_delay(crashes_in_a_row: int) -> float:
+    return min(RESTART_BACKOFF_MAX_SECS, RESTART_BACKOFF_FIRST_SECS * 2 ** (crashes_in_a_row - 1))
+
+
+class Supervisor:
+    def __init__(self, server: TritonServer, watch_stubs: bool = True) -> None:
+        self.server = server
+        self.watch_stubs = watch_stubs
+        self.crashes = 0
+        self._stop = threading.Event()
+        self._watchdog: StubWatchdog | None = None
+        self._stop_requested_at = 0.0
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        # A repeated signal within a moment is the same request delivered twice (a wrapper forwarding
+        # it, a signal sent to the whole process group); a later one asks for an immediate stop.
+        if (
+            self._stop.is_set()
+            and time.monotonic() - self._stop_requested_at > REPEAT_SIGNAL_SECS
+            and self.server.pid
+        ):
+            logger.warning("second %s: killing tritonserver's process group now", signal.Signals(signum).name)
+            signal_group(self.server.pid, signal.SIGKILL)
+            return
+        if not self._stop.is_set():
+            logger.info("%s: stopping (in-flight requests may finish)", signal.Signals(signum).name)
+            self._stop_requested_at = time.monotonic()
+            self._stop.set()
+
+    def _start(self) -> None:
+        """Start tritonserver and its watchdog; raises RuntimeError / StartCancelled."""
+        self.server.start(cancel=self._stop)
+        logger.info(
+            "serving on http://%s (gRPC %s, metrics %s); tritonserver pid %d, shm prefix %s, ready in %.1f s",
+            self.server.http_url,
+            self.server.grpc_url,
+            self.server.metrics_url,
+            self.server.pid,
+            self.server.shm_prefix,
+            self.server.startup_seconds or 0.0,
+        )
+        if self.watch_stubs and self.server.pid:
+            self._watchdog = StubWatchdog(self.server.pid, f"http://{self.server.http_url}").start()
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; 0 after a requested stop, 1 if the first start fails."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        try:
+            self._start()
+        except StartCancelled:
+            return 0
+        except RuntimeError as error:
+            logger.error("tritonserver did not start: %s", error)
+            return 1
+        started_at = time.monotonic()
+        in_a_row = 0
+        while not self._stop.wait(POLL_SECS):
+            if self.server.is_running():
+                continue
+            self._stop_watchdog()
+            code = self.server.returncode
+            self.server.stop()  # reaps leftover stubs and shared memory
+            self.crashes += 1
+            in_a_row = 1 if time.monotonic() - started_at > STABLE_SECS else in_a_row + 1
+            delay = restart_delay(in_a_row)
+            logger.error(
+                "tritonserver died (%s): crash %d, restarting in %.0f s",
+                describe_exit(code),
+                self.crashes,
+                delay,
+            )
+            if self._stop.wait(delay):
+                break
+            started_at = time.monotonic()
+            try:
+                self._start()
+            except StartCancelled:
+                break
+            except RuntimeError as error:
+                logger.error("restart failed: %s", error)
+        self._stop_watchdog()
+        code = self.server.stop()
+        logger.info("tritonserver stopped (%s)", describe_exit(code))
+        return 0
