@@ -36,6 +36,7 @@ COPY deploy/images/ascend-entrypoint.sh /opt/qwen3vl/
 ENV PATH=/opt/venv/bin:$PATH \
     TRITON_RUNTIME_DIR=/opt/qwen3vl/triton-runtime \
     HOME=/tmp \
+    TRITON_HOST=0.0.0.0 \
     HF_HUB_OFFLINE=1 \
     DEVICE=npu \
     TASK_QUEUE_ENABLE=1 \

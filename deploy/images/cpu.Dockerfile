@@ -32,6 +32,7 @@ COPY deploy/__init__.py deploy/serve.py /opt/qwen3vl/deploy/
 ENV PATH=/opt/venv/bin:$PATH \
     TRITON_RUNTIME_DIR=/opt/qwen3vl/triton-runtime \
     HOME=/tmp \
+    TRITON_HOST=0.0.0.0 \
     HF_HUB_OFFLINE=1 \
     DEVICE=cpu
 WORKDIR /opt/qwen3vl
