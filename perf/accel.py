@@ -31,9 +31,21 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from perf import common
-from perf.common import Measurement, log
-from perf.summary import fmt, model_compute_ms, rows_per_execute, stage, table
+from perf.console import log
+from perf.host import RESULTS, accelerator_name, cpu_name, host_tag, write_json
+from perf.measure import measure
+from perf.perf_analyzer import Measurement, last_throughput
+from perf.pipelines import MODEL_STEP, NAMED_MODELS, PREPROCESS, REPO, model_path
+from perf.points import Point
+from perf.servers import start_server
+from perf.summary import fmt, table
+from perf.variants import (
+    compose,
+    variant_repository,
+    with_instance_count,
+    with_max_batch_size,
+    with_parameter,
+)
 from perf.workloads import generate
 
 TUTORIAL = {
@@ -48,11 +60,11 @@ ACCEL_TARGET = 0.90
 
 
 def checkpoint(size: str, device: str) -> Path:
-    if size in common.NAMED_MODELS:
-        return common.model_path(size)
+    if size in NAMED_MODELS:
+        return model_path(size)
     from tools.checkpoint import build_tiny_checkpoint, is_complete_checkpoint
 
-    path = common.REPO / "models" / f"qwen3-vl-embedding-{size}-random"
+    path = REPO / "models" / f"qwen3-vl-embedding-{size}-random"
     if not is_complete_checkpoint(path):
         import torch
 
@@ -73,7 +85,7 @@ def checkpoint(size: str, device: str) -> Path:
 def resolve_device(device: str) -> str:
     if device != "auto":
         return device
-    from backend.device import resolve_device as backend_resolve
+    from backend.runtime.platforms import resolve_device as backend_resolve
 
     return str(backend_resolve("auto", 0, None))
 
@@ -84,22 +96,16 @@ def serving_repository(
     """The repository with the model step allowed `max_rows` rows per execute and per micro-batch, and
     `model_instances` instances of it (several share one GPU: instance k uses device k modulo the count;
     each holds its own weights, and one's CPU work overlaps another's forward)."""
-    model_edit = common.compose(
-        lambda config: config.replace("max_batch_size: 128", f"max_batch_size: {max_rows}"),
-        lambda config: config.replace(
-            "instance_group [ { count: 1, kind: KIND_CPU } ]",
-            f"instance_group [ {{ count: {model_instances}, kind: KIND_CPU }} ]",
-        ),
-        common.with_parameter("max_rows_per_batch", str(max_rows)),
-        common.with_parameter("token_budget", str(token_budget)),
+    model_edit = compose(
+        with_max_batch_size(max_rows),
+        with_instance_count(model_instances),
+        with_parameter("max_rows_per_batch", str(max_rows)),
+        with_parameter("token_budget", str(token_budget)),
     )
-    edits = {common.MODEL_STEP: model_edit}
+    edits = {MODEL_STEP: model_edit}
     if preprocess_instances:
-        edits[common.PREPROCESS] = lambda config: config.replace(
-            "instance_group [ { count: 2, kind: KIND_CPU } ]",
-            f"instance_group [ {{ count: {preprocess_instances}, kind: KIND_CPU }} ]",
-        )
-    return common.variant_repository(dest, edits)
+        edits[PREPROCESS] = with_instance_count(preprocess_instances)
+    return variant_repository(dest, edits)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the served model step's `compile` (auto = on for CUDA)",
     )
     parser.add_argument("--budget-s", type=float, default=570.0)
-    parser.add_argument("--out", type=Path, default=common.RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
     started = time.monotonic()
@@ -147,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     token_budget = args.token_budget or (65536 if accel else 16384)
     preprocess_instances = args.preprocess_instances or (4 if accel else 2)
     bare_batches = args.bare_batches or ("64,128,256" if accel else "1,16,64")
-    tag = common.host_tag(device)
+    tag = host_tag(device)
     run_dir = args.out / tag / datetime.date.today().isoformat()
     for sub in ("", "csv", "raw"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -157,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": shlex.join(["python", "-m", "perf.accel", *(sys.argv[1:] if argv is None else argv)]),
         "size": args.size,
         "device": device,
-        "device_name": common.accelerator_name(device) if accel else common.cpu_name(),
+        "device_name": accelerator_name(device) if accel else cpu_name(),
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
         "settings": {
             "concurrency": concurrency,
@@ -190,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     server_log = run_dir / "raw" / f"server-accel-{args.size}.log"
     server_log.unlink(missing_ok=True)  # the server appends; the report quotes this run's lines only
-    endpoint = common.start_server(
+    endpoint = start_server(
         f"{args.size}-{device.split(':')[0]}",
         model,
         server_log,
@@ -203,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Warm-up in time windows (perf_analyzer's --request-count mode sometimes hangs; windows never
         # did); everything compiles at load, so a warm-up that takes minutes is a stall: cut it short.
         warm = Measurement(mode="windows", interval_ms=2000, max_trials=2, timeout_s=120)
-        warm_point = common.measure(
+        warm_point = measure(
             endpoint, "text_200", data["text_200"], "http", concurrency, warm, run_dir, "accel-warmup"
         )
         mark("warm-up done")
@@ -212,15 +218,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             if remaining < 60:
                 log(f"skipping {workload}: {remaining:.0f} s left")
                 continue
-            # The tutorial's way: a fixed number of requests. A hang is cut after several times the
-            # expected length (text_200's rate is known from the warm-up) and retried once (common.measure).
-            rate = warm_point.throughput or common.last_throughput(
+            # The tutorial's way: a fixed number of requests. A hang is cut after several times the expected
+            # length (text_200's rate is known from the warm-up) and retried once (perf.perf_analyzer).
+            rate = warm_point.throughput or last_throughput(
                 run_dir / "raw" / f"accel-warmup-{endpoint.label}-text_200-http-c{concurrency}.log"
             )  # an unsettled warm-up still printed its windows' rates
             expected = count / rate if workload == "text_200" and rate else 120
             timeout = min(300, max(60, 30 + 4 * expected), (remaining - 30) / 2)
             measurement = Measurement(mode="count", request_count=count, timeout_s=timeout)
-            point = common.measure(
+            point = measure(
                 endpoint,
                 workload,
                 data[workload],
@@ -231,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"accel-{args.size}",
             )
             record["points"][workload] = point.as_dict()
-            log(f"  {workload} c={concurrency}: {common.describe(point)}")
+            log(f"  {workload} c={concurrency}: {point.describe()}")
             mark(f"{workload} measured")
     finally:
         endpoint.stop()
@@ -261,23 +267,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--deadline-s",
             str(max(remaining - 20, 30)),
         ] + (["--compile"] if args.compile else [])
-        env = {**os.environ, "PYTHONPATH": str(common.REPO)}
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
         try:
-            subprocess.run(command, cwd=common.REPO, env=env, timeout=max(remaining - 10, 30), check=False)
+            subprocess.run(command, cwd=REPO, env=env, timeout=max(remaining - 10, 30), check=False)
         except subprocess.TimeoutExpired:
             log("bare-model timing ran out of time")
         if out.exists():
             record["bare"] = json.loads(out.read_text())
     mark("bare model timed")
     record["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
-    common.write_json(run_dir / f"accel-{args.size}.json", record)
+    write_json(run_dir / f"accel-{args.size}.json", record)
     path = write_report(run_dir / f"accel-{args.size}.md", record)
     log(f"report: {path}")
     return 0 if record["points"] else 1
 
 
 def compile_lines(log_path: Path) -> list[str]:
-    """What the model step said about torch.compile while loading (backend.modeling / backend.compiled)."""
+    """What the model step said about torch.compile while loading (backend.runtime.backbone /
+    backend.runtime.compiled)."""
     if not log_path.exists():
         return []
     keys = ("compiled in", "torch.compile failed", "more graph(s)", "running eager")
@@ -288,10 +295,15 @@ def compile_lines(log_path: Path) -> list[str]:
     ]
 
 
+def _point(record: dict, workload: str) -> Point:
+    """The record's point for `workload` (a failed empty one when it was not measured)."""
+    found = record["points"].get(workload)
+    return Point.from_dict(found) if found else Point("", workload, "", 0)
+
+
 def write_report(path: Path, record: dict) -> Path:
     settings = record["settings"]
-    text = record["points"].get("text_200", {})
-    image = record["points"].get("image_448", {})
+    text, image = (_point(record, workload) for workload in ("text_200", "image_448"))
     bare = record.get("bare", {})
     text_bare = bare.get("workloads", {}).get("text_200", {})
     best_mode, best_rate, best_batch = None, 0.0, None
@@ -299,7 +311,7 @@ def write_report(path: Path, record: dict) -> Path:
         for batch, rate in rates.items():
             if rate > best_rate:
                 best_mode, best_rate, best_batch = mode, rate, batch
-    ratio = text.get("throughput", 0.0) / best_rate if best_rate and text.get("ok") else None
+    ratio = text.throughput / best_rate if best_rate and text.ok else None
     lines = [
         f"# perf-accel: {record['size']} architecture (random weights) on {record['device_name']} "
         f"({record['device']}), {record['started'][:10]}",
@@ -318,24 +330,21 @@ def write_report(path: Path, record: dict) -> Path:
     ]
     rows = []
     for name, point in (("text_200", text), ("image_448", image)):
-        if point.get("ok"):
-            # tokens per row x rows per second (custom["seconds"] also counts a retried perf_analyzer run)
-            custom = point["custom"]
-            tokens = (
-                custom.get("tokens", 0) / custom["rows"] * point["throughput"] if custom.get("rows") else 0
-            )
+        if point.ok:
+            # tokens per row x rows per second (custom.seconds also counts a retried perf_analyzer run)
+            custom, step = point.custom, point.model_step
+            tokens = (custom.tokens_per_row or 0) * point.throughput
             requests = settings["requests"] if name == "text_200" else settings["image_requests"]
-            queue = stage(point, common.MODEL_STEP, "queue_ms")
             rows.append(
                 [
                     f"{name} through Triton ({requests} requests)",
-                    f"{fmt(point['throughput'])} req/s; p50 {fmt(point['p50_ms'])} ms, "
-                    f"p99 {fmt(point['p99_ms'])} ms; {fmt(rows_per_execute(point))} rows per execute; "
-                    f"model compute {fmt(model_compute_ms(point))} ms per execute, queue {fmt(queue)} ms; "
+                    f"{fmt(point.throughput)} req/s; p50 {fmt(point.p50_ms)} ms, "
+                    f"p99 {fmt(point.p99_ms)} ms; {fmt(step.rows_per_execute)} rows per execute; "
+                    f"model compute {fmt(step.compute_ms)} ms per execute, queue {fmt(step.queue_ms)} ms; "
                     f"~{fmt(tokens, 0)} tokens/s; "
-                    f"{fmt(point['custom'].get('compiled_micro_batches', 0), 0)} of "
-                    f"{fmt(point['custom'].get('micro_batches', 0), 0)} micro-batches compiled, "
-                    f"{fmt(point['custom'].get('recompiles', 0), 0)} recompiles",
+                    f"{fmt(custom.compiled_micro_batches, 0)} of "
+                    f"{fmt(custom.micro_batches, 0)} micro-batches compiled, "
+                    f"{fmt(custom.recompiles, 0)} recompiles",
                 ]
             )
     for workload, section in bare.get("workloads", {}).items():
@@ -356,7 +365,7 @@ def write_report(path: Path, record: dict) -> Path:
         rows.append(
             [
                 "**serving ÷ best bare (text_200)**",
-                f"**{ratio:.2f}** ({fmt(text['throughput'])} ÷ {fmt(best_rate)} rows/s, {best_mode} batch "
+                f"**{ratio:.2f}** ({fmt(text.throughput)} ÷ {fmt(best_rate)} rows/s, {best_mode} batch "
                 f"{best_batch}); target ≥ {ACCEL_TARGET} for 8B on one H100",
             ]
         )

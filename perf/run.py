@@ -33,7 +33,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import shlex
 import subprocess
 import sys
@@ -41,8 +40,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from perf import common, profiling, summary
-from perf.common import Endpoint, Measurement, Point, log
+from perf import profiling, summary
+from perf.console import log, parse_list
+from perf.host import RESULTS, busy_processes, cpu_name, git_commit, host_tag, new_run_dir, write_json
+from perf.measure import measure as measure_point
+from perf.perf_analyzer import Measurement
+from perf.pipelines import ENSEMBLE, MODEL_REPOSITORY, MODEL_STEP, NAMED_MODELS, PREPROCESS, REPO, RERANKER
+from perf.pipelines import model_path as checkpoint_path
+from perf.points import Point
+from perf.servers import SERVER_OVERRIDES, Endpoint, running_server, start_server
+from perf.variants import read_config, variant_repository, with_parameter, without_dynamic_batching
 from perf.workloads import DEFAULT_OUT, WORKLOADS, generate
 
 DEFAULT_CONCURRENCY = "1,2,4,8,16,32,64"
@@ -62,7 +69,7 @@ class Runner:
         )
         if args.append and args.run_dir is None:
             raise SystemExit("--append needs --run-dir (the run to add to)")
-        self.run_dir = common.new_run_dir(args.host_tag or common.host_tag("cpu"), args.out, args.run_dir)
+        self.run_dir = new_run_dir(args.host_tag or host_tag("cpu"), args.out, args.run_dir)
         self.data: dict[str, Path] = {}
         self.record: dict = {
             "started": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -96,12 +103,12 @@ class Runner:
 
     def save(self) -> None:
         self.record["elapsed_s"] = round(time.monotonic() - self.started, 1)
-        common.write_json(self.run_dir / "points.json", self.record)
+        write_json(self.run_dir / "points.json", self.record)
 
     def add(self, point: Point, index: str = "") -> Point:
         self.record["points"].append(point.as_dict())
         where = f"{point.model} {point.workload} {point.protocol} c={point.concurrency}"
-        log(f"  {index}{where}: {common.describe(point)}")
+        log(f"  {index}{where}: {point.describe()}")
         self.save()
         return point
 
@@ -110,7 +117,7 @@ class Runner:
         model: str,
         label: str | None = None,
         repository: Path | None = None,
-        ensembles: Sequence[str] = (common.ENSEMBLE,),
+        ensembles: Sequence[str] = (ENSEMBLE,),
     ) -> Endpoint:
         if model == "served":
             if self.args.url:
@@ -121,22 +128,22 @@ class Runner:
                     metrics_url=self.args.metrics_url or "",
                     model_path=os.environ.get("MODEL_PATH", "(running server)"),
                 )
-            running = common.running_server()
+            running = running_server()
             if running is not None:
                 log(f"measuring the running server at {running.http}")
                 return running
             model = os.environ.get("MODEL_PATH") or "tiny"
-        path = common.model_path(model)
-        label = label or (model if model in common.NAMED_MODELS else path.name)
+        path = checkpoint_path(model)
+        label = label or (model if model in NAMED_MODELS else path.name)
         env = {k: os.environ[k] for k in ("DEVICE", "DTYPE") if os.environ.get(k)}
-        if common.RERANKER.ensemble in ensembles:
-            env["RERANKER_MODEL_PATH"] = str(common.model_path(model, kind="reranker"))
+        if RERANKER.ensemble in ensembles:
+            env["RERANKER_MODEL_PATH"] = str(checkpoint_path(model, kind="reranker"))
         log(f"starting a server for {label} ({path}; {', '.join(ensembles)}) ...")
-        return common.start_server(
+        return start_server(
             label,
             path,
             self.run_dir / "raw" / f"server-{label}.log",
-            repository=repository or common.MODEL_REPOSITORY,
+            repository=repository or MODEL_REPOSITORY,
             env=env,
             ensembles=ensembles,
         )
@@ -160,7 +167,7 @@ class Runner:
                 log(f"sweep on {endpoint.label}: {len(plan)} points")
                 previous: dict[tuple[str, str], float] = {}
                 for number, (workload, protocol, concurrency) in enumerate(plan, 1):
-                    point = common.measure(
+                    point = measure_point(
                         endpoint,
                         workload,
                         self.data[workload],
@@ -220,9 +227,9 @@ class Runner:
                     endpoint.stop()
             if "batching" in wanted:
                 log(f"comparisons on {label}: dynamic batching off")
-                repository = common.variant_repository(
+                repository = variant_repository(
                     self.run_dir / "raw" / "repo-batching-off",
-                    {common.MODEL_STEP: common.without_dynamic_batching},
+                    {MODEL_STEP: without_dynamic_batching},
                 )
                 endpoint = self.endpoint(model, label=f"{label}-nobatch", repository=repository)
                 try:
@@ -247,9 +254,9 @@ class Runner:
         mixed = self.workload_data("text_mixed")
         results = self.record["comparisons"].setdefault("padding_overhead", {})
         for overhead in self.args.padding_overheads:
-            edit = common.with_parameter("batch_overhead_tokens", str(overhead))
-            repository = common.variant_repository(
-                self.run_dir / "raw" / f"repo-overhead-{overhead}", {common.MODEL_STEP: edit}
+            edit = with_parameter("batch_overhead_tokens", str(overhead))
+            repository = variant_repository(
+                self.run_dir / "raw" / f"repo-overhead-{overhead}", {MODEL_STEP: edit}
             )
             log(f"comparisons on {model}: batch_overhead_tokens {overhead}")
             endpoint = self.endpoint(model, label=f"{model}-overhead{overhead}", repository=repository)
@@ -261,7 +268,7 @@ class Runner:
         self.save()
 
     def measure(self, endpoint: Endpoint, workload: str, data: Path, concurrency: int, tag: str) -> Point:
-        return common.measure(
+        return measure_point(
             endpoint, workload, data, "http", concurrency, self.measurement, self.run_dir, tag
         )
 
@@ -271,9 +278,7 @@ class Runner:
         server_pid = getattr(endpoint.server, "pid", None)
         if not self.args.profile or server_pid is None or profiling.available() is None:
             return self.measure(endpoint, workload, data, concurrency, tag)
-        pids = {
-            name: profiling.stub_pids(server_pid, name) for name in (common.MODEL_STEP, common.PREPROCESS)
-        }
+        pids = {name: profiling.stub_pids(server_pid, name) for name in (MODEL_STEP, PREPROCESS)}
         name = f"{tag}-{endpoint.label}-c{concurrency}"
         with profiling.Profiler(
             [pid for group in pids.values() for pid in group], self.run_dir / "raw", name
@@ -288,7 +293,7 @@ class Runner:
         return point
 
     def inprocess(self, model: str) -> None:
-        path = common.model_path(model)
+        path = checkpoint_path(model)
         out = self.run_dir / "raw" / f"inprocess-{model}.json"
         command = [
             sys.executable,
@@ -306,10 +311,10 @@ class Runner:
             str(out),
         ]
         log(f"in-process baseline on {model} (no server running) ...")
-        env = {**os.environ, "PYTHONPATH": str(common.REPO)}
-        for name in common.SERVER_OVERRIDES:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        for name in SERVER_OVERRIDES:
             env.pop(name, None)
-        result = subprocess.run(command, cwd=common.REPO, env=env, timeout=1800)
+        result = subprocess.run(command, cwd=REPO, env=env, timeout=1800)
         if result.returncode == 0 and out.exists():
             self.record["inprocess"][model] = json.loads(out.read_text())
         else:
@@ -329,25 +334,25 @@ def served_batch_overhead_tokens() -> int:
     """The embedding model step's `batch_overhead_tokens` as configured in model_repository/."""
     from backend.settings import ModelSettings
 
-    config = (common.REPO / "model_repository" / "qwen3_vl_embedding_model" / "config.pbtxt").read_text()
-    match = re.search(r'key: "batch_overhead_tokens" value: \{ string_value: "(\d*)" \}', config)
-    return int(match.group(1)) if match and match.group(1) else ModelSettings().batch_overhead_tokens
+    config = read_config(MODEL_REPOSITORY / MODEL_STEP / "config.pbtxt")
+    value = config.parameters["batch_overhead_tokens"].string_value
+    return int(value) if value else ModelSettings().batch_overhead_tokens
 
 
 def host_info() -> dict:
     import torch
 
     info = {
-        "cpu": common.cpu_name(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "machine": platform.machine(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "commit": common.git_commit(),
+        "commit": git_commit(),
         "served_batch_overhead_tokens": served_batch_overhead_tokens(),
         "load_before": os.getloadavg(),
-        "busy_before": common.busy_processes(),
+        "busy_before": busy_processes(),
     }
     try:
         from importlib.metadata import version
@@ -398,23 +403,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--data-dir", type=Path, default=DEFAULT_OUT, help="where workload files are generated"
     )
-    parser.add_argument("--out", type=Path, default=common.RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--run-dir", type=Path, default=None)
     parser.add_argument("--host-tag", default=None)
     parser.add_argument("--append", action="store_true", help="add to the run in --run-dir, not a new one")
     args = parser.parse_args(argv)
-    args.models = common.parse_list(args.models)
-    args.workloads = common.parse_list(args.workloads)
+    args.models = parse_list(args.models)
+    args.workloads = parse_list(args.workloads)
     unknown = [w for w in args.workloads if w not in WORKLOADS]
     if unknown:
         parser.error(f"unknown workloads {unknown}; choose from {list(WORKLOADS)}")
-    args.concurrency = common.parse_list(args.concurrency, int)
-    args.protocols = common.parse_list(args.protocols)
-    args.compare = [] if args.compare == "none" else common.parse_list(args.compare)
-    args.compare_models = common.parse_list(args.compare_models)
-    args.efficiency_concurrency = common.parse_list(args.efficiency_concurrency, int)
-    args.inprocess_batches = common.parse_list(args.inprocess_batches, int)
-    args.padding_overheads = common.parse_list(args.padding_overheads, int)
+    args.concurrency = parse_list(args.concurrency, int)
+    args.protocols = parse_list(args.protocols)
+    args.compare = [] if args.compare == "none" else parse_list(args.compare)
+    args.compare_models = parse_list(args.compare_models)
+    args.efficiency_concurrency = parse_list(args.efficiency_concurrency, int)
+    args.inprocess_batches = parse_list(args.inprocess_batches, int)
+    args.padding_overheads = parse_list(args.padding_overheads, int)
     args.rows = [(name, int(count)) for name, _, count in (item.partition("=") for item in args.rows)]
     if args.quick:
         args.interval_ms, args.stability, args.max_trials = 1000, 100, 6

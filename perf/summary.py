@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from perf.common import pipeline_of
+from perf.points import Point
 
 MARKERS = {"http": "o-", "grpc": "s--"}
 
@@ -21,61 +21,34 @@ MARKERS = {"http": "o-", "grpc": "s--"}
 # ----------------------------------------------------------------------------------------------------------
 
 
-def model_step(point: dict) -> str:
-    """The point's torch model step (the embedding or the reranker one)."""
-    return pipeline_of(point).model_step
+def rows_per_execute(point: Point) -> float:
+    return point.model_step.rows_per_execute
 
 
-def preprocess_step(point: dict) -> str:
-    return pipeline_of(point).preprocess
+def padding_ratio(point: Point) -> float | None:
+    return point.custom.padding_ratio
 
 
-def rows_per_execute(point: dict) -> float:
-    model = point["stages"].get(model_step(point), {})
-    return model["inferences"] / model["executions"] if model.get("executions") else 0.0
-
-
-def max_batch(point: dict) -> int:
-    sizes = point["stages"].get(model_step(point), {}).get("batch_sizes", {})
-    return max((int(size) for size in sizes), default=0)
-
-
-def padding_ratio(point: dict) -> float | None:
-    custom = point.get("custom", {})
-    return custom["padded_tokens"] / custom["tokens"] if custom.get("tokens") else None
-
-
-def tokens_per_row(point: dict) -> float | None:
-    custom = point.get("custom", {})
-    return custom["tokens"] / custom["rows"] if custom.get("rows") else None
-
-
-def stage(point: dict, model: str, key: str) -> float:
-    return point["stages"].get(model, {}).get(key, 0.0)
-
-
-def model_compute_ms(point: dict) -> float:
-    return sum(
-        stage(point, model_step(point), k)
-        for k in ("compute_input_ms", "compute_infer_ms", "compute_output_ms")
-    )
-
-
-def preprocess_ms_per_item(point: dict) -> dict[str, float]:
-    """Prompt + tokenise ms per row (every row has a prompt), image / video ms per row holding one.
-
-    The metrics are sent every 0.2 s, so a point may hold the last items of the point before it: a modality
-    on fewer than 5 % of the rows is left out rather than shown as a per-item time of a stray item or two."""
-    custom = point.get("custom", {})
-    rows = custom.get("rows") or 0
-    seconds, items = custom.get("preprocess_seconds", {}), custom.get("preprocess_items", {})
-    out = {}
-    if rows and "text" in seconds:
-        out["text"] = 1000 * seconds["text"] / rows
-    for modality in ("image", "video"):
-        if rows and items.get(modality, 0) >= 0.05 * rows and modality in seconds:
-            out[modality] = 1000 * seconds[modality] / items[modality]
-    return out
+def with_typed_points(record: dict) -> dict:
+    """`record` (points.json) with every point in it read as a `Point`: the sweep's and the comparisons'."""
+    comparisons = dict(record.get("comparisons", {}))
+    if "batching" in comparisons:
+        comparisons["batching"] = {
+            model: {
+                key: Point.from_dict(value) if key in ("on", "off") else value for key, value in r.items()
+            }
+            for model, r in comparisons["batching"].items()
+        }
+    if "efficiency_e2e" in comparisons:
+        comparisons["efficiency_e2e"] = [Point.from_dict(p) for p in comparisons["efficiency_e2e"]]
+    if comparisons.get("padding"):
+        comparisons["padding"] = Point.from_dict(comparisons["padding"])
+    if "padding_overhead" in comparisons:
+        comparisons["padding_overhead"] = {
+            overhead: Point.from_dict(p) for overhead, p in comparisons["padding_overhead"].items()
+        }
+    points = [Point.from_dict(p) for p in record.get("points", [])]
+    return {**record, "points": points, "comparisons": comparisons}
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -109,35 +82,35 @@ def table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
 
 def efficiency_numbers(record: dict) -> dict | None:
     comparisons = record.get("comparisons", {})
-    e2e_points = [p for p in comparisons.get("efficiency_e2e", []) if p.get("ok")]
+    e2e_points = [p for p in comparisons.get("efficiency_e2e", []) if p.ok]
     model = None
     for name, result in record.get("inprocess", {}).items():
         if "best" in result:
             model = name
     if not e2e_points or model is None:
         return None
-    best_e2e = max(e2e_points, key=lambda p: p["throughput"])
+    best_e2e = max(e2e_points, key=lambda p: p.throughput)
     best = record["inprocess"][model]["best"]
     pipeline, embed = best.get("pipeline"), best.get("embed")
     return {
         "model": model,
-        "e2e": best_e2e["throughput"],
-        "e2e_concurrency": best_e2e["concurrency"],
+        "e2e": best_e2e.throughput,
+        "e2e_concurrency": best_e2e.concurrency,
         "pipeline": pipeline,
         "embed": embed,
-        "ratio": best_e2e["throughput"] / pipeline if pipeline else None,
-        "ratio_model_only": best_e2e["throughput"] / embed if embed else None,
+        "ratio": best_e2e.throughput / pipeline if pipeline else None,
+        "ratio_model_only": best_e2e.throughput / embed if embed else None,
     }
 
 
-def padding_points(record: dict) -> list[dict]:
-    points = [p for p in record["points"] if p["workload"] == "text_mixed" and p["ok"] and padding_ratio(p)]
-    return sorted(points, key=lambda p: (p["model"], p["protocol"], p["concurrency"]))
+def padding_points(record: dict) -> list[Point]:
+    points = [p for p in record["points"] if p.workload == "text_mixed" and p.ok and padding_ratio(p)]
+    return sorted(points, key=lambda p: (p.model, p.protocol, p.concurrency))
 
 
-def headline_padding(record: dict) -> tuple[dict, list[dict]] | None:
+def headline_padding(record: dict) -> tuple[Point, list[Point]] | None:
     """The worst text_mixed point of the sweeps (served configuration) and all the batched ones (c > 1)."""
-    points = [p for p in padding_points(record) if p["tag"] == "sweep" and p["concurrency"] > 1]
+    points = [p for p in padding_points(record) if p.tag == "sweep" and p.concurrency > 1]
     if not points:
         return None
     return max(points, key=padding_ratio), points
@@ -204,8 +177,8 @@ def targets_lines(record: dict) -> list[str]:
             on, off = result["on"], result["off"]
             rows.append(
                 [
-                    f"Dynamic batching gain, `{model}`, text_200, c={on['concurrency']}",
-                    f"{fmt(result.get('gain'), 2)}× = {fmt(on['throughput'])} ÷ {fmt(off['throughput'])} "
+                    f"Dynamic batching gain, `{model}`, text_200, c={on.concurrency}",
+                    f"{fmt(result.get('gain'), 2)}× = {fmt(on.throughput)} ÷ {fmt(off.throughput)} "
                     "rows/s "
                     f"(rows per execute {fmt(rows_per_execute(on))} vs {fmt(rows_per_execute(off))})",
                     f"≥ {targets.get('batching_gain', 3.0)}×",
@@ -220,8 +193,8 @@ def targets_lines(record: dict) -> list[str]:
         rows.append(
             [
                 "Padding waste, text_mixed, worst sweep point with batching (c > 1), served config",
-                f"{fmt(padding_ratio(worst), 3)} padded ÷ real tokens (`{worst['model']}`, "
-                f"{worst['protocol']}, c={worst['concurrency']}, "
+                f"{fmt(padding_ratio(worst), 3)} padded ÷ real tokens (`{worst.model}`, "
+                f"{worst.protocol}, c={worst.concurrency}, "
                 f"{fmt(rows_per_execute(worst))} rows per execute); "
                 f"{fmt(min(ratios), 3)}–{fmt(max(ratios), 3)} over {len(batched)} points",
                 f"≤ {targets.get('padding', 1.15)}",
@@ -231,7 +204,7 @@ def targets_lines(record: dict) -> list[str]:
     elif padding:
         rows.append(
             [
-                f"Padding waste, text_mixed, `{padding['model']}`, c={padding['concurrency']}",
+                f"Padding waste, text_mixed, `{padding.model}`, c={padding.concurrency}",
                 f"{fmt(padding_ratio(padding), 3)} padded ÷ real tokens",
                 f"≤ {targets.get('padding', 1.15)}",
                 verdict(padding_ratio(padding), targets.get("padding", 1.15), False),
@@ -241,13 +214,12 @@ def targets_lines(record: dict) -> list[str]:
         comparisons.get("padding_overhead", {}).items(), key=lambda item: -int(item[0])
     ):
         served = str(record["host"].get("served_batch_overhead_tokens", 256))  # 256 before it was recorded
-        if point.get("ok") and overhead != served:
+        if point.ok and overhead != served:
             rows.append(
                 [
                     f"… with `batch_overhead_tokens` {overhead} instead of {served} (variant config), "
-                    f"`{point['model'].split('-')[0]}`, c={point['concurrency']}",
-                    f"{fmt(padding_ratio(point), 3)} padded ÷ real tokens, "
-                    f"{fmt(point['throughput'])} infer/s",
+                    f"`{point.model.split('-')[0]}`, c={point.concurrency}",
+                    f"{fmt(padding_ratio(point), 3)} padded ÷ real tokens, {fmt(point.throughput)} infer/s",
                     f"≤ {targets.get('padding', 1.15)}",
                     verdict(padding_ratio(point), targets.get("padding", 1.15), False),
                 ]
@@ -258,7 +230,7 @@ def targets_lines(record: dict) -> list[str]:
 
 
 def profile_lines(record: dict) -> list[str]:
-    points = [p for p in record["points"] if p.get("profile")]
+    points = [p for p in record["points"] if p.profile]
     if not points:
         return []
     lines = [
@@ -271,15 +243,15 @@ def profile_lines(record: dict) -> list[str]:
     ]
     rows = []
     for p in points:
-        for model, entry in p["profile"].items():
+        for model, entry in p.profile.items():
             top = ", ".join(f"{label} {share:.0%}" for label, share in list(entry["categories"].items())[:5])
             leaves = ", ".join(f"`{name}` {share:.0%}" for name, share in entry["top_leaves"][:3])
             rows.append(
                 [
-                    f"{p['tag']} c={p['concurrency']}",
-                    p["model"],
+                    f"{p.tag} c={p.concurrency}",
+                    p.model,
                     f"{model} ×{entry['processes']}",
-                    fmt(p.get("cpu", {}).get(model), 2),
+                    fmt(p.cpu.get(model), 2),
                     top,
                     leaves,
                 ]
@@ -291,19 +263,17 @@ def profile_lines(record: dict) -> list[str]:
 
 def cpu_lines(record: dict) -> list[str]:
     """Cores each process used during the comparison runs: how the 2 cores were shared."""
-    points = [
-        p for p in record["points"] if p["tag"] != "sweep" and p.get("ok") and len(p.get("cpu", {})) > 1
-    ]
+    points = [p for p in record["points"] if p.tag != "sweep" and p.ok and len(p.cpu) > 1]
     if not points:
         return []
     roles = ["qwen3_vl_embedding_model", "qwen3_vl_embedding_preprocess", "tritonserver", "perf_analyzer"]
     rows = []
     for p in points:
-        cpu = p["cpu"]
+        cpu = p.cpu
         rows.append(
-            [p["tag"], p["model"], str(p["concurrency"]), fmt(p["throughput"])]
+            [p.tag, p.model, str(p.concurrency), fmt(p.throughput)]
             + [fmt(cpu.get(role), 2) for role in roles]
-            + [fmt(sum(cpu.values()), 2), fmt(p.get("load1"), 2)]
+            + [fmt(sum(cpu.values()), 2), fmt(p.load1, 2)]
         )
     header = [
         "run",
@@ -326,44 +296,37 @@ def cpu_lines(record: dict) -> list[str]:
 
 
 def sweep_lines(record: dict, run_dir: Path) -> list[str]:
-    points = [p for p in record["points"] if p["tag"] == "sweep"]
+    points = [p for p in record["points"] if p.tag == "sweep"]
     if not points:
         return []
     lines = ["## Sweeps", ""]
-    by_model: dict[str, list[dict]] = defaultdict(list)
+    by_model: dict[str, list[Point]] = defaultdict(list)
     for point in points:
-        by_model[point["model"]].append(point)
+        by_model[point.model].append(point)
     for model, model_points in by_model.items():
         lines += [f"### `{model}`", ""]
         rows = []
         for p in model_points:
-            if not p["ok"]:
+            if not p.ok:
                 rows.append(
-                    [p["workload"], p["protocol"], str(p["concurrency"]), "failed: " + p["error"][:80]]
-                    + [""] * 10
+                    [p.workload, p.protocol, str(p.concurrency), "failed: " + p.error[:80]] + [""] * 10
                 )
                 continue
             rows.append(
                 [
-                    p["workload"],
-                    p["protocol"],
-                    str(p["concurrency"]),
-                    fmt(p["throughput"]),
-                    fmt(p["p50_ms"]),
-                    fmt(p["p90_ms"]),
-                    fmt(p["p99_ms"]),
-                    f"{fmt(stage(p, preprocess_step(p), 'queue_ms'))} / "
-                    f"{fmt(stage(p, preprocess_step(p), 'compute_infer_ms'))}",
-                    f"{fmt(stage(p, model_step(p), 'queue_ms'))} / {fmt(model_compute_ms(p))}",
-                    f"{fmt(rows_per_execute(p))} / {max_batch(p)}",
+                    p.workload,
+                    p.protocol,
+                    str(p.concurrency),
+                    fmt(p.throughput),
+                    fmt(p.p50_ms),
+                    fmt(p.p90_ms),
+                    fmt(p.p99_ms),
+                    f"{fmt(p.preprocess_step.queue_ms)} / {fmt(p.preprocess_step.compute_infer_ms)}",
+                    f"{fmt(p.model_step.queue_ms)} / {fmt(p.model_step.compute_ms)}",
+                    f"{fmt(rows_per_execute(p))} / {p.model_step.max_batch}",
                     fmt(padding_ratio(p), 3),
-                    fmt(tokens_per_row(p), 0),
-                    fmt(
-                        p["custom"]["tokens"] / p["custom"]["seconds"]
-                        if p["custom"].get("seconds")
-                        else None,
-                        0,
-                    ),
+                    fmt(p.custom.tokens_per_row, 0),
+                    fmt(p.custom.tokens_per_second, 0),
                 ]
             )
         lines += table(
@@ -395,14 +358,14 @@ def sweep_lines(record: dict, run_dir: Path) -> list[str]:
     return lines
 
 
-def batch_histogram_lines(points: list[dict]) -> list[str]:
+def batch_histogram_lines(points: list[Point]) -> list[str]:
     buckets = ["1", "2", "4", "8", "16", "32", "64", "128", "256", "+Inf"]
     rows = []
     for p in points:
-        histogram = p.get("custom", {}).get("rows_per_execute", {})
-        if p["ok"] and histogram:
+        histogram = p.custom.rows_per_execute
+        if p.ok and histogram:
             rows.append(
-                [p["workload"], p["protocol"], str(p["concurrency"])]
+                [p.workload, p.protocol, str(p.concurrency)]
                 + [fmt(histogram.get(b), 0) if histogram.get(b) else "" for b in buckets[:8]]
             )
     if not rows:
@@ -416,19 +379,19 @@ def batch_histogram_lines(points: list[dict]) -> list[str]:
     ]
 
 
-def preprocess_lines(points: list[dict]) -> list[str]:
+def preprocess_lines(points: list[Point]) -> list[str]:
     rows = []
     for p in points:
-        per_item = preprocess_ms_per_item(p)
-        if p["ok"] and per_item and p["protocol"] == "http":
-            custom = p["custom"]
+        per_item = p.custom.preprocess_ms_per_item()
+        if p.ok and per_item and p.protocol == "http":
+            custom = p.custom
             rows.append(
                 [
-                    p["workload"],
-                    str(p["concurrency"]),
+                    p.workload,
+                    str(p.concurrency),
                     *[fmt(per_item.get(modality), 2) for modality in ("text", "image", "video")],
-                    fmt(custom["forward_seconds"] * 1000 / custom["rows"] if custom.get("rows") else None, 2),
-                    fmt(custom["rows"] / custom["micro_batches"] if custom.get("micro_batches") else None),
+                    fmt(custom.forward_ms_per_row, 2),
+                    fmt(custom.rows_per_forward),
                 ]
             )
     if not rows:
@@ -462,18 +425,18 @@ def comparison_lines(record: dict) -> list[str]:
         for model, result in comparisons["batching"].items():
             for state in ("on", "off"):
                 p = result.get(state)
-                if p and p.get("ok"):
+                if p and p.ok:
                     rows.append(
                         [
                             model,
                             state,
-                            str(p["concurrency"]),
-                            fmt(p["throughput"]),
-                            fmt(p["p50_ms"]),
-                            fmt(p["p99_ms"]),
+                            str(p.concurrency),
+                            fmt(p.throughput),
+                            fmt(p.p50_ms),
+                            fmt(p.p99_ms),
                             fmt(rows_per_execute(p)),
-                            fmt(model_compute_ms(p)),
-                            fmt(stage(p, model_step(p), "queue_ms")),
+                            fmt(p.model_step.compute_ms),
+                            fmt(p.model_step.queue_ms),
                         ]
                     )
         lines += table(
@@ -513,14 +476,14 @@ def comparison_lines(record: dict) -> list[str]:
             ["conc", "infer/s", "p50", "p99", "rows per execute"],
             [
                 [
-                    str(p["concurrency"]),
-                    fmt(p["throughput"]),
-                    fmt(p["p50_ms"]),
-                    fmt(p["p99_ms"]),
+                    str(p.concurrency),
+                    fmt(p.throughput),
+                    fmt(p.p50_ms),
+                    fmt(p.p99_ms),
                     fmt(rows_per_execute(p)),
                 ]
                 for p in record["comparisons"].get("efficiency_e2e", [])
-                if p.get("ok")
+                if p.ok
             ],
         )
         lines.append("")
@@ -536,20 +499,18 @@ def comparison_lines(record: dict) -> list[str]:
         ]
         rows = []
         for overhead, p in sorted(overheads.items(), key=lambda item: -int(item[0])):
-            if p.get("ok"):
-                custom = p["custom"]
+            if p.ok:
+                custom = p.custom
                 rows.append(
                     [
                         overhead,
-                        str(p["concurrency"]),
+                        str(p.concurrency),
                         fmt(padding_ratio(p), 3),
-                        fmt(
-                            custom["rows"] / custom["micro_batches"] if custom.get("micro_batches") else None
-                        ),
+                        fmt(custom.rows_per_forward),
                         fmt(rows_per_execute(p)),
-                        fmt(p["throughput"]),
-                        fmt(p["p50_ms"]),
-                        fmt(p["p99_ms"]),
+                        fmt(p.throughput),
+                        fmt(p.p50_ms),
+                        fmt(p.p99_ms),
                     ]
                 )
         lines += table(
@@ -579,16 +540,12 @@ def comparison_lines(record: dict) -> list[str]:
             ["model", "proto", "conc", "padded ÷ real", "rows per execute", "rows per forward"],
             [
                 [
-                    p["model"],
-                    p["protocol"],
-                    str(p["concurrency"]),
+                    p.model,
+                    p.protocol,
+                    str(p.concurrency),
                     fmt(padding_ratio(p), 3),
                     fmt(rows_per_execute(p)),
-                    fmt(
-                        p["custom"]["rows"] / p["custom"]["micro_batches"]
-                        if p["custom"].get("micro_batches")
-                        else None
-                    ),
+                    fmt(p.custom.rows_per_forward),
                 ]
                 for p in points
             ],
@@ -598,7 +555,9 @@ def comparison_lines(record: dict) -> list[str]:
 
 
 def write(run_dir: Path, record: dict) -> Path:
+    """summary.md and the plots of `record` (points.json as written, its points as dicts)."""
     run_dir = Path(run_dir)
+    record = with_typed_points(record)
     lines = header_lines(record, run_dir)
     lines += targets_lines(record)
     notes = run_dir / "NOTES.md"
@@ -639,24 +598,24 @@ def plot(run_dir: Path, record: dict) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [p for p in record["points"] if p["tag"] == "sweep" and p["ok"]]
-    by_model: dict[str, list[dict]] = defaultdict(list)
+    points = [p for p in record["points"] if p.tag == "sweep" and p.ok]
+    by_model: dict[str, list[Point]] = defaultdict(list)
     for point in points:
-        by_model[point["model"]].append(point)
+        by_model[point.model].append(point)
     written = []
     for model, model_points in by_model.items():
-        series: dict[tuple[str, str], list[dict]] = defaultdict(list)
+        series: dict[tuple[str, str], list[Point]] = defaultdict(list)
         for p in model_points:
-            series[(p["workload"], p["protocol"])].append(p)
-        workloads = list(dict.fromkeys(p["workload"] for p in model_points))
+            series[(p.workload, p.protocol)].append(p)
+        workloads = list(dict.fromkeys(p.workload for p in model_points))
         colors = {w: plt.get_cmap("tab10")(i) for i, w in enumerate(workloads)}
 
         fig, ax = plt.subplots(figsize=(7, 4.2), dpi=90)
         for (workload, protocol), items in series.items():
-            items.sort(key=lambda p: p["concurrency"])
+            items.sort(key=lambda p: p.concurrency)
             ax.plot(
-                [p["concurrency"] for p in items],
-                [p["throughput"] for p in items],
+                [p.concurrency for p in items],
+                [p.throughput for p in items],
                 MARKERS.get(protocol, "o-"),
                 color=colors[workload],
                 label=f"{workload} ({protocol})",
@@ -672,11 +631,11 @@ def plot(run_dir: Path, record: dict) -> list[Path]:
         for (workload, protocol), items in series.items():
             if protocol != "http" and ("http" in {p for w, p in series if w == workload}):
                 continue  # one protocol per workload keeps the chart readable; the CSVs have both
-            items.sort(key=lambda p: p["concurrency"])
-            xs = [p["throughput"] for p in items]
+            items.sort(key=lambda p: p.concurrency)
+            xs = [p.throughput for p in items]
             ax.plot(
                 xs,
-                [p["p50_ms"] for p in items],
+                [p.p50_ms for p in items],
                 "o-",
                 color=colors[workload],
                 markersize=4,
@@ -684,7 +643,7 @@ def plot(run_dir: Path, record: dict) -> list[Path]:
             )
             ax.plot(
                 xs,
-                [p["p99_ms"] for p in items],
+                [p.p99_ms for p in items],
                 "v:",
                 color=colors[workload],
                 markersize=4,

@@ -69,7 +69,7 @@ def test_runner_writes_a_summary_and_csv_with_nonzero_throughput(server, tmp_pat
         assert point["ok"] and point["throughput"] > 0
         # The composing models' statistics and the Python models' own metrics were read around each run.
         assert point["stages"]["qwen3_vl_embedding_model"]["requests"] > 0
-        # ... including the short rows the runner sends so the stubs flush their metrics (perf/common.py).
+        # ... including the short rows the runner sends so the stubs flush their metrics (server_stats.nudge).
         texts = point["custom"]["rows"] - point["custom"]["nudge_rows"]
         assert texts > 0 and point["custom"]["tokens"] >= 200 * texts
         assert point["custom"]["preprocess_items"]["text"] > 0

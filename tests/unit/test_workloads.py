@@ -113,35 +113,41 @@ def test_mixed_rows_have_text_and_an_image_or_an_empty_element(gen, tmp_path):
 
 def test_comparison_variants_edit_a_copy_of_the_repository(tmp_path):
     """The batching-off and accelerator variants change exactly what they say, in a copy."""
-    from perf import accel, common
+    from perf import accel
+    from perf.pipelines import EMBEDDING_MODELS, MODEL_REPOSITORY, MODEL_STEP, PREPROCESS
+    from perf.variants import read_config, variant_repository, without_dynamic_batching
 
-    real_config = (common.MODEL_REPOSITORY / common.MODEL_STEP / "config.pbtxt").read_text()
-    off = common.variant_repository(tmp_path / "off", {common.MODEL_STEP: common.without_dynamic_batching})
-    edited = (off / common.MODEL_STEP / "config.pbtxt").read_text()
-    assert "dynamic_batching" in real_config and "dynamic_batching" not in edited
-    assert "max_batch_size: 128" in edited  # still a batching model, so the ensemble accepts it
-    assert sorted(path.name for path in off.iterdir()) == sorted(common.EMBEDDING_MODELS)
-    assert (common.MODEL_REPOSITORY / common.MODEL_STEP / "config.pbtxt").read_text() == real_config
+    real_text = (MODEL_REPOSITORY / MODEL_STEP / "config.pbtxt").read_text()
+    real = read_config(MODEL_REPOSITORY / MODEL_STEP / "config.pbtxt")
+    off = variant_repository(tmp_path / "off", {MODEL_STEP: without_dynamic_batching})
+    edited = read_config(off / MODEL_STEP / "config.pbtxt")
+    assert real.HasField("dynamic_batching") and not edited.HasField("dynamic_batching")
+    assert edited.max_batch_size == real.max_batch_size > 0  # still a batching model: the ensemble accepts it
+    edited.dynamic_batching.CopyFrom(real.dynamic_batching)
+    assert edited == real  # nothing else changed
+    assert sorted(path.name for path in off.iterdir()) == sorted(EMBEDDING_MODELS)
+    assert (MODEL_REPOSITORY / MODEL_STEP / "config.pbtxt").read_text() == real_text
 
     big = accel.serving_repository(
-        tmp_path / "accel", max_rows=256, token_budget=65536, preprocess_instances=4
+        tmp_path / "accel", max_rows=256, token_budget=65536, preprocess_instances=4, model_instances=2
     )
-    model_config = (big / common.MODEL_STEP / "config.pbtxt").read_text()
-    assert "max_batch_size: 256" in model_config
-    assert 'key: "max_rows_per_batch" value: { string_value: "256" }' in model_config
-    assert 'key: "token_budget" value: { string_value: "65536" }' in model_config
-    assert "count: 4" in (big / common.PREPROCESS / "config.pbtxt").read_text()
+    model_config = read_config(big / MODEL_STEP / "config.pbtxt")
+    assert model_config.max_batch_size == 256
+    assert model_config.parameters["max_rows_per_batch"].string_value == "256"
+    assert model_config.parameters["token_budget"].string_value == "65536"
+    assert [group.count for group in model_config.instance_group] == [2]
+    preprocess = read_config(big / PREPROCESS / "config.pbtxt")
+    assert [group.count for group in preprocess.instance_group] == [4]
+    real_preprocess = read_config(MODEL_REPOSITORY / PREPROCESS / "config.pbtxt")
+    assert preprocess.parameters == real_preprocess.parameters
 
 
 def test_prometheus_text_and_statistics_deltas():
-    from perf import common
+    from perf.pipelines import MODEL_STEP, PREPROCESS, RERANKER
+    from perf.server_stats import Snapshot, custom_delta, parse_prometheus, stats_delta
 
-    m, p = common.MODEL_STEP, common.PREPROCESS
-    before = {
-        "metrics": common.parse_prometheus(f'qwen3vl_rows_total{{model="{m}"}} 2\n'),
-        "stats": {},
-        "time": 0.0,
-    }
+    m, p = MODEL_STEP, PREPROCESS
+    before = Snapshot(metrics=parse_prometheus(f'qwen3vl_rows_total{{model="{m}"}} 2\n'), time=0.0)
     after_text = (
         "# TYPE qwen3vl_rows_total counter\n"
         f'qwen3vl_rows_total{{model="{m}"}} 10\n'
@@ -157,7 +163,7 @@ def test_prometheus_text_and_statistics_deltas():
         'qwen3vl_preprocess_items_total{model="qwen3_vl_reranker_preprocess",modality="text"} 5\n'
     )
     stats = {
-        common.MODEL_STEP: {
+        MODEL_STEP: {
             "inference_count": 8,
             "execution_count": 4,
             "inference_stats": {
@@ -170,14 +176,14 @@ def test_prometheus_text_and_statistics_deltas():
             ],
         }
     }
-    after = {"metrics": common.parse_prometheus(after_text), "stats": stats, "time": 4.0}
-    custom = common.custom_delta(before, after)
-    assert custom["rows"] == 8 and custom["padded_tokens"] / custom["tokens"] == 1.1
-    assert custom["rows_per_execute"] == {"1": 2, "4": 2}
-    assert custom["preprocess_items"] == {"text": 8} and custom["seconds"] == 4.0
-    delta = common.stats_delta({"stats": {}}, after)[common.MODEL_STEP]
-    assert delta["requests"] == 8 and delta["executions"] == 4
-    assert delta["success_ms"] == 10.0 and delta["queue_ms"] == 1.0
-    assert delta["batch_sizes"] == {1: 2, 3: 2}
-    reranker = common.custom_delta(before, after, common.RERANKER)
-    assert reranker["rows"] == 5 and reranker["preprocess_items"] == {"text": 5}
+    after = Snapshot(stats, parse_prometheus(after_text), 4.0)
+    custom = custom_delta(before, after)
+    assert custom.rows == 8 and custom.padded_tokens / custom.tokens == 1.1 and custom.padding_ratio == 1.1
+    assert custom.rows_per_execute == {"1": 2, "4": 2}
+    assert custom.preprocess_items == {"text": 8} and custom.seconds == 4.0
+    delta = stats_delta(Snapshot(), after)[MODEL_STEP]
+    assert delta.requests == 8 and delta.executions == 4 and delta.rows_per_execute == 2.0
+    assert delta.success_ms == 10.0 and delta.queue_ms == 1.0
+    assert delta.batch_sizes == {1: 2, 3: 2} and delta.max_batch == 3
+    reranker = custom_delta(before, after, RERANKER)
+    assert reranker.rows == 5 and reranker.preprocess_items == {"text": 5}
