@@ -90,9 +90,9 @@ def get(url: str, headers: dict | None = None, timeout: float = 30):
 def _open(request: urllib.request.Request, timeout: float):
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, headers, raw = response.status, dict(response.headers), response.read()
+            status, headers, raw = response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
-        status, headers, raw = error.code, dict(error.headers), error.read()
+        status, headers, raw = error.code, error.headers, error.read()
     try:
         return status, headers, json.loads(raw) if raw else None
     except ValueError:

@@ -1,0 +1,88 @@
+"""The gateway's service routes against the real tritonserver: models, health, version, metrics, tokenize,
+and a 1,000-request burst (what `vllm bench serve` sends at t=0) that must be served whole."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from tests.integration.gateway_process import get, post
+
+pytestmark = pytest.mark.server
+
+
+def test_models_health_ping_and_version(gateway):
+    status, _, body = get(f"{gateway.url}/v1/models")
+    assert status == 200 and body["object"] == "list"
+    cards = {card["id"]: card for card in body["data"]}
+    assert set(cards) == {"qwen3_vl_embedding", "qwen3_vl_reranker"}
+    assert cards["qwen3_vl_embedding"]["max_model_len"] == 8192
+    assert cards["qwen3_vl_reranker"]["max_model_len"] == 10240
+    assert all(card["object"] == "model" and card["owned_by"] and card["root"] for card in cards.values())
+    assert get(f"{gateway.url}/health")[0] == 200
+    assert get(f"{gateway.url}/ping")[0] == 200 and post(f"{gateway.url}/ping", b"")[0] == 200
+    status, _, body = get(f"{gateway.url}/version")
+    assert status == 200 and body["version"] and body["triton"]
+
+
+def test_tokenize_and_detokenize_use_the_checkpoints_tokenizer(gateway, tiny_tokenizer):
+    text = "Hello, world! The capital of China is Beijing."
+    expected = tiny_tokenizer(text)["input_ids"]
+    status, _, body = post(f"{gateway.url}/tokenize", {"model": "qwen3_vl_embedding", "prompt": text})
+    assert status == 200, body
+    assert body["tokens"] == expected and body["count"] == len(expected) and body["max_model_len"] == 8192
+    status, _, body = post(f"{gateway.url}/tokenize", {"prompt": text, "return_token_strs": True})
+    assert body["token_strs"] == tiny_tokenizer.convert_ids_to_tokens(expected)
+    status, _, body = post(f"{gateway.url}/detokenize", {"tokens": expected})
+    assert status == 200 and body == {"prompt": text}
+    assert post(f"{gateway.url}/detokenize", {"tokens": [10**9]})[0] == 400
+
+
+def test_metrics_count_requests_by_route_and_status(gateway):
+    post(f"{gateway.url}/v1/embeddings", {"input": "counted"})
+    post(f"{gateway.url}/v1/embeddings", {"model": "nope", "input": "counted"})
+    status, _, text = get(f"{gateway.url}/metrics")
+    text = text.decode() if isinstance(text, bytes) else str(text)
+    assert status == 200
+
+    def value(pattern: str) -> float:
+        match = re.search(pattern + r" ([0-9.e+]+)", text)
+        assert match, pattern
+        return float(match.group(1))
+
+    assert value(r'gateway_requests_total\{route="/v1/embeddings",status="200"\}') >= 1
+    assert value(r'gateway_requests_total\{route="/v1/embeddings",status="404"\}') >= 1
+    assert value(r'gateway_request_duration_seconds_count\{route="/v1/embeddings"\}') >= 2
+    assert "gateway_triton_requests_in_flight" in text and "gateway_requests_waiting" in text
+
+
+def test_a_burst_of_1000_concurrent_requests_is_served_whole(gateway):
+    """Like `vllm bench serve --request-rate inf`: every request on its own connection at t=0, ~200 tokens."""
+    import aiohttp
+
+    prompt = " ".join(f"word{index}" for index in range(100))  # ~200 tokens
+
+    async def burst() -> list[int]:
+        connector = aiohttp.TCPConnector(limit=0, force_close=True)
+        timeout = aiohttp.ClientTimeout(total=600)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+            async def one(index: int) -> int:
+                body = {
+                    "model": "qwen3_vl_embedding",
+                    "input": f"{index} {prompt}",
+                    "truncate_prompt_tokens": -1,
+                }
+                headers = {"x-request-id": f"burst-{index}"}
+                async with session.post(
+                    f"{gateway.url}/v1/embeddings", json=body, headers=headers
+                ) as response:
+                    await response.read()
+                    return response.status
+
+            return await asyncio.gather(*(one(index) for index in range(1000)))
+
+    statuses = asyncio.run(burst())
+    assert statuses.count(200) == 1000, {status: statuses.count(status) for status in set(statuses)}
