@@ -1,23 +1,55 @@
-"""The one error type the backend raises for problems a caller can fix.
+"""Error kinds the backend raises, and the one grammar their messages follow.
 
-model.py files map `InputError` to Triton's INVALID_ARG and anything else to INTERNAL, so a bad row
-never looks like a server fault and a server fault never blames the client.
+- `InputError`: a request (or one of its rows) is invalid; the client can fix it -> Triton INVALID_ARG
+  (HTTP 400).
+- `UnavailableError`: the server cannot run this request now (the device is out of memory even for it
+  alone); retrying later may work -> UNAVAILABLE (HTTP 503), which the client retries.
+- `ConfigError`: the model configuration or the environment cannot work -> the model fails to load.
+Anything else is our own bug -> INTERNAL. `backend.triton_io` maps kinds to Triton codes in one place.
+
+Messages read `row {row}: {input}: {message}`, each part present when known (`row 1: IMAGE[0]: bytes are
+not a decodable image (...)`). Triton prefixes a composing model's message with `in ensemble '<name>', `;
+the client finds the failed row with `ROW_PATTERN` (restated in qwen3vl_client, checked by a unit test).
 """
 
 from __future__ import annotations
+
+import re
+
+ROW_PATTERN = re.compile(r"\brow (\d+): ")
+
+
+def format_message(message: str, row: int | None = None, input: str | None = None) -> str:
+    parts = ([f"row {row}"] if row is not None else []) + ([input] if input else []) + [message]
+    return ": ".join(parts)
+
+
+def row_of_message(message: str) -> int | None:
+    """The batch row a server error message names, if any (the first `row N: `)."""
+    match = ROW_PATTERN.search(message)
+    return int(match.group(1)) if match else None
 
 
 class InputError(ValueError):
     """A request (or one of its rows) is invalid; the message says what is wrong and where."""
 
-    def __init__(self, message: str, row: int | None = None):
+    def __init__(self, message: str, row: int | None = None, input: str | None = None):
         self.row = row
+        self.input = input
         self.detail = message
-        super().__init__(message if row is None else f"row {row}: {message}")
+        super().__init__(format_message(message, row, input))
 
     def at_row(self, row: int) -> InputError:
         """The same error, now naming the batch row it came from."""
-        return self if self.row is not None else InputError(self.detail, row=row)
+        return self if self.row is not None else InputError(self.detail, row=row, input=self.input)
+
+    def at_input(self, input: str) -> InputError:
+        """The same error, now naming the input it came from (kept if it already names one)."""
+        return self if self.input is not None else InputError(self.detail, row=self.row, input=input)
+
+
+class UnavailableError(RuntimeError):
+    """The request is well-formed but cannot run now (e.g. out of device memory even on its own)."""
 
 
 class ConfigError(RuntimeError):

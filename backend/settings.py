@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
 from backend.errors import ConfigError
+from backend.protocol import DEFAULT_EMBEDDING_INSTRUCTION, DEFAULT_RERANK_INSTRUCTION
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_EMBEDDING_MODEL = REPO_ROOT / "models" / "qwen3-vl-embedding-tiny"
@@ -48,7 +49,7 @@ class VisionSettings:
 class PreprocessSettings:
     model_path: str = str(DEFAULT_EMBEDDING_MODEL)
     max_length: int = 8192
-    default_instruction: str = "Represent the user's input."
+    default_instruction: str = DEFAULT_EMBEDDING_INSTRUCTION
     vision: VisionSettings = VisionSettings()
 
 
@@ -58,7 +59,7 @@ class RerankPreprocessSettings(PreprocessSettings):
 
     model_path: str = str(DEFAULT_RERANKER_MODEL)
     max_length: int = 10240
-    default_instruction: str = "Given a search query, retrieve relevant candidates that answer the query."
+    default_instruction: str = DEFAULT_RERANK_INSTRUCTION
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""What each Triton model does with one `execute()` call, free of Triton types so unit tests reach it.
+"""What each Triton model does with one `execute()` call, free of Triton types (and of torch) so unit tests
+and the preprocess steps reach it without loading a model.
 
-Each handler takes the requests' input tensors (name -> numpy array, None when absent) and returns, per
+Each driver takes the requests' input tensors (name -> numpy array, None when absent) and returns, per
 request, either its output tensors or the exception that fails that request alone.
 """
 
@@ -8,52 +9,34 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 
-from backend.errors import InputError
-from backend.modeling import EmbeddingModel
-from backend.preprocess import EmbeddingPreprocessor
-from backend.records import PreparedItem
-from backend.reranker import RerankPreprocessor
-from backend.scoring import RerankModel
-from backend.wire import unpack_rows
+from backend.errors import InputError, UnavailableError
+from backend.protocol import PreparedItem
 
 logger = logging.getLogger(__name__)
 
 Tensors = Mapping[str, np.ndarray | None]
 Result = dict[str, np.ndarray] | Exception
 
-PREPROCESS_INPUTS = ("TEXT", "IMAGE", "VIDEO", "INSTRUCTION", "DIMENSIONS")
-RERANK_PREPROCESS_INPUTS = (
-    "QUERY_TEXT",
-    "QUERY_IMAGE",
-    "QUERY_VIDEO",
-    "DOCUMENT_TEXT",
-    "DOCUMENT_IMAGE",
-    "DOCUMENT_VIDEO",
-    "INSTRUCTION",
-)
-MODEL_INPUTS = (
-    "INPUT_IDS",
-    "SEQ_LEN",
-    "EMBED_DIM",
-    "IMAGE_PATCHES",
-    "IMAGE_GRID_THW",
-    "VIDEO_PATCHES",
-    "VIDEO_GRID_THW",
-)
+
+class Preprocessor(Protocol):
+    def prepare_request(self, inputs: Tensors) -> list[PreparedItem]: ...
+
+    def pack(self, rows: list[PreparedItem]) -> dict[str, np.ndarray]: ...
 
 
 def _failure(error: Exception, what: str) -> Exception:
-    if not isinstance(error, InputError):
+    if isinstance(error, UnavailableError):
+        logger.warning("%s unavailable: %s", what, error)
+    elif not isinstance(error, InputError):
         logger.exception("%s failed", what, exc_info=error)
     return error
 
 
-def preprocess_requests(
-    preprocessor: EmbeddingPreprocessor | RerankPreprocessor, requests: Sequence[Tensors]
-) -> list[Result]:
+def preprocess_requests(preprocessor: Preprocessor, requests: Sequence[Tensors]) -> list[Result]:
     results: list[Result] = []
     for inputs in requests:
         try:
@@ -64,29 +47,11 @@ def preprocess_requests(
     return results
 
 
-def embedding_output(vectors: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """[B, D] float32 where D is the widest row; narrower (Matryoshka) rows are zero-padded, which keeps
-    their norm at 1 and their dot products unchanged."""
-    width = max(vector.shape[0] for vector in vectors)
-    out = np.zeros((len(vectors), width), dtype=np.float32)
-    for index, vector in enumerate(vectors):
-        out[index, : vector.shape[0]] = vector
-    return {"EMBEDDING": out}
-
-
-def _checked_rows(model: EmbeddingModel, inputs: Tensors) -> list[PreparedItem]:
-    rows = unpack_rows(inputs)
-    for index, row in enumerate(rows):
-        if row.dimensions and not 0 < row.dimensions <= model.hidden_size:
-            raise InputError(f"EMBED_DIM {row.dimensions} is outside 1..{model.hidden_size}", row=index)
-    return rows
-
-
 def run_model_requests(
     requests: Sequence[Tensors],
     unpack: Callable[[Tensors], list[PreparedItem]],
     compute: Callable[[list[PreparedItem]], list[np.ndarray]],
-    respond: Callable[[Sequence[np.ndarray]], dict[str, np.ndarray]],
+    respond: Callable[[Sequence[PreparedItem], Sequence[np.ndarray]], dict[str, np.ndarray]],
 ) -> list[Result]:
     """All rows of all requests go through `compute` together (it packs them into micro-batches); if that
     fails, each request is retried alone so that one poisonous request fails only itself."""
@@ -110,26 +75,17 @@ def run_model_requests(
             )
             for position, rows in accepted:
                 try:
-                    results[position] = respond(compute(rows))
+                    results[position] = respond(rows, compute(rows))
                 except Exception as single_error:
                     results[position] = _failure(single_error, "forward")
     else:
         offset = 0
         for position, rows in accepted:
-            results[position] = respond(outputs[offset : offset + len(rows)])
+            results[position] = respond(rows, outputs[offset : offset + len(rows)])
             offset += len(rows)
     return results  # type: ignore[return-value]
 
 
-def embed_requests(model: EmbeddingModel, requests: Sequence[Tensors]) -> list[Result]:
-    return run_model_requests(
-        requests, lambda inputs: _checked_rows(model, inputs), model.embed, embedding_output
-    )
-
-
-def score_output(scores: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    return {"SCORE": np.stack(scores).astype(np.float32).reshape(-1, 1)}
-
-
-def rerank_requests(model: RerankModel, requests: Sequence[Tensors]) -> list[Result]:
-    return run_model_requests(requests, unpack_rows, model.score, score_output)
+def token_counts(rows: Sequence[PreparedItem]) -> np.ndarray:
+    """INT32 [B, 1]: the tokens each row ran, vision placeholders included (TOKEN_COUNT)."""
+    return np.array([[row.length] for row in rows], dtype=np.int32)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from backend.errors import InputError
+from backend.errors import InputError, UnavailableError
 
 
 def _pb():
@@ -47,6 +47,10 @@ def to_response(result: Mapping[str, np.ndarray] | Exception):
     if isinstance(result, InputError):
         return pb_utils.InferenceResponse(
             error=pb_utils.TritonError(str(result), pb_utils.TritonError.INVALID_ARG)
+        )
+    if isinstance(result, UnavailableError):
+        return pb_utils.InferenceResponse(
+            error=pb_utils.TritonError(str(result), pb_utils.TritonError.UNAVAILABLE)
         )
     if isinstance(result, Exception):
         message = f"internal error: {type(result).__name__}: {result}"

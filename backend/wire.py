@@ -21,8 +21,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from backend.errors import InputError
-from backend.records import PreparedItem
-from backend.vision import VisionPatches
+from backend.protocol import PreparedItem, VisionPatches
 
 MODALITIES = (("IMAGE", "images"), ("VIDEO", "videos"))
 

@@ -9,31 +9,15 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from backend.errors import InputError
+from backend.protocol import MERGE_SIZE, PATCH_SIZE, TEMPORAL_PATCH_SIZE, VisionPatches
 
-PATCH_SIZE = 16
-MERGE_SIZE = 2
-TEMPORAL_PATCH_SIZE = 2
 FACTOR = PATCH_SIZE * MERGE_SIZE  # one LLM token per 32x32 pixels
 MAX_ASPECT_RATIO = 200
-
-
-@dataclass(frozen=True)
-class VisionPatches:
-    """Flattened patches of one image or video: uint8 [grid_t*grid_h*grid_w, 3*2*16*16] and its grid."""
-
-    patches: np.ndarray
-    grid_thw: tuple[int, int, int]
-
-    @property
-    def token_count(self) -> int:
-        t, h, w = self.grid_thw
-        return t * h * w // (MERGE_SIZE * MERGE_SIZE)
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -137,8 +121,3 @@ def image_patches(
     """Encoded image -> patches; a still image is repeated to fill the temporal patch, like the processor."""
     pixels = resize_image(open_image(data, max_bytes, max_decoded_pixels), min_pixels, max_pixels)
     return patchify(np.repeat(pixels[None], TEMPORAL_PATCH_SIZE, axis=0))
-
-
-def normalize_pixels(patches_uint8):  # torch.Tensor -> torch.Tensor (typed loosely: torch is optional here)
-    """The processor's rescale + normalise with mean = std = 0.5, on whatever device the tensor is."""
-    return (patches_uint8.float() * (1.0 / 255.0) - 0.5) / 0.5

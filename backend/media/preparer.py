@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from backend.errors import InputError
+from backend.media.image import image_patches
+from backend.media.video import PreparedVideo, VideoLimits, video_patches
+from backend.protocol import MERGE_SIZE, VisionPatches
 from backend.settings import VisionSettings
-from backend.video import PreparedVideo, VideoLimits, video_patches
-from backend.vision import MERGE_SIZE, VisionPatches, image_patches
 
 _P = TypeVar("_P")
 
@@ -64,11 +65,11 @@ class MediaPreparer:
         vision = self.vision
         if len(images) > vision.max_images_per_item:
             raise InputError(
-                f"{label}IMAGE has {len(images)} images, over the limit of {vision.max_images_per_item}"
+                f"{len(images)} images, over the limit of {vision.max_images_per_item}", input=f"{label}IMAGE"
             )
         if len(videos) > vision.max_videos_per_item:
             raise InputError(
-                f"{label}VIDEO has {len(videos)} videos, over the limit of {vision.max_videos_per_item}"
+                f"{len(videos)} videos, over the limit of {vision.max_videos_per_item}", input=f"{label}VIDEO"
             )
         started = time.perf_counter()
         prepared_videos = _each(
@@ -107,5 +108,5 @@ def _each(name: str, blobs: Sequence[bytes], prepare: Callable[[bytes], _P]) -> 
         try:
             prepared.append(prepare(data))
         except InputError as error:
-            raise InputError(f"{name}[{number}]: {error}") from None
+            raise error.at_input(f"{name}[{number}]") from None
     return tuple(prepared)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from backend.errors import InputError
-from backend.vision import FACTOR, TEMPORAL_PATCH_SIZE, VisionPatches, patchify, smart_resize
+from backend.media.image import FACTOR, TEMPORAL_PATCH_SIZE, VisionPatches, patchify, smart_resize
 
 FPS_MIN_FRAMES = 4
 FRAME_FACTOR = 2

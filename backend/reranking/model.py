@@ -1,4 +1,4 @@
-"""The torch side of the reranker model step: score = sigmoid(h_last · (W_lm[yes] − W_lm[no])).
+"""The reranker model step: score = sigmoid(h_last · (W_lm[yes] − W_lm[no])).
 
 Only the two LM-head rows are read (from the checkpoint, or from the input embeddings when they are tied),
 so the full-vocabulary projection is never built or computed.
@@ -15,9 +15,11 @@ import numpy as np
 import torch
 
 from backend.errors import ConfigError
-from backend.modeling import BackboneRunner
-from backend.records import PreparedItem
+from backend.protocol import SCORE_OUTPUT, TOKEN_COUNT_OUTPUT, PreparedItem
+from backend.runtime.backbone import BackboneRunner
 from backend.settings import ModelSettings
+from backend.steps import Result, Tensors, run_model_requests, token_counts
+from backend.wire import unpack_rows
 
 logger = logging.getLogger(__name__)
 
@@ -80,3 +82,18 @@ class RerankModel(BackboneRunner):
     def score(self, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
         """float32 [1] per row, in row order."""
         return self.run(rows, self._scores)
+
+    def unpack(self, inputs: Tensors) -> list[PreparedItem]:
+        """The wire tensors as rows, checked as a client may call this step directly."""
+        return self.checked(unpack_rows(inputs))
+
+
+def score_output(rows: Sequence[PreparedItem], scores: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    return {
+        SCORE_OUTPUT: np.stack(scores).astype(np.float32).reshape(-1, 1),
+        TOKEN_COUNT_OUTPUT: token_counts(rows),
+    }
+
+
+def rerank_requests(model: RerankModel, requests: Sequence[Tensors]) -> list[Result]:
+    return run_model_requests(requests, model.unpack, model.score, score_output)

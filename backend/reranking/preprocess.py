@@ -10,69 +10,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
-from backend import chat
 from backend.errors import InputError
-from backend.media import MediaPreparer, PreparedMedia
-from backend.preprocess import batch_size_of, decode_text, prepare_each, row_blobs, row_scalar
-from backend.records import PreparedItem
+from backend.media.preparer import MediaPreparer, PreparedMedia
+from backend.protocol import RERANK_SIDES, PairSide, PreparedItem, RerankPair, parse_pairs, prepare_each
 from backend.settings import RerankPreprocessSettings
-from backend.tokenization import PromptTokenizer, truncate_keeping_special
+from backend.text import chat
+from backend.text.tokenization import PromptTokenizer, truncate_keeping_special
 from backend.wire import pack_rows
 
 logger = logging.getLogger(__name__)
-
-SIDES = ("QUERY", "DOCUMENT")
-
-
-@dataclass(frozen=True)
-class PairSide:
-    text: str | None = None
-    images: tuple[bytes, ...] = ()
-    videos: tuple[bytes, ...] = ()
-
-    @property
-    def has_content(self) -> bool:
-        return bool(self.text) or bool(self.images) or bool(self.videos)
-
-
-@dataclass(frozen=True)
-class RerankPair:
-    """One batch row of the reranker contract."""
-
-    query: PairSide
-    document: PairSide
-    instruction: str | None = None
-
-
-def _side(inputs: Mapping[str, np.ndarray | None], prefix: str, row: int) -> PairSide:
-    text = row_scalar(inputs.get(f"{prefix}_TEXT"), row)
-    return PairSide(
-        text=None if text is None else (decode_text(text, f"{prefix}_TEXT") or None),
-        images=row_blobs(inputs.get(f"{prefix}_IMAGE"), row),
-        videos=row_blobs(inputs.get(f"{prefix}_VIDEO"), row),
-    )
-
-
-def parse_pairs(inputs: Mapping[str, np.ndarray | None]) -> list[RerankPair]:
-    """QUERY_*/DOCUMENT_* TEXT, IMAGE, VIDEO and INSTRUCTION tensors as one pair per batch row."""
-    pairs = []
-    for row in range(batch_size_of(inputs)):
-        try:
-            instruction = row_scalar(inputs.get("INSTRUCTION"), row)
-            pairs.append(
-                RerankPair(
-                    query=_side(inputs, "QUERY", row),
-                    document=_side(inputs, "DOCUMENT", row),
-                    instruction=None if instruction is None else decode_text(instruction, "INSTRUCTION"),
-                )
-            )
-        except InputError as error:
-            raise error.at_row(row) from None
-    return pairs
 
 
 def _prompt_side(side: PairSide, media: PreparedMedia) -> chat.PromptSide:
@@ -90,7 +39,7 @@ class RerankPreprocessor:
         logger.info("reranker preprocessing for %s (max_length %d)", settings.model_path, settings.max_length)
 
     def prepare(self, pair: RerankPair) -> PreparedItem:
-        for name, side in zip(SIDES, (pair.query, pair.document)):
+        for name, side in zip(RERANK_SIDES, (pair.query, pair.document)):
             if not side.has_content:
                 raise InputError(
                     f"the {name.lower()} has no content: send {name}_TEXT, {name}_IMAGE or {name}_VIDEO"

@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from backend import device as devices
-from backend.batching import BatchLimits, plan_micro_batches
-from backend.compiled import TextForward, compile_wanted
-from backend.errors import ConfigError
-from backend.records import PreparedItem
+from backend.errors import ConfigError, InputError, UnavailableError
+from backend.protocol import MERGE_SIZE, PATCH_WIDTH, PreparedItem, VisionPatches
+from backend.runtime.batching import BatchLimits, plan_micro_batches
+from backend.runtime.compiled import TextForward
+from backend.runtime.platforms import resolve_platform
 from backend.settings import ModelSettings
-from backend.vision import normalize_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -40,30 +39,6 @@ def load_backbone(model_path: str, dtype: torch.dtype, attn_implementation: str,
     except (OSError, ValueError) as error:
         raise ConfigError(f"cannot load a Qwen3-VL model from {model_path!r}: {error}") from error
     return model.to(device).eval()
-
-
-class LinearPatchEmbed(torch.nn.Module):
-    """Qwen3-VL's patch embedding as the Linear it is: its Conv3d's kernel equals its stride and sees one
-    already-flattened patch per row. Used on Ascend, where Conv3d rejects bf16 on some chips and is missing
-    on 310P; the weights are the conv's, reshaped, so the result is the same up to summation order."""
-
-    def __init__(self, conv: torch.nn.Conv3d):
-        super().__init__()
-        self.embed_dim = conv.out_channels
-        self.proj = torch.nn.Linear(conv.weight[0].numel(), conv.out_channels, bias=conv.bias is not None)
-        with torch.no_grad():
-            self.proj.weight.copy_(conv.weight.reshape(conv.out_channels, -1))
-            if conv.bias is not None:
-                self.proj.bias.copy_(conv.bias)
-        self.proj.to(device=conv.weight.device, dtype=conv.weight.dtype)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.proj(hidden_states.reshape(-1, self.proj.in_features).to(self.proj.weight.dtype))
-
-
-def use_linear_patch_embed(model) -> None:
-    visual = model.visual
-    visual.patch_embed = LinearPatchEmbed(visual.patch_embed.proj)
 
 
 def wants_mm_token_type_ids(model) -> bool:
@@ -86,18 +61,16 @@ def text_only(rows: Sequence[PreparedItem]) -> bool:
     return not any(row.vision_patch_count for row in rows)
 
 
+def normalize_pixels(patches_uint8: torch.Tensor) -> torch.Tensor:
+    """The processor's rescale + normalise with mean = std = 0.5, on whatever device the tensor is."""
+    return (patches_uint8.float() * (1.0 / 255.0) - 0.5) / 0.5
+
+
 def last_token_pool(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Hidden state at position length-1 of each row: the last position whose attention mask is 1 under
     right padding (pooling position -1 would pool a pad token)."""
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     return hidden[rows, lengths.to(hidden.device) - 1]
-
-
-def matryoshka(normalized: torch.Tensor, dimensions: int) -> torch.Tensor:
-    """First `dimensions` values of an L2-normalised vector, normalised again (0 = keep all)."""
-    if dimensions <= 0 or dimensions >= normalized.shape[-1]:
-        return normalized
-    return torch.nn.functional.normalize(normalized[..., :dimensions], p=2, dim=-1)
 
 
 @dataclass
@@ -111,6 +84,7 @@ class BatchStats:
     forward_seconds: float = 0.0
     compiled_micro_batches: int = 0
     recompiles: int = 0
+    out_of_memory_splits: int = 0
     last_rows_per_execute: list[int] = field(default_factory=list)
 
 
@@ -155,6 +129,24 @@ def collate(
     return batch
 
 
+def check_vision(ids: np.ndarray, token_id: int, visuals: Sequence[VisionPatches], name: str) -> None:
+    """Each grid is a Qwen3-VL grid and the row has one placeholder token per merged patch."""
+    for visual in visuals:
+        t, h, w = visual.grid_thw
+        if min(t, h, w) <= 0 or h % MERGE_SIZE or w % MERGE_SIZE or visual.patches.shape[-1] != PATCH_WIDTH:
+            raise InputError(
+                f"grid {visual.grid_thw} of {visual.patches.shape[-1]}-value patches is not a Qwen3-VL grid "
+                f"(positive, h and w even, {PATCH_WIDTH} values per patch)",
+                input=f"{name}_GRID_THW",
+            )
+    placeholders = int((ids == token_id).sum())
+    expected = sum(visual.token_count for visual in visuals)
+    if placeholders != expected:
+        raise InputError(
+            f"{placeholders} placeholder tokens for {expected} tokens of patches", input=f"{name}_PATCHES"
+        )
+
+
 class BackboneRunner:
     """One Qwen3-VL backbone on one device, run over rows from any number of requests in token-budget
     micro-batches. Subclasses turn each row's last-token hidden state into their output."""
@@ -167,18 +159,19 @@ class BackboneRunner:
         instance_count: int = 1,
     ):
         self.settings = settings
-        self.device = devices.resolve_device(settings.device, instance_index, triton_gpu_id)
-        self.dtype = devices.resolve_dtype(settings.dtype, self.device)
-        devices.set_current(self.device)
-        if self.device.type == "cpu":
-            devices.share_cpu_threads(settings.cpu_threads, instance_count)
+        self.platform = resolve_platform(settings.device, instance_index, triton_gpu_id)
+        self.device = self.platform.device
+        self.dtype = self.platform.resolve_dtype(settings.dtype)
+        self.platform.activate(settings.cpu_threads, instance_count)
         started = time.perf_counter()
         self.model = load_backbone(settings.model_path, self.dtype, settings.attn_implementation, self.device)
-        if self.device.type == "npu":
-            use_linear_patch_embed(self.model)
+        self.platform.prepare_model(self.model)
         config = self.model.config
         self.mm_token_types = wants_mm_token_type_ids(self.model)
         self.hidden_size = int(config.text_config.hidden_size)
+        self.vocab_size = int(config.text_config.vocab_size)
+        self.image_token_id = int(config.image_token_id)
+        self.video_token_id = int(config.video_token_id)
         self.pad_token_id = int(getattr(config.text_config, "pad_token_id", None) or 151643)
         self.limits = BatchLimits(
             settings.token_budget,
@@ -189,7 +182,7 @@ class BackboneRunner:
         self.text_forward = TextForward(
             self.model.language_model,
             self.pad_token_id,
-            compile_wanted(settings.compile, self.device),
+            self.platform.compile_wanted(settings.compile),
             settings.compile_mode,
             settings.compile_length_multiple,
         )
@@ -209,7 +202,7 @@ class BackboneRunner:
         """float32 [len(rows), hidden]: each row's hidden state at its last real token, one forward pass."""
         batch = collate(rows, self.pad_token_id, self.device, self.dtype)
         if text_only(rows):
-            # Text only: the language model alone, no mask, plain positions (backend.compiled says why
+            # Text only: the language model alone, no mask, plain positions (backend.runtime.compiled says why
             # that is exact); it skips HF's per-row MRoPE index loop and may run compiled.
             return self.text_forward(batch.input_ids, batch.lengths)
         extra = {}
@@ -240,23 +233,71 @@ class BackboneRunner:
         plan = plan_micro_batches(lengths, [row.vision_patch_count for row in rows], self.limits)
         results: list[np.ndarray | None] = [None] * len(rows)
         for indices in plan:
-            started = time.perf_counter()
-            batch_rows = [rows[index] for index in indices]
-            with torch.inference_mode():
-                outputs = head(self.last_hidden(batch_rows), batch_rows)
-            for index, output in zip(indices, outputs):
-                results[index] = output
-            self.stats.micro_batches += 1
-            self.stats.forward_seconds += time.perf_counter() - started
-            count, longest = len(indices), max(lengths[index] for index in indices)
-            if text_only(batch_rows):
-                count, longest = self.text_forward.computed_shape(count, longest)
-                self.stats.compiled_micro_batches += self.text_forward.compiled
-            self.stats.padded_tokens += count * longest
+            for part, outputs in self._run_micro_batch(rows, list(indices), head):
+                for index, output in zip(part, outputs):
+                    results[index] = output
         self.stats.recompiles = self.text_forward.recompiles
         self.stats.rows += len(rows)
         self.stats.real_tokens += sum(lengths)
         return results  # type: ignore[return-value]
+
+    def _run_micro_batch(
+        self,
+        rows: Sequence[PreparedItem],
+        indices: list[int],
+        head: Callable[[torch.Tensor, Sequence[PreparedItem]], list[np.ndarray]],
+    ) -> list[tuple[list[int], list[np.ndarray]]]:
+        """(indices, outputs) for one planned micro-batch. A device out-of-memory splits it in halves and
+        tries again; a single row that still does not fit is UnavailableError (503, retried by clients)
+        rather than INTERNAL, and the server keeps going."""
+        started = time.perf_counter()
+        batch_rows = [rows[index] for index in indices]
+        try:
+            with torch.inference_mode():
+                outputs = head(self.last_hidden(batch_rows), batch_rows)
+        except Exception as error:
+            if not self.platform.is_out_of_memory(error):
+                raise
+            self.platform.empty_cache()
+            self.stats.out_of_memory_splits += 1
+            if len(indices) == 1:
+                raise UnavailableError(
+                    f"out of device memory for one row of {batch_rows[0].length} tokens; try again later "
+                    "or send a smaller item"
+                ) from None
+            middle = len(indices) // 2
+            logger.warning(
+                "out of device memory in a micro-batch of %d rows; running it as %d + %d",
+                len(indices),
+                middle,
+                len(indices) - middle,
+            )
+            return self._run_micro_batch(rows, indices[:middle], head) + self._run_micro_batch(
+                rows, indices[middle:], head
+            )
+        self.stats.micro_batches += 1
+        self.stats.forward_seconds += time.perf_counter() - started
+        count, longest = len(indices), max(row.length for row in batch_rows)
+        if text_only(batch_rows):
+            count, longest = self.text_forward.computed_shape(count, longest)
+            self.stats.compiled_micro_batches += self.text_forward.compiled
+        self.stats.padded_tokens += count * longest
+        return [(indices, outputs)]
+
+    def checked(self, rows: list[PreparedItem]) -> list[PreparedItem]:
+        """Rows as the model can run them: ids inside the vocabulary, vision placeholders matching the
+        patches sent for them. The preprocess step always sends such rows; a client calling the model step
+        directly may not, and gets INVALID_ARG naming the row instead of an INTERNAL from deep in torch."""
+        for index, row in enumerate(rows):
+            try:
+                ids = row.input_ids
+                if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
+                    raise InputError(f"token ids must be in 0..{self.vocab_size - 1}", input="INPUT_IDS")
+                check_vision(ids, self.image_token_id, row.images, "IMAGE")
+                check_vision(ids, self.video_token_id, row.videos, "VIDEO")
+            except InputError as error:
+                raise error.at_row(index) from None
+        return rows
 
     def warmup(self) -> None:
         """Compile the text forward (when compiling) and run one short forward, so that the first request
@@ -273,18 +314,3 @@ class BackboneRunner:
                 logger.info("text forward compiled in %.1f s (dynamic shapes)", seconds)
         ids = np.array([151644, 872, 198, 9707, 151645], dtype=np.int64)
         self.run([PreparedItem(input_ids=ids)], lambda hidden, rows: [hidden.cpu().numpy()])
-
-
-class EmbeddingModel(BackboneRunner):
-    """Qwen3-VL-Embedding: normalised last-token states, cut per row to its Matryoshka size."""
-
-    @staticmethod
-    def _vectors(hidden: torch.Tensor, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
-        normalized = torch.nn.functional.normalize(hidden, p=2, dim=-1)
-        if all(row.dimensions <= 0 or row.dimensions >= normalized.shape[-1] for row in rows):
-            return list(normalized.cpu().numpy())  # one device-to-host copy for the whole micro-batch
-        return [matryoshka(vector, row.dimensions).cpu().numpy() for vector, row in zip(normalized, rows)]
-
-    def embed(self, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
-        """One float32 vector per row (row order kept), each cut to its own Matryoshka size."""
-        return self.run(rows, self._vectors)

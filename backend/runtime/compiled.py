@@ -25,24 +25,10 @@ import time
 
 import torch
 
-from backend.errors import ConfigError
-
 logger = logging.getLogger(__name__)
 
 # Warm-up shapes: the first compiles the graph, the second proves that another shape reuses it.
 WARM_SHAPES = ((2, 32), (3, 48))
-
-
-def compile_wanted(choice: str, device: torch.device) -> bool:
-    """`auto` compiles on CUDA only: on CPU the compile costs more load time than it saves, and on Ascend
-    torch.compile needs a backend (torchair) this project does not ship."""
-    if choice == "off":
-        return False
-    if device.type == "npu":
-        if choice == "on":
-            raise ConfigError("compile=on is not supported on npu (torch.compile needs torchair there)")
-        return False
-    return choice == "on" or device.type == "cuda"
 
 
 def _files_read_as_utf8() -> bool:

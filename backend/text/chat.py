@@ -13,14 +13,14 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from backend.protocol import DEFAULT_EMBEDDING_INSTRUCTION
+
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 VISION_START = "<|vision_start|>"
 VISION_END = "<|vision_end|>"
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
-
-DEFAULT_EMBEDDING_INSTRUCTION = "Represent the user's input."
 
 
 def normalize_instruction(instruction: str | None, default: str = DEFAULT_EMBEDDING_INSTRUCTION) -> str:
@@ -68,7 +68,6 @@ RERANK_SYSTEM_PROMPT = (
     "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
     'Note that the answer can only be "yes" or "no".'
 )
-DEFAULT_RERANK_INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
 
 
 @dataclass(frozen=True)

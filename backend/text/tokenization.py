@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-from backend.chat import IMAGE_PAD, VIDEO_PAD
 from backend.errors import ConfigError, InputError
+from backend.text.chat import IMAGE_PAD, VIDEO_PAD
 
 
 def truncate_keeping_special(
@@ -25,29 +27,48 @@ def truncate_keeping_special(
     return np.concatenate([head[keep], end])
 
 
+def _token_content(value: object) -> str | None:
+    """tokenizer_config.json names a token as a string or as an AddedToken-like dict."""
+    return value.get("content") if isinstance(value, dict) else value  # type: ignore[return-value]
+
+
 class PromptTokenizer:
-    """The checkpoint's tokenizer plus the ids the vision placeholders need."""
+    """The checkpoint's tokenizer (tokenizer.json through the `tokenizers` library, so the preprocess step
+    never loads transformers or torch) plus the ids the vision placeholders need. Ids equal
+    `AutoTokenizer.from_pretrained(path)(text)["input_ids"]` (checked in the tests): Qwen's tokenizer adds no
+    BOS/EOS, and its normaliser, pre-tokeniser and added tokens all live in tokenizer.json."""
 
     def __init__(self, model_path: str):
-        from transformers import AutoTokenizer
+        from tokenizers import Tokenizer
 
+        directory = Path(model_path)
         try:
-            # fix_mistral_regex=False: 4.57.3 mistakes any local checkpoint saved by 4.57.3 for a Mistral one
-            # and warns about its (correct, Qwen) regex; the flag only silences that check.
-            self.tokenizer = AutoTokenizer.from_pretrained(model_path, fix_mistral_regex=False)
+            self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         except Exception as error:
             raise ConfigError(f"cannot load the tokenizer from {model_path!r}: {error}") from error
-        vocab = self.tokenizer.get_vocab()
+        try:
+            config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            config = {}
+        vocab = self.tokenizer.get_vocab(with_added_tokens=True)
         missing = [token for token in (IMAGE_PAD, VIDEO_PAD, "<|endoftext|>") if token not in vocab]
         if missing:
             raise ConfigError(f"tokenizer at {model_path!r} lacks the Qwen3-VL tokens {missing}")
-        self.special_ids = set(self.tokenizer.all_special_ids)
+        added = self.tokenizer.get_added_tokens_decoder()
+        named = [
+            _token_content(config.get(key)) for key in ("eos_token", "pad_token", "bos_token", "unk_token")
+        ]
+        self.special_ids = {token_id for token_id, token in added.items() if token.special} | {
+            vocab[name] for name in named if name in vocab
+        }
         self.image_pad_id = vocab[IMAGE_PAD]
         self.video_pad_id = vocab[VIDEO_PAD]
         # Qwen3-VL pads with <|endoftext|>; the value is irrelevant to the result (masked out), not to speed.
-        self.pad_token_id = (
-            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else vocab["<|endoftext|>"]
-        )
+        self.pad_token_id = vocab.get(_token_content(config.get("pad_token")) or "", vocab["<|endoftext|>"])
+
+    def ids(self, text: str) -> np.ndarray:
+        """int64 ids of `text` as the checkpoint's tokenizer encodes it (special-token strings included)."""
+        return np.asarray(self.tokenizer.encode(text).ids, dtype=np.int64)
 
     def encode(
         self,
@@ -60,7 +81,7 @@ class PromptTokenizer:
         to its 2-frame group's token count; then right-truncated to `max_length` like the official call
         (`truncation=True, max_length=...`). Truncation that would cut vision tokens is an InputError: the
         official pipeline fails there too, with a much less helpful message."""
-        ids = np.asarray(self.tokenizer(prompt)["input_ids"], dtype=np.int64)
+        ids = self.ids(prompt)
         repeats = np.ones(len(ids), dtype=np.int64)
         for pad_id, counts, what in (
             (self.image_pad_id, image_token_counts, "image"),

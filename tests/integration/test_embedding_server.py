@@ -108,8 +108,8 @@ BAD_ROWS = {
     "corrupt video": ({"videos": [b"\x00\x00\x00\x18ftypmp42" + b"\x01" * 500]}, "VIDEO[0]"),
     "oversized image": ({"images": [_huge_image()]}, "over the limit"),
     "oversized video": ({"videos": [_long_video()]}, "over the limit of 900 s"),
-    "dimensions too small": ({"text": "x", "dimensions": 32}, "DIMENSIONS must be between 64 and 128"),
-    "dimensions too large": ({"text": "x", "dimensions": 4096}, "DIMENSIONS must be between 64 and 128"),
+    "dimensions too small": ({"text": "x", "dimensions": 32}, "DIMENSIONS: must be between 64 and 128"),
+    "dimensions too large": ({"text": "x", "dimensions": 4096}, "DIMENSIONS: must be between 64 and 128"),
     "non-utf8 text": ({"text": b"caf\xe9"}, "not valid UTF-8"),
 }
 

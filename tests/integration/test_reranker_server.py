@@ -77,7 +77,7 @@ def test_concurrent_rerank_requests_are_batched(http_client):
         ({}, "document has no content"),
         ({"images": [b"not an image"]}, "DOCUMENT_IMAGE[0]"),
         ({"videos": [b"\x00" * 300]}, "DOCUMENT_VIDEO[0]"),
-        ({"text": b"\xc3\x28"}, "DOCUMENT_TEXT is not valid UTF-8"),
+        ({"text": b"\xc3\x28"}, "DOCUMENT_TEXT: not valid UTF-8"),
     ],
 )
 def test_a_bad_pair_fails_only_its_own_request(http_client, official, document, message):

@@ -1,6 +1,6 @@
 import random
 
-from backend.batching import BatchLimits, padded_tokens, plan_micro_batches
+from backend.runtime.batching import BatchLimits, padded_tokens, plan_micro_batches
 
 
 def test_every_row_lands_in_exactly_one_micro_batch_within_budget():

@@ -1,4 +1,4 @@
-from backend import chat
+from backend.text import chat
 
 
 def test_instruction_gets_a_full_stop_unless_it_ends_in_punctuation():

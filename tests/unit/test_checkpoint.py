@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend import modeling
+from backend.runtime import backbone as modeling
 from tools import checkpoint as tiny_model
 
 # transformers 4.57's Qwen3VLModel has base_model_prefix "", so it cannot strip the "model." prefix that

@@ -1,4 +1,4 @@
-"""The compiled text forward (backend.compiled) on CPU: same vectors as eager, one graph for every shape."""
+"""The compiled text forward (backend.runtime.compiled) on CPU: eager's vectors, one graph for every shape."""
 
 import dataclasses
 import logging
@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from backend.compiled import TextForward, compile_wanted
+from backend.embedding.model import EmbeddingModel
+from backend.embedding.preprocess import EmbeddingPreprocessor
 from backend.errors import ConfigError
-from backend.modeling import EmbeddingModel
-from backend.preprocess import EmbeddingPreprocessor
-from backend.records import EmbeddingItem, PreparedItem
-from backend.reranker import PairSide, RerankPair, RerankPreprocessor
-from backend.scoring import RerankModel
+from backend.protocol import EmbeddingItem, PreparedItem
+from backend.reranking.model import RerankModel
+from backend.reranking.preprocess import PairSide, RerankPair, RerankPreprocessor
+from backend.runtime.compiled import TextForward
+from backend.runtime.platforms import CudaPlatform, NpuPlatform, Platform
 from backend.settings import (
     ModelSettings,
     PreprocessSettings,
@@ -49,14 +50,16 @@ def text_rows(lengths, seed=0, dimensions=0):
 
 
 def test_compile_choice_per_device():
-    npu = SimpleNamespace(type="npu")  # torch without torch_npu cannot make an npu device
-    assert compile_wanted("auto", torch.device("cuda")) is True
-    assert compile_wanted("auto", torch.device("cpu")) is False
-    assert compile_wanted("on", torch.device("cpu")) is True
-    assert compile_wanted("off", torch.device("cuda")) is False
-    assert compile_wanted("auto", npu) is False
+    npu = NpuPlatform(SimpleNamespace(type="npu"))  # torch without torch_npu cannot make an npu device
+    cuda, cpu = CudaPlatform(torch.device("cuda")), Platform(torch.device("cpu"))
+    assert cuda.compile_wanted("auto") is True
+    assert cpu.compile_wanted("auto") is False
+    assert cpu.compile_wanted("on") is True
+    assert cuda.compile_wanted("off") is False
+    assert npu.compile_wanted("auto") is False
+    assert npu.compile_wanted("off") is False
     with pytest.raises(ConfigError, match="not supported on npu"):
-        compile_wanted("on", npu)
+        npu.compile_wanted("on")
 
 
 def test_settings_reject_unknown_compile_values(tiny_model_path):

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from backend import metrics
-from backend.modeling import BatchStats
+from backend.runtime.backbone import BatchStats
 
 
 class FakeMetric:

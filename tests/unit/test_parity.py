@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from backend.modeling import EmbeddingModel
-from backend.preprocess import EmbeddingPreprocessor
-from backend.records import EmbeddingItem
+from backend.embedding.model import EmbeddingModel
+from backend.embedding.preprocess import EmbeddingPreprocessor
+from backend.protocol import EmbeddingItem
 from backend.settings import ModelSettings, PreprocessSettings
 from backend.wire import pack_rows, unpack_rows
 from tests.reference import OfficialEmbedder
@@ -88,7 +88,7 @@ def test_text_rows_of_different_lengths_batched_together_match(pipeline, officia
     preprocessor, model = pipeline
     rows = [preprocessor.prepare(EmbeddingItem(text=case["text"])) for case in cases]
     assert len({row.length for row in rows}) == 3
-    from backend.batching import plan_micro_batches
+    from backend.runtime.batching import plan_micro_batches
 
     assert len(plan_micro_batches([row.length for row in rows], [0, 0, 0], model.limits)) == 1
     vectors = model.run(rows, model._vectors)  # one right-padded micro-batch

@@ -4,7 +4,8 @@ import json
 
 import torch
 
-from backend import device, triton_io
+from backend import triton_io
+from backend.runtime import platforms as device
 
 
 def args(name: str, groups, kind: str = "CPU", device_id: str = "0") -> dict:

@@ -1,6 +1,7 @@
 import torch
 
-from backend.modeling import last_token_pool, matryoshka
+from backend.embedding.model import matryoshka
+from backend.runtime.backbone import last_token_pool
 
 
 def test_last_token_pool_uses_each_rows_last_real_token_under_right_padding():
@@ -25,7 +26,8 @@ def test_matryoshka_keeps_the_prefix_and_renormalises():
 
 
 def test_linear_patch_embed_equals_the_conv3d_it_replaces(tiny_model_path):
-    from backend.modeling import LinearPatchEmbed, load_backbone
+    from backend.runtime.backbone import load_backbone
+    from backend.runtime.platforms import LinearPatchEmbed
 
     model = load_backbone(str(tiny_model_path), torch.float32, "sdpa", torch.device("cpu"))
     conv_embed = model.visual.patch_embed
@@ -37,7 +39,7 @@ def test_linear_patch_embed_equals_the_conv3d_it_replaces(tiny_model_path):
 
 
 def test_mm_token_type_ids_mark_image_and_video_placeholders():
-    from backend.modeling import mm_token_type_ids, wants_mm_token_type_ids
+    from backend.runtime.backbone import mm_token_type_ids, wants_mm_token_type_ids
 
     ids = torch.tensor([[151644, 151655, 151655, 9707, 151656, 151643]])
     assert mm_token_type_ids(ids, 151655, 151656).tolist() == [[0, 1, 1, 0, 2, 0]]

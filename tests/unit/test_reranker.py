@@ -5,12 +5,13 @@ import random
 import numpy as np
 import pytest
 
-from backend import chat
 from backend.errors import InputError
-from backend.reranker import PairSide, RerankPair, RerankPreprocessor, parse_pairs
-from backend.scoring import RerankModel
+from backend.protocol import PairSide, RerankPair, parse_pairs
+from backend.reranking.model import RerankModel
+from backend.reranking.preprocess import RerankPreprocessor
 from backend.settings import RerankModelSettings, RerankPreprocessSettings
-from backend.tokenization import truncate_keeping_special
+from backend.text import chat
+from backend.text.tokenization import truncate_keeping_special
 from backend.wire import pack_rows, unpack_rows
 from tests.reference import OfficialReranker, _truncate, rerank_conversation
 from tools import synthetic
@@ -118,7 +119,7 @@ def test_long_pairs_are_truncated_like_the_official_reranker(
     [
         ({"QUERY_TEXT": [[b""]], "DOCUMENT_TEXT": [[b"d"]]}, "query has no content"),
         ({"QUERY_TEXT": [[b"q"]]}, "document has no content"),
-        ({"QUERY_TEXT": [[b"q"]], "DOCUMENT_TEXT": [[b"\xff"]]}, "DOCUMENT_TEXT is not valid UTF-8"),
+        ({"QUERY_TEXT": [[b"q"]], "DOCUMENT_TEXT": [[b"\xff"]]}, "DOCUMENT_TEXT: not valid UTF-8"),
         ({"QUERY_TEXT": [[b"q"]], "DOCUMENT_IMAGE": [[b"junk"]]}, "DOCUMENT_IMAGE[0]"),
     ],
 )

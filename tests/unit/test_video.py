@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from backend import video, vision
 from backend.errors import InputError
+from backend.media import image as vision
+from backend.media import video
 from tools import synthetic
 
 LIMITS = video.VideoLimits(

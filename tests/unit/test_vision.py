@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend import vision
 from backend.errors import InputError
+from backend.media import image as vision
 
 
 def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -60,7 +60,9 @@ def test_patches_equal_qwen2vl_image_processor_after_smart_resize(size, mode):
     assert ours.grid_thw == tuple(reference["image_grid_thw"][0])
     import torch
 
-    normalized = vision.normalize_pixels(torch.from_numpy(ours.patches)).numpy()
+    from backend.runtime.backbone import normalize_pixels
+
+    normalized = normalize_pixels(torch.from_numpy(ours.patches)).numpy()
     np.testing.assert_allclose(normalized, reference["pixel_values"], atol=1e-6, rtol=0)
 
 

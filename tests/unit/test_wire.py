@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from backend.errors import InputError
-from backend.records import PreparedItem
-from backend.vision import VisionPatches
+
+from backend.protocol import PreparedItem, VisionPatches
 from backend.wire import pack_rows, unpack_rows
 
 

@@ -1,8 +1,8 @@
-"""Triton adapter for the embedding model step; all logic lives in backend.modeling / backend.service."""
+"""Triton adapter for the embedding model step; all logic lives in backend.embedding.model."""
 
 from backend import metrics, triton_io
-from backend.modeling import EmbeddingModel
-from backend.service import MODEL_INPUTS, embed_requests
+from backend.embedding.model import EmbeddingModel, embed_requests
+from backend.protocol import MODEL_INPUTS
 from backend.settings import EMBEDDING_ENV, ModelSettings, load_settings
 
 

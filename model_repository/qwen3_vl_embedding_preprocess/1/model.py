@@ -1,9 +1,10 @@
-"""Triton adapter for the embedding preprocess step; all logic lives in backend.preprocess."""
+"""Triton adapter for the embedding preprocess step (no torch); all logic lives in backend.embedding."""
 
 from backend import metrics, triton_io
-from backend.preprocess import EmbeddingPreprocessor
-from backend.service import PREPROCESS_INPUTS, preprocess_requests
+from backend.embedding.preprocess import EmbeddingPreprocessor
+from backend.protocol import EMBEDDING_INPUTS
 from backend.settings import EMBEDDING_ENV, PreprocessSettings, load_settings
+from backend.steps import preprocess_requests
 
 
 class TritonPythonModel:
@@ -16,7 +17,7 @@ class TritonPythonModel:
         self.metrics = metrics.PreprocessMetrics(args["model_name"], self.preprocessor.timings)
 
     def execute(self, requests):
-        inputs = [triton_io.read_inputs(request, PREPROCESS_INPUTS) for request in requests]
+        inputs = [triton_io.read_inputs(request, EMBEDDING_INPUTS) for request in requests]
         results = preprocess_requests(self.preprocessor, inputs)
         self.metrics.record(inputs, results, self.preprocessor.timings)
         return [triton_io.to_response(result) for result in results]

@@ -1,8 +1,8 @@
-"""Triton adapter for the reranker model step; all logic lives in backend.scoring / backend.service."""
+"""Triton adapter for the reranker model step; all logic lives in backend.reranking.model."""
 
 from backend import metrics, triton_io
-from backend.scoring import RerankModel
-from backend.service import MODEL_INPUTS, rerank_requests
+from backend.protocol import MODEL_INPUTS
+from backend.reranking.model import RerankModel, rerank_requests
 from backend.settings import RERANKER_ENV, RerankModelSettings, load_settings
 
 

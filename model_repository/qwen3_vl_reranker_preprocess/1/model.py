@@ -1,9 +1,10 @@
-"""Triton adapter for the reranker preprocess step; all logic lives in backend.reranker."""
+"""Triton adapter for the reranker preprocess step (no torch); all logic lives in backend.reranking."""
 
 from backend import metrics, triton_io
-from backend.reranker import RerankPreprocessor
-from backend.service import RERANK_PREPROCESS_INPUTS, preprocess_requests
+from backend.protocol import RERANK_INPUTS
+from backend.reranking.preprocess import RerankPreprocessor
 from backend.settings import RERANKER_ENV, RerankPreprocessSettings, load_settings
+from backend.steps import preprocess_requests
 
 
 class TritonPythonModel:
@@ -18,7 +19,7 @@ class TritonPythonModel:
         )
 
     def execute(self, requests):
-        inputs = [triton_io.read_inputs(request, RERANK_PREPROCESS_INPUTS) for request in requests]
+        inputs = [triton_io.read_inputs(request, RERANK_INPUTS) for request in requests]
         results = preprocess_requests(self.preprocessor, inputs)
         self.metrics.record(inputs, results, self.preprocessor.timings)
         return [triton_io.to_response(result) for result in results]

@@ -1,0 +1,63 @@
+"""The embedding model step: last-token states of the backbone, L2-normalised, cut to a Matryoshka size.
+
+Embedding = last hidden state at each row's last real token (right padding), L2-normalised; a Matryoshka
+size d keeps the first d values and normalises again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from backend.protocol import EMBEDDING_OUTPUT, TOKEN_COUNT_OUTPUT, PreparedItem, check_dimensions
+from backend.runtime.backbone import BackboneRunner
+from backend.steps import Result, Tensors, run_model_requests, token_counts
+from backend.wire import unpack_rows
+
+
+def matryoshka(normalized: torch.Tensor, dimensions: int) -> torch.Tensor:
+    """First `dimensions` values of an L2-normalised vector, normalised again (0 = keep all)."""
+    if dimensions <= 0 or dimensions >= normalized.shape[-1]:
+        return normalized
+    return torch.nn.functional.normalize(normalized[..., :dimensions], p=2, dim=-1)
+
+
+class EmbeddingModel(BackboneRunner):
+    """Qwen3-VL-Embedding: normalised last-token states, cut per row to its Matryoshka size."""
+
+    @staticmethod
+    def _vectors(hidden: torch.Tensor, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
+        normalized = torch.nn.functional.normalize(hidden, p=2, dim=-1)
+        if all(row.dimensions <= 0 or row.dimensions >= normalized.shape[-1] for row in rows):
+            return list(normalized.cpu().numpy())  # one device-to-host copy for the whole micro-batch
+        return [matryoshka(vector, row.dimensions).cpu().numpy() for vector, row in zip(normalized, rows)]
+
+    def embed(self, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
+        """One float32 vector per row (row order kept), each cut to its own Matryoshka size."""
+        return self.run(rows, self._vectors)
+
+    def unpack(self, inputs: Tensors) -> list[PreparedItem]:
+        """The wire tensors as rows, checked as a client may call this step directly."""
+        rows = self.checked(unpack_rows(inputs))
+        for index, row in enumerate(rows):
+            try:
+                check_dimensions(row.dimensions, self.hidden_size, "EMBED_DIM")
+            except Exception as error:
+                raise error.at_row(index) from None  # type: ignore[attr-defined]
+        return rows
+
+
+def embedding_output(rows: Sequence[PreparedItem], vectors: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """EMBEDDING [B, D] float32 where D is the widest row; narrower (Matryoshka) rows are zero-padded, which
+    keeps their norm at 1 and their dot products unchanged. TOKEN_COUNT [B, 1] beside it."""
+    width = max(vector.shape[0] for vector in vectors)
+    out = np.zeros((len(vectors), width), dtype=np.float32)
+    for index, vector in enumerate(vectors):
+        out[index, : vector.shape[0]] = vector
+    return {EMBEDDING_OUTPUT: out, TOKEN_COUNT_OUTPUT: token_counts(rows)}
+
+
+def embed_requests(model: EmbeddingModel, requests: Sequence[Tensors]) -> list[Result]:
+    return run_model_requests(requests, model.unpack, model.embed, embedding_output)
