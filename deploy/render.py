@@ -97,9 +97,16 @@ def render_variant(
     variant: Variant, release: str = RELEASE_NAME, namespace: str = "default"
 ) -> dict[str, str]:
     """Template file name -> rendered text (files that render to nothing are left out)."""
+    return render_chart(variant_values(variant), release, namespace)
+
+
+def render_chart(
+    values: dict[str, Any], release: str = RELEASE_NAME, namespace: str = "default"
+) -> dict[str, str]:
+    """The chart rendered with these complete (already merged) values, as `helm template` would."""
     chart = load_yaml(CHART / "Chart.yaml")
     context = {
-        "Values": variant_values(variant),
+        "Values": values,
         "Release": {"Name": release, "Namespace": namespace, "Service": "Helm"},
         "Chart": {"Name": chart["name"], "Version": chart["version"], "AppVersion": chart["appVersion"]},
     }

@@ -15,6 +15,8 @@ from deploy.render import (
     VARIANTS,
     Variant,
     documents,
+    merge,
+    render_chart,
     render_variant,
     variant_values,
     write_all,
@@ -272,3 +274,22 @@ def test_values_files_only_override_keys_the_chart_defines():
     for path in sorted((CHART / "values").glob("*.yaml")):
         check(yaml.safe_load(path.read_text()), base, path.name)
     assert Variant("2b", "cpu").values_files[-1].name == "2b.yaml"
+
+
+def test_weights_come_from_init_containers_or_a_read_only_claim():
+    variant = Variant("8b", "cuda")
+    fetched = yaml.safe_load(render_variant(variant)["deployment.yaml"])["spec"]["template"]["spec"]
+    commands = [c["command"] for c in fetched["initContainers"]]
+    assert commands == [
+        ["hf", "download", f"Qwen/Qwen3-VL-{kind}-8B", "--local-dir", f"/models/Qwen3-VL-{kind}-8B"]
+        for kind in ("Embedding", "Reranker")
+    ]
+    # The image is offline by default; the downloader must not be.
+    assert all(env(c)["HF_HUB_OFFLINE"] == "0" for c in fetched["initContainers"])
+    assert {v["name"]: v for v in fetched["volumes"]}["models"]["emptyDir"]["sizeLimit"]
+
+    values = merge(variant_values(variant), {"weights": {"existingClaim": "qwen3-vl-weights"}})
+    claimed = yaml.safe_load(render_chart(values)["deployment.yaml"])["spec"]["template"]["spec"]
+    assert "initContainers" not in claimed
+    models = {v["name"]: v for v in claimed["volumes"]}["models"]["persistentVolumeClaim"]
+    assert models == {"claimName": "qwen3-vl-weights", "readOnly": True}
