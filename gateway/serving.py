@@ -106,14 +106,27 @@ class Gateway:
                 "truncate_prompt_tokens",
             )
 
-    async def _truncate_raw(self, items: list[Item], keep: int) -> list[Item]:
-        """vLLM's truncation: keep the last ``keep`` tokens of each raw item (sent as token ids)."""
-        if keep == 0:
+    async def _truncate_raw(self, items: list[Item], truncate: int | None) -> list[Item]:
+        """vLLM's truncation of raw items: k keeps the last k tokens, -1 the last max_model_len, null none
+        (the ensemble then refuses an over-long item, as vLLM does). Only items that are cut travel as
+        token ids; the rest stay text, so that they batch together."""
+        if truncate is None:
+            return items
+        max_length = await self._max_length(self.settings.embedding_model)
+        if truncate == 0:
             raise invalid("truncate_prompt_tokens must be -1 or a positive number", "truncate_prompt_tokens")
+        if truncate > 0 and max_length is not None and truncate > max_length:
+            raise invalid(
+                f"truncate_prompt_tokens ({truncate}) is greater than max_model_len ({max_length})",
+                "truncate_prompt_tokens",
+            )
+        keep = truncate if truncate > 0 else max_length
+        if keep is None:
+            return items
         truncated = []
         for item in items:
             ids = list(item.token_ids) if item.token_ids is not None else await self._encode(item.text or "")
-            truncated.append(Item(raw=True, token_ids=tuple(ids[-keep:])))
+            truncated.append(Item(raw=True, token_ids=tuple(ids[-keep:])) if len(ids) > keep else item)
         return truncated
 
     async def embeddings(
@@ -139,7 +152,7 @@ class Gateway:
             subject = "messages"
         self._check_count(len(items), subject)
         truncate = request.truncate_prompt_tokens
-        if request.input is not None and input_format == "vllm" and truncate not in (None, -1):
+        if request.input is not None and input_format == "vllm":
             items = await self._truncate_raw(items, truncate)
         else:
             await self._check_truncation(truncate, settings.embedding_model)

@@ -628,6 +628,11 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--startup-timeout", type=float, default=SERVE_STARTUP_TIMEOUT_SECS)
     serve.add_argument("--log-verbose", type=int, default=0)
     serve.add_argument("--no-watchdog", action="store_true", help="do not reload models whose stub died")
+    serve.add_argument(
+        "--no-gateway",
+        action="store_true",
+        help="do not start the OpenAI/vLLM gateway (GATEWAY_PORT, default 9000) beside tritonserver",
+    )
     commands.add_parser("prepare", help="build the runtime directory and print its paths")
     commands.add_parser("perf-env", help="print shell exports that let perf_analyzer run")
     return parser
@@ -703,7 +708,33 @@ def serve(args: argparse.Namespace, venv: Path, passthrough: Sequence[str]) -> i
         host=args.host,
         exit_timeout=args.exit_timeout_secs,
     )
-    return Supervisor(server, watch_stubs=not args.no_watchdog).run()
+    gateway = None if args.no_gateway else start_gateway(args.host, args.grpc_port)
+    try:
+        return Supervisor(server, watch_stubs=not args.no_watchdog).run()
+    finally:
+        if gateway is not None:
+            stop_gateway(gateway)
+
+
+def start_gateway(host: str, grpc_port: int) -> subprocess.Popen[bytes]:
+    """``python -m gateway`` beside tritonserver, in the launcher's process group so that Ctrl-C reaches
+    both; its /health follows Triton's readiness, so it may start first. Should it fail (its port taken),
+    it says why and tritonserver serves on."""
+    env = dict(os.environ)
+    triton_host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    env.setdefault("TRITON_GRPC_URL", f"{triton_host}:{grpc_port}")
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.Popen([sys.executable, "-m", "gateway"], cwd=root, env=env, stdin=subprocess.DEVNULL)
+
+
+def stop_gateway(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)  # uvicorn finishes open requests, then exits
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 if __name__ == "__main__":

@@ -4,11 +4,19 @@ and a 1,000-request burst (what `vllm bench serve` sends at t=0) that must be se
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
+from tests.conftest import REPO
 from tests.integration.gateway_process import get, post
+from tools.launcher import free_ports
 
 pytestmark = pytest.mark.server
 
@@ -86,3 +94,48 @@ def test_a_burst_of_1000_concurrent_requests_is_served_whole(gateway):
 
     statuses = asyncio.run(burst())
     assert statuses.count(200) == 1000, {status: statuses.count(status) for status in set(statuses)}
+
+
+def health(url: str) -> int | None:
+    try:
+        return get(url, timeout=2)[0]
+    except OSError:  # not listening yet
+        return None
+
+
+def test_serve_starts_the_gateway_beside_tritonserver_and_ctrl_c_stops_both(tmp_path):
+    """`make serve`'s command on the launcher's small test repository: the gateway's /health turns 200
+    once Triton is ready; Ctrl-C (SIGINT to the foreground process group) stops both."""
+    http_port, grpc_port, metrics_port, gateway_port = free_ports(4)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tools.launcher",
+                "serve",
+                f"--model-repository={REPO / 'tests' / 'integration' / 'launcher_repository'}",
+                f"--http-port={http_port}",
+                f"--grpc-port={grpc_port}",
+                f"--metrics-port={metrics_port}",
+            ],
+            cwd=REPO,
+            env={**os.environ, "GATEWAY_PORT": str(gateway_port)},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group, as a terminal's foreground job is
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while health(f"http://127.0.0.1:{gateway_port}/health") != 200:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=60) == 0, log.read_text()
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", gateway_port), timeout=2).close()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
