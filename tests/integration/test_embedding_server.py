@@ -138,3 +138,61 @@ def test_bad_requests_do_not_leak_or_kill_the_server(http_client):
     assert http_client.is_server_ready()
     [vector] = embed(http_client, http, [ROWS["text"]])
     assert abs(np.linalg.norm(vector) - 1) < 1e-5
+
+
+def _raw_reference(official, ids: list[int]) -> np.ndarray:
+    """vLLM's completion-path vector: the raw ids through Qwen3VLModel, last token, L2-normalised."""
+    import torch
+
+    with torch.inference_mode():
+        hidden = official.model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+    return torch.nn.functional.normalize(hidden.float(), dim=-1).numpy()
+
+
+def test_raw_mode_equals_transformers_on_raw_tokens_and_counts_tokens(grpc_client, official, tiny_tokenizer):
+    texts = ["The capital of China is Beijing.", "Gravity attracts bodies."]
+    inputs = []
+    for name, array, datatype in (
+        ("TEXT", np.array([[t.encode()] for t in texts], dtype=object), "BYTES"),
+        ("RAW", np.array([[True], [True]]), "BOOL"),
+    ):
+        tensor = grpc.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    result = grpc_client.infer("qwen3_vl_embedding", inputs)
+    ids = [tiny_tokenizer(text)["input_ids"] for text in texts]
+    for row, row_ids in enumerate(ids):
+        np.testing.assert_allclose(
+            result.as_numpy("EMBEDDING")[row], _raw_reference(official, row_ids), atol=1e-5
+        )
+    assert result.as_numpy("TOKEN_COUNT")[:, 0].tolist() == [len(row_ids) for row_ids in ids]
+
+    token_inputs = []
+    for name, array, datatype in (
+        ("TOKEN_IDS", np.array([ids[1]], dtype=np.int64), "INT64"),
+        ("RAW", np.array([[True]]), "BOOL"),
+    ):
+        tensor = grpc.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        token_inputs.append(tensor)
+    by_ids = grpc_client.infer("qwen3_vl_embedding", token_inputs).as_numpy("EMBEDDING")[0]
+    np.testing.assert_allclose(by_ids, result.as_numpy("EMBEDDING")[1], atol=1e-6)
+
+
+def test_token_count_is_what_the_model_ran(http_client, tiny_model_path):
+    """TOKEN_COUNT = the preprocess step's ids for the row, image placeholder tokens included."""
+    from backend.embedding.preprocess import EmbeddingPreprocessor
+    from backend.protocol import EmbeddingItem
+    from backend.settings import PreprocessSettings
+
+    preprocessor = EmbeddingPreprocessor(PreprocessSettings(model_path=str(tiny_model_path)))
+    rows = [ROWS["text"], ROWS["screenshot"]]
+    from tests.integration.conftest import embedding_inputs
+
+    result = http_client.infer("qwen3_vl_embedding", embedding_inputs(http, rows))
+    expected = [
+        preprocessor.prepare(EmbeddingItem(text=row.get("text"), images=tuple(row.get("images", ())))).length
+        for row in rows
+    ]
+    assert result.as_numpy("TOKEN_COUNT")[:, 0].tolist() == expected
+    assert expected[1] > 900  # the 1280x720 screenshot's 880 placeholder tokens are counted
