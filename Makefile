@@ -74,3 +74,23 @@ perf: setup
 # The vLLM-Ascend benchmark on a device: `make perf-accel SIZE=8b DEVICE=cuda` (SIZE=tiny DEVICE=cpu runs anywhere).
 perf-accel: setup
 	$(PY) -m perf.accel --size $(SIZE) --device $(or $(DEVICE),auto) $(PERF_ARGS)
+
+# The seed's `vllm bench serve` (embeddings and rerank) against the gateway, offline, with vLLM 0.33 in a venv of
+# its own (~2.2 GB, not the project's, not `make test`): `make perf-vllm` (VLLM_BENCH_ARGS="--only rerank").
+VLLM_BENCH_VENV ?= .venv-vllm-bench
+VLLM_BENCH_ARGS ?=
+.PHONY: perf-vllm vllm-bench-venv perf-gateway
+
+vllm-bench-venv: $(VLLM_BENCH_VENV)/.installed
+
+$(VLLM_BENCH_VENV)/.installed: perf/requirements-vllm-bench.txt
+	test -x $(VLLM_BENCH_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_BENCH_VENV)
+	$(VLLM_BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r perf/requirements-vllm-bench.txt
+	touch $@
+
+perf-vllm: setup vllm-bench-venv
+	$(PY) -m perf.vllm_bench --vllm $(VLLM_BENCH_VENV)/bin/vllm $(VLLM_BENCH_ARGS)
+
+# Gateway overhead: text_200 through /v1/embeddings vs perf_analyzer gRPC on the ensemble, same server, same run.
+perf-gateway: setup
+	$(PY) -m perf.gateway_bench $(PERF_ARGS)

@@ -1,0 +1,551 @@
+"""What the OpenAI-compatible gateway costs: text_200 through it vs perf_analyzer gRPC on the ensemble.
+
+One tritonserver and one gateway (``perf.gateway_stack``); at each concurrency, alternately: perf_analyzer
+over gRPC straight to ``qwen3_vl_embedding`` (time windows) and a closed-loop asyncio HTTP client posting the
+same texts to ``/v1/embeddings`` for as long (one request per connection at a time, keep-alive, bodies built
+beforehand so the client spends its CPU on HTTP only). The throughput ratio gateway ÷ direct is the overhead
+figure (target ≥ 0.9). Both clients share the server's cores, so the CPU each process used is recorded too.
+
+    python -m perf.gateway_bench [--concurrency 16,64] [--repeats 2] [--profile] [--run-dir DIR]
+
+Writes ``gateway-overhead.json`` and ``gateway-overhead.md`` (with the command) into the run directory;
+logs, CSVs and py-spy output under its ``raw/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import csv
+import datetime
+import json
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from perf.console import log, parse_list
+from perf.gateway_stack import EMBEDDING_NAME, GatewayStack, shown_path
+from perf.host import RESULTS, busy_processes, git_commit, host_tag
+from perf.perf_analyzer import perf_analyzer_binary, perf_analyzer_env
+
+REPO = Path(__file__).resolve().parent.parent
+ENSEMBLE = "qwen3_vl_embedding"
+TARGET_RATIO = 0.9
+# perf_analyzer averages its last three time windows. Stability 100 % accepts the first three, so both
+# sides measure for a fixed 3 x 4 s (on 2 shared cores a stricter check often never settles); noise is
+# handled by alternating the sides and repeating.
+WINDOW_MS = 4000
+STABILITY = 100
+MAX_TRIALS = 6
+WARMUP_S = 2.0
+PROFILE_S = 10.0
+PERF_ANALYZER_TIMEOUT_S = 180.0
+
+# Gateway stack frames -> where its time goes; the first match wins, so specific parts come first.
+CATEGORIES = (
+    ("request body: JSON parse + pydantic validation", ("pydantic", "json/decoder", "orjson", "protocol.py")),
+    ("response: embeddings to JSON / base64", ("json/encoder", "jsonable_encoder", "render (", "base64")),
+    ("gRPC client (tritonclient / grpcio)", ("tritonclient", "grpc/")),
+    ("HTTP server (uvicorn / h11 / httptools)", ("uvicorn", "h11", "httptools")),
+    ("routing / middleware (starlette / fastapi)", ("starlette", "fastapi")),
+    ("gateway code", ("gateway/",)),
+    ("asyncio event loop", ("asyncio", "uvloop")),
+)
+
+
+def default_run_dir() -> Path:
+    """Today's results directory for this host, shared with the other benchmarks of the day."""
+    return RESULTS / host_tag() / datetime.date.today().isoformat()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CPU accounting from /proc
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _proc_cpu(stat_path: Path) -> tuple[int, float]:
+    """(process group, CPU seconds) of one /proc/<pid>/stat."""
+    fields = stat_path.read_text().rpartition(")")[2].split()
+    return int(fields[2]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            group, seconds = _proc_cpu(stat)
+            if group == pgid:
+                total += seconds
+    return total
+
+
+def own_cpu_seconds() -> tuple[float, float]:
+    """(this process, its finished children) in CPU seconds."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, children.ru_utime + children.ru_stime
+
+
+@dataclass(frozen=True)
+class Target:
+    """What is measured: Triton's gRPC address and the gateway's URL; the process groups when started here
+    (servers started elsewhere are measured without their CPU use)."""
+
+    grpc_url: str
+    base_url: str
+    server_pgid: int | None = None
+    gateway_pgid: int | None = None
+
+
+class CpuMeter:
+    """Cores used on average by the server's group, the gateway's group, this client and perf_analyzer."""
+
+    def __init__(self, target: Target):
+        self.target = target
+
+    def read(self) -> dict[str, float]:
+        client, children = own_cpu_seconds()
+        values = {"http client": client, "perf_analyzer": children, "time": time.monotonic()}
+        if self.target.server_pgid:
+            values["tritonserver + stubs"] = group_cpu_seconds(self.target.server_pgid)
+        if self.target.gateway_pgid:
+            values["gateway"] = group_cpu_seconds(self.target.gateway_pgid)
+        return values
+
+    @staticmethod
+    def cores(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        seconds = after["time"] - before["time"]
+        return {k: round((after[k] - before[k]) / seconds, 3) for k in before if k != "time"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The two sides
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Side:
+    path: str  # "direct (perf_analyzer gRPC)" | "gateway (HTTP /v1/embeddings)"
+    concurrency: int
+    repeat: int
+    ok: bool = False
+    throughput: float = 0.0
+    p50_ms: float = 0.0
+    p90_ms: float = 0.0
+    p99_ms: float = 0.0
+    avg_ms: float = 0.0
+    seconds: float = 0.0
+    requests: int = 0
+    errors: int = 0
+    cpu_cores: dict = field(default_factory=dict)
+    load1: float = 0.0  # 1-minute load average at the end: other work on the machine shows here
+    error: str = ""
+
+
+def perf_analyzer_command(
+    grpc_url: str, data: Path, concurrency: int, window_ms: int, csv_path: Path
+) -> list[str]:
+    return [
+        perf_analyzer_binary(),
+        "-m",
+        ENSEMBLE,
+        "-u",
+        grpc_url,
+        "-i",
+        "grpc",
+        "--input-data",
+        str(data),
+        "--concurrency-range",
+        f"{concurrency}:{concurrency}",
+        "--measurement-mode",
+        "time_windows",
+        "-p",
+        str(window_ms),
+        "-s",
+        str(STABILITY),
+        "-r",
+        str(MAX_TRIALS),
+        "-f",
+        str(csv_path),
+    ]
+
+
+def run_direct(
+    target: Target, meter: CpuMeter, data: Path, concurrency: int, repeat: int, window_ms: int, raw: Path
+) -> Side:
+    side = Side("direct (perf_analyzer gRPC)", concurrency, repeat)
+    name = f"direct-c{concurrency}-r{repeat}"
+    csv_path = raw / f"{name}.csv"
+    command = perf_analyzer_command(target.grpc_url, data, concurrency, window_ms, csv_path)
+    before = meter.read()
+    started = time.monotonic()
+    try:
+        result = subprocess.run(
+            command,
+            env=perf_analyzer_env(),
+            capture_output=True,
+            text=True,
+            timeout=PERF_ANALYZER_TIMEOUT_S,
+        )
+        output, code = result.stdout + result.stderr, result.returncode
+    except subprocess.TimeoutExpired as expired:
+        output, code = str(expired.stdout or ""), -9
+    side.seconds = time.monotonic() - started
+    side.cpu_cores = meter.cores(before, meter.read())
+    side.load1 = round(os.getloadavg()[0], 2)
+    (raw / f"{name}.log").write_text(f"$ {shlex.join(command)}\n{output}")
+    if code != 0 or not csv_path.exists():
+        side.error = f"perf_analyzer exited with {code}: " + output.strip()[-300:]
+        return side
+    with csv_path.open(newline="") as handle:
+        row = next(csv.DictReader(handle))
+    side.ok = True
+    side.throughput = float(row["Inferences/Second"])
+    for column, key in (("p50 latency", "p50_ms"), ("p90 latency", "p90_ms"), ("p99 latency", "p99_ms")):
+        setattr(side, key, float(row[column]) / 1000.0)
+    stages = ("Client Send", "Network+Server Send/Recv", "Server Queue", "Client Recv")
+    stages += ("Server Compute Input", "Server Compute Infer", "Server Compute Output")
+    side.avg_ms = float(row.get("Avg latency") or sum(float(row[c]) for c in stages)) / 1000.0
+    return side
+
+
+def request_bodies(texts: list[str], model: str = EMBEDDING_NAME) -> list[bytes]:
+    """What `vllm bench serve --backend openai-embeddings` sends for one text."""
+    return [
+        json.dumps({"model": model, "input": text, "truncate_prompt_tokens": -1}).encode() for text in texts
+    ]
+
+
+async def _closed_loop(url: str, bodies: list[bytes], concurrency: int, warmup_s: float, measure_s: float):
+    import aiohttp
+
+    latencies: list[float] = []
+    statuses: collections.Counter[int] = collections.Counter()
+    failures: collections.Counter[str] = collections.Counter()
+    next_body = 0
+    headers = {"Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        start = time.monotonic()
+        measure_from, stop_at = start + warmup_s, start + warmup_s + measure_s
+
+        async def worker() -> None:
+            nonlocal next_body
+            while True:
+                sent = time.monotonic()
+                if sent >= stop_at:
+                    return
+                body = bodies[next_body % len(bodies)]
+                next_body += 1
+                try:
+                    async with session.post(url, data=body, headers=headers) as response:
+                        await response.read()
+                        status = response.status
+                except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+                    failures[type(error).__name__] += 1
+                    continue
+                done = time.monotonic()
+                if measure_from <= done <= stop_at:
+                    statuses[status] += 1
+                    if status == 200:
+                        latencies.append(done - sent)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, statuses, failures
+
+
+def _percentile(sorted_values: list[float], fraction: float) -> float:
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, max(0, round(fraction * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def run_gateway(
+    target: Target,
+    meter: CpuMeter,
+    bodies: list[bytes],
+    concurrency: int,
+    repeat: int,
+    measure_s: float,
+) -> Side:
+    side = Side("gateway (HTTP /v1/embeddings)", concurrency, repeat)
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    url = f"{target.base_url}/v1/embeddings"
+    before = meter.read()
+    started = time.monotonic()
+    latencies, statuses, failures = asyncio.run(_closed_loop(url, bodies, concurrency, WARMUP_S, measure_s))
+    after = meter.read()
+    side.seconds = time.monotonic() - started
+    side.cpu_cores = meter.cores(before, after)
+    side.load1 = round(os.getloadavg()[0], 2)
+    side.requests = len(latencies)
+    side.errors = sum(count for status, count in statuses.items() if status != 200) + sum(failures.values())
+    if side.errors:
+        side.error = f"statuses {dict(statuses)}, failures {dict(failures)}"
+    latencies.sort()
+    side.ok = bool(latencies) and not side.errors
+    side.throughput = len(latencies) / measure_s
+    side.p50_ms, side.p90_ms, side.p99_ms = (1000 * _percentile(latencies, q) for q in (0.5, 0.9, 0.99))
+    side.avg_ms = 1000 * sum(latencies) / max(len(latencies), 1)
+    return side
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Profile of the gateway process
+# ----------------------------------------------------------------------------------------------------------
+
+
+def profile_gateway(target: Target, bodies: list[bytes], concurrency: int, raw: Path) -> dict:
+    """py-spy on the gateway while the HTTP client drives it: busy share and where the busy time goes."""
+    from perf.profiling import Profiler, available
+
+    if available() is None:
+        return {"error": "py-spy not found"}
+    if not target.gateway_pgid:
+        return {"error": "the gateway was not started here: no process to profile"}
+    meter = CpuMeter(target)
+    with Profiler([target.gateway_pgid], raw, f"gateway-c{concurrency}") as profiler:
+        side = run_gateway(target, meter, bodies, concurrency, 0, PROFILE_S)
+    summaries = [path for _, path, _ in profiler.processes if path.exists()]
+    if not summaries:
+        return {"error": "py-spy wrote no profile (ptrace permission?)"}
+    result = summarize_gateway_profile(summaries[0])
+    result.update(
+        concurrency=concurrency,
+        throughput_while_profiled=round(side.throughput, 1),
+        gateway_cores=side.cpu_cores.get("gateway", 0.0),
+        raw=str(summaries[0].relative_to(raw.parent)),
+    )
+    return result
+
+
+def summarize_gateway_profile(path: Path, top: int = 15) -> dict:
+    """Samples by category (first matching frame from the leaf up) plus the hottest functions, both as
+    leaf (self) and anywhere on the stack (inclusive)."""
+    categories: collections.Counter[str] = collections.Counter()
+    leaves: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        label = "other"
+        for frame in reversed(frames):
+            found = next((name for name, needles in CATEGORIES if any(n in frame for n in needles)), None)
+            if found:
+                label = found
+                break
+        categories[label] += count
+        leaves[_short(frames[-1])] += count
+        for name in {_short(frame) for frame in frames}:
+            inclusive[name] += count
+    share = (lambda n: round(n / total, 3)) if total else (lambda n: 0.0)
+    return {
+        "samples": total,
+        "categories": {label: share(n) for label, n in categories.most_common()},
+        "self": [(name, share(n)) for name, n in leaves.most_common(top)],
+        "inclusive": [(name, share(n)) for name, n in inclusive.most_common(top)],
+    }
+
+
+def _short(frame: str) -> str:
+    """`f (/venv/.../site-packages/grpc/aio/_call.py:123)` -> `f (grpc/aio/_call.py)`: the file from its
+    package down (the gateway's from gateway/), else its last two path parts."""
+    name, _, where = frame.partition(" (")
+    file = where.rstrip(")").rsplit(":", 1)[0]
+    parts = file.split("/")
+    if "site-packages" in parts:
+        parts = parts[parts.index("site-packages") + 1 :]
+    elif "gateway" in parts:
+        parts = parts[parts.index("gateway") :]
+    else:
+        parts = parts[-2:]
+    return f"{name} ({'/'.join(parts)})" if file else name
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------------------
+
+
+def summarize(sides: list[Side], concurrencies: list[int]) -> list[dict]:
+    rows = []
+    for concurrency in concurrencies:
+        direct = [s for s in sides if s.concurrency == concurrency and s.path.startswith("direct") and s.ok]
+        gateway = [s for s in sides if s.concurrency == concurrency and s.path.startswith("gateway") and s.ok]
+        if not direct or not gateway:
+            rows.append({"concurrency": concurrency, "ratio": None})
+            continue
+        direct_rate = sum(s.throughput for s in direct) / len(direct)
+        gateway_rate = sum(s.throughput for s in gateway) / len(gateway)
+        rows.append(
+            {
+                "concurrency": concurrency,
+                "direct_throughput": round(direct_rate, 1),
+                "gateway_throughput": round(gateway_rate, 1),
+                "ratio": round(gateway_rate / direct_rate, 3),
+                "meets_target": gateway_rate / direct_rate >= TARGET_RATIO,
+            }
+        )
+    return rows
+
+
+def write_report(run_dir: Path, report: dict) -> None:
+    (run_dir / "gateway-overhead.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        "# Gateway overhead: text_200 through /v1/embeddings vs perf_analyzer gRPC on the ensemble",
+        "",
+        f"- Command: `{report['command']}`",
+        f"- When: {report['started']} to {report['finished']}; commit {report['commit']}",
+        f"- Host: {report['host']}",
+        f"- Model: {report['model']}; one tritonserver + one gateway, both clients on the same 2 cores",
+        f"- Target: gateway ≥ {TARGET_RATIO} × direct throughput",
+        f"- Busy before the start: {', '.join(report['busy_at_start']) or 'nothing'}",
+        "",
+        "| concurrency | direct req/s | gateway req/s | ratio | target |",
+        "|---:|---:|---:|---:|---|",
+    ]
+    for row in report["summary"]:
+        if row["ratio"] is None:
+            lines.append(f"| {row['concurrency']} | – | – | – | not measured |")
+            continue
+        verdict = "met" if row["meets_target"] else f"missed by {TARGET_RATIO - row['ratio']:.2f}"
+        lines.append(
+            f"| {row['concurrency']} | {row['direct_throughput']:.1f} | {row['gateway_throughput']:.1f} "
+            f"| {row['ratio']:.3f} | {verdict} |"
+        )
+    lines += [
+        "",
+        "Every run, in the order made (latencies in ms; CPU in cores used on average during the run):",
+        "",
+        "| c | # | path | req/s | p50 | p90 | p99 | server | gateway | client | load1 | errors |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for side in report["runs"]:
+        cpu = side["cpu_cores"]
+        client = cpu.get("perf_analyzer" if side["path"].startswith("direct") else "http client", 0.0)
+        lines.append(
+            f"| {side['concurrency']} | {side['repeat']} | {side['path']} | {side['throughput']:.1f} "
+            f"| {side['p50_ms']:.1f} | {side['p90_ms']:.1f} | {side['p99_ms']:.1f} "
+            f"| {cpu.get('tritonserver + stubs', 0.0):.2f} | {cpu.get('gateway', 0.0):.2f} | {client:.2f} "
+            f"| {side['load1']:.1f} "
+            f"| {side['error'] or side['errors']} |"
+        )
+    profile = report.get("profile")
+    if profile and "categories" in profile:
+        lines += [
+            "",
+            f"## Where the gateway's time goes (py-spy, concurrency {profile['concurrency']}, "
+            f"{profile['throughput_while_profiled']} req/s while sampled, gateway using "
+            f"{profile['gateway_cores']:.2f} cores)",
+            "",
+            "Busy samples only (the event loop waiting in epoll is idle); by the innermost matching frame:",
+            "",
+            "| where | share |",
+            "|---|---:|",
+        ]
+        lines += [f"| {label} | {share:.1%} |" for label, share in profile["categories"].items()]
+        lines += ["", "| hottest functions (self) | share | | anywhere on the stack (inclusive) | share |"]
+        lines += ["|---|---:|---|---|---:|"]
+        for (leaf, leaf_share), (name, share) in zip(profile["self"], profile["inclusive"]):
+            lines.append(f"| `{leaf}` | {leaf_share:.1%} | | `{name}` | {share:.1%} |")
+    elif profile:
+        lines += ["", f"Profile: {profile.get('error')}"]
+    (run_dir / "gateway-overhead.md").write_text("\n".join(lines) + "\n")
+
+
+def measure(target: Target, args: argparse.Namespace, run_dir: Path, raw: Path) -> dict:
+    """The alternating runs (and the profile) against one target; the report's measured part."""
+    from perf.workloads import generate
+
+    concurrencies = parse_list(args.concurrency, int)
+    data = generate("text_200", rows=args.rows)
+    texts = [entry["TEXT"]["content"][0] for entry in json.loads(data.read_text())["data"]]
+    bodies = request_bodies(texts, args.model)
+    measured_s = 3 * args.window_ms / 1000.0
+    meter = CpuMeter(target)
+    sides: list[Side] = []
+    # Warm the gateway's path (tokenizer, channel, first requests) before anything counts.
+    run_gateway(target, meter, bodies, max(concurrencies), 0, min(3.0, measured_s))
+    for concurrency in concurrencies:
+        for repeat in range(1, args.repeats + 1):
+            direct = run_direct(target, meter, data, concurrency, repeat, args.window_ms, raw)
+            log(f"c={concurrency} #{repeat} direct:  {direct.throughput:7.1f} req/s {direct.error}")
+            gateway = run_gateway(target, meter, bodies, concurrency, repeat, measured_s)
+            log(f"c={concurrency} #{repeat} gateway: {gateway.throughput:7.1f} req/s {gateway.error}")
+            sides += [direct, gateway]
+    profile = profile_gateway(target, bodies, max(concurrencies), raw) if args.profile else None
+    return {
+        "summary": summarize(sides, concurrencies),
+        "runs": [asdict(side) for side in sides],
+        "profile": profile,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m perf.gateway_bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--concurrency", default="16,64", help="comma-separated (default 16,64)")
+    parser.add_argument("--repeats", type=int, default=2, help="direct/gateway pairs per concurrency")
+    parser.add_argument("--window-ms", type=int, default=WINDOW_MS, help="perf_analyzer's time window")
+    parser.add_argument(
+        "--rows", type=int, default=None, help="text_200 rows (default: the workload's 1,000)"
+    )
+    parser.add_argument("--profile", action="store_true", help="py-spy the gateway at the top concurrency")
+    parser.add_argument("--run-dir", type=Path, default=None, help="default perf/results/<host>/<date>")
+    parser.add_argument("--triton-grpc-url", default=None, help="with --gateway-url: servers already running")
+    parser.add_argument("--gateway-url", default=None, help="e.g. http://127.0.0.1:9000")
+    parser.add_argument("--model", default=EMBEDDING_NAME, help="`model` in the requests (a served name)")
+    args = parser.parse_args(argv)
+    if bool(args.triton_grpc_url) != bool(args.gateway_url):
+        parser.error("--triton-grpc-url and --gateway-url go together")
+    run_dir = args.run_dir or default_run_dir()
+    raw = run_dir / "raw" / "gateway-overhead"
+    raw.mkdir(parents=True, exist_ok=True)
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    busy = busy_processes()
+    if args.gateway_url:
+        model = "(the running server's)"
+        measured = measure(Target(args.triton_grpc_url, args.gateway_url.rstrip("/")), args, run_dir, raw)
+    else:
+        with GatewayStack(raw) as stack:
+            log(f"tritonserver {stack.server.grpc_url}, gateway {stack.base_url}")
+            model = shown_path(stack.embedding_model)
+            target = Target(stack.server.grpc_url, stack.base_url, stack.server.pid, stack.gateway.pid)
+            measured = measure(target, args, run_dir, raw)
+    report = {
+        "command": "python -m perf.gateway_bench " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "started": started,
+        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "host": host_tag(),
+        "model": model,
+        "workload": "text_200 (perf/workloads.py): texts of exactly 200 tokens, default instruction",
+        "target_ratio": TARGET_RATIO,
+        "busy_at_start": busy,
+        **measured,
+    }
+    write_report(run_dir, report)
+    log(f"wrote {run_dir / 'gateway-overhead.md'}")
+    for row in report["summary"]:
+        log(f"  c={row['concurrency']}: ratio {row['ratio']}")
+    failed = [run for run in report["runs"] if not run["ok"]]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
