@@ -16,6 +16,7 @@ import numpy as np
 
 from backend.errors import InputError
 from backend.media.image import FACTOR, TEMPORAL_PATCH_SIZE, VisionPatches, patchify, smart_resize
+from backend.media.resize import resize_bicubic_antialias
 
 FPS_MIN_FRAMES = 4
 FRAME_FACTOR = 2
@@ -164,17 +165,10 @@ def decode_and_sample(data: bytes, fps: float, max_frames: int, limits: VideoLim
 
 def resize_frames(frames: np.ndarray, min_pixels: int, max_pixels: int) -> np.ndarray:
     """uint8 [T, H, W, 3] -> uint8 [T, h, w, 3] at the smart-resized size, with torchvision's tensor resize
-    semantics (bicubic, antialias, align_corners=False, then clamp and round back to uint8)."""
-    import torch
-
+    semantics (bicubic, antialias, align_corners=False, then clamp and round back to uint8), in numpy."""
     _, height, width, _ = frames.shape
     resized_height, resized_width = smart_resize(height, width, FACTOR, min_pixels, max_pixels)
-    tensor = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    resized = torch.nn.functional.interpolate(
-        tensor, size=(resized_height, resized_width), mode="bicubic", align_corners=False, antialias=True
-    )
-    resized = resized.clamp_(0, 255).round_().to(torch.uint8)
-    return resized.permute(0, 2, 3, 1).contiguous().numpy()
+    return resize_bicubic_antialias(frames, resized_height, resized_width)
 
 
 def frame_max_pixels(frame_count: int, min_pixels: int, max_pixels: int, total_pixels: float | None) -> int:
