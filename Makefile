@@ -29,6 +29,7 @@ models: venv
 
 # Serves model_repository/ in the foreground; MODEL_PATH=/path/to/Qwen3-VL-Embedding-8B and
 # RERANKER_MODEL_PATH=/path/to/Qwen3-VL-Reranker-8B serve real weights.
+# Binds 127.0.0.1 (TRITON_HOST=0.0.0.0 serves the network); misconfiguration fails before the server starts.
 # RESPONSE_CACHE_BYTES=1073741824 turns on Triton's local response cache (off by default; both ensembles use it).
 comma := ,
 serve: setup
@@ -74,6 +75,15 @@ perf: setup
 # The vLLM-Ascend benchmark on a device: `make perf-accel SIZE=8b DEVICE=cuda` (SIZE=tiny DEVICE=cpu runs anywhere).
 perf-accel: setup
 	$(PY) -m perf.accel --size $(SIZE) --device $(or $(DEVICE),auto) $(PERF_ARGS)
+
+# Overload and recovery of `make serve`, outside `make test` (results in perf/results/<host>/<date>/, README
+# "Operations"): 4x capacity against the bounded queues; SIGKILL of each stub kind and of tritonserver under load.
+.PHONY: overload recovery
+overload: setup
+	$(PY) -m perf.overload $(PERF_ARGS)
+
+recovery: setup
+	$(PY) -m perf.recovery
 
 # The seed's `vllm bench serve` (embeddings and rerank) against the gateway, offline, with vLLM 0.33 in a venv of
 # its own (~2.2 GB, not the project's, not `make test`): `make perf-vllm` (VLLM_BENCH_ARGS="--only rerank").

@@ -126,6 +126,8 @@ def command(env: Mapping[str, str], extra: Sequence[str], repository: Path) -> l
         "--http-port", ports["http"],
         "--grpc-port", ports["grpc"],
         "--metrics-port", ports["metrics"],
+        # The launcher binds 127.0.0.1 unless told otherwise (make serve); a pod serves its network.
+        "--host", env.get("TRITON_HOST", "0.0.0.0"),
         "--", *args,
     ]  # fmt: skip
 

@@ -400,7 +400,9 @@ class TritonServer:
         self.startup_timeout = startup_timeout
         self.log_verbose = log_verbose
         self.host = host
-        self.exit_timeout = exit_timeout
+        # A --exit-timeout-secs among extra_args wins (tritonserver takes the last); stop() waits for it.
+        passed = [arg.split("=", 1)[1] for arg in extra_args if arg.startswith("--exit-timeout-secs=")]
+        self.exit_timeout = int(passed[-1]) if passed else exit_timeout
         self.startup_seconds: float | None = None
         self.shm_prefix = f"{SHM_PREFIX_BASE}{uuid.uuid4().hex[:12]}_"
         self._process: subprocess.Popen[bytes] | None = None

@@ -87,7 +87,8 @@ def wait_for(predicate, timeout: float, interval: float = 0.1):
 def launch(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     log = (tmp_path / "serve.log").open("wb")
     return subprocess.Popen(
-        [sys.executable, "-m", "tools.launcher", "serve", *args],
+        # The gateway make serve starts beside tritonserver has tests of its own.
+        [sys.executable, "-m", "tools.launcher", "serve", "--no-gateway", *args],
         cwd=REPO,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -102,6 +102,29 @@ def test_restart_backoff_doubles_up_to_a_cap():
     assert restart_delay(30) == RESTART_BACKOFF_MAX_SECS
 
 
+def test_model_steps_shed_load_with_a_bounded_queue():
+    """Each Python step has a bounded queue whose overflow and timeouts are refused (UNAVAILABLE)."""
+    for name in (
+        "qwen3_vl_embedding_preprocess",
+        "qwen3_vl_embedding_model",
+        "qwen3_vl_reranker_preprocess",
+        "qwen3_vl_reranker_model",
+    ):
+        text = (REPOSITORY / name / "config.pbtxt").read_text()
+        assert "default_queue_policy" in text, name
+        assert "timeout_action: REJECT" in text, name
+        assert int(_field(text, "max_queue_size")) > 0, name
+        assert int(_field(text, "default_timeout_microseconds")) > 0, name
+
+
+def _field(text: str, key: str) -> str:
+    import re
+
+    match = re.search(rf"\b{key}:\s*(\d+)", text)
+    assert match, key
+    return match.group(1)
+
+
 def test_preflight_runs_without_torch_in_the_launcher():
     """The launcher imports preflight, watchdog and supervisor; none of them may pull in torch."""
     import subprocess
