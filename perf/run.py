@@ -164,6 +164,11 @@ class Runner:
                 self.record.setdefault("models", {})[endpoint.label] = endpoint.model_path
                 for workload in self.args.workloads:
                     self.workload_data(workload)
+                    for protocol in self.args.protocols:
+                        line = plain_command(
+                            endpoint, workload, self.data[workload], protocol, self.measurement
+                        )
+                        log(f"  {workload} without this runner: {line}")
                 log(f"sweep on {endpoint.label}: {len(plan)} points")
                 previous: dict[tuple[str, str], float] = {}
                 for number, (workload, protocol, concurrency) in enumerate(plan, 1):
@@ -328,6 +333,37 @@ class Runner:
         path = summary.write(self.run_dir, self.record)
         log(f"summary: {path}")
         return path
+
+
+def plain_command(
+    endpoint: Endpoint, workload: str, data: Path, protocol: str, measurement: Measurement
+) -> str:
+    """The perf_analyzer line that measures one workload like a sweep point, without this runner; C is the
+    concurrency (perf/README.md lists one per workload)."""
+    return (
+        shlex.join(
+            [
+                "perf_analyzer",
+                "-m",
+                WORKLOADS[workload].model,
+                "-u",
+                endpoint.url(protocol),
+                "-i",
+                protocol,
+                "--input-data",
+                str(data),
+                "--measurement-mode",
+                "time_windows",
+                "-p",
+                str(measurement.interval_ms),
+                "-s",
+                str(measurement.stability),
+                "-r",
+                str(measurement.max_trials),
+            ]
+        )
+        + " --concurrency-range C:C"
+    )
 
 
 def served_batch_overhead_tokens() -> int:
