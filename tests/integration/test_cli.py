@@ -235,7 +235,7 @@ def test_health_text_json_and_missing_server(env, capsys):
     assert code == 0 and report["ok"] and report["max_batch_size"] == 64 and report["dimensions"] is None
     assert report["inputs"][0] == {"name": "TEXT", "datatype": "BYTES", "dims": [1], "optional": True}
     assert report["reranker"]["name"] == "qwen3_vl_reranker" and report["reranker"]["ready"] is True
-    assert [spec["name"] for spec in report["reranker"]["outputs"]] == ["SCORE"]
+    assert [spec["name"] for spec in report["reranker"]["outputs"]] == ["SCORE", "TOKEN_COUNT"]
 
     # A reranker the server does not serve is reported as not ready; the embedding model decides the code.
     code, out, _ = run(capsys, "health", "--no-probe", "--reranker-model", "no_such_reranker")

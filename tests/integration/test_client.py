@@ -260,7 +260,7 @@ def skip_case(media):
 def check_skipped(server, result: EmbeddingResult, bad: list[int]):
     assert [error.index for error in result.errors] == bad
     assert "missing.png" in str(result.errors[0]) and result.errors[0].status is None
-    assert "DIMENSIONS must be between 64 and 128" in result.errors[2].reason
+    assert "DIMENSIONS: must be between 64 and 128" in result.errors[2].reason
     good = [index for index in range(10) if index not in bad]
     assert result.ok.tolist() == [index in good for index in range(10)]
     assert np.isnan(result.embeddings[bad]).all()
@@ -382,12 +382,13 @@ def test_health_reports_readiness_config_and_dimensions(server, protocol):
     assert health.max_batch_size == 64 and health.platform == "ensemble"
     inputs = [str(spec) for spec in health.inputs]
     assert inputs[:2] == ["TEXT BYTES [1] optional", "IMAGE BYTES [-1] optional"]
-    assert [spec.name for spec in health.outputs] == ["EMBEDDING"]
+    assert [spec.name for spec in health.outputs] == ["EMBEDDING", "TOKEN_COUNT"]
     assert dict(health.steps) == {"qwen3_vl_embedding_preprocess": True, "qwen3_vl_embedding_model": True}
     assert health.dimensions == 128
     reranker = health.reranker
     assert reranker is not None and reranker.name == "qwen3_vl_reranker" and reranker.ready
-    assert reranker.platform == "ensemble" and [spec.name for spec in reranker.outputs] == ["SCORE"]
+    assert reranker.platform == "ensemble" and reranker.max_batch_size == 64
+    assert [spec.name for spec in reranker.outputs] == ["SCORE", "TOKEN_COUNT"]
     assert dict(reranker.steps) == {"qwen3_vl_reranker_preprocess": True, "qwen3_vl_reranker_model": True}
     assert health.embedding.steps == health.steps and health.embedding.ready
 
