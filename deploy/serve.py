@@ -86,13 +86,12 @@ def cache_config(env: Mapping[str, str]) -> str | None:
 
 
 def server_args(env: Mapping[str, str]) -> list[str]:
-    """tritonserver options that come from the pod's environment (repository and ports excluded)."""
+    """tritonserver options that come from the pod's environment (repository, ports and exit timeout,
+    which each server path passes its own way, excluded)."""
     args = []
     cache = cache_config(env)
     if cache:
         args.append(f"--cache-config={cache}")
-    if env.get("TRITON_EXIT_TIMEOUT_SECS"):
-        args.append(f"--exit-timeout-secs={int(env['TRITON_EXIT_TIMEOUT_SECS'])}")
     if env.get("TRITON_SHM_DEFAULT_BYTES"):
         args.append(f"--backend-config=python,shm-default-byte-size={int(env['TRITON_SHM_DEFAULT_BYTES'])}")
     return args
@@ -109,6 +108,7 @@ def command(env: Mapping[str, str], extra: Sequence[str], repository: Path) -> l
         for name, default in (("http", "8000"), ("grpc", "8001"), ("metrics", "8002"))
     }
     args = [*server_args(env), *extra]
+    exit_timeout = env.get("TRITON_EXIT_TIMEOUT_SECS")
     if NGC_TRITONSERVER.exists():
         return [
             str(NGC_TRITONSERVER),
@@ -116,8 +116,10 @@ def command(env: Mapping[str, str], extra: Sequence[str], repository: Path) -> l
             f"--http-port={ports['http']}",
             f"--grpc-port={ports['grpc']}",
             f"--metrics-port={ports['metrics']}",
+            *([f"--exit-timeout-secs={int(exit_timeout)}"] if exit_timeout else []),
             *args,
         ]
+    # The launcher binds TRITON_HOST (the images set 0.0.0.0); the gateway is a container of its own.
     return [
         sys.executable, "-m", "tools.launcher",
         *(["--runtime-dir", env["TRITON_RUNTIME_DIR"]] if env.get("TRITON_RUNTIME_DIR") else []),
@@ -126,8 +128,8 @@ def command(env: Mapping[str, str], extra: Sequence[str], repository: Path) -> l
         "--http-port", ports["http"],
         "--grpc-port", ports["grpc"],
         "--metrics-port", ports["metrics"],
-        # The launcher binds 127.0.0.1 unless told otherwise (make serve); a pod serves its network.
-        "--host", env.get("TRITON_HOST", "0.0.0.0"),
+        "--no-gateway",
+        *(["--exit-timeout-secs", str(int(exit_timeout))] if exit_timeout else []),
         "--", *args,
     ]  # fmt: skip
 

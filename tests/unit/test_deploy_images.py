@@ -175,11 +175,18 @@ def test_entrypoint_turns_the_pod_environment_into_server_options(tmp_path):
     argv = serve.command(env, ["--log-verbose=1"], tmp_path)
     if not serve.NGC_TRITONSERVER.exists():  # this machine: the wheel's server through tools.launcher
         assert argv[1:4] == ["-m", "tools.launcher", "--runtime-dir"]
-        assert argv[argv.index("--http-port") + 1] == "8080"
+        own = argv[argv.index("serve") : argv.index("--")]
+        assert own[own.index("--http-port") + 1] == "8080"
+        assert own[own.index("--exit-timeout-secs") + 1] == "30"
+        assert "--no-gateway" in own  # the gateway runs in a container of its own
+        # The launcher accepts every option this passes (parsed by its own parser).
+        from tools.launcher import _build_parser
+
+        parsed = _build_parser().parse_args(argv[3 : argv.index("--")])
+        assert parsed.no_gateway and parsed.exit_timeout_secs == 30 and parsed.http_port == 8080
         passthrough = argv[argv.index("--") + 1 :]
         assert passthrough == [
             "--cache-config=redis,host=redis-master,port=6379,password=secret",
-            "--exit-timeout-secs=30",
             "--backend-config=python,shm-default-byte-size=16777216",
             "--log-verbose=1",
         ]
