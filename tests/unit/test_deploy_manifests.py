@@ -293,3 +293,20 @@ def test_weights_come_from_init_containers_or_a_read_only_claim():
     assert "initContainers" not in claimed
     models = {v["name"]: v for v in claimed["volumes"]}["models"]["persistentVolumeClaim"]
     assert models == {"claimName": "qwen3-vl-weights", "readOnly": True}
+
+
+def test_redis_cache_is_shared_by_replicas_with_its_password_from_a_secret():
+    values = merge(
+        variant_values(Variant("8b", "cuda")),
+        {"responseCache": {"backend": "redis", "redis": {"host": "redis", "passwordSecret": "redis-auth"}}},
+    )
+    deployment = yaml.safe_load(render_chart(values)["deployment.yaml"])
+    triton = container(deployment, "triton")
+    assert env(triton)["RESPONSE_CACHE"] == "redis,host=redis,port=6379"
+    (password,) = [e for e in triton["env"] if e["name"] == "REDIS_PASSWORD"]
+    assert password["valueFrom"]["secretKeyRef"] == {"name": "redis-auth", "key": "REDIS_PASSWORD"}
+    kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[0], strict=True)
+
+    values["responseCache"]["enabled"] = False
+    disabled = container(yaml.safe_load(render_chart(values)["deployment.yaml"]), "triton")
+    assert "RESPONSE_CACHE" not in env(disabled)
