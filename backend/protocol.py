@@ -67,6 +67,13 @@ def check_dimensions(dimensions: int, hidden_size: int, name: str = "DIMENSIONS"
     return dimensions
 
 
+def check_text_bytes(text: str | None, limit: int, name: str) -> str | None:
+    """Text inputs are bounded before anything tokenises them."""
+    if text is not None and len(text) > limit // 4 and len(text.encode("utf-8")) > limit:
+        raise InputError(f"{len(text.encode('utf-8'))} bytes, over the limit of {limit} bytes", input=name)
+    return text
+
+
 # --- records --------------------------------------------------------------------------------------------
 
 

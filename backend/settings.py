@@ -50,6 +50,10 @@ class PreprocessSettings:
     model_path: str = str(DEFAULT_EMBEDDING_MODEL)
     max_length: int = 8192
     default_instruction: str = DEFAULT_EMBEDDING_INSTRUCTION
+    # UTF-8 bytes per text input (TEXT, INSTRUCTION, QUERY_TEXT, DOCUMENT_TEXT); longer is INVALID_ARG. Only
+    # a prefix holding max_length tokens is tokenised, but a single unbroken run of letters is tokenised
+    # whole (~4 s per MiB on 2 cores), so this bounds the work per text.
+    max_text_bytes: int = MIB
     vision: VisionSettings = VisionSettings()
 
 

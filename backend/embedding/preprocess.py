@@ -12,7 +12,14 @@ import numpy as np
 
 from backend.errors import ConfigError, InputError
 from backend.media.preparer import MediaPreparer
-from backend.protocol import EmbeddingItem, PreparedItem, check_dimensions, parse_items, prepare_each
+from backend.protocol import (
+    EmbeddingItem,
+    PreparedItem,
+    check_dimensions,
+    check_text_bytes,
+    parse_items,
+    prepare_each,
+)
 from backend.settings import PreprocessSettings
 from backend.text import chat
 from backend.text.tokenization import PromptTokenizer
@@ -54,13 +61,20 @@ class EmbeddingPreprocessor:
         if not item.has_content:
             raise InputError("row has no content: send TEXT, IMAGE or VIDEO")
         dimensions = check_dimensions(item.dimensions, self.hidden_size)
+        limit = self.settings.max_text_bytes
+        check_text_bytes(item.text, limit, "TEXT")
+        check_text_bytes(item.instruction, limit, "INSTRUCTION")
         if item.raw or item.token_ids:
             return PreparedItem(input_ids=self.raw_ids(item), dimensions=dimensions)
         media = self.media.prepare(item.images, item.videos)
         started = time.perf_counter()
+        max_length = self.settings.max_length
         prompt = chat.embedding_prompt(
-            chat.normalize_instruction(item.instruction, self.settings.default_instruction),
-            item.text,
+            chat.normalize_instruction(
+                None if item.instruction is None else self.tokenizer.bounded(item.instruction, max_length),
+                self.settings.default_instruction,
+            ),
+            None if item.text is None else self.tokenizer.bounded(item.text, max_length),
             image_count=len(media.images),
             video_timestamps=media.video_timestamps,
         )

@@ -15,7 +15,14 @@ import numpy as np
 
 from backend.errors import InputError
 from backend.media.preparer import MediaPreparer, PreparedMedia
-from backend.protocol import RERANK_SIDES, PairSide, PreparedItem, RerankPair, parse_pairs, prepare_each
+from backend.protocol import (
+    RERANK_SIDES,
+    PreparedItem,
+    RerankPair,
+    check_text_bytes,
+    parse_pairs,
+    prepare_each,
+)
 from backend.settings import RerankPreprocessSettings
 from backend.text import chat
 from backend.text.tokenization import PromptTokenizer, truncate_keeping_special
@@ -24,10 +31,8 @@ from backend.wire import pack_rows
 logger = logging.getLogger(__name__)
 
 
-def _prompt_side(side: PairSide, media: PreparedMedia) -> chat.PromptSide:
-    return chat.PromptSide(
-        text=side.text, image_count=len(media.images), video_timestamps=media.video_timestamps
-    )
+def _prompt_side(text: str | None, media: PreparedMedia) -> chat.PromptSide:
+    return chat.PromptSide(text=text, image_count=len(media.images), video_timestamps=media.video_timestamps)
 
 
 class RerankPreprocessor:
@@ -44,14 +49,21 @@ class RerankPreprocessor:
                 raise InputError(
                     f"the {name.lower()} has no content: send {name}_TEXT, {name}_IMAGE or {name}_VIDEO"
                 )
+            check_text_bytes(side.text, self.settings.max_text_bytes, f"{name}_TEXT")
+        check_text_bytes(pair.instruction, self.settings.max_text_bytes, "INSTRUCTION")
         query_media = self.media.prepare(pair.query.images, pair.query.videos, label="QUERY_")
         document_media = self.media.prepare(pair.document.images, pair.document.videos, label="DOCUMENT_")
         started = time.perf_counter()
         media = query_media + document_media  # placeholders appear query first, then document
+        max_length = self.settings.max_length
+
+        def bounded(text: str | None) -> str | None:
+            return None if text is None else self.tokenizer.bounded(text, max_length)
+
         prompt = chat.rerank_prompt(
-            pair.instruction or self.settings.default_instruction,
-            _prompt_side(pair.query, query_media),
-            _prompt_side(pair.document, document_media),
+            bounded(pair.instruction) or self.settings.default_instruction,
+            _prompt_side(bounded(pair.query.text), query_media),
+            _prompt_side(bounded(pair.document.text), document_media),
         )
         ids = self.tokenizer.encode(
             prompt,

@@ -9,7 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from backend.errors import ConfigError, InputError
-from backend.text.chat import IMAGE_PAD, VIDEO_PAD
+from backend.text.chat import IMAGE_PAD, VIDEO_PAD, Special
+
+# Tokens beyond max_tokens a bounded prefix must settle: the prompt around the text may tokenise its first
+# characters differently (a piece can start in the template), which moves the count by a token or two.
+BOUNDED_MARGIN_TOKENS = 16
 
 
 def truncate_keeping_special(
@@ -66,9 +70,62 @@ class PromptTokenizer:
         # Qwen3-VL pads with <|endoftext|>; the value is irrelevant to the result (masked out), not to speed.
         self.pad_token_id = vocab.get(_token_content(config.get("pad_token")) or "", vocab["<|endoftext|>"])
 
+        self.vocab = vocab
+
     def ids(self, text: str) -> np.ndarray:
         """int64 ids of `text` as the checkpoint's tokenizer encodes it (special-token strings included)."""
         return np.asarray(self.tokenizer.encode(text).ids, dtype=np.int64)
+
+    def plain_ids(self, text: str) -> list[int]:
+        """Ids of user text in which special-token strings are plain text (see backend.text.chat)."""
+        self.tokenizer.encode_special_tokens = True
+        try:
+            return self.tokenizer.encode(text).ids
+        finally:
+            self.tokenizer.encode_special_tokens = False
+
+    def prompt_ids(self, prompt: str) -> np.ndarray:
+        """A chat.Prompt's ids: the template's special tokens by id, everything between them as plain text.
+        Equal to tokenising the whole string when the user text holds no special-token string, because the
+        tokenizer splits a string at special tokens and encodes the pieces between them independently."""
+        parts = getattr(prompt, "parts", None)
+        if parts is None:
+            return self.ids(prompt)
+        ids: list[int] = []
+        pending: list[str] = []
+        for part in (*parts, None):
+            if part is None or isinstance(part, Special):
+                if pending:
+                    ids.extend(self.plain_ids("".join(pending)))
+                    pending = []
+                if part is not None:
+                    ids.append(self.vocab[part])
+            else:
+                pending.append(part)
+        return np.asarray(ids, dtype=np.int64)
+
+    def bounded(self, text: str, max_tokens: int) -> str:
+        """`text`, or a prefix of it whose first `max_tokens` tokens are the whole text's first `max_tokens`.
+
+        Truncation keeps at most max_length tokens of any one text, so a 10 MB text needs only its
+        beginning tokenised (tokenising all of it took a minute). The tokenizer splits text into pre-token
+        pieces (words, number runs, whitespace runs) by a regex and runs BPE inside each piece, so cutting the
+        text changes only the last pieces; a prefix counts once the pieces before its last two hold enough
+        tokens. The prefix grows by doubling from ~4 characters per token, so the work stays proportional to
+        what is kept. A text that is one long piece (letters with no break) is tokenised whole: the
+        `max_text_bytes` limit bounds that.
+        """
+        need = max_tokens + BOUNDED_MARGIN_TOKENS
+        size = need * 4
+        while size < len(text):
+            prefix = text[:size]
+            pieces = self.tokenizer.pre_tokenizer.pre_tokenize_str(prefix)
+            if len(pieces) > 2:
+                settled = prefix[: pieces[-2][1][0]]
+                if len(self.plain_ids(settled)) >= need:
+                    return prefix
+            size *= 2
+        return text
 
     def encode(
         self,
@@ -81,14 +138,14 @@ class PromptTokenizer:
         to its 2-frame group's token count; then right-truncated to `max_length` like the official call
         (`truncation=True, max_length=...`). Truncation that would cut vision tokens is an InputError: the
         official pipeline fails there too, with a much less helpful message."""
-        ids = self.ids(prompt)
+        ids = self.prompt_ids(prompt)
         repeats = np.ones(len(ids), dtype=np.int64)
         for pad_id, counts, what in (
             (self.image_pad_id, image_token_counts, "image"),
             (self.video_pad_id, video_group_token_counts, "video"),
         ):
             positions = np.flatnonzero(ids == pad_id)
-            if len(positions) != len(counts):
+            if len(positions) != len(counts):  # a plain-string prompt whose text holds a pad token
                 raise InputError(
                     f"text contains the reserved {what} placeholder token "
                     f"{IMAGE_PAD if what == 'image' else VIDEO_PAD}; remove it from the text"

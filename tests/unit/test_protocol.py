@@ -87,7 +87,7 @@ BAD_EMBEDDING_ROWS = {
     "bad image": {"IMAGE": b"junk"},
     "bad video": {"VIDEO": b"\x00\x00\x00\x18ftypmp42" + b"\x01" * 100},
     "dimensions": {"TEXT": b"x", "DIMENSIONS": 32},
-    "placeholder in text": {"TEXT": b"<|image_pad|>"},
+    "text over max_text_bytes": {"TEXT": b"x" * (1024 * 1024 + 1)},
     "raw with an image": {"TEXT": b"x", "IMAGE": PHOTO, "RAW": True},
     "raw and too long": {"TEXT": b"word " * 9000, "RAW": True},
 }
