@@ -66,18 +66,14 @@ def checkpoint(size: str, device: str) -> Path:
 
     path = REPO / "models" / f"qwen3-vl-embedding-{size}-random"
     if not is_complete_checkpoint(path):
-        import torch
+        from backend.runtime.platforms import resolve_platform
 
-        if device.startswith("npu"):
-            import torch_npu  # noqa: F401  (registers the npu device with torch)
+        platform = resolve_platform(device)  # on Ascend this imports torch_npu, which registers the device
         started = time.monotonic()
         log(f"building the {size} architecture with random weights on {device} into {path} ...")
         build_tiny_checkpoint(path, kind="embedding", size=size, device=device)
         # The weights were made on the device in this process; the server loads its own copy.
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
-        elif device.startswith("npu"):
-            torch.npu.empty_cache()
+        platform.empty_cache()
         log(f"  built in {time.monotonic() - started:.0f} s")
     return path
 

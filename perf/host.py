@@ -39,19 +39,13 @@ def host_tag(device: str = "cpu") -> str:
 
 
 def accelerator_name(device: str) -> str:
-    import torch
+    """The device's name as its platform object gives it (backend.runtime.platforms), else its kind."""
+    from backend.runtime.platforms import resolve_platform
 
-    kind = device.split(":")[0]
     try:
-        if kind == "cuda":
-            return torch.cuda.get_device_name(0).replace("NVIDIA ", "")
-        if kind == "npu":
-            import torch_npu  # noqa: F401
-
-            return torch.npu.get_device_name(0)
+        return resolve_platform(device).name()
     except Exception:
-        pass
-    return kind
+        return device.split(":")[0]
 
 
 def new_run_dir(tag: str, base: Path = RESULTS, run_dir: Path | None = None) -> Path:
