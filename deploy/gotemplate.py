@@ -9,7 +9,8 @@ Supported: ``{{ pipeline }}`` with ``{{-`` / ``-}}`` trimming and ``{{/* comment
 ``else if`` / ``else`` / ``with`` / ``range`` (over lists and maps, with ``$i, $v :=``) / ``define`` /
 ``end``; ``$name :=`` and ``$name =``; fields ``.A.B``, ``$``, ``$name.A``; string, number and boolean
 literals, ``( ... )`` and ``|`` pipes; the functions in ``FUNCTIONS`` plus ``include``. Missing map keys
-evaluate to nil (rendered as an empty string), as Helm does.
+evaluate to nil (rendered as an empty string), and numbers from values are float64 (``helm_numbers``), printed
+the way Go prints them (16777216 as 1.6777216e+07, unless the template says ``int``), as Helm does.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import yaml
@@ -40,11 +42,56 @@ def truthy(value: Any) -> bool:
     return True
 
 
+def helm_numbers(value: Any) -> Any:
+    """Values as Helm holds them: it reads values files through JSON, so every number is a float64."""
+    if isinstance(value, dict):
+        return {key: helm_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [helm_numbers(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _json_numbers(value: Any) -> Any:
+    # toYaml goes through JSON, which writes a float64 with an integral value without a fraction.
+    if isinstance(value, dict):
+        return {key: _json_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_numbers(item) for item in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return int(value)
+    return value
+
+
+def go_float(value: float) -> str:
+    """Go's %v for a float64: the shortest digits that read back the same, in exponent form when the
+    exponent is below -4 or 6 and above (16777216 prints as 1.6777216e+07). That is how Helm prints a
+    number from values unless the template converts it with `int`."""
+    if value == 0:
+        return "0"
+    sign, digit_tuple, exponent = Decimal(repr(abs(value))).normalize().as_tuple()
+    digits = "".join(map(str, digit_tuple))
+    point = len(digits) + exponent  # digits before the decimal point
+    prefix = "-" if value < 0 else ""
+    scientific = point - 1
+    if scientific < -4 or scientific >= 6:
+        mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        return f"{prefix}{mantissa}e{'-' if scientific < 0 else '+'}{abs(scientific):02d}"
+    if point >= len(digits):
+        return prefix + digits + "0" * (point - len(digits))
+    if point <= 0:
+        return f"{prefix}0.{'0' * -point}{digits}"
+    return f"{prefix}{digits[:point]}.{digits[point:]}"
+
+
 def to_yaml(value: Any) -> str:
     if value is None:
         return "null"
     # Helm's toYaml sorts keys (sigs.k8s.io/yaml) and drops the final newline.
-    return yaml.safe_dump(value, default_flow_style=False, sort_keys=True, width=1 << 16).rstrip("\n")
+    return yaml.safe_dump(
+        _json_numbers(value), default_flow_style=False, sort_keys=True, width=1 << 16
+    ).rstrip("\n")
 
 
 def indent(width: int, text: Any) -> str:
@@ -71,8 +118,15 @@ def required(message: str, value: Any) -> Any:
 
 
 def printf(fmt: str, *args: Any) -> str:
-    # Go verbs %s, %d and %v are all that the chart uses; Python's %s renders them the same way.
-    return re.sub(r"%[vd]", "%s", fmt) % tuple(to_text(a) for a in args)
+    """Go's Sprintf for the verbs the chart uses: %s, %v and %d (which takes integers only: a number from
+    values is a float64 there and needs `int`)."""
+    verbs = re.findall(r"%([svd])", fmt)
+    if len(verbs) != len(args):
+        raise TemplateError(f"printf {fmt!r}: {len(verbs)} verbs, {len(args)} arguments")
+    for verb, arg in zip(verbs, args, strict=True):
+        if verb == "d" and (not isinstance(arg, int) or isinstance(arg, bool)):
+            raise TemplateError(f"printf {fmt!r}: %d of {arg!r} (Go prints %!d(float64=...)); use int")
+    return re.sub(r"%[svd]", "%s", fmt) % tuple(to_text(a) for a in args)
 
 
 def to_text(value: Any) -> str:
@@ -83,8 +137,8 @@ def to_text(value: Any) -> str:
         return "true"
     if value is False:
         return "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
+    if isinstance(value, float):
+        return go_float(value)
     if isinstance(value, (dict, list)):
         raise TemplateError(f"cannot print a {type(value).__name__} directly; use toYaml: {value!r}")
     return str(value)

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from deploy.gotemplate import render_templates
+from deploy.gotemplate import helm_numbers, render_templates
 
 DEPLOY = Path(__file__).resolve().parent
 REPO = DEPLOY.parent
@@ -106,7 +106,7 @@ def render_chart(
     """The chart rendered with these complete (already merged) values, as `helm template` would."""
     chart = load_yaml(CHART / "Chart.yaml")
     context = {
-        "Values": values,
+        "Values": helm_numbers(values),
         "Release": {"Name": release, "Namespace": namespace, "Service": "Helm"},
         "Chart": {"Name": chart["name"], "Version": chart["version"], "AppVersion": chart["appVersion"]},
     }

@@ -310,3 +310,31 @@ def test_redis_cache_is_shared_by_replicas_with_its_password_from_a_secret():
     values["responseCache"]["enabled"] = False
     disabled = container(yaml.safe_load(render_chart(values)["deployment.yaml"]), "triton")
     assert "RESPONSE_CACHE" not in env(disabled)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_entrypoint_accepts_the_environment_the_chart_gives_it(rendered, variant, tmp_path):
+    # Helm holds numbers from values as float64 and prints big ones as 1.6777216e+07 unless the template
+    # says `int`; the renderer does the same, so the entrypoint here parses what it would get in a pod.
+    from deploy import serve
+
+    values = variant_values(variant)
+    pod_env = env(container(triton_deployment(rendered[variant.name]), "triton"))
+    assert serve.parse_pipelines(pod_env["PIPELINES"]) == values["pipelines"]
+    argv = serve.command(pod_env, [], tmp_path)
+    assert f"--backend-config=python,shm-default-byte-size={values['triton']['shmDefaultBytes']}" in argv
+    assert f"--cache-config=local,size={values['responseCache']['localSizeBytes']}" in argv
+    for name in ("MODEL_INSTANCES", "PREPROCESS_INSTANCES", "TRITON_EXIT_TIMEOUT_SECS", "TRITON_HTTP_PORT"):
+        assert pod_env[name].isdigit(), (name, pod_env[name])
+
+
+def test_renderer_prints_numbers_from_values_as_helm_does():
+    values = gotemplate.helm_numbers({"big": 16777216, "small": 8000, "flag": True})
+    out = gotemplate.render_templates(
+        {"t.yaml": "{{ .Values.big }} {{ int .Values.big }} {{ .Values.small | quote }} {{ .Values.flag }}"},
+        {"Values": values},
+    )["t.yaml"]
+    assert out == '1.6777216e+07 16777216 "8000" true'
+    with pytest.raises(gotemplate.TemplateError):  # Go prints %!d(float64=8000)
+        gotemplate.render_templates({"t.yaml": '{{ printf "%d" .Values.small }}'}, {"Values": values})
+    assert gotemplate.to_yaml({"size": 2147483648.0}) == "size: 2147483648"

@@ -43,7 +43,7 @@ app.kubernetes.io/component: gateway
       protocol: TCP
   env:
     - name: GATEWAY_PORT
-      value: {{ .Values.gateway.port | quote }}
+      value: {{ int .Values.gateway.port | quote }}
     - name: SERVED_MODEL_NAME
       value: {{ .Values.gateway.servedModelName | quote }}
     - name: TRITON_GRPC_URL
