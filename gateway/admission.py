@@ -55,30 +55,36 @@ class Admission:
         return GatewayError(Kind.OVERLOADED, message, retry_after=seconds)
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        await self._acquire()
+    async def slot(self, deadline: float | None = None) -> AsyncIterator[None]:
+        """An in-flight slot, waited for until ``deadline`` (time.monotonic; default: the queue timeout
+        from now)."""
+        await self._acquire(self.queue_timeout if deadline is None else deadline - time.monotonic())
         try:
             yield
         finally:
             self._release()
 
-    async def _acquire(self) -> None:
+    async def _acquire(self, timeout: float) -> None:
         if self.in_flight < self.max_in_flight and not self._waiters:
             self.in_flight += 1
             return
         if self.waiting >= self.max_waiting:
             raise self._shed(f"server overloaded: {self.waiting} requests already waiting")
         expected = self.expected_wait()
-        if expected is not None and expected > self.queue_timeout:
+        if timeout <= 0:
+            raise self._shed(
+                f"server overloaded: no capacity within the queue timeout of {self.queue_timeout:g} s"
+            )
+        if expected is not None and expected > timeout:
             raise self._shed(
                 f"server overloaded: expected wait {expected:.1f} s is over the queue timeout "
                 f"of {self.queue_timeout:g} s",
-                retry_after=expected - self.queue_timeout,
+                retry_after=expected - timeout,
             )
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), self.queue_timeout)
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except (asyncio.TimeoutError, asyncio.CancelledError) as error:
             if waiter.done() and not waiter.cancelled():
                 # The slot was handed over just as we gave up: pass it on.

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from importlib import metadata
 from typing import Any, TypeVar
 
+import pydantic_core
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -38,6 +39,7 @@ KNOWN_PATHS = frozenset(
     {*EMBEDDING_PATHS, *RERANK_PATHS, *SCORE_PATHS, *OPEN_PATHS, "/v1/models", "/tokenize", "/detokenize"}
 )
 MAX_VALIDATION_ERRORS = 3
+SERIALIZE_OFFLOAD_ROWS = 64
 
 
 def _version() -> str:
@@ -56,9 +58,19 @@ def error_response(error: GatewayError, settings: GatewaySettings) -> Response:
     )
 
 
-def json_response(model: BaseModel, request_id: str | None = None) -> Response:
+def json_response(model: BaseModel | bytes, request_id: str | None = None) -> Response:
     headers = {"X-Request-Id": request_id} if request_id else None
-    return Response(model.model_dump_json(), media_type="application/json", headers=headers)
+    body = model if isinstance(model, bytes) else model.model_dump_json()
+    return Response(body, media_type="application/json", headers=headers)
+
+
+async def serialize(model: BaseModel) -> bytes:
+    """JSON bytes; a response with many rows (thousands of float vectors: megabytes of text) is written
+    in a worker thread so that it does not stall the loop."""
+    rows = getattr(model, "data", None) or getattr(model, "results", None) or ()
+    if len(rows) > SERIALIZE_OFFLOAD_ROWS:
+        return await asyncio.to_thread(pydantic_core.to_json, model)
+    return pydantic_core.to_json(model)
 
 
 async def read_json(request: Request, settings: GatewaySettings) -> Any:
@@ -205,7 +217,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         async def endpoint(request: Request) -> Response:
             body = await parse(request, schema, settings)
             request_id = request_id_of(request, getattr(body, "request_id", None))
-            return json_response(await handler(body, request_id), request_id)
+            return json_response(await serialize(await handler(body, request_id)), request_id)
 
         for path in paths:
             app.add_api_route(path, endpoint, methods=["POST"], include_in_schema=path == paths[0])

@@ -30,6 +30,11 @@ class GatewayMetrics:
         self.prompt_tokens = Counter(
             "gateway_prompt_tokens", "Tokens the model ran for, by route", ["route"], registry=self.registry
         )
+        self.triton_refusals = Counter(
+            "gateway_triton_queue_refusals",
+            "Requests Triton's queue refused (full or timed out) that the gateway sent again",
+            registry=self.registry,
+        )
         self.http_in_flight = Gauge(
             "gateway_http_requests_in_progress", "HTTP requests being handled", registry=self.registry
         )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
 
@@ -19,10 +19,12 @@ from gateway.media import MediaFetcher
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.tokenizer import GatewayTokenizer
-from gateway.triton import TritonBackend
+from gateway.triton import Outcome, TritonBackend
 
 # Strings longer than this are tokenised in a worker thread.
 TOKENIZE_OFFLOAD_CHARS = 100_000
+# Before sending again what Triton's queue refused.
+TRITON_BUSY_PAUSE = 0.05
 
 
 def check_model(requested: str | None, names: Sequence[str]) -> None:
@@ -106,6 +108,21 @@ class Gateway:
                 "truncate_prompt_tokens",
             )
 
+    async def _admitted(self, call: Callable[[], Awaitable[Outcome]]) -> Outcome:
+        """``call`` to Triton once admitted. Should Triton's own queue refuse it (full, or past its
+        timeout: a burst bigger than its queue), it waits again while the queue timeout allows — a burst
+        is not overload."""
+        deadline = time.monotonic() + self.settings.queue_timeout
+        while True:
+            async with self.admission.slot(deadline):
+                try:
+                    return await call()
+                except GatewayError as error:
+                    if error.kind is not Kind.OVERLOADED or time.monotonic() >= deadline:
+                        raise
+                    self.metrics.triton_refusals.inc()
+            await asyncio.sleep(TRITON_BUSY_PAUSE)
+
     async def _truncate_raw(self, items: list[Item], truncate: int | None) -> list[Item]:
         """vLLM's truncation of raw items: k keeps the last k tokens, -1 the last max_model_len, null none
         (the ensemble then refuses an over-long item, as vLLM does). Only items that are cut travel as
@@ -156,8 +173,7 @@ class Gateway:
             items = await self._truncate_raw(items, truncate)
         else:
             await self._check_truncation(truncate, settings.embedding_model)
-        async with self.admission.slot():
-            outcome = await self.backend.embed(items, request.dimensions, subject)
+        outcome = await self._admitted(lambda: self.backend.embed(items, request.dimensions, subject))
         self.metrics.prompt_tokens.labels("embeddings").inc(sum(outcome.token_counts or ()))
         data = [
             protocol.EmbeddingData(index=index, embedding=encode_vector(vector, request.encoding_format))
@@ -174,8 +190,7 @@ class Gateway:
     async def _score_pairs(
         self, pairs: list[tuple[Item, Item]], instruction: str | None, subject: str
     ) -> tuple[list[float], list[int] | None]:
-        async with self.admission.slot():
-            outcome = await self.backend.score(pairs, instruction, subject)
+        outcome = await self._admitted(lambda: self.backend.score(pairs, instruction, subject))
         self.metrics.prompt_tokens.labels("score").inc(sum(outcome.token_counts or ()))
         return outcome.values, outcome.token_counts
 

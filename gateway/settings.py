@@ -36,11 +36,14 @@ class GatewaySettings:
     input_format: InputFormat = "official"
     max_body_bytes: int = 64 * MIB
     max_items: int = 2048  # inputs, conversations, documents or pairs per request
-    # Requests sent to Triton at once; keep it at or below Triton's own queue bound, if one is set.
-    max_in_flight: int = 256
+    # Requests at Triton at once. Triton's queues refuse what waits over 10 s (config.pbtxt): 64 keeps
+    # the wait inside Triton under that down to ~7 requests/s; what Triton refuses anyway waits again here.
+    max_in_flight: int = 64
     max_waiting: int = 20_000
-    # Work that would wait longer than this for an in-flight slot is answered 503 + Retry-After.
-    queue_timeout: float = 60.0
+    # Work that would wait longer than this for an in-flight slot is answered 503 + Retry-After. The seed's
+    # burst (1,000 x 200 tokens at once) takes ~20 s on the 8B, and over a minute for the tiny model on
+    # two busy cores: 120 s sheds only work that is hopeless.
+    queue_timeout: float = 120.0
     request_timeout: float = 300.0  # one Triton call
     retry_after: int = 1  # seconds, on 503s that have no better estimate
     # Media by URL: data: URIs always; http(s) only when allowed; file: only under this directory.

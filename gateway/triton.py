@@ -27,6 +27,9 @@ TOKEN_COUNT_OUTPUT = "TOKEN_COUNT"
 _ROW = re.compile(r"\brow (\d+): ")
 # Reranker errors about the query (every row carries it) start with one of these.
 _QUERY_MARKERS = ("QUERY_", "the query ")
+# Triton's dynamic batcher refusing a request: its queue is full, or the request waited past the queue
+# policy's timeout.
+_TRITON_BUSY = re.compile(r"maximum queue size|timeout expired", re.IGNORECASE)
 _KIND_BY_STATUS = {
     "StatusCode.INVALID_ARGUMENT": Kind.INVALID,
     "StatusCode.UNAVAILABLE": Kind.UNAVAILABLE,
@@ -57,7 +60,10 @@ class Outcome:
 def kind_of(error: BaseException) -> Kind:
     status = getattr(error, "status", None)
     code = str(status()) if callable(status) else ""
-    return _KIND_BY_STATUS.get(code, Kind.INTERNAL)
+    kind = _KIND_BY_STATUS.get(code, Kind.INTERNAL)
+    if kind is Kind.UNAVAILABLE and _TRITON_BUSY.search(error_text(error)):
+        return Kind.OVERLOADED  # Triton is up, its queue is not: the request may be sent again
+    return kind
 
 
 def error_text(error: BaseException) -> str:

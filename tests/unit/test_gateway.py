@@ -155,6 +155,8 @@ def test_triton_errors_map_to_kinds_and_name_the_callers_item():
     assert (
         blame(FakeTritonError("StatusCode.UNAVAILABLE", "queue full"), [0], "input").kind is Kind.UNAVAILABLE
     )
+    full = FakeTritonError("StatusCode.UNAVAILABLE", "Exceeds maximum queue size")
+    assert blame(full, [0], "input").kind is Kind.OVERLOADED  # Triton up, its queue full: send again
     assert blame(FakeTritonError("StatusCode.DEADLINE_EXCEEDED", "late"), [0], "input").kind is Kind.TIMEOUT
     assert blame(FakeTritonError("StatusCode.INTERNAL", "boom"), [0], "input").kind is Kind.INTERNAL
 
