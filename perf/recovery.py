@@ -141,6 +141,10 @@ def kill_and_measure(base: str, log: Path, load: Load, target: str, ensemble: st
     return result
 
 
+def _counts(failed: dict[str, int]) -> str:
+    return ", ".join(f"{model}: {count}" for model, count in sorted(failed.items())) or "0"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m perf.recovery", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="default: perf/results/<host>/<date>")
@@ -199,13 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.out / "recovery.json").write_text(json.dumps(report, indent=2) + "\n")
     rows = [
-        "| SIGKILL of | readiness false after | serving again after | failed requests meanwhile |",
+        "| SIGKILL of | readiness false after | serving again after | failed attempts (50 ms apart) |",
         "|---|---|---|---|",
     ]
     for result in results:
         rows.append(
             f"| {result['killed']} | {result['readiness_false_after_s']} s "
-            f"| {result['serving_again_after_s']} s | {result['failed_requests'] or 0} |"
+            f"| {result['serving_again_after_s']} s | {_counts(result['failed_requests'])} |"
         )
     lines = [
         f"# Recovery under `make serve` ({os.cpu_count()} cores), {report['date']}",
@@ -217,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"SIGTERM under the same load: stopped in {stop['stop_seconds']} s, "
         f"exit code {stop['launcher_exit_code']}, "
-        f"{stop['stubs_left']} stubs and {stop['shm_regions_left']} /dev/shm regions left, failed requests "
-        f"{stop['requests_failed_during_stop'] or 0} (refused connections once the server stops listening).",
+        f"{stop['stubs_left']} stubs and {stop['shm_regions_left']} /dev/shm regions left; "
+        f"failed attempts {_counts(stop['requests_failed_during_stop'])} (connections refused once the "
+        "server stopped listening).",
         "",
         "Launcher log:",
         "",
