@@ -182,3 +182,41 @@ class StubWatchdog:
         logger.warning("watchdog: model %s serves again (reloaded in %.1f s)", model, seconds)
         if self.on_recovered:
             self.on_recovered(model, seconds)
+
+
+def _find_server_pid() -> int:
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == "tritonserver":
+                return int(comm.parent.name)
+        except OSError:
+            continue
+    raise SystemExit("no tritonserver process found; pass --server-pid")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Watch a tritonserver started elsewhere (e.g. NGC's, in a container); it must run with
+    ``--model-control-mode=explicit --load-model=*``. Ends when that server is gone."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tools.watchdog", description=main.__doc__)
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server's HTTP endpoint")
+    parser.add_argument(
+        "--server-pid", type=int, default=None, help="default: the process named tritonserver"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s launcher: %(message)s")
+    pid = args.server_pid or _find_server_pid()
+    stat = _proc_stat(Path(f"/proc/{pid}"))
+    if stat is None:
+        raise SystemExit(f"no process {pid}")
+    watchdog = StubWatchdog(stat[1], args.url).start()
+    logger.info("watching the stubs of tritonserver pid %d (process group %d)", pid, stat[1])
+    while (state := _proc_stat(Path(f"/proc/{pid}"))) is not None and state[0] != "Z":
+        time.sleep(1.0)
+    watchdog.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -328,3 +328,30 @@ def test_stop_with_a_dead_stub_leaves_nothing(tmp_path):
     assert time.monotonic() - stopping < 5 + STOP_MARGIN_SECS + 5
     assert not live_stubs(server.pid)
     assert not server.leftover_shm()
+
+
+def test_standalone_watchdog_repairs_a_server_started_elsewhere(tmp_path):
+    """`python -m tools.watchdog` beside a tritonserver it did not start (NGC's, in a container)."""
+    from tools.launcher import TritonServer
+
+    with TritonServer(REPOSITORY, log_path=tmp_path / "server.log", exit_timeout=5) as server:
+        base = f"http://{server.http_url}"
+        watchdog = subprocess.Popen(
+            [sys.executable, "-m", "tools.watchdog", f"--url={base}", f"--server-pid={server.pid}"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            assert wait_for(lambda: live_stubs(server.pid), 10.0)
+            time.sleep(1.0)  # let it take its first look at the stubs
+            (stub,) = [stub for stub, model in live_stubs(server.pid).items() if model == "echo"]
+            os.kill(stub, signal.SIGKILL)
+            assert wait_for(lambda: ready(base) == 400, 10.0, interval=0.02)
+            assert wait_for(lambda: ready(base) == 200 and infer(base, "pipeline", 1)[0] == 200, 60.0)
+        finally:
+            server.stop()
+            output = watchdog.communicate(timeout=15)[0]
+    assert watchdog.returncode == 0  # it ends with the server
+    assert "watchdog: model echo serves again" in output
