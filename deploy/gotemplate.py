@@ -85,13 +85,22 @@ def go_float(value: float) -> str:
     return f"{prefix}{digits[:point]}.{digits[point:]}"
 
 
+class _GoYamlDumper(yaml.SafeDumper):
+    """Quotes the way Go's yaml (under Helm's toYaml) does: double quotes where a plain scalar won't do."""
+
+    def choose_scalar_style(self):
+        style = super().choose_scalar_style()
+        return '"' if style == "'" else style
+
+
 def to_yaml(value: Any) -> str:
     if value is None:
         return "null"
     # Helm's toYaml sorts keys (sigs.k8s.io/yaml) and drops the final newline.
-    return yaml.safe_dump(
-        _json_numbers(value), default_flow_style=False, sort_keys=True, width=1 << 16
-    ).rstrip("\n")
+    text = yaml.dump(
+        _json_numbers(value), Dumper=_GoYamlDumper, default_flow_style=False, sort_keys=True, width=1 << 16
+    )
+    return text.rstrip("\n")
 
 
 def indent(width: int, text: Any) -> str:
