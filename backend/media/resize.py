@@ -176,10 +176,12 @@ def exact_values(
     height: AxisTaps,
 ) -> np.ndarray:
     """Torch's float32 output (before clamp and round) at the pixels (rows, cols, channels) of one frame."""
-    in_height, in_width, _ = frame.shape
+    in_height, in_width, depth = frame.shape
     y_taps = np.minimum(height.first[rows][:, None] + np.arange(height.weights.shape[1]), in_height - 1)
     x_taps = np.minimum(width.first[cols][:, None] + np.arange(width.weights.shape[1]), in_width - 1)
-    values = frame[y_taps[:, :, None], x_taps[:, None, :], channels[:, None, None]].astype(np.float32)
+    # One flat gather: numpy's take on a 1-D array is many times faster than three broadcast index arrays.
+    flat = (y_taps[:, :, None] * in_width + x_taps[:, None, :]) * depth + channels[:, None, None]
+    values = np.ascontiguousarray(frame).reshape(-1).take(flat).astype(np.float32)
     across = _weighted_sum(values, width.weights[cols][:, None, :], width.counts[cols][:, None])  # width pass
     return _weighted_sum(across, height.weights[rows], height.counts[rows])
 
@@ -249,7 +251,7 @@ def resize_bicubic_antialias(frames: np.ndarray, height: int, width: int) -> np.
         offset = np.abs(np.subtract(values, rounded, out=values), out=values)  # values is a buffer of ours
         near = np.flatnonzero(offset >= plan.near_midpoint)
         np.clip(rounded, 0, 255, out=rounded)
-        resized[index] = rounded.transpose(1, 2, 0)
+        resized[index] = rounded.astype(np.uint8).transpose(1, 2, 0)  # interleaving bytes beats floats
         if near.size:
             chans, rows, cols = np.unravel_index(near, (channels, height, width))
             exact = exact_values(frame, rows, cols, chans, plan.width, plan.height)
