@@ -49,17 +49,17 @@ SHM_PREFIX_BASE = "triton_python_backend_shm_region_"
 # How long tritonserver waits for in-flight requests and model unloads after SIGTERM (unloading the
 # four Python models takes 6-9 s on a busy 2-core host) ...
 EXIT_TIMEOUT_SECS = 10
-# `make serve` allows in-flight requests of real checkpoints more time, and stays within the 30 s a
-# Kubernetes pod gets by default between SIGTERM and SIGKILL.
-SERVE_EXIT_TIMEOUT_SECS = 20
 # ... and how much longer stop() waits before it kills the whole process group.
 STOP_MARGIN_SECS = 10.0
+# `make serve` gives in-flight requests of real checkpoints more time; with the margin it ends within the
+# 30 s a Kubernetes pod gets by default between SIGTERM and SIGKILL.
+SERVE_EXIT_TIMEOUT_SECS = 20
 STUB_GRACE_SECS = 3.0
 LOG_TAIL_LINES = 60
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
-# `make serve` answers only on this machine; containers pass --host 0.0.0.0 (README "Security").
+# `make serve` answers only on this machine; containers pass --host 0.0.0.0 (README "Operations").
 DEFAULT_HOST = "127.0.0.1"
 # Loading real 8B checkpoints (and compiling them) can take many minutes.
 SERVE_STARTUP_TIMEOUT_SECS = 3600.0
@@ -354,9 +354,17 @@ def connect_host(host: str) -> str:
 
 
 def _is_ready(host: str, http_port: int) -> bool:
-    url = f"http://{host}:{http_port}/v2/health/ready"
+    return _health(host, http_port, "ready")
+
+
+def is_live(host: str, http_port: int, timeout: float = 2.0) -> bool:
+    return _health(host, http_port, "live", timeout)
+
+
+def _health(host: str, http_port: int, what: str, timeout: float = 1.0) -> bool:
+    url = f"http://{host}:{http_port}/v2/health/{what}"
     try:
-        with urllib.request.urlopen(url, timeout=1.0) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError):
         # 400 (not ready yet), connection refused and timeouts all just mean "poll again".
@@ -634,6 +642,12 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-verbose", type=int, default=0)
     serve.add_argument("--no-watchdog", action="store_true", help="do not reload models whose stub died")
     serve.add_argument(
+        "--liveness-timeout",
+        type=float,
+        default=None,
+        help="restart tritonserver when /v2/health/live has not answered for this many seconds (default 60)",
+    )
+    serve.add_argument(
         "--no-gateway",
         action="store_true",
         help="do not start the OpenAI/vLLM gateway (GATEWAY_PORT, default 9000) beside tritonserver",
@@ -715,7 +729,9 @@ def serve(args: argparse.Namespace, venv: Path, passthrough: Sequence[str]) -> i
     )
     gateway = None if args.no_gateway else start_gateway(args.host, args.grpc_port)
     try:
-        return Supervisor(server, watch_stubs=not args.no_watchdog).run()
+        return Supervisor(
+            server, watch_stubs=not args.no_watchdog, liveness_timeout=args.liveness_timeout
+        ).run()
     finally:
         if gateway is not None:
             stop_gateway(gateway)

@@ -1,6 +1,7 @@
 """The serve loop behind ``make serve``: keep one tritonserver serving until told to stop.
 
-- tritonserver dies (a segfault, the OOM killer, SIGKILL): it is restarted on the same ports after a
+- tritonserver dies (a segfault, the OOM killer, SIGKILL) or stops answering ``/v2/health/live`` for
+  ``LIVENESS_TIMEOUT_SECS`` (then it is killed first): it is restarted on the same ports after a
   backoff that doubles with each crash in a row (1 s, 2 s, 4 s ... 60 s; a server that stayed up
   ``STABLE_SECS`` starts the count again), and each crash is logged with a running counter.
 - a Python stub dies: ``tools.watchdog`` reloads its model through the repository API.
@@ -17,7 +18,7 @@ import threading
 import time
 from types import FrameType
 
-from tools.launcher import StartCancelled, TritonServer, signal_group
+from tools.launcher import StartCancelled, TritonServer, connect_host, is_live, signal_group
 from tools.watchdog import StubWatchdog
 
 logger = logging.getLogger("launcher")
@@ -27,6 +28,10 @@ RESTART_BACKOFF_MAX_SECS = 60.0
 STABLE_SECS = 120.0
 POLL_SECS = 0.2
 REPEAT_SIGNAL_SECS = 2.0
+# A running server whose HTTP front has not answered /v2/health/live for this long is wedged (a hung
+# shutdown, a deadlock) and is killed and restarted. Generous: a busy server still answers in milliseconds.
+LIVENESS_TIMEOUT_SECS = 60.0
+LIVENESS_PROBE_SECS = 5.0
 
 
 def describe_exit(code: int | None) -> str:
@@ -40,12 +45,16 @@ def restart_delay(crashes_in_a_row: int) -> float:
 
 
 class Supervisor:
-    def __init__(self, server: TritonServer, watch_stubs: bool = True) -> None:
+    def __init__(
+        self, server: TritonServer, watch_stubs: bool = True, liveness_timeout: float | None = None
+    ) -> None:
         self.server = server
         self.watch_stubs = watch_stubs
         self.crashes = 0
         self._stop = threading.Event()
         self._watchdog: StubWatchdog | None = None
+        self.liveness_timeout = liveness_timeout or LIVENESS_TIMEOUT_SECS
+        self._last_live = self._next_live_probe = 0.0
         self._stop_requested_at = 0.0
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -76,6 +85,7 @@ class Supervisor:
             self.server.shm_prefix,
             self.server.startup_seconds or 0.0,
         )
+        self._last_live = time.monotonic()
         if self.watch_stubs and self.server.pid:
             self._watchdog = StubWatchdog(self.server.pid, f"http://{self.server.http_url}").start()
 
@@ -83,6 +93,21 @@ class Supervisor:
         if self._watchdog is not None:
             self._watchdog.stop()
             self._watchdog = None
+
+    def _check_liveness(self) -> None:
+        """A server that is alive but no longer answers (a wedged process) is killed, so that the loop
+        restarts it like any crash."""
+        now = time.monotonic()
+        if now < self._next_live_probe:
+            return
+        self._next_live_probe = now + min(LIVENESS_PROBE_SECS, self.liveness_timeout / 4)
+        if is_live(connect_host(self.server.host), self.server.http_port):
+            self._last_live = now
+        elif now - self._last_live > self.liveness_timeout and self.server.pid:
+            logger.error(
+                "tritonserver has not answered /v2/health/live for %.0f s; killing it", now - self._last_live
+            )
+            signal_group(self.server.pid, signal.SIGKILL)
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; 0 after a requested stop, 1 if the first start fails."""
@@ -99,6 +124,7 @@ class Supervisor:
         in_a_row = 0
         while not self._stop.wait(POLL_SECS):
             if self.server.is_running():
+                self._check_liveness()
                 continue
             self._stop_watchdog()
             code = self.server.returncode

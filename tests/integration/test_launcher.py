@@ -107,6 +107,7 @@ def served(tmp_path_factory):
         f"--grpc-port={grpc_port}",
         f"--metrics-port={metrics_port}",
         f"--exit-timeout-secs={EXIT_TIMEOUT}",
+        "--liveness-timeout=4",
     )
     running = Served(process, tmp_path / "serve.log", http_port, grpc_port, metrics_port)
     try:
@@ -196,6 +197,18 @@ def test_killed_server_is_restarted(served):
         r"tritonserver died \(killed by signal 9 \(SIGKILL\)\): crash 1, restarting in 1 s", served.text()
     )
     print(f"tritonserver SIGKILL -> serving again in {time.monotonic() - killed:.1f} s")
+
+
+def test_wedged_server_is_killed_and_restarted(served):
+    """A server that stops answering (SIGSTOP stands in for a deadlock) is killed and started again."""
+    wedged = served.server_pids()[-1]
+    os.kill(wedged, signal.SIGSTOP)
+    started = time.monotonic()
+    assert wait_for(lambda: len(served.server_pids()) == 3 and ready(served.base) == 200, 60.0), served.text()
+    assert "tritonserver has not answered /v2/health/live for" in served.text()
+    assert "crash 2, restarting" in served.text()
+    assert not live_stubs(wedged)
+    print(f"wedged tritonserver -> serving again in {time.monotonic() - started:.1f} s")
 
 
 def test_sigterm_drains_in_flight_requests_then_leaves_nothing(served):
