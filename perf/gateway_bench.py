@@ -435,6 +435,8 @@ def write_report(run_dir: Path, report: dict) -> None:
         f"- Model: {report['model']}; one tritonserver + one gateway, both clients on the same 2 cores",
         f"- Target: gateway ≥ {TARGET_RATIO} × direct throughput",
         f"- Busy before the start: {', '.join(report['busy_at_start']) or 'nothing'}",
+        f"- Scheduling priority (`--priority`, autogroup nice of server, gateway and clients): "
+        f"{report['priority']}",
         "",
         "| concurrency | direct req/s | gateway req/s | ratio | target |",
         "|---:|---:|---:|---:|---|",
@@ -544,6 +546,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, default=None, help="default perf/results/<host>/<date>")
     parser.add_argument("--triton-grpc-url", default=None, help="with --gateway-url: servers already running")
     parser.add_argument("--gateway-url", default=None, help="e.g. http://127.0.0.1:9000")
+    parser.add_argument(
+        "--priority",
+        type=int,
+        default=0,
+        help="scheduling nice of the server, gateway and clients, e.g. -10 on a machine others share (root)",
+    )
     parser.add_argument("--model", default=EMBEDDING_NAME, help="`model` in the requests (a served name)")
     args = parser.parse_args(argv)
     if bool(args.triton_grpc_url) != bool(args.gateway_url):
@@ -560,6 +568,9 @@ def main(argv: list[str] | None = None) -> int:
         with GatewayStack(raw) as stack:
             log(f"tritonserver {stack.server.grpc_url}, gateway {stack.base_url}")
             model = shown_path(stack.embedding_model)
+            if args.priority:
+                for problem in stack.prioritize(args.priority):
+                    log(f"priority not set for {problem}")
             target = Target(stack.server.grpc_url, stack.base_url, stack.server.pid, stack.gateway.pid)
             measured = measure(target, args, run_dir, raw)
     report = {
@@ -572,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         "workload": "text_200 (perf/workloads.py): texts of exactly 200 tokens, default instruction",
         "target_ratio": TARGET_RATIO,
         "busy_at_start": busy,
+        "priority": args.priority,
         **measured,
     }
     write_report(run_dir, report)

@@ -137,6 +137,19 @@ class GatewayStack:
                 )
             time.sleep(0.2)
 
+    def prioritize(self, nice: int) -> list[str]:
+        """Give the server, the gateway and this process (with the clients it starts) scheduling priority
+        `nice`. With autogroup scheduling (Linux's default) every session shares the cores as one group, and
+        the server and gateway lead sessions of their own: their group's nice is what counts against other
+        work on the machine, a process's own nice only within its group. Returns what could not be set."""
+        failed = []
+        for pid in (self.server.pid, self.gateway.pid, os.getpid()):
+            try:
+                Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+            except OSError as error:
+                failed.append(f"pid {pid}: {error}")
+        return failed
+
     def stop(self) -> None:
         gateway, self.gateway = self.gateway, None
         if gateway is not None and gateway.poll() is None:

@@ -183,7 +183,9 @@ def write_summary(run_dir: Path, report: dict) -> None:
         "",
         f"- Command: `{report['command']}`",
         f"- When: {report['started']} to {report['finished']}; commit {report['commit']}",
-        f"- Host: {report['host']}; busy before the start: {', '.join(report['busy_at_start']) or 'nothing'}",
+        f"- Host: {report['host']}; scheduling priority (autogroup nice of server, gateway and bench) "
+        f"{report['priority']}",
+        f"- Busy before the start: {', '.join(report['busy_at_start']) or 'nothing'}",
         f"- Served: {report['served']}",
         f"- vLLM: {report['vllm_version']} from perf/requirements-vllm-bench.txt in its own venv, offline",
         "",
@@ -231,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(BENCHES), help="comma-separated: embeddings,rerank")
     parser.add_argument("--num-prompts", type=int, default=1000, help="the seed's (and vLLM's) default")
     parser.add_argument("--base-url", default=None, help="a running gateway; default: start one here")
+    parser.add_argument(
+        "--priority",
+        type=int,
+        default=0,
+        help="scheduling nice of the server, gateway and bench, e.g. -10 on a machine others share (root)",
+    )
     parser.add_argument("--run-dir", type=Path, default=None, help="default perf/results/<host>/<date>")
     args = parser.parse_args(argv)
     if not args.vllm.exists():
@@ -250,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"tritonserver + gateway started here; embedding {stack.embedding_model.name}, "
                 f"reranker {stack.reranker_model.name}"
             )
+            if args.priority:
+                for problem in stack.prioritize(args.priority):
+                    log(f"priority not set for {problem}")
             outcomes = [run_bench(args.vllm, b, stack.base_url, run_dir, args.num_prompts) for b in benches]
     report = {
         "command": "python -m perf.vllm_bench " + shlex.join(sys.argv[1:] if argv is None else argv),
@@ -258,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": git_commit(),
         "host": host_tag(),
         "busy_at_start": busy,
+        "priority": args.priority,
         "served": served,
         "vllm_version": vllm_version(args.vllm),
         "benches": outcomes,
