@@ -4,6 +4,7 @@
   (HTTP 400).
 - `UnavailableError`: the server cannot run this request now (the device is out of memory even for it
   alone); retrying later may work -> UNAVAILABLE (HTTP 503), which the client retries.
+- `CancelledError`: the client went away before the work started; the work is skipped -> CANCELLED.
 - `ConfigError`: the model configuration or the environment cannot work -> the model fails to load.
 Anything else is our own bug -> INTERNAL. `backend.triton_io` maps kinds to Triton codes in one place.
 
@@ -50,6 +51,13 @@ class InputError(ValueError):
 
 class UnavailableError(RuntimeError):
     """The request is well-formed but cannot run now (e.g. out of device memory even on its own)."""
+
+
+class CancelledError(RuntimeError):
+    """The client cancelled the request (or its deadline passed) before the step ran it."""
+
+    def __init__(self) -> None:
+        super().__init__("request cancelled by the client before it ran")
 
 
 class ConfigError(RuntimeError):

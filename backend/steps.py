@@ -1,8 +1,9 @@
 """What each Triton model does with one `execute()` call, free of Triton types (and of torch) so unit tests
 and the preprocess steps reach it without loading a model.
 
-Each driver takes the requests' input tensors (name -> numpy array, None when absent) and returns, per
-request, either its output tensors or the exception that fails that request alone.
+Each driver takes the requests' input tensors (name -> numpy array, None when absent; None for a request
+its client has cancelled) and returns, per request, either its output tensors or the exception that fails
+that request alone.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from backend.errors import InputError, UnavailableError
+from backend.errors import CancelledError, InputError, UnavailableError
 from backend.protocol import PreparedItem
 
 logger = logging.getLogger(__name__)
@@ -36,9 +37,12 @@ def _failure(error: Exception, what: str) -> Exception:
     return error
 
 
-def preprocess_requests(preprocessor: Preprocessor, requests: Sequence[Tensors]) -> list[Result]:
+def preprocess_requests(preprocessor: Preprocessor, requests: Sequence[Tensors | None]) -> list[Result]:
     results: list[Result] = []
     for inputs in requests:
+        if inputs is None:
+            results.append(CancelledError())
+            continue
         try:
             rows = preprocessor.prepare_request(inputs)
             results.append(preprocessor.pack(rows))
@@ -48,7 +52,7 @@ def preprocess_requests(preprocessor: Preprocessor, requests: Sequence[Tensors])
 
 
 def run_model_requests(
-    requests: Sequence[Tensors],
+    requests: Sequence[Tensors | None],
     unpack: Callable[[Tensors], list[PreparedItem]],
     compute: Callable[[list[PreparedItem]], list[np.ndarray]],
     respond: Callable[[Sequence[PreparedItem], Sequence[np.ndarray]], dict[str, np.ndarray]],
@@ -58,6 +62,9 @@ def run_model_requests(
     results: list[Result | None] = [None] * len(requests)
     accepted: list[tuple[int, list[PreparedItem]]] = []
     for position, inputs in enumerate(requests):
+        if inputs is None:
+            results[position] = CancelledError()
+            continue
         try:
             accepted.append((position, unpack(inputs)))
         except Exception as error:

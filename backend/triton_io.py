@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from backend.errors import InputError, UnavailableError
+from backend.errors import CancelledError, InputError, UnavailableError
 
 
 def _pb():
@@ -33,8 +33,12 @@ def configure_logging(model_name: str) -> None:
         root.setLevel(logging.INFO)
 
 
-def read_inputs(request, names: Iterable[str]) -> dict[str, np.ndarray | None]:
+def read_inputs(request, names: Iterable[str]) -> dict[str, np.ndarray | None] | None:
+    """The request's tensors by name (None for an absent optional input); None for the whole request when its
+    client has cancelled it, so that no step spends a forward on an answer nobody reads."""
     pb_utils = _pb()
+    if request.is_cancelled():
+        return None
     inputs = {}
     for name in names:
         tensor = pb_utils.get_input_tensor_by_name(request, name)
@@ -47,6 +51,10 @@ def to_response(result: Mapping[str, np.ndarray] | Exception):
     if isinstance(result, InputError):
         return pb_utils.InferenceResponse(
             error=pb_utils.TritonError(str(result), pb_utils.TritonError.INVALID_ARG)
+        )
+    if isinstance(result, CancelledError):
+        return pb_utils.InferenceResponse(
+            error=pb_utils.TritonError(str(result), pb_utils.TritonError.CANCELLED)
         )
     if isinstance(result, UnavailableError):
         return pb_utils.InferenceResponse(

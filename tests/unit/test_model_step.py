@@ -100,3 +100,19 @@ def test_the_model_step_checks_what_a_direct_caller_sends(model):
         assert failure.value.row == 1
     [result] = embed_requests(model, [wire([good_image])])
     assert result["TOKEN_COUNT"].tolist() == [[4]]
+
+
+def test_cancelled_requests_are_answered_without_a_forward(model, monkeypatch, tiny_model_path):
+    from backend.embedding.preprocess import EmbeddingPreprocessor
+    from backend.errors import CancelledError
+    from backend.settings import PreprocessSettings
+    from backend.steps import preprocess_requests
+
+    tried = out_of_memory_when(model, monkeypatch, lambda batch: False)
+    results = embed_requests(model, [None, wire(rows(7)), None])
+    assert isinstance(results[0], CancelledError) and isinstance(results[2], CancelledError)
+    assert results[1]["EMBEDDING"].shape == (1, model.hidden_size)
+    assert tried == [1]  # one forward, for the live request only
+    preprocessor = EmbeddingPreprocessor(PreprocessSettings(model_path=str(tiny_model_path)))
+    [cancelled, done] = preprocess_requests(preprocessor, [None, {"TEXT": np.array([[b"hi"]], dtype=object)}])
+    assert isinstance(cancelled, CancelledError) and done["SEQ_LEN"].shape == (1, 1)
