@@ -9,11 +9,13 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY requirements.txt pyproject.toml ./
 COPY deploy/images/serve-packages.txt deploy/images/
+# pip constraints cannot carry extras (tritonclient[http,grpc]): the same pins without them.
+RUN sed 's/\[[^]]*\]//' requirements.txt > constraints.txt
 RUN python -m venv /opt/venv
 # torch: requirements.txt's version, CPU build; everything else pinned by requirements.txt as a constraint.
 RUN TORCH="$(sed -n 's/^torch==//p' requirements.txt)" \
  && /opt/venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH}" \
- && /opt/venv/bin/pip install -c requirements.txt -r deploy/images/serve-packages.txt \
+ && /opt/venv/bin/pip install -c constraints.txt -r deploy/images/serve-packages.txt \
       "$(grep '^nvidia-pytriton==' requirements.txt)"
 COPY backend backend
 COPY tools tools

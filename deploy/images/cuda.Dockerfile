@@ -13,11 +13,13 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY requirements.txt pyproject.toml ./
 COPY deploy/images/serve-packages.txt deploy/images/
+# pip constraints cannot carry extras (tritonclient[http,grpc]): the same pins without them.
+RUN sed 's/\[[^]]*\]//' requirements.txt > constraints.txt
 # A venv of the image's own python3 (Ubuntu's is externally managed); the stub is built for that Python.
 RUN python3 -m venv /opt/venv
 RUN TORCH="$(sed -n 's/^torch==//p' requirements.txt)" \
  && /opt/venv/bin/pip install --index-url "${TORCH_INDEX}" "torch==${TORCH}" \
- && /opt/venv/bin/pip install -c requirements.txt -r deploy/images/serve-packages.txt
+ && /opt/venv/bin/pip install -c constraints.txt -r deploy/images/serve-packages.txt
 COPY backend backend
 COPY tools tools
 COPY client client

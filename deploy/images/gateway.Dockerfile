@@ -9,8 +9,10 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY requirements.txt ./
 COPY deploy/images/gateway-packages.txt deploy/images/
-RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install -c requirements.txt -r deploy/images/gateway-packages.txt
+# pip constraints cannot carry extras (tritonclient[http,grpc]): the same pins without them.
+RUN sed 's/\[[^]]*\]//' requirements.txt > constraints.txt \
+ && python -m venv /opt/venv \
+ && /opt/venv/bin/pip install -c constraints.txt -r deploy/images/gateway-packages.txt
 
 FROM ${PYTHON_IMAGE}
 # uid 1000 may already exist in the base (NGC has triton-server, CANN images HwHiAiUser); reuse it then.
@@ -18,7 +20,7 @@ RUN getent passwd 1000 > /dev/null || useradd --uid 1000 --user-group --no-creat
 COPY --from=build /opt/venv /opt/venv
 COPY gateway /opt/qwen3vl/gateway
 COPY backend /opt/qwen3vl/backend
-ENV PATH=/opt/venv/bin:$PATH HOME=/tmp GATEWAY_PORT=9000
+ENV PATH=/opt/venv/bin:$PATH HOME=/tmp GATEWAY_HOST=0.0.0.0 GATEWAY_PORT=9000
 WORKDIR /opt/qwen3vl
 USER 1000:1000
 EXPOSE 9000

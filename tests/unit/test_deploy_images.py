@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -83,8 +84,8 @@ def test_final_stage_runs_as_non_root_without_weights(dockerfile):
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.stem)
 def test_pip_installs_take_their_versions_from_requirements_txt(dockerfile):
     """Every pip install is torch at requirements.txt's version (read from it), a line taken from it, a
-    package list constrained by it (-c requirements.txt), the project itself, or torch-npu pinned to torch's
-    version; nothing is installed unpinned."""
+    package list constrained by it (-c constraints.txt, made from it), the project itself, or torch-npu
+    pinned to torch's version; nothing is installed unpinned."""
     text = dockerfile.read_text().replace("\\\n", " ")
     pins = requirement_pins()
     installs = re.findall(r"pip install ([^&\n]+)", text)
@@ -92,7 +93,7 @@ def test_pip_installs_take_their_versions_from_requirements_txt(dockerfile):
     for install in installs:
         words = install.split()
         if "-r" in words:
-            assert "-c requirements.txt" in install, install
+            assert "-c constraints.txt" in install, install
             listed = package_list(REPO / words[words.index("-r") + 1])
             missing = [name for name in listed if canonical(name) not in pins]
             assert not missing, f"{dockerfile.name}: {missing} are not pinned in requirements.txt"
@@ -106,6 +107,22 @@ def test_pip_installs_take_their_versions_from_requirements_txt(dockerfile):
             )
     for quoted in re.findall(r'"\$\(grep \'\^([\w-]+)==\' requirements.txt\)"', text):
         assert canonical(quoted) in pins
+
+
+CONSTRAINTS_COMMAND = "sed 's/\\[[^]]*\\]//' requirements.txt > constraints.txt"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.stem)
+def test_constraints_are_requirements_txt_without_extras(dockerfile, tmp_path):
+    # pip rejects extras in a constraints file ("Constraints cannot have extras"): requirements.txt's
+    # tritonclient[http,grpc] line would fail every image build if passed with -c as it is.
+    assert CONSTRAINTS_COMMAND in dockerfile.read_text()
+    (tmp_path / "requirements.txt").write_text((REPO / "requirements.txt").read_text())
+    subprocess.run(["sh", "-c", CONSTRAINTS_COMMAND], cwd=tmp_path, check=True)
+    text = (tmp_path / "constraints.txt").read_text()
+    lines = [line.split("#")[0].strip() for line in text.splitlines() if "==" in line.split("#")[0]]
+    assert not any("[" in line for line in lines)
+    assert {canonical(n): v for n, _, v in (line.partition("==") for line in lines)} == requirement_pins()
 
 
 def test_ascend_torch_npu_matches_torch():

@@ -188,6 +188,10 @@ def test_pdb_service_and_podmonitor_select_the_triton_pods(rendered, variant):
 def test_gateway_sidecar_talks_to_localhost_and_its_deployment_to_the_service(rendered):
     sidecar = container(triton_deployment(rendered["8b-cuda-gateway"]), "gateway")
     assert env(sidecar)["TRITON_GRPC_URL"] == "localhost:8001"
+    assert env(sidecar)["GATEWAY_HOST"] == "0.0.0.0"  # uvicorn's default, 127.0.0.1, is unreachable
+    # The gateway answers 503 until Triton is ready: only readiness may follow that, not liveness.
+    assert sidecar["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert "httpGet" not in sidecar["livenessProbe"]
     objects = rendered["8b-cuda-gateway-deployment"]
     assert [c["name"] for c in triton_deployment(objects)["spec"]["template"]["spec"]["containers"]] == [
         "triton"

@@ -42,6 +42,9 @@ app.kubernetes.io/component: gateway
       containerPort: {{ .Values.gateway.port }}
       protocol: TCP
   env:
+    # uvicorn listens on 127.0.0.1 unless told: the kubelet and the Service reach the pod's address.
+    - name: GATEWAY_HOST
+      value: 0.0.0.0
     - name: GATEWAY_PORT
       value: {{ int .Values.gateway.port | quote }}
     - name: SERVED_MODEL_NAME
@@ -69,9 +72,9 @@ app.kubernetes.io/component: gateway
       path: /health
       port: gateway
     periodSeconds: 5
+  # /health and /ping answer 503 while Triton is not ready (minutes at startup): readiness, not liveness.
   livenessProbe:
-    httpGet:
-      path: /ping
+    tcpSocket:
       port: gateway
     periodSeconds: 10
     failureThreshold: 6
