@@ -43,6 +43,10 @@ class VisionSettings:
     max_video_frame_pixels: int = 3840 * 2160
     max_video_decoded_frames: int = 30_000
     max_videos_per_item: int = 4
+    # FFmpeg demuxers a VIDEO may use (names as `ffmpeg -demuxers` prints them). Every other one is refused
+    # before its header is read: concat scripts, HLS/DASH playlists and image2 patterns would open further
+    # files or URLs on the server.
+    video_containers: str = "mov,matroska,webm,gif,avi,h264,hevc,mpegts,mpeg,flv,ogg,asf,m4v"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +112,8 @@ RERANKER_ENV = {**EMBEDDING_ENV, "model_path": "RERANKER_MODEL_PATH"}
 # Every environment variable that changes what a started server serves.
 SERVER_ENV_VARIABLES = tuple(dict.fromkeys([*EMBEDDING_ENV.values(), *RERANKER_ENV.values()]))
 
+# Demuxers that read further files or URLs named inside the input: never allowed for client bytes.
+FILE_OPENING_DEMUXERS = frozenset({"concat", "hls", "dash", "image2", "imf"})
 ZERO_ALLOWED = {"batch_overhead_tokens", "cpu_threads"}
 
 _T = TypeVar("_T")
@@ -199,6 +205,13 @@ def _validate(settings: Any) -> None:
             raise ConfigError("image_min_pixels must not exceed image_max_pixels")
         if settings.video_min_pixels > settings.video_max_pixels:
             raise ConfigError("video_min_pixels must not exceed video_max_pixels")
+        names = settings.video_containers.split(",")
+        opening = sorted(set(names) & FILE_OPENING_DEMUXERS)
+        if opening or not all(name.isidentifier() for name in names):
+            raise ConfigError(
+                "video_containers must be comma-separated FFmpeg demuxer names, none of "
+                f"{', '.join(sorted(FILE_OPENING_DEMUXERS))}; got {settings.video_containers!r}"
+            )
 
 
 def parameter_table(cls: type) -> list[tuple[str, str]]:

@@ -55,7 +55,7 @@ class EmbeddingPreprocessor:
         )
         # Seconds spent per modality, read by the metrics exporter.
         self.timings: dict[str, float] = {"text": 0.0, "image": 0.0, "video": 0.0}
-        self.media = MediaPreparer(settings.vision, self.timings)
+        self.media = MediaPreparer(settings.vision, self.timings, max_tokens=settings.max_length)
 
     def prepare(self, item: EmbeddingItem) -> PreparedItem:
         if not item.has_content:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
@@ -44,6 +45,8 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGBA is composited onto white (as qwen-vl-utils does); every other mode is converted to RGB."""
+    if image.mode == "RGB":  # convert() would copy it, doubling the peak memory of a large image
+        return image
     if image.mode == "RGBA":
         background = Image.new("RGB", image.size, (255, 255, 255))
         background.paste(image, mask=image.split()[3])
@@ -51,8 +54,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def open_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
-    """Decode an encoded image, checking size limits from the header before the pixels are decoded."""
+def open_image(
+    data: bytes, max_bytes: int, max_pixels: int, check_size: Callable[[int, int], None] | None = None
+) -> Image.Image:
+    """Decode an encoded image, checking size limits (and `check_size(width, height)`) from the header
+    before the pixels are decoded."""
     if not data:
         raise InputError("image is empty (0 bytes)")
     if len(data) > max_bytes:
@@ -64,6 +70,8 @@ def open_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
             width, height = image.size
             if width * height > max_pixels:
                 raise InputError(f"image is {width}x{height} pixels, over the limit of {max_pixels} pixels")
+            if check_size is not None:
+                check_size(width, height)
             image.load()
     except InputError:
         raise
@@ -116,8 +124,25 @@ def patchify(frames: np.ndarray) -> VisionPatches:
 
 
 def image_patches(
-    data: bytes, min_pixels: int, max_pixels: int, max_bytes: int, max_decoded_pixels: int
+    data: bytes,
+    min_pixels: int,
+    max_pixels: int,
+    max_bytes: int,
+    max_decoded_pixels: int,
+    max_tokens: int | None = None,
 ) -> VisionPatches:
-    """Encoded image -> patches; a still image is repeated to fill the temporal patch, like the processor."""
-    pixels = resize_image(open_image(data, max_bytes, max_decoded_pixels), min_pixels, max_pixels)
+    """Encoded image -> patches; a still image is repeated to fill the temporal patch, like the processor.
+    An image whose patches need over `max_tokens` LLM tokens is refused from its header, before decoding."""
+
+    def check_size(width: int, height: int) -> None:
+        resized_height, resized_width = smart_resize(height, width, FACTOR, min_pixels, max_pixels)
+        tokens = (resized_height // FACTOR) * (resized_width // FACTOR)
+        if max_tokens is not None and tokens > max_tokens:
+            raise InputError(
+                f"image needs {tokens} tokens ({resized_width}x{resized_height} after resizing), over the "
+                f"{max_tokens} its item has left of max_length; send a smaller image"
+            )
+
+    image = open_image(data, max_bytes, max_decoded_pixels, check_size)
+    pixels = resize_image(image, min_pixels, max_pixels)
     return patchify(np.repeat(pixels[None], TEMPORAL_PATCH_SIZE, axis=0))

@@ -48,16 +48,23 @@ class PreparedMedia:
 
 
 class MediaPreparer:
-    """Images and videos -> patches, with the configured limits; adds seconds spent to `timings`."""
+    """Images and videos -> patches, with the configured limits; adds seconds spent to `timings`.
 
-    def __init__(self, vision: VisionSettings, timings: dict[str, float]):
+    `max_tokens` (the embedder's max_length) bounds the LLM tokens of one item's images and videos
+    together: an item over it would be refused after tokenisation anyway (its vision tokens cannot be
+    truncated), so each image and video is refused as soon as its header shows that it does not fit, before
+    its pixels are decoded. None (the reranker, whose truncation keeps every vision token) sets no bound."""
+
+    def __init__(self, vision: VisionSettings, timings: dict[str, float], max_tokens: int | None = None):
         self.vision = vision
         self.timings = timings
+        self.max_tokens = max_tokens
         self.video_limits = VideoLimits(
             max_bytes=vision.max_video_bytes,
             max_seconds=vision.max_video_seconds,
             max_frame_pixels=vision.max_video_frame_pixels,
             max_decoded_frames=vision.max_video_decoded_frames,
+            containers=vision.video_containers,
         )
 
     def prepare(self, images: tuple[bytes, ...], videos: tuple[bytes, ...], label: str = "") -> PreparedMedia:
@@ -71,6 +78,7 @@ class MediaPreparer:
             raise InputError(
                 f"{len(videos)} videos, over the limit of {vision.max_videos_per_item}", input=f"{label}VIDEO"
             )
+        budget = _TokenBudget(self.max_tokens)
         started = time.perf_counter()
         prepared_videos = _each(
             f"{label}VIDEO",
@@ -82,7 +90,9 @@ class MediaPreparer:
                 vision.video_min_pixels,
                 vision.video_max_pixels,
                 self.video_limits,
+                max_tokens=budget.left,
             ),
+            lambda video: budget.spend(video.patches.token_count),
         )
         after_videos = time.perf_counter()
         prepared_images = _each(
@@ -94,19 +104,35 @@ class MediaPreparer:
                 vision.image_max_pixels,
                 vision.max_image_bytes,
                 vision.max_image_pixels,
+                max_tokens=budget.left,
             ),
+            lambda image: budget.spend(image.token_count),
         )
         self.timings["video"] += after_videos - started
         self.timings["image"] += time.perf_counter() - after_videos
         return PreparedMedia(prepared_images, prepared_videos)
 
 
-def _each(name: str, blobs: Sequence[bytes], prepare: Callable[[bytes], _P]) -> tuple[_P, ...]:
-    """`prepare` of every blob; an InputError names the blob as `name[i]`."""
+class _TokenBudget:
+    """The LLM tokens an item has left for its media (None: unbounded)."""
+
+    def __init__(self, tokens: int | None):
+        self.left = tokens
+
+    def spend(self, tokens: int) -> None:
+        if self.left is not None:
+            self.left -= tokens
+
+
+def _each(
+    name: str, blobs: Sequence[bytes], prepare: Callable[[bytes], _P], done: Callable[[_P], None]
+) -> tuple[_P, ...]:
+    """`prepare` of every blob, then `done` of its result; an InputError names the blob as `name[i]`."""
     prepared = []
     for number, data in enumerate(blobs):
         try:
             prepared.append(prepare(data))
         except InputError as error:
             raise error.at_input(f"{name}[{number}]") from None
+        done(prepared[-1])
     return tuple(prepared)

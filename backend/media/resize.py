@@ -231,6 +231,27 @@ def fast_values(frame: np.ndarray, plan: ResizePlan) -> np.ndarray:
     return planes.reshape(channels, height, width)
 
 
+def resize_frame(frame: np.ndarray, plan: ResizePlan, out: np.ndarray) -> None:
+    """One uint8 frame [H, W, C] resized by `plan` into `out` (uint8 [height, width, C]), equal to torch's
+    antialiased bicubic interpolate followed by clamp, round (half to even) and uint8.
+
+    A caller that decodes a video frame by frame resizes each one as it comes, so only the output (and a few
+    float32 planes of one frame) stays in memory."""
+    channels = frame.shape[2]
+    height, width = out.shape[:2]
+    values = fast_values(frame, plan)
+    rounded = np.rint(values)  # half to even, like torch.round
+    # Pixels this close to a midpoint may round differently from torch: those get torch's exact value.
+    offset = np.abs(np.subtract(values, rounded, out=values), out=values)  # values is a buffer of ours
+    near = np.flatnonzero(offset >= plan.near_midpoint)
+    np.clip(rounded, 0, 255, out=rounded)
+    out[...] = rounded.astype(np.uint8).transpose(1, 2, 0)  # interleaving bytes beats floats
+    if near.size:
+        chans, rows, cols = np.unravel_index(near, (channels, height, width))
+        exact = exact_values(frame, rows, cols, chans, plan.width, plan.height)
+        out[rows, cols, chans] = np.clip(np.rint(exact), 0, 255)
+
+
 def resize_bicubic_antialias(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     """uint8 [T, H, W, C] -> uint8 [T, height, width, C], equal to torch's antialiased bicubic interpolate
     (align_corners=False) followed by clamp, round (half to even) and uint8.
@@ -244,16 +265,5 @@ def resize_bicubic_antialias(frames: np.ndarray, height: int, width: int) -> np.
     plan = ResizePlan.build(in_height, in_width, height, width)
     resized = np.empty((count, height, width, channels), np.uint8)
     for index in range(count):
-        frame = frames[index]
-        values = fast_values(frame, plan)
-        rounded = np.rint(values)  # half to even, like torch.round
-        # Pixels this close to a midpoint may round differently from torch: those get torch's exact value.
-        offset = np.abs(np.subtract(values, rounded, out=values), out=values)  # values is a buffer of ours
-        near = np.flatnonzero(offset >= plan.near_midpoint)
-        np.clip(rounded, 0, 255, out=rounded)
-        resized[index] = rounded.astype(np.uint8).transpose(1, 2, 0)  # interleaving bytes beats floats
-        if near.size:
-            chans, rows, cols = np.unravel_index(near, (channels, height, width))
-            exact = exact_values(frame, rows, cols, chans, plan.width, plan.height)
-            resized[index, rows, cols, chans] = np.clip(np.rint(exact), 0, 255)
+        resize_frame(frames[index], plan, resized[index])
     return resized

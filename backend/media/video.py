@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from backend.errors import InputError
 from backend.media.image import FACTOR, TEMPORAL_PATCH_SIZE, VisionPatches, patchify, smart_resize
-from backend.media.resize import resize_bicubic_antialias
+from backend.media.resize import ResizePlan, resize_bicubic_antialias, resize_frame
+from backend.settings import VisionSettings
 
 FPS_MIN_FRAMES = 4
 FRAME_FACTOR = 2
@@ -28,14 +30,19 @@ class VideoLimits:
     max_seconds: float
     max_frame_pixels: int
     max_decoded_frames: int
+    containers: str = VisionSettings.video_containers  # the FFmpeg demuxers a video may use
 
 
 @dataclass(frozen=True)
 class SampledVideo:
-    frames: np.ndarray  # uint8 [T, H, W, 3], the sampled frames at the source size
+    frames: np.ndarray  # uint8 [T, H, W, 3], the sampled frames (at the source size unless resized)
     frame_indices: list[int]
     source_fps: float
     total_frames: int
+
+
+# (sampled frame count, source height, source width) -> the (height, width) frames are resized to.
+FrameSize = Callable[[int, int, int], tuple[int, int]]
 
 
 def sample_count(total_frames: int, video_fps: float, fps: float, max_frames: int) -> int:
@@ -66,100 +73,183 @@ def group_timestamps(frame_indices: list[int], video_fps: float) -> list[float]:
     ]
 
 
-def _open_container(data: bytes):
+def _open_container(data: bytes, containers: str):
     import av  # imported here so that text-only tooling does not pay for FFmpeg
 
+    # format_whitelist refuses any other demuxer right after probing, before it reads a header (concat
+    # scripts, playlists and image patterns would open files or URLs named inside the bytes);
+    # protocol_whitelist names no protocol, so no demuxer can open anything beyond the bytes given.
+    options = {"format_whitelist": containers, "protocol_whitelist": "none"}
     try:
-        container = av.open(io.BytesIO(data), mode="r")
+        container = av.open(io.BytesIO(data), mode="r", options=options)
     except Exception as error:
-        raise InputError(f"bytes are not a decodable video ({type(error).__name__}: {error})") from None
+        raise InputError(
+            f"bytes are not a decodable video in an accepted container ({containers}) "
+            f"({type(error).__name__}: {error})"
+        ) from None
     if not container.streams.video:
         container.close()
         raise InputError("the file has no video stream")
+    if container.streams.video[0].codec_context is None:  # FFmpeg has no decoder for it
+        container.close()
+        raise InputError("the video stream's codec is not supported")
     return container
 
 
-def _check_header(container, limits: VideoLimits) -> None:
-    stream = container.streams.video[0]
-    width, height = stream.codec_context.width, stream.codec_context.height
+def _check_frame_pixels(width: int, height: int, limits: VideoLimits) -> None:
     if width * height > limits.max_frame_pixels:
         raise InputError(
             f"video frames are {width}x{height}, over the limit of {limits.max_frame_pixels} pixels"
         )
-    seconds = None
-    if stream.duration is not None and stream.time_base is not None:
-        seconds = float(stream.duration * stream.time_base)
-    elif container.duration is not None:
-        seconds = container.duration / 1_000_000
-    if seconds is not None and seconds > limits.max_seconds:
-        raise InputError(f"video lasts {seconds:.1f} s, over the limit of {limits.max_seconds:g} s")
+
+
+def _check_seconds(seconds: float, limits: VideoLimits, how: str = "") -> None:
+    if seconds > limits.max_seconds:
+        raise InputError(f"video lasts {seconds:.1f} s{how}, over the limit of {limits.max_seconds:g} s")
 
 
 def _source_fps(stream) -> float:
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-    if rate is None or float(rate) <= 0:
+    if rate is None or not 0 < float(rate) < math.inf:
         raise InputError("video has no usable frame rate")
     return float(rate)
 
 
-def _count_packets(data: bytes) -> int:
-    """Frames the container holds, by demuxing only (one packet per frame for the codecs we accept)."""
-    container = _open_container(data)
+@dataclass(frozen=True)
+class VideoHeader:
+    width: int  # 0 where the header does not say
+    height: int
+    fps: float
+    total_frames: int  # packets of the video stream: one per frame for the codecs we accept
+
+
+def read_header(data: bytes, limits: VideoLimits) -> VideoHeader:
+    """Frame size, rate and count from the container and its packets (demuxed, not decoded), each checked
+    against the limits. A stream without a duration (raw H.264) is bounded by its packet count."""
+    container = _open_container(data, limits.containers)
     try:
-        return sum(1 for packet in container.demux(video=0) if packet.size)
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width or 0, stream.codec_context.height or 0
+        _check_frame_pixels(width, height, limits)
+        if stream.duration is not None and stream.time_base is not None:
+            _check_seconds(float(stream.duration * stream.time_base), limits)
+        elif container.duration is not None:
+            _check_seconds(container.duration / 1_000_000, limits)
+        fps = _source_fps(stream)
+        total = 0
+        for packet in container.demux(stream):
+            if packet.size:
+                total += 1
+                if total > limits.max_decoded_frames:
+                    raise InputError(f"video has over {limits.max_decoded_frames} frames")
+        _check_seconds(total / fps, limits, f" ({total} frames at {fps:g} fps)")
+    except InputError:
+        raise
+    except Exception as error:  # PyAV raises many types for corrupt data; all mean the same to a caller
+        raise InputError(f"video could not be read ({type(error).__name__}: {error})") from None
     finally:
         container.close()
+    if total < 1:
+        raise InputError("video has no frames")
+    return VideoHeader(width, height, fps, total)
 
 
-def _decode_selected(data: bytes, wanted: set[int], limits: VideoLimits) -> tuple[dict[int, np.ndarray], int]:
-    """RGB arrays of the frames whose decode-order index is in `wanted`, and the number of frames decoded."""
-    container = _open_container(data)
-    kept: dict[int, np.ndarray] = {}
+def check_tokens(frame_count: int, height: int, width: int, max_tokens: int | None) -> None:
+    """Refuse a video whose patches alone need more LLM tokens than its item has left."""
+    tokens = math.ceil(frame_count / TEMPORAL_PATCH_SIZE) * (height // FACTOR) * (width // FACTOR)
+    if max_tokens is not None and tokens > max_tokens:
+        raise InputError(
+            f"video needs {tokens} tokens ({frame_count} frames at {width}x{height}), over the "
+            f"{max_tokens} its item has left of max_length; send a shorter or smaller video"
+        )
+
+
+def _decode_selected(
+    data: bytes,
+    indices: list[int],
+    fps: float,
+    limits: VideoLimits,
+    size: FrameSize | None,
+    max_tokens: int | None,
+) -> tuple[np.ndarray, int]:
+    """uint8 RGB frames at the decode-order `indices` (resized to `size` as each one is decoded, so the
+    whole video is never held at its source size), and the number of frames decoded."""
+    container = _open_container(data, limits.containers)
+    wanted = {index: position for position, index in enumerate(indices)}
+    frames: np.ndarray | None = None
+    plan: ResizePlan | None = None
+    source: tuple[int, int] | None = None
     decoded = 0
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
-            if decoded in wanted:
-                kept[decoded] = frame.to_ndarray(format="rgb24")
+            shape = (frame.height, frame.width)
+            if source is None:
+                source = shape
+                _check_frame_pixels(frame.width, frame.height, limits)
+                height, width = size(len(indices), *shape) if size else shape
+                if size:
+                    check_tokens(len(indices), height, width, max_tokens)
+                    plan = ResizePlan.build(*shape, height, width)
+                frames = np.empty((len(indices), height, width, 3), np.uint8)
+            elif shape != source:
+                raise InputError(
+                    f"video frames change size mid-stream ({source[1]}x{source[0]} -> {shape[1]}x{shape[0]})"
+                )
+            position = wanted.get(decoded)
+            if position is not None:
+                rgb = frame.to_ndarray(format="rgb24")
+                if plan is None:
+                    frames[position] = rgb
+                else:
+                    resize_frame(rgb, plan, frames[position])
             decoded += 1
             if decoded > limits.max_decoded_frames:
                 raise InputError(f"video has over {limits.max_decoded_frames} frames")
+            if decoded > fps * limits.max_seconds:
+                _check_seconds(decoded / fps, limits, f" ({decoded} frames at {fps:g} fps)")
     except InputError:
         raise
     except Exception as error:
         raise InputError(f"video could not be decoded ({type(error).__name__}: {error})") from None
     finally:
         container.close()
-    return kept, decoded
+    if frames is None:
+        raise InputError("video has no decodable frames")
+    return frames, decoded
 
 
-def decode_and_sample(data: bytes, fps: float, max_frames: int, limits: VideoLimits) -> SampledVideo:
-    """Decode an encoded video and keep `sample_count` evenly spaced frames of it."""
+def decode_and_sample(
+    data: bytes,
+    fps: float,
+    max_frames: int,
+    limits: VideoLimits,
+    size: FrameSize | None = None,
+    max_tokens: int | None = None,
+) -> SampledVideo:
+    """Decode an encoded video and keep `sample_count` evenly spaced frames of it, resized to `size` if
+    given. With `size`, a video whose patches need over `max_tokens` LLM tokens is refused before any frame
+    is decoded when the header gives the frame size, else at the first frame."""
     if not data:
         raise InputError("video is empty (0 bytes)")
     if len(data) > limits.max_bytes:
         raise InputError(f"video is {len(data)} bytes, over the limit of {limits.max_bytes} bytes")
-    container = _open_container(data)
-    try:
-        _check_header(container, limits)
-        source_fps = _source_fps(container.streams.video[0])
-    finally:
-        container.close()
-
-    total = _count_packets(data)
+    header = read_header(data, limits)
+    total = header.total_frames
     for _attempt in range(2):
-        if total < 1:
-            raise InputError("video has no frames")
-        indices = sample_indices(total, sample_count(total, source_fps, fps, max_frames))
-        kept, decoded = _decode_selected(data, set(indices), limits)
+        indices = sample_indices(total, sample_count(total, header.fps, fps, max_frames))
+        if size and header.width and header.height:
+            check_tokens(len(indices), *size(len(indices), header.height, header.width), max_tokens)
+        frames, decoded = _decode_selected(data, indices, header.fps, limits, size, max_tokens)
         if decoded == total:
-            frames = np.stack([kept[index] for index in indices])
             return SampledVideo(
-                frames=frames, frame_indices=indices, source_fps=source_fps, total_frames=total
+                frames=frames, frame_indices=indices, source_fps=header.fps, total_frames=total
             )
         # The packet count was off (a codec with frames spread over packets): sample again on the true count.
         total = decoded
+        if total < 1:
+            raise InputError("video has no frames")
     raise InputError("video frame count is unstable between decodes")
 
 
@@ -190,13 +280,21 @@ class PreparedVideo:
 
 
 def video_patches(
-    data: bytes, fps: float, max_frames: int, min_pixels: int, max_pixels: int, limits: VideoLimits
+    data: bytes,
+    fps: float,
+    max_frames: int,
+    min_pixels: int,
+    max_pixels: int,
+    limits: VideoLimits,
+    max_tokens: int | None = None,
 ) -> PreparedVideo:
-    sampled = decode_and_sample(data, fps, max_frames, limits)
-    frame_count = len(sampled.frame_indices)
-    cap = frame_max_pixels(frame_count, min_pixels, max_pixels, FILE_TOTAL_PIXELS)
-    frames = resize_frames(sampled.frames, min_pixels, cap)
-    if frame_count % TEMPORAL_PATCH_SIZE:  # cannot happen after sample_count, kept for frame lists
+    def size(frame_count: int, height: int, width: int) -> tuple[int, int]:
+        cap = frame_max_pixels(frame_count, min_pixels, max_pixels, FILE_TOTAL_PIXELS)
+        return smart_resize(height, width, FACTOR, min_pixels, cap)
+
+    sampled = decode_and_sample(data, fps, max_frames, limits, size=size, max_tokens=max_tokens)
+    frames = sampled.frames
+    if len(frames) % TEMPORAL_PATCH_SIZE:  # cannot happen after sample_count, kept for frame lists
         frames = np.concatenate([frames, frames[-1:]], axis=0)
     return PreparedVideo(
         patches=patchify(frames), timestamps=group_timestamps(sampled.frame_indices, sampled.source_fps)
