@@ -759,4 +759,8 @@ def stop_gateway(process: subprocess.Popen[bytes], timeout: float = 10.0) -> Non
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: tools.supervisor imports tools.launcher, and
+    # its classes (StartCancelled, TritonServer) must be the ones serve() uses.
+    from tools.launcher import main as launcher_main
+
+    sys.exit(launcher_main())

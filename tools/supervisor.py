@@ -75,6 +75,7 @@ class Supervisor:
 
     def _start(self) -> None:
         """Start tritonserver and its watchdog; raises RuntimeError / StartCancelled."""
+        logger.info("starting tritonserver (shm prefix %s)", self.server.shm_prefix)
         self.server.start(cancel=self._stop)
         logger.info(
             "serving on http://%s (gRPC %s, metrics %s); tritonserver pid %d, shm prefix %s, ready in %.1f s",
@@ -116,6 +117,7 @@ class Supervisor:
         try:
             self._start()
         except StartCancelled:
+            logger.info("stopped before tritonserver was ready")
             return 0
         except RuntimeError as error:
             logger.error("tritonserver did not start: %s", error)

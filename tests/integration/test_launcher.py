@@ -368,3 +368,38 @@ def test_standalone_watchdog_repairs_a_server_started_elsewhere(tmp_path):
             output = watchdog.communicate(timeout=15)[0]
     assert watchdog.returncode == 0  # it ends with the server
     assert "watchdog: model echo serves again" in output
+
+
+def test_sigterm_while_models_load_stops_at_once_and_leaves_nothing(tmp_path):
+    repository = tmp_path / "repository"
+    (repository / "echo" / "1").mkdir(parents=True)
+    (repository / "echo" / "config.pbtxt").write_text((REPOSITORY / "echo" / "config.pbtxt").read_text())
+    (repository / "echo" / "1" / "model.py").write_text(
+        "import time\n\n\n"
+        "class TritonPythonModel:\n"
+        "    def initialize(self, args):\n"
+        "        time.sleep(30)  # a big checkpoint loading\n"
+    )
+    process = launch(tmp_path, f"--model-repository={repository}", *ports_args())
+    log = tmp_path / "serve.log"
+    assert wait_for(lambda: "TRITONBACKEND_ModelInstanceInitialize: echo" in log.read_text(), 20.0)
+    stopping = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    assert time.monotonic() - stopping < 15.0  # not the 30 s the model would take to load
+    text = log.read_text()
+    assert "stopped before tritonserver was ready" in text
+    prefix = re.search(r"shm prefix (\S+)\)", text).group(1)
+    assert not list(Path("/dev/shm").glob(f"{prefix}*"))
+    assert not processes_mentioning(str(repository))  # no tritonserver, no stub
+
+
+def processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
