@@ -98,7 +98,7 @@ SHOWN = (
 
 def command(vllm: Path, bench: Bench, base_url: str, run_dir: Path, num_prompts: int) -> list[str]:
     return [
-        str(vllm),
+        shown_path(vllm.absolute()),
         "bench",
         "serve",
         "--model",
@@ -116,7 +116,7 @@ def command(vllm: Path, bench: Bench, base_url: str, run_dir: Path, num_prompts:
         str(READY_CHECK_S),
         "--save-result",
         "--result-dir",
-        str(run_dir),
+        shown_path(run_dir),
         "--result-filename",
         f"vllm-bench-{bench.name}.json",
     ]
@@ -188,6 +188,8 @@ def write_summary(run_dir: Path, report: dict) -> None:
         f"- Busy before the start: {', '.join(report['busy_at_start']) or 'nothing'}",
         f"- Served: {report['served']}",
         f"- vLLM: {report['vllm_version']} from perf/requirements-vllm-bench.txt in its own venv, offline",
+        "- The tiny random-weight checkpoints on 2 shared CPU cores: this measures the serving path (HTTP, "
+        "gateway, Triton, preprocessing), not the 8B model; the seed's column is the tutorial's NPU run.",
         "",
     ]
     for outcome in report["benches"]:
