@@ -124,3 +124,12 @@ def test_video_limits_are_checked_from_the_header():
         video.decode_and_sample(data, 1.0, 64, video.VideoLimits(1 << 30, 100, 1000, 100_000))
     with pytest.raises(InputError, match="bytes, over the limit"):
         video.decode_and_sample(data, 1.0, 64, video.VideoLimits(100, 100, 1 << 30, 100_000))
+
+
+def test_a_stream_without_a_decoder_is_an_input_error():
+    # A mutated fourcc left PyAV a stream with no codec context: once "'NoneType' object has no attribute
+    # 'width'" (INTERNAL).
+    data = synthetic.video(seconds=2, fps=8, width=96, height=64)
+    assert b"avc1" in data  # the sample entry (and the brand list) name the codec
+    with pytest.raises(InputError, match="codec is not supported"):
+        video.decode_and_sample(data.replace(b"avc1", b"zzzz"), 1.0, 64, LIMITS)
