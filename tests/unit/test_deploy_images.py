@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,35 @@ def test_serving_images_install_every_runtime_dependency_the_backend_imports():
     assert {"transformers", "numpy", "pillow", "av"} <= needed  # the scan found the backend's imports
     installed = {canonical(name) for name in package_list(IMAGES / "serve-packages.txt")}
     assert needed <= installed, needed - installed
+
+
+# Distribution that provides each third-party module the gateway imports (pip names).
+GATEWAY_MODULES = {
+    "fastapi": "fastapi",
+    "starlette": "fastapi",
+    "pydantic": "pydantic",
+    "pydantic_core": "pydantic",
+    "uvicorn": "uvicorn",
+    "prometheus_client": "prometheus-client",
+    "tokenizers": "tokenizers",
+    "numpy": "numpy",
+    "tritonclient": "tritonclient",
+    "aiohttp": "tritonclient",  # tritonclient[http]'s dependency
+}
+
+
+def test_gateway_image_installs_what_the_gateway_imports_and_no_torch():
+    import importlib.util
+
+    installed = {canonical(name) for name in package_list(IMAGES / "gateway-packages.txt")}
+    assert "torch" not in installed and "tritonclient[http,grpc]" in package_list(
+        IMAGES / "gateway-packages.txt"
+    )
+    for module in sorted(imported_modules(REPO / "gateway") - {"gateway", "backend", "__future__"}):
+        if module in sys.stdlib_module_names or importlib.util.find_spec(module) is None:
+            continue  # standard library, or a word from a docstring
+        assert module in GATEWAY_MODULES, f"gateway imports {module}: add its package to gateway-packages.txt"
+        assert GATEWAY_MODULES[module] in installed, module
 
 
 def test_cuda_image_is_a_triton_release_with_iterative_json_parsing():
