@@ -11,7 +11,7 @@ Environment (the Helm chart sets each one; defaults are ``make serve``'s):
   PIPELINES              embedding,reranker (default both)
   MODEL_INSTANCES        model-step instances, one per device (instance k uses device k)
   PREPROCESS_INSTANCES   preprocess processes per pipeline
-  RESPONSE_CACHE         tritonserver --cache-config value: local,size=BYTES or redis,host=H,port=P
+  RESPONSE_CACHE         local,size=BYTES or redis,host=H,port=P (one --cache-config per key)
   REDIS_PASSWORD         appended to a redis cache config
   TRITON_EXIT_TIMEOUT_SECS, TRITON_SHM_DEFAULT_BYTES, TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT
   SERVE_DIR              where the repository copy goes (default /tmp/qwen3vl)
@@ -76,22 +76,25 @@ def prepare_repository(
     return dest
 
 
-def cache_config(env: Mapping[str, str]) -> str | None:
+def cache_args(env: Mapping[str, str]) -> list[str]:
+    """``--cache-config`` options for RESPONSE_CACHE=name,key=value,...: tritonserver takes one key per
+    option (``--cache-config=redis,host=h --cache-config=redis,port=p``; a second key in the same option
+    would become part of the first one's value)."""
     value = env.get("RESPONSE_CACHE", "").strip()
     if not value:
-        return None
-    if value.startswith("redis,") and env.get("REDIS_PASSWORD"):
-        value += f",password={env['REDIS_PASSWORD']}"
-    return value
+        return []
+    name, *settings = value.split(",")
+    if name == "redis" and env.get("REDIS_PASSWORD"):
+        settings.append(f"password={env['REDIS_PASSWORD']}")
+    if not settings or any("=" not in setting for setting in settings):
+        raise ValueError(f"RESPONSE_CACHE={value!r}: expected NAME,KEY=VALUE[,KEY=VALUE...]")
+    return [f"--cache-config={name},{setting}" for setting in settings]
 
 
 def server_args(env: Mapping[str, str]) -> list[str]:
     """tritonserver options that come from the pod's environment (repository, ports and exit timeout,
     which each server path passes its own way, excluded)."""
-    args = []
-    cache = cache_config(env)
-    if cache:
-        args.append(f"--cache-config={cache}")
+    args = cache_args(env)
     if env.get("TRITON_SHM_DEFAULT_BYTES"):
         args.append(f"--backend-config=python,shm-default-byte-size={int(env['TRITON_SHM_DEFAULT_BYTES'])}")
     return args

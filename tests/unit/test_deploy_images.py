@@ -233,10 +233,15 @@ def test_entrypoint_turns_the_pod_environment_into_server_options(tmp_path):
         assert parsed.no_gateway and parsed.exit_timeout_secs == 30 and parsed.http_port == 8080
         passthrough = argv[argv.index("--") + 1 :]
         assert passthrough == [
-            "--cache-config=redis,host=redis-master,port=6379,password=secret",
+            "--cache-config=redis,host=redis-master",
+            "--cache-config=redis,port=6379",
+            "--cache-config=redis,password=secret",
             "--backend-config=python,shm-default-byte-size=16777216",
             "--log-verbose=1",
         ]
     assert serve.server_args({}) == []
+    assert serve.cache_args({"RESPONSE_CACHE": "local,size=1024"}) == ["--cache-config=local,size=1024"]
+    with pytest.raises(ValueError):
+        serve.cache_args({"RESPONSE_CACHE": "local"})
     with pytest.raises(ValueError):
         serve.parse_pipelines("embedding,vision")
