@@ -1,7 +1,7 @@
 """Cross-check deploy.gotemplate against Go: ``python -m deploy.crosscheck`` (needs go; not in make test).
 
 Builds deploy/helmcheck/main.go (Go's text/template + sprig + Helm's include/toYaml) and renders every
-shipped variant plus one that takes every optional branch with both, then compares the files byte for byte
+shipped variant plus two that take the optional branches with both, then compares the files byte for byte
 (surrounding whitespace aside). Debian: apt-get install golang-go golang-github-masterminds-sprig-dev
 golang-github-ghodss-yaml-dev.
 """
@@ -21,12 +21,13 @@ from deploy.render import CHART, DEPLOY, REPO, VARIANTS, merge, render_chart, va
 
 EVERY_BRANCH = {
     "responseCache": {"backend": "redis", "redis": {"passwordSecret": "redis-auth"}},
-    "weights": {"existingClaim": "weights", "fetch": {"tokenSecret": "hf"}},
+    "weights": {"fetch": {"tokenSecret": "hf"}},
     "autoscaling": {"enabled": False},
     "gateway": {"enabled": True, "mode": "deployment", "apiKeySecret": "gateway-key"},
     "triton": {"extraArgs": ["--log-verbose=1"]},
     "nodeSelector": {"pool": "gpu"},
     "imagePullSecrets": [{"name": "registry"}],
+    "pipelines": ["reranker"],
 }
 
 
@@ -53,6 +54,9 @@ def main() -> int:
     binary = build(REPO / "build" / "crosscheck" / "helmcheck")
     cases = [(variant.name, variant_values(variant)) for variant in VARIANTS]
     cases.append(("every-branch", merge(variant_values(VARIANTS[-1]), EVERY_BRANCH)))
+    cases.append(
+        ("weights-claim", merge(variant_values(VARIANTS[0]), {"weights": {"existingClaim": "weights"}}))
+    )
     differences = 0
     for name, values in cases:
         go, ours = go_render(binary, values), render_chart(values)

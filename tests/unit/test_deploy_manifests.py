@@ -342,3 +342,10 @@ def test_renderer_prints_numbers_from_values_as_helm_does():
     with pytest.raises(gotemplate.TemplateError):  # Go prints %!d(float64=8000)
         gotemplate.render_templates({"t.yaml": '{{ printf "%d" .Values.small }}'}, {"Values": values})
     assert gotemplate.to_yaml({"size": 2147483648.0}) == "size: 2147483648"
+
+
+def test_one_pipeline_fetches_and_serves_only_its_own_model():
+    values = merge(variant_values(Variant("2b", "cuda")), {"pipelines": ["embedding"]})
+    pod = yaml.safe_load(render_chart(values)["deployment.yaml"])["spec"]["template"]["spec"]
+    assert [c["command"][2] for c in pod["initContainers"]] == ["Qwen/Qwen3-VL-Embedding-2B"]
+    assert env(pod["containers"][0])["PIPELINES"] == "embedding"
