@@ -21,16 +21,38 @@ from gateway.errors import GatewayError, Kind
 # Completions within this window give the service rate; fewer than MIN_SAMPLES give no estimate yet.
 RATE_WINDOW_SECONDS = 10.0
 MIN_SAMPLES = 20
+# In-flight bound while the rate is unknown, and its floor once known.
+START_IN_FLIGHT = 64
+MIN_IN_FLIGHT = 16
 
 
 class Admission:
-    def __init__(self, max_in_flight: int, max_waiting: int, queue_timeout: float):
+    """``max_in_flight`` caps the requests at Triton; with ``in_flight_seconds`` the bound follows the
+    measured rate (rate x seconds: what Triton finishes in that time), so that a request's wait inside
+    Triton stays under its queue timeout on a slow host and batches grow on a fast one."""
+
+    def __init__(
+        self, max_in_flight: int, max_waiting: int, queue_timeout: float, in_flight_seconds: float = 0.0
+    ):
         self.max_in_flight = max_in_flight
         self.max_waiting = max_waiting
         self.queue_timeout = queue_timeout
+        self.in_flight_seconds = in_flight_seconds
         self.in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._completions: deque[float] = deque()
+        self._busy_since: float | None = None  # first admission since the gateway was last idle
+
+    def limit(self) -> int:
+        if not self.in_flight_seconds:
+            return self.max_in_flight
+        rate = self.rate()
+        if rate is None:
+            return min(self.max_in_flight, START_IN_FLIGHT)
+        return max(
+            min(MIN_IN_FLIGHT, self.max_in_flight),
+            min(self.max_in_flight, int(rate * self.in_flight_seconds)),
+        )
 
     @property
     def waiting(self) -> int:
@@ -43,8 +65,9 @@ class Admission:
             self._completions.popleft()
         if len(self._completions) < MIN_SAMPLES:
             return None
-        span = max(now - self._completions[0], 1e-3)
-        return len(self._completions) / span
+        # Batched requests finish in clumps: measure over the busy time, not from the first completion.
+        busy = now - (self._busy_since if self._busy_since is not None else self._completions[0])
+        return len(self._completions) / max(min(busy, RATE_WINDOW_SECONDS), 1e-3)
 
     def expected_wait(self) -> float | None:
         rate = self.rate()
@@ -65,7 +88,9 @@ class Admission:
             self._release()
 
     async def _acquire(self, timeout: float) -> None:
-        if self.in_flight < self.max_in_flight and not self._waiters:
+        if self.in_flight == 0 and not self._waiters:
+            self._busy_since = time.monotonic()
+        if self.in_flight < self.limit() and not self._waiters:
             self.in_flight += 1
             return
         if self.waiting >= self.max_waiting:
@@ -102,10 +127,12 @@ class Admission:
     def _release(self, completed: bool = True) -> None:
         if completed:
             self._completions.append(time.monotonic())
-        # Hand the slot straight to the next waiter, so that in_flight never overshoots.
-        while self._waiters:
+        self.in_flight -= 1
+        # Slots pass straight to waiters (counted here, so that in_flight never overshoots), as many as
+        # the bound allows now: it may have grown or shrunk since.
+        limit = self.limit()
+        while self._waiters and self.in_flight < limit:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-                return
-        self.in_flight -= 1
+                self.in_flight += 1

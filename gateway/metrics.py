@@ -44,6 +44,12 @@ class GatewayMetrics:
             registry=self.registry,
         )
         in_flight.set_function(lambda: admission.in_flight)
+        limit = Gauge(
+            "gateway_triton_in_flight_limit",
+            "The current bound on requests at Triton",
+            registry=self.registry,
+        )
+        limit.set_function(admission.limit)
         waiting = Gauge(
             "gateway_requests_waiting", "Requests waiting for an in-flight slot", registry=self.registry
         )

@@ -47,7 +47,9 @@ class Gateway:
     def __init__(self, settings: GatewaySettings):
         self.settings = settings
         self.backend = TritonBackend(settings)
-        self.admission = Admission(settings.max_in_flight, settings.max_waiting, settings.queue_timeout)
+        self.admission = Admission(
+            settings.max_in_flight, settings.max_waiting, settings.queue_timeout, settings.in_flight_seconds
+        )
         self.metrics = GatewayMetrics(self.admission)
         self.fetcher = MediaFetcher(settings)
         self.started = int(time.time())

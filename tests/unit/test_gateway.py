@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -222,3 +223,19 @@ def test_readme_table_has_no_stale_gateway_variables():
     section = readme.split("## For vLLM users", 1)[-1]
     listed = set(re.findall(r"`(GATEWAY_[A-Z_]+)`", section))
     assert listed <= set(ENVIRONMENT.values())
+
+
+def test_the_in_flight_bound_follows_the_measured_rate():
+    admission = Admission(max_in_flight=256, max_waiting=100, queue_timeout=5.0, in_flight_seconds=2.0)
+    assert admission.limit() == 64  # no rate yet
+    now = time.monotonic()
+    admission._busy_since = now - 1.0
+    admission._completions.extend([now] * 100)  # 100 requests in one busy second, finished in a clump
+    assert 195 <= admission.limit() <= 200
+    admission._busy_since = now - 10.0
+    admission._completions.clear()
+    admission._completions.extend([now] * 20)  # 2 per second
+    assert admission.limit() == 16  # the floor
+    admission._completions.extend([now] * 10_000)
+    assert admission.limit() == 256  # the cap
+    assert Admission(max_in_flight=8, max_waiting=1, queue_timeout=1.0).limit() == 8  # fixed
