@@ -11,9 +11,9 @@ import torch
 from backend.embedding.model import EmbeddingModel
 from backend.embedding.preprocess import EmbeddingPreprocessor
 from backend.errors import ConfigError
-from backend.protocol import EmbeddingItem, PreparedItem
+from backend.protocol import EmbeddingItem, PairSide, PreparedItem, RerankPair
 from backend.reranking.model import RerankModel
-from backend.reranking.preprocess import PairSide, RerankPair, RerankPreprocessor
+from backend.reranking.preprocess import RerankPreprocessor
 from backend.runtime.compiled import TextForward
 from backend.runtime.platforms import CudaPlatform, NpuPlatform, Platform
 from backend.settings import (
