@@ -26,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.protocol import EMBEDDING_ENSEMBLE
 from deploy.serve import prepare_repository
 from tools.launcher import TritonServer
 
 REPO = Path(__file__).resolve().parent.parent
-ENSEMBLE = "qwen3_vl_embedding"
+ENSEMBLE = EMBEDDING_ENSEMBLE
 
 
 def workload(requests: int, distinct: int, words: int, seed: int) -> list[str]:

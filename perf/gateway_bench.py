@@ -30,13 +30,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from backend.protocol import EMBEDDING_ENSEMBLE
 from perf.console import log, parse_list
 from perf.gateway_stack import EMBEDDING_NAME, GatewayStack, shown_path
 from perf.host import RESULTS, busy_processes, git_commit, host_tag
 from perf.perf_analyzer import perf_analyzer_binary, perf_analyzer_env
 
 REPO = Path(__file__).resolve().parent.parent
-ENSEMBLE = "qwen3_vl_embedding"
+ENSEMBLE = EMBEDDING_ENSEMBLE
 STEPS = ("qwen3_vl_embedding_preprocess", "qwen3_vl_embedding_model")
 TARGET_RATIO = 0.9
 # perf_analyzer averages its last three time windows. Stability 100 % accepts the first three, so both

@@ -33,10 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.protocol import EMBEDDING_ENSEMBLE
 from tools.launcher import TritonServer
 
 REPO = Path(__file__).resolve().parent.parent
-ENSEMBLE = "qwen3_vl_embedding"
+ENSEMBLE = EMBEDDING_ENSEMBLE
 # ~200 tokens of plain English; a per-request number keeps requests distinct.
 SENTENCE = "The quick brown fox jumps over the lazy dog while the river runs past the old mill. "
 

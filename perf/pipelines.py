@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend.protocol import EMBEDDING_ENSEMBLE, RERANKER_ENSEMBLE
 from perf.console import log
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,17 +31,17 @@ class Pipeline:
 
 
 EMBEDDING = Pipeline(
-    "qwen3_vl_embedding",
-    "qwen3_vl_embedding_preprocess",
-    "qwen3_vl_embedding_model",
+    EMBEDDING_ENSEMBLE,
+    f"{EMBEDDING_ENSEMBLE}_preprocess",
+    f"{EMBEDDING_ENSEMBLE}_model",
     "embedding",
     "MODEL_PATH",
     ("TEXT",),
 )
 RERANKER = Pipeline(
-    "qwen3_vl_reranker",
-    "qwen3_vl_reranker_preprocess",
-    "qwen3_vl_reranker_model",
+    RERANKER_ENSEMBLE,
+    f"{RERANKER_ENSEMBLE}_preprocess",
+    f"{RERANKER_ENSEMBLE}_model",
     "reranker",
     "RERANKER_MODEL_PATH",
     ("QUERY_TEXT", "DOCUMENT_TEXT"),

@@ -28,16 +28,18 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from backend.protocol import EMBEDDING_ENSEMBLE, RERANKER_ENSEMBLE
 from tools.launcher import free_ports
 from tools.watchdog import live_stubs
 
 REPO = Path(__file__).resolve().parent.parent
+STEPS = ("preprocess", "model")
 SERVE_LINE = re.compile(r"tritonserver pid (?P<pid>\d+), shm prefix (?P<prefix>\S+),")
 REQUESTS = {
-    "qwen3_vl_embedding": {
+    EMBEDDING_ENSEMBLE: {
         "inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["a short text to embed"]}]
     },
-    "qwen3_vl_reranker": {
+    RERANKER_ENSEMBLE: {
         "inputs": [
             {"name": "QUERY_TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["what is it?"]},
             {"name": "DOCUMENT_TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["a document"]},
@@ -45,11 +47,12 @@ REQUESTS = {
     },
 }
 TARGETS = (
-    ("qwen3_vl_embedding_preprocess", "qwen3_vl_embedding"),
-    ("qwen3_vl_embedding_model", "qwen3_vl_embedding"),
-    ("qwen3_vl_reranker_preprocess", "qwen3_vl_reranker"),
-    ("qwen3_vl_reranker_model", "qwen3_vl_reranker"),
-    ("tritonserver", "qwen3_vl_embedding"),
+    *(
+        (f"{ensemble}_{step}", ensemble)
+        for ensemble in (EMBEDDING_ENSEMBLE, RERANKER_ENSEMBLE)
+        for step in STEPS
+    ),
+    ("tritonserver", EMBEDDING_ENSEMBLE),
 )
 
 

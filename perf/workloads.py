@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.protocol import EMBEDDING_ENSEMBLE, RERANKER_ENSEMBLE
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "perf" / "data"
 DEFAULT_TOKENIZER = REPO / "models" / "qwen3-vl-embedding-tiny"
@@ -54,8 +56,6 @@ TEXT_200_TOKENS = 200
 # rerank_200's 200 tokens per pair: query + document, each counted alone like text_200's TEXT.
 RERANK_QUERY_TOKENS = 100
 RERANK_DOCUMENT_TOKENS = 100
-EMBEDDING_ENSEMBLE = "qwen3_vl_embedding"
-RERANKER_ENSEMBLE = "qwen3_vl_reranker"
 QUERY_TASKS = (
     "Given a web search query, retrieve relevant passages that answer the query",
     "Retrieve images or text relevant to the user's query",

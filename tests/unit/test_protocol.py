@@ -255,3 +255,13 @@ def test_the_two_model_steps_agree_where_they_must():
     }
     for key in shared:
         assert embedding_pre.parameters[key] == reranker_pre.parameters[key], key
+
+
+def test_the_client_restates_the_ensemble_names():
+    """qwen3vl_client installs without the backend, so it restates the names; they must not drift."""
+    from qwen3vl_client import options
+
+    assert (options.MODEL_NAME, options.RERANKER_MODEL_NAME) == (
+        protocol.EMBEDDING_ENSEMBLE,
+        protocol.RERANKER_ENSEMBLE,
+    )
