@@ -289,6 +289,10 @@ def png_claiming(width: int, height: int) -> bytes:
     )
 
 
+# Header sizes no server should decode: too many pixels, or an aspect ratio over 200:1.
+CLAIMED_SIZES = ((100_000, 100_000), (65_535, 65_535), (1, 100_000), (100_000, 3))
+
+
 def mutate(data: bytes, rng: random.Random, flips: int) -> bytes:
     """`flips` random bytes overwritten (the first 8 kept, so the container is still recognised)."""
     out = bytearray(data)
@@ -487,9 +491,7 @@ def bad_image(rng: random.Random, media: Media, heavy: bool) -> Made:
     if choice == 2:
         return _image_input(rng, mutate(source, rng, rng.randrange(1, 16)), OK_OR_INVALID)
     if choice == 3:
-        return _image_input(
-            rng, png_claiming(rng.choice([100_000, 65_535, 1]), rng.choice([100_000, 3])), INVALID
-        )
+        return _image_input(rng, png_claiming(*rng.choice(CLAIMED_SIZES)), INVALID)
     if choice == 4:
         return _image_input(rng, b"<svg xmlns='http://www.w3.org/2000/svg'/>", INVALID)
     return _image_input(rng, media.gif_video[:12], INVALID)

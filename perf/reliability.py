@@ -193,6 +193,7 @@ def malformed_phase(serve: Serve, seed: int, count: int, media: malformed.Media,
         "http_5xx": sum(1 for o in outcomes if o is not None and o.status.isdigit() and int(o.status) >= 500),
         "internal": sum(1 for o in outcomes if o is not None and o.kind == malformed.ANSWERED_INTERNAL),
         "hangs": sum(1 for o in outcomes if o is not None and o.seconds > malformed.HANG_SECONDS),
+        "late_by_kind": late_by_kind(cases, outcomes),
         "latency_s": {
             "p50": round(float(np.percentile(latencies, 50)), 3),
             "p99": round(float(np.percentile(latencies, 99)), 3),
@@ -207,6 +208,15 @@ def malformed_phase(serve: Serve, seed: int, count: int, media: malformed.Media,
         "memory_before_mib": memory_before,
         "memory_after_mib": memory(serve.server_pid()),
     }
+
+
+def late_by_kind(cases, outcomes) -> dict[str, dict[str, int]]:
+    """Answers later than the hang bound, by case kind (heavy cases run a full max_length forward)."""
+    late: dict[str, Counter] = {}
+    for case, outcome in zip(cases, outcomes):
+        if outcome is not None and outcome.seconds > malformed.HANG_SECONDS:
+            late.setdefault(case.kind, Counter())[malformed.HUNG] += 1
+    return {kind: dict(counts) for kind, counts in late.items()}
 
 
 def summarize_good(goods, alone, results) -> dict:
@@ -434,6 +444,11 @@ def write_report(out: Path, report: dict) -> None:
     (out / "reliability.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     bad, soak, findings = report["malformed"], report["soak"], report["log"]
     phases, kills, stop = report["overload"], report["kills"], report["stop_under_load"]
+    heavy_late = sum(
+        counts.get(malformed.HUNG, 0)
+        for kind, counts in bad.get("late_by_kind", {}).items()
+        if kind.endswith("/heavy")
+    )
     md = [
         f"# Reliability of `make serve` ({report['cores']} cores), {report['date']}",
         "",
@@ -449,8 +464,9 @@ def write_report(out: Path, report: dict) -> None:
         f"{findings['unexplained_stub_deaths']} stub deaths besides the ones the kill phase caused "
         f"({findings['tritonserver_deaths']} / {findings['stub_deaths']} in all).",
         f"- Malformed: {bad['cases']} requests in {bad['seconds']} s; INTERNAL {bad['internal']}, HTTP 5xx "
-        f"{bad['http_5xx']} (Triton's JSON-parser 500s included, see below), hangs over "
-        f"{malformed.HANG_SECONDS:g} s: {bad['hangs']}, wrongly judged: {sum(bad['failures'].values())}.",
+        f"{bad['http_5xx']} (Triton's JSON-parser 500s included, see below), answers later than "
+        f"{malformed.HANG_SECONDS:g} s: {bad['hangs']} ({heavy_late} of them heavy cases, a full max_length "
+        f"forward), wrongly judged: {sum(bad['failures'].values())}.",
         f"- Good requests during the malformed phase: {bad['good']['sent']} sent, "
         f"{bad['good']['lost']} lost, "
         f"{bad['good']['changed']} changed (max |difference| {bad['good']['max_abs_difference']:.2g}), "
