@@ -3,8 +3,9 @@
 The image bakes ``model_repository/`` in; a pod differs from ``make serve`` only in how many devices it has,
 how many preprocess processes it wants, which pipelines it serves and whether it caches responses. This
 module copies the pipelines asked for into a writable directory with those instance counts, then replaces
-itself with the server: NGC's ``tritonserver`` where the image has one (CUDA), else the wheel's server through
-``tools.launcher`` (CPU, Ascend).
+itself with ``tools.launcher serve``, which supervises the server as under ``make serve`` (preflight checks,
+restarts, the stub watchdog, explicit model control, liveness): NGC's ``tritonserver`` where the image has
+one (CUDA, given to the launcher with ``--tritonserver``), else the wheel's server (CPU, Ascend).
 
 Environment (the Helm chart sets each one; defaults are ``make serve``'s):
   MODEL_REPOSITORY       repository to serve (default: the baked one)
@@ -14,6 +15,7 @@ Environment (the Helm chart sets each one; defaults are ``make serve``'s):
   RESPONSE_CACHE         local,size=BYTES or redis,host=H,port=P (one --cache-config per key)
   REDIS_PASSWORD         appended to a redis cache config
   TRITON_EXIT_TIMEOUT_SECS, TRITON_SHM_DEFAULT_BYTES, TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT
+  TRITON_HOST            address the server binds (default 0.0.0.0: a pod is reached from outside)
   SERVE_DIR              where the repository copy goes (default /tmp/qwen3vl)
 """
 
@@ -29,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BAKED_REPOSITORY = REPO / "model_repository"
 NGC_TRITONSERVER = Path("/opt/tritonserver/bin/tritonserver")
+CONTAINER_HOST = "0.0.0.0"
 
 # Pipeline name -> (ensemble, preprocess step, model step): the directories a pipeline needs.
 PIPELINE_MODELS = {
@@ -92,8 +95,8 @@ def cache_args(env: Mapping[str, str]) -> list[str]:
 
 
 def server_args(env: Mapping[str, str]) -> list[str]:
-    """tritonserver options that come from the pod's environment (repository, ports and exit timeout,
-    which each server path passes its own way, excluded)."""
+    """tritonserver options that come from the pod's environment (repository, address, ports and exit
+    timeout, which are the launcher's own options, excluded)."""
     args = cache_args(env)
     if env.get("TRITON_SHM_DEFAULT_BYTES"):
         args.append(f"--backend-config=python,shm-default-byte-size={int(env['TRITON_SHM_DEFAULT_BYTES'])}")
@@ -104,36 +107,39 @@ def _optional_int(env: Mapping[str, str], name: str) -> int | None:
     return int(env[name]) if env.get(name) else None
 
 
-def command(env: Mapping[str, str], extra: Sequence[str], repository: Path) -> list[str]:
-    """The argv that serves ``repository``: NGC's server if present, else tools.launcher's."""
+def command(
+    env: Mapping[str, str], extra: Sequence[str], repository: Path, ngc_server: Path = NGC_TRITONSERVER
+) -> list[str]:
+    """The argv that serves ``repository``: tools.launcher supervising NGC's server where the image has
+    one (``ngc_server``), else the wheel's."""
     ports = {
         name: env.get(f"TRITON_{name.upper()}_PORT", default)
         for name, default in (("http", "8000"), ("grpc", "8001"), ("metrics", "8002"))
     }
-    args = [*server_args(env), *extra]
     exit_timeout = env.get("TRITON_EXIT_TIMEOUT_SECS")
-    if NGC_TRITONSERVER.exists():
-        return [
-            str(NGC_TRITONSERVER),
-            f"--model-repository={repository}",
-            f"--http-port={ports['http']}",
-            f"--grpc-port={ports['grpc']}",
-            f"--metrics-port={ports['metrics']}",
-            *([f"--exit-timeout-secs={int(exit_timeout)}"] if exit_timeout else []),
-            *args,
+    launcher_options, server = [], []
+    if ngc_server.exists():
+        # NGC's layout (<root>/bin/tritonserver, <root>/backends) is used as it is: no wheel, no runtime dir.
+        server = [
+            "--tritonserver",
+            str(ngc_server),
+            "--backend-directory",
+            str(ngc_server.parent.parent / "backends"),
         ]
-    # The launcher binds TRITON_HOST (the images set 0.0.0.0); the gateway is a container of its own.
+    elif env.get("TRITON_RUNTIME_DIR"):
+        launcher_options = ["--runtime-dir", env["TRITON_RUNTIME_DIR"]]
+    # The gateway is a container of its own.
     return [
-        sys.executable, "-m", "tools.launcher",
-        *(["--runtime-dir", env["TRITON_RUNTIME_DIR"]] if env.get("TRITON_RUNTIME_DIR") else []),
-        "serve",
+        sys.executable, "-m", "tools.launcher", *launcher_options,
+        "serve", *server,
         "--model-repository", str(repository),
+        "--host", env.get("TRITON_HOST") or CONTAINER_HOST,
         "--http-port", ports["http"],
         "--grpc-port", ports["grpc"],
         "--metrics-port", ports["metrics"],
         "--no-gateway",
         *(["--exit-timeout-secs", str(int(exit_timeout))] if exit_timeout else []),
-        "--", *args,
+        "--", *server_args(env), *extra,
     ]  # fmt: skip
 
 

@@ -7,10 +7,13 @@ child process (``TritonServer``, for tests and scripts) or in the foreground (th
 
 ``serve`` (``make serve``) checks the configuration first (tools.preflight), then runs the server under
 a supervisor that restarts it and reloads models whose stub died (tools.supervisor, tools.watchdog).
+``serve --tritonserver PATH`` supervises a server installed some other way instead (NGC's
+``/opt/tritonserver`` in the CUDA image): it runs as installed, and the wheel is neither needed nor read.
 
 CLI::
 
     python -m tools.launcher serve [--model-repository DIR] [--host ADDR] [--http-port N] ... [-- EXTRA_ARGS]
+    python -m tools.launcher serve --tritonserver PATH [--backend-directory DIR] [--cache-directory DIR] ...
     python -m tools.launcher prepare
     python -m tools.launcher perf-env
 """
@@ -90,6 +93,41 @@ class RuntimeDirs:
     backend_dir: Path
     cache_dir: Path
     lib_dir: Path
+
+
+@dataclass(frozen=True)
+class InstalledServer:
+    """A tritonserver installed outside the wheel (NGC's image), run as it is: its image already gives it
+    the libraries it needs, and a directory left None is the server's own default
+    (``/opt/tritonserver/backends`` and ``/opt/tritonserver/caches``)."""
+
+    binary: Path
+    backend_dir: Path | None = None
+    cache_dir: Path | None = None
+
+    def command(self) -> list[str]:
+        """The binary and the directory options that locate its backends and caches."""
+        return [
+            str(self.binary),
+            *([f"--backend-directory={self.backend_dir}"] if self.backend_dir else []),
+            *([f"--cache-directory={self.cache_dir}"] if self.cache_dir else []),
+        ]
+
+    def env(self, venv: Path) -> dict[str, str]:
+        """This environment with the venv's python3 first on PATH: the Python backend stub finds the venv
+        (torch, transformers) through it, as under the wheel's server."""
+        env = dict(os.environ)
+        env["PATH"] = _prepend_path([Path(venv) / "bin"], env.get("PATH"))
+        return env
+
+
+def wheel_server(runtime: RuntimeDirs, install: TritonInstall) -> list[str]:
+    """The wheel's binary and the directory options that point it at the laid-out runtime directory."""
+    return [
+        str(install.server_binary),
+        f"--backend-directory={runtime.backend_dir}",
+        f"--cache-directory={runtime.cache_dir}",
+    ]
 
 
 def _require(path: Path, what: str) -> Path:
@@ -284,8 +322,7 @@ def cpu_host_args() -> list[str]:
 
 def server_command(
     model_repository: Path,
-    runtime: RuntimeDirs,
-    install: TritonInstall,
+    server: Sequence[str],
     http_port: int,
     grpc_port: int,
     metrics_port: int,
@@ -295,12 +332,11 @@ def server_command(
     host: str = DEFAULT_HOST,
     exit_timeout: int = EXIT_TIMEOUT_SECS,
 ) -> list[str]:
-    """The tritonserver argv; ``extra_args`` come last so they can override the defaults."""
+    """The tritonserver argv: ``server`` (binary and directory options, from ``wheel_server`` or
+    ``InstalledServer.command``), then the options; ``extra_args`` come last so they can override them."""
     command = [
-        str(install.server_binary),
+        *server,
         f"--model-repository={Path(model_repository).resolve()}",
-        f"--backend-directory={runtime.backend_dir}",
-        f"--cache-directory={runtime.cache_dir}",
         f"--http-address={host}",
         f"--http-port={http_port}",
         f"--grpc-address={host}",
@@ -397,8 +433,11 @@ class TritonServer:
         log_verbose: int = 0,
         host: str = DEFAULT_HOST,
         exit_timeout: int = EXIT_TIMEOUT_SECS,
+        installed: InstalledServer | None = None,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
+        # None: the wheel's server, run from runtime_dir; else that installed server (runtime_dir unused).
+        self.installed = installed
         ports = iter(free_ports(3))
         self.http_port = http_port or next(ports)
         self.grpc_port = grpc_port or next(ports)
@@ -455,12 +494,15 @@ class TritonServer:
         stays behind. A set ``cancel`` event stops the wait with ``StartCancelled``."""
         if self.is_running():
             raise RuntimeError("TritonServer already running")
-        install = find_triton(venv_python_version(self.venv))
-        runtime = prepare_runtime_dir(self.runtime_dir, install)
+        if self.installed is None:
+            install = find_triton(venv_python_version(self.venv))
+            runtime = prepare_runtime_dir(self.runtime_dir, install)
+            server, env = wheel_server(runtime, install), server_env(self.venv, runtime, install)
+        else:
+            server, env = self.installed.command(), self.installed.env(self.venv)
         command = server_command(
             self.model_repository,
-            runtime,
-            install,
+            server,
             self.http_port,
             self.grpc_port,
             self.metrics_port,
@@ -475,7 +517,7 @@ class TritonServer:
             output = None if self.to_console else stack.enter_context(self._open_log().open("ab"))
             self._process = subprocess.Popen(
                 command,
-                env=server_env(self.venv, runtime, install),
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT if output else None,
@@ -652,6 +694,18 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not start the OpenAI/vLLM gateway (GATEWAY_PORT, default 9000) beside tritonserver",
     )
+    serve.add_argument(
+        "--tritonserver",
+        type=Path,
+        default=None,
+        help="run this installed tritonserver (NGC's /opt/tritonserver/bin/tritonserver), not the wheel's",
+    )
+    serve.add_argument(
+        "--backend-directory", type=Path, default=None, help="with --tritonserver: its backends directory"
+    )
+    serve.add_argument(
+        "--cache-directory", type=Path, default=None, help="with --tritonserver: its caches directory"
+    )
     commands.add_parser("prepare", help="build the runtime directory and print its paths")
     commands.add_parser("perf-env", help="print shell exports that let perf_analyzer run")
     return parser
@@ -669,6 +723,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     own_args, passthrough = _split_passthrough(sys.argv[1:] if argv is None else argv)
     args = _build_parser().parse_args(own_args)
     venv = args.venv or Path(sys.prefix)
+    if args.command == "serve" and args.tritonserver is not None:
+        if not os.access(args.tritonserver, os.X_OK) or not args.tritonserver.is_file():
+            print(f"launcher: error: --tritonserver {args.tritonserver}: no such executable", file=sys.stderr)
+            return 2
+        return serve(args, venv, passthrough)
+    if args.command == "serve" and (args.backend_directory or args.cache_directory):
+        print(
+            "launcher: error: --backend-directory and --cache-directory go with --tritonserver",
+            file=sys.stderr,
+        )
+        return 2
     install = find_triton(venv_python_version(venv))
     runtime = prepare_runtime_dir(args.runtime_dir or default_runtime_dir(), install)
     if args.command == "prepare":
@@ -726,6 +791,7 @@ def serve(args: argparse.Namespace, venv: Path, passthrough: Sequence[str]) -> i
         log_verbose=args.log_verbose,
         host=args.host,
         exit_timeout=args.exit_timeout_secs,
+        installed=installed_server(args),
     )
     gateway = None if args.no_gateway else start_gateway(args.host, args.grpc_port)
     try:
@@ -735,6 +801,12 @@ def serve(args: argparse.Namespace, venv: Path, passthrough: Sequence[str]) -> i
     finally:
         if gateway is not None:
             stop_gateway(gateway)
+
+
+def installed_server(args: argparse.Namespace) -> InstalledServer | None:
+    if args.tritonserver is None:
+        return None
+    return InstalledServer(args.tritonserver.resolve(), args.backend_directory, args.cache_directory)
 
 
 def start_gateway(host: str, grpc_port: int) -> subprocess.Popen[bytes]:

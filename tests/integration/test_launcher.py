@@ -403,3 +403,82 @@ def processes_mentioning(text: str) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+def test_installed_tritonserver_is_supervised_the_same(tmp_path):
+    """`serve --tritonserver PATH` (the CUDA image's path to NGC's server) with the wheel's own binary and
+    backend directory standing in for NGC's layout: the same binary, only given explicitly, its libraries
+    found through the environment as NGC's image sets them. The launcher runs it as given, and a dead stub
+    and a dead server still come back."""
+    from tools.launcher import find_triton, prepare_runtime_dir, server_env, venv_python_version
+
+    install = find_triton(venv_python_version(Path(sys.prefix)))
+    layout = prepare_runtime_dir(tmp_path / "installed", install)
+    libraries = server_env(Path(sys.prefix), layout, install)["LD_LIBRARY_PATH"]
+    http_port, grpc_port, metrics_port = free_ports(3)
+    process = launch(
+        tmp_path,
+        f"--tritonserver={install.server_binary}",
+        f"--backend-directory={layout.backend_dir}",
+        f"--cache-directory={layout.cache_dir}",
+        f"--model-repository={REPOSITORY}",
+        f"--http-port={http_port}",
+        f"--grpc-port={grpc_port}",
+        f"--metrics-port={metrics_port}",
+        f"--exit-timeout-secs={EXIT_TIMEOUT}",
+        env={"LD_LIBRARY_PATH": libraries},
+    )
+    served = Served(process, tmp_path / "serve.log", http_port, grpc_port, metrics_port)
+    try:
+        assert wait_for(lambda: ready(served.base) == 200, 60.0), served.text()
+        pid = served.server_pids()[-1]
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        assert argv[:3] == [
+            str(install.server_binary),
+            f"--backend-directory={layout.backend_dir}",
+            f"--cache-directory={layout.cache_dir}",
+        ]
+        assert "--model-control-mode=explicit" in argv  # what lets the watchdog reload a model
+        environ = dict(
+            line.split("=", 1) for line in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in line
+        )
+        assert (
+            environ["LD_LIBRARY_PATH"] == libraries
+        )  # the installation's environment, nothing of the wheel's
+        assert environ["PATH"].split(os.pathsep)[0] == str(
+            Path(sys.prefix) / "bin"
+        )  # the stub finds the venv
+
+        (stub,) = [stub for stub, model in live_stubs(pid).items() if model == "echo"]
+        os.kill(stub, signal.SIGKILL)
+        assert wait_for(lambda: ready(served.base) == 400, 10.0, interval=0.02), served.text()[-3000:]
+        assert wait_for(
+            lambda: ready(served.base) == 200 and infer(served.base, "pipeline", 1)[0] == 200, 60.0
+        ), served.text()[-3000:]
+        assert "watchdog: model echo serves again" in served.text()
+
+        os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: len(served.server_pids()) == 2 and ready(served.base) == 200, 60.0), (
+            served.text()[-3000:]
+        )
+        assert infer(served.base, "pipeline", 1)[0] == 200
+        assert "tritonserver died (killed by signal 9 (SIGKILL)): crash 1" in served.text()
+
+        last = served.server_pids()[-1]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=EXIT_TIMEOUT + STOP_MARGIN_SECS + 10) == 0
+        assert not live_stubs(last)
+        assert not list(Path("/dev/shm").glob(f"{served.shm_prefix()}*"))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_installed_tritonserver_that_is_missing_fails_at_once(tmp_path):
+    code, output, seconds = run_serve(
+        tmp_path, f"--tritonserver={tmp_path / 'tritonserver'}", f"--model-repository={REPOSITORY}"
+    )
+    assert code == 2
+    assert output == f"launcher: error: --tritonserver {tmp_path / 'tritonserver'}: no such executable\n"
+    assert seconds < 10.0

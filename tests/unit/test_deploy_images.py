@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -210,35 +211,92 @@ def test_entrypoint_copies_the_chosen_pipelines_with_the_pod_instance_counts(tmp
     assert model == original
 
 
-def test_entrypoint_turns_the_pod_environment_into_server_options(tmp_path):
-    env = {
-        "RESPONSE_CACHE": "redis,host=redis-master,port=6379",
-        "REDIS_PASSWORD": "secret",
-        "TRITON_EXIT_TIMEOUT_SECS": "30",
-        "TRITON_SHM_DEFAULT_BYTES": "16777216",
-        "TRITON_HTTP_PORT": "8080",
-        "TRITON_RUNTIME_DIR": "/opt/qwen3vl/triton-runtime",
-    }
-    argv = serve.command(env, ["--log-verbose=1"], tmp_path)
-    if not serve.NGC_TRITONSERVER.exists():  # this machine: the wheel's server through tools.launcher
-        assert argv[1:4] == ["-m", "tools.launcher", "--runtime-dir"]
-        own = argv[argv.index("serve") : argv.index("--")]
-        assert own[own.index("--http-port") + 1] == "8080"
-        assert own[own.index("--exit-timeout-secs") + 1] == "30"
-        assert "--no-gateway" in own  # the gateway runs in a container of its own
-        # The launcher accepts every option this passes (parsed by its own parser).
-        from tools.launcher import _build_parser
+POD_ENV = {
+    "RESPONSE_CACHE": "redis,host=redis-master,port=6379",
+    "REDIS_PASSWORD": "secret",
+    "TRITON_EXIT_TIMEOUT_SECS": "30",
+    "TRITON_SHM_DEFAULT_BYTES": "16777216",
+    "TRITON_HTTP_PORT": "8080",
+    "TRITON_RUNTIME_DIR": "/opt/qwen3vl/triton-runtime",
+}
+POD_PASSTHROUGH = [
+    "--cache-config=redis,host=redis-master",
+    "--cache-config=redis,port=6379",
+    "--cache-config=redis,password=secret",
+    "--backend-config=python,shm-default-byte-size=16777216",
+    "--log-verbose=1",
+]
 
-        parsed = _build_parser().parse_args(argv[3 : argv.index("--")])
-        assert parsed.no_gateway and parsed.exit_timeout_secs == 30 and parsed.http_port == 8080
-        passthrough = argv[argv.index("--") + 1 :]
-        assert passthrough == [
-            "--cache-config=redis,host=redis-master",
-            "--cache-config=redis,port=6379",
-            "--cache-config=redis,password=secret",
-            "--backend-config=python,shm-default-byte-size=16777216",
-            "--log-verbose=1",
-        ]
+
+def launcher_args(argv: list[str]):
+    """The launcher options of an entrypoint argv, parsed by the launcher's own parser (so each is one it
+    accepts), and what goes on to tritonserver."""
+    from tools.launcher import _build_parser
+
+    assert argv[:3] == [sys.executable, "-m", "tools.launcher"]
+    cut = argv.index("--")
+    return _build_parser().parse_args(argv[3:cut]), argv[cut + 1 :]
+
+
+def test_entrypoint_serves_the_wheel_under_the_launcher(tmp_path):
+    """CPU and Ascend images: the wheel's server, from the runtime directory the image prepared."""
+    argv = serve.command(POD_ENV, ["--log-verbose=1"], tmp_path, ngc_server=tmp_path / "no-such-tritonserver")
+    parsed, passthrough = launcher_args(argv)
+    assert parsed.command == "serve" and parsed.tritonserver is None and parsed.backend_directory is None
+    assert parsed.runtime_dir == Path("/opt/qwen3vl/triton-runtime")
+    assert parsed.model_repository == tmp_path
+    assert parsed.http_port == 8080 and parsed.grpc_port == 8001 and parsed.metrics_port == 8002
+    assert parsed.exit_timeout_secs == 30
+    assert parsed.host == "0.0.0.0"  # a pod is reached from outside
+    assert parsed.no_gateway  # the gateway runs in a container of its own
+    assert not parsed.no_watchdog and parsed.liveness_timeout is None  # supervision as under make serve
+    assert passthrough == POD_PASSTHROUGH
+
+
+def test_entrypoint_serves_ngc_tritonserver_under_the_launcher(tmp_path):
+    """CUDA image: NGC's own server, given to the launcher, so that it gets the same supervision (restarts,
+    stub watchdog, explicit model control, liveness) instead of being exec'd bare."""
+    ngc = tmp_path / "opt" / "tritonserver" / "bin" / "tritonserver"
+    ngc.parent.mkdir(parents=True)
+    ngc.write_text("#!/bin/sh\n")
+    env = {**POD_ENV, "TRITON_HOST": "10.0.0.5"}
+    argv = serve.command(env, ["--log-verbose=1"], tmp_path / "repo", ngc_server=ngc)
+    parsed, passthrough = launcher_args(argv)
+    assert parsed.command == "serve"
+    assert parsed.tritonserver == ngc
+    assert parsed.backend_directory == tmp_path / "opt" / "tritonserver" / "backends"
+    assert parsed.cache_directory is None  # NGC's own default, /opt/tritonserver/caches (redis included)
+    assert parsed.runtime_dir is None  # nothing of the wheel is prepared
+    assert parsed.model_repository == tmp_path / "repo"
+    assert parsed.http_port == 8080 and parsed.exit_timeout_secs == 30 and parsed.host == "10.0.0.5"
+    assert parsed.no_gateway and not parsed.no_watchdog
+    assert passthrough == POD_PASSTHROUGH
+    # The real default is NGC's path, used when the image has it.
+    assert serve.NGC_TRITONSERVER == Path("/opt/tritonserver/bin/tritonserver")
+
+
+def test_installed_server_runs_as_installed_with_the_venv_first_on_path(tmp_path):
+    """What the launcher makes of --tritonserver: that binary with only the directories given, the options
+    supervision needs (explicit model control, shm prefix), and an environment that adds only the venv."""
+    from tools.launcher import InstalledServer, server_command
+
+    installed = InstalledServer(
+        Path("/opt/tritonserver/bin/tritonserver"), Path("/opt/tritonserver/backends")
+    )
+    argv = server_command(tmp_path, installed.command(), 1, 2, 3, ["--log-verbose=1"], shm_prefix="p_")
+    assert argv[:2] == [
+        "/opt/tritonserver/bin/tritonserver",
+        "--backend-directory=/opt/tritonserver/backends",
+    ]
+    assert not any(arg.startswith("--cache-directory") for arg in argv)
+    assert {"--model-control-mode=explicit", "--load-model=*", "--disable-auto-complete-config"} <= set(argv)
+    assert "--backend-config=python,shm-region-prefix-name=p_" in argv and argv[-1] == "--log-verbose=1"
+    env = installed.env(tmp_path / "venv")
+    assert env["PATH"].split(os.pathsep)[0] == str(tmp_path / "venv" / "bin")
+    assert env.get("LD_LIBRARY_PATH") == os.environ.get("LD_LIBRARY_PATH")  # the image's own libraries
+
+
+def test_entrypoint_environment_helpers():
     assert serve.server_args({}) == []
     assert serve.cache_args({"RESPONSE_CACHE": "local,size=1024"}) == ["--cache-config=local,size=1024"]
     with pytest.raises(ValueError):
