@@ -20,6 +20,11 @@ DEFAULT_EMBEDDING_MODEL = REPO_ROOT / "models" / "qwen3-vl-embedding-tiny"
 DEFAULT_RERANKER_MODEL = REPO_ROOT / "models" / "qwen3-vl-reranker-tiny"
 
 MIB = 1024 * 1024
+# Token limits per item, as the official code has them; the model steps accept rows up to these lengths
+# (the reranker's truncation keeps its last RERANK_KEPT_TAIL tokens beyond max_length).
+EMBEDDING_MAX_LENGTH = 8192
+RERANK_MAX_LENGTH = 10240
+RERANK_KEPT_TAIL = 5
 COMPILE_CHOICES = ("auto", "on", "off")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -52,7 +57,7 @@ class VisionSettings:
 @dataclasses.dataclass(frozen=True)
 class PreprocessSettings:
     model_path: str = str(DEFAULT_EMBEDDING_MODEL)
-    max_length: int = 8192
+    max_length: int = EMBEDDING_MAX_LENGTH
     default_instruction: str = DEFAULT_EMBEDDING_INSTRUCTION
     # UTF-8 bytes per text input (TEXT, INSTRUCTION, QUERY_TEXT, DOCUMENT_TEXT); longer is INVALID_ARG. Only
     # a prefix holding max_length tokens is tokenised, but a single unbroken run of letters is tokenised
@@ -66,7 +71,7 @@ class RerankPreprocessSettings(PreprocessSettings):
     """The same knobs; the official reranker's defaults."""
 
     model_path: str = str(DEFAULT_RERANKER_MODEL)
-    max_length: int = 10240
+    max_length: int = RERANK_MAX_LENGTH
     default_instruction: str = DEFAULT_RERANK_INSTRUCTION
 
 
@@ -93,11 +98,15 @@ class ModelSettings:
     # torch threads per instance on CPU; 0 = the cores divided among the model's instances.
     cpu_threads: int = 0
     warmup: bool = True
+    # Longest row this step runs: the preprocess step never sends more, a direct caller may (tested to agree
+    # with the preprocess step's max_length in tests/unit/test_protocol.py).
+    max_length: int = EMBEDDING_MAX_LENGTH
 
 
 @dataclasses.dataclass(frozen=True)
 class RerankModelSettings(ModelSettings):
     model_path: str = str(DEFAULT_RERANKER_MODEL)
+    max_length: int = RERANK_MAX_LENGTH + RERANK_KEPT_TAIL
 
 
 # Parameter name -> environment variable that overrides it (the documented deployment switches).

@@ -64,20 +64,22 @@ def pack_rows(
 
 
 def _unpack_vision(
-    patches: np.ndarray | None, grids: np.ndarray | None, row: int
+    patches: np.ndarray | None, grids: np.ndarray | None, row: int, prefix: str
 ) -> tuple[VisionPatches, ...]:
     if patches is None and grids is None:
         return ()
     if patches is None or grids is None:
-        raise InputError("vision patches and their grid must come together")
+        raise InputError("vision patches and their grid must come together", input=f"{prefix}_GRID_THW")
     visuals = []
     offset = 0
-    for t, h, w in grids[row]:
+    for t, h, w in grids[row].tolist():  # Python ints: a hostile grid must not overflow int64
         if t == 0:
             continue
-        count = int(t * h * w)
-        if offset + count > patches.shape[1]:
-            raise InputError("vision grid asks for more patches than were sent")
+        count = t * h * w
+        if min(t, h, w) <= 0 or offset + count > patches.shape[1]:
+            raise InputError(
+                f"grid ({t}, {h}, {w}) asks for patches that were not sent", input=f"{prefix}_GRID_THW"
+            )
         visuals.append(
             VisionPatches(patches=patches[row, offset : offset + count], grid_thw=(int(t), int(h), int(w)))
         )
@@ -92,15 +94,22 @@ def unpack_rows(tensors: Mapping[str, np.ndarray | None]) -> list[PreparedItem]:
     dims = tensors.get("EMBED_DIM")
     rows = []
     for index in range(input_ids.shape[0]):
-        length = int(lengths[index].reshape(-1)[0])
-        if not 0 < length <= input_ids.shape[1]:
-            raise InputError(f"SEQ_LEN {length} is outside 1..{input_ids.shape[1]}")
-        rows.append(
-            PreparedItem(
-                input_ids=input_ids[index, :length],
-                images=_unpack_vision(tensors.get("IMAGE_PATCHES"), tensors.get("IMAGE_GRID_THW"), index),
-                videos=_unpack_vision(tensors.get("VIDEO_PATCHES"), tensors.get("VIDEO_GRID_THW"), index),
-                dimensions=0 if dims is None else int(dims[index].reshape(-1)[0]),
+        try:
+            length = int(lengths[index].reshape(-1)[0])
+            if not 0 < length <= input_ids.shape[1]:
+                raise InputError(f"{length} is outside 1..{input_ids.shape[1]}", input="SEQ_LEN")
+            rows.append(
+                PreparedItem(
+                    input_ids=input_ids[index, :length],
+                    images=_unpack_vision(
+                        tensors.get("IMAGE_PATCHES"), tensors.get("IMAGE_GRID_THW"), index, "IMAGE"
+                    ),
+                    videos=_unpack_vision(
+                        tensors.get("VIDEO_PATCHES"), tensors.get("VIDEO_GRID_THW"), index, "VIDEO"
+                    ),
+                    dimensions=0 if dims is None else int(dims[index].reshape(-1)[0]),
+                )
             )
-        )
+        except InputError as error:
+            raise error.at_row(index) from None
     return rows

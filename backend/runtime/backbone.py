@@ -291,6 +291,11 @@ class BackboneRunner:
         for index, row in enumerate(rows):
             try:
                 ids = row.input_ids
+                if row.length > self.settings.max_length:
+                    raise InputError(
+                        f"{row.length} tokens, over this model step's max_length {self.settings.max_length}",
+                        input="INPUT_IDS",
+                    )
                 if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
                     raise InputError(f"token ids must be in 0..{self.vocab_size - 1}", input="INPUT_IDS")
                 check_vision(ids, self.image_token_id, row.images, "IMAGE")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from backend.errors import ConfigError, InputError
+from backend.settings import RERANK_KEPT_TAIL
 from backend.text.chat import IMAGE_PAD, VIDEO_PAD, Special
 
 # Tokens beyond max_tokens a bounded prefix must settle: the prompt around the text may tokenise its first
@@ -17,7 +18,7 @@ BOUNDED_MARGIN_TOKENS = 16
 
 
 def truncate_keeping_special(
-    ids: np.ndarray, max_length: int, special_ids: set[int], tail: int = 5
+    ids: np.ndarray, max_length: int, special_ids: set[int], tail: int = RERANK_KEPT_TAIL
 ) -> np.ndarray:
     """The official reranker's truncation: the last `tail` tokens (the end of the user turn and the
     assistant prompt) always stay; of the rest, every special token (vision pads included) stays and

@@ -265,3 +265,25 @@ def test_the_client_restates_the_ensemble_names():
         protocol.EMBEDDING_ENSEMBLE,
         protocol.RERANKER_ENSEMBLE,
     )
+
+
+def test_each_model_step_accepts_what_its_preprocess_step_can_send():
+    from backend.settings import (
+        RERANK_KEPT_TAIL,
+        ModelSettings,
+        PreprocessSettings,
+        RerankModelSettings,
+        RerankPreprocessSettings,
+        load_settings,
+    )
+
+    for ensemble, preprocess_cls, model_cls, tail in (
+        (protocol.EMBEDDING_ENSEMBLE, PreprocessSettings, ModelSettings, 0),
+        (protocol.RERANKER_ENSEMBLE, RerankPreprocessSettings, RerankModelSettings, RERANK_KEPT_TAIL),
+    ):
+        parameters = {}
+        for step, cls in (("preprocess", preprocess_cls), ("model", model_cls)):
+            config = _config(REPOSITORY / f"{ensemble}_{step}" / "config.pbtxt")
+            values = {key: value.string_value for key, value in config.parameters.items()}
+            parameters[step] = load_settings(cls, values, environ={})
+        assert parameters["model"].max_length == parameters["preprocess"].max_length + tail, ensemble

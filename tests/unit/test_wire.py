@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from backend.errors import InputError
-
 from backend.protocol import PreparedItem, VisionPatches
 from backend.wire import pack_rows, unpack_rows
 
@@ -47,5 +46,5 @@ def test_inconsistent_tensors_are_input_errors():
         [PreparedItem(input_ids=np.arange(4, dtype=np.int64), images=(visual(1, 2, 2, 1),))], 0
     )
     tensors["IMAGE_GRID_THW"][0, 0] = (1, 8, 8)
-    with pytest.raises(InputError, match="more patches"):
+    with pytest.raises(InputError, match="asks for patches that were not sent"):
         unpack_rows(tensors)
