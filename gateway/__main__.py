@@ -40,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
+        # Bound to a host a proxy (if any) sits in front of: X-Forwarded-* rewriting per request buys
+        # nothing here.
+        proxy_headers=False,
         backlog=LISTEN_BACKLOG,
     )
     return 0

@@ -20,6 +20,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import protocol
@@ -73,26 +74,60 @@ async def serialize(model: BaseModel) -> bytes:
     return pydantic_core.to_json(model)
 
 
-async def read_json(request: Request, settings: GatewaySettings) -> Any:
-    """The body as parsed JSON: JSON content type (or none), within the size limit, an object."""
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+def header(scope: Scope, name: bytes) -> str:
+    """One request header (first occurrence; ASGI names are lower case), or ""."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return ""
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(Kind.TOO_LARGE, f"request body is over the limit of {limit} bytes")
+
+
+async def read_body(scope: Scope, receive: Receive, settings: GatewaySettings) -> bytes:
+    """The raw body, straight from ASGI messages: JSON content type (or none), within the size limit,
+    not empty."""
+    media_type = header(scope, b"content-type").split(";", 1)[0].strip().lower()
     if media_type and media_type != "application/json" and not media_type.endswith("+json"):
         raise invalid(f"Content-Type must be application/json, got {media_type!r}")
     limit = settings.max_body_bytes
-    too_large = GatewayError(Kind.TOO_LARGE, f"request body is over the limit of {limit} bytes")
-    declared = request.headers.get("content-length", "")
+    declared = header(scope, b"content-length")
     if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
+        raise _too_large(limit)
+    body = b""
+    chunks: list[bytes] | None = None  # only a body sent in several messages is joined
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        if chunks is None and not body:
+            body = chunk
+        else:
+            if chunks is None:
+                chunks = [body]
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    if chunks is not None:
+        body = b"".join(chunks)
     if not body:
         raise invalid("the request body is empty; send a JSON object")
+    return body
+
+
+async def read_json(scope: Scope, receive: Receive, settings: GatewaySettings) -> Any:
+    """The body as parsed JSON (see read_body), an object."""
+    body = await read_body(scope, receive, settings)
     try:
         if len(body) > settings.offload_bytes:
-            parsed = await asyncio.to_thread(json.loads, bytes(body))
+            parsed = await asyncio.to_thread(json.loads, body)
         else:
             parsed = json.loads(body)
     except RecursionError:
@@ -116,8 +151,10 @@ def validation_error(error: ValidationError) -> GatewayError:
     return invalid(message, param=str(first[0]) if first else None)
 
 
-async def parse(request: Request, schema: type[_Request], settings: GatewaySettings) -> _Request:
-    body = await read_json(request, settings)
+async def parse(
+    scope: Scope, receive: Receive, schema: type[_Request], settings: GatewaySettings
+) -> _Request:
+    body = await read_json(scope, receive, settings)
     try:
         return schema.model_validate(body)
     except ValidationError as error:
@@ -126,8 +163,62 @@ async def parse(request: Request, schema: type[_Request], settings: GatewaySetti
         raise invalid("request nested too deeply") from None
 
 
-def request_id_of(request: Request, declared: str | None) -> str:
-    return declared or request.headers.get("x-request-id") or uuid.uuid4().hex
+def request_id_of(scope: Scope, declared: str | None) -> str:
+    return declared or header(scope, b"x-request-id") or uuid.uuid4().hex
+
+
+class PoolingRoute:
+    """One pooling route (embeddings, rerank, score) as a plain ASGI handler: body read and validated by
+    the gateway itself, so it needs nothing of FastAPI's per-request machinery."""
+
+    def __init__(
+        self, schema: type[_Request], handler: Callable[..., Awaitable[BaseModel]], settings: GatewaySettings
+    ):
+        self.schema = schema
+        self.handler = handler
+        self.settings = settings
+
+    async def response(self, scope: Scope, receive: Receive) -> Response:
+        body = await parse(scope, receive, self.schema, self.settings)
+        request_id = request_id_of(scope, getattr(body, "request_id", None))
+        return json_response(await serialize(await self.handler(body, request_id)), request_id)
+
+    async def endpoint(self, request: Request) -> Response:
+        """The same route through FastAPI (where the fast path does not take it)."""
+        return await self.response(request.scope, request.receive)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The fast path: errors answered as FastAPI's handlers in create_app answer them."""
+        try:
+            response = await self.response(scope, receive)
+        except GatewayError as error:
+            response = error_response(error, self.settings)
+        except ClientDisconnect:
+            return  # nobody to answer
+        except Exception as error:  # noqa: BLE001 - answered as 500, as FastAPI's handler does
+            logger.exception("unhandled error on %s", scope["path"])
+            response = error_response(
+                GatewayError(Kind.INTERNAL, f"internal error: {type(error).__name__}"), self.settings
+            )
+        await response(scope, receive, send)
+
+
+class FastPaths:
+    """POSTs to the pooling routes go straight to their handler; everything else (other routes, other
+    methods, lifespan) to the FastAPI app. Per request this saves FastAPI's middleware stack, its
+    AsyncExitStack and route matching: ~35 % of the gateway's CPU in the 2026-11-30 profile."""
+
+    def __init__(self, app: ASGIApp, routes: dict[str, ASGIApp]):
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            route = self.routes.get(scope["path"])
+            if route is not None:
+                await route(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class GatewayMiddleware:
@@ -172,11 +263,11 @@ class GatewayMiddleware:
         finally:
             metrics.http_in_flight.dec()
             route = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
-            metrics.requests.labels(route, str(status)).inc()
-            metrics.latency.labels(route).observe(time.perf_counter() - started)
+            metrics.answered(route, status, time.perf_counter() - started)
 
 
-def create_app(settings: GatewaySettings) -> FastAPI:
+def create_app(settings: GatewaySettings) -> ASGIApp:
+    """The gateway as one ASGI app: GatewayMiddleware (API key, metrics) around FastPaths around FastAPI."""
     gateway = Gateway(settings)
 
     @asynccontextmanager
@@ -211,29 +302,32 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             GatewayError(Kind.INTERNAL, f"internal error: {type(error).__name__}"), settings
         )
 
-    def pooling_route(
-        paths: tuple[str, ...], schema: type[_Request], handler: Callable[..., Awaitable[BaseModel]]
-    ) -> None:
-        async def endpoint(request: Request) -> Response:
-            body = await parse(request, schema, settings)
-            request_id = request_id_of(request, getattr(body, "request_id", None))
-            return json_response(await serialize(await handler(body, request_id)), request_id)
-
+    fast_routes: dict[str, ASGIApp] = {}
+    for paths, schema, handler in (
+        (EMBEDDING_PATHS, protocol.EmbeddingRequest, gateway.embeddings),
+        (RERANK_PATHS, protocol.RerankRequest, gateway.rerank),
+        (SCORE_PATHS, protocol.ScoreRequest, gateway.score),
+    ):
+        route = PoolingRoute(schema, handler, settings)
         for path in paths:
-            app.add_api_route(path, endpoint, methods=["POST"], include_in_schema=path == paths[0])
-
-    pooling_route(EMBEDDING_PATHS, protocol.EmbeddingRequest, gateway.embeddings)
-    pooling_route(RERANK_PATHS, protocol.RerankRequest, gateway.rerank)
-    pooling_route(SCORE_PATHS, protocol.ScoreRequest, gateway.score)
+            fast_routes[path] = route
+            # Still registered: FastAPI answers other methods (405) and lists the route in its schema.
+            app.add_api_route(path, route.endpoint, methods=["POST"], include_in_schema=path == paths[0])
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> Response:
-        return json_response(await gateway.tokenize(await parse(request, protocol.TokenizeRequest, settings)))
+        return json_response(
+            await gateway.tokenize(
+                await parse(request.scope, request.receive, protocol.TokenizeRequest, settings)
+            )
+        )
 
     @app.post("/detokenize")
     async def detokenize(request: Request) -> Response:
         return json_response(
-            await gateway.detokenize(await parse(request, protocol.DetokenizeRequest, settings))
+            await gateway.detokenize(
+                await parse(request.scope, request.receive, protocol.DetokenizeRequest, settings)
+            )
         )
 
     @app.get("/v1/models")
@@ -257,5 +351,4 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def prometheus() -> Response:
         return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(GatewayMiddleware, gateway=gateway)
-    return app
+    return GatewayMiddleware(FastPaths(app, fast_routes), gateway)

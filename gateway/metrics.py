@@ -14,6 +14,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 class GatewayMetrics:
     def __init__(self, admission: Admission):
         self.registry = CollectorRegistry()
+        self._answered: dict[tuple[str, int], Counter] = {}
+        self._latency: dict[str, Histogram] = {}
         self.requests = Counter(
             "gateway_requests",
             "HTTP requests answered, by route and status code",
@@ -54,6 +56,19 @@ class GatewayMetrics:
             "gateway_requests_waiting", "Requests waiting for an in-flight slot", registry=self.registry
         )
         waiting.set_function(lambda: admission.waiting)
+
+    def answered(self, route: str, status: int, seconds: float) -> None:
+        """One HTTP request answered. The labelled children are looked up once per route and status
+        (``labels()`` locks and builds its key on every call)."""
+        key = (route, status)
+        counter = self._answered.get(key)
+        if counter is None:
+            counter = self._answered[key] = self.requests.labels(route, str(status))
+        latency = self._latency.get(route)
+        if latency is None:
+            latency = self._latency[route] = self.latency.labels(route)
+        counter.inc()
+        latency.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

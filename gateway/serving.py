@@ -17,7 +17,7 @@ from gateway.errors import GatewayError, Kind, invalid
 from gateway.items import Item, input_items, message_items, score_item
 from gateway.media import MediaFetcher
 from gateway.metrics import GatewayMetrics
-from gateway.settings import GatewaySettings
+from gateway.settings import DEFAULT_TOKENIZER_PATH, GatewaySettings
 from gateway.tokenizer import GatewayTokenizer
 from gateway.triton import Outcome, TritonBackend
 
@@ -61,21 +61,20 @@ class Gateway:
 
     async def tokenizer(self) -> GatewayTokenizer:
         """Loaded on first use from GATEWAY_TOKENIZER / MODEL_PATH, else from the model_path the
-        embedding preprocess step reports, else from the backend's default checkpoint."""
+        embedding preprocess step reports, else from the checkout's tiny checkpoint (the backend's
+        default)."""
         if self._tokenizer is None:
             path = self.settings.tokenizer_path
             if path is None:
                 path = (await self.backend.info(self.settings.embedding_model)).model_path
             if path is None:
-                try:
-                    # The preprocess step runs its default checkpoint: the one default lives in backend.
-                    from backend.settings import DEFAULT_EMBEDDING_MODEL
-
-                    path = str(DEFAULT_EMBEDDING_MODEL)
-                except ImportError:
+                # The preprocess step reports no model_path when it runs its default checkpoint: the
+                # tiny one in this checkout.
+                if not DEFAULT_TOKENIZER_PATH.is_dir():
                     raise GatewayError(
                         Kind.UNSUPPORTED, "no tokenizer: set GATEWAY_TOKENIZER to the checkpoint directory"
-                    ) from None
+                    )
+                path = str(DEFAULT_TOKENIZER_PATH)
             try:
                 self._tokenizer = await asyncio.to_thread(GatewayTokenizer, path)
             except Exception as error:  # noqa: BLE001

@@ -9,11 +9,15 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
 MIB = 1024 * 1024
 InputFormat = Literal["official", "vllm"]
 INPUT_FORMATS: tuple[InputFormat, ...] = ("official", "vllm")
+# The tokenizer when neither GATEWAY_TOKENIZER / MODEL_PATH nor Triton names a checkpoint: the one the
+# backend runs by default, in this checkout (the gateway imports nothing from backend/).
+DEFAULT_TOKENIZER_PATH = Path(__file__).resolve().parent.parent / "models" / "qwen3-vl-embedding-tiny"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -166,6 +166,7 @@ class TritonBackend:
         self._client: Any = None
         self._module: Any = None
         self._info: dict[str, ModelInfo] = {}
+        self._requested: dict[tuple[str, tuple[str, ...]], list[Any]] = {}
 
     def _connect(self) -> Any:
         if self._client is None:
@@ -224,9 +225,12 @@ class TritonBackend:
         self._info[model] = info
         return info
 
-    async def _infer(self, model: str, inputs: list[Any], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        module = self._module
-        requested = [module.InferRequestedOutput(name) for name in outputs]
+    async def _infer(self, model: str, inputs: list[Any], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        requested = self._requested.get((model, outputs))
+        if requested is None:
+            # Constant per model: tritonclient copies them into each request.
+            requested = [self._module.InferRequestedOutput(name) for name in outputs]
+            self._requested[(model, outputs)] = requested
         result = await self._connect().infer(
             model, inputs, outputs=requested, client_timeout=self.settings.request_timeout
         )
@@ -248,7 +252,7 @@ class TritonBackend:
         model = self.settings.embedding_model
         info = await self.info(model)
         self._check_capabilities(items, info)
-        outputs = [EMBEDDING_OUTPUT] + ([TOKEN_COUNT_OUTPUT] if TOKEN_COUNT_OUTPUT in info.outputs else [])
+        outputs = (EMBEDDING_OUTPUT,) + ((TOKEN_COUNT_OUTPUT,) if TOKEN_COUNT_OUTPUT in info.outputs else ())
         self._connect()
         groups: list[list[int]] = []
         plain = [index for index, item in enumerate(items) if item.token_ids is None]
@@ -293,7 +297,7 @@ class TritonBackend:
         """One relevance score per (query, document) pair, in order."""
         model = self.settings.reranker_model
         info = await self.info(model)
-        outputs = [SCORE_OUTPUT] + ([TOKEN_COUNT_OUTPUT] if TOKEN_COUNT_OUTPUT in info.outputs else [])
+        outputs = (SCORE_OUTPUT,) + ((TOKEN_COUNT_OUTPUT,) if TOKEN_COUNT_OUTPUT in info.outputs else ())
         self._connect()
         groups = [list(chunk) for chunk in self._chunks(len(pairs), info)]
         shared_query = len({id(query) for query, _ in pairs}) == 1

@@ -28,6 +28,21 @@ def test_the_gateway_never_imports_torch():
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 
 
+def test_the_gateway_imports_nothing_from_backend():
+    # DESIGN: gateway -> client only; imports inside functions count too (the tokenizer fallback had one).
+    importing = re.compile(r"^\s*(from|import)\s+backend\b", re.MULTILINE)
+    offenders = [path.name for path in (REPO / "gateway").glob("*.py") if importing.search(path.read_text())]
+    assert offenders == []
+
+
+def test_the_default_tokenizer_is_the_checkpoint_the_backend_runs_by_default():
+    from backend.settings import DEFAULT_EMBEDDING_MODEL
+    from gateway.settings import DEFAULT_TOKENIZER_PATH
+
+    assert DEFAULT_TOKENIZER_PATH == DEFAULT_EMBEDDING_MODEL
+    assert (DEFAULT_TOKENIZER_PATH / "tokenizer.json").is_file()
+
+
 def test_settings_come_from_the_environment():
     settings = settings_from_env(
         {
