@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import importlib.util
 import logging
 import os
@@ -402,8 +403,9 @@ def _health(host: str, http_port: int, what: str, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status == 200
-    except (urllib.error.URLError, OSError):
-        # 400 (not ready yet), connection refused and timeouts all just mean "poll again".
+    except (urllib.error.URLError, OSError, http.client.HTTPException):
+        # 400 (not ready yet), connection refused, timeouts and a non-HTTP answer (another process took the
+        # port first: BadStatusLine) all just mean "poll again".
         return False
 
 
