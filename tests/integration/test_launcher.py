@@ -430,7 +430,8 @@ def test_installed_tritonserver_is_supervised_the_same(tmp_path):
     )
     served = Served(process, tmp_path / "serve.log", http_port, grpc_port, metrics_port)
     try:
-        assert wait_for(lambda: ready(served.base) == 200, 60.0), served.text()
+        # The launcher logs the server's pid just after it turns ready.
+        assert wait_for(lambda: ready(served.base) == 200 and served.server_pids(), 60.0), served.text()
         pid = served.server_pids()[-1]
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
         assert argv[:3] == [
