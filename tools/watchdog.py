@@ -10,12 +10,21 @@ the server's readiness go not-ready at once, and to load it again, which restart
 and the ensembles that use it.
 
 Only models the server reports READY are repaired: one unloaded on purpose stays unloaded.
+
+2.51's unload returns before the model is unloaded, and with requests in flight on the dead stub it never
+finishes: the old instances' other stubs keep running beside the reloaded ones. So after a reload only the
+stubs that did not exist before it are watched, and old ones still running after ``OLD_STUB_GRACE_SECS``
+are killed (before, their exit read as one more dead stub: a reload loop that ended in a wedged load).
+Reloads of one model are capped (``MAX_RELOADS_PER_WINDOW``, with backoff), and each repair runs in its own
+thread so that a load that hangs does not keep other models from being repaired.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import threading
 import time
 import urllib.error
@@ -30,8 +39,14 @@ STUB_BINARY = "triton_python_backend_stub"
 CHECK_INTERVAL_SECS = 0.5
 # Loading a big checkpoint can take minutes; the repository API answers only when it is done.
 LOAD_TIMEOUT_SECS = 1800.0
-# Between failed reload attempts of one model.
-RETRY_SECS = 10.0
+# Reloads of one model: the first is immediate, each further one within the window waits twice as long
+# as the one before (2, 4, 8 s); past the cap the watchdog gives up on that model and says so.
+RELOAD_BACKOFF_FIRST_SECS = 2.0
+MAX_RELOADS_PER_WINDOW = 4
+RELOAD_WINDOW_SECS = 300.0
+# An unloaded model's surviving stubs normally exit within ~3 s; ones still running this long after the
+# reload began are killed.
+OLD_STUB_GRACE_SECS = 10.0
 
 
 def _proc_stat(pid_dir: Path) -> tuple[str, int] | None:
@@ -90,7 +105,11 @@ def _error_text(error: Exception) -> str:
 
 
 class StubWatchdog:
-    """Watches one running tritonserver's stubs in a background thread; ``stop()`` ends it."""
+    """Watches one running tritonserver's stubs in a background thread; ``stop()`` ends it.
+
+    Each repair runs in a thread of its own, one per model at a time, so a load that hangs (tritonserver
+    can wedge one) never keeps the watchdog from repairing other models.
+    """
 
     def __init__(
         self,
@@ -104,7 +123,15 @@ class StubWatchdog:
         self.interval = interval
         self.on_recovered = on_recovered
         self.recoveries: list[tuple[str, float]] = []
+        self._lock = threading.Lock()  # guards everything below; repairs run in their own threads
         self._known: dict[str, set[int]] = {}
+        # Stubs of an unloaded generation of a model: they may outlive its reload, belong to no serving
+        # instance, and their exit says nothing about the model.
+        self._retired: set[int] = set()
+        self._repairing: set[str] = set()
+        # Model -> its stubs when the watchdog gave up on it; new stubs mean someone loaded it again.
+        self._given_up: dict[str, set[int]] = {}
+        self._attempts: dict[str, list[float]] = {}  # monotonic times of each model's reloads
         self._next_try: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stub-watchdog", daemon=True)
@@ -126,6 +153,13 @@ class StubWatchdog:
             models.setdefault(model, set()).add(pid)
         return models
 
+    def _current(self) -> dict[str, set[int]]:
+        """The live stubs of serving generations, by model (retired stubs left out)."""
+        stubs = live_stubs(self.pgid)
+        with self._lock:
+            self._retired &= stubs.keys()  # a pid that has gone can be reused by a new stub
+            return self._group_by_model({pid: m for pid, m in stubs.items() if pid not in self._retired})
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
@@ -134,54 +168,173 @@ class StubWatchdog:
                 logger.exception("watchdog check failed")
 
     def check(self) -> None:
-        """One pass: repair every model that lost a stub since the last pass."""
-        current = self._group_by_model(live_stubs(self.pgid))
-        broken = [model for model, pids in self._known.items() if not pids <= current.get(model, set())]
-        # Models loaded since (by the API or a reload) join the watch with their current stubs.
-        for model, pids in current.items():
-            if model not in broken:
-                self._known[model] = pids
-        for model in broken:
-            if self._stop.is_set() or time.monotonic() < self._next_try.get(model, 0.0):
-                continue
+        """One pass: start a repair of every model that lost a stub since the last pass."""
+        current = self._current()
+        now = time.monotonic()
+        to_repair = []
+        with self._lock:
+            for model, pids in current.items():
+                if model in self._given_up and not pids & self._given_up[model]:
+                    del self._given_up[model]  # loaded again from outside: watch it afresh
+                    self._known.pop(model, None)
+                if model in self._repairing or model in self._given_up:
+                    continue
+                if model not in self._known or pids >= self._known[model]:
+                    # Models loaded since (by the API or a reload) join the watch with their current stubs.
+                    self._known[model] = pids
+            for model, pids in self._known.items():
+                if model in self._repairing or model in self._given_up:
+                    continue
+                if pids <= current.get(model, set()) or now < self._next_try.get(model, 0.0):
+                    continue
+                self._repairing.add(model)
+                to_repair.append(model)
+        for model in to_repair:
+            if self._stop.is_set():
+                break
+            threading.Thread(
+                target=self._repair_guarded, args=(model,), name=f"watchdog-repair-{model}", daemon=True
+            ).start()
+
+    def _repair_guarded(self, model: str) -> None:
+        try:
             self._repair(model)
+        except Exception:
+            logger.exception("watchdog: repairing %s failed", model)
+        finally:
+            with self._lock:
+                self._repairing.discard(model)
+
+    def _reload_budget(self, model: str) -> tuple[int, float] | None:
+        """(reloads of ``model`` in the window so far, seconds to wait before the next), or None once
+        the cap is reached."""
+        now = time.monotonic()
+        with self._lock:
+            recent = [t for t in self._attempts.get(model, []) if now - t < RELOAD_WINDOW_SECS]
+            self._attempts[model] = recent
+        if len(recent) >= MAX_RELOADS_PER_WINDOW:
+            return None
+        if not recent:
+            return 0, 0.0
+        # The first reload is immediate; each further one in the window waits twice as long.
+        due = recent[-1] + RELOAD_BACKOFF_FIRST_SECS * 2 ** (len(recent) - 1)
+        return len(recent), max(0.0, due - now)
+
+    def _give_up(self, model: str, state: str) -> None:
+        with self._lock:
+            self._given_up[model] = self._known.pop(model, set())
+        logger.error(
+            "watchdog: giving up on model %s after %d reloads in %.0f s (it keeps losing stubs); it stays "
+            "unloaded so readiness stays false; restart tritonserver (or load it through the repository "
+            "API) once the cause is fixed",
+            model,
+            MAX_RELOADS_PER_WINDOW,
+            RELOAD_WINDOW_SECS,
+        )
+        if state == "READY":
+            try:  # a READY model with a dead stub would keep /v2/health/ready at 200
+                self.api.unload(model)
+            except (OSError, ValueError) as error:
+                logger.error("watchdog: unloading %s failed (%s)", model, _error_text(error))
 
     def _repair(self, model: str) -> None:
-        started = time.monotonic()
         try:
             state = self.api.model_states().get(model, "")
         except (OSError, ValueError) as error:
             logger.warning("watchdog: cannot read the model states (%s); will retry", _error_text(error))
             return
-        retrying = model in self._next_try
+        with self._lock:
+            retrying = model in self._next_try
         if not (state == "READY" or (retrying and state in ("UNAVAILABLE", "UNLOADING"))):
             # LOADING: someone else is reloading it; UNAVAILABLE without a failed attempt of ours: the
             # operator unloaded it. Either way it is not ours to touch.
-            self._known.pop(model, None)
+            with self._lock:
+                self._known.pop(model, None)
             return
+        budget = self._reload_budget(model)
+        if budget is None:
+            self._give_up(model, state)
+            return
+        done, wait = budget
+        if wait > 0:
+            logger.warning(
+                "watchdog: a stub of model %s died again (reload %d of at most %d in %.0f s); reloading it "
+                "in %.0f s",
+                model,
+                done + 1,
+                MAX_RELOADS_PER_WINDOW,
+                RELOAD_WINDOW_SECS,
+                wait,
+            )
+            if self._stop.wait(wait):
+                return
         logger.warning(
             "watchdog: a stub of model %s died; reloading it (readiness is false meanwhile)", model
         )
+        # Every stub of the model now alive belongs to the generation being unloaded.
+        old = live_stubs_of(self.pgid, model)
+        started = time.monotonic()
+        with self._lock:
+            self._attempts.setdefault(model, []).append(started)
         try:
             if state == "READY":
                 self.api.unload(model)
+            # tritonserver's unload returns at once and can stay UNLOADING for good (a request that was
+            # in flight on the dead stub is never released), so the load does not wait for it: a load
+            # starts new instances beside the unloading ones.
             self.api.load(model)
         except (OSError, ValueError) as error:
-            self._next_try[model] = time.monotonic() + RETRY_SECS
+            retry = RELOAD_BACKOFF_FIRST_SECS * 2**done
+            with self._lock:
+                self._next_try[model] = time.monotonic() + retry
             logger.error(
-                "watchdog: reloading %s failed (%s); retrying in %.0f s",
-                model,
-                _error_text(error),
-                RETRY_SECS,
+                "watchdog: reloading %s failed (%s); retrying in %.0f s", model, _error_text(error), retry
             )
             return
-        self._next_try.pop(model, None)
-        self._known[model] = self._group_by_model(live_stubs(self.pgid)).get(model, set())
         seconds = time.monotonic() - started
-        self.recoveries.append((model, seconds))
-        logger.warning("watchdog: model %s serves again (reloaded in %.1f s)", model, seconds)
+        new = live_stubs_of(self.pgid, model) - old
+        with self._lock:
+            self._next_try.pop(model, None)
+            self._retired |= old
+            self._known[model] = new
+            self._repairing.discard(model)  # watched again from here on, while the old stubs are reaped
+            self.recoveries.append((model, seconds))
+        logger.warning(
+            "watchdog: model %s serves again (reloaded in %.1f s, %d new stubs)", model, seconds, len(new)
+        )
         if self.on_recovered:
             self.on_recovered(model, seconds)
+        self._reap(model, old, started + OLD_STUB_GRACE_SECS)
+
+    def _reap(self, model: str, old: set[int], deadline: float) -> None:
+        """Old stubs still alive at ``deadline`` belong to an unload that will not finish (seen with
+        requests in flight on the dead stub): kill them, or each would hold its memory for good."""
+        while not self._stop.is_set():
+            left = old & live_stubs_of(self.pgid, model)
+            if not left:
+                return
+            if time.monotonic() >= deadline:
+                break
+            self._stop.wait(min(self.interval, max(0.0, deadline - time.monotonic())))
+        else:
+            return
+        logger.warning(
+            "watchdog: %d stub(s) of the unloaded %s still run %.0f s after its reload (pids %s); "
+            "killing them",
+            len(left),
+            model,
+            OLD_STUB_GRACE_SECS,
+            ", ".join(map(str, sorted(left))),
+        )
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def live_stubs_of(pgid: int, model: str) -> set[int]:
+    return {pid for pid, name in live_stubs(pgid).items() if name == model}
 
 
 def _find_server_pid() -> int:

@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import REPO
 from tools.launcher import STOP_MARGIN_SECS, free_ports
-from tools.watchdog import live_stubs
+from tools.watchdog import OLD_STUB_GRACE_SECS, live_stubs
 
 REPOSITORY = Path(__file__).resolve().parent / "launcher_repository"
 EXIT_TIMEOUT = 8
@@ -38,6 +38,7 @@ class Served:
     http_port: int
     grpc_port: int
     metrics_port: int
+    hold_load: Path | None = None  # while this file exists, a load of the model "held" waits
 
     @property
     def base(self) -> str:
@@ -100,6 +101,7 @@ def launch(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> sub
 def served(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("serve")
     http_port, grpc_port, metrics_port = free_ports(3)
+    hold_load = tmp_path / "hold-load"
     process = launch(
         tmp_path,
         f"--model-repository={REPOSITORY}",
@@ -108,8 +110,9 @@ def served(tmp_path_factory):
         f"--metrics-port={metrics_port}",
         f"--exit-timeout-secs={EXIT_TIMEOUT}",
         "--liveness-timeout=4",
+        env={"LAUNCHER_TEST_HOLD_LOAD": str(hold_load)},
     )
-    running = Served(process, tmp_path / "serve.log", http_port, grpc_port, metrics_port)
+    running = Served(process, tmp_path / "serve.log", http_port, grpc_port, metrics_port, hold_load)
     try:
         assert wait_for(lambda: ready(running.base) == 200, 60.0), running.text()
         yield running
@@ -182,8 +185,79 @@ def test_killed_stub_is_reloaded_and_readiness_says_so_meanwhile(served):
     # The dead stub's shared-memory region goes with its old instance, which is cleaned up in the
     # background: soon there is one region per live stub.
     regions = lambda: list(Path("/dev/shm").glob(f"{served.shm_prefix()}*"))  # noqa: E731
-    assert wait_for(lambda: len(regions()) == 1, 10.0), regions()
+    assert wait_for(lambda: len(regions()) == len(live_stubs(pid)), 10.0), regions()
     print(f"stub SIGKILL -> serving again in {recovery:.1f} s")
+
+
+def stubs_of(pid: int, model: str) -> set[int]:
+    return {stub for stub, name in live_stubs(pid).items() if name == model}
+
+
+def test_one_of_two_instances_killed_is_reloaded_once_and_leaves_no_stub_behind(served):
+    """twin has two instances; one stub is SIGKILLed while both execute a request (tritonserver's unload
+    of such a model never finishes and keeps the sibling stub running). Exactly one reload follows, the
+    stub count returns to two new stubs and stays there, and a later kill of another model's stub is
+    repaired too."""
+    pid = served.server_pids()[-1]
+    base = served.base
+    before = stubs_of(pid, "twin")
+    assert len(before) == 2
+    echo_repairs = served.text().count("watchdog: model echo serves again")
+    in_flight = [threading.Thread(target=infer, args=(base, "twin", 2000)) for _ in range(2)]
+    for thread in in_flight:
+        thread.start()
+    time.sleep(0.5)  # both instances are executing
+    killed = time.monotonic()
+    os.kill(min(before), signal.SIGKILL)
+    assert wait_for(lambda: ready(base) == 400, 10.0, interval=0.02), served.text()
+    assert wait_for(lambda: ready(base) == 200 and infer(base, "twin", 1)[0] == 200, 30.0), served.text()
+    print(f"one of two twin stubs SIGKILLed -> serving again in {time.monotonic() - killed:.1f} s")
+    # The old generation's surviving stub is killed at the latest OLD_STUB_GRACE_SECS after the reload.
+    assert wait_for(lambda: len(stubs_of(pid, "twin")) == 2, OLD_STUB_GRACE_SECS + 5.0), served.text()
+    after = stubs_of(pid, "twin")
+    assert not after & before
+    for _ in range(15):  # stable: no further death seen, no further reload
+        time.sleep(0.2)
+        assert stubs_of(pid, "twin") == after
+    for thread in in_flight:
+        thread.join(timeout=10)
+    text = served.text()
+    assert text.count("a stub of model twin died") == 1, text
+    assert text.count("watchdog: model twin serves again") == 1, text
+    assert infer(base, "twin", 1)[0] == 200
+
+    (echo,) = stubs_of(pid, "echo")
+    os.kill(echo, signal.SIGKILL)
+    assert wait_for(lambda: ready(base) == 400, 10.0, interval=0.02), served.text()
+    assert wait_for(lambda: ready(base) == 200 and infer(base, "pipeline", 1)[0] == 200, 30.0)
+    assert served.text().count("watchdog: model echo serves again") == echo_repairs + 1
+    assert len(stubs_of(pid, "echo")) == 1 and stubs_of(pid, "twin") == after
+
+
+def test_a_reload_that_hangs_does_not_hold_up_other_repairs(served):
+    """While the reload of one model hangs (its load is held), a dead stub of another model is repaired."""
+    pid = served.server_pids()[-1]
+    base = served.base
+    echo_repairs = served.text().count("watchdog: model echo serves again")
+    served.hold_load.touch()
+    try:
+        (held,) = stubs_of(pid, "held")
+        os.kill(held, signal.SIGKILL)
+        assert wait_for(lambda: "a stub of model held died" in served.text(), 10.0), served.text()
+        time.sleep(1.0)  # the watchdog now waits for the held load
+        assert "model held serves again" not in served.text()
+        (echo,) = stubs_of(pid, "echo")
+        os.kill(echo, signal.SIGKILL)
+        assert wait_for(
+            lambda: served.text().count("watchdog: model echo serves again") == echo_repairs + 1, 30.0
+        ), served.text()
+        assert infer(base, "pipeline", 1)[0] == 200
+        assert "model held serves again" not in served.text()
+    finally:
+        served.hold_load.unlink(missing_ok=True)
+    assert wait_for(lambda: ready(base) == 200 and infer(base, "held", 1)[0] == 200, 30.0), served.text()
+    assert served.text().count("watchdog: model held serves again") == 1
+    assert len(stubs_of(pid, "held")) == 1
 
 
 def test_killed_server_is_restarted(served):
