@@ -325,6 +325,9 @@ class TritonBackend:
 
 async def _gather(calls: list) -> list:
     """All calls at once; the first failure (in call order) is raised after the others have finished."""
+    if len(calls) == 1:
+        # The usual request fits one batch: awaited in place, no task, no gather future.
+        return [await calls[0]]
     results = await asyncio.gather(*calls, return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
