@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from backend.errors import InputError
 from backend.media.image import image_patches
+from backend.media.memory import release_freed_memory
 from backend.media.video import PreparedVideo, VideoLimits, video_patches
 from backend.protocol import MERGE_SIZE, VisionPatches
 from backend.settings import VisionSettings
@@ -78,6 +79,17 @@ class MediaPreparer:
             raise InputError(
                 f"{len(videos)} videos, over the limit of {vision.max_videos_per_item}", input=f"{label}VIDEO"
             )
+        if not images and not videos:
+            return PreparedMedia()
+        try:
+            return self._prepare(images, videos, label)
+        finally:
+            # The decoded frames and planes are freed by now (errors carry no frames, see _each): give their
+            # pages back, or the process keeps its largest item's worth of heap for good.
+            release_freed_memory()
+
+    def _prepare(self, images: tuple[bytes, ...], videos: tuple[bytes, ...], label: str) -> PreparedMedia:
+        vision = self.vision
         budget = _TokenBudget(self.max_tokens)
         started = time.perf_counter()
         prepared_videos = _each(
@@ -127,12 +139,23 @@ class _TokenBudget:
 def _each(
     name: str, blobs: Sequence[bytes], prepare: Callable[[bytes], _P], done: Callable[[_P], None]
 ) -> tuple[_P, ...]:
-    """`prepare` of every blob, then `done` of its result; an InputError names the blob as `name[i]`."""
+    """`prepare` of every blob, then `done` of its result; an InputError names the blob as `name[i]`.
+
+    The error is raised without the traceback it came with, whose frames would keep the decoder's buffers
+    (a whole video's frames) alive until the request's response is sent, and without a reference cycle
+    (error -> traceback -> this frame -> error) that would keep the request's inputs until a full garbage
+    collection."""
     prepared = []
     for number, data in enumerate(blobs):
+        failure = None
         try:
             prepared.append(prepare(data))
         except InputError as error:
-            raise error.at_input(f"{name}[{number}]") from None
+            failure = error.at_input(f"{name}[{number}]")
+        if failure is not None:
+            try:
+                raise failure.with_traceback(None)
+            finally:
+                failure = None
         done(prepared[-1])
     return tuple(prepared)
