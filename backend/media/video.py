@@ -136,13 +136,17 @@ def read_header(data: bytes, limits: VideoLimits) -> VideoHeader:
         elif container.duration is not None:
             _check_seconds(container.duration / 1_000_000, limits)
         fps = _source_fps(stream)
+        most = min(limits.max_decoded_frames, math.floor(fps * limits.max_seconds))
         total = 0
         for packet in container.demux(stream):
             if packet.size:
                 total += 1
-                if total > limits.max_decoded_frames:
-                    raise InputError(f"video has over {limits.max_decoded_frames} frames")
-        _check_seconds(total / fps, limits, f" ({total} frames at {fps:g} fps)")
+                if total > most:  # stop demuxing as soon as a limit is certainly passed
+                    if total > limits.max_decoded_frames:
+                        raise InputError(f"video has over {limits.max_decoded_frames} frames")
+                    raise InputError(
+                        f"video lasts over {limits.max_seconds:g} s ({total}+ frames at {fps:g} fps)"
+                    )
     except InputError:
         raise
     except Exception as error:  # PyAV raises many types for corrupt data; all mean the same to a caller

@@ -109,9 +109,7 @@ def test_a_raw_stream_without_a_duration_is_bounded_by_its_frames():
     header = video.read_header(data, LIMITS)
     # A bare stream has no duration and FFmpeg gives it 25 fps (as the official readers see it too).
     assert header.total_frames == 48 and header.fps == pytest.approx(25.0)
-    with pytest.raises(
-        InputError, match=r"video lasts 1.9 s \(48 frames at 25 fps\), over the limit of 1.5 s"
-    ):
+    with pytest.raises(InputError, match=r"video lasts over 1.5 s \(38\+ frames at 25 fps\)"):
         video.decode_and_sample(data, 1.0, 64, video.VideoLimits(1 << 30, 1.5, 1 << 30, 100_000))
     with pytest.raises(InputError, match="over 40 frames"):
         video.decode_and_sample(data, 1.0, 64, video.VideoLimits(1 << 30, 3600, 1 << 30, 40))
