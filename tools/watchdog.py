@@ -220,24 +220,38 @@ class StubWatchdog:
         due = recent[-1] + RELOAD_BACKOFF_FIRST_SECS * 2 ** (len(recent) - 1)
         return len(recent), max(0.0, due - now)
 
-    def _give_up(self, model: str, state: str) -> None:
+    def _give_up(self, model: str) -> None:
         with self._lock:
             self._given_up[model] = self._known.pop(model, set())
         logger.error(
-            "watchdog: giving up on model %s after %d reloads in %.0f s (it keeps losing stubs); it stays "
-            "unloaded so readiness stays false; restart tritonserver (or load it through the repository "
-            "API) once the cause is fixed",
+            "watchdog: giving up on model %s after %d reloads in %.0f s (it keeps losing stubs): unloading "
+            "it, so its requests and /v2/models/%s/ready fail plainly (tritonserver's own /v2/health/ready "
+            "ignores unloaded models); restart tritonserver, or load it through the repository API, once "
+            "the cause is fixed",
             model,
             MAX_RELOADS_PER_WINDOW,
             RELOAD_WINDOW_SECS,
+            model,
         )
-        if state == "READY":
-            try:  # a READY model with a dead stub would keep /v2/health/ready at 200
-                self.api.unload(model)
-            except (OSError, ValueError) as error:
-                logger.error("watchdog: unloading %s failed (%s)", model, _error_text(error))
+        try:  # unloaded, it frees its stubs and fails each request at once instead of on a dead stub
+            self.api.unload(model)
+        except (OSError, ValueError) as error:
+            logger.error("watchdog: unloading %s failed (%s)", model, _error_text(error))
 
     def _repair(self, model: str) -> None:
+        budget = self._reload_budget(model)
+        if budget is not None and budget[1] > 0:
+            logger.warning(
+                "watchdog: model %s lost a stub again (reload %d of at most %d in %.0f s); reloading it "
+                "in %.0f s",
+                model,
+                budget[0] + 1,
+                MAX_RELOADS_PER_WINDOW,
+                RELOAD_WINDOW_SECS,
+                budget[1],
+            )
+            if self._stop.wait(budget[1]):
+                return
         try:
             state = self.api.model_states().get(model, "")
         except (OSError, ValueError) as error:
@@ -251,23 +265,11 @@ class StubWatchdog:
             with self._lock:
                 self._known.pop(model, None)
             return
-        budget = self._reload_budget(model)
         if budget is None:
-            self._give_up(model, state)
+            self._give_up(model)
             return
-        done, wait = budget
-        if wait > 0:
-            logger.warning(
-                "watchdog: a stub of model %s died again (reload %d of at most %d in %.0f s); reloading it "
-                "in %.0f s",
-                model,
-                done + 1,
-                MAX_RELOADS_PER_WINDOW,
-                RELOAD_WINDOW_SECS,
-                wait,
-            )
-            if self._stop.wait(wait):
-                return
+        if self._stop.is_set():  # the server is going; a restarted one may already use this port
+            return
         logger.warning(
             "watchdog: a stub of model %s died; reloading it (readiness is false meanwhile)", model
         )
@@ -284,7 +286,7 @@ class StubWatchdog:
             # starts new instances beside the unloading ones.
             self.api.load(model)
         except (OSError, ValueError) as error:
-            retry = RELOAD_BACKOFF_FIRST_SECS * 2**done
+            retry = RELOAD_BACKOFF_FIRST_SECS * 2 ** budget[0]
             with self._lock:
                 self._next_try[model] = time.monotonic() + retry
             logger.error(

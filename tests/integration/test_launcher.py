@@ -444,6 +444,42 @@ def test_standalone_watchdog_repairs_a_server_started_elsewhere(tmp_path):
     assert "watchdog: model echo serves again" in output
 
 
+def test_watchdog_gives_up_on_a_model_that_keeps_losing_stubs(tmp_path, monkeypatch, caplog):
+    """Past MAX_RELOADS_PER_WINDOW reloads of one model the watchdog stops, unloads it (its requests fail
+    at once rather than on a dead stub) and says so; other models are still repaired.
+    The backoff is shortened so that the test takes seconds, not the 2 + 4 + 8 s of production."""
+    import tools.watchdog as watchdog_module
+    from tools.launcher import TritonServer
+
+    monkeypatch.setattr(watchdog_module, "RELOAD_BACKOFF_FIRST_SECS", 0.1)
+    caplog.set_level("INFO", logger="launcher")
+    with TritonServer(REPOSITORY, log_path=tmp_path / "server.log", exit_timeout=5) as server:
+        base = f"http://{server.http_url}"
+        watchdog = watchdog_module.StubWatchdog(server.pid, base).start()
+        try:
+            for reload in range(watchdog_module.MAX_RELOADS_PER_WINDOW):
+                (held,) = stubs_of(server.pid, "held")
+                os.kill(held, signal.SIGKILL)
+                done = lambda n=reload + 1: len(watchdog.recoveries) == n  # noqa: E731
+                assert wait_for(done, 30.0), caplog.text
+            (held,) = stubs_of(server.pid, "held")
+            os.kill(held, signal.SIGKILL)
+            assert wait_for(lambda: "giving up on model held" in caplog.text, 10.0), caplog.text
+            states = watchdog_module.RepositoryApi(base).model_states
+            assert wait_for(
+                lambda: states()["held"] == "UNAVAILABLE" and not stubs_of(server.pid, "held"), 20.0
+            )
+            assert http("GET", f"{base}/v2/models/held/ready")[0] == 400
+            assert infer(base, "held", 1)[0] == 404  # unknown: unloaded
+            (echo,) = stubs_of(server.pid, "echo")
+            os.kill(echo, signal.SIGKILL)
+            assert wait_for(lambda: any(model == "echo" for model, _ in watchdog.recoveries), 30.0)
+            assert infer(base, "pipeline", 1)[0] == 200
+            assert [m for m, _ in watchdog.recoveries].count("held") == watchdog_module.MAX_RELOADS_PER_WINDOW
+        finally:
+            watchdog.stop()
+
+
 def test_sigterm_while_models_load_stops_at_once_and_leaves_nothing(tmp_path):
     repository = tmp_path / "repository"
     (repository / "echo" / "1").mkdir(parents=True)
