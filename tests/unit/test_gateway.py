@@ -254,3 +254,40 @@ def test_the_in_flight_bound_follows_the_measured_rate():
     admission._completions.extend([now] * 10_000)
     assert admission.limit() == 256  # the cap
     assert Admission(max_in_flight=8, max_waiting=1, queue_timeout=1.0).limit() == 8  # fixed
+
+
+def _receiver(*chunks: bytes, disconnect: bool = False):
+    messages = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)
+    ]
+    if disconnect:
+        messages[-1]["more_body"] = True
+        messages.append({"type": "http.disconnect"})
+
+    async def receive():
+        return messages.pop(0)
+
+    return receive
+
+
+def test_the_body_is_read_from_asgi_messages_within_the_limit():
+    from starlette.requests import ClientDisconnect
+
+    from gateway.app import read_body
+
+    settings = GatewaySettings(max_body_bytes=10)
+    scope = {"headers": [(b"content-type", b"application/json; charset=utf-8")]}
+    assert asyncio.run(read_body(scope, _receiver(b'{"a":', b"", b"1}"), settings)) == b'{"a":1}'
+    assert asyncio.run(read_body(scope, _receiver(b"{}"), settings)) == b"{}"
+    with pytest.raises(GatewayError) as too_large:
+        asyncio.run(read_body(scope, _receiver(b"123456", b"78901"), settings))
+    assert too_large.value.kind is Kind.TOO_LARGE and "limit of 10 bytes" in too_large.value.message
+    declared = {"headers": [(b"content-length", b"11")]}
+    with pytest.raises(GatewayError, match="limit of 10 bytes"):
+        asyncio.run(read_body(declared, _receiver(b"{}"), settings))
+    with pytest.raises(GatewayError, match="body is empty"):
+        asyncio.run(read_body(scope, _receiver(b""), settings))
+    with pytest.raises(GatewayError, match="Content-Type must be application/json"):
+        asyncio.run(read_body({"headers": [(b"content-type", b"text/plain")]}, _receiver(b"{}"), settings))
+    with pytest.raises(ClientDisconnect):
+        asyncio.run(read_body(scope, _receiver(b"{", disconnect=True), settings))
