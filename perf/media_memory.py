@@ -5,17 +5,22 @@ image, resets its peak RSS (/proc/self/clear_refs), prepares the case's media wi
 code both preprocess steps run) and reports peak RSS above the warmed-up RSS (VmHWM - VmRSS before) and
 the RSS it keeps afterwards. The burst case prepares 30 large or malformed items and reports RSS after
 them, as a preprocess process would hold it between requests. Media are synthetic (tools.synthetic),
-made once and cached under the output folder.
+made once and cached outside the repository (--cache).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from perf.host import git_commit
 
 REPO = Path(__file__).resolve().parent.parent
 CASES = ("video_720p_64", "video_1080p_64", "h264_raw_long", "png_64mp", "burst_30")
@@ -73,8 +78,6 @@ def status(field: str) -> int:
 
 
 def child(case: str, cache: Path, max_tokens: int | None) -> dict:
-    import os
-
     from backend.errors import InputError
     from backend.media.preparer import MediaPreparer
     from backend.settings import VisionSettings
@@ -151,25 +154,47 @@ def child(case: str, cache: Path, max_tokens: int | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "qwen3vl-media-memory")
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--max-tokens", default="none,8192", help="token budgets to run each case with")
+    parser.add_argument("--trim", default="on,off", help="burst_30 with the preparer's malloc_trim on / off")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    cache = args.out / "media"
     if args.child:
         budget = None if args.max_tokens == "none" else int(args.max_tokens)
-        print(json.dumps(child(args.child, cache, budget)))
+        print(json.dumps(child(args.child, args.cache, budget)))
         return
-    media(cache)
+    media(args.cache)
+    args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for case in args.cases.split(","):
         for budget in args.max_tokens.split(","):
-            command = [sys.executable, "-m", "perf.media_memory", "--out", str(args.out)]
-            command += ["--child", case, "--max-tokens", budget]
-            result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
-            rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
-            print(json.dumps(rows[-1]), flush=True)
+            for trim in args.trim.split(",") if case == "burst_30" else ["on"]:
+                command = [sys.executable, "-m", "perf.media_memory", "--out", str(args.out)]
+                command += ["--cache", str(args.cache), "--child", case, "--max-tokens", budget]
+                environment = {**os.environ, "MEDIA_TRIM": trim}
+                result = subprocess.run(
+                    command, cwd=REPO, capture_output=True, text=True, check=True, env=environment
+                )
+                rows.append({**json.loads(result.stdout.strip().splitlines()[-1]), "trim": trim})
+                print(json.dumps(rows[-1]), flush=True)
     (args.out / "media_memory.json").write_text(json.dumps(rows, indent=2) + "\n")
+    lines = [
+        "# Media preprocessing memory",
+        "",
+        f"`{shlex.join(['python', '-m', 'perf.media_memory', *sys.argv[1:]])}` at commit {git_commit()}",
+        "",
+        "| case | max_tokens | trim | outcome | s | CPU s | warm MiB | peak above warm | kept above warm |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        outcome = row["outcome"] if len(row["outcome"]) < 60 else row["outcome"][:57] + "..."
+        lines.append(
+            f"| {row['case']} | {row['max_tokens']} | {row['trim']} | {outcome} | {row['seconds']} "
+            f"| {row['cpu_seconds']} | {row['warm_rss_mib']} | {row['peak_above_warm_mib']} "
+            f"| {row['kept_above_warm_mib']} |"
+        )
+    (args.out / "media_memory.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
