@@ -172,6 +172,7 @@ class BackboneRunner:
         self.vocab_size = int(config.text_config.vocab_size)
         self.image_token_id = int(config.image_token_id)
         self.video_token_id = int(config.video_token_id)
+        self.vision_token_ids = np.array([self.image_token_id, self.video_token_id])
         self.pad_token_id = int(getattr(config.text_config, "pad_token_id", None) or 151643)
         self.limits = BatchLimits(
             settings.token_budget,
@@ -291,9 +292,13 @@ class BackboneRunner:
         for index, row in enumerate(rows):
             try:
                 ids = row.input_ids
-                if row.length > self.settings.max_length:
+                text_tokens = row.length - int(np.isin(ids, self.vision_token_ids).sum())
+                if text_tokens > self.settings.max_length:
+                    # Vision placeholders are bounded by the patches sent for them (checked below); the
+                    # reranker's truncation keeps them all, as the official code does.
                     raise InputError(
-                        f"{row.length} tokens, over this model step's max_length {self.settings.max_length}",
+                        f"{text_tokens} text tokens, over this model step's max_length "
+                        f"{self.settings.max_length}",
                         input="INPUT_IDS",
                     )
                 if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):

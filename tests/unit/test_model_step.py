@@ -89,7 +89,7 @@ def test_the_model_step_checks_what_a_direct_caller_sends(model):
         "is not a Qwen3-VL grid": wire(
             [rows(3)[0], PreparedItem(input_ids=good_image.input_ids, images=(visual(1, 1, 8),))]
         ),
-        "8193 tokens, over this model step's max_length 8192": wire(
+        "8193 text tokens, over this model step's max_length 8192": wire(
             [rows(3)[0], PreparedItem(input_ids=np.ones(8193, dtype=np.int64))]
         ),
         "EMBED_DIM: must be between 64 and": {
