@@ -52,34 +52,26 @@ def load_entries(workload: str, rows: int) -> list[dict]:
     return [data[index % len(data)] for index in range(rows)]
 
 
-def synchronize(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "npu":
-        torch.npu.synchronize(device)  # type: ignore[attr-defined]
-
-
-def timed(run: Callable[[], int], seconds: float, device, min_repeats: int = 2) -> float:
-    """Rows per second of `run` (which returns how many rows it did), repeated for at least `seconds`."""
+def timed(run: Callable[[], int], seconds: float, platform, min_repeats: int = 2) -> float:
+    """Rows per second of `run` (which returns how many rows it did), repeated for at least `seconds`;
+    `platform` (backend.runtime.platforms) waits for the device's queued work at both ends."""
     run()  # warm (lazy init, allocator, first-shape costs)
-    synchronize(device)
+    platform.synchronize()
     rows, repeats, started = 0, 0, time.perf_counter()
     while repeats < min_repeats or time.perf_counter() - started < seconds:
         rows += run()
         repeats += 1
-    synchronize(device)
+    platform.synchronize()
     return rows / (time.perf_counter() - started)
 
 
 def bare_forward(model, rows, compiled_text=None):
     """Forward + last-token pool + L2 norm of one batch, nothing else: text batches run the language model
-    alone without a mask (as the model step does, backend.compiled), through `compiled_text` when given;
+    alone without a mask (as the model step does, backend.runtime.compiled), through `compiled_text` if given;
     batches with images run the whole backbone as the model step does (BackboneRunner.last_hidden)."""
     import torch
 
-    from backend.modeling import collate, text_only
+    from backend.runtime.backbone import collate, text_only
 
     with torch.inference_mode():
         if not text_only(rows):
@@ -108,8 +100,8 @@ def run(
     skipped when `deadline` (time.monotonic()) leaves too little time."""
     import torch
 
-    from backend.modeling import EmbeddingModel
-    from backend.preprocess import EmbeddingPreprocessor
+    from backend.embedding.model import EmbeddingModel
+    from backend.embedding.preprocess import EmbeddingPreprocessor
     from backend.settings import ModelSettings, PreprocessSettings
 
     started = time.perf_counter()
@@ -161,19 +153,19 @@ def run(
                         model.embed(rows)
                         return len(rows)
 
-                    record("pipeline", batch, timed(pipeline, seconds, model.device))
+                    record("pipeline", batch, timed(pipeline, seconds, model.platform))
                 if "embed" in modes:
                     rate = timed(
                         lambda batch=batch, rows=prepared: len(model.embed(rows[:batch])),
                         seconds,
-                        model.device,
+                        model.platform,
                     )
                     record("embed", batch, rate)
                 if "bare" in modes:
                     rate = timed(
                         lambda batch=batch, rows=prepared: len(bare_forward(model, rows[:batch])),
                         seconds,
-                        model.device,
+                        model.platform,
                     )
                     record("bare", batch, rate)
         except Exception as error:  # one workload failing must not lose the others' numbers
@@ -192,14 +184,14 @@ def run(
                 compiled = torch.compile(model.text_forward.pooled, dynamic=False)
                 compile_started = time.perf_counter()
                 bare_forward(model, prepared[:batch], compiled)  # compiles this shape
-                synchronize(model.device)
+                model.platform.synchronize()
                 section["compile_seconds"] = time.perf_counter() - compile_started
                 log(f"    compiled batch {batch} in {section['compile_seconds']:.1f} s")
                 rows = prepared[:batch]
                 rate = timed(
                     lambda rows=rows, compiled=compiled: len(bare_forward(model, rows, compiled)),
                     seconds,
-                    model.device,
+                    model.platform,
                 )
                 record("bare_compiled", batch, rate)
             except Exception as error:  # no C++ compiler, an unsupported op, ...
