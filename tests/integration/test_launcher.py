@@ -7,6 +7,7 @@ a second, so killing stubs and servers and waiting for them to come back stays q
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -97,6 +98,14 @@ def launch(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> sub
     )
 
 
+def kill_servers(served: Served) -> None:
+    """Safety net for a failed test: its tritonservers run in process groups of their own, which killing the
+    launcher alone would leave behind."""
+    for pid in served.server_pids():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("serve")
@@ -123,6 +132,7 @@ def served(tmp_path_factory):
                 process.wait(timeout=EXIT_TIMEOUT + STOP_MARGIN_SECS + 10)
             except subprocess.TimeoutExpired:
                 process.kill()
+        kill_servers(running)
         print(f"launcher log: {running.log}")
 
 
@@ -584,6 +594,7 @@ def test_installed_tritonserver_is_supervised_the_same(tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait()
+        kill_servers(served)
 
 
 def test_installed_tritonserver_that_is_missing_fails_at_once(tmp_path):
