@@ -103,6 +103,21 @@ def _error_line(text: str) -> str:
     return ""
 
 
+def time_window_args(measurement: Measurement) -> list[str]:
+    """perf_analyzer's options for a sweep point measured in time windows (also in the plain command lines
+    perf.run prints for users)."""
+    return [
+        "--measurement-mode",
+        "time_windows",
+        "-p",
+        str(measurement.interval_ms),
+        "-s",
+        str(measurement.stability),
+        "-r",
+        str(measurement.max_trials),
+    ]
+
+
 def run_perf_analyzer(
     endpoint: Endpoint,
     protocol: str,
@@ -130,16 +145,7 @@ def run_perf_analyzer(
         "-f",
         str(csv_path),
     ]
-    windows = [
-        "--measurement-mode",
-        "time_windows",
-        "-p",
-        str(measurement.interval_ms),
-        "-s",
-        str(measurement.stability),
-        "-r",
-        str(measurement.max_trials),
-    ]
+    windows = time_window_args(measurement)
     env = perf_analyzer_env()
     error = ""
     with log_path.open("a") as out:

@@ -44,7 +44,7 @@ from perf import profiling, summary
 from perf.console import log, parse_list
 from perf.host import RESULTS, busy_processes, cpu_name, git_commit, host_tag, new_run_dir, write_json
 from perf.measure import measure as measure_point
-from perf.perf_analyzer import Measurement
+from perf.perf_analyzer import Measurement, time_window_args
 from perf.pipelines import ENSEMBLE, MODEL_REPOSITORY, MODEL_STEP, NAMED_MODELS, PREPROCESS, REPO, RERANKER
 from perf.pipelines import model_path as checkpoint_path
 from perf.points import Point
@@ -352,14 +352,7 @@ def plain_command(
                 protocol,
                 "--input-data",
                 str(data),
-                "--measurement-mode",
-                "time_windows",
-                "-p",
-                str(measurement.interval_ms),
-                "-s",
-                str(measurement.stability),
-                "-r",
-                str(measurement.max_trials),
+                *time_window_args(measurement),
             ]
         )
         + " --concurrency-range C:C"
