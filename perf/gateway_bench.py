@@ -33,7 +33,7 @@ from pathlib import Path
 from backend.protocol import EMBEDDING_ENSEMBLE
 from perf.console import log, parse_list
 from perf.gateway_stack import EMBEDDING_NAME, GatewayStack, shown_path
-from perf.host import RESULTS, busy_processes, git_commit, host_tag
+from perf.host import busy_processes, git_commit, host_tag, todays_results_dir
 from perf.perf_analyzer import perf_analyzer_binary, perf_analyzer_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,7 +69,7 @@ ROOT_FRAMES += ("asyncio/runners.py", "asyncio/base_events.py", "asyncio/events.
 
 def default_run_dir() -> Path:
     """Today's results directory for this host, shared with the other benchmarks of the day."""
-    return RESULTS / host_tag() / datetime.date.today().isoformat()
+    return todays_results_dir()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import os
 import re
 import shlex
@@ -19,7 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from perf.host import RESULTS, busy_processes, git_commit, host_tag, write_json
+from perf.host import busy_processes, git_commit, host_tag, todays_results_dir, write_json
 
 # name -> gateway environment
 POLICIES = {
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from tests.integration.gateway_process import GatewayProcess
     from tools.launcher import TritonServer
 
-    out = args.out or RESULTS / host_tag() / datetime.date.today().isoformat()
+    out = args.out or todays_results_dir()
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     with TritonServer(Path(__file__).resolve().parent.parent / "model_repository") as server:

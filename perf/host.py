@@ -60,6 +60,11 @@ def new_run_dir(tag: str, base: Path = RESULTS, run_dir: Path | None = None) -> 
     return run_dir
 
 
+def todays_results_dir() -> Path:
+    """Today's results directory for this host, shared by the benchmarks of the day."""
+    return RESULTS / host_tag() / datetime.date.today().isoformat()
+
+
 def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=1, sort_keys=False, default=str) + "\n")
 

@@ -307,9 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = "python -m perf.overload " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.out is None:
-        from perf.host import RESULTS, host_tag
+        from perf.host import todays_results_dir
 
-        args.out = RESULTS / host_tag() / datetime.date.today().isoformat()
+        args.out = todays_results_dir()
     server = TritonServer(
         REPO / "model_repository",
         extra_args=["--model-control-mode=explicit", f"--load-model={ENSEMBLE}"],

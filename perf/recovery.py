@@ -154,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = "python -m perf.recovery " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.out is None:
-        from perf.host import RESULTS, host_tag
+        from perf.host import todays_results_dir
 
-        args.out = RESULTS / host_tag() / datetime.date.today().isoformat()
+        args.out = todays_results_dir()
     args.out.mkdir(parents=True, exist_ok=True)
     http_port, grpc_port, metrics_port = free_ports(3)
     base = f"http://127.0.0.1:{http_port}"

@@ -564,9 +564,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = "python -m perf.reliability " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.out is None:
-        from perf.host import RESULTS, host_tag
+        from perf.host import todays_results_dir
 
-        args.out = RESULTS / host_tag() / datetime.date.today().isoformat()
+        args.out = todays_results_dir()
     args.out.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     load_before = round(os.getloadavg()[0], 2)
