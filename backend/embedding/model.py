@@ -14,7 +14,6 @@ import torch
 from backend.protocol import EMBEDDING_OUTPUT, TOKEN_COUNT_OUTPUT, PreparedItem, check_dimensions
 from backend.runtime.backbone import BackboneRunner
 from backend.steps import Result, Tensors, run_model_requests, token_counts
-from backend.wire import unpack_rows
 
 
 def matryoshka(normalized: torch.Tensor, dimensions: int) -> torch.Tensor:
@@ -38,15 +37,9 @@ class EmbeddingModel(BackboneRunner):
         """One float32 vector per row (row order kept), each cut to its own Matryoshka size."""
         return self.run(rows, self._vectors)
 
-    def unpack(self, inputs: Tensors) -> list[PreparedItem]:
-        """The wire tensors as rows, checked as a client may call this step directly."""
-        rows = self.checked(unpack_rows(inputs))
-        for index, row in enumerate(rows):
-            try:
-                check_dimensions(row.dimensions, self.hidden_size, "EMBED_DIM")
-            except Exception as error:
-                raise error.at_row(index) from None  # type: ignore[attr-defined]
-        return rows
+    def check_row(self, row: PreparedItem) -> None:
+        super().check_row(row)
+        check_dimensions(row.dimensions, self.hidden_size, "EMBED_DIM")
 
 
 def embedding_output(rows: Sequence[PreparedItem], vectors: Sequence[np.ndarray]) -> dict[str, np.ndarray]:

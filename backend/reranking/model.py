@@ -19,7 +19,6 @@ from backend.protocol import SCORE_OUTPUT, TOKEN_COUNT_OUTPUT, PreparedItem
 from backend.runtime.backbone import BackboneRunner
 from backend.settings import ModelSettings
 from backend.steps import Result, Tensors, run_model_requests, token_counts
-from backend.wire import unpack_rows
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +81,6 @@ class RerankModel(BackboneRunner):
     def score(self, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
         """float32 [1] per row, in row order."""
         return self.run(rows, self._scores)
-
-    def unpack(self, inputs: Tensors) -> list[PreparedItem]:
-        """The wire tensors as rows, checked as a client may call this step directly."""
-        return self.checked(unpack_rows(inputs))
 
 
 def score_output(rows: Sequence[PreparedItem], scores: Sequence[np.ndarray]) -> dict[str, np.ndarray]:

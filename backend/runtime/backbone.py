@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +21,7 @@ from backend.runtime.batching import BatchLimits, plan_micro_batches
 from backend.runtime.compiled import TextForward
 from backend.runtime.platforms import resolve_platform
 from backend.settings import ModelSettings
+from backend.wire import unpack_rows
 
 logger = logging.getLogger(__name__)
 
@@ -285,29 +286,34 @@ class BackboneRunner:
         self.stats.padded_tokens += count * longest
         return [(indices, outputs)]
 
-    def checked(self, rows: list[PreparedItem]) -> list[PreparedItem]:
-        """Rows as the model can run them: ids inside the vocabulary, vision placeholders matching the
-        patches sent for them. The preprocess step always sends such rows; a client calling the model step
-        directly may not, and gets INVALID_ARG naming the row instead of an INTERNAL from deep in torch."""
+    def unpack(self, inputs: Mapping[str, np.ndarray | None]) -> list[PreparedItem]:
+        """The wire tensors as rows the model can run. The preprocess step always sends such rows; a client
+        calling the model step directly may not, and gets INVALID_ARG naming the row instead of an INTERNAL
+        from deep in torch."""
+        rows = unpack_rows(inputs)
         for index, row in enumerate(rows):
             try:
-                ids = row.input_ids
-                text_tokens = row.length - int(np.isin(ids, self.vision_token_ids).sum())
-                if text_tokens > self.settings.max_length:
-                    # Vision placeholders are bounded by the patches sent for them (checked below); the
-                    # reranker's truncation keeps them all, as the official code does.
-                    raise InputError(
-                        f"{text_tokens} text tokens, over this model step's max_length "
-                        f"{self.settings.max_length}",
-                        input="INPUT_IDS",
-                    )
-                if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
-                    raise InputError(f"token ids must be in 0..{self.vocab_size - 1}", input="INPUT_IDS")
-                check_vision(ids, self.image_token_id, row.images, "IMAGE")
-                check_vision(ids, self.video_token_id, row.videos, "VIDEO")
+                self.check_row(row)
             except InputError as error:
                 raise error.at_row(index) from None
         return rows
+
+    def check_row(self, row: PreparedItem) -> None:
+        """Ids inside the vocabulary, at most max_length text tokens, vision placeholders matching the
+        patches sent for them. Subclasses add their own per-row checks."""
+        ids = row.input_ids
+        text_tokens = row.length - int(np.isin(ids, self.vision_token_ids).sum())
+        if text_tokens > self.settings.max_length:
+            # Vision placeholders are bounded by the patches sent for them (checked below); the reranker's
+            # truncation keeps them all, as the official code does.
+            raise InputError(
+                f"{text_tokens} text tokens, over this model step's max_length {self.settings.max_length}",
+                input="INPUT_IDS",
+            )
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
+            raise InputError(f"token ids must be in 0..{self.vocab_size - 1}", input="INPUT_IDS")
+        check_vision(ids, self.image_token_id, row.images, "IMAGE")
+        check_vision(ids, self.video_token_id, row.videos, "VIDEO")
 
     def warmup(self) -> None:
         """Compile the text forward (when compiling) and run one short forward, so that the first request
