@@ -7,6 +7,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from gateway.admission import Admission
 
+# Rows per Triton call: 1 up to the ensembles' max_batch_size (64).
+CALL_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 # From a tiny text request (~5 ms) to a long video (minutes).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -37,6 +39,14 @@ class GatewayMetrics:
             "Requests Triton's queue refused (full or timed out) that the gateway sent again",
             registry=self.registry,
         )
+        self.triton_call_rows = Histogram(
+            "gateway_triton_call_rows",
+            "Rows per Triton call, by ensemble (above 1 for one-item requests: they were merged)",
+            ["model"],
+            buckets=CALL_ROWS_BUCKETS,
+            registry=self.registry,
+        )
+        self._call_rows: dict[str, Histogram] = {}
         self.http_in_flight = Gauge(
             "gateway_http_requests_in_progress", "HTTP requests being handled", registry=self.registry
         )
@@ -69,6 +79,13 @@ class GatewayMetrics:
             latency = self._latency[route] = self.latency.labels(route)
         counter.inc()
         latency.observe(seconds)
+
+    def observe_call(self, model: str, rows: int) -> None:
+        """One Triton call of ``rows`` rows to ``model``."""
+        histogram = self._call_rows.get(model)
+        if histogram is None:
+            histogram = self._call_rows[model] = self.triton_call_rows.labels(model)
+        histogram.observe(rows)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

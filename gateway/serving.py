@@ -51,6 +51,7 @@ class Gateway:
             settings.max_in_flight, settings.max_waiting, settings.queue_timeout, settings.in_flight_seconds
         )
         self.metrics = GatewayMetrics(self.admission)
+        self.backend.observe_call = self.metrics.observe_call
         self.fetcher = MediaFetcher(settings)
         self.started = int(time.time())
         self._tokenizer: GatewayTokenizer | None = None

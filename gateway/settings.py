@@ -48,6 +48,10 @@ class GatewaySettings:
     max_in_flight: int = 256
     in_flight_seconds: float = 5.0
     max_waiting: int = 20_000
+    # Batch while busy: at most this many Triton calls of text rows per ensemble at once; requests that
+    # arrive while they run are merged into one call (up to the ensemble's max_batch_size rows) when one
+    # finishes. A request that finds a call free goes at once. 0 = every request its own call.
+    coalesce_calls: int = 2
     # Work that would wait longer than this for an in-flight slot is answered 503 + Retry-After. The seed's
     # burst (1,000 x 200 tokens at once) takes ~20 s on the 8B, and 62-104 s for the tiny model on two busy
     # cores: the default sheds only what could not even start within one Triton call's timeout.
@@ -69,6 +73,8 @@ class GatewaySettings:
         for name in ("max_body_bytes", "max_items", "max_in_flight", "media_max_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.coalesce_calls < 0:
+            raise ValueError(f"coalesce_calls must be 0 (off) or positive, got {self.coalesce_calls}")
         if self.in_flight_seconds < 0:
             raise ValueError(
                 f"in_flight_seconds must be 0 (fixed bound) or positive, got {self.in_flight_seconds}"
@@ -104,6 +110,7 @@ ENVIRONMENT = {
     "max_in_flight": "GATEWAY_MAX_IN_FLIGHT",
     "in_flight_seconds": "GATEWAY_IN_FLIGHT_SECONDS",
     "max_waiting": "GATEWAY_MAX_WAITING",
+    "coalesce_calls": "GATEWAY_COALESCE_CALLS",
     "queue_timeout": "GATEWAY_QUEUE_TIMEOUT",
     "request_timeout": "GATEWAY_REQUEST_TIMEOUT",
     "retry_after": "GATEWAY_RETRY_AFTER",

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from gateway.coalescing import Blame, Coalescer, RowRejected
 from gateway.errors import GatewayError, Kind
 from gateway.items import Item
 from gateway.settings import GatewaySettings
@@ -52,6 +53,33 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class EmbeddingRow:
+    """One embedding row and its request's Matryoshka size: rows of several requests share a call."""
+
+    item: Item
+    dimensions: int | None = None  # None = the model's full size
+
+    @property
+    def mergeable(self) -> bool:
+        # Media rows take their preprocessing time with them into a merged call: texts would wait for
+        # them. Token-id rows travel alone (no padding to agree on).
+        return not self.item.images and not self.item.videos and self.item.token_ids is None
+
+
+@dataclass(frozen=True)
+class PairRow:
+    """One (query, document) row and its request's instruction."""
+
+    query: Item
+    document: Item
+    instruction: str | None = None
+
+    @property
+    def mergeable(self) -> bool:
+        return not (self.query.images or self.query.videos or self.document.images or self.document.videos)
+
+
+@dataclass(frozen=True)
 class Outcome:
     values: list[Any]  # vectors or scores, one per row
     token_counts: list[int] | None  # None when the ensemble has no TOKEN_COUNT output
@@ -71,10 +99,18 @@ def error_text(error: BaseException) -> str:
     return str((message() if callable(message) else None) or error)
 
 
-def blame(error: BaseException, rows: Sequence[int], subject: str, about_query: bool = False) -> GatewayError:
+def blame(
+    error: BaseException,
+    rows: Sequence[int],
+    subject: str,
+    about_query: bool = False,
+    row: int | None = None,
+) -> GatewayError:
     """Triton's error for a request made of the caller's items ``rows`` as a gateway error: a row the
-    backend names becomes ``subject[index]`` in the caller's numbering; reranker errors about the shared
-    query name the query."""
+    backend names (or ``row``, for a call merged with other requests' rows) becomes ``subject[index]`` in
+    the caller's numbering; reranker errors about the shared query name the query."""
+    if isinstance(error, RowRejected):
+        error, row = error.error, error.row
     kind, message = kind_of(error), error_text(error)
     if kind is not Kind.INVALID:
         return GatewayError(kind, f"Triton: {message}")
@@ -82,11 +118,24 @@ def blame(error: BaseException, rows: Sequence[int], subject: str, about_query: 
     reason = message[match.end() :] if match else message
     if about_query and reason.startswith(_QUERY_MARKERS):
         return GatewayError(kind, f"query: {reason}", param="query")
-    if match and int(match.group(1)) < len(rows):
-        return GatewayError(kind, f"{subject}[{rows[int(match.group(1))]}]: {reason}", param=subject)
+    if row is None and match:
+        row = int(match.group(1))
+    if row is not None and row < len(rows):
+        return GatewayError(kind, f"{subject}[{rows[row]}]: {reason}", param=subject)
     if len(rows) == 1:
         return GatewayError(kind, f"{subject}[{rows[0]}]: {reason}", param=subject)
     return GatewayError(kind, message, param=subject)
+
+
+def judge(error: Exception) -> int | Blame:
+    """Whom a merged call's error concerns: the row the backend names, an unknown row (an invalid request
+    that names none, or an internal error: sent again alone, no other request fails with it), or every
+    row (Triton unavailable, overloaded, timed out)."""
+    kind = kind_of(error)
+    if kind is Kind.INVALID:
+        match = _ROW.search(error_text(error))
+        return int(match.group(1)) if match else Blame.UNKNOWN
+    return Blame.UNKNOWN if kind is Kind.INTERNAL else Blame.ALL
 
 
 def _column(values: Sequence[bytes]) -> np.ndarray:
@@ -127,13 +176,16 @@ class Tensors:
                 self.add(f"{prefix}{name}", blobs, "BYTES")
 
 
-def embedding_tensors(module: Any, items: Sequence[Item], dimensions: int | None) -> list[Any]:
+def embedding_tensors(module: Any, rows: Sequence[EmbeddingRow]) -> list[Any]:
+    """Every input is per row in the ensemble's contract: rows of requests with different instructions,
+    Matryoshka sizes or formats share a call ("" = the default instruction, 0 = the full size)."""
     tensors = Tensors(module)
+    items = [row.item for row in rows]
     tensors.content("", items)
     if any(item.instruction for item in items):
         tensors.add("INSTRUCTION", _column([(item.instruction or "").encode() for item in items]), "BYTES")
-    if dimensions:
-        tensors.add("DIMENSIONS", np.full((len(items), 1), dimensions, dtype=np.int32), "INT32")
+    if any(row.dimensions for row in rows):
+        tensors.add("DIMENSIONS", np.array([[row.dimensions or 0] for row in rows], dtype=np.int32), "INT32")
     if any(item.raw for item in items):
         tensors.add("RAW", np.array([[item.raw] for item in items], dtype=bool), "BOOL")
     token_rows = [item.token_ids for item in items if item.token_ids is not None]
@@ -144,12 +196,12 @@ def embedding_tensors(module: Any, items: Sequence[Item], dimensions: int | None
     return tensors.inputs
 
 
-def rerank_tensors(module: Any, pairs: Sequence[tuple[Item, Item]], instruction: str | None) -> list[Any]:
+def rerank_tensors(module: Any, rows: Sequence[PairRow]) -> list[Any]:
     tensors = Tensors(module)
-    tensors.content("QUERY_", [query for query, _ in pairs])
-    tensors.content("DOCUMENT_", [document for _, document in pairs])
-    if instruction:
-        tensors.add("INSTRUCTION", _column([instruction.encode()] * len(pairs)), "BYTES")
+    tensors.content("QUERY_", [row.query for row in rows])
+    tensors.content("DOCUMENT_", [row.document for row in rows])
+    if any(row.instruction for row in rows):
+        tensors.add("INSTRUCTION", _column([(row.instruction or "").encode() for row in rows]), "BYTES")
     return tensors.inputs
 
 
@@ -167,6 +219,9 @@ class TritonBackend:
         self._module: Any = None
         self._info: dict[str, ModelInfo] = {}
         self._requested: dict[tuple[str, tuple[str, ...]], list[Any]] = {}
+        self._coalescers: dict[str, Coalescer] = {}
+        # Told the model and row count of every Triton call (the gateway's metrics).
+        self.observe_call: Callable[[str, int], None] | None = None
 
     def _connect(self) -> Any:
         if self._client is None:
@@ -225,12 +280,16 @@ class TritonBackend:
         self._info[model] = info
         return info
 
-    async def _infer(self, model: str, inputs: list[Any], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+    async def _infer(
+        self, model: str, inputs: list[Any], outputs: tuple[str, ...], rows: int
+    ) -> dict[str, np.ndarray]:
         requested = self._requested.get((model, outputs))
         if requested is None:
             # Constant per model: tritonclient copies them into each request.
             requested = [self._module.InferRequestedOutput(name) for name in outputs]
             self._requested[(model, outputs)] = requested
+        if self.observe_call is not None:
+            self.observe_call(model, rows)
         result = await self._connect().infer(
             model, inputs, outputs=requested, client_timeout=self.settings.request_timeout
         )
@@ -246,37 +305,65 @@ class TritonBackend:
             return await asyncio.to_thread(build, self._module, *args)
         return build(self._module, *args)
 
+    def _coalescer(self, model: str, info: ModelInfo, send: Callable) -> Coalescer | None:
+        """The model's coalescer (None when coalescing is off or the model takes no batches)."""
+        if not self.settings.coalesce_calls or info.max_batch_size < 2:
+            return None
+        coalescer = self._coalescers.get(model)
+        if coalescer is None:
+            coalescer = Coalescer(send, judge, info.max_batch_size, self.settings.coalesce_calls)
+            self._coalescers[model] = coalescer
+        return coalescer
+
+    @staticmethod
+    def _outputs(main: str, info: ModelInfo) -> tuple[str, ...]:
+        return (main,) + ((TOKEN_COUNT_OUTPUT,) if TOKEN_COUNT_OUTPUT in info.outputs else ())
+
+    async def _embed_rows(self, rows: list[EmbeddingRow]) -> list[tuple[np.ndarray, int]]:
+        """One Triton call: (vector cut to its row's size, token count or 0) per row."""
+        model = self.settings.embedding_model
+        outputs = self._outputs(EMBEDDING_OUTPUT, self._info[model])
+        media = sum(row.item.media_bytes for row in rows)
+        inputs = await self._build(embedding_tensors, rows, media_bytes=media)
+        answer = await self._infer(model, inputs, outputs, len(rows))
+        embedding = answer[EMBEDDING_OUTPUT]
+        counts = _counts(answer, len(rows))
+        width = embedding.shape[1]
+        return [
+            (embedding[position][: row.dimensions or width], counts[position])
+            for position, row in enumerate(rows)
+        ]
+
     async def embed(self, items: Sequence[Item], dimensions: int | None, subject: str) -> Outcome:
         """One vector per item, in order; the request is split at the ensemble's max_batch_size, and
-        token-id rows go one per request."""
+        token-id rows go one per request. Text rows may share a call with other requests' (coalescing)."""
         model = self.settings.embedding_model
         info = await self.info(model)
         self._check_capabilities(items, info)
-        outputs = (EMBEDDING_OUTPUT,) + ((TOKEN_COUNT_OUTPUT,) if TOKEN_COUNT_OUTPUT in info.outputs else ())
         self._connect()
+        rows = [EmbeddingRow(item, dimensions) for item in items]
         groups: list[list[int]] = []
         plain = [index for index, item in enumerate(items) if item.token_ids is None]
         groups.extend([plain[i] for i in chunk] for chunk in self._chunks(len(plain), info))
         groups.extend([index] for index, item in enumerate(items) if item.token_ids is not None)
+        coalescer = self._coalescer(model, info, self._embed_rows)
 
-        async def run(rows: list[int]) -> dict[str, np.ndarray]:
-            chosen = [items[index] for index in rows]
-            media = sum(item.media_bytes for item in chosen)
-            inputs = await self._build(embedding_tensors, chosen, dimensions, media_bytes=media)
+        async def run(indices: list[int]) -> list[tuple[np.ndarray, int]]:
+            chosen = [rows[index] for index in indices]
             try:
-                return await self._infer(model, inputs, outputs)
+                if coalescer is not None and all(row.mergeable for row in chosen):
+                    return await coalescer.submit(chosen)
+                return await self._embed_rows(chosen)
             except Exception as error:  # noqa: BLE001 - Triton's errors, translated
-                raise blame(error, rows, subject) from None
+                raise blame(error, indices, subject) from None
 
-        answers = await _gather([run(rows) for rows in groups])
+        answers = await _gather([run(indices) for indices in groups])
         vectors: list[Any] = [None] * len(items)
         counts: list[int] = [0] * len(items)
-        for rows, answer in zip(groups, answers):
-            embedding = answer[EMBEDDING_OUTPUT]
-            for position, index in enumerate(rows):
-                vectors[index] = embedding[position][: dimensions or embedding.shape[1]]
-                if TOKEN_COUNT_OUTPUT in answer:
-                    counts[index] = int(np.asarray(answer[TOKEN_COUNT_OUTPUT][position]).reshape(-1)[0])
+        for indices, answer in zip(groups, answers):
+            for index, (vector, count) in zip(indices, answer):
+                vectors[index] = vector
+                counts[index] = count
         return Outcome(vectors, counts if TOKEN_COUNT_OUTPUT in info.outputs else None)
 
     def _check_capabilities(self, items: Sequence[Item], info: ModelInfo) -> None:
@@ -291,36 +378,54 @@ class TritonBackend:
                 "needs a model repository that has it",
             )
 
+    async def _score_rows(self, rows: list[PairRow]) -> list[tuple[float, int]]:
+        """One Triton call: (score, token count or 0) per row."""
+        model = self.settings.reranker_model
+        outputs = self._outputs(SCORE_OUTPUT, self._info[model])
+        media = sum(row.query.media_bytes + row.document.media_bytes for row in rows)
+        inputs = await self._build(rerank_tensors, rows, media_bytes=media)
+        answer = await self._infer(model, inputs, outputs, len(rows))
+        values = np.asarray(answer[SCORE_OUTPUT]).reshape(len(rows), -1)[:, 0]
+        counts = _counts(answer, len(rows))
+        return [(float(values[position]), counts[position]) for position in range(len(rows))]
+
     async def score(
         self, pairs: Sequence[tuple[Item, Item]], instruction: str | None, subject: str
     ) -> Outcome:
-        """One relevance score per (query, document) pair, in order."""
+        """One relevance score per (query, document) pair, in order; pairs may share a call with other
+        requests' (coalescing)."""
         model = self.settings.reranker_model
         info = await self.info(model)
-        outputs = (SCORE_OUTPUT,) + ((TOKEN_COUNT_OUTPUT,) if TOKEN_COUNT_OUTPUT in info.outputs else ())
         self._connect()
+        rows = [PairRow(query, document, instruction) for query, document in pairs]
         groups = [list(chunk) for chunk in self._chunks(len(pairs), info)]
         shared_query = len({id(query) for query, _ in pairs}) == 1
+        coalescer = self._coalescer(model, info, self._score_rows)
 
-        async def run(rows: list[int]) -> dict[str, np.ndarray]:
-            chosen = [pairs[index] for index in rows]
-            media = sum(query.media_bytes + document.media_bytes for query, document in chosen)
-            inputs = await self._build(rerank_tensors, chosen, instruction, media_bytes=media)
+        async def run(indices: list[int]) -> list[tuple[float, int]]:
+            chosen = [rows[index] for index in indices]
             try:
-                return await self._infer(model, inputs, outputs)
+                if coalescer is not None and all(row.mergeable for row in chosen):
+                    return await coalescer.submit(chosen)
+                return await self._score_rows(chosen)
             except Exception as error:  # noqa: BLE001
-                raise blame(error, rows, subject, about_query=shared_query) from None
+                raise blame(error, indices, subject, about_query=shared_query) from None
 
-        answers = await _gather([run(rows) for rows in groups])
+        answers = await _gather([run(indices) for indices in groups])
         scores: list[float] = [0.0] * len(pairs)
         counts: list[int] = [0] * len(pairs)
-        for rows, answer in zip(groups, answers):
-            values = np.asarray(answer[SCORE_OUTPUT]).reshape(len(rows), -1)[:, 0]
-            for position, index in enumerate(rows):
-                scores[index] = float(values[position])
-                if TOKEN_COUNT_OUTPUT in answer:
-                    counts[index] = int(np.asarray(answer[TOKEN_COUNT_OUTPUT][position]).reshape(-1)[0])
+        for indices, answer in zip(groups, answers):
+            for index, (value, count) in zip(indices, answer):
+                scores[index] = value
+                counts[index] = count
         return Outcome(scores, counts if TOKEN_COUNT_OUTPUT in info.outputs else None)
+
+
+def _counts(answer: dict[str, np.ndarray], rows: int) -> list[int]:
+    """TOKEN_COUNT per row (zeros when the ensemble has no such output)."""
+    if TOKEN_COUNT_OUTPUT not in answer:
+        return [0] * rows
+    return [int(value) for value in np.asarray(answer[TOKEN_COUNT_OUTPUT]).reshape(rows, -1)[:, 0]]
 
 
 async def _gather(calls: list) -> list:

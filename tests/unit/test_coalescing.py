@@ -1,0 +1,263 @@
+"""The coalescer's merging, splitting and error routing, with a fake call in place of Triton (no server);
+and the Triton side's pieces it relies on (per-row tensors, whom an error concerns)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from gateway.coalescing import Blame, Coalescer, RowRejected
+from gateway.errors import Kind
+from gateway.items import Item
+from gateway.triton import EmbeddingRow, PairRow, blame, embedding_tensors, judge, rerank_tensors
+
+_ROW = re.compile(r"row (\d+): ")
+
+
+class Refused(Exception):
+    """What the fake call raises: "row N: ..." for a bad row, anything else for the whole call."""
+
+
+class FakeCall:
+    """Answers each row in upper case; a row starting "bad" fails the call naming it; calls wait for
+    ``gate`` so that a test decides when they finish."""
+
+    def __init__(self, fail_all: str | None = None):
+        self.calls: list[list[str]] = []
+        self.gate = asyncio.Event()
+        self.fail_all = fail_all
+
+    async def __call__(self, rows: list[str]) -> list[str]:
+        self.calls.append(list(rows))
+        await self.gate.wait()
+        if self.fail_all:
+            raise Refused(self.fail_all)
+        for index, row in enumerate(rows):
+            if row.startswith("bad"):
+                raise Refused(f"row {index}: TEXT: {row} is bad")
+        return [row.upper() for row in rows]
+
+
+def fake_judge(error: Exception) -> int | Blame:
+    match = _ROW.search(str(error))
+    if match:
+        return int(match.group(1))
+    return Blame.UNKNOWN if "unclear" in str(error) else Blame.ALL
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_a_request_that_finds_a_call_free_goes_at_once_and_alone():
+    async def scenario():
+        call = FakeCall()
+        coalescer = Coalescer(call, fake_judge, max_rows=8, max_calls=2)
+        call.gate.set()
+        assert await coalescer.submit(["a", "b"]) == ["A", "B"]
+        assert await coalescer.submit(["c"]) == ["C"]
+        assert call.calls == [["a", "b"], ["c"]]
+        assert coalescer.calls == 0
+
+    run(scenario())
+
+
+def test_requests_behind_busy_calls_are_merged_and_answered_each_their_own_rows():
+    async def scenario():
+        call = FakeCall()
+        coalescer = Coalescer(call, fake_judge, max_rows=8, max_calls=1)
+        first = asyncio.create_task(coalescer.submit(["a"]))
+        await settle()
+        waiting = [asyncio.create_task(coalescer.submit(rows)) for rows in (["b"], ["c", "d"], ["e"])]
+        await settle()
+        assert call.calls == [["a"]] and coalescer.waiting == 3
+        call.gate.set()
+        assert await first == ["A"]
+        assert [await task for task in waiting] == [["B"], ["C", "D"], ["E"]]
+        assert call.calls == [["a"], ["b", "c", "d", "e"]]
+        assert coalescer.calls == 0 and coalescer.waiting == 0
+
+    run(scenario())
+
+
+def test_a_merged_call_holds_at_most_max_rows_and_keeps_arrival_order():
+    async def scenario():
+        call = FakeCall()
+        coalescer = Coalescer(call, fake_judge, max_rows=4, max_calls=1)
+        first = asyncio.create_task(coalescer.submit(["a"]))
+        await settle()
+        parts = [["b", "c"], ["d", "e"], ["f"], ["g", "h", "i", "j"]]
+        waiting = [asyncio.create_task(coalescer.submit(rows)) for rows in parts]
+        await settle()
+        call.gate.set()
+        await first
+        answers = [await task for task in waiting]
+        assert answers == [[row.upper() for row in rows] for rows in parts]
+        assert call.calls == [["a"], ["b", "c", "d", "e"], ["f"], ["g", "h", "i", "j"]]
+        with pytest.raises(ValueError, match="over the limit of 4"):
+            await coalescer.submit(["a"] * 5)
+
+    run(scenario())
+
+
+def test_the_request_owning_a_rejected_row_gets_it_in_its_numbering_and_the_others_go_again():
+    async def scenario():
+        call = FakeCall()
+        coalescer = Coalescer(call, fake_judge, max_rows=8, max_calls=1)
+        first = asyncio.create_task(coalescer.submit(["a"]))
+        await settle()
+        good = asyncio.create_task(coalescer.submit(["b", "c"]))
+        owner = asyncio.create_task(coalescer.submit(["d", "bad-e"]))
+        later = asyncio.create_task(coalescer.submit(["f"]))
+        await settle()
+        call.gate.set()
+        await first
+        with pytest.raises(RowRejected) as rejected:
+            await owner
+        assert rejected.value.row == 1 and "bad-e" in str(rejected.value.error)
+        assert await good == ["B", "C"] and await later == ["F"]
+        # The merged call named the bad row (3); the others went again together, without it.
+        assert call.calls == [["a"], ["b", "c", "d", "bad-e", "f"], ["b", "c", "f"]]
+
+    run(scenario())
+
+
+def test_an_error_of_every_row_reaches_every_request_and_an_unclear_one_only_its_owner():
+    async def every_row():
+        call = FakeCall(fail_all="Triton unavailable")
+        coalescer = Coalescer(call, fake_judge, max_rows=8, max_calls=1)
+        tasks = [asyncio.create_task(coalescer.submit([row])) for row in "abc"]
+        await settle()
+        call.gate.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(result, Refused) for result in results)
+        assert call.calls == [["a"], ["b", "c"]]  # not sent again
+
+    async def unclear():
+        calls: list[list[str]] = []
+
+        async def send(rows: list[str]) -> list[str]:
+            calls.append(list(rows))
+            await asyncio.sleep(0.01)
+            if "poison" in rows:
+                raise Refused("unclear: the request is wrong somewhere")
+            return [row.upper() for row in rows]
+
+        coalescer = Coalescer(send, fake_judge, max_rows=8, max_calls=1)
+        tasks = [asyncio.create_task(coalescer.submit([row])) for row in ("a", "b", "poison", "c")]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert results[:2] == [["A"], ["B"]] and results[3] == ["C"]
+        assert isinstance(results[2], Refused)  # its own error, raised as sent alone
+        assert calls[:2] == [["a"], ["b", "poison", "c"]]
+        assert sorted(map(tuple, calls[2:])) == [("b",), ("c",), ("poison",)]
+
+    run(every_row())
+    run(unclear())
+
+
+def test_a_caller_that_goes_away_breaks_no_other():
+    async def scenario():
+        call = FakeCall()
+        coalescer = Coalescer(call, fake_judge, max_rows=8, max_calls=1)
+        first = asyncio.create_task(coalescer.submit(["a"]))
+        await settle()
+        gone = asyncio.create_task(coalescer.submit(["gone"]))
+        kept = asyncio.create_task(coalescer.submit(["b"]))
+        await settle()
+        gone.cancel()
+        await settle()
+        call.gate.set()
+        await first
+        assert await kept == ["B"]
+        assert call.calls == [["a"], ["b"]]  # the cancelled request was never sent
+        # Cancelled while its merged call runs: the call goes on for the others.
+        call.gate.clear()
+        blocker = asyncio.create_task(coalescer.submit(["x"]))
+        await settle()
+        leaving = asyncio.create_task(coalescer.submit(["y"]))
+        staying = asyncio.create_task(coalescer.submit(["z"]))
+        await settle()
+        call.gate.set()
+        await blocker
+        await settle()
+        leaving.cancel()
+        assert await staying == ["Z"]
+        assert call.calls[-1] == ["y", "z"]
+        assert coalescer.calls == 0
+
+    run(scenario())
+
+
+class FakeModule:
+    """tritonclient's InferInput as far as the tensor builders use it."""
+
+    class InferInput:
+        def __init__(self, name, shape, datatype):
+            self.name, self.shape, self.datatype = name, shape, datatype
+
+        def set_data_from_numpy(self, array):
+            self.array = array
+
+
+def test_merged_rows_keep_their_own_instruction_size_and_format():
+    rows = [
+        EmbeddingRow(Item(text="a")),
+        EmbeddingRow(Item(text="b", instruction="Find it"), 64),
+        EmbeddingRow(Item(text="c", raw=True), 128),
+    ]
+    tensors = {tensor.name: tensor.array for tensor in embedding_tensors(FakeModule, rows)}
+    assert tensors["TEXT"][:, 0].tolist() == [b"a", b"b", b"c"]
+    assert tensors["INSTRUCTION"][:, 0].tolist() == [b"", b"Find it", b""]  # "" = the default
+    assert tensors["DIMENSIONS"][:, 0].tolist() == [0, 64, 128]  # 0 = full size
+    assert tensors["RAW"][:, 0].tolist() == [False, False, True]
+    alone = {tensor.name for tensor in embedding_tensors(FakeModule, rows[:1])}
+    assert alone == {"TEXT"}  # a plain request sends only what it uses, as before
+    pairs = [PairRow(Item(text="q1"), Item(text="d1")), PairRow(Item(text="q2"), Item(text="d2"), "Judge")]
+    tensors = {tensor.name: tensor.array for tensor in rerank_tensors(FakeModule, pairs)}
+    assert tensors["QUERY_TEXT"][:, 0].tolist() == [b"q1", b"q2"]
+    assert tensors["INSTRUCTION"][:, 0].tolist() == [b"", b"Judge"]
+    assert not EmbeddingRow(Item(images=(b"png",))).mergeable
+    assert not EmbeddingRow(Item(raw=True, token_ids=(1, 2))).mergeable
+    assert EmbeddingRow(Item(text="a")).mergeable and pairs[0].mergeable
+
+
+class FakeTritonError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self._code, self._message = code, message
+
+    def status(self):
+        return self._code
+
+    def message(self):
+        return self._message
+
+
+def test_triton_errors_are_judged_and_a_rejected_row_is_named_in_its_requests_numbering():
+    row_error = FakeTritonError(
+        "StatusCode.INVALID_ARGUMENT", "in ensemble 'e', row 5: DIMENSIONS: too small"
+    )
+    assert judge(row_error) == 5
+    assert judge(FakeTritonError("StatusCode.INVALID_ARGUMENT", "inputs disagree")) is Blame.UNKNOWN
+    assert judge(FakeTritonError("StatusCode.INTERNAL", "boom")) is Blame.UNKNOWN
+    assert judge(FakeTritonError("StatusCode.UNAVAILABLE", "Exceeds maximum queue size")) is Blame.ALL
+    assert judge(FakeTritonError("StatusCode.DEADLINE_EXCEEDED", "late")) is Blame.ALL
+    # Row 5 of the merged call was the owner's row 1, its item 7.
+    error = blame(RowRejected(row_error, 1), [3, 7], "input")
+    assert (error.kind, error.message, error.param) == (
+        Kind.INVALID,
+        "input[7]: DIMENSIONS: too small",
+        "input",
+    )
+    query = FakeTritonError("StatusCode.INVALID_ARGUMENT", "row 9: QUERY_TEXT: bad")
+    assert (
+        blame(RowRejected(query, 0), [0, 1], "documents", about_query=True).message
+        == "query: QUERY_TEXT: bad"
+    )
