@@ -154,6 +154,7 @@ class Side:
     cpu_cores: dict = field(default_factory=dict)
     load1: float = 0.0  # 1-minute load average at the end: other work on the machine shows here
     stages: dict = field(default_factory=dict)  # Triton's statistics of the ensemble's steps over the run
+    rows_per_call: float = 0.0  # gateway runs: rows per Triton call (above 1: requests were merged)
     error: str = ""
 
 
@@ -305,6 +306,30 @@ async def _closed_loop(url: str, bodies: list[bytes], concurrency: int, warmup_s
     return latencies, statuses, failures
 
 
+def call_rows(base_url: str) -> tuple[float, float]:
+    """(Triton calls, rows) the gateway has counted so far (gateway_triton_call_rows), or zeros."""
+    import urllib.request
+
+    calls = rows = 0.0
+    try:
+        with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except OSError:
+        return calls, rows
+    label = f'model="{ENSEMBLE}"'
+    for line in text.splitlines():
+        if line.startswith("gateway_triton_call_rows_count{") and label in line:
+            calls = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("gateway_triton_call_rows_sum{") and label in line:
+            rows = float(line.rsplit(" ", 1)[1])
+    return calls, rows
+
+
+def gateway_environment() -> list[str]:
+    """The gateway settings this run changed from their defaults (GATEWAY_* in the environment)."""
+    return sorted(f"{name}={value}" for name, value in os.environ.items() if name.startswith("GATEWAY_"))
+
+
 def _percentile(sorted_values: list[float], fraction: float) -> float:
     if not sorted_values:
         return 0.0
@@ -327,9 +352,12 @@ def run_gateway(
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     url = f"{target.base_url}/v1/embeddings"
     before, stats_before = meter.read(), server_snapshot(target)
+    calls_before, rows_before = call_rows(target.base_url)
     started = time.monotonic()
     latencies, statuses, failures = asyncio.run(_closed_loop(url, bodies, concurrency, WARMUP_S, measure_s))
     after = meter.read()
+    calls, rows = call_rows(target.base_url)
+    side.rows_per_call = round((rows - rows_before) / max(calls - calls_before, 1.0), 2)
     side.seconds = time.monotonic() - started
     side.cpu_cores = meter.cores(before, after)
     side.stages = stage_summary(stats_before, server_snapshot(target))
@@ -484,6 +512,7 @@ def write_report(run_dir: Path, report: dict) -> None:
         f"- Model: {report['model']}; one tritonserver + one gateway, both clients on the same 2 cores",
         f"- Target: gateway ≥ {TARGET_RATIO} × direct throughput",
         f"- Busy before the start: {', '.join(report['busy_at_start']) or 'nothing'}",
+        f"- Gateway settings changed (environment): {', '.join(report.get('gateway_env', [])) or 'none'}",
         f"- Scheduling priority (`--priority`, autogroup nice of server, gateway and clients): "
         f"{report['priority']}",
         "",
@@ -519,8 +548,8 @@ def write_report(run_dir: Path, report: dict) -> None:
         "",
         "Every run, in the order made (latencies in ms; CPU in cores used on average during the run):",
         "",
-        "| c | # | path | req/s | p50 | p90 | p99 | server | gateway | client | load1 | errors |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| c | # | path | req/s | p50 | p90 | p99 | server | gateway | client | load1 | rows/call | errors |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for side in report["runs"]:
         cpu = side["cpu_cores"]
@@ -529,7 +558,7 @@ def write_report(run_dir: Path, report: dict) -> None:
             f"| {side['concurrency']} | {side['repeat']} | {side['path']} | {side['throughput']:.1f} "
             f"| {side['p50_ms']:.1f} | {side['p90_ms']:.1f} | {side['p99_ms']:.1f} "
             f"| {cpu.get('tritonserver + stubs', 0.0):.2f} | {cpu.get('gateway', 0.0):.2f} | {client:.2f} "
-            f"| {side['load1']:.1f} "
+            f"| {side['load1']:.1f} | {side.get('rows_per_call') or '–'} "
             f"| {side['error'] or side['errors']} |"
         )
     staged = [side for side in report["runs"] if side.get("stages")]
@@ -657,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
         "workload": "text_200 (perf/workloads.py): texts of exactly 200 tokens, default instruction",
         "target_ratio": TARGET_RATIO,
         "busy_at_start": busy,
+        "gateway_env": gateway_environment(),
         "priority": args.priority,
         **measured,
     }
