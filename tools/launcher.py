@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from tools.watchdog import MAX_RELOADS_PER_WINDOW
+
 # The Python backend starts with 1 MiB per stub and grows in 1 MiB steps; a bigger first region
 # avoids repeated growth for image/video tensors.
 SHM_DEFAULT_BYTE_SIZE = 16 * 1024 * 1024
@@ -686,6 +688,13 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-verbose", type=int, default=0)
     serve.add_argument("--no-watchdog", action="store_true", help="do not reload models whose stub died")
     serve.add_argument(
+        "--max-stub-reloads",
+        type=int,
+        default=MAX_RELOADS_PER_WINDOW,
+        help="reloads of one model whose stub died within 5 min; past them tritonserver is restarted "
+        f"(default {MAX_RELOADS_PER_WINDOW})",
+    )
+    serve.add_argument(
         "--liveness-timeout",
         type=float,
         default=None,
@@ -798,7 +807,10 @@ def serve(args: argparse.Namespace, venv: Path, passthrough: Sequence[str]) -> i
     gateway = None if args.no_gateway else start_gateway(args.host, args.grpc_port)
     try:
         return Supervisor(
-            server, watch_stubs=not args.no_watchdog, liveness_timeout=args.liveness_timeout
+            server,
+            watch_stubs=not args.no_watchdog,
+            liveness_timeout=args.liveness_timeout,
+            max_stub_reloads=args.max_stub_reloads,
         ).run()
     finally:
         if gateway is not None:

@@ -4,7 +4,10 @@
   ``LIVENESS_TIMEOUT_SECS`` (then it is killed first): it is restarted on the same ports after a
   backoff that doubles with each crash in a row (1 s, 2 s, 4 s ... 60 s; a server that stayed up
   ``STABLE_SECS`` starts the count again), and each crash is logged with a running counter.
-- a Python stub dies: ``tools.watchdog`` reloads its model through the repository API.
+- a Python stub dies: ``tools.watchdog`` reloads its model through the repository API. What it cannot
+  repair (a model past its reload cap, a failed reload, an ensemble still not READY after a reload) restarts
+  tritonserver like a crash (same backoff and counter): readiness is false from the SIGTERM on, and the
+  restarted server loads the whole repository again.
 - SIGTERM / Ctrl-C: tritonserver gets SIGTERM, drains in-flight requests within its exit timeout and
   unloads the models; should it still run at the deadline its whole process group is killed. A second
   signal kills at once. No stub and no /dev/shm region outlives the launcher.
@@ -19,7 +22,7 @@ import time
 from types import FrameType
 
 from tools.launcher import StartCancelled, TritonServer, connect_host, is_live, signal_group
-from tools.watchdog import StubWatchdog
+from tools.watchdog import MAX_RELOADS_PER_WINDOW, StubWatchdog
 
 logger = logging.getLogger("launcher")
 
@@ -44,13 +47,35 @@ def restart_delay(crashes_in_a_row: int) -> float:
     return min(RESTART_BACKOFF_MAX_SECS, RESTART_BACKOFF_FIRST_SECS * 2 ** (crashes_in_a_row - 1))
 
 
+class CrashCount:
+    """Crashes since the launcher started and in a row; a server that stayed up ``STABLE_SECS`` ends a row.
+    A restart the watchdog asks for counts like a crash."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.in_a_row = 0
+
+    def record(self, up_seconds: float) -> float:
+        """Count one crash of a server that ran ``up_seconds``; the seconds to wait before restarting it."""
+        self.total += 1
+        self.in_a_row = 1 if up_seconds > STABLE_SECS else self.in_a_row + 1
+        return restart_delay(self.in_a_row)
+
+
 class Supervisor:
     def __init__(
-        self, server: TritonServer, watch_stubs: bool = True, liveness_timeout: float | None = None
+        self,
+        server: TritonServer,
+        watch_stubs: bool = True,
+        liveness_timeout: float | None = None,
+        max_stub_reloads: int = MAX_RELOADS_PER_WINDOW,
     ) -> None:
         self.server = server
         self.watch_stubs = watch_stubs
-        self.crashes = 0
+        self.max_stub_reloads = max_stub_reloads
+        self.crashes = CrashCount()
+        # (server pid, why) once the watchdog of that server asks for a restart.
+        self._restart_request: tuple[int, str] | None = None
         self._stop = threading.Event()
         self._watchdog: StubWatchdog | None = None
         self.liveness_timeout = liveness_timeout or LIVENESS_TIMEOUT_SECS
@@ -88,7 +113,19 @@ class Supervisor:
         )
         self._last_live = time.monotonic()
         if self.watch_stubs and self.server.pid:
-            self._watchdog = StubWatchdog(self.server.pid, f"http://{self.server.http_url}").start()
+            pid = self.server.pid
+            self._watchdog = StubWatchdog(
+                pid,
+                f"http://{self.server.http_url}",
+                on_escalate=lambda reason: self._request_restart(pid, reason),
+                max_reloads=self.max_stub_reloads,
+            ).start()
+
+    def _request_restart(self, pid: int, reason: str) -> None:
+        """Called from a watchdog thread; the serve loop restarts the server. A request from the watchdog of
+        a server that is already gone is dropped."""
+        if pid == self.server.pid:
+            self._restart_request = (pid, reason)
 
     def _stop_watchdog(self) -> None:
         if self._watchdog is not None:
@@ -123,23 +160,34 @@ class Supervisor:
             logger.error("tritonserver did not start: %s", error)
             return 1
         started_at = time.monotonic()
-        in_a_row = 0
         while not self._stop.wait(POLL_SECS):
-            if self.server.is_running():
+            request = self._restart_request
+            reason = request[1] if request is not None and request[0] == self.server.pid else None
+            if self.server.is_running() and reason is None:
                 self._check_liveness()
                 continue
             self._stop_watchdog()
-            code = self.server.returncode
-            self.server.stop()  # reaps leftover stubs and shared memory
-            self.crashes += 1
-            in_a_row = 1 if time.monotonic() - started_at > STABLE_SECS else in_a_row + 1
-            delay = restart_delay(in_a_row)
-            logger.error(
-                "tritonserver died (%s): crash %d, restarting in %.0f s",
-                describe_exit(code),
-                self.crashes,
-                delay,
-            )
+            delay = self.crashes.record(time.monotonic() - started_at)
+            if reason is not None and self.server.is_running():
+                logger.error(
+                    "restarting tritonserver: the stub watchdog cannot repair it (%s): crash %d, stopping it "
+                    "(not ready from now on) and starting it %.0f s after it stops",
+                    reason,
+                    self.crashes.total,
+                    delay,
+                )
+                # SIGTERM: readiness turns false at once and requests in flight on the other models finish.
+                self.server.stop()
+            else:
+                code = self.server.returncode
+                self.server.stop()  # reaps leftover stubs and shared memory
+                logger.error(
+                    "tritonserver died (%s): crash %d, restarting in %.0f s",
+                    describe_exit(code),
+                    self.crashes.total,
+                    delay,
+                )
+            self._restart_request = None
             if self._stop.wait(delay):
                 break
             started_at = time.monotonic()

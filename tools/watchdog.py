@@ -17,6 +17,12 @@ stubs that did not exist before it are watched, and old ones still running after
 are killed (before, their exit read as one more dead stub: a reload loop that ended in a wedged load).
 Reloads of one model are capped (``MAX_RELOADS_PER_WINDOW``, with backoff), and each repair runs in its own
 thread so that a load that hangs does not keep other models from being repaired.
+
+After each reload every ensemble over the model (and each of its steps) must be READY again; one that is not
+is loaded once more. What the watchdog cannot repair (the cap reached, a failed reload, an ensemble still not
+ready) goes to ``on_escalate``: under the launcher, the supervisor restarts tritonserver, so that readiness
+is false until the whole repository serves again. Without it (``python -m tools.watchdog`` beside a server
+started elsewhere) the watchdog retries a failed reload and, past the cap, unloads the model.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ CHECK_INTERVAL_SECS = 0.5
 # Loading a big checkpoint can take minutes; the repository API answers only when it is done.
 LOAD_TIMEOUT_SECS = 1800.0
 # Reloads of one model: the first is immediate, each further one within the window waits twice as long
-# as the one before (2, 4, 8 s); past the cap the watchdog gives up on that model and says so.
+# as the one before (2, 4, 8 s); past the cap the watchdog gives up on that model and says so (and the
+# supervisor restarts tritonserver).
 RELOAD_BACKOFF_FIRST_SECS = 2.0
 MAX_RELOADS_PER_WINDOW = 4
 RELOAD_WINDOW_SECS = 300.0
@@ -91,11 +98,65 @@ class RepositoryApi:
         index = json.loads(self._post("/v2/repository/index", timeout=10.0))
         return {entry["name"]: entry.get("state", "") for entry in index}
 
+    def ensemble_steps(self, model: str) -> tuple[str, ...] | None:
+        """The models an ensemble's steps run, or None for a model that is not an ensemble."""
+        with urllib.request.urlopen(f"{self.base_url}/v2/models/{model}/config", timeout=10.0) as response:
+            config = json.loads(response.read())
+        if config.get("platform") != "ensemble":
+            return None
+        steps = (config.get("ensemble_scheduling") or {}).get("step") or []
+        return tuple(step["model_name"] for step in steps)
+
     def unload(self, model: str) -> None:
         self._post(f"/v2/repository/models/{model}/unload", timeout=30.0)
 
     def load(self, model: str) -> None:
         self._post(f"/v2/repository/models/{model}/load", timeout=LOAD_TIMEOUT_SECS)
+
+
+def next_reload(
+    attempts: list[float], now: float, max_reloads: int, window: float, backoff_first: float
+) -> tuple[int, float] | None:
+    """(reloads in the window so far, seconds to wait before the next one) for a model reloaded at the
+    monotonic times ``attempts``, or None once ``max_reloads`` in ``window`` are spent: the watchdog gives up.
+    The first reload is immediate; each further one in the window waits twice as long as the one before."""
+    recent = [t for t in attempts if now - t < window]
+    if len(recent) >= max_reloads:
+        return None
+    if not recent:
+        return 0, 0.0
+    due = recent[-1] + backoff_first * 2 ** (len(recent) - 1)
+    return len(recent), max(0.0, due - now)
+
+
+def ensembles_over(model: str, ensembles: dict[str, tuple[str, ...]]) -> set[str]:
+    """The ensembles that run ``model``, directly or through another ensemble."""
+    found: set[str] = set()
+    frontier = {model}
+    while frontier:
+        frontier = {name for name, steps in ensembles.items() if frontier & set(steps)} - found
+        found |= frontier
+    return found
+
+
+def unready_ensembles(
+    reloaded: str, states: dict[str, str], ensembles: dict[str, tuple[str, ...]], repairing: set[str]
+) -> list[str]:
+    """The ensembles over ``reloaded`` that cannot serve after its reload: the ensemble or one of its steps
+    is not READY in the repository index (``states``). An ensemble over a model that another repair is
+    still reloading (``repairing``) is left to that repair's own check."""
+    found = []
+    for ensemble in sorted(ensembles_over(reloaded, ensembles)):
+        steps = set(ensembles[ensemble])
+        if steps & (repairing - {reloaded}):
+            continue
+        if any(states.get(name) != "READY" for name in (ensemble, *steps)):
+            found.append(ensemble)
+    return found
+
+
+def _states_text(models: tuple[str, ...], states: dict[str, str]) -> str:
+    return ", ".join(f"{model} {states.get(model) or 'unknown'}" for model in models)
 
 
 def _error_text(error: Exception) -> str:
@@ -109,6 +170,9 @@ class StubWatchdog:
 
     Each repair runs in a thread of its own, one per model at a time, so a load that hangs (tritonserver
     can wedge one) never keeps the watchdog from repairing other models.
+
+    ``on_escalate(reason)`` is called once, from a repair thread, with what the watchdog could not repair;
+    the watchdog repairs nothing more after it (the caller restarts the server and starts a new watchdog).
     """
 
     def __init__(
@@ -117,12 +181,20 @@ class StubWatchdog:
         http_base_url: str,
         interval: float = CHECK_INTERVAL_SECS,
         on_recovered: Callable[[str, float], None] | None = None,
+        on_escalate: Callable[[str], None] | None = None,
+        max_reloads: int = MAX_RELOADS_PER_WINDOW,
     ) -> None:
         self.pgid = pgid
         self.api = RepositoryApi(http_base_url)
         self.interval = interval
         self.on_recovered = on_recovered
+        self.on_escalate = on_escalate
+        self.max_reloads = max_reloads
         self.recoveries: list[tuple[str, float]] = []
+        self.escalated: str | None = None  # the reason given to on_escalate
+        # Ensemble -> the models its steps run, learned while they are loaded (an unloaded ensemble has no
+        # config to read); checked after each reload.
+        self._ensembles: dict[str, tuple[str, ...]] = {}
         self._lock = threading.Lock()  # guards everything below; repairs run in their own threads
         self._known: dict[str, set[int]] = {}
         # Stubs of an unloaded generation of a model: they may outlive its reload, belong to no serving
@@ -138,8 +210,40 @@ class StubWatchdog:
 
     def start(self) -> StubWatchdog:
         self._known = self._group_by_model(live_stubs(self.pgid))
+        try:
+            self._learn_ensembles(self.api.model_states())
+        except (OSError, ValueError) as error:  # a server not ready yet: learned at the first repair
+            logger.info("watchdog: cannot read the model states yet (%s)", _error_text(error))
         self._thread.start()
         return self
+
+    def _learn_ensembles(self, states: dict[str, str]) -> None:
+        """Read the steps of every READY ensemble (one config request per model)."""
+        learned = {}
+        for model, state in states.items():
+            if state != "READY":
+                continue
+            try:
+                steps = self.api.ensemble_steps(model)
+            except (OSError, ValueError, KeyError):
+                continue  # unloaded meanwhile: what was learned before stays
+            if steps is not None:
+                learned[model] = steps
+        with self._lock:
+            self._ensembles.update(learned)
+
+    def _escalate(self, reason: str) -> bool:
+        """Hand ``reason`` to ``on_escalate``; False (nothing done) without one."""
+        if self.on_escalate is None:
+            return False
+        if self._stop.is_set():
+            return True  # the server is going anyway
+        with self._lock:
+            if self.escalated is not None:
+                return True
+            self.escalated = reason
+        self.on_escalate(reason)  # which logs why
+        return True
 
     def stop(self) -> None:
         self._stop.set()
@@ -169,6 +273,8 @@ class StubWatchdog:
 
     def check(self) -> None:
         """One pass: start a repair of every model that lost a stub since the last pass."""
+        if self.escalated is not None:
+            return  # the server is being restarted
         current = self._current()
         now = time.monotonic()
         to_repair = []
@@ -210,26 +316,25 @@ class StubWatchdog:
         the cap is reached."""
         now = time.monotonic()
         with self._lock:
-            recent = [t for t in self._attempts.get(model, []) if now - t < RELOAD_WINDOW_SECS]
-            self._attempts[model] = recent
-        if len(recent) >= MAX_RELOADS_PER_WINDOW:
-            return None
-        if not recent:
-            return 0, 0.0
-        # The first reload is immediate; each further one in the window waits twice as long.
-        due = recent[-1] + RELOAD_BACKOFF_FIRST_SECS * 2 ** (len(recent) - 1)
-        return len(recent), max(0.0, due - now)
+            attempts = self._attempts.get(model, [])
+            self._attempts[model] = [t for t in attempts if now - t < RELOAD_WINDOW_SECS]
+        return next_reload(attempts, now, self.max_reloads, RELOAD_WINDOW_SECS, RELOAD_BACKOFF_FIRST_SECS)
 
     def _give_up(self, model: str) -> None:
         with self._lock:
             self._given_up[model] = self._known.pop(model, set())
+        if self._escalate(
+            f"model {model} lost a stub again after {self.max_reloads} reload(s) in "
+            f"{RELOAD_WINDOW_SECS:.0f} s"
+        ):
+            return
         logger.error(
             "watchdog: giving up on model %s after %d reloads in %.0f s (it keeps losing stubs): unloading "
             "it, so its requests and /v2/models/%s/ready fail plainly (tritonserver's own /v2/health/ready "
             "ignores unloaded models); restart tritonserver, or load it through the repository API, once "
             "the cause is fixed",
             model,
-            MAX_RELOADS_PER_WINDOW,
+            self.max_reloads,
             RELOAD_WINDOW_SECS,
             model,
         )
@@ -246,14 +351,15 @@ class StubWatchdog:
                 "in %.0f s",
                 model,
                 budget[0] + 1,
-                MAX_RELOADS_PER_WINDOW,
+                self.max_reloads,
                 RELOAD_WINDOW_SECS,
                 budget[1],
             )
             if self._stop.wait(budget[1]):
                 return
         try:
-            state = self.api.model_states().get(model, "")
+            states = self.api.model_states()
+            state = states.get(model, "")
         except (OSError, ValueError) as error:
             logger.warning("watchdog: cannot read the model states (%s); will retry", _error_text(error))
             return
@@ -268,8 +374,10 @@ class StubWatchdog:
         if budget is None:
             self._give_up(model)
             return
-        if self._stop.is_set():  # the server is going; a restarted one may already use this port
-            return
+        if self._stop.is_set() or self.escalated is not None:
+            return  # the server is going; a restarted one may already use this port
+        # Its ensembles are still READY (2.51 does not notice a dead stub): read their steps while it can.
+        self._learn_ensembles(states)
         logger.warning(
             "watchdog: a stub of model %s died; reloading it (readiness is false meanwhile)", model
         )
@@ -286,6 +394,8 @@ class StubWatchdog:
             # starts new instances beside the unloading ones.
             self.api.load(model)
         except (OSError, ValueError) as error:
+            if self._escalate(f"reloading model {model} failed ({_error_text(error)})"):
+                return
             retry = RELOAD_BACKOFF_FIRST_SECS * 2 ** budget[0]
             with self._lock:
                 self._next_try[model] = time.monotonic() + retry
@@ -306,7 +416,42 @@ class StubWatchdog:
         )
         if self.on_recovered:
             self.on_recovered(model, seconds)
+        self._check_ensembles(model)
         self._reap(model, old, started + OLD_STUB_GRACE_SECS)
+
+    def _check_ensembles(self, model: str) -> None:
+        """Every ensemble over the reloaded ``model`` must serve again: tritonserver reloads them with it,
+        but one that failed to stays unloaded while /v2/health/ready says 200. Such an ensemble is loaded
+        once more (which loads its missing steps too); if that does not bring it back, escalate."""
+        with self._lock:
+            ensembles = dict(self._ensembles)
+        if not ensembles_over(model, ensembles) or not (unready := self._unready(model, ensembles)):
+            return
+        what = "; ".join(unready.values())
+        logger.warning("watchdog: after reloading %s, not serving: %s; loading them again", model, what)
+        for ensemble in unready:
+            try:
+                self.api.load(ensemble)
+            except (OSError, ValueError) as error:
+                logger.error("watchdog: loading %s failed (%s)", ensemble, _error_text(error))
+        if not (unready := self._unready(model, ensembles)) or self._stop.is_set():
+            return
+        what = "; ".join(unready.values())
+        reason = f"after reloading model {model} its ensembles still cannot serve: {what}"
+        if not self._escalate(reason):
+            logger.error("watchdog: %s", reason)
+
+    def _unready(self, model: str, ensembles: dict[str, tuple[str, ...]]) -> dict[str, str]:
+        """Each ensemble over ``model`` that cannot serve -> the states of its models."""
+        try:
+            states = self.api.model_states()
+        except (OSError, ValueError) as error:
+            logger.warning("watchdog: cannot read the model states (%s)", _error_text(error))
+            return {}
+        with self._lock:
+            repairing = set(self._repairing)
+        unready = unready_ensembles(model, states, ensembles, repairing)
+        return {name: _states_text((name, *ensembles[name]), states) for name in unready}
 
     def _reap(self, model: str, old: set[int], deadline: float) -> None:
         """Old stubs still alive at ``deadline`` belong to an unload that will not finish (seen with

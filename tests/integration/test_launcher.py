@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from backend.settings import SERVER_ENV_VARIABLES
 from tests.conftest import REPO
 from tools.launcher import STOP_MARGIN_SECS, free_ports
 from tools.watchdog import OLD_STUB_GRACE_SECS, live_stubs
@@ -86,15 +87,17 @@ def wait_for(predicate, timeout: float, interval: float = 0.1):
     return predicate()
 
 
-def launch(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+def launch(tmp_path: Path, *args: str, env: dict[str, str | None] | None = None) -> subprocess.Popen:
+    """The launcher in this environment changed by ``env`` (a None value unsets the variable)."""
     log = (tmp_path / "serve.log").open("wb")
+    changed = {**os.environ, **(env or {})}
     return subprocess.Popen(
         # The gateway make serve starts beside tritonserver has tests of its own.
         [sys.executable, "-m", "tools.launcher", "serve", "--no-gateway", *args],
         cwd=REPO,
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
+        env={name: value for name, value in changed.items() if value is not None},
     )
 
 
@@ -488,6 +491,146 @@ def test_watchdog_gives_up_on_a_model_that_keeps_losing_stubs(tmp_path, monkeypa
             assert [m for m, _ in watchdog.recoveries].count("held") == watchdog_module.MAX_RELOADS_PER_WINDOW
         finally:
             watchdog.stop()
+
+
+def test_an_ensemble_left_unloaded_is_loaded_again_after_its_step_is_reloaded(tmp_path, caplog):
+    """The ensemble pipeline unloaded (tritonserver's /v2/health/ready stays 200 while it answers 404): once
+    its step echo is reloaded after a dead stub, the watchdog finds pipeline not READY in the repository
+    index and loads it, so the server serves whole again."""
+    import tools.watchdog as watchdog_module
+    from tools.launcher import TritonServer
+
+    caplog.set_level("INFO", logger="launcher")
+    with TritonServer(REPOSITORY, log_path=tmp_path / "server.log", exit_timeout=5) as server:
+        base = f"http://{server.http_url}"
+        escalations: list[str] = []
+        watchdog = watchdog_module.StubWatchdog(server.pid, base, on_escalate=escalations.append).start()
+        try:
+            api = watchdog_module.RepositoryApi(base)
+            api.unload("pipeline")
+            assert wait_for(lambda: api.model_states()["pipeline"] == "UNAVAILABLE", 10.0)
+            assert ready(base) == 200 and infer(base, "pipeline", 1)[0] == 404  # the gap of issue #10
+            (echo,) = stubs_of(server.pid, "echo")
+            os.kill(echo, signal.SIGKILL)
+            assert wait_for(lambda: infer(base, "pipeline", 1)[0] == 200, 30.0), caplog.text
+            assert ready(base) == 200
+            noticed = "after reloading echo, not serving: pipeline UNAVAILABLE, echo READY; loading them"
+            assert noticed in caplog.text
+            assert escalations == []  # loading it was enough
+        finally:
+            watchdog.stop()
+
+
+EMBEDDING_REQUEST = {
+    "inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["a short text to embed"]}]
+}
+
+
+def embed(base: str) -> tuple[int, bytes]:
+    return http("POST", f"{base}/v2/models/qwen3_vl_embedding/infer", EMBEDDING_REQUEST, timeout=60.0)
+
+
+class ReadinessLog:
+    """/v2/health/ready polled every 50 ms in a thread: (monotonic time, status) of each answer."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.answers: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.answers.append((time.monotonic(), ready(self.base)))
+
+    def between(self, start: float, end: float) -> list[int]:
+        return [status for moment, status in self.answers if start <= moment <= end]
+
+    def __enter__(self) -> ReadinessLog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def test_stub_dying_past_the_watchdog_limit_restarts_tritonserver(tmp_path, tiny_model_path):
+    """Issue #10: a model that keeps losing its stub must not leave /v2/health/ready at 200 while its
+    ensemble answers 404. With one reload allowed (--max-stub-reloads=1), the embedding model's stub is
+    killed twice: the first death is repaired by a reload, the second makes the launcher restart
+    tritonserver; readiness is not 200 from the restart until the new server serves, and then an embedding
+    request succeeds. The real embedding ensemble (tiny checkpoint) is served, and only it, to keep the
+    two starts short."""
+    http_port, grpc_port, metrics_port = free_ports(3)
+    process = launch(
+        tmp_path,
+        "--model-repository=model_repository",
+        f"--http-port={http_port}",
+        f"--grpc-port={grpc_port}",
+        f"--metrics-port={metrics_port}",
+        f"--exit-timeout-secs={EXIT_TIMEOUT}",
+        "--max-stub-reloads=1",
+        "--",
+        "--load-model=qwen3_vl_embedding",
+        # Deployment overrides set in the caller's shell would change what is served: unset them.
+        env=dict.fromkeys(SERVER_ENV_VARIABLES),
+    )
+    served = Served(process, tmp_path / "serve.log", http_port, grpc_port, metrics_port)
+    base = served.base
+    model = "qwen3_vl_embedding_model"
+    try:
+        assert wait_for(lambda: ready(base) == 200 and served.server_pids(), 240.0), served.text()
+        assert embed(base)[0] == 200
+        first = served.server_pids()[-1]
+        os.kill(min(stubs_of(first, model)), signal.SIGKILL)
+        reloaded = f"watchdog: model {model} serves again"
+        assert wait_for(lambda: reloaded in served.text(), 120.0), served.text()
+        assert wait_for(lambda: ready(base) == 200 and embed(base)[0] == 200, 60.0), served.text()
+        assert served.server_pids() == [first]  # one reload is within the limit
+
+        with ReadinessLog(base) as readiness:
+            killed = time.monotonic()
+            os.kill(min(stubs_of(first, model)), signal.SIGKILL)
+            assert wait_for(lambda: "restarting tritonserver: the stub watchdog" in served.text(), 30.0), (
+                served.text()
+            )
+            restarting = time.monotonic()
+            # The old server goes (SIGTERM; a dead stub can make it wait out its exit timeout) ...
+            assert wait_for(lambda: not Path(f"/proc/{first}").exists(), EXIT_TIMEOUT + STOP_MARGIN_SECS + 10)
+            gone = time.monotonic()
+            # ... and the new one serves.
+            assert wait_for(lambda: len(served.server_pids()) == 2 and ready(base) == 200, 240.0), (
+                served.text()
+            )
+            back = time.monotonic()
+        # Not ready from the restart on: the old server answered no 200 while it stopped (and after it was
+        # gone only the new server, once ready, could).
+        stopping = readiness.between(restarting, gone)
+        assert stopping and 200 not in stopping, readiness.answers
+        assert embed(base)[0] == 200
+        assert not live_stubs(first)
+        text = served.text()
+        assert re.search(
+            rf"restarting tritonserver: the stub watchdog cannot repair it \(model {model} lost a stub again "
+            r"after 1 reload\(s\) in 300 s\): crash 1, stopping it \(not ready from now on\) and starting it "
+            r"1 s after it stops",
+            text,
+        ), text
+        assert text.count(reloaded) == 1  # the second death was not reloaded
+        print(
+            f"second stub SIGKILL -> restart requested in {restarting - killed:.1f} s, old server gone "
+            f"{gone - restarting:.1f} s later, serving again {back - restarting:.1f} s after the restart "
+            "began"
+        )
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=EXIT_TIMEOUT + STOP_MARGIN_SECS + 10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        kill_servers(served)
 
 
 def test_sigterm_while_models_load_stops_at_once_and_leaves_nothing(tmp_path):
