@@ -87,6 +87,26 @@ def test_requests_behind_busy_calls_are_merged_and_answered_each_their_own_rows(
     run(scenario())
 
 
+def test_with_a_call_free_but_another_running_what_arrives_in_one_turn_goes_together_at_once():
+    async def scenario():
+        call = FakeCall()
+        coalescer = Coalescer(call, fake_judge, max_rows=8, max_calls=2)
+        first = asyncio.create_task(coalescer.submit(["a"]))
+        await settle()
+        same_turn = [asyncio.create_task(coalescer.submit([row])) for row in "bcd"]
+        await settle()
+        # Sent without waiting for the first call: a call was free.
+        assert call.calls == [["a"], ["b", "c", "d"]] and coalescer.calls == 2
+        late = asyncio.create_task(coalescer.submit(["e"]))
+        await settle()
+        assert len(call.calls) == 2 and coalescer.waiting == 1  # both calls busy: it waits
+        call.gate.set()
+        assert [await task for task in [first, *same_turn, late]] == [["A"], ["B"], ["C"], ["D"], ["E"]]
+        assert call.calls[2] == ["e"]
+
+    run(scenario())
+
+
 def test_a_merged_call_holds_at_most_max_rows_and_keeps_arrival_order():
     async def scenario():
         call = FakeCall()
