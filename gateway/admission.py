@@ -4,16 +4,28 @@ A burst (``vllm bench serve`` sends all its requests at t=0) is not overload: ev
 served within ``queue_timeout`` waits its turn and is served. A request is shed with 503 + Retry-After
 only when its expected wait (queue position / recent completion rate) is longer than the timeout, when it
 has actually waited that long, or when the waiting room's hard cap (a memory guard) is reached.
+
+Sustained overload is told from a burst by time: when requests have had to wait for ``burst_seconds``
+(every slot taken since) and still arrive faster than they complete, the oldest waiters are shed at once
+(newer requests overtake them, so they would wait for as long as the overload lasts) and the room keeps
+only about one round of Triton calls. Under a standing queue the newest waiter is served first (adaptive
+LIFO): the requests admitted are fresh, and those shed are the stale ones.
+
+With ``latency_ratio`` set, the in-flight bound also follows Triton's latency (``LatencyLimit``): it
+shrinks while calls take longer than ratio x the unloaded call latency and grows while they do not, so
+that batching buys throughput only as far as the latency target allows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
+import statistics
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from gateway.errors import GatewayError, Kind
@@ -24,26 +36,161 @@ MIN_SAMPLES = 20
 # In-flight bound while the rate is unknown, and its floor once known.
 START_IN_FLIGHT = 64
 MIN_IN_FLIGHT = 16
+# A waiting room that has not been empty for this long is a standing queue (CoDel's interval): served
+# newest first. Short against a burst's seconds, long against one call on an idle host (~5-50 ms).
+STANDING_QUEUE_SECONDS = 0.1
+# Arrivals over this window against the completion rate tell "still overloaded" from "a burst
+# draining"; arrivals must pass completions by this factor, so that a drain with steady traffic below
+# capacity is not taken for overload by chance.
+ARRIVAL_WINDOW_SECONDS = 1.0
+OVERLOAD_FACTOR = 1.25
+# Oldest waiters shed per arrival once overloaded: a backlog of thousands answered 503 at one instant
+# would stall the event loop (and the admitted requests' answers) for a noticeable time.
+SHED_PER_ARRIVAL = 8
+
+# LatencyLimit: the floor (one call alone is what "unloaded" means), the calls alone whose median is the
+# unloaded latency, how often that is re-measured when load leaves no call alone, and the fewest
+# samples that decide a round.
+LATENCY_FLOOR = 1
+BASELINE_SAMPLES = 9
+PROBE_INTERVAL_SECONDS = 10.0
+PROBE_SAMPLES = 3
+ROUND_MIN_SAMPLES = 4
+
+Clock = Callable[[], float]
+
+
+@dataclasses.dataclass
+class Ticket:
+    """One admitted call. ``sample = False`` keeps its duration out of the latency estimate (a call that
+    Triton's queue refused at once says nothing about how long a served call takes)."""
+
+    started: float
+    generation: int
+    solo: bool  # nothing else was at Triton when it started
+    sample: bool = True
+
+
+class LatencyLimit:
+    """An in-flight bound that keeps Triton's call latency near ``ratio`` x its unloaded latency (TCP
+    Vegas; Netflix concurrency-limits' gradient).
+
+    Unloaded latency is the median duration of the last calls that started with nothing else at Triton;
+    when load leaves none for ``PROBE_INTERVAL_SECONDS``, the bound drops to one call until
+    ``PROBE_SAMPLES`` have run alone (a ~1 % throughput cost that stops the reference from drifting up with
+    the load it should judge). Every round (as many calls as the bound, at least ``ROUND_MIN_SAMPLES``,
+    all started under the current bound) compares its median latency with the target: over it, the bound
+    shrinks in proportion (at most by half); under it, and the bound held requests back, it grows by up
+    to half."""
+
+    def __init__(self, ratio: float, ceiling: int, clock: Clock = time.monotonic):
+        self.ratio = ratio
+        self.ceiling = max(ceiling, LATENCY_FLOOR)
+        self._clock = clock
+        self.value = float(LATENCY_FLOOR)
+        # Bumped whenever the bound changes: calls started before then measured another bound.
+        self.generation = 0
+        self.probing = False
+        self._probe_samples = 0
+        self._solo: deque[tuple[float, float]] = deque(maxlen=BASELINE_SAMPLES)  # (when, seconds)
+        self._round: list[float] = []
+        self._held_back = False
+
+    def current(self) -> int:
+        return LATENCY_FLOOR if self.probing else int(self.value)
+
+    def baseline(self) -> float | None:
+        """Unloaded call latency (seconds), or None before any call ran alone."""
+        return statistics.median(seconds for _, seconds in self._solo) if self._solo else None
+
+    def target(self) -> float | None:
+        baseline = self.baseline()
+        return None if baseline is None else self.ratio * baseline
+
+    def held_back(self) -> None:
+        """A request had to wait for the bound: growing it would have been used."""
+        self._held_back = True
+
+    def observe(self, ticket: Ticket, seconds: float) -> None:
+        now = self._clock()
+        if ticket.solo:
+            self._solo.append((now, seconds))
+            if self.probing:
+                self._probe_samples += 1
+                if self._probe_samples >= PROBE_SAMPLES:
+                    self.probing = False
+                    self.generation += 1
+                return
+        if ticket.generation != self.generation or self.probing:
+            return
+        self._round.append(seconds)
+        if len(self._round) < max(ROUND_MIN_SAMPLES, int(self.value)):
+            return
+        recent = statistics.median(self._round)
+        self._round.clear()
+        self._adjust(recent)
+        last_alone = self._solo[-1][0] if self._solo else -math.inf
+        if int(self.value) > LATENCY_FLOOR and now - last_alone > PROBE_INTERVAL_SECONDS:
+            self.probing = True
+            self._probe_samples = 0
+            self.generation += 1
+
+    def _adjust(self, recent: float) -> None:
+        target = self.target()
+        if target is None:  # unreachable: the first call starts alone
+            return
+        gradient = target / max(recent, 1e-9)
+        value = self.value
+        if gradient < 1.0:
+            value = max(float(LATENCY_FLOOR), value * max(0.5, gradient))
+        elif self._held_back:
+            value = min(float(self.ceiling), value + max(1.0, value * min(gradient - 1.0, 1.0) / 2))
+        self._held_back = False
+        if int(value) != int(self.value):
+            self.generation += 1
+        self.value = value
 
 
 class Admission:
     """``max_in_flight`` caps the requests at Triton; with ``in_flight_seconds`` the bound follows the
     measured rate (rate x seconds: what Triton finishes in that time), so that a request's wait inside
-    Triton stays under its queue timeout on a slow host and batches grow on a fast one."""
+    Triton stays under its queue timeout on a slow host and batches grow on a fast one; with
+    ``latency_ratio`` it also follows Triton's latency (``LatencyLimit``). ``burst_seconds`` (0 = off:
+    first come, first served, and only the queue timeout sheds) is how long arrivals may outpace
+    completions before that counts as overload."""
 
     def __init__(
-        self, max_in_flight: int, max_waiting: int, queue_timeout: float, in_flight_seconds: float = 0.0
+        self,
+        max_in_flight: int,
+        max_waiting: int,
+        queue_timeout: float,
+        in_flight_seconds: float = 0.0,
+        latency_ratio: float = 0.0,
+        burst_seconds: float = 0.0,
+        clock: Clock = time.monotonic,
     ):
         self.max_in_flight = max_in_flight
         self.max_waiting = max_waiting
         self.queue_timeout = queue_timeout
         self.in_flight_seconds = in_flight_seconds
+        self.burst_seconds = burst_seconds
+        self.latency = LatencyLimit(latency_ratio, max_in_flight, clock) if latency_ratio > 0 else None
+        self._clock = clock
         self.in_flight = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.shed_overload = 0  # waiters shed because arrivals kept outpacing completions
+        self._waiters: deque[asyncio.Future[Ticket]] = deque()
         self._completions: deque[float] = deque()
         self._busy_since: float | None = None  # first admission since the gateway was last idle
+        # Since when requests have had to wait, every slot taken (None: a slot was free with no one waiting).
+        self._saturated_since: float | None = None
+        self._overload = False
+        self._recent_arrivals: deque[float] = deque()
 
     def limit(self) -> int:
+        limit = self._rate_limit()
+        return limit if self.latency is None else min(limit, self.latency.current())
+
+    def _rate_limit(self) -> int:
         if not self.in_flight_seconds:
             return self.max_in_flight
         rate = self.rate()
@@ -60,7 +207,7 @@ class Admission:
 
     def rate(self) -> float | None:
         """Requests completed per second over the recent window, or None before there is enough data."""
-        now = time.monotonic()
+        now = self._clock()
         while self._completions and now - self._completions[0] > RATE_WINDOW_SECONDS:
             self._completions.popleft()
         if len(self._completions) < MIN_SAMPLES:
@@ -73,49 +220,97 @@ class Admission:
         rate = self.rate()
         return None if rate is None else (self.waiting + 1) / rate
 
+    def _saturated_for(self, now: float) -> float:
+        return 0.0 if self._saturated_since is None else now - self._saturated_since
+
+    def standing(self, now: float | None = None) -> bool:
+        """Requests have had to wait for STANDING_QUEUE_SECONDS: serve the newest first."""
+        now = self._clock() if now is None else now
+        if not self.burst_seconds:
+            return False
+        return self._overload or self._saturated_for(now) >= STANDING_QUEUE_SECONDS
+
+    def overloaded(self, now: float | None = None) -> bool:
+        """Saturated for longer than a burst while fed faster than it drains; it stays so until arrivals
+        slow down (the room, kept small, may empty for an instant at every hand-over)."""
+        if not self.burst_seconds:
+            return False
+        now = self._clock() if now is None else now
+        _trim(self._recent_arrivals, now - ARRIVAL_WINDOW_SECONDS)
+        rate = self.rate()
+        arriving = len(self._recent_arrivals) / ARRIVAL_WINDOW_SECONDS
+        faster = rate is not None and arriving > OVERLOAD_FACTOR * rate
+        self._overload = faster and (self._overload or self._saturated_for(now) >= self.burst_seconds)
+        return self._overload
+
     def _shed(self, message: str, retry_after: float | None = None) -> GatewayError:
         seconds = math.ceil(retry_after) if retry_after else None
         return GatewayError(Kind.OVERLOADED, message, retry_after=seconds)
 
     @asynccontextmanager
-    async def slot(self, deadline: float | None = None) -> AsyncIterator[None]:
-        """An in-flight slot, waited for until ``deadline`` (time.monotonic; default: the queue timeout
-        from now)."""
-        await self._acquire(self.queue_timeout if deadline is None else deadline - time.monotonic())
+    async def slot(self, deadline: float | None = None) -> AsyncIterator[Ticket]:
+        """An in-flight slot, waited for until ``deadline`` (on this admission's clock, time.monotonic by
+        default; default: the queue timeout from now). The call's duration is a latency sample unless it
+        raises or sets ``ticket.sample = False``."""
+        ticket = await self._acquire(self.queue_timeout if deadline is None else deadline - self._clock())
+        failed = False
         try:
-            yield
+            yield ticket
+        except BaseException:
+            failed = True
+            raise
         finally:
-            self._release()
+            self._release(ticket if not failed and ticket.sample else None)
 
-    async def _acquire(self, timeout: float) -> None:
+    def _admit(self, now: float) -> Ticket:
+        ticket = Ticket(now, self.latency.generation if self.latency else 0, solo=self.in_flight == 0)
+        self.in_flight += 1
+        return ticket
+
+    async def _acquire(self, timeout: float) -> Ticket:
+        now = self._clock()
+        if self.burst_seconds:
+            self._recent_arrivals.append(now)
+            _trim(self._recent_arrivals, now - ARRIVAL_WINDOW_SECONDS)
         if self.in_flight == 0 and not self._waiters:
-            self._busy_since = time.monotonic()
+            self._busy_since = now
         if self.in_flight < self.limit() and not self._waiters:
-            self.in_flight += 1
-            return
-        if self.waiting >= self.max_waiting:
-            raise self._shed(f"server overloaded: {self.waiting} requests already waiting")
-        expected = self.expected_wait()
+            return self._admit(now)
+        if self.latency is not None:
+            self.latency.held_back()
+        if self._saturated_since is None:
+            self._saturated_since = now
         if timeout <= 0:
             raise self._shed(
                 f"server overloaded: no capacity within the queue timeout of {self.queue_timeout:g} s"
             )
-        if expected is not None and expected > timeout:
-            raise self._shed(
-                f"server overloaded: expected wait {expected:.1f} s is over the queue timeout "
-                f"of {self.queue_timeout:g} s",
-                retry_after=expected - timeout,
-            )
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        overloaded = self.overloaded(now)
+        if overloaded:
+            # The newcomer is served before every waiter: make room by shedding the oldest. The room keeps
+            # one round of calls (what the bound lets in at once).
+            room = min(self.limit(), self.max_waiting)
+            self._shed_oldest(keep=max(0, room - 1), at_most=SHED_PER_ARRIVAL)
+        if self.waiting >= self.max_waiting:
+            raise self._shed(f"server overloaded: {self.waiting} requests already waiting")
+        if not overloaded:
+            expected = self.expected_wait()
+            if expected is not None and expected > timeout:
+                raise self._shed(
+                    f"server overloaded: expected wait {expected:.1f} s is over the queue timeout "
+                    f"of {self.queue_timeout:g} s",
+                    retry_after=expected - timeout,
+                )
+        waiter: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except (asyncio.TimeoutError, asyncio.CancelledError) as error:
-            if waiter.done() and not waiter.cancelled():
+            future = waiter
+            if future.done() and not future.cancelled() and future.exception() is None:
                 # The slot was handed over just as we gave up: pass it on.
-                self._release(completed=False)
-            else:
-                waiter.cancel()
+                self._release(None, completed=False)
+            elif not future.done():
+                future.cancel()
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
             if isinstance(error, asyncio.CancelledError):
@@ -124,15 +319,40 @@ class Admission:
                 f"server overloaded: no capacity within the queue timeout of {self.queue_timeout:g} s"
             ) from None
 
-    def _release(self, completed: bool = True) -> None:
+    def _shed_oldest(self, keep: int, at_most: int) -> None:
+        shed = 0
+        while len(self._waiters) > keep and shed < at_most:
+            waiter = self._waiters.popleft()
+            if waiter.done():
+                continue
+            waiter.set_exception(
+                self._shed(
+                    "server overloaded: newer requests are served first while requests keep arriving "
+                    "faster than they complete"
+                )
+            )
+            shed += 1
+            self.shed_overload += 1
+
+    def _release(self, measured: Ticket | None, completed: bool = True) -> None:
+        now = self._clock()
         if completed:
-            self._completions.append(time.monotonic())
+            self._completions.append(now)
+        if measured is not None and self.latency is not None:
+            self.latency.observe(measured, now - measured.started)
         self.in_flight -= 1
         # Slots pass straight to waiters (counted here, so that in_flight never overshoots), as many as
         # the bound allows now: it may have grown or shrunk since.
         limit = self.limit()
+        newest_first = self.standing(now)
         while self._waiters and self.in_flight < limit:
-            waiter = self._waiters.popleft()
+            waiter = self._waiters.pop() if newest_first else self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
-                self.in_flight += 1
+                waiter.set_result(self._admit(now))
+        if not self._waiters and self.in_flight < limit:
+            self._saturated_since = None
+
+
+def _trim(times: deque[float], oldest: float) -> None:
+    while times and times[0] < oldest:
+        times.popleft()

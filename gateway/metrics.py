@@ -4,6 +4,7 @@ collide): requests and errors by route and status, latency, in-flight and waitin
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from gateway.admission import Admission
 
@@ -66,6 +67,7 @@ class GatewayMetrics:
             "gateway_requests_waiting", "Requests waiting for an in-flight slot", registry=self.registry
         )
         waiting.set_function(lambda: admission.waiting)
+        self.registry.register(_AdmissionCollector(admission))
 
     def answered(self, route: str, status: int, seconds: float) -> None:
         """One HTTP request answered. The labelled children are looked up once per route and status
@@ -89,3 +91,26 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _AdmissionCollector:
+    """Admission's own counts, read at scrape time: waiters shed for overload, and (with a latency target)
+    the unloaded call latency the in-flight bound aims at a multiple of."""
+
+    def __init__(self, admission: Admission):
+        self.admission = admission
+
+    def collect(self):
+        yield CounterMetricFamily(
+            "gateway_overload_shed",
+            "Waiting requests shed (503) because requests kept arriving faster than they completed",
+            value=self.admission.shed_overload,
+        )
+        latency = self.admission.latency
+        baseline = latency.baseline() if latency is not None else None
+        if baseline is not None:
+            yield GaugeMetricFamily(
+                "gateway_triton_unloaded_latency_seconds",
+                "Median latency of recent Triton calls that ran alone (the latency target's reference)",
+                value=baseline,
+            )

@@ -48,7 +48,12 @@ class Gateway:
         self.settings = settings
         self.backend = TritonBackend(settings)
         self.admission = Admission(
-            settings.max_in_flight, settings.max_waiting, settings.queue_timeout, settings.in_flight_seconds
+            settings.max_in_flight,
+            settings.max_waiting,
+            settings.queue_timeout,
+            settings.in_flight_seconds,
+            latency_ratio=settings.latency_target_ratio,
+            burst_seconds=settings.burst_seconds,
         )
         self.metrics = GatewayMetrics(self.admission)
         self.backend.observe_call = self.metrics.observe_call
@@ -116,12 +121,13 @@ class Gateway:
         is not overload."""
         deadline = time.monotonic() + self.settings.queue_timeout
         while True:
-            async with self.admission.slot(deadline):
+            async with self.admission.slot(deadline) as ticket:
                 try:
                     return await call()
                 except GatewayError as error:
                     if error.kind is not Kind.OVERLOADED or time.monotonic() >= deadline:
                         raise
+                    ticket.sample = False  # refused at once: not a served call's latency
                     self.metrics.triton_refusals.inc()
             await asyncio.sleep(TRITON_BUSY_PAUSE)
 

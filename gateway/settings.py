@@ -56,6 +56,14 @@ class GatewaySettings:
     # burst (1,000 x 200 tokens at once) takes ~20 s on the 8B, and 62-104 s for the tiny model on two busy
     # cores: the default sheds only what could not even start within one Triton call's timeout.
     queue_timeout: float = 300.0
+    # Requests may be held back this long (every slot taken) while arriving faster than they complete
+    # before that counts as overload rather than a burst: then the newest are served first and the oldest
+    # waiters are shed at once. Longer than a burst takes to arrive (1,000 connections: ~1 s on 2 busy
+    # cores). 0 = first come, first served; only GATEWAY_QUEUE_TIMEOUT sheds.
+    burst_seconds: float = 5.0
+    # Unless 0, the in-flight bound also keeps Triton's call latency near this many times its latency for
+    # one call alone (bigger batches buy throughput only within that).
+    latency_target_ratio: float = 0.0
     request_timeout: float = 300.0  # one Triton call
     retry_after: int = 1  # seconds, on 503s that have no better estimate
     # Media by URL: data: URIs always; http(s) only when allowed; file: only under this directory.
@@ -78,6 +86,12 @@ class GatewaySettings:
         if self.in_flight_seconds < 0:
             raise ValueError(
                 f"in_flight_seconds must be 0 (fixed bound) or positive, got {self.in_flight_seconds}"
+            )
+        if self.burst_seconds < 0:
+            raise ValueError(f"burst_seconds must be 0 (off) or positive, got {self.burst_seconds}")
+        if self.latency_target_ratio != 0 and self.latency_target_ratio <= 1:
+            raise ValueError(
+                f"latency_target_ratio must be 0 (off) or over 1, got {self.latency_target_ratio}"
             )
         for name in ("queue_timeout", "request_timeout", "media_fetch_timeout"):
             if getattr(self, name) <= 0:
@@ -112,6 +126,8 @@ ENVIRONMENT = {
     "max_waiting": "GATEWAY_MAX_WAITING",
     "coalesce_calls": "GATEWAY_COALESCE_CALLS",
     "queue_timeout": "GATEWAY_QUEUE_TIMEOUT",
+    "burst_seconds": "GATEWAY_BURST_SECONDS",
+    "latency_target_ratio": "GATEWAY_LATENCY_TARGET_RATIO",
     "request_timeout": "GATEWAY_REQUEST_TIMEOUT",
     "retry_after": "GATEWAY_RETRY_AFTER",
     "allow_url_fetch": "GATEWAY_ALLOW_URL_FETCH",

@@ -1,0 +1,526 @@
+"""Overload through the gateway: fast 503s for the excess, bounded memory, and the p99 of admitted requests
+against the unloaded p99, for several admission policies in one run.
+
+    python -m perf.gateway_overload [--multiple 4] [--seconds 30] [--concurrency 16,64]
+                                    [--policies fifo,lifo,latency2] [--out DIR]
+
+One tritonserver (the embedding ensemble, tiny checkpoint unless MODEL_PATH is set); for each policy a fresh
+gateway (``python -m gateway`` with that policy's GATEWAY_* settings) in front of it, and one asyncio HTTP
+client (aiohttp, keep-alive pool, bodies built beforehand so that it spends little of the shared cores)
+posting single ~200-token texts to /v1/embeddings:
+
+1. unloaded: one request at a time;
+2. capacity: a closed loop with each of ``--concurrency`` requests in flight;
+3. overload: an open loop at ``--multiple`` x the first policy's best capacity for ``--seconds`` (requests
+   start on schedule whatever the answers);
+4. after: one at a time again.
+
+Per phase: answers by status, OK p50/p99, refusal (503) p50/p99, RSS of tritonserver's process group and
+of the gateway (start / peak / end), throughput, the client's CPU; per policy the gateway's counters.
+Ratios (admitted p99 under overload / unloaded p99) compare policies measured minutes apart on the same
+server. Writes gateway_overload.{json,md} into today's results directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import re
+import resource
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from perf.console import log, parse_list
+from perf.gateway_stack import GATEWAY_STARTUP_S, GATEWAY_STOP_GRACE_S, TINY_EMBEDDING, shown_path
+from perf.host import busy_processes, git_commit, host_tag, todays_results_dir, write_json
+from perf.overload import group_rss_mib, percentiles
+
+REPO = Path(__file__).resolve().parent.parent
+# name -> (what it is, the gateway's environment)
+POLICIES: dict[str, tuple[str, dict[str, str]]] = {
+    "fifo": (
+        "first come first served, rate-following bound (before this change)",
+        {"GATEWAY_BURST_SECONDS": "0"},
+    ),
+    "lifo": ("adaptive LIFO + overload shedding, rate-following bound (default)", {}),
+    "latency2": (
+        "adaptive LIFO + overload shedding + latency target 2x",
+        {"GATEWAY_LATENCY_TARGET_RATIO": "2"},
+    ),
+    "latency1.5": (
+        "adaptive LIFO + overload shedding + latency target 1.5x",
+        {"GATEWAY_LATENCY_TARGET_RATIO": "1.5"},
+    ),
+}
+# ~200 tokens of plain English; a per-request number keeps requests distinct.
+SENTENCE = "The quick brown fox jumps over the lazy dog while the river runs past the old mill. "
+BODIES = 4096
+METRICS_EVERY_S = 0.5
+HEADERS = {"Content-Type": "application/json"}
+
+
+@dataclass
+class Phase:
+    name: str
+    concurrency: int | None  # closed loop; None: open loop at offered_per_s
+    offered_per_s: float | None
+    seconds: float
+    sent: int = 0
+    ok: int = 0
+    refused: int = 0  # 503
+    other: int = 0
+    other_examples: list[str] = field(default_factory=list)
+    ok_per_s: float = 0.0
+    ok_latency_ms: dict[str, float] = field(default_factory=dict)
+    refused_latency_ms: dict[str, float] = field(default_factory=dict)
+    server_rss_mib: list[float] = field(default_factory=list)  # start, peak, end
+    gateway_rss_mib: list[float] = field(default_factory=list)
+    client_cpu_s: float = 0.0
+    in_flight_limit: dict[str, float] = field(default_factory=dict)  # sampled from /metrics: median, min, max
+    waiting_max: float = 0.0
+    load_average: float = 0.0
+
+
+@dataclass
+class PolicyRun:
+    policy: str
+    description: str
+    environment: dict[str, str]
+    phases: list[Phase] = field(default_factory=list)
+    counters: dict[str, float | None] = field(default_factory=dict)
+
+
+def bodies(count: int = BODIES) -> list[bytes]:
+    text = SENTENCE * 11
+    return [json.dumps({"input": f"{index}. {text}"}).encode() for index in range(count)]
+
+
+def metric(text: str, name: str) -> float | None:
+    match = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else None
+
+
+def scrape(url: str) -> str:
+    with contextlib.suppress(OSError):
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+            return response.read().decode()
+    return ""
+
+
+class Sampler:
+    """Peak RSS of tritonserver's group and of the gateway, and the gateway's in-flight bound and waiting
+    room, sampled in a thread."""
+
+    def __init__(self, server_pgid: int, gateway_pgid: int, url: str) -> None:
+        self.pgids = (server_pgid, gateway_pgid)
+        self.url = url
+        self.peaks = [0.0, 0.0]
+        self.limits: list[float] = []
+        self.waiting: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def rss(self) -> list[float]:
+        return [round(group_rss_mib(pgid), 1) for pgid in self.pgids]
+
+    def _run(self) -> None:
+        while not self._stop.wait(METRICS_EVERY_S):
+            self.peaks = [max(peak, now) for peak, now in zip(self.peaks, self.rss())]
+            text = scrape(self.url)
+            for values, name in (
+                (self.limits, "gateway_triton_in_flight_limit"),
+                (self.waiting, "gateway_requests_waiting"),
+            ):
+                value = metric(text, name)
+                if value is not None:
+                    values.append(value)
+
+    def __enter__(self) -> Sampler:
+        self.start = self.peaks = self.rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Client:
+    def __init__(self, url: str, session) -> None:
+        self.url = f"{url}/v1/embeddings"
+        self.session = session
+        self.bodies = bodies()
+        self.count = 0
+        # (seconds since the phase started, latency, status) of every request in the current phase
+        self.records: list[tuple[float, float, int]] = []
+        self.phase_start = time.perf_counter()
+
+    async def one(self, phase: Phase, ok: list[float], refused: list[float]) -> None:
+        import aiohttp
+
+        body = self.bodies[self.count % len(self.bodies)]
+        self.count += 1
+        phase.sent += 1
+        started = time.perf_counter()
+        try:
+            async with self.session.post(self.url, data=body, headers=HEADERS) as response:
+                await response.read()
+                status = response.status
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            status, detail = None, f"{type(error).__name__}: {error}"
+        else:
+            detail = f"HTTP {status}"
+        seconds = time.perf_counter() - started
+        self.records.append((round(started - self.phase_start, 4), round(seconds, 4), status or 0))
+        if status == 200:
+            phase.ok += 1
+            ok.append(seconds)
+        elif status == 503:
+            phase.refused += 1
+            refused.append(seconds)
+        else:
+            phase.other += 1
+            if len(phase.other_examples) < 3:
+                phase.other_examples.append(detail[:200])
+
+    async def closed_loop(self, phase: Phase, ok: list[float], refused: list[float]) -> None:
+        deadline = time.perf_counter() + phase.seconds
+
+        async def worker() -> None:
+            while time.perf_counter() < deadline:
+                await self.one(phase, ok, refused)
+
+        await asyncio.gather(*(worker() for _ in range(phase.concurrency or 1)))
+
+    async def open_loop(self, phase: Phase, ok: list[float], refused: list[float]) -> None:
+        rate = phase.offered_per_s or 1.0
+        tasks = []
+        start = time.perf_counter()
+        for index in range(int(rate * phase.seconds)):
+            delay = start + index / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(self.one(phase, ok, refused)))
+        await asyncio.gather(*tasks)
+
+
+async def run_phase(client: Client, sampler_args: tuple[int, int, str], phase: Phase) -> Phase:
+    ok: list[float] = []
+    refused: list[float] = []
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    started = client.phase_start = time.perf_counter()
+    client.records = []
+    with Sampler(*sampler_args) as sampler:
+        if phase.concurrency is None:
+            await client.open_loop(phase, ok, refused)
+        else:
+            await client.closed_loop(phase, ok, refused)
+    elapsed = time.perf_counter() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    end = sampler.rss()
+    phase.seconds = round(elapsed, 2)
+    phase.ok_per_s = round(phase.ok / elapsed, 1)
+    phase.ok_latency_ms = percentiles(ok)
+    phase.refused_latency_ms = percentiles(refused)
+    phase.server_rss_mib = [sampler.start[0], round(max(sampler.peaks[0], end[0]), 1), end[0]]
+    phase.gateway_rss_mib = [sampler.start[1], round(max(sampler.peaks[1], end[1]), 1), end[1]]
+    phase.client_cpu_s = round(
+        (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime), 2
+    )
+    if sampler.limits:
+        ordered = sorted(sampler.limits)
+        phase.in_flight_limit = {
+            "median": ordered[len(ordered) // 2],
+            "min": ordered[0],
+            "max": ordered[-1],
+        }
+    phase.waiting_max = max(sampler.waiting, default=0.0)
+    phase.load_average = round(os.getloadavg()[0], 2)
+    log(
+        f"  {phase.name}: sent {phase.sent}, OK {phase.ok} ({phase.ok_per_s}/s, p50 "
+        f"{phase.ok_latency_ms.get('p50')} p99 {phase.ok_latency_ms.get('p99')} ms), 503 {phase.refused} "
+        f"(p50 {phase.refused_latency_ms.get('p50')} p99 {phase.refused_latency_ms.get('p99')} ms), other "
+        f"{phase.other}; bound {phase.in_flight_limit.get('median')}, load {phase.load_average}"
+    )
+    return phase
+
+
+class Gateway:
+    """``python -m gateway`` in its own process group on a free port, with ``environment`` on top of the
+    defaults (every other GATEWAY_* variable cleared)."""
+
+    def __init__(self, triton_grpc_url: str, environment: dict[str, str], log_path: Path) -> None:
+        from tools.launcher import free_port
+
+        self.port = free_port()
+        self.environment = {
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_PORT": str(self.port),
+            "TRITON_GRPC_URL": triton_grpc_url,
+            "GATEWAY_TOKENIZER": str(Path(os.environ.get("MODEL_PATH") or TINY_EMBEDDING)),
+            **environment,
+        }
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Gateway:
+        env = {name: value for name, value in os.environ.items() if not name.startswith("GATEWAY_")}
+        env.update(self.environment)
+        with self.log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway"],
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + GATEWAY_STARTUP_S
+        while True:
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError(f"gateway did not start; see {self.log_path}")
+            time.sleep(0.2)
+
+    def __exit__(self, *exc: object) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=GATEWAY_STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+async def measure_policy(
+    args: argparse.Namespace, server, run: PolicyRun, overload_rate: float | None, log_dir: Path
+) -> PolicyRun:
+    import aiohttp
+
+    with Gateway(server.grpc_url, run.environment, log_dir / f"gateway-{run.policy}.log") as gateway:
+        sampler_args = (server.pid, gateway.process.pid, gateway.url)
+        # Idle connections are dropped before uvicorn's 5 s keep-alive closes them under the client.
+        connector = aiohttp.TCPConnector(limit=0, force_close=False, keepalive_timeout=3.0)
+        timeout = aiohttp.ClientTimeout(total=600)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            client = Client(gateway.url, session)
+            log(f"policy {run.policy}: {run.description}")
+            await client.closed_loop(Phase("warm-up", 8, None, 3.0), [], [])
+            run.phases.append(
+                await run_phase(client, sampler_args, Phase("unloaded", 1, None, args.unloaded_seconds))
+            )
+            for concurrency in args.concurrency:
+                run.phases.append(
+                    await run_phase(
+                        client,
+                        sampler_args,
+                        Phase(f"capacity c={concurrency}", concurrency, None, args.capacity_seconds),
+                    )
+                )
+            if overload_rate is None:
+                overload_rate = args.multiple * max(phase.ok_per_s for phase in run.phases[1:])
+            run.phases.append(
+                await run_phase(
+                    client,
+                    sampler_args,
+                    Phase(f"overload {args.multiple:g}x", None, round(overload_rate, 1), args.seconds),
+                )
+            )
+            # Every overload request (start s, latency s, status), to see when the slow ones were sent.
+            (log_dir / f"{run.policy}-overload-requests.json").write_text(json.dumps(client.records))
+            await asyncio.sleep(2.0)
+            run.phases.append(
+                await run_phase(client, sampler_args, Phase("after", 1, None, args.after_seconds))
+            )
+        text = scrape(gateway.url)
+        for name in (
+            "gateway_overload_shed_total",
+            "gateway_triton_queue_refusals_total",
+            "gateway_triton_in_flight_limit",
+            "gateway_triton_unloaded_latency_seconds",
+        ):
+            run.counters[name] = metric(text, name)
+    return run
+
+
+def summary_rows(runs: list[PolicyRun]) -> list[str]:
+    header = (
+        "policy",
+        "phase",
+        "offered/s",
+        "sent",
+        "OK",
+        "503",
+        "other",
+        "OK/s",
+        "OK p50 / p99 ms",
+        "503 p50 / p99 ms",
+        "bound (median)",
+        "server RSS MiB start/peak/end",
+        "gateway RSS MiB start/peak/end",
+        "client CPU s",
+        "load",
+    )
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in runs:
+        for phase in run.phases:
+            ok, refused = phase.ok_latency_ms, phase.refused_latency_ms
+            cells = (
+                run.policy,
+                phase.name,
+                phase.offered_per_s or "-",
+                phase.sent,
+                phase.ok,
+                phase.refused,
+                phase.other,
+                phase.ok_per_s,
+                f"{ok.get('p50', '-')} / {ok.get('p99', '-')}",
+                f"{refused.get('p50', '-')} / {refused.get('p99', '-')}",
+                phase.in_flight_limit.get("median", "-"),
+                " / ".join(str(value) for value in phase.server_rss_mib),
+                " / ".join(str(value) for value in phase.gateway_rss_mib),
+                phase.client_cpu_s,
+                phase.load_average,
+            )
+            rows.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    return rows
+
+
+def verdicts(runs: list[PolicyRun]) -> list[str]:
+    lines = []
+    for run in runs:
+        phases = {phase.name.split(" ")[0]: phase for phase in run.phases}
+        unloaded, overload = phases["unloaded"], phases["overload"]
+        capacities = [phase for phase in run.phases if phase.name.startswith("capacity")]
+        p99, base = overload.ok_latency_ms.get("p99"), unloaded.ok_latency_ms.get("p99")
+        ratio = f"{p99 / base:.2f}x" if p99 and base else "n/a"
+        refused = overload.refused_latency_ms
+        lines.append(
+            f"- **{run.policy}** ({run.description}): admitted p99 under overload {p99} ms = **{ratio}** the "
+            f"unloaded p99 ({base} ms); {overload.refused} of {overload.sent} refused "
+            f"({overload.refused / max(1, overload.sent):.0%}) in {refused.get('p50', '-')} ms p50 / "
+            f"{refused.get('p90', '-')} ms p90 / {refused.get('p99', '-')} ms p99; OK "
+            f"{overload.ok_per_s}/s under overload vs capacity "
+            + ", ".join(f"{phase.ok_per_s}/s at c={phase.concurrency}" for phase in capacities)
+            + f"; RSS peak server {overload.server_rss_mib[1]} MiB, gateway "
+            f"{overload.gateway_rss_mib[1]} MiB "
+            f"(after: {phases['after'].server_rss_mib[2]} / {phases['after'].gateway_rss_mib[2]}); "
+            f"shed for overload {run.counters.get('gateway_overload_shed_total')}."
+        )
+    return lines
+
+
+def write_report(out: Path, report: dict, runs: list[PolicyRun]) -> None:
+    write_json(out / "gateway_overload.json", report)
+    busy = ", ".join(report["busy_processes"]) or "nothing else"
+    lines = [
+        f"# Overload through the gateway: {report['host']}, {report['date']}",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Commit {report['commit']}; load average (1 min) before {report['load_before']}, after "
+        f"{report['load_after']}; busy at the start: {busy}.",
+        "",
+        "Single ~200-token texts to /v1/embeddings from one aiohttp client (keep-alive) on the same cores; "
+        "one tritonserver (embedding ensemble), a fresh gateway per policy. Overload is an open loop at "
+        f"{report['multiple']:g}x the first policy's best capacity ({report['overload_rate']}/s) for "
+        f"{report['seconds']:g} s.",
+        "",
+        *summary_rows(runs),
+        "",
+        *verdicts(runs),
+        "",
+    ]
+    (out / "gateway_overload.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m perf.gateway_overload", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--multiple", type=float, default=4.0, help="overload = this many times capacity")
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of the overload phase")
+    parser.add_argument("--capacity-seconds", type=float, default=15.0)
+    parser.add_argument("--unloaded-seconds", type=float, default=8.0)
+    parser.add_argument("--after-seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--concurrency", type=lambda text: parse_list(text, int), default=[16, 64], help="capacity runs"
+    )
+    parser.add_argument(
+        "--policies", type=parse_list, default=["fifo", "lifo", "latency2"], help=", ".join(POLICIES)
+    )
+    parser.add_argument("--out", type=Path, default=None, help="default: perf/results/<host>/<date>")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.policies if name not in POLICIES]
+    if unknown:
+        parser.error(f"unknown policies {unknown}; known: {', '.join(POLICIES)}")
+    command = "python -m perf.gateway_overload " + shlex.join(sys.argv[1:] if argv is None else argv)
+    out = args.out or todays_results_dir()
+    log_dir = out / "raw" / "gateway_overload"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    from perf.servers import start_server
+
+    load_before = round(os.getloadavg()[0], 2)
+    busy = busy_processes()
+    model = Path(os.environ.get("MODEL_PATH") or TINY_EMBEDDING)
+    endpoint = start_server("overload", model, log_dir / "tritonserver.log")
+    runs: list[PolicyRun] = []
+    overload_rate = None
+    try:
+        for name in args.policies:
+            description, environment = POLICIES[name]
+            run = asyncio.run(
+                measure_policy(
+                    args, endpoint.server, PolicyRun(name, description, environment), overload_rate, log_dir
+                )
+            )
+            overload_rate = next(phase.offered_per_s for phase in run.phases if phase.offered_per_s)
+            runs.append(run)
+    finally:
+        endpoint.stop()
+    report = {
+        "command": command,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "host": host_tag(),
+        "cores": os.cpu_count(),
+        "model": shown_path(model),
+        "multiple": args.multiple,
+        "seconds": args.seconds,
+        "overload_rate": overload_rate,
+        "load_before": load_before,
+        "load_after": round(os.getloadavg()[0], 2),
+        "busy_processes": busy,
+        "runs": [asdict(run) for run in runs],
+    }
+    write_report(out, report, runs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""The gateway's admission on a fake clock: the latency-targeting in-flight bound, newest-first service under
+a standing queue, fast shedding under sustained overload, and a burst served whole. Decisions read the fake
+clock only, so nothing here depends on how busy the machine is."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.admission import (
+    LATENCY_FLOOR,
+    PROBE_INTERVAL_SECONDS,
+    PROBE_SAMPLES,
+    ROUND_MIN_SAMPLES,
+    SHED_PER_ARRIVAL,
+    Admission,
+    LatencyLimit,
+    Ticket,
+)
+from gateway.errors import GatewayError, Kind
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_round(limit: LatencyLimit, seconds: float, held_back: bool = True) -> None:
+    """One round of calls, all started under the current bound, each taking ``seconds``."""
+    if held_back:
+        limit.held_back()
+    generation = limit.generation
+    for _ in range(max(ROUND_MIN_SAMPLES, limit.current())):
+        limit.observe(Ticket(0.0, generation, solo=False), seconds)
+
+
+def test_the_latency_bound_grows_while_calls_are_fast_and_shrinks_when_they_slow_down():
+    clock = FakeClock()
+    limit = LatencyLimit(ratio=2.0, ceiling=64, clock=clock)
+    assert limit.current() == LATENCY_FLOOR and limit.target() is None
+    for _ in range(3):
+        limit.observe(Ticket(0.0, limit.generation, solo=True), 0.010)
+    assert limit.baseline() == pytest.approx(0.010) and limit.target() == pytest.approx(0.020)
+
+    run_round(limit, 0.012, held_back=False)
+    assert limit.current() == LATENCY_FLOOR  # fast, but nothing waited: no evidence more would be used
+    bounds = []
+    for _ in range(20):
+        run_round(limit, 0.012)  # under the 20 ms target
+        bounds.append(limit.current())
+    assert bounds == sorted(bounds) and bounds[-1] == 64  # grows to the ceiling, never past it
+
+    shrinking = []
+    for _ in range(8):
+        run_round(limit, 0.050)  # 2.5x over the target
+        shrinking.append(limit.current())
+    assert shrinking[0] == 32  # at most halved per round
+    assert shrinking == sorted(shrinking, reverse=True) and shrinking[-1] == LATENCY_FLOOR
+
+    # A call that started before the bound changed measured the old bound: it decides nothing.
+    stale = limit.generation - 1
+    before = limit.value
+    for _ in range(10):
+        limit.observe(Ticket(0.0, stale, solo=False), 10.0)
+    assert limit.value == before
+
+
+def test_the_latency_bound_settles_where_latency_meets_the_target():
+    """Latency that grows with the calls at Triton (batching): the bound ends where it crosses 2x."""
+    clock = FakeClock()
+    limit = LatencyLimit(ratio=2.0, ceiling=256, clock=clock)
+    limit.observe(Ticket(0.0, 0, solo=True), 0.005)
+    for _ in range(60):
+        run_round(limit, 0.005 * (1 + limit.current() / 8))  # 2x the unloaded latency at 8 in flight
+    assert 4 <= limit.current() <= 12
+
+
+def test_the_unloaded_latency_is_measured_again_when_load_leaves_no_call_alone():
+    clock = FakeClock()
+    limit = LatencyLimit(ratio=2.0, ceiling=64, clock=clock)
+    limit.observe(Ticket(0.0, 0, solo=True), 0.010)
+    for _ in range(10):
+        run_round(limit, 0.012)
+    grown = limit.current()
+    assert grown > 8 and not limit.probing
+    clock.now = PROBE_INTERVAL_SECONDS + 1
+    run_round(limit, 0.012)
+    assert limit.probing and limit.current() == LATENCY_FLOOR  # one call at a time, to time it alone
+    for _ in range(PROBE_SAMPLES):
+        limit.observe(Ticket(clock.now, limit.generation, solo=True), 0.004)
+    assert not limit.probing and limit.current() >= grown
+    assert limit.baseline() < 0.010  # the new, lower unloaded latency counts
+
+
+def test_admission_honours_the_latency_bound():
+    clock = FakeClock()
+    admission = Admission(
+        max_in_flight=64, max_waiting=100, queue_timeout=5.0, latency_ratio=2.0, clock=clock
+    )
+    assert admission.limit() == LATENCY_FLOOR
+    admission.latency.value = 7.0
+    assert admission.limit() == 7
+    assert (
+        Admission(max_in_flight=4, max_waiting=1, queue_timeout=1.0, latency_ratio=2.0).latency.ceiling == 4
+    )
+
+
+async def settle() -> None:
+    """Let woken tasks run (a shed waiter's error passes a shield and a wait_for on its way)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def _hold(admission: Admission, release: asyncio.Event) -> None:
+    async with admission.slot():
+        await release.wait()
+
+
+async def _queue(admission: Admission, count: int, served: list[int], outcomes: dict[int, object], start=0):
+    """``count`` requests that wait in turn (each reaches the waiting room before the next starts)."""
+
+    async def request(index: int) -> None:
+        try:
+            async with admission.slot():
+                served.append(index)
+            outcomes[index] = "served"
+        except GatewayError as error:
+            outcomes[index] = error.kind
+
+    tasks = []
+    for index in range(start, start + count):
+        tasks.append(asyncio.create_task(request(index)))
+        await asyncio.sleep(0)
+    return tasks
+
+
+@pytest.mark.parametrize(
+    ("burst_seconds", "queued_for", "expected"),
+    [(5.0, 0.5, [4, 3, 2, 1, 0]), (5.0, 0.05, [0, 1, 2, 3, 4]), (0.0, 0.5, [0, 1, 2, 3, 4])],
+    ids=["standing-queue-newest-first", "short-queue-in-order", "off-in-order"],
+)
+def test_a_standing_queue_is_served_newest_first(burst_seconds, queued_for, expected):
+    async def scenario():
+        clock = FakeClock()
+        admission = Admission(
+            max_in_flight=1, max_waiting=100, queue_timeout=60.0, burst_seconds=burst_seconds, clock=clock
+        )
+        release = asyncio.Event()
+        holder = asyncio.create_task(_hold(admission, release))
+        await asyncio.sleep(0)
+        served, outcomes = [], {}
+        tasks = await _queue(admission, 5, served, outcomes)
+        clock.now = queued_for
+        release.set()
+        await asyncio.gather(holder, *tasks)
+        return served, admission
+
+    served, admission = asyncio.run(scenario())
+    assert served == expected
+    assert admission.in_flight == 0 and admission.waiting == 0
+
+
+async def _serve_quickly(admission: Admission, clock: FakeClock, count: int, seconds: float) -> None:
+    """``count`` calls one after another, each taking ``seconds``: gives the admission a completion rate."""
+    for _ in range(count):
+        async with admission.slot():
+            clock.now += seconds
+
+
+def test_sustained_overload_sheds_the_oldest_waiters_at_once_and_serves_the_newest():
+    async def scenario():
+        clock = FakeClock()
+        admission = Admission(
+            max_in_flight=2, max_waiting=10_000, queue_timeout=60.0, burst_seconds=5.0, clock=clock
+        )
+        await _serve_quickly(admission, clock, 40, 0.025)  # 40 calls in the first second
+        release = asyncio.Event()
+        holders = [asyncio.create_task(_hold(admission, release)) for _ in range(2)]
+        await asyncio.sleep(0)
+        served, outcomes = [], {}
+        # Within the burst allowance everything waits (a burst looks like this at first).
+        backlog = []
+        for second in range(1, 5):
+            clock.now = float(second)
+            backlog += await _queue(admission, 25, served, outcomes, start=len(backlog))
+        assert admission.waiting == 100 and not outcomes and not admission.overloaded()
+        # 6.5 s on, arrivals faster than the completion rate (~7/s, x1.25): overload, and from then on each
+        # arrival sheds the oldest waiters.
+        clock.now = 6.5
+        newcomers = await _queue(admission, 3, served, outcomes, start=100)
+        await settle()
+        assert not outcomes and not admission.overloaded()
+        while not outcomes and len(newcomers) < 20:
+            newcomers += await _queue(admission, 1, served, outcomes, start=100 + len(newcomers))
+            await settle()
+        shed = sorted(index for index, outcome in outcomes.items() if outcome is Kind.OVERLOADED)
+        assert shed == list(range(SHED_PER_ARRIVAL))  # the oldest, a bounded number per arrival
+        for _ in range(20):
+            newcomers += await _queue(admission, 1, served, outcomes, start=100 + len(newcomers))
+        await settle()
+        # The room keeps one round of calls: as many as the bound lets in at once.
+        assert admission.waiting == 2
+        clock.now = 6.6
+        release.set()
+        await asyncio.gather(*holders, *backlog, *newcomers)
+        return served, outcomes, admission
+
+    served, outcomes, admission = asyncio.run(scenario())
+    last = len(outcomes) - 1
+    assert served == [last, last - 1]  # the newest
+    assert sum(outcome is Kind.OVERLOADED for outcome in outcomes.values()) == last - 1
+    assert admission.shed_overload == last - 1 and admission.waiting == 0 and admission.in_flight == 0
+
+
+def test_overload_lasts_while_arrivals_outpace_completions_not_while_the_room_is_full():
+    async def scenario():
+        clock = FakeClock()
+        admission = Admission(
+            max_in_flight=1, max_waiting=10_000, queue_timeout=60.0, burst_seconds=5.0, clock=clock
+        )
+        await _serve_quickly(admission, clock, 40, 0.025)
+        release = asyncio.Event()
+        holder = asyncio.create_task(_hold(admission, release))
+        await asyncio.sleep(0)
+        served, outcomes = [], {}
+        tasks = await _queue(admission, 1, served, outcomes)  # waiting from t=1 s
+        clock.now = 6.5
+        tasks += await _queue(admission, 30, served, outcomes, start=1)
+        assert admission.overloaded()
+        # The room empties for an instant (its last waiter is served and finishes): still overloaded.
+        release.set()
+        await asyncio.gather(holder, *tasks)
+        assert admission.waiting == 0 and admission.in_flight == 0 and admission.overloaded()
+        clock.now = 8.0  # a second without arrivals: over
+        assert not admission.overloaded()
+
+    asyncio.run(scenario())
+
+
+def test_a_burst_is_served_whole_even_when_it_takes_longer_than_the_burst_allowance():
+    async def scenario():
+        clock = FakeClock()
+        admission = Admission(
+            max_in_flight=2, max_waiting=10_000, queue_timeout=300.0, burst_seconds=5.0, clock=clock
+        )
+        release = asyncio.Event()
+        holders = [asyncio.create_task(_hold(admission, release)) for _ in range(2)]
+        await asyncio.sleep(0)
+        served, outcomes = [], {}
+
+        async def request(index: int) -> None:
+            try:
+                async with admission.slot():
+                    clock.now += 0.05  # each call takes 50 ms: 200 calls, 2 at a time, ~5 s
+                    await asyncio.sleep(0)
+                    served.append(index)
+                outcomes[index] = "served"
+            except GatewayError as error:
+                outcomes[index] = error.kind
+
+        burst = [asyncio.create_task(request(index)) for index in range(200)]
+        await asyncio.sleep(0)
+        clock.now = 10.0  # the burst has waited past the allowance, but nothing new arrives
+        release.set()
+        await asyncio.sleep(0)
+        straggler = asyncio.create_task(request(200))  # one arrival while it drains is not overload
+        await asyncio.gather(*holders, *burst, straggler)
+        return served, outcomes, admission
+
+    served, outcomes, admission = asyncio.run(scenario())
+    assert sorted(served) == list(range(201)), {k: v for k, v in outcomes.items() if v != "served"}
+    assert admission.shed_overload == 0 and admission.waiting == 0 and admission.in_flight == 0
