@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -66,6 +66,22 @@ def to_response(result: Mapping[str, np.ndarray] | Exception):
     return pb_utils.InferenceResponse(
         output_tensors=[pb_utils.Tensor(name, array) for name, array in result.items()]
     )
+
+
+def answer_later(
+    request,
+) -> tuple[Callable[[Mapping[str, np.ndarray] | Exception], None], Callable[[], bool]]:
+    """(answer, cancelled) for a request answered after execute() has returned, as the model steps do
+    (backend.runtime.scheduler): its response sender, which a default-mode (non-decoupled) model may use
+    since Triton 24.06, sending the one response with the FINAL flag; and the client's cancellation, read
+    through the sender because the request itself is released when execute() returns."""
+    pb_utils = _pb()
+    sender = request.get_response_sender()
+
+    def answer(result: Mapping[str, np.ndarray] | Exception) -> None:
+        sender.send(to_response(result), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    return answer, sender.is_cancelled
 
 
 def model_parameters(args: Mapping[str, str]) -> dict[str, str]:

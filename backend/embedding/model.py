@@ -13,6 +13,7 @@ import torch
 
 from backend.protocol import EMBEDDING_OUTPUT, TOKEN_COUNT_OUTPUT, PreparedItem, check_dimensions
 from backend.runtime.backbone import BackboneRunner
+from backend.runtime.scheduler import ModelStep
 from backend.steps import Result, Tensors, run_model_requests, token_counts
 
 
@@ -37,6 +38,10 @@ class EmbeddingModel(BackboneRunner):
         """One float32 vector per row (row order kept), each cut to its own Matryoshka size."""
         return self.run(rows, self._vectors)
 
+    def embed_micro_batch(self, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
+        """embed() of rows already planned as one micro-batch."""
+        return self.run_micro_batch(rows, self._vectors)
+
     def check_row(self, row: PreparedItem) -> None:
         super().check_row(row)
         check_dimensions(row.dimensions, self.hidden_size, "EMBED_DIM")
@@ -52,5 +57,9 @@ def embedding_output(rows: Sequence[PreparedItem], vectors: Sequence[np.ndarray]
     return {EMBEDDING_OUTPUT: out, TOKEN_COUNT_OUTPUT: token_counts(rows)}
 
 
-def embed_requests(model: EmbeddingModel, requests: Sequence[Tensors]) -> list[Result]:
-    return run_model_requests(requests, model.unpack, model.embed, embedding_output)
+def embedding_step(model: EmbeddingModel) -> ModelStep:
+    return ModelStep(model.unpack, model.embed_micro_batch, embedding_output, model.limits)
+
+
+def embed_requests(model: EmbeddingModel, requests: Sequence[Tensors | None]) -> list[Result]:
+    return run_model_requests(embedding_step(model), requests)

@@ -17,6 +17,7 @@ import torch
 from backend.errors import ConfigError
 from backend.protocol import SCORE_OUTPUT, TOKEN_COUNT_OUTPUT, PreparedItem
 from backend.runtime.backbone import BackboneRunner
+from backend.runtime.scheduler import ModelStep
 from backend.settings import ModelSettings
 from backend.steps import Result, Tensors, run_model_requests, token_counts
 
@@ -82,6 +83,10 @@ class RerankModel(BackboneRunner):
         """float32 [1] per row, in row order."""
         return self.run(rows, self._scores)
 
+    def score_micro_batch(self, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
+        """score() of rows already planned as one micro-batch."""
+        return self.run_micro_batch(rows, self._scores)
+
 
 def score_output(rows: Sequence[PreparedItem], scores: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     return {
@@ -90,5 +95,9 @@ def score_output(rows: Sequence[PreparedItem], scores: Sequence[np.ndarray]) -> 
     }
 
 
-def rerank_requests(model: RerankModel, requests: Sequence[Tensors]) -> list[Result]:
-    return run_model_requests(requests, model.unpack, model.score, score_output)
+def rerank_step(model: RerankModel) -> ModelStep:
+    return ModelStep(model.unpack, model.score_micro_batch, score_output, model.limits)
+
+
+def rerank_requests(model: RerankModel, requests: Sequence[Tensors | None]) -> list[Result]:
+    return run_model_requests(rerank_step(model), requests)

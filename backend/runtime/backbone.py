@@ -231,16 +231,29 @@ class BackboneRunner:
         head: Callable[[torch.Tensor, Sequence[PreparedItem]], list[np.ndarray]],
     ) -> list[np.ndarray]:
         """`head(hidden, rows)` of every row, in row order, computed micro-batch by micro-batch."""
-        lengths = [row.length for row in rows]
-        plan = plan_micro_batches(lengths, [row.vision_patch_count for row in rows], self.limits)
+        plan = plan_micro_batches(
+            [row.length for row in rows], [row.vision_patch_count for row in rows], self.limits
+        )
         results: list[np.ndarray | None] = [None] * len(rows)
         for indices in plan:
-            for part, outputs in self._run_micro_batch(rows, list(indices), head):
-                for index, output in zip(part, outputs):
-                    results[index] = output
+            for index, output in zip(indices, self.run_micro_batch([rows[index] for index in indices], head)):
+                results[index] = output
+        return results  # type: ignore[return-value]
+
+    def run_micro_batch(
+        self,
+        rows: Sequence[PreparedItem],
+        head: Callable[[torch.Tensor, Sequence[PreparedItem]], list[np.ndarray]],
+    ) -> list[np.ndarray]:
+        """`head(hidden, rows)` of rows already planned as one micro-batch (plan_micro_batches), in row
+        order: the unit the model step's scheduler (backend.runtime.scheduler) runs."""
+        results: list[np.ndarray | None] = [None] * len(rows)
+        for part, outputs in self._run_micro_batch(rows, list(range(len(rows))), head):
+            for index, output in zip(part, outputs):
+                results[index] = output
         self.stats.recompiles = self.text_forward.recompiles
         self.stats.rows += len(rows)
-        self.stats.real_tokens += sum(lengths)
+        self.stats.real_tokens += sum(row.length for row in rows)
         return results  # type: ignore[return-value]
 
     def _run_micro_batch(

@@ -92,6 +92,11 @@ class Platform:
         """Make this the process's current device; on CPU, share the cores among the model's instances."""
         share_cpu_threads(cpu_threads, instance_count)
 
+    def enter_thread(self) -> None:
+        """Make this device current in a thread other than the one that called activate() (the model step's
+        worker thread): CUDA and Ascend keep the current device per thread; torch's CPU thread count carries
+        over by itself."""
+
     def prepare_model(self, model) -> None:
         """Device-specific changes to a loaded Qwen3-VL backbone (none on CPU and CUDA)."""
 
@@ -121,6 +126,9 @@ class CudaPlatform(Platform):
     def activate(self, cpu_threads: int = 0, instance_count: int = 1) -> None:
         torch.cuda.set_device(self.device)
 
+    def enter_thread(self) -> None:
+        torch.cuda.set_device(self.device)
+
     def synchronize(self) -> None:
         torch.cuda.synchronize(self.device)
 
@@ -144,6 +152,9 @@ class NpuPlatform(Platform):
         return False
 
     def activate(self, cpu_threads: int = 0, instance_count: int = 1) -> None:
+        torch.npu.set_device(self.device)
+
+    def enter_thread(self) -> None:
         torch.npu.set_device(self.device)
 
     def prepare_model(self, model) -> None:

@@ -1,8 +1,9 @@
 """Triton adapter for the embedding model step; all logic lives in backend.embedding.model."""
 
 from backend import metrics, triton_io
-from backend.embedding.model import EmbeddingModel, embed_requests
+from backend.embedding.model import EmbeddingModel, embedding_step
 from backend.protocol import MODEL_INPUTS
+from backend.runtime.scheduler import StepWorker
 from backend.settings import EMBEDDING_ENV, ModelSettings, load_settings
 
 
@@ -14,12 +15,23 @@ class TritonPythonModel:
         if settings.warmup:
             self.model.warmup()
         self.metrics = metrics.ModelMetrics(args["model_name"], self.model.stats)
+        self.worker = StepWorker(
+            embedding_step(self.model),
+            self.model.platform.enter_thread,
+            lambda: self.metrics.record(self.model.stats),
+        )
 
     def execute(self, requests):
-        inputs = [triton_io.read_inputs(request, MODEL_INPUTS) for request in requests]
-        results = embed_requests(self.model, inputs)
-        self.metrics.record(self.model.stats)
-        return [triton_io.to_response(result) for result in results]
+        # Queued for the worker thread, which answers each request through its response sender as soon as
+        # its rows are done, cheap ones first (backend.runtime.scheduler); execute() returns once the
+        # backlog is at most one token budget.
+        self.worker.submit(
+            [
+                (triton_io.read_inputs(request, MODEL_INPUTS), *triton_io.answer_later(request))
+                for request in requests
+            ]
+        )
 
     def finalize(self):
+        self.worker.close()
         self.metrics.close()

@@ -2,7 +2,8 @@
 
 from backend import metrics, triton_io
 from backend.protocol import MODEL_INPUTS
-from backend.reranking.model import RerankModel, rerank_requests
+from backend.reranking.model import RerankModel, rerank_step
+from backend.runtime.scheduler import StepWorker
 from backend.settings import RERANKER_ENV, RerankModelSettings, load_settings
 
 
@@ -14,12 +15,23 @@ class TritonPythonModel:
         if settings.warmup:
             self.model.warmup()
         self.metrics = metrics.ModelMetrics(args["model_name"], self.model.stats)
+        self.worker = StepWorker(
+            rerank_step(self.model),
+            self.model.platform.enter_thread,
+            lambda: self.metrics.record(self.model.stats),
+        )
 
     def execute(self, requests):
-        inputs = [triton_io.read_inputs(request, MODEL_INPUTS) for request in requests]
-        results = rerank_requests(self.model, inputs)
-        self.metrics.record(self.model.stats)
-        return [triton_io.to_response(result) for result in results]
+        # Queued for the worker thread, which answers each request through its response sender as soon as
+        # its rows are done, cheap ones first (backend.runtime.scheduler); execute() returns once the
+        # backlog is at most one token budget.
+        self.worker.submit(
+            [
+                (triton_io.read_inputs(request, MODEL_INPUTS), *triton_io.answer_later(request))
+                for request in requests
+            ]
+        )
 
     def finalize(self):
+        self.worker.close()
         self.metrics.close()

@@ -1,0 +1,326 @@
+"""Cheap items first in the model step: queued rows run one micro-batch at a time, the next chosen by its
+response ratio, and each request is answered as soon as its own rows are done (issue #10).
+
+Why: Triton hands a Python model a batch of requests and waits for the whole execute(); a short text that
+arrives while videos run waits for that execute and then for every video batched with it. So execute()
+only queues its requests here, and one worker thread runs the queue:
+
+- The queued rows are planned into micro-batches (backend.runtime.batching, the same packing as before),
+  again whenever rows arrive.
+- The next micro-batch is the one with the highest response ratio (waited + cost) / cost, both counted in
+  tokens: `cost` is what the micro-batch computes (rows x longest row + the per-forward overhead),
+  `waited` the work the model ran while its oldest row was queued. A short micro-batch goes before a long
+  one that has waited as long; a long one is never starved, since its ratio grows with every token of
+  work that passes it. A text that arrives beside videos therefore runs right after the micro-batch in
+  progress.
+- A request whose client has gone is answered CANCELLED before its next micro-batch runs; a micro-batch
+  that fails for several requests is retried request by request, so that one poisonous request fails
+  only itself.
+
+Free of torch and Triton: `compute` runs one planned micro-batch, `respond` builds a request's outputs, and
+each request brings its own `answer` and `cancelled` callables.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from backend.errors import CancelledError, InputError, UnavailableError
+from backend.protocol import PreparedItem
+from backend.runtime.batching import BatchLimits, plan_micro_batches
+
+logger = logging.getLogger(__name__)
+
+Result = dict[str, np.ndarray] | Exception
+Tensors = Mapping[str, np.ndarray | None]
+Compute = Callable[[list[PreparedItem]], list[np.ndarray]]
+Respond = Callable[[Sequence[PreparedItem], Sequence[np.ndarray]], dict[str, np.ndarray]]
+
+
+def failure(error: Exception, what: str) -> Exception:
+    """The error as a request's result, logged as its kind deserves (a client's mistake is not logged)."""
+    if isinstance(error, UnavailableError):
+        logger.warning("%s unavailable: %s", what, error)
+    elif not isinstance(error, (InputError, CancelledError)):
+        logger.exception("%s failed", what, exc_info=error)
+    return error
+
+
+def never_cancelled() -> bool:
+    return False
+
+
+@dataclass(eq=False)
+class QueuedRequest:
+    rows: list[PreparedItem]
+    answer: Callable[[Result], None]
+    cancelled: Callable[[], bool]
+    outputs: list[np.ndarray | None] = field(init=False)
+    left: int = field(init=False)  # rows without an output yet
+    done: bool = False  # answered (with outputs or an error)
+
+    def __post_init__(self) -> None:
+        self.outputs = [None] * len(self.rows)
+        self.left = len(self.rows)
+
+
+@dataclass(eq=False)
+class QueuedRow:
+    request: QueuedRequest
+    index: int
+    waited: int = 0  # tokens of work the model ran while this row was queued (all of a forward it saw end)
+
+    @property
+    def item(self) -> PreparedItem:
+        return self.request.rows[self.index]
+
+
+def micro_batch_cost(rows: Sequence[QueuedRow], limits: BatchLimits) -> int:
+    """Tokens one forward over these rows computes, padding and the per-forward overhead included."""
+    return len(rows) * max(row.item.length for row in rows) + limits.batch_overhead_tokens
+
+
+def response_ratio(rows: Sequence[QueuedRow], limits: BatchLimits) -> float:
+    cost = micro_batch_cost(rows, limits)
+    return (max(row.waited for row in rows) + cost) / cost
+
+
+def _gone(request: QueuedRequest) -> bool:
+    """Whether the request's client has cancelled it; a failed check counts as not cancelled."""
+    try:
+        return request.cancelled()
+    except Exception:
+        logger.exception("checking a request for cancellation failed")
+        return False
+
+
+class MicroBatchQueue:
+    """The rows of queued requests, run micro-batch by micro-batch in response-ratio order. Thread-safe:
+    any thread adds requests, one thread calls run_next()."""
+
+    def __init__(self, limits: BatchLimits, compute: Compute, respond: Respond):
+        self.limits = limits
+        self.compute = compute
+        self.respond = respond
+        self._rows: list[QueuedRow] = []  # queued, not started, in arrival order
+        self._plan: list[list[QueuedRow]] | None = None  # None: rows arrived since the last plan
+        self._closed: UnavailableError | None = None
+        self._changed = threading.Condition()
+
+    def add(
+        self,
+        rows: list[PreparedItem],
+        answer: Callable[[Result], None],
+        cancelled: Callable[[], bool] = never_cancelled,
+    ) -> None:
+        request = QueuedRequest(rows, answer, cancelled)
+        with self._changed:
+            closed = self._closed
+            if not closed:
+                self._rows.extend(QueuedRow(request, index) for index in range(len(rows)))
+                self._plan = None
+                self._changed.notify_all()
+        if closed:
+            self._answer(request, closed)
+        elif not rows:
+            self._finish(request)
+
+    def wait_for_room(self, tokens: int) -> None:
+        """Block while more than `tokens` are queued and not started (returns at once after close())."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self._closed is not None or sum(row.item.length for row in self._rows) <= tokens
+            )
+
+    def run_next(self, block: bool = False) -> bool:
+        """Run the next micro-batch and answer the requests it completes. False when nothing is queued
+        (with `block`, only once the queue is closed and empty)."""
+        with self._changed:
+            if block:
+                self._changed.wait_for(lambda: bool(self._rows) or self._closed is not None)
+            batch = self._take()
+        if batch is None:
+            return False
+        cost = micro_batch_cost(batch, self.limits)
+        try:
+            self._run(batch)
+        except Exception as error:  # our own bug: still answer every request of the micro-batch
+            for request in dict.fromkeys(row.request for row in batch):
+                self._answer(request, failure(error, "micro-batch"))
+        with self._changed:
+            for row in self._rows:
+                row.waited += cost
+            self._changed.notify_all()  # room for wait_for_room()
+        return True
+
+    def close(self, error: UnavailableError) -> None:
+        """Answer every queued request with `error`, refuse new ones, and let a blocked run_next() return."""
+        with self._changed:
+            self._closed = error
+            requests = list(dict.fromkeys(row.request for row in self._rows))
+            self._rows, self._plan = [], None
+            self._changed.notify_all()
+        for request in requests:
+            self._answer(request, error)
+
+    def _take(self) -> list[QueuedRow] | None:
+        """Under the lock: the next micro-batch, out of the queue. A request found cancelled is answered
+        (rare, so under the lock) and the choice made again without it."""
+        while True:
+            self._rows = [row for row in self._rows if not row.request.done]
+            if not self._rows:
+                return None
+            if self._plan is None:
+                self._plan = self._planned()
+            self._plan = [[row for row in batch if not row.request.done] for batch in self._plan]
+            self._plan = [batch for batch in self._plan if batch]
+            batch = max(
+                self._plan,
+                key=lambda rows: (response_ratio(rows, self.limits), -micro_batch_cost(rows, self.limits)),
+            )
+            cancelled = [request for request in dict.fromkeys(row.request for row in batch) if _gone(request)]
+            if not cancelled:
+                self._plan.remove(batch)
+                taken = {id(row) for row in batch}
+                self._rows = [row for row in self._rows if id(row) not in taken]
+                return batch
+            for request in cancelled:
+                self._answer(request, CancelledError())
+
+    def _planned(self) -> list[list[QueuedRow]]:
+        items = [row.item for row in self._rows]
+        plan = plan_micro_batches(
+            [item.length for item in items], [item.vision_patch_count for item in items], self.limits
+        )
+        return [[self._rows[index] for index in indices] for indices in plan]
+
+    def _run(self, batch: list[QueuedRow]) -> None:
+        try:
+            outputs = self.compute([row.item for row in batch])
+        except Exception as error:
+            requests = list(dict.fromkeys(row.request for row in batch))
+            if len(requests) == 1:
+                self._answer(requests[0], failure(error, "forward"))
+                return
+            logger.warning(
+                "micro-batch failed (%s); retrying its %d requests one by one", error, len(requests)
+            )
+            for request in requests:
+                part = [row for row in batch if row.request is request]
+                try:
+                    self._store(part, self.compute([row.item for row in part]))
+                except Exception as single_error:
+                    self._answer(request, failure(single_error, "forward"))
+            return
+        self._store(batch, outputs)
+
+    def _store(self, rows: list[QueuedRow], outputs: Sequence[np.ndarray]) -> None:
+        for row, output in zip(rows, outputs, strict=True):
+            row.request.outputs[row.index] = output
+            row.request.left -= 1
+        for request in dict.fromkeys(row.request for row in rows):
+            if request.left == 0 and not request.done:
+                self._finish(request)
+
+    def _finish(self, request: QueuedRequest) -> None:
+        try:
+            result: Result = self.respond(request.rows, request.outputs)  # type: ignore[arg-type]
+        except Exception as error:
+            result = failure(error, "output")
+        self._answer(request, result)
+
+    def _answer(self, request: QueuedRequest, result: Result) -> None:
+        """Each request is answered once; its rows still queued are dropped by the next _take()."""
+        if request.done:
+            return
+        request.done = True
+        try:
+            request.answer(result)
+        except Exception:
+            logger.exception("answering a request failed")
+
+
+@dataclass(frozen=True)
+class ModelStep:
+    """What a model step does with its requests: wire tensors -> rows, one planned micro-batch -> outputs
+    per row, a request's rows and outputs -> its output tensors."""
+
+    unpack: Callable[[Tensors], list[PreparedItem]]
+    compute: Compute
+    respond: Respond
+    limits: BatchLimits
+
+
+def submit(
+    queue: MicroBatchQueue,
+    step: ModelStep,
+    inputs: Tensors | None,
+    answer: Callable[[Result], None],
+    cancelled: Callable[[], bool] = never_cancelled,
+) -> None:
+    """Queue one request's rows; a request already cancelled (None) or with bad inputs is answered here."""
+    if inputs is None:
+        answer(CancelledError())
+        return
+    try:
+        rows = step.unpack(inputs)
+    except Exception as error:
+        answer(failure(error, "model input"))
+        return
+    queue.add(rows, answer, cancelled)
+
+
+def owned(inputs: Tensors | None) -> Tensors | None:
+    """Copies of a request's input arrays: Triton frees the memory behind them once execute() returns,
+    and the worker may run the rows later."""
+    if inputs is None:
+        return None
+    return {name: None if array is None else np.array(array, copy=True) for name, array in inputs.items()}
+
+
+class StepWorker:
+    """The model step's worker thread over a MicroBatchQueue.
+
+    submit() (Triton's execute()) queues the requests and returns as soon as at most one token budget of
+    work is queued and not started: beyond that, requests wait in Triton's own queue, whose policy
+    (max_queue_size, timeout -> UNAVAILABLE) bounds overload as before, and Triton batches them."""
+
+    def __init__(
+        self,
+        step: ModelStep,
+        enter_thread: Callable[[], None] = lambda: None,
+        after_micro_batch: Callable[[], None] = lambda: None,
+    ):
+        self.step = step
+        self.queue = MicroBatchQueue(step.limits, step.compute, step.respond)
+        self.backlog_limit = step.limits.token_budget
+        self._enter_thread = enter_thread
+        self._after_micro_batch = after_micro_batch
+        self._thread = threading.Thread(target=self._loop, name="model-step-worker", daemon=True)
+        self._thread.start()
+
+    def submit(
+        self, requests: Sequence[tuple[Tensors | None, Callable[[Result], None], Callable[[], bool]]]
+    ) -> None:
+        for inputs, answer, cancelled in requests:
+            submit(self.queue, self.step, owned(inputs), answer, cancelled)
+        self.queue.wait_for_room(self.backlog_limit)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.queue.close(UnavailableError("the model step is shutting down; try again"))
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        self._enter_thread()
+        while True:
+            try:
+                if not self.queue.run_next(block=True):
+                    return
+                self._after_micro_batch()
+            except Exception:
+                logger.exception("model step worker")

@@ -1,0 +1,221 @@
+"""The model step's queue (backend.runtime.scheduler) without a model or a server: which micro-batch runs
+next, when each request is answered, and how failures, cancellations and shutdown reach single requests."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from backend.errors import CancelledError, UnavailableError
+from backend.protocol import PreparedItem
+from backend.runtime.batching import BatchLimits
+from backend.runtime.scheduler import MicroBatchQueue, ModelStep, StepWorker
+
+# Rows of 900 tokens each fill a micro-batch: heavy items run one per forward, as videos do.
+LIMITS = BatchLimits(token_budget=1000, max_rows=8, vision_patch_budget=10_000)
+
+
+def row(length: int, tag: int) -> PreparedItem:
+    """A row whose first token id is `tag`, so that an output can name the row it came from."""
+    ids = np.full(length, 7, dtype=np.int64)
+    ids[0] = tag
+    return PreparedItem(input_ids=ids)
+
+
+def respond(rows, outputs) -> dict[str, np.ndarray]:
+    return {
+        "TAGS": np.array([int(output[0]) for output in outputs]),
+        "LENGTHS": np.array([r.length for r in rows]),
+    }
+
+
+class Recorder:
+    """compute() that remembers each micro-batch's tags; answers in the order they came."""
+
+    def __init__(self, on_compute=None):
+        self.batches: list[list[int]] = []
+        self.answers: list[tuple[str, object]] = []
+        self.on_compute = on_compute
+
+    def compute(self, items: list[PreparedItem]) -> list[np.ndarray]:
+        self.batches.append([int(item.input_ids[0]) for item in items])
+        if self.on_compute:
+            self.on_compute(self, items)
+        return [np.array([item.input_ids[0], item.length], dtype=np.float32) for item in items]
+
+    def answer(self, name: str):
+        return lambda result: self.answers.append((name, result))
+
+    def queue(self, limits: BatchLimits = LIMITS) -> MicroBatchQueue:
+        return MicroBatchQueue(limits, self.compute, respond)
+
+
+def drain(queue: MicroBatchQueue) -> int:
+    steps = 0
+    while queue.run_next():
+        steps += 1
+    return steps
+
+
+def test_a_short_request_queued_behind_heavy_ones_runs_first_and_is_answered_first():
+    recorder = Recorder()
+    queue = recorder.queue()
+    for tag in (1, 2, 3):
+        queue.add([row(900, tag)], recorder.answer(f"video{tag}"))
+    queue.add([row(12, 9)], recorder.answer("text"))
+    assert queue.run_next()
+    assert recorder.batches == [[9]]
+    assert [name for name, _ in recorder.answers] == ["text"]  # answered before any video ran
+    drain(queue)
+    assert sorted(recorder.batches[1:]) == [[1], [2], [3]]
+    assert [name for name, _ in recorder.answers][0] == "text" and len(recorder.answers) == 4
+
+
+def test_a_text_arriving_during_a_heavy_forward_runs_right_after_it():
+    def arrive_once(recorder, items):
+        if len(recorder.batches) == 1:  # while the first heavy micro-batch runs
+            queue.add([row(12, 9)], recorder.answer("text"))
+
+    recorder = Recorder(arrive_once)
+    queue = recorder.queue()
+    queue.add([row(900, 1)], recorder.answer("video1"))
+    assert queue.run_next()
+    queue.add([row(900, 2)], recorder.answer("video2"))  # queued before the text's turn comes
+    drain(queue)
+    assert recorder.batches == [[1], [9], [2]]
+
+
+def test_heavy_rows_are_not_starved_by_a_stream_of_short_ones():
+    def another_text(recorder, items):
+        if len(recorder.batches) < 500:
+            queue.add([row(12, 9)], recorder.answer("text"))
+
+    recorder = Recorder(another_text)
+    queue = recorder.queue()
+    queue.add([row(12, 9)], recorder.answer("text"))
+    queue.add([row(900, 1)], recorder.answer("video"))
+    for _ in range(40):
+        queue.run_next()
+    # Each short forward (12 + 128 overhead tokens) raises the video's ratio; within its own cost in
+    # tokens of work (~1028 / 140 = 8 forwards) it overtakes the newest text.
+    assert [1] in recorder.batches[:10], recorder.batches[:10]
+
+
+def test_each_request_gets_its_rows_outputs_in_order_across_micro_batches():
+    recorder = Recorder()
+    queue = recorder.queue()
+    queue.add([row(900, 1), row(10, 2), row(500, 3)], recorder.answer("mixed"))
+    queue.add([row(11, 4)], recorder.answer("text"))
+    drain(queue)
+    assert len(recorder.batches) == 3  # 900 and 500 cannot share a 1,000-token micro-batch
+    results = dict(recorder.answers)
+    assert results["mixed"]["TAGS"].tolist() == [1, 2, 3]
+    assert results["mixed"]["LENGTHS"].tolist() == [900, 10, 500]
+    assert results["text"]["TAGS"].tolist() == [4]
+    # The short rows of both requests shared the first micro-batch; the 3-row request is answered last.
+    assert sorted(recorder.batches[0]) == [2, 4]
+    assert [name for name, _ in recorder.answers] == ["text", "mixed"]
+
+
+def test_a_failing_micro_batch_is_retried_request_by_request_and_fails_only_the_poisonous_one():
+    def poison(recorder, items):
+        if any(item.input_ids[0] == 66 for item in items):
+            raise RuntimeError("boom")
+
+    recorder = Recorder(poison)
+    queue = recorder.queue()
+    queue.add([row(10, 1)], recorder.answer("good"))
+    queue.add([row(10, 66), row(900, 67)], recorder.answer("bad"))
+    drain(queue)
+    results = dict(recorder.answers)
+    assert results["good"]["TAGS"].tolist() == [1]
+    assert isinstance(results["bad"], RuntimeError)
+    assert [67] not in recorder.batches  # the failed request's other rows never run
+    assert recorder.batches == [[1, 66], [1], [66]]
+
+
+def test_cancelled_requests_are_answered_without_running_their_remaining_rows():
+    cancelled = {"flag": False}
+
+    def cancel_after_first(recorder, items):
+        cancelled["flag"] = True
+
+    recorder = Recorder(cancel_after_first)
+    queue = recorder.queue()
+    queue.add([row(10, 1), row(900, 2)], recorder.answer("gone"), lambda: cancelled["flag"])
+    queue.add([row(900, 3)], recorder.answer("kept"))
+    drain(queue)
+    results = dict(recorder.answers)
+    assert isinstance(results["gone"], CancelledError)
+    assert results["kept"]["TAGS"].tolist() == [3]
+    assert recorder.batches == [[1], [3]]
+
+
+def test_close_answers_queued_requests_and_refuses_new_ones():
+    recorder = Recorder()
+    queue = recorder.queue()
+    queue.add([row(10, 1)], recorder.answer("queued"))
+    queue.close(UnavailableError("shutting down"))
+    queue.add([row(10, 2)], recorder.answer("late"))
+    assert not queue.run_next()
+    assert recorder.batches == []
+    assert all(isinstance(result, UnavailableError) for _, result in recorder.answers)
+    assert [name for name, _ in recorder.answers] == ["queued", "late"]
+
+
+def test_the_worker_answers_from_its_thread_and_submit_waits_while_the_backlog_is_over_a_budget():
+    release = threading.Event()
+    answered: list[str] = []
+    done = threading.Event()
+
+    def compute(items):
+        release.wait(10)
+        return [np.array([item.input_ids[0]], dtype=np.float32) for item in items]
+
+    def answer(name):
+        def deliver(result):
+            assert not isinstance(result, Exception), result
+            answered.append(name)
+            if len(answered) == 4:
+                done.set()
+
+        return deliver
+
+    def unpack(inputs):
+        return [row(int(inputs["LENGTH"][0]), int(inputs["TAG"][0]))]
+
+    worker = StepWorker(ModelStep(unpack, compute, respond, LIMITS))
+    try:
+
+        def request(length, tag):
+            return ({"LENGTH": np.array([length]), "TAG": np.array([tag])}, answer(str(tag)), lambda: False)
+
+        worker.submit([request(900, 1)])  # the worker takes it and blocks in compute
+        submitter = threading.Thread(target=worker.submit, args=([request(900, 2), request(900, 3)],))
+        submitter.start()
+        submitter.join(0.5)
+        assert submitter.is_alive()  # 1,800 tokens queued > the 1,000-token budget: execute() waits
+        release.set()
+        submitter.join(10)
+        assert not submitter.is_alive()
+        worker.submit([request(12, 4)])
+        assert done.wait(10)
+        assert answered[0] == "1" and sorted(answered) == ["1", "2", "3", "4"]
+    finally:
+        release.set()
+        worker.close()
+
+
+@pytest.mark.parametrize("lengths", [[5], [3, 30, 300, 3000], [40] * 20])
+def test_the_synchronous_driver_gives_every_row_its_own_output(lengths):
+    from backend.steps import run_model_requests
+    from backend.wire import pack_rows, unpack_rows
+
+    recorder = Recorder()
+    items = [row(length, tag) for tag, length in enumerate(lengths, start=10)]
+    step = ModelStep(unpack_rows, recorder.compute, respond, LIMITS)
+    [result, cancelled] = run_model_requests(step, [pack_rows(items, pad_token_id=0), None])
+    assert result["TAGS"].tolist() == list(range(10, 10 + len(lengths)))
+    assert isinstance(cancelled, CancelledError)
