@@ -26,6 +26,7 @@ import http.client
 import importlib.util
 import logging
 import os
+import random
 import shlex
 import shutil
 import signal
@@ -65,6 +66,8 @@ LOG_TAIL_LINES = 60
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
+# free_ports picks test and perf servers' ports from here up to the kernel's ephemeral range.
+FREE_PORT_LOWEST = 20000
 # `make serve` answers only on this machine; containers pass --host 0.0.0.0 (README "Operations").
 DEFAULT_HOST = "127.0.0.1"
 # Loading real 8B checkpoints (and compiling them) can take many minutes.
@@ -361,13 +364,35 @@ def server_command(
     return command
 
 
+def ephemeral_port_range() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections (Linux's default if unreadable)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (all held open together so none repeats)."""
+    """n distinct free TCP ports on 127.0.0.1 (all held open together so none repeats), from below the
+    kernel's ephemeral range where it leaves room: a port the kernel hands out (bind to 0) can be taken by
+    any program's outgoing connection while the server on it is restarted (the supervisor restarts on the
+    same ports; seen: gRPC "Address already in use" for 3 min of restarts while load tests ran)."""
+    low = ephemeral_port_range()[0]
+    candidates = list(range(FREE_PORT_LOWEST, low))
+    random.shuffle(candidates)
     with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
+        ports: list[int] = []
+        for port in [*candidates[: 64 * n], *[0] * n]:  # 0: the kernel's choice, should all those be taken
+            sock = stack.enter_context(socket.socket())
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            ports.append(sock.getsockname()[1])
+            if len(ports) == n:
+                return ports
+        raise OSError(f"no {n} free TCP ports on 127.0.0.1")
 
 
 def free_port() -> int:

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from backend.settings import SERVER_ENV_VARIABLES
+from perf.recovery import Readiness
 from tests.conftest import REPO
 from tools.launcher import STOP_MARGIN_SECS, free_ports
 from tools.watchdog import OLD_STUB_GRACE_SECS, live_stubs
@@ -530,31 +531,6 @@ def embed(base: str) -> tuple[int, bytes]:
     return http("POST", f"{base}/v2/models/qwen3_vl_embedding/infer", EMBEDDING_REQUEST, timeout=60.0)
 
 
-class ReadinessLog:
-    """/v2/health/ready polled every 50 ms in a thread: (monotonic time, status) of each answer."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.answers: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            self.answers.append((time.monotonic(), ready(self.base)))
-
-    def between(self, start: float, end: float) -> list[int]:
-        return [status for moment, status in self.answers if start <= moment <= end]
-
-    def __enter__(self) -> ReadinessLog:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-
 def test_stub_dying_past_the_watchdog_limit_restarts_tritonserver(tmp_path, tiny_model_path):
     """Issue #10: a model that keeps losing its stub must not leave /v2/health/ready at 200 while its
     ensemble answers 404. With one reload allowed (--max-stub-reloads=1), the embedding model's stub is
@@ -589,7 +565,7 @@ def test_stub_dying_past_the_watchdog_limit_restarts_tritonserver(tmp_path, tiny
         assert wait_for(lambda: ready(base) == 200 and embed(base)[0] == 200, 60.0), served.text()
         assert served.server_pids() == [first]  # one reload is within the limit
 
-        with ReadinessLog(base) as readiness:
+        with Readiness(base) as readiness:
             killed = time.monotonic()
             os.kill(min(stubs_of(first, model)), signal.SIGKILL)
             assert wait_for(lambda: "restarting tritonserver: the stub watchdog" in served.text(), 30.0), (

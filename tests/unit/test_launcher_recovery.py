@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tools.launcher import FREE_PORT_LOWEST, ephemeral_port_range, free_ports
 from tools.supervisor import RESTART_BACKOFF_MAX_SECS, STABLE_SECS, CrashCount
 from tools.watchdog import ensembles_over, next_reload, unready_ensembles
 
@@ -91,3 +92,10 @@ def test_restart_backoff_is_capped():
     delays = [crashes.record(up_seconds=1.0) for _ in range(10)]
     assert delays[:4] == [1.0, 2.0, 4.0, 8.0]
     assert max(delays) == delays[-1] == RESTART_BACKOFF_MAX_SECS
+
+
+def test_test_servers_get_ports_outside_the_range_of_outgoing_connections():
+    """A restarted server binds its ports again; one of the ephemeral range may meanwhile be a client's."""
+    ports = free_ports(30)
+    assert len(set(ports)) == 30
+    assert all(FREE_PORT_LOWEST <= port < ephemeral_port_range()[0] for port in ports), ports
