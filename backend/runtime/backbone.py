@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -189,6 +190,8 @@ class BackboneRunner:
             settings.compile_length_multiple,
         )
         self.stats = BatchStats()
+        # Two threads may run micro-batches at once (backend.runtime.scheduler: the worker and execute()).
+        self.stats_lock = threading.Lock()
         logger.info(
             "loaded %s on %s as %s (%s attention, hidden %d) in %.1f s",
             settings.model_path,
@@ -251,9 +254,10 @@ class BackboneRunner:
         for part, outputs in self._run_micro_batch(rows, list(range(len(rows))), head):
             for index, output in zip(part, outputs):
                 results[index] = output
-        self.stats.recompiles = self.text_forward.recompiles
-        self.stats.rows += len(rows)
-        self.stats.real_tokens += sum(row.length for row in rows)
+        with self.stats_lock:
+            self.stats.recompiles = self.text_forward.recompiles
+            self.stats.rows += len(rows)
+            self.stats.real_tokens += sum(row.length for row in rows)
         return results  # type: ignore[return-value]
 
     def _run_micro_batch(
@@ -274,7 +278,8 @@ class BackboneRunner:
             if not self.platform.is_out_of_memory(error):
                 raise
             self.platform.empty_cache()
-            self.stats.out_of_memory_splits += 1
+            with self.stats_lock:
+                self.stats.out_of_memory_splits += 1
             if len(indices) == 1:
                 raise UnavailableError(
                     f"out of device memory for one row of {batch_rows[0].length} tokens; try again later "
@@ -290,13 +295,15 @@ class BackboneRunner:
             return self._run_micro_batch(rows, indices[:middle], head) + self._run_micro_batch(
                 rows, indices[middle:], head
             )
-        self.stats.micro_batches += 1
-        self.stats.forward_seconds += time.perf_counter() - started
         count, longest = len(indices), max(row.length for row in batch_rows)
         if text_only(batch_rows):
             count, longest = self.text_forward.computed_shape(count, longest)
-            self.stats.compiled_micro_batches += self.text_forward.compiled
-        self.stats.padded_tokens += count * longest
+        with self.stats_lock:
+            self.stats.micro_batches += 1
+            self.stats.forward_seconds += time.perf_counter() - started
+            if text_only(batch_rows):
+                self.stats.compiled_micro_batches += self.text_forward.compiled
+            self.stats.padded_tokens += count * longest
         return [(indices, outputs)]
 
     def unpack(self, inputs: Mapping[str, np.ndarray | None]) -> list[PreparedItem]:

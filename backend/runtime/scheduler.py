@@ -137,13 +137,14 @@ class MicroBatchQueue:
                 lambda: self._closed is not None or sum(row.item.length for row in self._rows) <= tokens
             )
 
-    def run_next(self, block: bool = False) -> bool:
-        """Run the next micro-batch and answer the requests it completes. False when nothing is queued
-        (with `block`, only once the queue is closed and empty)."""
+    def run_next(self, block: bool = False, max_cost: int | None = None) -> bool:
+        """Run the next micro-batch (among those costing at most `max_cost` tokens, if given) and answer
+        the requests it completes. False when there is none (with `block`, only once the queue is closed
+        and empty). Two threads may call it at once: each takes its own micro-batch."""
         with self._changed:
             if block:
                 self._changed.wait_for(lambda: bool(self._rows) or self._closed is not None)
-            batch = self._take()
+            batch = self._take(max_cost)
         if batch is None:
             return False
         cost = micro_batch_cost(batch, self.limits)
@@ -168,7 +169,7 @@ class MicroBatchQueue:
         for request in requests:
             self._answer(request, error)
 
-    def _take(self) -> list[QueuedRow] | None:
+    def _take(self, max_cost: int | None = None) -> list[QueuedRow] | None:
         """Under the lock: the next micro-batch, out of the queue. A request found cancelled is answered
         (rare, so under the lock) and the choice made again without it."""
         while True:
@@ -179,8 +180,15 @@ class MicroBatchQueue:
                 self._plan = self._planned()
             self._plan = [[row for row in batch if not row.request.done] for batch in self._plan]
             self._plan = [batch for batch in self._plan if batch]
+            candidates = [
+                rows
+                for rows in self._plan
+                if max_cost is None or micro_batch_cost(rows, self.limits) <= max_cost
+            ]
+            if not candidates:
+                return None
             batch = max(
-                self._plan,
+                candidates,
                 key=lambda rows: (response_ratio(rows, self.limits), -micro_batch_cost(rows, self.limits)),
             )
             cancelled = [request for request in dict.fromkeys(row.request for row in batch) if _gone(request)]
@@ -283,12 +291,19 @@ def owned(inputs: Tensors | None) -> Tensors | None:
     return {name: None if array is None else np.array(array, copy=True) for name, array in inputs.items()}
 
 
+# A micro-batch costing at most this share of the token budget is cheap: execute() runs it itself.
+CHEAP_SHARE_OF_BUDGET = 8
+
+
 class StepWorker:
     """The model step's worker thread over a MicroBatchQueue.
 
-    submit() (Triton's execute()) queues the requests and returns as soon as at most one token budget of
-    work is queued and not started: beyond that, requests wait in Triton's own queue, whose policy
-    (max_queue_size, timeout -> UNAVAILABLE) bounds overload as before, and Triton batches them."""
+    submit() (Triton's execute()) queues the requests, runs the cheap micro-batches queued (at most 1/8 of
+    the token budget each) itself, beside the worker's forward rather than after it, and returns as soon
+    as at most one token budget of work is queued and not started: beyond that, requests wait in Triton's
+    own queue, whose policy (max_queue_size, timeout -> UNAVAILABLE) bounds overload as before, and
+    Triton batches them. So a short text beside videos waits for no video forward at all, only for the
+    share of the device the video leaves it; at most two forwards run at once, one of them small."""
 
     def __init__(
         self,
@@ -299,6 +314,7 @@ class StepWorker:
         self.step = step
         self.queue = MicroBatchQueue(step.limits, step.compute, step.respond)
         self.backlog_limit = step.limits.token_budget
+        self.cheap_cost = step.limits.token_budget // CHEAP_SHARE_OF_BUDGET
         self._enter_thread = enter_thread
         self._after_micro_batch = after_micro_batch
         self._thread = threading.Thread(target=self._loop, name="model-step-worker", daemon=True)
@@ -309,6 +325,8 @@ class StepWorker:
     ) -> None:
         for inputs, answer, cancelled in requests:
             submit(self.queue, self.step, owned(inputs), answer, cancelled)
+        while self.queue.run_next(max_cost=self.cheap_cost):
+            pass
         self.queue.wait_for_room(self.backlog_limit)
 
     def close(self, timeout: float = 10.0) -> None:

@@ -219,3 +219,37 @@ def test_the_synchronous_driver_gives_every_row_its_own_output(lengths):
     [result, cancelled] = run_model_requests(step, [pack_rows(items, pad_token_id=0), None])
     assert result["TAGS"].tolist() == list(range(10, 10 + len(lengths)))
     assert isinstance(cancelled, CancelledError)
+
+
+def test_execute_runs_a_cheap_micro_batch_itself_while_the_worker_is_in_a_heavy_forward():
+    limits = BatchLimits(token_budget=1000, max_rows=8, vision_patch_budget=10_000, batch_overhead_tokens=16)
+    heavy_started, release = threading.Event(), threading.Event()
+    ran_in: dict[int, str] = {}
+    answered: list[str] = []
+
+    def compute(items):
+        tag = int(items[0].input_ids[0])
+        ran_in[tag] = threading.current_thread().name
+        if tag == 1:
+            heavy_started.set()
+            release.wait(10)
+        return [np.array([item.input_ids[0]], dtype=np.float32) for item in items]
+
+    def unpack(inputs):
+        return [row(int(inputs["LENGTH"][0]), int(inputs["TAG"][0]))]
+
+    def request(length, tag):
+        inputs = {"LENGTH": np.array([length]), "TAG": np.array([tag])}
+        return inputs, lambda result: answered.append(str(tag)), lambda: False
+
+    worker = StepWorker(ModelStep(unpack, compute, respond, limits))
+    try:
+        worker.submit([request(900, 1)])  # 916 tokens: not cheap, the worker runs it
+        assert heavy_started.wait(10)
+        worker.submit([request(12, 2)])  # 28 tokens <= 1000 / 8: submit() runs it and answers it
+        assert answered == ["2"]
+        assert ran_in[2] == threading.current_thread().name and ran_in[1] == "model-step-worker"
+    finally:
+        release.set()
+        worker.close()
+    assert answered == ["2", "1"]
