@@ -36,14 +36,23 @@ MIN_SAMPLES = 20
 # In-flight bound while the rate is unknown, and its floor once known.
 START_IN_FLIGHT = 64
 MIN_IN_FLIGHT = 16
-# A waiting room that has not been empty for this long is a standing queue (CoDel's interval): served
-# newest first. Short against a burst's seconds, long against one call on an idle host (~5-50 ms).
+# Requests held back this long while the waiting room grows are a standing queue (CoDel's interval):
+# served newest first. Short against a burst's seconds, long against one call on an idle host (~5-50 ms).
+# A room that stays put (a closed loop of clients: each answer brings the next request) is served in
+# order, or its oldest would never be served.
 STANDING_QUEUE_SECONDS = 0.1
-# Arrivals over this window against the completion rate tell "still overloaded" from "a burst
-# draining"; arrivals must pass completions by this factor, so that a drain with steady traffic below
-# capacity is not taken for overload by chance.
+# The room and the counts of arrivals and completions are sampled at most this often.
+SAMPLE_SECONDS = 0.1
+# Overload: held back for burst_seconds and, through each of GROWTH_STEPS parts of that time, the room
+# grew by OVERLOAD_GROWTH x the completions (arrivals 1.25x completions), by more than the in-flight
+# bound in all. A burst's room shrinks once it has arrived; a closed loop's stays put.
+GROWTH_STEPS = 4
+OVERLOAD_GROWTH = 0.25
+# Overload lasts while arrivals over this window pass completions by that factor (and by more than a few:
+# one request after a quiet second is no overload). The room is kept small meanwhile: its growth says
+# nothing.
 ARRIVAL_WINDOW_SECONDS = 1.0
-OVERLOAD_FACTOR = 1.25
+ARRIVAL_SLACK = 4
 # Oldest waiters shed per arrival once overloaded: a backlog of thousands answered 503 at one instant
 # would stall the event loop (and the admitted requests' answers) for a noticeable time.
 SHED_PER_ARRIVAL = 8
@@ -58,6 +67,38 @@ PROBE_SAMPLES = 3
 ROUND_MIN_SAMPLES = 4
 
 Clock = Callable[[], float]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sample:
+    time: float
+    waiting: int
+    arrived: int  # requests that asked for a slot, ever
+    completed: int  # calls that finished, ever
+
+
+class _History:
+    """Samples of the waiting room and the arrival and completion counts, one per SAMPLE_SECONDS (the
+    state at the last event in it), going back ``span`` seconds."""
+
+    def __init__(self, span: float):
+        self.span = span
+        self._samples: deque[_Sample] = deque()
+
+    def record(self, sample: _Sample) -> None:
+        if self._samples and sample.time - self._samples[-1].time < SAMPLE_SECONDS:
+            self._samples[-1] = dataclasses.replace(sample, time=self._samples[-1].time)
+            return
+        self._samples.append(sample)
+        while len(self._samples) > 1 and self._samples[1].time <= sample.time - self.span:
+            self._samples.popleft()
+
+    def at(self, when: float) -> _Sample | None:
+        """The last sample taken at or before ``when``, or None when history does not go back that far."""
+        for sample in reversed(self._samples):
+            if sample.time <= when:
+                return sample
+        return None
 
 
 @dataclasses.dataclass
@@ -184,7 +225,9 @@ class Admission:
         # Since when requests have had to wait, every slot taken (None: a slot was free with no one waiting).
         self._saturated_since: float | None = None
         self._overload = False
-        self._recent_arrivals: deque[float] = deque()
+        self._arrived = 0
+        self._completed = 0
+        self._history = _History(max(burst_seconds, ARRIVAL_WINDOW_SECONDS) + 1.0)
 
     def limit(self) -> int:
         limit = self._rate_limit()
@@ -223,25 +266,58 @@ class Admission:
     def _saturated_for(self, now: float) -> float:
         return 0.0 if self._saturated_since is None else now - self._saturated_since
 
+    def _sample(self, now: float) -> _Sample:
+        return _Sample(now, len(self._waiters), self._arrived, self._completed)
+
     def standing(self, now: float | None = None) -> bool:
-        """Requests have had to wait for STANDING_QUEUE_SECONDS: serve the newest first."""
-        now = self._clock() if now is None else now
+        """Serve the newest first: overloaded, or held back for STANDING_QUEUE_SECONDS while the room grew
+        by more than the bound over the last ARRIVAL_WINDOW_SECONDS."""
         if not self.burst_seconds:
             return False
-        return self._overload or self._saturated_for(now) >= STANDING_QUEUE_SECONDS
+        now = self._clock() if now is None else now
+        if self.overloaded(now):
+            return True
+        if self._saturated_since is None or now - self._saturated_since < STANDING_QUEUE_SECONDS:
+            return False
+        # Since saturation began the room grew from empty.
+        since = now - ARRIVAL_WINDOW_SECONDS
+        before = self._history.at(since) if since > self._saturated_since else None
+        return len(self._waiters) - (before.waiting if before else 0) > self.limit()
 
     def overloaded(self, now: float | None = None) -> bool:
-        """Saturated for longer than a burst while fed faster than it drains; it stays so until arrivals
-        slow down (the room, kept small, may empty for an instant at every hand-over)."""
+        """Held back for longer than a burst while the room kept growing; it lasts while arrivals outpace
+        completions (the room, kept small, may even empty for an instant at a hand-over)."""
         if not self.burst_seconds:
             return False
         now = self._clock() if now is None else now
-        _trim(self._recent_arrivals, now - ARRIVAL_WINDOW_SECONDS)
-        rate = self.rate()
-        arriving = len(self._recent_arrivals) / ARRIVAL_WINDOW_SECONDS
-        faster = rate is not None and arriving > OVERLOAD_FACTOR * rate
-        self._overload = faster and (self._overload or self._saturated_for(now) >= self.burst_seconds)
+        current = self._sample(now)
+        if self._overload:
+            self._overload = self._outpaced(current)
+        elif self._saturated_for(now) >= self.burst_seconds:
+            self._overload = self._grew(current) and self._outpaced(current)
         return self._overload
+
+    def _outpaced(self, current: _Sample) -> bool:
+        before = self._history.at(current.time - ARRIVAL_WINDOW_SECONDS)
+        if before is None:
+            return False
+        arrived, completed = current.arrived - before.arrived, current.completed - before.completed
+        return arrived > (1 + OVERLOAD_GROWTH) * completed + ARRIVAL_SLACK
+
+    def _grew(self, current: _Sample) -> bool:
+        start = self._history.at(current.time - self.burst_seconds)
+        if start is None or current.waiting - start.waiting <= self.limit():
+            return False
+        step = self.burst_seconds / GROWTH_STEPS
+        later = current
+        for part in range(1, GROWTH_STEPS + 1):
+            earlier = self._history.at(current.time - part * step)
+            if earlier is None:
+                return False
+            if later.waiting - earlier.waiting <= OVERLOAD_GROWTH * (later.completed - earlier.completed):
+                return False
+            later = earlier
+        return True
 
     def _shed(self, message: str, retry_after: float | None = None) -> GatewayError:
         seconds = math.ceil(retry_after) if retry_after else None
@@ -269,9 +345,9 @@ class Admission:
 
     async def _acquire(self, timeout: float) -> Ticket:
         now = self._clock()
+        self._arrived += 1
         if self.burst_seconds:
-            self._recent_arrivals.append(now)
-            _trim(self._recent_arrivals, now - ARRIVAL_WINDOW_SECONDS)
+            self._history.record(self._sample(now))
         if self.in_flight == 0 and not self._waiters:
             self._busy_since = now
         if self.in_flight < self.limit() and not self._waiters:
@@ -338,6 +414,7 @@ class Admission:
         now = self._clock()
         if completed:
             self._completions.append(now)
+            self._completed += 1
         if measured is not None and self.latency is not None:
             self.latency.observe(measured, now - measured.started)
         self.in_flight -= 1
@@ -351,8 +428,5 @@ class Admission:
                 waiter.set_result(self._admit(now))
         if not self._waiters and self.in_flight < limit:
             self._saturated_since = None
-
-
-def _trim(times: deque[float], oldest: float) -> None:
-    while times and times[0] < oldest:
-        times.popleft()
+        if self.burst_seconds:
+            self._history.record(self._sample(now))

@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from perf.console import log, parse_list
+from perf.gateway_bench import group_cpu_seconds
 from perf.gateway_stack import GATEWAY_STARTUP_S, GATEWAY_STOP_GRACE_S, TINY_EMBEDDING, shown_path
 from perf.host import busy_processes, git_commit, host_tag, todays_results_dir, write_json
 from perf.overload import group_rss_mib, percentiles
@@ -68,6 +69,9 @@ SENTENCE = "The quick brown fox jumps over the lazy dog while the river runs pas
 BODIES = 4096
 METRICS_EVERY_S = 0.5
 HEADERS = {"Content-Type": "application/json"}
+# Requests the open loop keeps open at most (each holds a socket; the hard limit here is 20,000): past it,
+# scheduled requests are counted as skipped instead of sent.
+MAX_OPEN = 15_000
 
 
 @dataclass
@@ -77,6 +81,7 @@ class Phase:
     offered_per_s: float | None
     seconds: float
     sent: int = 0
+    skipped: int = 0  # open loop: not sent, MAX_OPEN requests already open
     ok: int = 0
     refused: int = 0  # 503
     other: int = 0
@@ -87,6 +92,8 @@ class Phase:
     server_rss_mib: list[float] = field(default_factory=list)  # start, peak, end
     gateway_rss_mib: list[float] = field(default_factory=list)
     client_cpu_s: float = 0.0
+    server_cpu_s: float = 0.0  # tritonserver and its stubs
+    gateway_cpu_s: float = 0.0
     in_flight_limit: dict[str, float] = field(default_factory=dict)  # sampled from /metrics: median, min, max
     waiting_max: float = 0.0
     load_average: float = 0.0
@@ -136,15 +143,19 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.wait(METRICS_EVERY_S):
-            self.peaks = [max(peak, now) for peak, now in zip(self.peaks, self.rss())]
-            text = scrape(self.url)
-            for values, name in (
-                (self.limits, "gateway_triton_in_flight_limit"),
-                (self.waiting, "gateway_requests_waiting"),
-            ):
-                value = metric(text, name)
-                if value is not None:
-                    values.append(value)
+            with contextlib.suppress(OSError):
+                self._sample()
+
+    def _sample(self) -> None:
+        self.peaks = [max(peak, now) for peak, now in zip(self.peaks, self.rss())]
+        text = scrape(self.url)
+        for values, name in (
+            (self.limits, "gateway_triton_in_flight_limit"),
+            (self.waiting, "gateway_requests_waiting"),
+        ):
+            value = metric(text, name)
+            if value is not None:
+                values.append(value)
 
     def __enter__(self) -> Sampler:
         self.start = self.peaks = self.rss()
@@ -211,6 +222,9 @@ class Client:
             delay = start + index / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+            if phase.sent - len(ok) - len(refused) - phase.other >= MAX_OPEN:
+                phase.skipped += 1
+                continue
             tasks.append(asyncio.ensure_future(self.one(phase, ok, refused)))
         await asyncio.gather(*tasks)
 
@@ -219,6 +233,7 @@ async def run_phase(client: Client, sampler_args: tuple[int, int, str], phase: P
     ok: list[float] = []
     refused: list[float] = []
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    groups_before = [group_cpu_seconds(pgid) for pgid in sampler_args[:2]]
     started = client.phase_start = time.perf_counter()
     client.records = []
     with Sampler(*sampler_args) as sampler:
@@ -228,6 +243,9 @@ async def run_phase(client: Client, sampler_args: tuple[int, int, str], phase: P
             await client.closed_loop(phase, ok, refused)
     elapsed = time.perf_counter() - started
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    phase.server_cpu_s, phase.gateway_cpu_s = (
+        round(group_cpu_seconds(pgid) - before, 1) for pgid, before in zip(sampler_args[:2], groups_before)
+    )
     end = sampler.rss()
     phase.seconds = round(elapsed, 2)
     phase.ok_per_s = round(phase.ok / elapsed, 1)
@@ -382,7 +400,7 @@ def summary_rows(runs: list[PolicyRun]) -> list[str]:
         "bound (median)",
         "server RSS MiB start/peak/end",
         "gateway RSS MiB start/peak/end",
-        "client CPU s",
+        "CPU s server / gateway / client",
         "load",
     )
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -393,7 +411,7 @@ def summary_rows(runs: list[PolicyRun]) -> list[str]:
                 run.policy,
                 phase.name,
                 phase.offered_per_s or "-",
-                phase.sent,
+                f"{phase.sent} (+{phase.skipped} skipped)" if phase.skipped else phase.sent,
                 phase.ok,
                 phase.refused,
                 phase.other,
@@ -403,7 +421,7 @@ def summary_rows(runs: list[PolicyRun]) -> list[str]:
                 phase.in_flight_limit.get("median", "-"),
                 " / ".join(str(value) for value in phase.server_rss_mib),
                 " / ".join(str(value) for value in phase.gateway_rss_mib),
-                phase.client_cpu_s,
+                f"{phase.server_cpu_s} / {phase.gateway_cpu_s} / {phase.client_cpu_s}",
                 phase.load_average,
             )
             rows.append("| " + " | ".join(str(cell) for cell in cells) + " |")
@@ -485,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     from perf.servers import start_server
 
+    # First come, first served keeps every request of the overload open: thousands of connections.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     load_before = round(os.getloadavg()[0], 2)
     busy = busy_processes()
     model = Path(os.environ.get("MODEL_PATH") or TINY_EMBEDDING)

@@ -171,6 +171,13 @@ async def _serve_quickly(admission: Admission, clock: FakeClock, count: int, sec
             clock.now += seconds
 
 
+async def _arrive(admission, clock, until, served, outcomes, tasks, per_tick=5, tick=0.25) -> None:
+    """An open loop: ``per_tick`` requests every ``tick`` seconds of the fake clock up to ``until``."""
+    while clock.now + tick <= until + 1e-9:
+        clock.now += tick
+        tasks += await _queue(admission, per_tick, served, outcomes, start=len(tasks))
+
+
 def test_sustained_overload_sheds_the_oldest_waiters_at_once_and_serves_the_newest():
     async def scenario():
         clock = FakeClock()
@@ -181,32 +188,28 @@ def test_sustained_overload_sheds_the_oldest_waiters_at_once_and_serves_the_newe
         release = asyncio.Event()
         holders = [asyncio.create_task(_hold(admission, release)) for _ in range(2)]
         await asyncio.sleep(0)
-        served, outcomes = [], {}
-        # Within the burst allowance everything waits (a burst looks like this at first).
-        backlog = []
-        for second in range(1, 5):
-            clock.now = float(second)
-            backlog += await _queue(admission, 25, served, outcomes, start=len(backlog))
-        assert admission.waiting == 100 and not outcomes and not admission.overloaded()
-        # 6.5 s on, arrivals faster than the completion rate (~7/s, x1.25): overload, and from then on each
-        # arrival sheds the oldest waiters.
-        clock.now = 6.5
-        newcomers = await _queue(admission, 3, served, outcomes, start=100)
+        served, outcomes, tasks = [], {}, []
+        # 20 requests a second, none completing. Within the burst allowance everything waits (a burst
+        # looks like this at first), newest on top.
+        await _arrive(admission, clock, 5.75, served, outcomes, tasks)
         await settle()
-        assert not outcomes and not admission.overloaded()
-        while not outcomes and len(newcomers) < 20:
-            newcomers += await _queue(admission, 1, served, outcomes, start=100 + len(newcomers))
-            await settle()
+        assert admission.waiting == len(tasks) == 95 and not outcomes and not admission.overloaded()
+        assert admission.standing()
+        # Held back for 5 s, the room growing all along: overload. Each arrival sheds the oldest waiters.
+        clock.now = 6.25
+        tasks += await _queue(admission, 1, served, outcomes, start=len(tasks))
+        await settle()
+        assert admission.overloaded()
         shed = sorted(index for index, outcome in outcomes.items() if outcome is Kind.OVERLOADED)
         assert shed == list(range(SHED_PER_ARRIVAL))  # the oldest, a bounded number per arrival
-        for _ in range(20):
-            newcomers += await _queue(admission, 1, served, outcomes, start=100 + len(newcomers))
+        for _ in range(15):
+            tasks += await _queue(admission, 1, served, outcomes, start=len(tasks))
         await settle()
         # The room keeps one round of calls: as many as the bound lets in at once.
         assert admission.waiting == 2
-        clock.now = 6.6
+        clock.now = 6.3
         release.set()
-        await asyncio.gather(*holders, *backlog, *newcomers)
+        await asyncio.gather(*holders, *tasks)
         return served, outcomes, admission
 
     served, outcomes, admission = asyncio.run(scenario())
@@ -226,19 +229,50 @@ def test_overload_lasts_while_arrivals_outpace_completions_not_while_the_room_is
         release = asyncio.Event()
         holder = asyncio.create_task(_hold(admission, release))
         await asyncio.sleep(0)
-        served, outcomes = [], {}
-        tasks = await _queue(admission, 1, served, outcomes)  # waiting from t=1 s
-        clock.now = 6.5
-        tasks += await _queue(admission, 30, served, outcomes, start=1)
-        assert admission.overloaded()
+        served, outcomes, tasks = [], {}, []
+        await _arrive(admission, clock, 7.5, served, outcomes, tasks)
+        await settle()
+        assert admission.overloaded() and admission.waiting == 1
         # The room empties for an instant (its last waiter is served and finishes): still overloaded.
         release.set()
         await asyncio.gather(holder, *tasks)
-        assert admission.waiting == 0 and admission.in_flight == 0 and admission.overloaded()
-        clock.now = 8.0  # a second without arrivals: over
+        assert len(served) == 1 and admission.waiting == 0 and admission.in_flight == 0
+        assert admission.overloaded()
+        clock.now = 9.0  # a second and more without arrivals: over
         assert not admission.overloaded()
 
     asyncio.run(scenario())
+
+
+def test_a_closed_loop_of_clients_is_served_in_order_and_never_shed():
+    """64 clients, each sending its next request when answered, 2 slots: the room stays at 62 for good.
+    That is no overload however long it lasts, and in order, or the oldest would never be served."""
+
+    async def scenario():
+        clock = FakeClock()
+        admission = Admission(
+            max_in_flight=2, max_waiting=10_000, queue_timeout=600.0, burst_seconds=5.0, clock=clock
+        )
+        waits: list[tuple[float, float]] = []  # (asked at, waited)
+        stop = 30.0
+
+        async def client() -> None:
+            while clock.now < stop:
+                asked = clock.now
+                async with admission.slot():
+                    waits.append((asked, clock.now - asked))
+                    clock.now += 0.005  # each call 5 ms of fake time: 2 at once, 400/s
+                    await asyncio.sleep(0)
+
+        await asyncio.gather(*(client() for _ in range(64)))
+        return waits, admission
+
+    waits, admission = asyncio.run(scenario())
+    assert admission.shed_overload == 0 and not admission.overloaded()
+    # A turn every 62 / 400 s, give or take: nobody starves. (While the 64 first arrive the room grows:
+    # newest first for a second.)
+    assert len(waits) > 5000 and max(wait for asked, wait in waits if asked > 2.0) < 0.5
+    assert max(wait for _, wait in waits) < 2.0
 
 
 def test_a_burst_is_served_whole_even_when_it_takes_longer_than_the_burst_allowance():
