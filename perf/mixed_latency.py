@@ -3,10 +3,16 @@
 Serves a copy of model_repository whose embedding preprocess step has N instances, measures one short text
 request at a time alone, then beside 3 clients that keep sending a 20 s 640x480 video, for 40 s.
 
+Between texts the client pauses a random 0-0.4 s (seeded): with a fixed pause the texts phase-lock with the
+model step's forwards (each text is answered just after a forward ends, so the next one arrives early in
+the next forward and waits for nearly all of it), which measures the worst case every time rather than a
+text arriving at a random moment.
+
     python -m perf.mixed_latency 2 4 > perf/results/<host>/<date>/mixed_latency.json
 """
 
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -58,29 +64,35 @@ def run(count: int) -> dict:
             c.infer(EMBEDDING_ENSEMBLE, inputs("TEXT", b"a short text to embed"))
             alone.append(time.perf_counter() - s)
         threads = [threading.Thread(target=heavy) for _ in range(3)]
+        heavy_started = time.perf_counter()
         for t in threads:
             t.start()
         time.sleep(2)
         loaded = []
+        pauses = np.random.default_rng(7)
         end = time.monotonic() + 40
         while time.monotonic() < end:
             s = time.perf_counter()
             c.infer(EMBEDDING_ENSEMBLE, inputs("TEXT", b"a short text to embed"))
             loaded.append(time.perf_counter() - s)
-            time.sleep(0.2)
+            time.sleep(pauses.uniform(0.0, 0.4))
         stop.set()
         for t in threads:
             t.join()
+        heavy_seconds = time.perf_counter() - heavy_started
     return {
         "preprocess_instances": count,
         "text_alone_ms": {"p50": q(alone, 50), "p99": q(alone, 99)},
         "text_beside_3_video_streams_ms": {
             "p50": q(loaded, 50),
             "p90": q(loaded, 90),
+            "p99": q(loaded, 99),
             "max": q(loaded, 100),
             "n": len(loaded),
         },
         "video_s": {"p50": round(float(np.median(heavy_done)), 2), "n": len(heavy_done)},
+        "videos_per_s": round(len(heavy_done) / heavy_seconds, 2),
+        "load_average_1m_after": round(os.getloadavg()[0], 2),
     }
 
 

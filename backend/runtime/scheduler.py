@@ -13,6 +13,8 @@ only queues its requests here, and one worker thread runs the queue:
   one that has waited as long; a long one is never starved, since its ratio grows with every token of
   work that passes it. A text that arrives beside videos therefore runs right after the micro-batch in
   progress.
+- Small micro-batches (StepWorker: at most 1/8 of the token budget) are also run by execute() itself,
+  beside the worker's forward: a short text then waits for no video forward at all.
 - A request whose client has gone is answered CANCELLED before its next micro-batch runs; a micro-batch
   that fails for several requests is retried request by request, so that one poisonous request fails
   only itself.
