@@ -313,12 +313,15 @@ class StepWorker:
         enter_thread: Callable[[], None] = lambda: None,
         after_micro_batch: Callable[[], None] = lambda: None,
     ):
+        """`after_micro_batch`: called after each of the worker's micro-batches and after each submit()
+        (metrics: the stubs send what they hold only when called)."""
         self.step = step
         self.queue = MicroBatchQueue(step.limits, step.compute, step.respond)
         self.backlog_limit = step.limits.token_budget
         self.cheap_cost = step.limits.token_budget // CHEAP_SHARE_OF_BUDGET
         self._enter_thread = enter_thread
         self._after_micro_batch = after_micro_batch
+        self._reporting = threading.Lock()  # both threads report; the callback need not be thread-safe
         self._thread = threading.Thread(target=self._loop, name="model-step-worker", daemon=True)
         self._thread.start()
 
@@ -329,6 +332,7 @@ class StepWorker:
             submit(self.queue, self.step, owned(inputs), answer, cancelled)
         while self.queue.run_next(max_cost=self.cheap_cost):
             pass
+        self._report()
         self.queue.wait_for_room(self.backlog_limit)
 
     def close(self, timeout: float = 10.0) -> None:
@@ -341,6 +345,14 @@ class StepWorker:
             try:
                 if not self.queue.run_next(block=True):
                     return
-                self._after_micro_batch()
             except Exception:
                 logger.exception("model step worker")
+            self._report()
+
+    def _report(self) -> None:
+        """Metrics failing must not fail requests, which may already be answered."""
+        with self._reporting:
+            try:
+                self._after_micro_batch()
+            except Exception:
+                logger.exception("reporting the model step's progress failed")

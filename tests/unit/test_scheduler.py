@@ -242,12 +242,16 @@ def test_execute_runs_a_cheap_micro_batch_itself_while_the_worker_is_in_a_heavy_
         inputs = {"LENGTH": np.array([length]), "TAG": np.array([tag])}
         return inputs, lambda result: answered.append(str(tag)), lambda: False
 
-    worker = StepWorker(ModelStep(unpack, compute, respond, limits))
+    reports: list[int] = []
+    worker = StepWorker(
+        ModelStep(unpack, compute, respond, limits), after_micro_batch=lambda: reports.append(1)
+    )
     try:
         worker.submit([request(900, 1)])  # 916 tokens: not cheap, the worker runs it
         assert heavy_started.wait(10)
         worker.submit([request(12, 2)])  # 28 tokens <= 1000 / 8: submit() runs it and answers it
         assert answered == ["2"]
+        assert len(reports) == 2  # each submit() reports (metrics flush), the worker has not yet
         assert ran_in[2] == threading.current_thread().name and ran_in[1] == "model-step-worker"
     finally:
         release.set()
