@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import locale
 import logging
+import threading
 import time
 
 import torch
@@ -78,6 +79,9 @@ class TextForward:
         self.recompiles = 0
         self.warmed = False
         self._function = None
+        # The model step may run two forwards at once (backend.runtime.scheduler); compiled ones take turns:
+        # dynamo does not promise thread safety should a call compile, and the graph count is process-wide.
+        self._one_at_a_time = threading.Lock()
         if compile_model:
             ensure_utf8_files()
             self._function = torch.compile(self.pooled, dynamic=True, mode=compile_mode)
@@ -111,9 +115,10 @@ class TextForward:
             input_ids, (0, shape[1] - length, 0, shape[0] - rows), value=self.pad_token_id
         )
         last_index = torch.nn.functional.pad(last_index, (0, shape[0] - rows))
-        before = _graphs_compiled()
-        pooled = self._function(input_ids, last_index)
-        new_graphs = _graphs_compiled() - before
+        with self._one_at_a_time:
+            before = _graphs_compiled()
+            pooled = self._function(input_ids, last_index)
+            new_graphs = _graphs_compiled() - before
         if new_graphs and self.warmed:
             self.recompiles += new_graphs
             logger.warning(
