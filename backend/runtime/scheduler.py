@@ -19,6 +19,11 @@ only queues its requests here, and one worker thread runs the queue:
   that fails for several requests is retried request by request, so that one poisonous request fails
   only itself.
 
+What Triton 24.10 offers instead falls short: request rescheduling (RELEASE_RESCHEDULE) needs
+`sequence_batching { iterative_sequence: true }`, which replaces the dynamic batcher and its queue policy;
+dynamic-batcher priority levels (an ensemble passes its request's priority to its steps) need every client
+to set a priority, and a text still waits for the whole execute() in progress.
+
 Free of torch and Triton: `compute` runs one planned micro-batch, `respond` builds a request's outputs, and
 each request brings its own `answer` and `cancelled` callables.
 """
