@@ -48,10 +48,13 @@ SAMPLE_SECONDS = 0.1
 # bound in all. A burst's room shrinks once it has arrived; a closed loop's stays put.
 GROWTH_STEPS = 4
 OVERLOAD_GROWTH = 0.25
-# Overload lasts while arrivals over this window pass completions by that factor (and by more than a few:
-# one request after a quiet second is no overload). The room is kept small meanwhile: its growth says
-# nothing.
+# Overload starts only if arrivals over the last ARRIVAL_WINDOW_SECONDS pass completions by that factor
+# (and by more than a few: one request after a quiet second is no overload), and lasts until they no
+# longer do over the last OVERLOAD_EXIT_SECONDS (a load generator or a client starved of CPU for a second
+# must not make the backlog build up again for burst_seconds) or a slot is free with nobody waiting. The
+# room is kept small meanwhile: its growth says nothing.
 ARRIVAL_WINDOW_SECONDS = 1.0
+OVERLOAD_EXIT_SECONDS = 3.0
 ARRIVAL_SLACK = 4
 # Oldest waiters shed per arrival once overloaded: a backlog of thousands answered 503 at one instant
 # would stall the event loop (and the admitted requests' answers) for a noticeable time.
@@ -64,7 +67,11 @@ LATENCY_FLOOR = 1
 BASELINE_SAMPLES = 9
 PROBE_INTERVAL_SECONDS = 10.0
 PROBE_SAMPLES = 3
-ROUND_MIN_SAMPLES = 4
+ROUND_MIN_SAMPLES = 8
+# A round over the target by less than this much leaves the bound be, and one shrinks it by a quarter at
+# most: noisy latency (a shared host) would otherwise ratchet it down to one call at a time.
+DEAD_BAND = 0.9
+MAX_SHRINK = 0.75
 
 Clock = Callable[[], float]
 
@@ -121,7 +128,7 @@ class LatencyLimit:
     ``PROBE_SAMPLES`` have run alone (a ~1 % throughput cost that stops the reference from drifting up with
     the load it should judge). Every round (as many calls as the bound, at least ``ROUND_MIN_SAMPLES``,
     all started under the current bound) compares its median latency with the target: over it, the bound
-    shrinks in proportion (at most by half); under it, and the bound held requests back, it grows by up
+    shrinks in proportion (by a quarter at most); under it, and the bound held requests back, it grows by up
     to half."""
 
     def __init__(self, ratio: float, ceiling: int, clock: Clock = time.monotonic):
@@ -182,8 +189,8 @@ class LatencyLimit:
             return
         gradient = target / max(recent, 1e-9)
         value = self.value
-        if gradient < 1.0:
-            value = max(float(LATENCY_FLOOR), value * max(0.5, gradient))
+        if gradient < DEAD_BAND:
+            value = max(float(LATENCY_FLOOR), value * max(MAX_SHRINK, gradient))
         elif self._held_back:
             value = min(float(self.ceiling), value + max(1.0, value * min(gradient - 1.0, 1.0) / 2))
         self._held_back = False
@@ -227,7 +234,7 @@ class Admission:
         self._overload = False
         self._arrived = 0
         self._completed = 0
-        self._history = _History(max(burst_seconds, ARRIVAL_WINDOW_SECONDS) + 1.0)
+        self._history = _History(max(burst_seconds, OVERLOAD_EXIT_SECONDS) + 1.0)
 
     def limit(self) -> int:
         limit = self._rate_limit()
@@ -292,13 +299,13 @@ class Admission:
         now = self._clock() if now is None else now
         current = self._sample(now)
         if self._overload:
-            self._overload = self._outpaced(current)
+            self._overload = self._outpaced(current, OVERLOAD_EXIT_SECONDS)
         elif self._saturated_for(now) >= self.burst_seconds:
-            self._overload = self._grew(current) and self._outpaced(current)
+            self._overload = self._grew(current) and self._outpaced(current, ARRIVAL_WINDOW_SECONDS)
         return self._overload
 
-    def _outpaced(self, current: _Sample) -> bool:
-        before = self._history.at(current.time - ARRIVAL_WINDOW_SECONDS)
+    def _outpaced(self, current: _Sample, window: float) -> bool:
+        before = self._history.at(current.time - window)
         if before is None:
             return False
         arrived, completed = current.arrived - before.arrived, current.completed - before.completed
@@ -428,5 +435,6 @@ class Admission:
                 waiter.set_result(self._admit(now))
         if not self._waiters and self.in_flight < limit:
             self._saturated_since = None
+            self._overload = False
         if self.burst_seconds:
             self._history.record(self._sample(now))
