@@ -50,8 +50,10 @@ class GatewaySettings:
     max_waiting: int = 20_000
     # Batch while busy: at most this many Triton calls of text rows per ensemble at once; requests that
     # arrive while they run are merged into one call (up to the ensemble's max_batch_size rows) when one
-    # finishes. A request that finds a call free goes at once. 0 = every request its own call.
-    coalesce_calls: int = 2
+    # finishes. A request that finds none of ours at Triton goes at once. 0 = every request its own call.
+    # 1 serialises the calls (c=64 on 2 cores: 0.83 x off); 2 and 4 both cut Triton's CPU per request by
+    # 10-20 %, 4 gained at c=16 and c=64 alike (perf/results/cpu-x86_64-2c/2026-11-30/gateway-coalesce-ab*).
+    coalesce_calls: int = 4
     # Work that would wait longer than this for an in-flight slot is answered 503 + Retry-After. The seed's
     # burst (1,000 x 200 tokens at once) takes ~20 s on the 8B, and 62-104 s for the tiny model on two busy
     # cores: the default sheds only what could not even start within one Triton call's timeout.
