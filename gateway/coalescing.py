@@ -111,7 +111,7 @@ class Coalescer(Generic[Row, Answer]):
                 self._launch(parts)
 
     def _take(self) -> list[_Part[Row, Answer]]:
-        """The queue's head parts that fit one call together (at least one)."""
+        """The queue's head parts that fit one call together (none if every queued caller has gone)."""
         parts: list[_Part[Row, Answer]] = []
         count = 0
         while self._queue:
