@@ -51,8 +51,8 @@ OVERLOAD_GROWTH = 0.25
 # Overload starts only if arrivals over the last ARRIVAL_WINDOW_SECONDS pass completions by that factor
 # (and by more than a few: one request after a quiet second is no overload), and lasts until they no
 # longer do over the last OVERLOAD_EXIT_SECONDS (a load generator or a client starved of CPU for a second
-# must not make the backlog build up again for burst_seconds) or a slot is free with nobody waiting. The
-# room is kept small meanwhile: its growth says nothing.
+# must not make the backlog build up again for burst_seconds). The room is kept small meanwhile: neither
+# its growth nor a moment when it is empty and a slot free (the bound grew) says anything.
 ARRIVAL_WINDOW_SECONDS = 1.0
 OVERLOAD_EXIT_SECONDS = 3.0
 ARRIVAL_SLACK = 4
@@ -435,6 +435,5 @@ class Admission:
                 waiter.set_result(self._admit(now))
         if not self._waiters and self.in_flight < limit:
             self._saturated_since = None
-            self._overload = False
         if self.burst_seconds:
             self._history.record(self._sample(now))

@@ -239,11 +239,14 @@ def test_overload_lasts_while_arrivals_outpace_completions_through_a_second_with
         await _arrive(admission, clock, 9.5, served, outcomes, tasks)
         await settle()
         assert admission.overloaded() and admission.waiting == 1
-        clock.now = 13.0  # three seconds and more without arrivals: over
-        assert not admission.overloaded()
+        # The bound grows: the room empties and a slot is free for a moment. Still overloaded.
+        admission.max_in_flight = 3
         release.set()
         await asyncio.gather(holder, *tasks)
         assert len(served) == 1 and admission.waiting == 0 and admission.in_flight == 0
+        assert admission.overloaded()
+        clock.now = 13.0  # three seconds and more without arrivals: over
+        assert not admission.overloaded()
 
     asyncio.run(scenario())
 
