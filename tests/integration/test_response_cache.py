@@ -4,6 +4,8 @@ models; a request that differs only in DIMENSIONS or INSTRUCTION is a miss."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -41,7 +43,17 @@ def client(cached_server):
 
 
 def cache_counts(client, model: str) -> tuple[int, int, int]:
-    """(hits, misses, executions of the model step) so far."""
+    """(hits, misses, executions of the model step) so far, once the executions have caught up with the
+    misses (single-row requests: one execution each) or 10 s have passed. The model step answers through
+    its response sender, and Triton counts the execution when it releases the request, just after the
+    answer has left."""
+    deadline = time.monotonic() + 10
+    while (counts := _counts(client, model))[2] < counts[1] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return counts
+
+
+def _counts(client, model: str) -> tuple[int, int, int]:
     stats = client.get_inference_statistics(model)["model_stats"][0]["inference_stats"]
     step = client.get_inference_statistics(f"{model}_model")["model_stats"][0]
     return int(stats["cache_hit"]["count"]), int(stats["cache_miss"]["count"]), int(step["inference_count"])
