@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -66,6 +66,11 @@ def to_response(result: Mapping[str, np.ndarray] | Exception):
     return pb_utils.InferenceResponse(
         output_tensors=[pb_utils.Tensor(name, array) for name, array in result.items()]
     )
+
+
+def returned_responses(results: Sequence[Mapping[str, np.ndarray] | Exception | None]) -> list:
+    """execute()'s return list: a response per result, None for a request its response sender answers."""
+    return [None if result is None else to_response(result) for result in results]
 
 
 def answer_later(

@@ -22,15 +22,16 @@ class TritonPythonModel:
         )
 
     def execute(self, requests):
-        # Queued for the worker thread, which answers each request through its response sender as soon as
-        # its rows are done, cheap ones first (backend.runtime.scheduler); execute() returns once the
-        # backlog is at most one token budget.
-        self.worker.submit(
+        # Queued for the worker thread, cheap ones first (backend.runtime.scheduler). What is done by the time
+        # execute() returns is returned; the rest is answered through each request's response sender as
+        # soon as its rows are done. execute() returns once the backlog is at most one token budget.
+        results = self.worker.submit(
             [
                 (triton_io.read_inputs(request, MODEL_INPUTS), *triton_io.answer_later(request))
                 for request in requests
             ]
         )
+        return triton_io.returned_responses(results)
 
     def finalize(self):
         self.worker.close()
