@@ -32,8 +32,6 @@ import os
 import re
 import resource
 import shlex
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -43,11 +41,10 @@ from pathlib import Path
 
 from perf.console import log, parse_list
 from perf.gateway_bench import group_cpu_seconds
-from perf.gateway_stack import GATEWAY_STARTUP_S, GATEWAY_STOP_GRACE_S, TINY_EMBEDDING, shown_path
+from perf.gateway_stack import TINY_EMBEDDING, GatewayProcess, shown_path
 from perf.host import busy_processes, git_commit, host_tag, todays_results_dir, write_json
 from perf.overload import group_rss_mib, percentiles
 
-REPO = Path(__file__).resolve().parent.parent
 # name -> (what it is, the gateway's environment)
 POLICIES: dict[str, tuple[str, dict[str, str]]] = {
     "fifo": (
@@ -274,73 +271,18 @@ async def run_phase(client: Client, sampler_args: tuple[int, int, str], phase: P
     return phase
 
 
-class Gateway:
-    """``python -m gateway`` in its own process group on a free port, with ``environment`` on top of the
-    defaults (every other GATEWAY_* variable cleared)."""
-
-    def __init__(self, triton_grpc_url: str, environment: dict[str, str], log_path: Path) -> None:
-        from tools.launcher import free_port
-
-        self.port = free_port()
-        self.environment = {
-            "GATEWAY_HOST": "127.0.0.1",
-            "GATEWAY_PORT": str(self.port),
-            "TRITON_GRPC_URL": triton_grpc_url,
-            "GATEWAY_TOKENIZER": str(Path(os.environ.get("MODEL_PATH") or TINY_EMBEDDING)),
-            **environment,
-        }
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Gateway:
-        env = {name: value for name, value in os.environ.items() if not name.startswith("GATEWAY_")}
-        env.update(self.environment)
-        with self.log_path.open("ab") as log_file:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway"],
-                cwd=REPO,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + GATEWAY_STARTUP_S
-        while True:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return self
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.__exit__()
-                raise RuntimeError(f"gateway did not start; see {self.log_path}")
-            time.sleep(0.2)
-
-    def __exit__(self, *exc: object) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=GATEWAY_STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 async def measure_policy(
     args: argparse.Namespace, server, run: PolicyRun, overload_rate: float | None, log_dir: Path
 ) -> PolicyRun:
     import aiohttp
 
-    with Gateway(server.grpc_url, run.environment, log_dir / f"gateway-{run.policy}.log") as gateway:
-        sampler_args = (server.pid, gateway.process.pid, gateway.url)
+    environment = {
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_TOKENIZER": str(Path(os.environ.get("MODEL_PATH") or TINY_EMBEDDING)),
+        **run.environment,
+    }
+    with GatewayProcess(server.grpc_url, environment, log_dir / f"gateway-{run.policy}.log") as gateway:
+        sampler_args = (server.pid, gateway.pid, gateway.url)
         # Idle connections are dropped before uvicorn's 5 s keep-alive closes them under the client.
         connector = aiohttp.TCPConnector(limit=0, force_close=False, keepalive_timeout=3.0)
         timeout = aiohttp.ClientTimeout(total=600)

@@ -51,6 +51,70 @@ def _tail(path: Path, lines: int = 40) -> str:
     return ""
 
 
+class GatewayProcess:
+    """``python -m gateway`` in its own session on a free port, in front of Triton's gRPC ``triton_grpc_url``,
+    with ``environment`` on top of this process's environment (whose GATEWAY_* variables are left out);
+    started and waited for (its /health) on enter, stopped on exit (SIGTERM to its group, SIGKILL after
+    GATEWAY_STOP_GRACE_S)."""
+
+    def __init__(self, triton_grpc_url: str, environment: dict[str, str], log_path: Path) -> None:
+        from tools.launcher import free_port
+
+        self.port = free_port()
+        self.environment = {**environment, "GATEWAY_PORT": str(self.port), "TRITON_GRPC_URL": triton_grpc_url}
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "the gateway is not running"
+        return self.process.pid
+
+    def __enter__(self) -> GatewayProcess:
+        env = {name: value for name, value in os.environ.items() if not name.startswith("GATEWAY_")}
+        env.update(self.environment)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway"],
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + GATEWAY_STARTUP_S
+        while _get_status(f"{self.url}/health") != 200:
+            if self.process.poll() is not None:
+                code = self.process.returncode
+                self.__exit__()
+                raise RuntimeError(f"gateway exited with {code}; {self.log_path}:\n" + _tail(self.log_path))
+            if time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError(
+                    f"gateway not healthy after {GATEWAY_STARTUP_S:.0f} s:\n{_tail(self.log_path)}"
+                )
+            time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=GATEWAY_STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 class GatewayStack:
     """tritonserver + gateway: ``base_url`` is the gateway's, ``server`` a ``tools.launcher.TritonServer``."""
 
@@ -66,12 +130,12 @@ class GatewayStack:
         self.reranker_model = Path(reranker_model or os.environ.get("RERANKER_MODEL_PATH") or TINY_RERANKER)
         self.gateway_env = dict(gateway_env or {})
         self.server = None
-        self.gateway: subprocess.Popen[bytes] | None = None
-        self.gateway_port = 0
+        self.gateway: GatewayProcess | None = None
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.gateway_port}"
+        assert self.gateway is not None, "the stack is not started"
+        return self.gateway.url
 
     @property
     def gateway_log(self) -> Path:
@@ -80,7 +144,7 @@ class GatewayStack:
     def start(self) -> GatewayStack:
         from backend.settings import SERVER_ENV_VARIABLES
         from tools.checkpoint import build_tiny_checkpoint, is_complete_checkpoint
-        from tools.launcher import TritonServer, free_port
+        from tools.launcher import TritonServer
 
         for path, kind in ((self.embedding_model, "embedding"), (self.reranker_model, "reranker")):
             if path in (TINY_EMBEDDING, TINY_RERANKER) and not is_complete_checkpoint(path):
@@ -97,7 +161,6 @@ class GatewayStack:
         finally:
             _apply(saved)
         try:
-            self.gateway_port = free_port()
             self._start_gateway()
         except BaseException:
             self.stop()
@@ -105,37 +168,18 @@ class GatewayStack:
         return self
 
     def _start_gateway(self) -> None:
-        env = dict(os.environ)
-        env.update(
-            GATEWAY_PORT=str(self.gateway_port),
-            TRITON_GRPC_URL=self.server.grpc_url,
+        # GATEWAY_* settings in the caller's environment still reach the gateway (the benchmarks record
+        # them); the stack's own and gateway_env come on top.
+        environment = {name: value for name, value in os.environ.items() if name.startswith("GATEWAY_")}
+        environment.update(
             SERVED_MODEL_NAME=f"{EMBEDDING_NAME},qwen3_vl_embedding",
             SERVED_RERANKER_MODEL_NAME=f"{RERANKER_NAME},qwen3_vl_reranker",
             GATEWAY_TOKENIZER=str(self.embedding_model),
         )
-        env.update(self.gateway_env)
-        with self.gateway_log.open("ab") as log:
-            self.gateway = subprocess.Popen(
-                [sys.executable, "-m", "gateway"],
-                cwd=REPO,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + GATEWAY_STARTUP_S
-        while _get_status(f"{self.base_url}/health") != 200:
-            if self.gateway.poll() is not None:
-                raise RuntimeError(
-                    f"gateway exited with {self.gateway.returncode}; {self.gateway_log}:\n"
-                    + _tail(self.gateway_log)
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"gateway not healthy after {GATEWAY_STARTUP_S:.0f} s:\n{_tail(self.gateway_log)}"
-                )
-            time.sleep(0.2)
+        environment.update(self.gateway_env)
+        gateway = GatewayProcess(self.server.grpc_url, environment, self.gateway_log)
+        gateway.__enter__()
+        self.gateway = gateway
 
     def prioritize(self, nice: int) -> list[str]:
         """Give the server, the gateway and this process (with the clients it starts) scheduling priority
@@ -152,15 +196,8 @@ class GatewayStack:
 
     def stop(self) -> None:
         gateway, self.gateway = self.gateway, None
-        if gateway is not None and gateway.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(gateway.pid, signal.SIGTERM)
-            try:
-                gateway.wait(timeout=GATEWAY_STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(gateway.pid, signal.SIGKILL)
-                gateway.wait()
+        if gateway is not None:
+            gateway.__exit__()
         server, self.server = self.server, None
         if server is not None:
             server.stop()
