@@ -12,6 +12,7 @@ from gateway.coalescing import Blame, Coalescer, RowRejected
 from gateway.errors import Kind
 from gateway.items import Item
 from gateway.triton import EmbeddingRow, PairRow, blame, embedding_tensors, judge, rerank_tensors
+from tests.unit.test_gateway import FakeTritonError
 
 _ROW = re.compile(r"row (\d+): ")
 
@@ -246,18 +247,6 @@ def test_merged_rows_keep_their_own_instruction_size_and_format():
     assert not EmbeddingRow(Item(images=(b"png",))).mergeable
     assert not EmbeddingRow(Item(raw=True, token_ids=(1, 2))).mergeable
     assert EmbeddingRow(Item(text="a")).mergeable and pairs[0].mergeable
-
-
-class FakeTritonError(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self._code, self._message = code, message
-
-    def status(self):
-        return self._code
-
-    def message(self):
-        return self._message
 
 
 def test_triton_errors_are_judged_and_a_rejected_row_is_named_in_its_requests_numbering():
