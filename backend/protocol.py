@@ -37,6 +37,9 @@ SCORE_OUTPUT = "SCORE"
 # Both ensembles: tokens the model ran for each row, vision placeholders included (the gateway's usage).
 TOKEN_COUNT_OUTPUT = "TOKEN_COUNT"
 
+# When the preprocess step handed a request on (time.monotonic_ns(): one clock for every process of the
+# host): the model step refuses a request that waited in its queue longer than its queue_timeout_seconds.
+QUEUED_AT = "QUEUED_AT"
 # Preprocess -> model step (backend.wire has the shapes).
 MODEL_INPUTS = (
     "INPUT_IDS",
@@ -46,6 +49,7 @@ MODEL_INPUTS = (
     "IMAGE_GRID_THW",
     "VIDEO_PATCHES",
     "VIDEO_GRID_THW",
+    QUEUED_AT,
 )
 
 # --- vision geometry (shared by the preprocess step, the wire and the model step) -------------------

@@ -63,6 +63,9 @@ class PreprocessSettings:
     # a prefix holding max_length tokens is tokenised, but a single unbroken run of letters is tokenised
     # whole (~4 s per MiB on 2 cores), so this bounds the work per text.
     max_text_bytes: int = MIB
+    # Requests this instance has handed on that may wait for the model step at once; past it new ones are
+    # refused with UNAVAILABLE before any preprocessing (backend.backpressure: the model step's queue bound).
+    max_model_queue: int = 128
     vision: VisionSettings = VisionSettings()
 
 
@@ -98,6 +101,9 @@ class ModelSettings:
     # torch threads per instance on CPU; 0 = the cores divided among the model's instances.
     cpu_threads: int = 0
     warmup: bool = True
+    # A request that waited longer than this since the preprocess step answered it (QUEUED_AT) is refused
+    # with UNAVAILABLE instead of run late: the step's queue bound (README "Overload").
+    queue_timeout_seconds: float = 10.0
     # Longest row this step runs: the preprocess step never sends more, a direct caller may (tested to agree
     # with the preprocess step's max_length in tests/unit/test_protocol.py).
     max_length: int = EMBEDDING_MAX_LENGTH

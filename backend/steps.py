@@ -8,14 +8,16 @@ that request alone.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Protocol
 
 import numpy as np
 
+from backend.backpressure import QueueGate
 from backend.errors import CancelledError
-from backend.protocol import PreparedItem
+from backend.protocol import QUEUED_AT, PreparedItem
 from backend.runtime.scheduler import MicroBatchQueue, ModelStep, failure, submit
 
 Tensors = Mapping[str, np.ndarray | None]
@@ -28,17 +30,31 @@ class Preprocessor(Protocol):
     def pack(self, rows: list[PreparedItem]) -> dict[str, np.ndarray]: ...
 
 
-def preprocess_requests(preprocessor: Preprocessor, requests: Sequence[Tensors | None]) -> list[Result]:
+def preprocess_requests(
+    preprocessor: Preprocessor, requests: Sequence[Tensors | None], gate: QueueGate | None = None
+) -> list[Result]:
+    """`gate`: the model step's queue bound; requests past it are refused before any work."""
     results: list[Result] = []
-    for inputs in requests:
+    admitted = len(requests) if gate is None else gate.admit(len(requests))
+    for position, inputs in enumerate(requests):
         if inputs is None:
             results.append(CancelledError())
             continue
+        if position >= admitted:
+            results.append(gate.refusal())  # type: ignore[union-attr]
+            continue
         try:
             rows = preprocessor.prepare_request(inputs)
-            results.append(preprocessor.pack(rows))
+            packed = preprocessor.pack(rows)
         except Exception as error:
             results.append(failure(error, "preprocess"))
+            continue
+        # The model step's queue timeout counts from here (backend.runtime.scheduler.QueueTimeout).
+        stamp = time.monotonic_ns()
+        packed[QUEUED_AT] = np.full((len(rows), 1), stamp, dtype=np.int64)
+        if gate is not None:
+            gate.handed_on(stamp)
+        results.append(packed)
     return results
 
 

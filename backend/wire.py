@@ -9,6 +9,8 @@ rows share one rectangular tensor per input:
     IMAGE_PATCHES   UINT8 [B, P, 1536]  every image patch of a row, concatenated, zero-padded to P
     IMAGE_GRID_THW  INT64 [B, K, 3]     one (t, h, w) per image, zero rows pad to K
     VIDEO_PATCHES / VIDEO_GRID_THW      the same for videos
+    QUEUED_AT       INT64 [B, 1]        time.monotonic_ns() when the preprocess step answered (optional;
+                                        set by backend.steps, read by the model step's queue timeout)
 
 The vision tensors are left out of a request that has no image (no video). Pixels travel as uint8 and are
 normalised on the model's device.

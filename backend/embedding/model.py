@@ -58,7 +58,13 @@ def embedding_output(rows: Sequence[PreparedItem], vectors: Sequence[np.ndarray]
 
 
 def embedding_step(model: EmbeddingModel) -> ModelStep:
-    return ModelStep(model.unpack, model.embed_micro_batch, embedding_output, model.limits)
+    return ModelStep(
+        model.unpack,
+        model.embed_micro_batch,
+        embedding_output,
+        model.limits,
+        model.settings.queue_timeout_seconds,
+    )
 
 
 def embed_requests(model: EmbeddingModel, requests: Sequence[Tensors | None]) -> list[Result]:

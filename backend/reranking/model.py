@@ -96,7 +96,13 @@ def score_output(rows: Sequence[PreparedItem], scores: Sequence[np.ndarray]) -> 
 
 
 def rerank_step(model: RerankModel) -> ModelStep:
-    return ModelStep(model.unpack, model.score_micro_batch, score_output, model.limits)
+    return ModelStep(
+        model.unpack,
+        model.score_micro_batch,
+        score_output,
+        model.limits,
+        model.settings.queue_timeout_seconds,
+    )
 
 
 def rerank_requests(model: RerankModel, requests: Sequence[Tensors | None]) -> list[Result]:

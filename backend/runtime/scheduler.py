@@ -41,8 +41,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from backend.backpressure import Publisher
 from backend.errors import CancelledError, InputError, UnavailableError
-from backend.protocol import PreparedItem
+from backend.protocol import QUEUED_AT, PreparedItem
 from backend.runtime.batching import BatchLimits, plan_micro_batches
 
 logger = logging.getLogger(__name__)
@@ -298,6 +299,8 @@ class ModelStep:
     compute: Compute
     respond: Respond
     limits: BatchLimits
+    # StepWorker's QueueBound refuses a request that waited longer than this in the step's queue (0 = never).
+    queue_timeout_seconds: float = 0.0
 
 
 def submit(
@@ -325,6 +328,60 @@ def owned(inputs: Tensors | None) -> Tensors | None:
     if inputs is None:
         return None
     return {name: None if array is None else np.array(array, copy=True) for name, array in inputs.items()}
+
+
+# Refusals for the queue timeout are logged at most this often (under overload they come by the thousand).
+REFUSAL_LOG_SECONDS = 10.0
+
+
+class QueueBound:
+    """The model step's share of its queue bound (backend.backpressure has the whole, and why not Triton's
+    queue policy): a request that waited more than `timeout_seconds` since the preprocess step answered it
+    (QUEUED_AT) is refused with UNAVAILABLE before anything is unpacked, and after each execute() the newest
+    stamp taken is published, so that the preprocess steps know how many of theirs still wait. A request
+    without QUEUED_AT (a client calling the step directly) is never refused."""
+
+    def __init__(
+        self,
+        timeout_seconds: float,
+        publisher: Publisher | None = None,
+        clock: Callable[[], int] = time.monotonic_ns,
+    ):
+        self.timeout_ns = int(timeout_seconds * 1e9)
+        self.publisher = publisher
+        self.clock = clock
+        self.refused = 0
+        self._newest = 0
+        self._unlogged = 0
+        self._logged_at: int | None = None
+
+    def refusal(self, inputs: Tensors) -> UnavailableError | None:
+        stamps = inputs.get(QUEUED_AT)
+        if stamps is None or stamps.size == 0:
+            return None
+        self._newest = max(self._newest, int(stamps.max()))
+        now = self.clock()
+        waited = now - int(stamps.min())
+        if self.timeout_ns <= 0 or waited <= self.timeout_ns:
+            return None
+        self.refused += 1
+        self._unlogged += 1
+        if self._logged_at is None or now - self._logged_at >= REFUSAL_LOG_SECONDS * 1e9:
+            logger.warning(
+                "overloaded: refused %d request(s) that waited over the queue timeout of %g s",
+                self._unlogged,
+                self.timeout_ns / 1e9,
+            )
+            self._unlogged, self._logged_at = 0, now
+        return UnavailableError(
+            f"waited {waited / 1e9:.1f} s for the model step, over its queue timeout of "
+            f"{self.timeout_ns / 1e9:g} s: the server is overloaded; retry later"
+        )
+
+    def taken(self) -> None:
+        """After an execute() has read its requests."""
+        if self.publisher is not None and self._newest:
+            self.publisher.taken(self._newest)
 
 
 # A row of at most this share of the token budget is cheap: execute() runs micro-batches of such rows itself.
@@ -381,10 +438,12 @@ class StepWorker:
         step: ModelStep,
         enter_thread: Callable[[], None] = lambda: None,
         after_micro_batch: Callable[[], None] = lambda: None,
+        publisher: Publisher | None = None,
     ):
         """`after_micro_batch`: called after each of the worker's micro-batches and after each submit()
         (metrics: the stubs send what they hold only when called)."""
         self.step = step
+        self.queue_bound = QueueBound(step.queue_timeout_seconds, publisher)
         cheap_length = step.limits.token_budget // CHEAP_SHARE_OF_BUDGET
         self.queue = MicroBatchQueue(step.limits, step.compute, step.respond, cheap_length)
         self.backlog_limit = step.limits.token_budget
@@ -401,7 +460,12 @@ class StepWorker:
         that their sender will answer."""
         answers = ExecuteAnswers([answer for _, answer, _ in requests])
         for index, (inputs, _, cancelled) in enumerate(requests):
+            refusal = None if inputs is None else self.queue_bound.refusal(inputs)
+            if refusal is not None:
+                answers.answer(index)(refusal)
+                continue
             submit(self.queue, self.step, owned(inputs), answers.answer(index), cancelled)
+        self.queue_bound.taken()
         while self.queue.run_next(cheap=True):
             pass
         self._report()
@@ -414,6 +478,8 @@ class StepWorker:
     def close(self, timeout: float = 10.0) -> None:
         self.queue.close(UnavailableError("the model step is shutting down; try again"))
         self._thread.join(timeout)
+        if self.queue_bound.publisher is not None:
+            self.queue_bound.publisher.close()
 
     def _loop(self) -> None:
         self._enter_thread()

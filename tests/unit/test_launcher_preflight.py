@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.unit.test_protocol import _config
 from tools.launcher import _load_model_args, control_args
 from tools.preflight import (
     PreflightError,
@@ -103,18 +104,19 @@ def test_restart_backoff_doubles_up_to_a_cap():
 
 
 def test_model_steps_shed_load_with_a_bounded_queue():
-    """Each Python step has a bounded queue whose overflow and timeouts are refused (UNAVAILABLE)."""
-    for name in (
-        "qwen3_vl_embedding_preprocess",
-        "qwen3_vl_embedding_model",
-        "qwen3_vl_reranker_preprocess",
-        "qwen3_vl_reranker_model",
-    ):
+    """The preprocess steps have Triton's bounded queue (overflow and timeouts refused, UNAVAILABLE); the
+    model steps bound theirs by a queue timeout of their own, since Triton's queue policy would make the
+    batcher of a one-instance step sleep up to 500 ms (backend.runtime.scheduler.QueueTimeout)."""
+    for name in ("qwen3_vl_embedding_preprocess", "qwen3_vl_reranker_preprocess"):
         text = (REPOSITORY / name / "config.pbtxt").read_text()
         assert "default_queue_policy" in text, name
         assert "timeout_action: REJECT" in text, name
         assert int(_field(text, "max_queue_size")) > 0, name
         assert int(_field(text, "default_timeout_microseconds")) > 0, name
+    for name in ("qwen3_vl_embedding_model", "qwen3_vl_reranker_model"):
+        config = _config(REPOSITORY / name / "config.pbtxt")
+        assert not config.dynamic_batching.HasField("default_queue_policy"), name
+        assert float(config.parameters["queue_timeout_seconds"].string_value) > 0, name
 
 
 def _field(text: str, key: str) -> str:

@@ -265,3 +265,112 @@ def test_execute_runs_a_cheap_micro_batch_itself_while_the_worker_is_in_a_heavy_
         release.set()
         worker.close()
     assert answered == ["1"]
+
+
+def test_requests_that_waited_past_the_queue_timeout_are_refused_before_any_work(tmp_path):
+    """QUEUED_AT is when the preprocess step answered; a request older than the step's queue timeout gets
+    UNAVAILABLE in execute()'s returned list without being unpacked or run, the others run as usual, and a
+    request without QUEUED_AT (a direct client) is never refused. The newest stamp taken is published."""
+    from backend import backpressure
+    from backend.protocol import QUEUED_AT
+    from backend.runtime.scheduler import QueueBound
+
+    recorder = Recorder()
+    unpacked: list[int] = []
+
+    def unpack(inputs):
+        unpacked.append(int(inputs["TAG"][0]))
+        return [row(12, int(inputs["TAG"][0]))]
+
+    path = tmp_path / backpressure.channel_path("qwen3_vl_embedding_model", server_pid=1).name
+    step = ModelStep(unpack, recorder.compute, respond, LIMITS, queue_timeout_seconds=2.0)
+    worker = StepWorker(step, publisher=backpressure.Publisher(path))
+    now = worker.queue_bound.clock()
+
+    def request(tag, waited_seconds=None):
+        inputs = {"TAG": np.array([tag])}
+        if waited_seconds is not None:
+            inputs[QUEUED_AT] = np.array([[now - int(waited_seconds * 1e9)]], dtype=np.int64)
+        return (inputs, recorder.answer(str(tag)), lambda: False)
+
+    try:
+        results = worker.submit([request(1, 0.1), request(2, 30.0), request(3), request(4, 1.5)])
+        assert int.from_bytes(path.read_bytes(), "little") == now - int(0.1 * 1e9)
+    finally:
+        worker.close()
+    assert not path.exists()  # closed with the step
+    assert isinstance(results[1], UnavailableError)
+    assert "queue timeout of 2 s" in str(results[1]) and "retry" in str(results[1])
+    assert [int(result["TAGS"][0]) for index, result in enumerate(results) if index != 1] == [1, 3, 4]
+    assert sorted(unpacked) == [1, 3, 4]
+    assert worker.queue_bound.refused == 1
+    # Off (0) refuses nothing, however old the request.
+    ancient = {QUEUED_AT: np.array([[1]], dtype=np.int64)}
+    assert QueueBound(0.0).refusal(ancient) is None
+    assert isinstance(QueueBound(1.0).refusal(ancient), UnavailableError)
+
+
+def test_the_preprocess_gate_bounds_what_waits_for_the_model_step(tmp_path):
+    """A preprocess instance lets at most `limit` of its requests wait for the model step: those stamped
+    after the newest stamp the model step took. Without a model step (no file, or one that says nothing)
+    it refuses nothing; a reloaded model step (the file replaced) is read anew; stamps are forgotten after
+    FORGET_SECONDS (requests that never reached the model step)."""
+    from backend import backpressure
+
+    clock = [10**12]
+    path = tmp_path / "channel"
+    gate = backpressure.QueueGate(path, limit=3, clock=lambda: clock[0])
+    for stamp in (1, 2, 3, 4, 5):
+        assert gate.admit(1) == 1  # no model step yet
+        gate.handed_on(clock[0] + stamp)
+    publisher = backpressure.Publisher(path)
+    assert gate.admit(4) == 4  # it has taken nothing yet: says nothing
+    for stamp in (1, 2, 3):
+        gate.handed_on(clock[0] + stamp)
+    publisher.taken(clock[0] + 1)
+    assert gate.admit(4) == 1  # stamps 2 and 3 wait
+    gate.handed_on(clock[0] + 4)
+    assert gate.admit(1) == 0
+    publisher.close()
+    replacement = backpressure.Publisher(path)
+    replacement.taken(clock[0] + 3)
+    assert gate.admit(5) == 2  # stamp 4 waits
+    clock[0] += int(backpressure.FORGET_SECONDS * 1e9) + 10
+    assert gate.admit(5) == 3
+    assert "overloaded" in str(gate.refusal()) and "retry" in str(gate.refusal())
+    replacement.close()
+    gate.close()
+
+
+def test_the_preprocess_step_stamps_what_it_hands_on_and_refuses_past_the_gate(tmp_path):
+    from backend import backpressure
+    from backend.protocol import QUEUED_AT
+    from backend.steps import preprocess_requests
+
+    class Preprocessor:
+        def prepare_request(self, inputs):
+            if inputs["N"] is None:
+                raise ValueError("bad")
+            return [row(3, tag) for tag in range(int(inputs["N"][0]))]
+
+        def pack(self, rows):
+            return {"INPUT_IDS": np.stack([r.input_ids for r in rows])}
+
+    import time
+
+    path = tmp_path / "channel"
+    publisher = backpressure.Publisher(path)
+    publisher.taken(1)
+    gate = backpressure.QueueGate(path, limit=2)
+    before = time.monotonic_ns()
+    good, bad, refused = preprocess_requests(
+        Preprocessor(), [{"N": np.array([3])}, {"N": None}, {"N": np.array([1])}], gate
+    )
+    stamps = good[QUEUED_AT]
+    assert stamps.shape == (3, 1) and stamps.dtype == np.int64
+    assert before <= int(stamps.min()) <= time.monotonic_ns()
+    assert isinstance(bad, Exception) and not isinstance(bad, UnavailableError)
+    assert isinstance(refused, UnavailableError)  # the gate admitted two, before any work
+    assert gate.admit(2) == 1  # the good one waits; the bad one was never handed on
+    publisher.close()
+    gate.close()

@@ -1,6 +1,6 @@
 """Triton adapter for the embedding model step; all logic lives in backend.embedding.model."""
 
-from backend import metrics, triton_io
+from backend import backpressure, metrics, triton_io
 from backend.embedding.model import EmbeddingModel, embedding_step
 from backend.protocol import MODEL_INPUTS
 from backend.runtime.scheduler import StepWorker
@@ -19,6 +19,7 @@ class TritonPythonModel:
             embedding_step(self.model),
             self.model.platform.enter_thread,
             lambda: self.metrics.record(self.model.stats),
+            backpressure.Publisher(backpressure.channel_path(args["model_name"])),
         )
 
     def execute(self, requests):

@@ -1,6 +1,6 @@
 """Triton adapter for the embedding preprocess step (no torch); all logic lives in backend.embedding."""
 
-from backend import metrics, triton_io
+from backend import backpressure, metrics, triton_io
 from backend.embedding.preprocess import EmbeddingPreprocessor
 from backend.protocol import EMBEDDING_INPUTS
 from backend.settings import EMBEDDING_ENV, PreprocessSettings, load_settings
@@ -15,12 +15,15 @@ class TritonPythonModel:
         )
         self.preprocessor = EmbeddingPreprocessor(settings)
         self.metrics = metrics.PreprocessMetrics(args["model_name"], self.preprocessor.timings)
+        channel = backpressure.channel_path(args["model_name"])
+        self.gate = backpressure.QueueGate(channel, settings.max_model_queue)
 
     def execute(self, requests):
         inputs = [triton_io.read_inputs(request, EMBEDDING_INPUTS) for request in requests]
-        results = preprocess_requests(self.preprocessor, inputs)
+        results = preprocess_requests(self.preprocessor, inputs, self.gate)
         self.metrics.record(inputs, results, self.preprocessor.timings)
         return [triton_io.to_response(result) for result in results]
 
     def finalize(self):
         self.metrics.close()
+        self.gate.close()

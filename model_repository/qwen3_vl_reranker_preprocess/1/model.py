@@ -1,6 +1,6 @@
 """Triton adapter for the reranker preprocess step (no torch); all logic lives in backend.reranking."""
 
-from backend import metrics, triton_io
+from backend import backpressure, metrics, triton_io
 from backend.protocol import RERANK_INPUTS
 from backend.reranking.preprocess import RerankPreprocessor
 from backend.settings import RERANKER_ENV, RerankPreprocessSettings, load_settings
@@ -17,12 +17,15 @@ class TritonPythonModel:
         self.metrics = metrics.PreprocessMetrics(
             args["model_name"], self.preprocessor.timings, modality_inputs=metrics.RERANK_MODALITY_INPUTS
         )
+        channel = backpressure.channel_path(args["model_name"])
+        self.gate = backpressure.QueueGate(channel, settings.max_model_queue)
 
     def execute(self, requests):
         inputs = [triton_io.read_inputs(request, RERANK_INPUTS) for request in requests]
-        results = preprocess_requests(self.preprocessor, inputs)
+        results = preprocess_requests(self.preprocessor, inputs, self.gate)
         self.metrics.record(inputs, results, self.preprocessor.timings)
         return [triton_io.to_response(result) for result in results]
 
     def finalize(self):
         self.metrics.close()
+        self.gate.close()
