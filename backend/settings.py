@@ -65,7 +65,7 @@ class PreprocessSettings:
     max_text_bytes: int = MIB
     # Requests this instance has handed on that may wait for the model step at once; past it new ones are
     # refused with UNAVAILABLE before any preprocessing (backend.backpressure: the model step's queue bound).
-    max_model_queue: int = 128
+    max_model_queue: int = 256
     vision: VisionSettings = VisionSettings()
 
 

@@ -403,7 +403,13 @@ def write_report(out: Path, report: dict, runs: list[PolicyRun]) -> None:
         f"Command: `{report['command']}`",
         "",
         f"Commit {report['commit']}; load average (1 min) before {report['load_before']}, after "
-        f"{report['load_after']}; busy at the start: {busy}.",
+        f"{report['load_after']}; busy at the start: {busy}."
+        + (
+            f" Pinned: tritonserver on core(s) {report['pinned']['server']}, the gateway and the client on "
+            f"{report['pinned']['gateway_and_client']}."
+            if report["pinned"]
+            else ""
+        ),
         "",
         "Single ~200-token texts to /v1/embeddings from one aiohttp client (keep-alive) on the same cores; "
         "one tritonserver (embedding ensemble), a fresh gateway per policy. Overload is an open loop at "
@@ -445,6 +451,12 @@ def main(argv: list[str] | None = None) -> int:
         "--policies", type=parse_list, default=["fifo", "lifo", "latency2"], help=", ".join(POLICIES)
     )
     parser.add_argument("--out", type=Path, default=None, help="default: perf/results/<host>/<date>")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="tritonserver on the first core, the gateway and this client on the others: the server's "
+        "latency without the load generator's CPU",
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.policies if name not in POLICIES]
     if unknown:
@@ -461,7 +473,14 @@ def main(argv: list[str] | None = None) -> int:
     load_before = round(os.getloadavg()[0], 2)
     busy = busy_processes()
     model = Path(os.environ.get("MODEL_PATH") or TINY_EMBEDDING)
+    cores = sorted(os.sched_getaffinity(0))
+    if args.pin:
+        if len(cores) < 2:
+            parser.error("--pin needs at least 2 cores")
+        os.sched_setaffinity(0, cores[:1])  # tritonserver and its stubs inherit it
     endpoint = start_server("overload", model, log_dir / "tritonserver.log")
+    if args.pin:
+        os.sched_setaffinity(0, cores[1:])  # the gateways and this client
     runs: list[PolicyRun] = []
     try:
         for name in args.policies:
@@ -484,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": load_before,
         "load_after": round(os.getloadavg()[0], 2),
         "busy_processes": busy,
+        "pinned": {"server": cores[:1], "gateway_and_client": cores[1:]} if args.pin else None,
         "runs": [asdict(run) for run in runs],
     }
     write_report(out, report, runs)
