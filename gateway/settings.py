@@ -41,7 +41,7 @@ class GatewaySettings:
     max_body_bytes: int = 64 * MIB
     max_items: int = 2048  # inputs, conversations, documents or pairs per request
     # Requests at Triton at once: at most max_in_flight, and (unless 0) what Triton finishes in
-    # in_flight_seconds at the measured rate. Triton's queues refuse what waits over 10 s (config.pbtxt);
+    # in_flight_seconds at the measured rate. Triton's steps refuse what waits over 10 s (config.pbtxt);
     # 5 s keeps clear of that on a slow host and lets batches grow on a fast one (tiny model, 1,000-request
     # burst, loaded 2-core host: 64 fixed -> 30 CPU-s in Triton; 256 -> 21 CPU-s but 10 % past Triton's
     # timeout). What Triton refuses anyway waits again here.

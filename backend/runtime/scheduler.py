@@ -429,8 +429,8 @@ class StepWorker:
     submit() (Triton's execute()) queues the requests, runs the micro-batches of cheap rows itself (rows of
     at most 1/8 of the token budget), beside the worker's forward rather than after it, and returns as soon
     as at most one token budget of heavy work is queued and not started: beyond that, requests wait in
-    Triton's own queue, whose policy (max_queue_size, timeout -> UNAVAILABLE) bounds overload as before,
-    and Triton batches them. So a short text beside videos waits for no video forward at all, only for
+    Triton's queue, which the preprocess steps bound (backend.backpressure; refused: UNAVAILABLE), and
+    Triton batches them. So a short text beside videos waits for no video forward at all, only for
     the share of the device the video leaves it; at most two forwards run at once."""
 
     def __init__(
