@@ -33,6 +33,17 @@ def configure_logging(model_name: str) -> None:
         root.setLevel(logging.INFO)
 
 
+def freeze_loaded_objects() -> None:
+    """The end of initialize(): what loading created (the model step holds ~330,000 objects) leaves the
+    garbage collector's reach. Otherwise every full collection walks all of it (~150 ms in the model step)
+    while requests wait: at 1-4 in flight the slowest 0.1 % of requests took 170-200 ms instead of 49-77 ms
+    (tiny model, 2 cores; p50 15 / 32 ms)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def read_inputs(request, names: Iterable[str]) -> dict[str, np.ndarray | None] | None:
     """The request's tensors by name (None for an absent optional input); None for the whole request when its
     client has cancelled it, so that no step spends a forward on an answer nobody reads."""

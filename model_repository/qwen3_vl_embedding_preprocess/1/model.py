@@ -17,6 +17,7 @@ class TritonPythonModel:
         self.metrics = metrics.PreprocessMetrics(args["model_name"], self.preprocessor.timings)
         channel = backpressure.channel_path(args["model_name"])
         self.gate = backpressure.QueueGate(channel, settings.max_model_queue)
+        triton_io.freeze_loaded_objects()
 
     def execute(self, requests):
         inputs = [triton_io.read_inputs(request, EMBEDDING_INPUTS) for request in requests]

@@ -21,6 +21,7 @@ class TritonPythonModel:
             lambda: self.metrics.record(self.model.stats),
             backpressure.Publisher(backpressure.channel_path(args["model_name"])),
         )
+        triton_io.freeze_loaded_objects()
 
     def execute(self, requests):
         # Queued for the worker thread, cheap ones first (backend.runtime.scheduler). What is done by the time

@@ -19,6 +19,7 @@ class TritonPythonModel:
         )
         channel = backpressure.channel_path(args["model_name"])
         self.gate = backpressure.QueueGate(channel, settings.max_model_queue)
+        triton_io.freeze_loaded_objects()
 
     def execute(self, requests):
         inputs = [triton_io.read_inputs(request, RERANK_INPUTS) for request in requests]
