@@ -42,6 +42,12 @@ def channel_path(model_name: str, server_pid: int | None = None) -> Path:
     return Path(tempfile.gettempdir()) / f"qwen3vl-backpressure-{pid}-{ensemble}"
 
 
+def channel_files(server_pid: int) -> list[Path]:
+    """Every channel of one tritonserver: the model steps remove theirs at unload, the launcher what a
+    killed server left."""
+    return sorted(channel_path("*", server_pid).parent.glob(channel_path("*", server_pid).name))
+
+
 class Publisher:
     """The model step's side: `taken(stamp)` after it has taken requests stamped up to `stamp`."""
 

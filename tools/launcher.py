@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from backend.backpressure import channel_files
 from tools.watchdog import MAX_RELOADS_PER_WINDOW
 
 # The Python backend starts with 1 MiB per stub and grows in 1 MiB steps; a bigger first region
@@ -613,6 +614,9 @@ class TritonServer:
             signal_group(pgid, signal.SIGKILL)
             _wait_group_gone(pgid, STUB_GRACE_SECS)
         self.remove_leftover_shm()
+        for path in channel_files(pgid):  # a killed model step leaves its 8-byte file behind
+            with contextlib.suppress(OSError):
+                path.unlink()
         return process.returncode
 
     def leftover_shm(self) -> list[Path]:

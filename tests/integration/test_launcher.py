@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from backend.backpressure import channel_files
 from backend.settings import SERVER_ENV_VARIABLES
 from perf.recovery import Readiness
 from tests.conftest import REPO
@@ -586,6 +587,11 @@ def test_stub_dying_past_the_watchdog_limit_restarts_tritonserver(tmp_path, tiny
         assert stopping and 200 not in stopping, readiness.answers
         assert embed(base)[0] == 200
         assert not live_stubs(first)
+        # The model step's backpressure channel: there while a server serves, gone with a killed one.
+        assert [path.name for path in channel_files(served.server_pids()[-1])] == [
+            f"qwen3vl-backpressure-{served.server_pids()[-1]}-qwen3_vl_embedding"
+        ]
+        assert not channel_files(first)
         text = served.text()
         assert re.search(
             rf"restarting tritonserver: the stub watchdog cannot repair it \(model {model} lost a stub again "
