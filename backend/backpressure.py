@@ -51,11 +51,13 @@ def channel_files(server_pid: int) -> list[Path]:
 class Publisher:
     """The model step's side: `taken(stamp)` after it has taken requests stamped up to `stamp`."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, clock: Callable[[], int] = time.monotonic_ns):
         self.path = path
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         self._newest = 0
-        os.pwrite(self._fd, (0).to_bytes(_WIDTH, "little"), 0)  # a stale file from a dead server says nothing
+        # Live from now, having taken nothing: a cold server's first burst is bounded too (and a stale file
+        # of a dead server with the same pid is overwritten).
+        self.taken(clock())
 
     def taken(self, stamp: int) -> None:
         if stamp > self._newest:

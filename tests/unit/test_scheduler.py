@@ -295,14 +295,19 @@ def test_requests_that_waited_past_the_queue_timeout_are_refused_before_any_work
 
     try:
         results = worker.submit([request(1, 0.1), request(2, 30.0), request(3), request(4, 1.5)])
-        assert int.from_bytes(path.read_bytes(), "little") == now - int(0.1 * 1e9)
+        # The publisher went live after these were stamped: it says it started, which covers them.
+        published = int.from_bytes(path.read_bytes(), "little")
+        assert now - 10**9 < published <= now
+        [later] = worker.submit([request(5, -1.0)])  # stamped after the step started
+        assert int.from_bytes(path.read_bytes(), "little") == now + int(1.0 * 1e9)
     finally:
         worker.close()
     assert not path.exists()  # closed with the step
     assert isinstance(results[1], UnavailableError)
     assert "queue timeout of 2 s" in str(results[1]) and "retry" in str(results[1])
     assert [int(result["TAGS"][0]) for index, result in enumerate(results) if index != 1] == [1, 3, 4]
-    assert sorted(unpacked) == [1, 3, 4]
+    assert int(later["TAGS"][0]) == 5
+    assert sorted(unpacked) == [1, 3, 4, 5]
     assert worker.queue_bound.refused == 1
     # Off (0) refuses nothing, however old the request.
     ancient = {QUEUED_AT: np.array([[1]], dtype=np.int64)}
@@ -322,17 +327,18 @@ def test_the_preprocess_gate_bounds_what_waits_for_the_model_step(tmp_path):
     gate = backpressure.QueueGate(path, limit=3, clock=lambda: clock[0])
     for stamp in (1, 2, 3, 4, 5):
         assert gate.admit(1) == 1  # no model step yet
-        gate.handed_on(clock[0] + stamp)
-    publisher = backpressure.Publisher(path)
-    assert gate.admit(4) == 4  # it has taken nothing yet: says nothing
+        gate.handed_on(clock[0] - 10 + stamp)
+    publisher = backpressure.Publisher(path, clock=lambda: clock[0])
+    assert gate.admit(4) == 3  # live, nothing taken yet: what came before it is not waiting for it
     for stamp in (1, 2, 3):
         gate.handed_on(clock[0] + stamp)
+    assert gate.admit(4) == 0
     publisher.taken(clock[0] + 1)
     assert gate.admit(4) == 1  # stamps 2 and 3 wait
     gate.handed_on(clock[0] + 4)
     assert gate.admit(1) == 0
     publisher.close()
-    replacement = backpressure.Publisher(path)
+    replacement = backpressure.Publisher(path, clock=lambda: clock[0])
     replacement.taken(clock[0] + 3)
     assert gate.admit(5) == 2  # stamp 4 waits
     clock[0] += int(backpressure.FORGET_SECONDS * 1e9) + 10
