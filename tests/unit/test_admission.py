@@ -219,6 +219,42 @@ def test_sustained_overload_sheds_the_oldest_waiters_at_once_and_serves_the_newe
     assert admission.shed_overload == last - 1 and admission.waiting == 0 and admission.in_flight == 0
 
 
+def test_with_a_latency_target_overload_keeps_only_the_newest_waiter():
+    """A waiter behind a full round of calls would wait a whole call, which a latency target forbids: once
+    overload is told from a burst, each arrival sheds every older waiter (a bounded number at a time)."""
+
+    async def scenario():
+        clock = FakeClock()
+        admission = Admission(
+            max_in_flight=2,
+            max_waiting=10_000,
+            queue_timeout=60.0,
+            burst_seconds=5.0,
+            latency_ratio=2.0,
+            clock=clock,
+        )
+        await _serve_quickly(admission, clock, 40, 0.025)
+        admission.latency.value = 2.0
+        release = asyncio.Event()
+        holders = [asyncio.create_task(_hold(admission, release)) for _ in range(2)]
+        await asyncio.sleep(0)
+        served, outcomes, tasks = [], {}, []
+        await _arrive(admission, clock, 5.75, served, outcomes, tasks)
+        clock.now = 6.25
+        for _ in range(16):
+            tasks += await _queue(admission, 1, served, outcomes, start=len(tasks))
+        await settle()
+        assert admission.overloaded()
+        assert admission.waiting == 1  # without the latency target: one round, 2
+        release.set()
+        await asyncio.gather(*holders, *tasks)
+        return served, outcomes
+
+    served, outcomes = asyncio.run(scenario())
+    assert served == [len(outcomes) - 1]  # the newest alone
+    assert sum(outcome is Kind.OVERLOADED for outcome in outcomes.values()) == len(outcomes) - 1
+
+
 def test_overload_lasts_while_arrivals_outpace_completions_through_a_second_without_arrivals():
     async def scenario():
         clock = FakeClock()
