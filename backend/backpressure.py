@@ -11,10 +11,15 @@ even after the instance has freed (measured: 1 request in 10 waited ~500 ms at 4
 - the model step publishes the newest stamp it has taken (Triton's queue is first come, first served, so
   every request stamped later still waits);
 - a preprocess instance with `limit` of its requests still waiting refuses new ones at once with
-  UNAVAILABLE, and the model step refuses a request that waited longer than its queue_timeout_seconds.
+  UNAVAILABLE, and the model step refuses a request that waited longer than its queue_timeout_seconds;
+- the model step also publishes since when it has been out of execute(): Triton hands a free instance
+  what waits at once, so a request that could have been handed to it IDLE_SECONDS ago is not waiting for
+  it (it went elsewhere: a client calling the preprocess step alone, whose requests would otherwise block
+  the ensemble while the model step is idle).
 
-The channel is a file of 8 bytes, one per ensemble and tritonserver: both steps' stubs are children of the
-same tritonserver process, whose pid names the file.
+The channel is a file of 16 bytes (the newest stamp taken, then the start of the free spell or 0 inside
+execute()), one per ensemble and tritonserver: both steps' stubs are children of the same tritonserver
+process, whose pid names the file.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ from pathlib import Path
 from backend.errors import UnavailableError
 
 _WIDTH = 8
+_FREE_AT = _WIDTH  # offset of the free spell's start
+# Longer than any gap between two execute()s under load: at 4x overload on 2 shared cores a 50 ms allowance
+# forgot requests that were waiting (the model step's queue grew from 2.4 s to 5.5 s).
+IDLE_SECONDS = 1.0
 # Stamps older than this are forgotten: their request was refused by the model step's queue timeout (10 s
 # by default) or never reached it (a client calling the preprocess step alone).
 FORGET_SECONDS = 30.0
@@ -49,20 +58,29 @@ def channel_files(server_pid: int) -> list[Path]:
 
 
 class Publisher:
-    """The model step's side: `taken(stamp)` after it has taken requests stamped up to `stamp`."""
+    """The model step's side: `busy()` when execute() starts, `taken(stamp)` once it has taken requests
+    stamped up to `stamp`, `free()` when it returns."""
 
     def __init__(self, path: Path, clock: Callable[[], int] = time.monotonic_ns):
         self.path = path
+        self.clock = clock
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         self._newest = 0
         # Live from now, having taken nothing: a cold server's first burst is bounded too (and a stale file
         # of a dead server with the same pid is overwritten).
         self.taken(clock())
+        self.free()
 
     def taken(self, stamp: int) -> None:
         if stamp > self._newest:
             self._newest = stamp
             os.pwrite(self._fd, stamp.to_bytes(_WIDTH, "little"), 0)
+
+    def busy(self) -> None:
+        os.pwrite(self._fd, (0).to_bytes(_WIDTH, "little"), _FREE_AT)
+
+    def free(self) -> None:
+        os.pwrite(self._fd, self.clock().to_bytes(_WIDTH, "little"), _FREE_AT)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -85,12 +103,21 @@ class QueueGate:
 
     def admit(self, wanted: int) -> int:
         """How many of `wanted` new requests may be preprocessed; the rest are to be refused."""
-        taken = self._read()
+        taken, free_since = self._read()
         if taken == 0:
             self._stamps.clear()
             return wanted
-        forget = self.clock() - int(FORGET_SECONDS * 1e9)
-        while self._stamps and (self._stamps[0] <= taken or self._stamps[0] < forget):
+        now = self.clock()
+        idle = int(IDLE_SECONDS * 1e9)
+        forget = now - int(FORGET_SECONDS * 1e9)
+
+        def gone(stamp: int) -> bool:
+            # Taken, too old to matter, or handed on while the model step was free and not taken since.
+            return (
+                stamp <= taken or stamp < forget or (free_since != 0 and now - max(stamp, free_since) > idle)
+            )
+
+        while self._stamps and gone(self._stamps[0]):
             self._stamps.popleft()
         return max(0, min(wanted, self.limit - len(self._stamps)))
 
@@ -103,17 +130,20 @@ class QueueGate:
             "it); retry later"
         )
 
-    def _read(self) -> int:
+    def _read(self) -> tuple[int, int]:
+        """(newest stamp taken, start of the model step's free spell or 0); (0, 0) without a model step."""
         try:
             if self._fd is not None and os.fstat(self._fd).st_nlink == 0:
                 os.close(self._fd)
                 self._fd = None
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_RDONLY)
-            data = os.pread(self._fd, _WIDTH, 0)
+            data = os.pread(self._fd, 2 * _WIDTH, 0)
         except OSError:
-            return 0
-        return int.from_bytes(data, "little") if len(data) == _WIDTH else 0
+            return 0, 0
+        if len(data) != 2 * _WIDTH:
+            return 0, 0
+        return int.from_bytes(data[:_WIDTH], "little"), int.from_bytes(data[_WIDTH:], "little")
 
     def close(self) -> None:
         if self._fd is not None:

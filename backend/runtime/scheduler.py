@@ -359,8 +359,10 @@ class QueueBound:
         stamps = inputs.get(QUEUED_AT)
         if stamps is None or stamps.size == 0:
             return None
-        self._newest = max(self._newest, int(stamps.max()))
         now = self.clock()
+        # A stamp from the future (only a client calling the step directly can send one) must not mark
+        # every request still waiting as taken.
+        self._newest = max(self._newest, min(int(stamps.max()), now))
         waited = now - int(stamps.min())
         if self.timeout_ns <= 0 or waited <= self.timeout_ns:
             return None
@@ -378,10 +380,20 @@ class QueueBound:
             f"{self.timeout_ns / 1e9:g} s: the server is overloaded; retry later"
         )
 
+    def begin(self) -> None:
+        """When execute() starts."""
+        if self.publisher is not None:
+            self.publisher.busy()
+
     def taken(self) -> None:
         """After an execute() has read its requests."""
         if self.publisher is not None and self._newest:
             self.publisher.taken(self._newest)
+
+    def end(self) -> None:
+        """When execute() returns."""
+        if self.publisher is not None:
+            self.publisher.free()
 
 
 # A row of at most this share of the token budget is cheap: execute() runs micro-batches of such rows itself.
@@ -458,6 +470,15 @@ class StepWorker:
     ) -> list[Result | None]:
         """Triton's execute(): the results to return for the requests already answered, None for those
         that their sender will answer."""
+        self.queue_bound.begin()
+        try:
+            return self._execute(requests)
+        finally:
+            self.queue_bound.end()
+
+    def _execute(
+        self, requests: Sequence[tuple[Tensors | None, Callable[[Result], None], Callable[[], bool]]]
+    ) -> list[Result | None]:
         answers = ExecuteAnswers([answer for _, answer, _ in requests])
         for index, (inputs, _, cancelled) in enumerate(requests):
             refusal = None if inputs is None else self.queue_bound.refusal(inputs)

@@ -296,18 +296,21 @@ def test_requests_that_waited_past_the_queue_timeout_are_refused_before_any_work
     try:
         results = worker.submit([request(1, 0.1), request(2, 30.0), request(3), request(4, 1.5)])
         # The publisher went live after these were stamped: it says it started, which covers them.
-        published = int.from_bytes(path.read_bytes(), "little")
+        published = int.from_bytes(path.read_bytes()[:8], "little")
         assert now - 10**9 < published <= now
-        [later] = worker.submit([request(5, -1.0)])  # stamped after the step started
-        assert int.from_bytes(path.read_bytes(), "little") == now + int(1.0 * 1e9)
+        [later] = worker.submit([request(5, 0.0)])  # stamped after the step started
+        assert int.from_bytes(path.read_bytes()[:8], "little") == now
+        # A stamp from the future (a direct client's) is taken as now, not as what it says.
+        [future] = worker.submit([request(6, -3600.0)])
+        assert int.from_bytes(path.read_bytes()[:8], "little") <= worker.queue_bound.clock()
     finally:
         worker.close()
     assert not path.exists()  # closed with the step
     assert isinstance(results[1], UnavailableError)
     assert "queue timeout of 2 s" in str(results[1]) and "retry" in str(results[1])
     assert [int(result["TAGS"][0]) for index, result in enumerate(results) if index != 1] == [1, 3, 4]
-    assert int(later["TAGS"][0]) == 5
-    assert sorted(unpacked) == [1, 3, 4, 5]
+    assert int(later["TAGS"][0]) == 5 and int(future["TAGS"][0]) == 6
+    assert sorted(unpacked) == [1, 3, 4, 5, 6]
     assert worker.queue_bound.refused == 1
     # Off (0) refuses nothing, however old the request.
     ancient = {QUEUED_AT: np.array([[1]], dtype=np.int64)}
@@ -344,6 +347,23 @@ def test_the_preprocess_gate_bounds_what_waits_for_the_model_step(tmp_path):
     clock[0] += int(backpressure.FORGET_SECONDS * 1e9) + 10
     assert gate.admit(5) == 3
     assert "overloaded" in str(gate.refusal()) and "retry" in str(gate.refusal())
+    # Requests that never reach the model step (a client calling the preprocess step alone) do not block
+    # the ensemble: while the model step runs an execute() they count; once it has been free for
+    # IDLE_SECONDS, what was stamped before its free spell is not waiting for it.
+    replacement.busy()
+    for stamp in (1, 2, 3):
+        gate.handed_on(clock[0] + stamp)
+    clock[0] += 10**9
+    assert gate.admit(5) == 0  # busy: they wait
+    replacement.free()
+    gate.handed_on(clock[0] + 1)
+    assert gate.admit(5) == 0  # free for less than IDLE_SECONDS
+    clock[0] += int(backpressure.IDLE_SECONDS * 1e9) + 10
+    gate.handed_on(clock[0])
+    # The four could have been handed to the free model step IDLE_SECONDS ago: not waiting. The fifth is.
+    assert gate.admit(5) == 2
+    clock[0] += int(backpressure.IDLE_SECONDS * 1e9) + 10
+    assert gate.admit(5) == 3  # nor the fifth, now
     replacement.close()
     gate.close()
 
