@@ -614,7 +614,7 @@ class TritonServer:
             signal_group(pgid, signal.SIGKILL)
             _wait_group_gone(pgid, STUB_GRACE_SECS)
         self.remove_leftover_shm()
-        for path in channel_files(pgid):  # a killed model step leaves its 8-byte file behind
+        for path in channel_files(pgid):  # a killed model step leaves its file behind
             with contextlib.suppress(OSError):
                 path.unlink()
         return process.returncode
