@@ -111,6 +111,18 @@ def kill_servers(served: Served) -> None:
             os.killpg(pid, signal.SIGKILL)
 
 
+def stop_launcher(served: Served) -> None:
+    """Teardown: SIGTERM the launcher (killed if it outlives its exit timeout), then the safety net."""
+    process = served.process
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=EXIT_TIMEOUT + STOP_MARGIN_SECS + 10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    kill_servers(served)
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("serve")
@@ -131,13 +143,7 @@ def served(tmp_path_factory):
         assert wait_for(lambda: ready(running.base) == 200, 60.0), running.text()
         yield running
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=EXIT_TIMEOUT + STOP_MARGIN_SECS + 10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        kill_servers(running)
+        stop_launcher(running)
         print(f"launcher log: {running.log}")
 
 
@@ -606,13 +612,7 @@ def test_stub_dying_past_the_watchdog_limit_restarts_tritonserver(tmp_path, tiny
             "began"
         )
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=EXIT_TIMEOUT + STOP_MARGIN_SECS + 10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        kill_servers(served)
+        stop_launcher(served)
 
 
 def test_sigterm_while_models_load_stops_at_once_and_leaves_nothing(tmp_path):
