@@ -196,8 +196,14 @@ def queue_settings() -> dict[str, str]:
         text = "\n".join(line.split("#", 1)[0] for line in lines)
         start = text.find("dynamic_batching")
         block = text[start : text.find("\n}\n", start) + 2] if start >= 0 else "(none)"
-        # The model step bounds its queue itself (backend.backpressure): its two parameters.
-        block += "".join(f" {line}" for line in lines if "queue_seconds" in line or "queue_timeout" in line)
+        # The model step's queue is bounded by the steps themselves (backend.backpressure): max_model_queue
+        # (preprocess) and queue_timeout_seconds (model), as parameters, not the comments that name them.
+        block += "".join(
+            f" {line}"
+            for line in lines
+            if line.startswith("parameters")
+            and ("max_model_queue" in line or "queue_timeout_seconds" in line)
+        )
         settings[name] = " ".join(block.split())
     return settings
 
