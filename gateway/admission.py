@@ -13,7 +13,8 @@ LIFO): the requests admitted are fresh, and those shed are the stale ones.
 
 With ``latency_ratio`` set, the in-flight bound also follows Triton's latency (``LatencyLimit``): it
 shrinks while calls take longer than ratio x the unloaded call latency and grows while they do not, so
-that batching buys throughput only as far as the latency target allows.
+that batching buys throughput only as far as the latency target allows; and under overload the room is
+closed: only a request that finds a slot free is served.
 """
 
 from __future__ import annotations
@@ -127,9 +128,9 @@ class LatencyLimit:
     when load leaves none for ``PROBE_INTERVAL_SECONDS``, the bound drops to one call until
     ``PROBE_SAMPLES`` have run alone (a ~1 % throughput cost that stops the reference from drifting up with
     the load it should judge). Every round (as many calls as the bound, at least ``ROUND_MIN_SAMPLES``,
-    all started under the current bound) compares its median latency with the target: over it, the bound
-    shrinks in proportion (by a quarter at most); under it, and the bound held requests back, it grows by up
-    to half."""
+    all started under the current bound) compares its median latency with the target: over it by more than
+    the dead band, the bound shrinks in proportion (by a quarter at most); under it, and the bound held
+    requests back, it grows by half the room left under the target (by half at most)."""
 
     def __init__(self, ratio: float, ceiling: int, clock: Clock = time.monotonic):
         self.ratio = ratio
@@ -191,8 +192,10 @@ class LatencyLimit:
         value = self.value
         if gradient < DEAD_BAND:
             value = max(float(LATENCY_FLOOR), value * max(MAX_SHRINK, gradient))
-        elif self._held_back:
-            value = min(float(self.ceiling), value + max(1.0, value * min(gradient - 1.0, 1.0) / 2))
+        elif gradient > 1.0 and self._held_back:
+            # In proportion to the room left under the target: a whole call more at a small bound (2 -> 3
+            # on a 2-core host: median 22 -> 30 ms) would overshoot it every few rounds.
+            value = min(float(self.ceiling), value * (1.0 + min(gradient - 1.0, 1.0) / 2))
         self._held_back = False
         if int(value) != int(self.value):
             self.generation += 1
@@ -232,6 +235,7 @@ class Admission:
         # Since when requests have had to wait, every slot taken (None: a slot was free with no one waiting).
         self._saturated_since: float | None = None
         self._overload = False
+        self._draining = False  # _drain() is shedding the waiting room
         self._arrived = 0
         self._completed = 0
         self._history = _History(max(burst_seconds, OVERLOAD_EXIT_SECONDS) + 1.0)
@@ -368,13 +372,22 @@ class Admission:
                 f"server overloaded: no capacity within the queue timeout of {self.queue_timeout:g} s"
             )
         overloaded = self.overloaded(now)
+        if overloaded and self.latency is not None:
+            # With a latency target nobody waits under overload: a waiter would add up to a whole call to
+            # its latency (4x overload, tiny model on its own core: admitted p50 27-30 -> 23-25 ms, README
+            # "Overload through the gateway"), and those left from the burst allowance have waited for up
+            # to that long already. They are shed, and so is the newcomer unless a slot is free.
+            self._drain()
+            if self.in_flight < self.limit():
+                return self._admit(now)
+            raise self._shed(
+                "server overloaded: every in-flight slot is taken while requests keep arriving faster "
+                "than they complete"
+            )
         if overloaded:
             # The newcomer is served before every waiter: make room by shedding the oldest. The room keeps
-            # one round of calls (what the bound lets in at once); with a latency target only the
-            # newcomer, since a waiter behind a full round waits a whole call (measured, 4x overload, tiny
-            # model on its own core: admitted p99 94 -> see README "Overload through the gateway").
-            room = 1 if self.latency is not None else min(self.limit(), self.max_waiting)
-            self._shed_oldest(keep=max(0, room - 1), at_most=SHED_PER_ARRIVAL)
+            # one round of calls (what the bound lets in at once).
+            self._shed_oldest(keep=max(0, min(self.limit(), self.max_waiting) - 1), at_most=SHED_PER_ARRIVAL)
         if self.waiting >= self.max_waiting:
             raise self._shed(f"server overloaded: {self.waiting} requests already waiting")
         if not overloaded:
@@ -404,6 +417,22 @@ class Admission:
                 f"server overloaded: no capacity within the queue timeout of {self.queue_timeout:g} s"
             ) from None
 
+    def _drain(self) -> None:
+        """Sheds every waiter, SHED_PER_ARRIVAL per turn of the event loop so that the answers of admitted
+        requests are not held up behind a backlog's 503s."""
+        if self._draining or not self._waiters:
+            return
+        self._draining = True
+
+        def step() -> None:
+            self._shed_oldest(keep=0, at_most=SHED_PER_ARRIVAL)
+            if self._waiters:
+                asyncio.get_running_loop().call_soon(step)
+            else:
+                self._draining = False
+
+        step()
+
     def _shed_oldest(self, keep: int, at_most: int) -> None:
         shed = 0
         while len(self._waiters) > keep and shed < at_most:
@@ -412,8 +441,8 @@ class Admission:
                 continue
             waiter.set_exception(
                 self._shed(
-                    "server overloaded: newer requests are served first while requests keep arriving "
-                    "faster than they complete"
+                    "server overloaded: requests keep arriving faster than they complete, and the "
+                    "longest waiting are refused first"
                 )
             )
             shed += 1
@@ -431,11 +460,14 @@ class Admission:
         # the bound allows now: it may have grown or shrunk since.
         limit = self.limit()
         newest_first = self.standing(now)
+        if self.latency is not None and self.overloaded(now):
+            self._drain()  # no waiter is served under overload with a latency target: see _acquire
+            limit = 0
         while self._waiters and self.in_flight < limit:
             waiter = self._waiters.pop() if newest_first else self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(self._admit(now))
-        if not self._waiters and self.in_flight < limit:
+        if not self._waiters and self.in_flight < self.limit():
             self._saturated_since = None
         if self.burst_seconds:
             self._history.record(self._sample(now))

@@ -64,7 +64,7 @@ class GatewaySettings:
     # cores). 0 = first come, first served; only GATEWAY_QUEUE_TIMEOUT sheds.
     burst_seconds: float = 5.0
     # Unless 0, the in-flight bound also keeps Triton's call latency near this many times its latency for
-    # one call alone (bigger batches buy throughput only within that).
+    # one call alone (bigger batches buy throughput only within that), and under overload nobody waits.
     latency_target_ratio: float = 0.0
     request_timeout: float = 300.0  # one Triton call
     retry_after: int = 1  # seconds, on 503s that have no better estimate

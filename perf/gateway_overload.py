@@ -61,13 +61,9 @@ POLICIES: dict[str, tuple[str, dict[str, str]]] = {
         "adaptive LIFO + overload shedding + latency target 1.5x",
         {"GATEWAY_LATENCY_TARGET_RATIO": "1.5"},
     ),
-    "latency1.25": (
-        "latency target 1.25x, overload told from a burst after 1 s",
-        {"GATEWAY_LATENCY_TARGET_RATIO": "1.25", "GATEWAY_BURST_SECONDS": "1"},
-    ),
     "latency-profile": (
-        "latency target 1.5x, overload told from a burst after 1 s (README: the latency profile)",
-        {"GATEWAY_LATENCY_TARGET_RATIO": "1.5", "GATEWAY_BURST_SECONDS": "1"},
+        "latency target 1.25x, overload told from a burst after 1 s (README: the latency profile)",
+        {"GATEWAY_LATENCY_TARGET_RATIO": "1.25", "GATEWAY_BURST_SECONDS": "1"},
     ),
 }
 # ~200 tokens of plain English; a per-request number keeps requests distinct.

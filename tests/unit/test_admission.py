@@ -79,6 +79,21 @@ def test_the_latency_bound_settles_where_latency_meets_the_target():
     assert 4 <= limit.current() <= 12
 
 
+def test_the_latency_bound_grows_by_the_room_left_under_the_target_and_not_in_the_dead_band():
+    """A whole call more at a small bound overshoots the target: growth follows the room left under it, and
+    a round just over the target (inside the dead band) leaves the bound be."""
+    clock = FakeClock()
+    limit = LatencyLimit(ratio=1.25, ceiling=64, clock=clock)
+    limit.observe(Ticket(0.0, 0, solo=True), 0.010)  # target 12.5 ms
+    limit.value = 2.0
+    run_round(limit, 0.013)  # 4 % over the target: inside the dead band
+    assert limit.value == 2.0
+    run_round(limit, 0.0125 / 1.1)  # 10 % of room under the target: 5 % more
+    assert limit.value == pytest.approx(2.1) and limit.current() == 2
+    run_round(limit, 0.0125 / 3)  # far under: by half at most
+    assert limit.value == pytest.approx(3.15)
+
+
 def test_the_unloaded_latency_is_measured_again_when_load_leaves_no_call_alone():
     clock = FakeClock()
     limit = LatencyLimit(ratio=2.0, ceiling=64, clock=clock)
@@ -219,9 +234,11 @@ def test_sustained_overload_sheds_the_oldest_waiters_at_once_and_serves_the_newe
     assert admission.shed_overload == last - 1 and admission.waiting == 0 and admission.in_flight == 0
 
 
-def test_with_a_latency_target_overload_keeps_only_the_newest_waiter():
-    """A waiter behind a full round of calls would wait a whole call, which a latency target forbids: once
-    overload is told from a burst, each arrival sheds every older waiter (a bounded number at a time)."""
+def test_with_a_latency_target_overload_serves_only_requests_that_find_a_slot_free():
+    """A waiter would add up to a whole call to its latency, which a latency target forbids: once overload
+    is told from a burst, a newcomer is refused at once unless a slot is free, and the waiters left from the
+    burst allowance are all shed (a bounded number per turn of the event loop), with no further arrival
+    needed to shed them."""
 
     async def scenario():
         clock = FakeClock()
@@ -240,19 +257,29 @@ def test_with_a_latency_target_overload_keeps_only_the_newest_waiter():
         await asyncio.sleep(0)
         served, outcomes, tasks = [], {}, []
         await _arrive(admission, clock, 5.75, served, outcomes, tasks)
+        waited = len(tasks)
         clock.now = 6.25
-        for _ in range(16):
-            tasks += await _queue(admission, 1, served, outcomes, start=len(tasks))
+        tasks += await _queue(admission, 1, served, outcomes, start=len(tasks))
         await settle()
         assert admission.overloaded()
-        assert admission.waiting == 1  # without the latency target: one round, 2
+        assert outcomes[waited] is Kind.OVERLOADED  # refused at once, every slot taken
+        assert 0 < admission.waiting < waited  # shed a few at a time
+        for _ in range(waited // SHED_PER_ARRIVAL):
+            await settle()
+        assert admission.waiting == 0  # without the latency target the room keeps one round, 2
+        assert all(outcomes[index] is Kind.OVERLOADED for index in range(waited))
         release.set()
         await asyncio.gather(*holders, *tasks)
-        return served, outcomes
+        # A slot is free now: the next arrival takes it, still under overload.
+        tasks += await _queue(admission, 1, served, outcomes, start=len(tasks))
+        await asyncio.gather(*tasks)
+        assert admission.overloaded()
+        return served, outcomes, admission
 
-    served, outcomes = asyncio.run(scenario())
-    assert served == [len(outcomes) - 1]  # the newest alone
+    served, outcomes, admission = asyncio.run(scenario())
+    assert served == [len(outcomes) - 1]  # the one that found a slot free
     assert sum(outcome is Kind.OVERLOADED for outcome in outcomes.values()) == len(outcomes) - 1
+    assert admission.waiting == 0 and admission.in_flight == 0
 
 
 def test_overload_lasts_while_arrivals_outpace_completions_through_a_second_without_arrivals():
