@@ -8,6 +8,7 @@ import base64
 import functools
 import http.server
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -55,6 +56,15 @@ def strict(server, media_dir):
         "SERVED_MODEL_NAME": "Qwen/Qwen3-VL-Embedding-8B,qwen3_vl_embedding",
     }
     with GatewayProcess(server.grpc_url, **environment) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def latency_first(server):
+    """The README's latency profile (a latency target), with a shorter burst allowance."""
+    with GatewayProcess(
+        server.grpc_url, GATEWAY_LATENCY_TARGET_RATIO="1.25", GATEWAY_BURST_SECONDS="0.5"
+    ) as running:
         yield running
 
 
@@ -203,6 +213,35 @@ def test_work_that_cannot_wait_gets_503_with_retry_after(strict):
         if response[0] == 503:
             headers, error = assert_error(response, 503, "ServiceUnavailableError", "overloaded")
             assert int(headers["Retry-After"]) >= 1
+
+
+def test_with_a_latency_target_overload_is_refused_at_once_and_what_is_admitted_is_exact(latency_first):
+    """An open loop far past capacity: once overload is told from a burst, a request that finds every slot
+    taken is refused at once, saying so, instead of waiting; every request is answered 200 or 503, and the
+    admitted ones carry the vector of the same text sent alone."""
+    url, body = f"{latency_first.url}/v1/embeddings", {"input": "a sentence to embed " * 10}
+    status, _, alone = post(url, body)
+    assert status == 200, alone
+    expected = alone["data"][0]["embedding"]
+    rate, seconds = 300, 4.0  # the tiny model serves ~60-250 of these a second on 2 cores
+    futures = []
+    with ThreadPoolExecutor(256) as pool:
+        start = time.monotonic()
+        for index in range(int(rate * seconds)):
+            time.sleep(max(0.0, start + index / rate - time.monotonic()))
+            futures.append(pool.submit(post, url, body))
+        responses = [future.result() for future in futures]
+    statuses = {status for status, _, _ in responses}
+    assert statuses <= {200, 503}, statuses
+    refused = [
+        assert_error(response, 503, "ServiceUnavailableError")[1]
+        for response in responses
+        if response[0] == 503
+    ]
+    assert any("every in-flight slot is taken" in error["message"] for error in refused), refused[:3]
+    admitted = [answer["data"][0]["embedding"] for status, _, answer in responses if status == 200]
+    assert admitted
+    assert max(abs(a - b) for vector in admitted for a, b in zip(vector, expected)) <= 1e-6
 
 
 def test_without_triton_health_and_requests_get_503_with_retry_after(orphan):
