@@ -54,7 +54,8 @@ def channel_path(model_name: str, server_pid: int | None = None) -> Path:
 def channel_files(server_pid: int) -> list[Path]:
     """Every channel of one tritonserver: the model steps remove theirs at unload, the launcher what a
     killed server left."""
-    return sorted(channel_path("*", server_pid).parent.glob(channel_path("*", server_pid).name))
+    pattern = channel_path("*", server_pid)
+    return sorted(pattern.parent.glob(pattern.name))
 
 
 class Publisher:

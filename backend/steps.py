@@ -49,7 +49,7 @@ def preprocess_requests(
         except Exception as error:
             results.append(failure(error, "preprocess"))
             continue
-        # The model step's queue timeout counts from here (backend.runtime.scheduler.QueueTimeout).
+        # The model step's queue timeout counts from here (backend.runtime.scheduler.QueueBound).
         stamp = time.monotonic_ns()
         packed[QUEUED_AT] = np.full((len(rows), 1), stamp, dtype=np.int64)
         if gate is not None:

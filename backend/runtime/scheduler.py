@@ -395,6 +395,11 @@ class QueueBound:
         if self.publisher is not None:
             self.publisher.free()
 
+    def close(self) -> None:
+        """At unload: the channel file goes with the step."""
+        if self.publisher is not None:
+            self.publisher.close()
+
 
 # A row of at most this share of the token budget is cheap: execute() runs micro-batches of such rows itself.
 CHEAP_SHARE_OF_BUDGET = 8
@@ -499,8 +504,7 @@ class StepWorker:
     def close(self, timeout: float = 10.0) -> None:
         self.queue.close(UnavailableError("the model step is shutting down; try again"))
         self._thread.join(timeout)
-        if self.queue_bound.publisher is not None:
-            self.queue_bound.publisher.close()
+        self.queue_bound.close()
 
     def _loop(self) -> None:
         self._enter_thread()

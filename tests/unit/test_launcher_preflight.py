@@ -106,7 +106,7 @@ def test_restart_backoff_doubles_up_to_a_cap():
 def test_model_steps_shed_load_with_a_bounded_queue():
     """The preprocess steps have Triton's bounded queue (overflow and timeouts refused, UNAVAILABLE); the
     model steps bound theirs by a queue timeout of their own, since Triton's queue policy would make the
-    batcher of a one-instance step sleep up to 500 ms (backend.runtime.scheduler.QueueTimeout)."""
+    batcher of a one-instance step sleep up to 500 ms (backend.backpressure)."""
     for name in ("qwen3_vl_embedding_preprocess", "qwen3_vl_reranker_preprocess"):
         text = (REPOSITORY / name / "config.pbtxt").read_text()
         assert "default_queue_policy" in text, name
