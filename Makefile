@@ -10,7 +10,7 @@ export TRITON_HTTP_PORT ?= 8000
 export TRITON_GRPC_PORT ?= 8001
 export TRITON_METRICS_PORT ?= 8002
 
-.PHONY: setup venv models serve test unit integration lint format clean manifests
+.PHONY: setup venv models serve test unit integration lint typecheck format clean manifests
 
 setup: venv models
 
@@ -48,6 +48,10 @@ integration: setup
 lint: venv
 	$(VENV)/bin/ruff check backend client deploy gateway perf tests tools model_repository
 	$(VENV)/bin/ruff format --check backend client deploy gateway perf tests tools model_repository
+
+TYPED := backend gateway client/qwen3vl_client tools perf deploy
+typecheck: venv
+	$(VENV)/bin/mypy $(TYPED)
 
 format: venv
 	$(VENV)/bin/ruff format backend client deploy gateway perf tests tools model_repository
