@@ -10,11 +10,11 @@ export TRITON_HTTP_PORT ?= 8000
 export TRITON_GRPC_PORT ?= 8001
 export TRITON_METRICS_PORT ?= 8002
 
-.PHONY: setup venv models serve test unit integration lint typecheck format clean manifests
+.PHONY: setup venv models serve test unit integration lint typecheck format clean manifests docs help
 
-setup: venv models
+setup: venv models ## the venv and the tiny checkpoints (what serve and test run first)
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed ## create .venv and install the pinned requirements (~5 min the first time, quiet)
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m tools.launcher prepare > /dev/null
 	touch $@
 
-models: venv
+models: venv ## build the tiny embedding and reranker checkpoints into models/
 	$(PY) -m tools.checkpoint --out $(EMBEDDING_TINY) --kind embedding
 	$(PY) -m tools.checkpoint --out $(RERANKER_TINY) --kind reranker
 
@@ -32,37 +32,47 @@ models: venv
 # Binds 127.0.0.1 (TRITON_HOST=0.0.0.0 serves the network); misconfiguration fails before the server starts.
 # RESPONSE_CACHE_BYTES=1073741824 turns on Triton's local response cache (off by default; both ensembles use it).
 comma := ,
-serve: setup
+serve: setup ## tritonserver on :8000/:8001/:8002 and the gateway on :9000, in the foreground
 	$(PY) -m tools.launcher serve --model-repository model_repository \
 		$(if $(RESPONSE_CACHE_BYTES),-- --cache-config=local$(comma)size=$(RESPONSE_CACHE_BYTES))
 
-test: setup
+test: setup ## the whole test suite (unit, then integration against a real tritonserver)
 	$(PY) -m pytest -q
 
-unit: setup
+unit: setup ## unit tests only (no server)
 	$(PY) -m pytest -q tests/unit
 
-integration: setup
+integration: setup ## integration tests only
 	$(PY) -m pytest -q tests/integration
 
-lint: venv
+lint: venv ## ruff check and ruff format --check
 	$(VENV)/bin/ruff check backend client deploy gateway perf tests tools model_repository
 	$(VENV)/bin/ruff format --check backend client deploy gateway perf tests tools model_repository
 
 TYPED := backend gateway client/qwen3vl_client tools perf deploy
-typecheck: venv
+typecheck: venv ## mypy over backend, gateway, client, tools, perf, deploy
 	$(VENV)/bin/mypy $(TYPED)
 
-format: venv
+format: venv ## ruff format and ruff check --fix
 	$(VENV)/bin/ruff format backend client deploy gateway perf tests tools model_repository
 	$(VENV)/bin/ruff check --fix backend client deploy gateway perf tests tools model_repository
 
 # Renders the Helm chart for every variant (2B/8B x CUDA/Ascend/CPU, gateway on/off) into build/manifests/<variant>/
 # with deploy/render.py: no helm binary, no cluster. The tests validate them against the Kubernetes schemas.
-manifests: venv
+manifests: venv ## render the Helm chart for every variant into build/manifests/
 	$(PY) -m deploy.render --out build/manifests
 
-clean:
+# The documentation site (mkdocs.yml): the generated configuration tables must match the settings classes, and
+# the strict build fails on a broken link or anchor or a page missing from the nav.
+docs: venv ## build the docs site into build/site/ (strict: broken links or anchors fail)
+	$(PY) -m tools.settings_tables --check
+	$(VENV)/bin/mkdocs build --strict --quiet
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-zA-Z_-]+):.*## /\1\t/' | \
+		awk -F'\t' '{ printf "  %-16s %s\n", $$1, $$2 }'
+
+clean: ## remove .venv, .triton, models/ and the pytest cache
 	rm -rf $(VENV) .triton models .pytest_cache
 
 # perf_analyzer sweeps and side-by-side comparisons (perf/README.md); results in perf/results/<host>/<date>/.
@@ -73,27 +83,27 @@ PERF_ARGS ?=
 SIZE ?= tiny
 .PHONY: perf perf-accel
 
-perf: setup
+perf: setup ## perf_analyzer sweeps of the served ensembles (WORKLOAD=, CONCURRENCY=, PERF_ARGS=)
 	$(PY) -m perf.run $(if $(WORKLOAD),--workloads $(WORKLOAD)) $(if $(CONCURRENCY),--concurrency $(CONCURRENCY)) $(PERF_ARGS)
 
 # The vLLM-Ascend benchmark on a device: `make perf-accel SIZE=8b DEVICE=cuda` (SIZE=tiny DEVICE=cpu runs anywhere).
-perf-accel: setup
+perf-accel: setup ## the vLLM-Ascend benchmark on a device (SIZE=8b DEVICE=cuda)
 	$(PY) -m perf.accel --size $(SIZE) --device $(or $(DEVICE),auto) $(PERF_ARGS)
 
 # Overload and recovery of `make serve`, outside `make test` (results in perf/results/<host>/<date>/, README
 # "Operations"): 4x capacity against the bounded queues; SIGKILL of each stub kind and of tritonserver under load.
 .PHONY: overload recovery
-overload: setup
+overload: setup ## 4x capacity against the bounded queues
 	$(PY) -m perf.overload $(PERF_ARGS)
 
-recovery: setup
+recovery: setup ## SIGKILL of each stub kind and of tritonserver under load
 	$(PY) -m perf.recovery
 
 # Reliability of `make serve` (issue #10), outside `make test`, ~20 min: 5,000 seeded malformed requests with good
 # ones interleaved, a 20,000-request soak (stub RSS, throughput), 4x overload, SIGKILL of each stub kind and of
 # tritonserver under load, SIGTERM under load. Results in perf/results/<host>/<date>/reliability.{json,md}.
 .PHONY: reliability
-reliability: setup
+reliability: setup ## ~20 min: malformed requests, soak, overload, kills, SIGTERM
 	$(PY) -m perf.reliability $(PERF_ARGS)
 
 # The seed's `vllm bench serve` (embeddings and rerank) against the gateway, offline, with vLLM 0.33 in a venv of
@@ -102,16 +112,16 @@ VLLM_BENCH_VENV ?= .venv-vllm-bench
 VLLM_BENCH_ARGS ?=
 .PHONY: perf-vllm vllm-bench-venv perf-gateway
 
-vllm-bench-venv: $(VLLM_BENCH_VENV)/.installed
+vllm-bench-venv: $(VLLM_BENCH_VENV)/.installed ## vLLM 0.33's venv for perf-vllm (~2.2 GB)
 
 $(VLLM_BENCH_VENV)/.installed: perf/requirements-vllm-bench.txt
 	test -x $(VLLM_BENCH_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_BENCH_VENV)
 	$(VLLM_BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r perf/requirements-vllm-bench.txt
 	touch $@
 
-perf-vllm: setup vllm-bench-venv
+perf-vllm: setup vllm-bench-venv ## `vllm bench serve` against the gateway
 	$(PY) -m perf.vllm_bench --vllm $(VLLM_BENCH_VENV)/bin/vllm $(VLLM_BENCH_ARGS)
 
 # Gateway overhead: text_200 through /v1/embeddings vs perf_analyzer gRPC on the ensemble, same server, same run.
-perf-gateway: setup
+perf-gateway: setup ## gateway overhead against gRPC on the ensemble
 	$(PY) -m perf.gateway_bench $(PERF_ARGS)

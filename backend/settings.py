@@ -1,7 +1,7 @@
 """Typed settings read once from a model's `config.pbtxt` parameters, with environment overrides.
 
-Every knob a deployment can turn lives here, with its default, so the README table and the code cannot
-drift apart: `python -m backend.settings` prints the table the README carries.
+Every knob a deployment can turn lives here, with its default, so the docs and the code cannot drift apart:
+docs/configuration.md's tables are rendered from these classes (`python -m tools.settings_tables --write`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Every knob of the gateway, read once from the environment into one frozen object.
 
-``ENVIRONMENT`` names the variable behind each field; the README's table lists the same names (a unit test
-keeps them in step).
+``ENVIRONMENT`` names the variable behind each field; docs/configuration.md's table is rendered from both
+(tools/settings_tables.py; a unit test keeps them in step).
 """
 
 from __future__ import annotations

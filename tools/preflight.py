@@ -28,10 +28,10 @@ DEVICE_PROBE_TIMEOUT_SECS = 20.0
 # A checkpoint's tokenizer: the fast tokenizer file, or the BPE pair the slow one is built from.
 TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 DEVICES_WITHOUT_PROBE = ("", "auto", "cpu")
-CUDA_TORCH_HINT = ".venv/bin/pip install torch=={version} --index-url https://download.pytorch.org/whl/cu128"
+CUDA_TORCH_HINT = ".venv/bin/pip install torch=={version} --index-url https://download.pytorch.org/whl/cu130"
 NPU_HINT = (
     "source /usr/local/Ascend/ascend-toolkit/set_env.sh and install torch-npu matching torch {version} "
-    "(README, 'Ascend NPU')"
+    "(docs/getting-started.md, 'Ascend NPU')"
 )
 
 

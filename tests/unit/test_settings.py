@@ -47,14 +47,14 @@ def test_read_parameters_from_a_triton_model_config():
     assert load_settings(ModelSettings, read_parameters(config), environ={}).warmup is False
 
 
-def test_readme_documents_every_parameter_with_its_default():
+def test_the_docs_document_every_parameter_with_its_default():
     import re
 
     from backend.settings import RerankModelSettings, RerankPreprocessSettings, parameter_table
     from tests.conftest import REPO
 
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Configuration") : readme.index("## Real weights")]
+    page = (REPO / "docs" / "configuration.md").read_text()
+    section = page[page.index("## Model parameters") : page.index("### The reranker's models")]
     documented = {}
     for names, defaults in re.findall(
         r"^\| ((?:`\w+`(?: / )?)+) \| ((?:`[^`]*`(?: / )?)+) \|", section, re.M
@@ -71,7 +71,7 @@ def test_readme_documents_every_parameter_with_its_default():
 
     for cls in (PreprocessSettings, ModelSettings, RerankPreprocessSettings, RerankModelSettings):
         for name, default in parameter_table(cls):
-            assert name in documented, f"README's Configuration section does not list {name}"
+            assert name in documented, f"docs/configuration.md does not list {name}"
             if cls in (PreprocessSettings, ModelSettings):  # the reranker's own defaults are in prose
                 assert same(documented[name], default), (name, documented[name], default)
     known = {name for cls in (PreprocessSettings, ModelSettings) for name, _ in parameter_table(cls)}
