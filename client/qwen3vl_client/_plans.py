@@ -179,7 +179,7 @@ class ClientCore:
         options = self.options
         base: dict[str, Any] = {"url": options.url, "protocol": options.protocol, "model": options.model}
         try:
-            server = {
+            server: dict[str, Any] = {
                 "server_live": bool((yield Ask("is_server_live"))),
                 "server_ready": bool((yield Ask("is_server_ready"))),
                 "server_version": as_dict((yield Ask("get_server_metadata"))).get("version"),
