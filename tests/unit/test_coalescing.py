@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from gateway.calls import mergeable
+from gateway.calls import Outcome, assemble, call_groups, mergeable
 from gateway.coalescing import Blame, Coalescer, RowRejected
 from gateway.errors import Kind
 from gateway.items import Item
@@ -256,6 +256,16 @@ def test_merged_rows_keep_their_own_instruction_size_and_format():
     assert not mergeable(token_row)
     assert mergeable(Item(text="a").row()) and mergeable(pairs[0])
     assert not mergeable(Pair(Item(text="q").row(), Item(videos=(b"mp4",)).row()))
+
+
+def test_a_request_is_cut_into_calls_and_its_answers_are_put_back_in_its_order():
+    assert call_groups(5, 2) == [[0, 1], [2, 3], [4]]
+    assert call_groups(3, 0) == [[0, 1, 2]]  # the ensemble sets no limit
+    assert call_groups(4, 2, alone=[1, 3]) == [[0, 2], [1], [3]]  # token-id rows last, one per call
+    groups = [[0, 2], [1]]
+    answers = [[("a", 3), ("c", 5)], [("b", 4)]]
+    assert assemble(groups, answers, counted=True) == Outcome(["a", "b", "c"], [3, 4, 5])
+    assert assemble(groups, answers, counted=False) == Outcome(["a", "b", "c"], None)
 
 
 def test_triton_errors_are_judged_and_a_rejected_row_is_named_in_its_requests_numbering():
