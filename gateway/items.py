@@ -9,6 +9,7 @@ from gateway.errors import invalid
 from gateway.media import MediaFetcher
 from gateway.protocol import ContentPart, Conversation, EmbeddingRequest, ScoreContent, ScoreInput
 from gateway.settings import InputFormat
+from qwen3vl_client.items import Row
 
 # The query convention of the vLLM tutorial and the Qwen3-VL-Embedding README.
 _INSTRUCT_QUERY = re.compile(r"\AInstruct: ?(?P<task>.*?)\nQuery: ?(?P<query>.*)\Z", re.DOTALL)
@@ -16,8 +17,9 @@ _INSTRUCT_QUERY = re.compile(r"\AInstruct: ?(?P<task>.*?)\nQuery: ?(?P<query>.*)
 
 @dataclass(frozen=True)
 class Item:
-    """One ensemble row. ``raw`` rows are vLLM's completion path: ``text`` (or ``token_ids``) as is, no
-    chat format; official rows get the instruction (None = the model's default) and the template."""
+    """One thing to embed, or one side of a pair to score, as the request gave it. ``raw`` items are
+    vLLM's completion path: ``text`` (or ``token_ids``) as is, no chat format; official items get the
+    instruction (None = the model's default) and the template."""
 
     text: str | None = None
     images: tuple[bytes, ...] = ()
@@ -26,9 +28,10 @@ class Item:
     raw: bool = False
     token_ids: tuple[int, ...] | None = None
 
-    @property
-    def media_bytes(self) -> int:
-        return sum(len(blob) for blob in self.images) + sum(len(blob) for blob in self.videos)
+    def row(self, dimensions: int | None = None) -> Row:
+        """The item as the client's wire carries it (``dimensions`` None = the model's full size)."""
+        text, instruction = (self.text or "").encode(), (self.instruction or "").encode()
+        return Row(text, self.images, self.videos, instruction, dimensions or 0, self.raw, self.token_ids)
 
 
 def split_instruct_query(text: str) -> tuple[str | None, str]:
@@ -111,10 +114,12 @@ async def conversation_item(conversation: Conversation, fetcher: MediaFetcher, w
         raise invalid(f"{where} has no messages", param="messages")
     for index, message in enumerate(conversation):
         here = f"{where}[{index}].content"
+        parts: tuple[list[str], list[bytes], list[bytes]]
         if isinstance(message.content, str):
-            parts_text, parts_images, parts_videos = [message.content], [], []
+            parts = [message.content], [], []
         else:
-            parts_text, parts_images, parts_videos = await _content_item(message.content, fetcher, here)
+            parts = await _content_item(message.content, fetcher, here)
+        parts_text, parts_images, parts_videos = parts
         if message.role in ("system", "developer"):
             if parts_images or parts_videos:
                 raise invalid(f"{here}: a system message holds only text", param="messages")

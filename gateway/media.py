@@ -8,9 +8,13 @@ import base64
 import binascii
 import urllib.parse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.errors import invalid
 from gateway.settings import GatewaySettings
+
+if TYPE_CHECKING:
+    import aiohttp  # imported when a URL is first fetched
 
 
 def _decode_base64(payload: str) -> bytes:
@@ -37,7 +41,7 @@ class MediaFetcher:
 
     def __init__(self, settings: GatewaySettings):
         self.settings = settings
-        self._session = None
+        self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
         if self._session is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 import numpy as np
 
@@ -73,6 +73,31 @@ class Send:
 Operation = Ask | Offload | Send
 # What an operation answers is sent back into the plan; what it raises is thrown into it.
 Plan = Generator[Operation, Any, T]
+
+
+class Run(Generic[T]):
+    """A plan being performed: ``next()`` sends the last operation's ``answer`` into the plan (or
+    throws its ``failure``) and gives the next operation, or None once the plan has returned its
+    ``result``. Both clients step plans with it; they differ only in how they perform an operation."""
+
+    result: T
+
+    def __init__(self, plan: Plan[T]) -> None:
+        self.plan = plan
+        self.answer: Any = None
+        self.failure: Exception | None = None
+
+    def next(self) -> Operation | None:
+        try:
+            if self.failure is None:
+                operation = self.plan.send(self.answer)
+            else:
+                operation = self.plan.throw(self.failure)
+        except StopIteration as finished:
+            self.result = finished.value
+            return None
+        self.answer, self.failure = None, None
+        return operation
 
 
 class ClientCore:
@@ -179,7 +204,7 @@ class ClientCore:
         options = self.options
         base: dict[str, Any] = {"url": options.url, "protocol": options.protocol, "model": options.model}
         try:
-            server = {
+            server: dict[str, Any] = {
                 "server_live": bool((yield Ask("is_server_live"))),
                 "server_ready": bool((yield Ask("is_server_ready"))),
                 "server_version": as_dict((yield Ask("get_server_metadata"))).get("version"),

@@ -1,5 +1,8 @@
 """What a failed request means: retry it (UNAVAILABLE, lost connection), split it to find every bad item
-(``on_error="skip"``), record one bad item, or raise an error that names the items it concerns."""
+(``on_error="skip"``), record one bad item, or raise an error that names the items it concerns.
+
+The server's status and message, and the row its message names (``pin``), are read here for the gateway
+too: it maps them to its own error kinds and does not retry."""
 
 from __future__ import annotations
 
@@ -23,10 +26,14 @@ def error_status(error: BaseException) -> str | None:
     return str(status()) if callable(status) and status() is not None else None
 
 
-def error_message(error: BaseException) -> str:
+def error_text(error: BaseException) -> str:
+    """The server's message (tritonclient's ``message()``), else the exception's text (maybe "")."""
     message = getattr(error, "message", None)
-    text = message() if callable(message) else None
-    return str(text or error) or type(error).__name__
+    return str((message() if callable(message) else None) or error)
+
+
+def error_message(error: BaseException) -> str:
+    return error_text(error) or type(error).__name__
 
 
 def is_unavailable(error: BaseException, connection_errors: tuple[type[BaseException], ...]) -> bool:
@@ -41,27 +48,52 @@ def is_invalid(error: BaseException) -> bool:
     return error_status(error) in _INVALID
 
 
-def row_reason(message: str) -> str:
-    """What follows the backend's "row N: " (and Triton's ensemble prefix), else the whole message."""
+def row_of(message: str) -> tuple[int | None, str]:
+    """The row the backend's "row N: " names and what follows it (past Triton's ensemble prefix), else
+    (None, the whole message)."""
     match = _ROW.search(message)
-    return message[match.end() :] if match else message
+    return (int(match.group(1)), message[match.end() :]) if match else (None, message)
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """Whom a server message concerns: ``row`` of the request (None: no row, or one it does not have),
+    or, when ``shared``, what every row carries (the rerank query); ``reason`` is the message past
+    "row N: "."""
+
+    row: int | None
+    reason: str
+    shared: bool = False
+
+
+def pin(message: str, rows: int, shared_markers: tuple[str, ...] = (), row: int | None = None) -> Pinned:
+    """The row of a request of ``rows`` rows that ``message`` names (``row``, when given, wins: a merged
+    request's row renumbered), or the shared part when the reason starts with ``shared_markers``."""
+    named, reason = row_of(message)
+    if shared_markers and reason.startswith(shared_markers):
+        return Pinned(None, reason, shared=True)
+    row = named if row is None else row
+    return Pinned(row if row is not None and row < rows else None, reason)
 
 
 def blame(error: BaseException, batch: Batch, endpoint: Endpoint | None = None) -> EmbeddingError:
     """The server's error as an ``ItemError`` for the row it names, else a ``RequestError``."""
     message = error_message(error)
     status = error_status(error)
-    match = _ROW.search(message)
-    reason = message[match.end() :] if match else message
-    if endpoint is not None and endpoint.about_shared(reason):
+    pinned = pin(message, len(batch), _shared_markers(endpoint))
+    if pinned.shared and endpoint is not None:
         # Every row carries the query: the request failed because of it, not of a document.
-        return RequestError(batch.indices, f"{endpoint.shared}: {reason}", status)
-    if match and int(match.group(1)) < len(batch):
-        row = int(match.group(1))
-        return ItemError(batch.indices[row], batch.items[row].describe(), reason, status)
+        return RequestError(batch.indices, f"{endpoint.shared}: {pinned.reason}", status)
+    if pinned.row is not None:
+        row = pinned.row
+        return ItemError(batch.indices[row], batch.items[row].describe(), pinned.reason, status)
     if len(batch) == 1 and is_invalid(error):
         return ItemError(batch.indices[0], batch.items[0].describe(), message, status)
     return RequestError(batch.indices, f"{status or type(error).__name__}: {message}", status)
+
+
+def _shared_markers(endpoint: Endpoint | None) -> tuple[str, ...]:
+    return endpoint.shared_markers if endpoint is not None else ()
 
 
 @dataclass(frozen=True)
@@ -102,7 +134,7 @@ def next_step(
             error_status(error),
         ) from error
     blamed = blame(error, batch, endpoint)
-    about_shared = endpoint is not None and endpoint.about_shared(row_reason(error_message(error)))
+    about_shared = pin(error_message(error), len(batch), _shared_markers(endpoint)).shared
     if on_error == "skip" and is_invalid(error) and not about_shared:
         # One bad row fails the whole request: send the items alone to find every bad one.
         if len(batch) > 1:

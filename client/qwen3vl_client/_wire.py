@@ -1,10 +1,11 @@
 """The server models as the client calls them: the tensors a batch of rows becomes, the output to read and
 how it splits into per-item values. Embedding and reranking differ only here, so both go through the same
-batching, retries and errors."""
+batching, retries and errors. The gateway calls the ensembles through these same builders (with its
+raw and token-id rows, per-row instructions and queries), so the contract is written once."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -17,6 +18,22 @@ from qwen3vl_client.options import Options
 
 OUTPUT_NAME = "EMBEDDING"
 SCORE_NAME = "SCORE"
+TOKEN_COUNT_NAME = "TOKEN_COUNT"  # optional output: each row's prompt tokens
+# Reranker errors about the query (every row carries it) start with one of these.
+QUERY_MARKERS = ("QUERY_", "the query ")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One reranker row: a (query, document) pair and its instruction (b"" = the model's default)."""
+
+    query: Row
+    document: Row
+    instruction: bytes = b""
+
+    @property
+    def media_bytes(self) -> int:
+        return self.query.media_bytes + self.document.media_bytes
 
 
 def _adder(module: ModuleType, inputs: list[Any]) -> Callable[[str, np.ndarray, str], None]:
@@ -44,7 +61,9 @@ def _add_content(add: Callable[[str, np.ndarray, str], None], prefix: str, rows:
 
 
 def build_inputs(module: ModuleType, rows: Sequence[Row]) -> list[Any]:
-    """The embedding model's public-contract tensors for ``rows``."""
+    """The embedding model's public-contract tensors for ``rows``. Every input is per row, so rows with
+    different instructions, Matryoshka sizes or formats share a request ("" = the default instruction,
+    0 = the full size); a request sends only the inputs its rows use."""
     inputs: list[Any] = []
     add = _adder(module, inputs)
     _add_content(add, "", rows)
@@ -52,17 +71,25 @@ def build_inputs(module: ModuleType, rows: Sequence[Row]) -> list[Any]:
         add("INSTRUCTION", _column([row.instruction for row in rows]), "BYTES")
     if any(row.dimensions for row in rows):
         add("DIMENSIONS", np.array([[row.dimensions] for row in rows], dtype=np.int32), "INT32")
+    if any(row.raw for row in rows):
+        add("RAW", np.array([[row.raw] for row in rows], dtype=bool), "BOOL")
+    token_rows = [row.token_ids for row in rows if row.token_ids is not None]
+    if token_rows:
+        # Token-id rows travel alone (the gateway sends them one per request): no padding to agree on.
+        if len(rows) != 1:
+            raise ValueError(f"a row of token ids travels alone, not with {len(rows) - 1} others")
+        add("TOKEN_IDS", np.array([token_rows[0]], dtype=np.int64), "INT64")
     return inputs
 
 
-def build_rerank_inputs(module: ModuleType, rows: Sequence[Row], query: Row, instruction: bytes) -> list[Any]:
-    """The reranker's tensors: one (query, document) pair per row, the query repeated on every row."""
+def build_rerank_inputs(module: ModuleType, pairs: Sequence[Pair]) -> list[Any]:
+    """The reranker's tensors: one (query, document) pair per row."""
     inputs: list[Any] = []
     add = _adder(module, inputs)
-    _add_content(add, "QUERY_", [query] * len(rows))
-    _add_content(add, "DOCUMENT_", rows)
-    if instruction:
-        add("INSTRUCTION", _column([instruction] * len(rows)), "BYTES")
+    _add_content(add, "QUERY_", [pair.query for pair in pairs])
+    _add_content(add, "DOCUMENT_", [pair.document for pair in pairs])
+    if any(pair.instruction for pair in pairs):
+        add("INSTRUCTION", _column([pair.instruction for pair in pairs]), "BYTES")
     return inputs
 
 
@@ -83,11 +110,18 @@ def split_rows(embedding: np.ndarray, rows: Sequence[Row]) -> list[np.ndarray]:
     ]
 
 
-def split_scores(scores: np.ndarray, rows: Sequence[Row]) -> list[float]:
+def split_scores(scores: np.ndarray, rows: Sized) -> list[float]:
     """One relevance score per (query, document) row."""
     if scores.shape != (len(rows), 1):
         raise RequestError([], f"server returned {SCORE_NAME} of shape {scores.shape} for {len(rows)} rows")
     return [float(score) for score in scores[:, 0]]
+
+
+def split_counts(counts: np.ndarray | None, rows: int) -> list[int]:
+    """TOKEN_COUNT per row (zeros when the model has no such output)."""
+    if counts is None:
+        return [0] * rows
+    return [int(value) for value in np.asarray(counts).reshape(rows, -1)[:, 0]]
 
 
 @dataclass(frozen=True)
@@ -103,9 +137,6 @@ class Endpoint:
     shared: str | None = None
     shared_markers: tuple[str, ...] = ()
 
-    def about_shared(self, reason: str) -> bool:
-        return bool(self.shared_markers) and reason.startswith(self.shared_markers)
-
 
 def embedding_endpoint(options: Options) -> Endpoint:
     return Endpoint(options.model, OUTPUT_NAME, build_inputs, split_rows)
@@ -115,7 +146,7 @@ def rerank_endpoint(options: Options, query: Item, query_row: Row, instruction: 
     encoded = (instruction or "").encode("utf-8")
 
     def build(module: ModuleType, rows: Sequence[Row]) -> list[Any]:
-        return build_rerank_inputs(module, rows, query_row, encoded)
+        return build_rerank_inputs(module, [Pair(query_row, row, encoded) for row in rows])
 
     return Endpoint(
         options.reranker_model,
@@ -123,5 +154,5 @@ def rerank_endpoint(options: Options, query: Item, query_row: Row, instruction: 
         build,
         split_scores,
         shared=f"query ({query.describe()})",
-        shared_markers=("QUERY_", "the query "),
+        shared_markers=QUERY_MARKERS,
     )

@@ -61,15 +61,30 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name) or default
 
 
-def _server_options(defaults: bool) -> argparse.ArgumentParser:
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: a flag it does not know is its own error, shown with its own usage
+    (argparse hands unknown flags up to the top-level parser, whose usage lists none of the
+    subcommand's)."""
+
+    def parse_known_args(  # type: ignore[override]  # typeshed's overloads; same signature at runtime
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
+def _server_options(defaults: bool) -> _CommandParser:
     """The server options, accepted before the command (``qwen3vl --url X health``) and after it. Only
     the top-level parser holds the defaults: argparse copies everything a subcommand's parser sets over
-    what was parsed before the command, so there an option absent from the command line sets nothing."""
+    what was parsed before the command, so there an option absent from the command line sets nothing.
+    (A ``_CommandParser`` only because typeshed wants a subcommand's parents of its parser class.)"""
 
     def default(value: Any) -> Any:
         return value if defaults else argparse.SUPPRESS
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = _CommandParser(add_help=False)
     server = common.add_argument_group("server")
     server.add_argument("--url", default=default(_env("QWEN3VL_URL")), help="host:port (env QWEN3VL_URL)")
     server.add_argument(
@@ -137,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[_server_options(defaults=True)],
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser
+    )
     common = [_server_options(defaults=False)]
 
     embed = commands.add_parser(

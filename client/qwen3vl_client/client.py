@@ -13,7 +13,7 @@ from typing import Any, Literal, overload
 import numpy as np
 
 from qwen3vl_client._calls import Call, OnError, Progress
-from qwen3vl_client._plans import Ask, ClientCore, Offload, Operation, Plan, T
+from qwen3vl_client._plans import Ask, ClientCore, Offload, Operation, Plan, Run, T
 from qwen3vl_client._wire import Endpoint
 from qwen3vl_client.errors import ItemError
 from qwen3vl_client.items import Batch, ImageInput, Item, VideoInput
@@ -190,18 +190,13 @@ class EmbeddingClient(ClientCore):
 
     def _drive(self, plan: Plan[T]) -> T:
         """Run ``plan`` to its result, performing each operation it yields."""
-        answer: Any = None
-        failure: Exception | None = None
-        while True:
+        run = Run(plan)
+        while (operation := run.next()) is not None:
             try:
-                operation = plan.send(answer) if failure is None else plan.throw(failure)
-            except StopIteration as finished:
-                return finished.value  # type: ignore[no-any-return]
-            answer, failure = None, None
-            try:
-                answer = self._perform(operation)
+                run.answer = self._perform(operation)
             except Exception as error:  # noqa: BLE001 - the plan handles it or lets it through
-                failure = error
+                run.failure = error
+        return run.result
 
     def _perform(self, operation: Operation) -> Any:
         if isinstance(operation, Ask):

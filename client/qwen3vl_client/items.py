@@ -102,7 +102,7 @@ def check_dimensions(dimensions: int | None) -> None:
 
 
 def collect_items(
-    items: Iterable[Item | str] | None = None,
+    items: Iterable[Item | str] | Item | str | None = None,
     texts: str | Iterable[str] | None = None,
     images: ImageInput | Iterable[ImageInput] | None = None,
     videos: VideoInput | Iterable[VideoInput] | None = None,
@@ -127,17 +127,25 @@ def collect_items(
 
 @dataclass(frozen=True)
 class Row:
-    """One item as it goes on the wire: encoded files, resolved instruction and dimensions."""
+    """One item as it goes on the wire: encoded files, resolved instruction and dimensions. ``raw`` and
+    ``token_ids`` are the gateway's (vLLM's raw completion path: no chat template; token ids instead of
+    text); the client never sets them."""
 
     text: bytes
     images: tuple[bytes, ...]
     videos: tuple[bytes, ...]
     instruction: bytes
     dimensions: int
+    raw: bool = False
+    token_ids: tuple[int, ...] | None = None
+
+    @property
+    def media_bytes(self) -> int:
+        return sum(map(len, self.images)) + sum(map(len, self.videos))
 
     @property
     def nbytes(self) -> int:
-        return len(self.text) + sum(map(len, self.images)) + sum(map(len, self.videos))
+        return len(self.text) + self.media_bytes
 
 
 @dataclass

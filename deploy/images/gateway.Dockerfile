@@ -19,6 +19,8 @@ FROM ${PYTHON_IMAGE}
 RUN getent passwd 1000 > /dev/null || useradd --uid 1000 --user-group --no-create-home --shell /usr/sbin/nologin gateway
 COPY --from=build /opt/venv /opt/venv
 COPY gateway /opt/qwen3vl/gateway
+# The gateway calls Triton through the client library's wire contract (numpy only: no client extras).
+COPY client/qwen3vl_client /opt/qwen3vl/qwen3vl_client
 COPY backend /opt/qwen3vl/backend
 ENV PATH=/opt/venv/bin:$PATH HOME=/tmp GATEWAY_HOST=0.0.0.0 GATEWAY_PORT=9000
 WORKDIR /opt/qwen3vl

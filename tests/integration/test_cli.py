@@ -170,6 +170,21 @@ def test_embed_usage_errors_exit_2(env, capsys, tmp_path):
     assert code == 2 and f"{bad}:2: not a JSON object" in stderr
 
 
+def test_a_wrong_flag_shows_the_subcommands_usage(capsys, tmp_path):
+    for argv in (["embed"], ["similarity"], ["search", str(tmp_path)], ["rerank"], ["health"]):
+        with pytest.raises(SystemExit) as exited:
+            main([*argv, "--no-such-flag"])
+        stderr = capsys.readouterr().err
+        assert exited.value.code == 2
+        assert stderr.startswith(f"usage: qwen3vl {argv[0]} [-h] [--url URL]"), stderr
+        assert f"qwen3vl {argv[0]}: error: unrecognized arguments: --no-such-flag" in stderr
+    # Before the command, it is the top-level parser's flag, and its usage.
+    with pytest.raises(SystemExit):
+        main(["--no-such-flag", "health"])
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("usage: qwen3vl [-h]") and "qwen3vl: error: unrecognized arguments" in stderr
+
+
 def test_similarity_reproduces_the_tutorial_example(env, capsys):
     code, out, _ = run(capsys, "similarity", "--json", "--protocol", "grpc", "--url", env.grpc_url)
     assert code == 0

@@ -8,10 +8,12 @@ import re
 
 import pytest
 
+from gateway.calls import Outcome, assemble, call_groups, mergeable
 from gateway.coalescing import Blame, Coalescer, RowRejected
 from gateway.errors import Kind
 from gateway.items import Item
-from gateway.triton import EmbeddingRow, PairRow, blame, embedding_tensors, judge, rerank_tensors
+from gateway.triton import blame, judge
+from qwen3vl_client._wire import Pair, build_inputs, build_rerank_inputs
 from tests.unit.test_gateway import FakeTritonError
 
 _ROW = re.compile(r"row (\d+): ")
@@ -229,24 +231,41 @@ class FakeModule:
 
 def test_merged_rows_keep_their_own_instruction_size_and_format():
     rows = [
-        EmbeddingRow(Item(text="a")),
-        EmbeddingRow(Item(text="b", instruction="Find it"), 64),
-        EmbeddingRow(Item(text="c", raw=True), 128),
+        Item(text="a").row(),
+        Item(text="b", instruction="Find it").row(64),
+        Item(text="c", raw=True).row(128),
     ]
-    tensors = {tensor.name: tensor.array for tensor in embedding_tensors(FakeModule, rows)}
+    tensors = {tensor.name: tensor.array for tensor in build_inputs(FakeModule, rows)}
     assert tensors["TEXT"][:, 0].tolist() == [b"a", b"b", b"c"]
     assert tensors["INSTRUCTION"][:, 0].tolist() == [b"", b"Find it", b""]  # "" = the default
     assert tensors["DIMENSIONS"][:, 0].tolist() == [0, 64, 128]  # 0 = full size
     assert tensors["RAW"][:, 0].tolist() == [False, False, True]
-    alone = {tensor.name for tensor in embedding_tensors(FakeModule, rows[:1])}
+    alone = {tensor.name for tensor in build_inputs(FakeModule, rows[:1])}
     assert alone == {"TEXT"}  # a plain request sends only what it uses, as before
-    pairs = [PairRow(Item(text="q1"), Item(text="d1")), PairRow(Item(text="q2"), Item(text="d2"), "Judge")]
-    tensors = {tensor.name: tensor.array for tensor in rerank_tensors(FakeModule, pairs)}
+    pairs = [
+        Pair(Item(text="q1").row(), Item(text="d1").row()),
+        Pair(Item(text="q2").row(), Item(text="d2").row(), b"Judge"),
+    ]
+    tensors = {tensor.name: tensor.array for tensor in build_rerank_inputs(FakeModule, pairs)}
     assert tensors["QUERY_TEXT"][:, 0].tolist() == [b"q1", b"q2"]
     assert tensors["INSTRUCTION"][:, 0].tolist() == [b"", b"Judge"]
-    assert not EmbeddingRow(Item(images=(b"png",))).mergeable
-    assert not EmbeddingRow(Item(raw=True, token_ids=(1, 2))).mergeable
-    assert EmbeddingRow(Item(text="a")).mergeable and pairs[0].mergeable
+    token_row = Item(raw=True, token_ids=(1, 2)).row()
+    tensors = {tensor.name: tensor.array for tensor in build_inputs(FakeModule, [token_row])}
+    assert tensors["TOKEN_IDS"].tolist() == [[1, 2]] and tensors["RAW"].tolist() == [[True]]
+    assert not mergeable(Item(images=(b"png",)).row())
+    assert not mergeable(token_row)
+    assert mergeable(Item(text="a").row()) and mergeable(pairs[0])
+    assert not mergeable(Pair(Item(text="q").row(), Item(videos=(b"mp4",)).row()))
+
+
+def test_a_request_is_cut_into_calls_and_its_answers_are_put_back_in_its_order():
+    assert call_groups(5, 2) == [[0, 1], [2, 3], [4]]
+    assert call_groups(3, 0) == [[0, 1, 2]]  # the ensemble sets no limit
+    assert call_groups(4, 2, alone=[1, 3]) == [[0, 2], [1], [3]]  # token-id rows last, one per call
+    groups = [[0, 2], [1]]
+    answers = [[("a", 3), ("c", 5)], [("b", 4)]]
+    assert assemble(groups, answers, counted=True) == Outcome(["a", "b", "c"], [3, 4, 5])
+    assert assemble(groups, answers, counted=False) == Outcome(["a", "b", "c"], None)
 
 
 def test_triton_errors_are_judged_and_a_rejected_row_is_named_in_its_requests_numbering():

@@ -178,7 +178,12 @@ def test_gateway_image_installs_what_the_gateway_imports_and_no_torch():
     assert "torch" not in installed and "tritonclient[http,grpc]" in package_list(
         IMAGES / "gateway-packages.txt"
     )
-    for module in sorted(imported_modules(REPO / "gateway") - {"gateway", "backend", "__future__"}):
+    # The client library is copied in beside the gateway (python -m gateway runs from /opt/qwen3vl).
+    dockerfile = (IMAGES / "gateway.Dockerfile").read_text()
+    assert "COPY client/qwen3vl_client /opt/qwen3vl/qwen3vl_client" in dockerfile
+    assert "WORKDIR /opt/qwen3vl" in dockerfile[dockerfile.rindex("\nFROM ") :]
+    copied = {"gateway", "backend", "qwen3vl_client", "__future__"}
+    for module in sorted(imported_modules(REPO / "gateway") - copied):
         if module in sys.stdlib_module_names or importlib.util.find_spec(module) is None:
             continue  # standard library, or a word from a docstring
         assert module in GATEWAY_MODULES, f"gateway imports {module}: add its package to gateway-packages.txt"
