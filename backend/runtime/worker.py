@@ -93,7 +93,6 @@ class StepWorker:
     ):
         """`after_micro_batch`: called after each of the worker's micro-batches and after each submit()
         (metrics: the stubs send what they hold only when called)."""
-        self.head = head
         self.queue_bound = QueueBound(head.queue_timeout_seconds, publisher)
         self.queue = MicroBatchQueue(head, head.limits.token_budget // CHEAP_SHARE_OF_BUDGET)
         self.backlog_limit = head.limits.token_budget
