@@ -7,11 +7,12 @@ even after the instance has freed (measured: 1 request in 10 waited ~500 ms at 4
 "Overload"). So the steps keep the bound themselves:
 
 - the preprocess step stamps each request it hands on (QUEUED_AT, time.monotonic_ns(): one clock for every
-  process of the host) and remembers the stamps;
-- the model step publishes the newest stamp it has taken (Triton's queue is first come, first served, so
-  every request stamped later still waits);
+  process of the host) and remembers the stamps (QueueGate);
+- the model step publishes the newest stamp it has taken (QueueBound, through a Publisher: Triton's queue
+  is first come, first served, so every request stamped later still waits);
 - a preprocess instance with `limit` of its requests still waiting refuses new ones at once with
-  UNAVAILABLE, and the model step refuses a request that waited longer than its queue_timeout_seconds;
+  UNAVAILABLE (QueueGate), and the model step refuses a request that waited longer than its
+  queue_timeout_seconds (QueueBound);
 - the model step also publishes since when it has been out of execute(): Triton hands a free instance
   what waits at once, so a request that could have been handed to it IDLE_SECONDS ago is not waiting for
   it (it went elsewhere: a client calling the preprocess step alone, whose requests would otherwise block
@@ -25,6 +26,7 @@ process, whose pid names the file.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import time
@@ -33,6 +35,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from backend.errors import UnavailableError
+from backend.protocol import QUEUED_AT, Tensors
+
+logger = logging.getLogger(__name__)
 
 _WIDTH = 8
 _FREE_AT = _WIDTH  # offset of the free spell's start
@@ -88,6 +93,76 @@ class Publisher:
             os.unlink(self.path)
         with contextlib.suppress(OSError):
             os.close(self._fd)
+
+
+# Refusals for the queue timeout are logged at most this often (under overload they come by the thousand).
+REFUSAL_LOG_SECONDS = 10.0
+
+
+class QueueBound:
+    """The model step's side, in its execute(): a request that waited more than `timeout_seconds` since the
+    preprocess step answered it (QUEUED_AT) is refused with UNAVAILABLE before anything is unpacked, and
+    after each execute() the newest stamp taken is published, so that the preprocess steps know how many of
+    theirs still wait. A request without QUEUED_AT (a client calling the step directly) is never refused."""
+
+    def __init__(
+        self,
+        timeout_seconds: float,
+        publisher: Publisher | None = None,
+        clock: Callable[[], int] = time.monotonic_ns,
+    ):
+        self.timeout_ns = int(timeout_seconds * 1e9)
+        self.publisher = publisher
+        self.clock = clock
+        self.refused = 0
+        self._newest = 0
+        self._unlogged = 0
+        self._logged_at: int | None = None
+
+    def refusal(self, inputs: Tensors) -> UnavailableError | None:
+        stamps = inputs.get(QUEUED_AT)
+        if stamps is None or stamps.size == 0:
+            return None
+        now = self.clock()
+        # A stamp from the future (only a client calling the step directly can send one) must not mark
+        # every request still waiting as taken.
+        self._newest = max(self._newest, min(int(stamps.max()), now))
+        waited = now - int(stamps.min())
+        if self.timeout_ns <= 0 or waited <= self.timeout_ns:
+            return None
+        self.refused += 1
+        self._unlogged += 1
+        if self._logged_at is None or now - self._logged_at >= REFUSAL_LOG_SECONDS * 1e9:
+            logger.warning(
+                "overloaded: refused %d request(s) that waited over the queue timeout of %g s",
+                self._unlogged,
+                self.timeout_ns / 1e9,
+            )
+            self._unlogged, self._logged_at = 0, now
+        return UnavailableError(
+            f"waited {waited / 1e9:.1f} s for the model step, over its queue timeout of "
+            f"{self.timeout_ns / 1e9:g} s: the server is overloaded; retry later"
+        )
+
+    def begin(self) -> None:
+        """When execute() starts."""
+        if self.publisher is not None:
+            self.publisher.busy()
+
+    def taken(self) -> None:
+        """After an execute() has read its requests."""
+        if self.publisher is not None and self._newest:
+            self.publisher.taken(self._newest)
+
+    def end(self) -> None:
+        """When execute() returns."""
+        if self.publisher is not None:
+            self.publisher.free()
+
+    def close(self) -> None:
+        """At unload: the channel file goes with the step."""
+        if self.publisher is not None:
+            self.publisher.close()
 
 
 class QueueGate:

@@ -15,7 +15,10 @@ the client finds the failed row with `ROW_PATTERN` (restated in qwen3vl_client, 
 
 from __future__ import annotations
 
+import logging
 import re
+
+logger = logging.getLogger(__name__)
 
 ROW_PATTERN = re.compile(r"\brow (\d+): ")
 
@@ -23,12 +26,6 @@ ROW_PATTERN = re.compile(r"\brow (\d+): ")
 def format_message(message: str, row: int | None = None, input: str | None = None) -> str:
     parts = ([f"row {row}"] if row is not None else []) + ([input] if input else []) + [message]
     return ": ".join(parts)
-
-
-def row_of_message(message: str) -> int | None:
-    """The batch row a server error message names, if any (the first `row N: `)."""
-    match = ROW_PATTERN.search(message)
-    return int(match.group(1)) if match else None
 
 
 class InputError(ValueError):
@@ -62,3 +59,12 @@ class CancelledError(RuntimeError):
 
 class ConfigError(RuntimeError):
     """The model configuration or the environment cannot work (bad parameter, no device, no model)."""
+
+
+def failure(error: Exception, what: str) -> Exception:
+    """The error as a request's result, logged as its kind deserves (a client's mistake is not logged)."""
+    if isinstance(error, UnavailableError):
+        logger.warning("%s unavailable: %s", what, error)
+    elif not isinstance(error, (InputError, CancelledError)):
+        logger.exception("%s failed", what, exc_info=error)
+    return error

@@ -153,9 +153,17 @@ class PreparedItem:
         )
 
 
+def token_counts(rows: Sequence[PreparedItem]) -> np.ndarray:
+    """INT32 [B, 1]: the tokens each row ran, vision placeholders included (TOKEN_COUNT_OUTPUT)."""
+    return np.array([[row.length] for row in rows], dtype=np.int32)
+
+
 # --- parsing request tensors ------------------------------------------------------------------------------
 
+# A request's tensors by name (None: an optional input it left out), as every step reads them.
 Tensors = Mapping[str, "np.ndarray | None"]
+# What a step answers for one request: its output tensors, or the exception that fails that request alone.
+Result = dict[str, np.ndarray] | Exception
 
 
 def decode_text(value: object, name: str) -> str:

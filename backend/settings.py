@@ -159,7 +159,7 @@ def _build(cls: type[_T], values: Mapping[str, str], used: set[str]) -> _T:
     kwargs: dict[str, Any] = {}
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         kind = hints[field.name]
-        if dataclasses.is_dataclass(kind):
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):  # a nested settings class
             kwargs[field.name] = _build(kind, values, used)
         elif field.name in values:
             used.add(field.name)

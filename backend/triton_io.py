@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from backend.errors import CancelledError, InputError, UnavailableError
+from backend.protocol import Result
 
 
 def _pb():
@@ -57,7 +58,7 @@ def read_inputs(request, names: Iterable[str]) -> dict[str, np.ndarray | None] |
     return inputs
 
 
-def to_response(result: Mapping[str, np.ndarray] | Exception):
+def to_response(result: Result):
     pb_utils = _pb()
     if isinstance(result, InputError):
         return pb_utils.InferenceResponse(
@@ -79,22 +80,20 @@ def to_response(result: Mapping[str, np.ndarray] | Exception):
     )
 
 
-def returned_responses(results: Sequence[Mapping[str, np.ndarray] | Exception | None]) -> list:
+def returned_responses(results: Sequence[Result | None]) -> list:
     """execute()'s return list: a response per result, None for a request its response sender answers."""
     return [None if result is None else to_response(result) for result in results]
 
 
-def answer_later(
-    request,
-) -> tuple[Callable[[Mapping[str, np.ndarray] | Exception], None], Callable[[], bool]]:
+def answer_later(request) -> tuple[Callable[[Result], None], Callable[[], bool]]:
     """(answer, cancelled) for a request answered after execute() has returned, as the model steps do
-    (backend.runtime.scheduler): its response sender, which a default-mode (non-decoupled) model may use
+    (backend.runtime.worker): its response sender, which a default-mode (non-decoupled) model may use
     since Triton 24.06, sending the one response with the FINAL flag; and the client's cancellation, read
     through the sender because the request itself is released when execute() returns."""
     pb_utils = _pb()
     sender = request.get_response_sender()
 
-    def answer(result: Mapping[str, np.ndarray] | Exception) -> None:
+    def answer(result: Result) -> None:
         sender.send(to_response(result), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     return answer, sender.is_cancelled

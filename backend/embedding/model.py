@@ -11,10 +11,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from backend.protocol import EMBEDDING_OUTPUT, TOKEN_COUNT_OUTPUT, PreparedItem, check_dimensions
+from backend.protocol import (
+    EMBEDDING_OUTPUT,
+    TOKEN_COUNT_OUTPUT,
+    PreparedItem,
+    check_dimensions,
+    token_counts,
+)
 from backend.runtime.backbone import BackboneRunner
-from backend.runtime.scheduler import ModelStep
-from backend.steps import Result, Tensors, run_model_requests, token_counts
 
 
 def matryoshka(normalized: torch.Tensor, dimensions: int) -> torch.Tensor:
@@ -27,8 +31,7 @@ def matryoshka(normalized: torch.Tensor, dimensions: int) -> torch.Tensor:
 class EmbeddingModel(BackboneRunner):
     """Qwen3-VL-Embedding: normalised last-token states, cut per row to its Matryoshka size."""
 
-    @staticmethod
-    def _vectors(hidden: torch.Tensor, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
+    def row_outputs(self, hidden: torch.Tensor, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
         normalized = torch.nn.functional.normalize(hidden, p=2, dim=-1)
         if all(row.dimensions <= 0 or row.dimensions >= normalized.shape[-1] for row in rows):
             return list(normalized.cpu().numpy())  # one device-to-host copy for the whole micro-batch
@@ -36,11 +39,10 @@ class EmbeddingModel(BackboneRunner):
 
     def embed(self, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
         """One float32 vector per row (row order kept), each cut to its own Matryoshka size."""
-        return self.run(rows, self._vectors)
+        return self.run(rows)
 
-    def embed_micro_batch(self, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
-        """embed() of rows already planned as one micro-batch."""
-        return self.run_micro_batch(rows, self._vectors)
+    def respond(self, rows: Sequence[PreparedItem], outputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        return embedding_output(rows, outputs)
 
     def check_row(self, row: PreparedItem) -> None:
         super().check_row(row)
@@ -55,17 +57,3 @@ def embedding_output(rows: Sequence[PreparedItem], vectors: Sequence[np.ndarray]
     for index, vector in enumerate(vectors):
         out[index, : vector.shape[0]] = vector
     return {EMBEDDING_OUTPUT: out, TOKEN_COUNT_OUTPUT: token_counts(rows)}
-
-
-def embedding_step(model: EmbeddingModel) -> ModelStep:
-    return ModelStep(
-        model.unpack,
-        model.embed_micro_batch,
-        embedding_output,
-        model.limits,
-        model.settings.queue_timeout_seconds,
-    )
-
-
-def embed_requests(model: EmbeddingModel, requests: Sequence[Tensors | None]) -> list[Result]:
-    return run_model_requests(embedding_step(model), requests)

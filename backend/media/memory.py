@@ -73,7 +73,9 @@ class _Trimmer:
         return True
 
     def _trim(self) -> None:
-        _glibc().malloc_trim(0)
+        libc = _glibc()
+        if libc is not None:  # always so: __call__ returns before any trim without glibc
+            libc.malloc_trim(0)
         self.after_last_trim = resident_bytes()
 
     def _later(self) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from backend.errors import InputError
 from backend.media.image import FACTOR, TEMPORAL_PATCH_SIZE, VisionPatches, patchify, smart_resize
-from backend.media.resize import ResizePlan, resize_bicubic_antialias, resize_frame
+from backend.media.resize import ResizePlan, resize_frame
 from backend.settings import VisionSettings
 
 FPS_MIN_FRAMES = 4
@@ -203,6 +203,7 @@ def _decode_selected(
                 )
             position = wanted.get(decoded)
             if position is not None:
+                assert frames is not None  # allocated at the first frame
                 rgb = frame.to_ndarray(format="rgb24")
                 if plan is None:
                     frames[position] = rgb
@@ -255,14 +256,6 @@ def decode_and_sample(
         if total < 1:
             raise InputError("video has no frames")
     raise InputError("video frame count is unstable between decodes")
-
-
-def resize_frames(frames: np.ndarray, min_pixels: int, max_pixels: int) -> np.ndarray:
-    """uint8 [T, H, W, 3] -> uint8 [T, h, w, 3] at the smart-resized size, with torchvision's tensor resize
-    semantics (bicubic, antialias, align_corners=False, then clamp and round back to uint8), in numpy."""
-    _, height, width, _ = frames.shape
-    resized_height, resized_width = smart_resize(height, width, FACTOR, min_pixels, max_pixels)
-    return resize_bicubic_antialias(frames, resized_height, resized_width)
 
 
 def frame_max_pixels(frame_count: int, min_pixels: int, max_pixels: int, total_pixels: float | None) -> int:

@@ -15,11 +15,9 @@ import numpy as np
 import torch
 
 from backend.errors import ConfigError
-from backend.protocol import SCORE_OUTPUT, TOKEN_COUNT_OUTPUT, PreparedItem
+from backend.protocol import SCORE_OUTPUT, TOKEN_COUNT_OUTPUT, PreparedItem, token_counts
 from backend.runtime.backbone import BackboneRunner
-from backend.runtime.scheduler import ModelStep
 from backend.settings import ModelSettings
-from backend.steps import Result, Tensors, run_model_requests, token_counts
 
 logger = logging.getLogger(__name__)
 
@@ -75,17 +73,16 @@ class RerankModel(BackboneRunner):
         # Scores are computed in fp32 from the model's last hidden states.
         self.score_direction = (rows[0].float() - rows[1].float()).to(self.device)
 
-    def _scores(self, hidden: torch.Tensor, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
+    def row_outputs(self, hidden: torch.Tensor, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
         scores = torch.sigmoid(hidden @ self.score_direction)
         return [np.array([score], dtype=np.float32) for score in scores.cpu().numpy()]
 
     def score(self, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
         """float32 [1] per row, in row order."""
-        return self.run(rows, self._scores)
+        return self.run(rows)
 
-    def score_micro_batch(self, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
-        """score() of rows already planned as one micro-batch."""
-        return self.run_micro_batch(rows, self._scores)
+    def respond(self, rows: Sequence[PreparedItem], outputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        return score_output(rows, outputs)
 
 
 def score_output(rows: Sequence[PreparedItem], scores: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -93,17 +90,3 @@ def score_output(rows: Sequence[PreparedItem], scores: Sequence[np.ndarray]) -> 
         SCORE_OUTPUT: np.stack(scores).astype(np.float32).reshape(-1, 1),
         TOKEN_COUNT_OUTPUT: token_counts(rows),
     }
-
-
-def rerank_step(model: RerankModel) -> ModelStep:
-    return ModelStep(
-        model.unpack,
-        model.score_micro_batch,
-        score_output,
-        model.limits,
-        model.settings.queue_timeout_seconds,
-    )
-
-
-def rerank_requests(model: RerankModel, requests: Sequence[Tensors | None]) -> list[Result]:
-    return run_model_requests(rerank_step(model), requests)

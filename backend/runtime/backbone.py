@@ -1,7 +1,5 @@
-"""The torch side of the embedding model step: load Qwen3VLModel, forward micro-batches, pool, normalise.
-
-Embedding = last hidden state at each row's last real token (right padding), L2-normalised; a Matryoshka
-size d keeps the first d values and normalises again.
+"""The torch side of both model steps: load Qwen3VLModel, forward micro-batches, pool each row's last real
+token. What a model makes of that hidden state is its own (backend.embedding.model, backend.reranking.model).
 """
 
 from __future__ import annotations
@@ -10,14 +8,15 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from backend.errors import ConfigError, InputError, UnavailableError
-from backend.protocol import MERGE_SIZE, PATCH_WIDTH, PreparedItem, VisionPatches
+from backend.protocol import MERGE_SIZE, PATCH_WIDTH, PreparedItem, Tensors, VisionPatches
 from backend.runtime.batching import BatchLimits, plan_micro_batches
 from backend.runtime.compiled import TextForward
 from backend.runtime.platforms import resolve_platform
@@ -149,9 +148,11 @@ def check_vision(ids: np.ndarray, token_id: int, visuals: Sequence[VisionPatches
         )
 
 
-class BackboneRunner:
+class BackboneRunner(ABC):
     """One Qwen3-VL backbone on one device, run over rows from any number of requests in token-budget
-    micro-batches. Subclasses turn each row's last-token hidden state into their output."""
+    micro-batches. Subclasses turn each row's last-token hidden state into their output (row_outputs) and
+    a request's outputs into its tensors (respond): with unpack and compute below, a ModelHead
+    (backend.runtime.head), which the model step's queue runs."""
 
     def __init__(
         self,
@@ -190,7 +191,7 @@ class BackboneRunner:
             settings.compile_length_multiple,
         )
         self.stats = BatchStats()
-        # Two threads may run micro-batches at once (backend.runtime.scheduler: the worker and execute()).
+        # Two threads may run micro-batches at once (backend.runtime.worker: the worker thread and execute()).
         self.stats_lock = threading.Lock()
         logger.info(
             "loaded %s on %s as %s (%s attention, hidden %d) in %.1f s",
@@ -228,30 +229,35 @@ class BackboneRunner:
         )
         return last_token_pool(output.last_hidden_state, batch.lengths).float()
 
-    def run(
-        self,
-        rows: Sequence[PreparedItem],
-        head: Callable[[torch.Tensor, Sequence[PreparedItem]], list[np.ndarray]],
-    ) -> list[np.ndarray]:
-        """`head(hidden, rows)` of every row, in row order, computed micro-batch by micro-batch."""
+    @abstractmethod
+    def row_outputs(self, hidden: torch.Tensor, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
+        """What the model makes of each row's last-token hidden state (float32 [len(rows), hidden]): one
+        array per row, in row order."""
+
+    @abstractmethod
+    def respond(self, rows: Sequence[PreparedItem], outputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """A request's output tensors from its rows and their row_outputs (backend.runtime.head)."""
+
+    @property
+    def queue_timeout_seconds(self) -> float:
+        return self.settings.queue_timeout_seconds
+
+    def run(self, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
+        """row_outputs of every row, in row order, computed micro-batch by micro-batch."""
         plan = plan_micro_batches(
             [row.length for row in rows], [row.vision_patch_count for row in rows], self.limits
         )
         results: list[np.ndarray | None] = [None] * len(rows)
         for indices in plan:
-            for index, output in zip(indices, self.run_micro_batch([rows[index] for index in indices], head)):
+            for index, output in zip(indices, self.compute([rows[index] for index in indices])):
                 results[index] = output
         return results  # type: ignore[return-value]
 
-    def run_micro_batch(
-        self,
-        rows: Sequence[PreparedItem],
-        head: Callable[[torch.Tensor, Sequence[PreparedItem]], list[np.ndarray]],
-    ) -> list[np.ndarray]:
-        """`head(hidden, rows)` of rows already planned as one micro-batch (plan_micro_batches), in row
-        order: the unit the model step's scheduler (backend.runtime.scheduler) runs."""
+    def compute(self, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
+        """row_outputs of rows already planned as one micro-batch (plan_micro_batches), in row order: the
+        unit the model step's queue (backend.runtime.scheduler) runs."""
         results: list[np.ndarray | None] = [None] * len(rows)
-        for part, outputs in self._run_micro_batch(rows, list(range(len(rows))), head):
+        for part, outputs in self._run_micro_batch(rows, list(range(len(rows)))):
             for index, output in zip(part, outputs):
                 results[index] = output
         with self.stats_lock:
@@ -261,10 +267,7 @@ class BackboneRunner:
         return results  # type: ignore[return-value]
 
     def _run_micro_batch(
-        self,
-        rows: Sequence[PreparedItem],
-        indices: list[int],
-        head: Callable[[torch.Tensor, Sequence[PreparedItem]], list[np.ndarray]],
+        self, rows: Sequence[PreparedItem], indices: list[int]
     ) -> list[tuple[list[int], list[np.ndarray]]]:
         """(indices, outputs) for one planned micro-batch. A device out-of-memory splits it in halves and
         tries again; a single row that still does not fit is UnavailableError (503, retried by clients)
@@ -273,7 +276,7 @@ class BackboneRunner:
         batch_rows = [rows[index] for index in indices]
         try:
             with torch.inference_mode():
-                outputs = head(self.last_hidden(batch_rows), batch_rows)
+                outputs = self.row_outputs(self.last_hidden(batch_rows), batch_rows)
         except Exception as error:
             if not self.platform.is_out_of_memory(error):
                 raise
@@ -292,8 +295,8 @@ class BackboneRunner:
                 middle,
                 len(indices) - middle,
             )
-            return self._run_micro_batch(rows, indices[:middle], head) + self._run_micro_batch(
-                rows, indices[middle:], head
+            return self._run_micro_batch(rows, indices[:middle]) + self._run_micro_batch(
+                rows, indices[middle:]
             )
         count, longest = len(indices), max(row.length for row in batch_rows)
         if text_only(batch_rows):
@@ -306,7 +309,7 @@ class BackboneRunner:
             self.stats.padded_tokens += count * longest
         return [(indices, outputs)]
 
-    def unpack(self, inputs: Mapping[str, np.ndarray | None]) -> list[PreparedItem]:
+    def unpack(self, inputs: Tensors) -> list[PreparedItem]:
         """The wire tensors as rows the model can run. The preprocess step always sends such rows; a client
         calling the model step directly may not, and gets INVALID_ARG naming the row instead of an INTERNAL
         from deep in torch."""
@@ -349,4 +352,4 @@ class BackboneRunner:
             else:
                 logger.info("text forward compiled in %.1f s (dynamic shapes)", seconds)
         ids = np.array([151644, 872, 198, 9707, 151645], dtype=np.int64)
-        self.run([PreparedItem(input_ids=ids)], lambda hidden, rows: [hidden.cpu().numpy()])
+        self.run([PreparedItem(input_ids=ids)])

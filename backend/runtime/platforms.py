@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from typing import Any
 
 import torch
 
@@ -20,6 +21,11 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 KINDS = ("cpu", "cuda", "npu")
 
 
+def _npu() -> Any:
+    """torch.npu, which importing torch_npu adds to torch (torch's own type stubs have no such module)."""
+    return torch.npu  # type: ignore[attr-defined]  # present once torch_npu is imported
+
+
 def npu_available() -> bool:
     """True when torch_npu imports and sees a device. torch_npu is imported only here, and only when it
     is installed: without Ascend's CANN runtime its import fails, which just means 'no NPU'."""
@@ -28,7 +34,7 @@ def npu_available() -> bool:
     try:
         import torch_npu  # noqa: F401
 
-        return bool(torch.npu.is_available())
+        return bool(_npu().is_available())
     except Exception as error:  # a broken CANN install must not take the CPU/CUDA path down
         logger.warning("torch_npu is installed but unusable: %s", error)
         return False
@@ -143,7 +149,7 @@ class NpuPlatform(Platform):
     kind = "npu"
 
     def default_dtype(self) -> torch.dtype:
-        return torch.bfloat16 if torch.npu.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if _npu().is_bf16_supported() else torch.float16
 
     def compile_wanted(self, choice: str) -> bool:
         """torch.compile on Ascend needs torchair, which this project does not ship."""
@@ -152,20 +158,20 @@ class NpuPlatform(Platform):
         return False
 
     def activate(self, cpu_threads: int = 0, instance_count: int = 1) -> None:
-        torch.npu.set_device(self.device)
+        _npu().set_device(self.device)
 
     def enter_thread(self) -> None:
-        torch.npu.set_device(self.device)
+        _npu().set_device(self.device)
 
     def prepare_model(self, model) -> None:
         visual = model.visual
         visual.patch_embed = LinearPatchEmbed(visual.patch_embed.proj)
 
     def synchronize(self) -> None:
-        torch.npu.synchronize(self.device)
+        _npu().synchronize(self.device)
 
     def empty_cache(self) -> None:
-        torch.npu.empty_cache()
+        _npu().empty_cache()
 
     def is_out_of_memory(self, error: BaseException) -> bool:
         # torch_npu raises a RuntimeError naming the NPU rather than torch.OutOfMemoryError.
@@ -174,7 +180,7 @@ class NpuPlatform(Platform):
         )
 
     def name(self) -> str:
-        return torch.npu.get_device_name(self.device.index or 0)
+        return _npu().get_device_name(self.device.index or 0)
 
 
 PLATFORMS: dict[str, type[Platform]] = {"cpu": Platform, "cuda": CudaPlatform, "npu": NpuPlatform}
@@ -185,7 +191,7 @@ def _available(kind: str) -> bool:
 
 
 def _device_count(kind: str) -> int:
-    return torch.npu.device_count() if kind == "npu" else torch.cuda.device_count()
+    return _npu().device_count() if kind == "npu" else torch.cuda.device_count()
 
 
 def resolve_platform(requested: str, instance_index: int = 0, triton_gpu_id: int | None = None) -> Platform:

@@ -3,7 +3,7 @@ response ratio, and each request is answered as soon as its own rows are done (i
 
 Why: Triton hands a Python model a batch of requests and waits for the whole execute(); a short text that
 arrives while videos run waits for that execute and then for every video batched with it. So execute()
-only queues its requests here, and one worker thread runs the queue:
+only queues its requests here (backend.runtime.worker says who runs the queue, and when execute() returns):
 
 - The queued rows are planned into micro-batches (backend.runtime.batching, the same packing as before),
   again whenever rows arrive.
@@ -13,11 +13,6 @@ only queues its requests here, and one worker thread runs the queue:
   one that has waited as long; a long one is never starved, since its ratio grows with every token of
   work that passes it. A text that arrives beside videos therefore runs right after the micro-batch in
   progress.
-- Two lanes (StepWorker): micro-batches of cheap rows (each at most 1/8 of the token budget: texts,
-  images) are run by execute() itself, which returns their results together as before (Triton sends a
-  returned list much faster than one response-sender call per request); micro-batches with a heavy row
-  (videos, long documents) are run by the worker thread, which answers through response senders. A short
-  text beside videos waits for no video forward, and text-only traffic runs as it did before the lanes.
 - A request whose client has gone is answered CANCELLED before its next micro-batch runs; a micro-batch
   that fails for several requests is retried request by request, so that one poisonous request fails
   only itself.
@@ -27,8 +22,8 @@ What Triton 24.10 offers instead falls short: request rescheduling (RELEASE_RESC
 dynamic-batcher priority levels (an ensemble passes its request's priority to its steps) need every client
 to set a priority, and a text still waits for the whole execute() in progress.
 
-Free of torch and Triton: `compute` runs one planned micro-batch, `respond` builds a request's outputs, and
-each request brings its own `answer` and `cancelled` callables.
+Free of torch and Triton: the model is a ModelHead (backend.runtime.head), and each request brings its own
+`answer` and `cancelled` callables.
 """
 
 from __future__ import annotations
@@ -36,31 +31,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from backend.backpressure import Publisher
-from backend.errors import CancelledError, InputError, UnavailableError
-from backend.protocol import QUEUED_AT, PreparedItem
+from backend.errors import CancelledError, UnavailableError, failure
+from backend.protocol import PreparedItem, Result, Tensors
 from backend.runtime.batching import BatchLimits, plan_micro_batches
+from backend.runtime.head import ModelHead
 
 logger = logging.getLogger(__name__)
-
-Result = dict[str, np.ndarray] | Exception
-Tensors = Mapping[str, np.ndarray | None]
-Compute = Callable[[list[PreparedItem]], list[np.ndarray]]
-Respond = Callable[[Sequence[PreparedItem], Sequence[np.ndarray]], dict[str, np.ndarray]]
-
-
-def failure(error: Exception, what: str) -> Exception:
-    """The error as a request's result, logged as its kind deserves (a client's mistake is not logged)."""
-    if isinstance(error, UnavailableError):
-        logger.warning("%s unavailable: %s", what, error)
-    elif not isinstance(error, (InputError, CancelledError)):
-        logger.exception("%s failed", what, exc_info=error)
-    return error
 
 
 def never_cancelled() -> bool:
@@ -126,15 +107,32 @@ class MicroBatchQueue:
     """The rows of queued requests, run micro-batch by micro-batch in response-ratio order. Thread-safe:
     any thread adds requests, one thread calls run_next()."""
 
-    def __init__(self, limits: BatchLimits, compute: Compute, respond: Respond, cheap_length: int = 0):
-        self.limits = limits
-        self.compute = compute
-        self.respond = respond
+    def __init__(self, head: ModelHead, cheap_length: int = 0):
+        self.head = head
+        self.limits = head.limits
         self.cheap_length = cheap_length  # rows of at most this many tokens are cheap (run_next's `cheap`)
         self._rows: list[QueuedRow] = []  # queued, not started, in arrival order
         self._plan: list[list[QueuedRow]] | None = None  # None: rows arrived since the last plan
         self._closed: UnavailableError | None = None
         self._changed = threading.Condition()
+
+    def submit(
+        self,
+        inputs: Tensors | None,
+        answer: Callable[[Result], None],
+        cancelled: Callable[[], bool] = never_cancelled,
+    ) -> None:
+        """Queue one request's rows (the head unpacks its tensors); a request already cancelled (None) or
+        with bad inputs is answered here."""
+        if inputs is None:
+            answer(CancelledError())
+            return
+        try:
+            rows = self.head.unpack(inputs)
+        except Exception as error:
+            answer(failure(error, "model input"))
+            return
+        self.add(rows, answer, cancelled)
 
     def add(
         self,
@@ -246,7 +244,7 @@ class MicroBatchQueue:
 
     def _run(self, batch: list[QueuedRow]) -> None:
         try:
-            outputs = self.compute([row.item for row in batch])
+            outputs = self.head.compute([row.item for row in batch])
         except Exception as error:
             requests = list(dict.fromkeys(row.request for row in batch))
             if len(requests) == 1:
@@ -258,7 +256,7 @@ class MicroBatchQueue:
             for request in requests:
                 part = [row for row in batch if row.request is request]
                 try:
-                    self._store(part, self.compute([row.item for row in part]))
+                    self._store(part, self.head.compute([row.item for row in part]))
                 except Exception as single_error:
                     self._answer(request, failure(single_error, "forward"))
             return
@@ -274,7 +272,8 @@ class MicroBatchQueue:
 
     def _finish(self, request: QueuedRequest) -> None:
         try:
-            result: Result = self.respond(request.rows, request.outputs)  # type: ignore[arg-type]
+            # Every row has its output by now (left == 0).
+            result: Result = self.head.respond(request.rows, request.outputs)  # type: ignore[arg-type]
         except Exception as error:
             result = failure(error, "output")
         self._answer(request, result)
@@ -288,241 +287,3 @@ class MicroBatchQueue:
             request.answer(result)
         except Exception:
             logger.exception("answering a request failed")
-
-
-@dataclass(frozen=True)
-class ModelStep:
-    """What a model step does with its requests: wire tensors -> rows, one planned micro-batch -> outputs
-    per row, a request's rows and outputs -> its output tensors."""
-
-    unpack: Callable[[Tensors], list[PreparedItem]]
-    compute: Compute
-    respond: Respond
-    limits: BatchLimits
-    # StepWorker's QueueBound refuses a request that waited longer than this in the step's queue (0 = never).
-    queue_timeout_seconds: float = 0.0
-
-
-def submit(
-    queue: MicroBatchQueue,
-    step: ModelStep,
-    inputs: Tensors | None,
-    answer: Callable[[Result], None],
-    cancelled: Callable[[], bool] = never_cancelled,
-) -> None:
-    """Queue one request's rows; a request already cancelled (None) or with bad inputs is answered here."""
-    if inputs is None:
-        answer(CancelledError())
-        return
-    try:
-        rows = step.unpack(inputs)
-    except Exception as error:
-        answer(failure(error, "model input"))
-        return
-    queue.add(rows, answer, cancelled)
-
-
-def owned(inputs: Tensors | None) -> Tensors | None:
-    """Copies of a request's input arrays: Triton frees the memory behind them once execute() returns,
-    and the worker may run the rows later."""
-    if inputs is None:
-        return None
-    return {name: None if array is None else np.array(array, copy=True) for name, array in inputs.items()}
-
-
-# Refusals for the queue timeout are logged at most this often (under overload they come by the thousand).
-REFUSAL_LOG_SECONDS = 10.0
-
-
-class QueueBound:
-    """The model step's share of its queue bound (backend.backpressure has the whole, and why not Triton's
-    queue policy): a request that waited more than `timeout_seconds` since the preprocess step answered it
-    (QUEUED_AT) is refused with UNAVAILABLE before anything is unpacked, and after each execute() the newest
-    stamp taken is published, so that the preprocess steps know how many of theirs still wait. A request
-    without QUEUED_AT (a client calling the step directly) is never refused."""
-
-    def __init__(
-        self,
-        timeout_seconds: float,
-        publisher: Publisher | None = None,
-        clock: Callable[[], int] = time.monotonic_ns,
-    ):
-        self.timeout_ns = int(timeout_seconds * 1e9)
-        self.publisher = publisher
-        self.clock = clock
-        self.refused = 0
-        self._newest = 0
-        self._unlogged = 0
-        self._logged_at: int | None = None
-
-    def refusal(self, inputs: Tensors) -> UnavailableError | None:
-        stamps = inputs.get(QUEUED_AT)
-        if stamps is None or stamps.size == 0:
-            return None
-        now = self.clock()
-        # A stamp from the future (only a client calling the step directly can send one) must not mark
-        # every request still waiting as taken.
-        self._newest = max(self._newest, min(int(stamps.max()), now))
-        waited = now - int(stamps.min())
-        if self.timeout_ns <= 0 or waited <= self.timeout_ns:
-            return None
-        self.refused += 1
-        self._unlogged += 1
-        if self._logged_at is None or now - self._logged_at >= REFUSAL_LOG_SECONDS * 1e9:
-            logger.warning(
-                "overloaded: refused %d request(s) that waited over the queue timeout of %g s",
-                self._unlogged,
-                self.timeout_ns / 1e9,
-            )
-            self._unlogged, self._logged_at = 0, now
-        return UnavailableError(
-            f"waited {waited / 1e9:.1f} s for the model step, over its queue timeout of "
-            f"{self.timeout_ns / 1e9:g} s: the server is overloaded; retry later"
-        )
-
-    def begin(self) -> None:
-        """When execute() starts."""
-        if self.publisher is not None:
-            self.publisher.busy()
-
-    def taken(self) -> None:
-        """After an execute() has read its requests."""
-        if self.publisher is not None and self._newest:
-            self.publisher.taken(self._newest)
-
-    def end(self) -> None:
-        """When execute() returns."""
-        if self.publisher is not None:
-            self.publisher.free()
-
-    def close(self) -> None:
-        """At unload: the channel file goes with the step."""
-        if self.publisher is not None:
-            self.publisher.close()
-
-
-# A row of at most this share of the token budget is cheap: execute() runs micro-batches of such rows itself.
-CHEAP_SHARE_OF_BUDGET = 8
-
-
-class ExecuteAnswers:
-    """The answers that come while one execute() runs, which it returns together: Triton sends a returned
-    list in one message, much faster than one response-sender call per request (on the 2-core host, text
-    throughput at 16 in flight fell by 15 % when every request went through its sender). Answers that
-    come once execute() is done, or while it waits for room, go through each request's own sender."""
-
-    def __init__(self, senders: Sequence[Callable[[Result], None]]):
-        self._senders = list(senders)
-        self._results: list[Result | None] = [None] * len(self._senders)
-        self._open = True
-        self._lock = threading.Lock()
-
-    def answer(self, index: int) -> Callable[[Result], None]:
-        def deliver(result: Result) -> None:
-            with self._lock:
-                if self._open:
-                    self._results[index] = result
-                    return
-            self._senders[index](result)
-
-        return deliver
-
-    def returned(self) -> list[Result | None]:
-        """The answers so far, for execute() to return (None: answered later through the sender)."""
-        with self._lock:
-            self._open = False
-            return self._results
-
-    def send(self) -> None:
-        """Send the answers so far through the senders, and any later one as it comes."""
-        for index, result in enumerate(self.returned()):
-            if result is not None:
-                self._senders[index](result)
-
-
-class StepWorker:
-    """The model step's worker thread over a MicroBatchQueue.
-
-    submit() (Triton's execute()) queues the requests, runs the micro-batches of cheap rows itself (rows of
-    at most 1/8 of the token budget), beside the worker's forward rather than after it, and returns as soon
-    as at most one token budget of heavy work is queued and not started: beyond that, requests wait in
-    Triton's queue, which the preprocess steps bound (backend.backpressure; refused: UNAVAILABLE), and
-    Triton batches them. So a short text beside videos waits for no video forward at all, only for
-    the share of the device the video leaves it; at most two forwards run at once."""
-
-    def __init__(
-        self,
-        step: ModelStep,
-        enter_thread: Callable[[], None] = lambda: None,
-        after_micro_batch: Callable[[], None] = lambda: None,
-        publisher: Publisher | None = None,
-    ):
-        """`after_micro_batch`: called after each of the worker's micro-batches and after each submit()
-        (metrics: the stubs send what they hold only when called)."""
-        self.step = step
-        self.queue_bound = QueueBound(step.queue_timeout_seconds, publisher)
-        cheap_length = step.limits.token_budget // CHEAP_SHARE_OF_BUDGET
-        self.queue = MicroBatchQueue(step.limits, step.compute, step.respond, cheap_length)
-        self.backlog_limit = step.limits.token_budget
-        self._enter_thread = enter_thread
-        self._after_micro_batch = after_micro_batch
-        self._reporting = threading.Lock()  # both threads report; the callback need not be thread-safe
-        self._thread = threading.Thread(target=self._loop, name="model-step-worker", daemon=True)
-        self._thread.start()
-
-    def submit(
-        self, requests: Sequence[tuple[Tensors | None, Callable[[Result], None], Callable[[], bool]]]
-    ) -> list[Result | None]:
-        """Triton's execute(): the results to return for the requests already answered, None for those
-        that their sender will answer."""
-        self.queue_bound.begin()
-        try:
-            return self._execute(requests)
-        finally:
-            self.queue_bound.end()
-
-    def _execute(
-        self, requests: Sequence[tuple[Tensors | None, Callable[[Result], None], Callable[[], bool]]]
-    ) -> list[Result | None]:
-        answers = ExecuteAnswers([answer for _, answer, _ in requests])
-        for index, (inputs, _, cancelled) in enumerate(requests):
-            refusal = None if inputs is None else self.queue_bound.refusal(inputs)
-            if refusal is not None:
-                answers.answer(index)(refusal)
-                continue
-            submit(self.queue, self.step, owned(inputs), answers.answer(index), cancelled)
-        self.queue_bound.taken()
-        while self.queue.run_next(cheap=True):
-            pass
-        self._report()
-        if self.queue.has_room(self.backlog_limit):
-            return answers.returned()
-        answers.send()  # what is done must not wait for the backlog to shrink
-        self.queue.wait_for_room(self.backlog_limit)
-        return [None] * len(requests)
-
-    def close(self, timeout: float = 10.0) -> None:
-        self.queue.close(UnavailableError("the model step is shutting down; try again"))
-        self._thread.join(timeout)
-        self.queue_bound.close()
-
-    def _loop(self) -> None:
-        self._enter_thread()
-        while True:
-            try:
-                ran = self.queue.run_next(block=True, cheap=False)
-            except Exception:
-                logger.exception("model step worker")
-                ran = True
-            if ran:
-                self._report()
-            elif self.queue.closed:
-                return
-
-    def _report(self) -> None:
-        """Metrics failing must not fail requests, which may already be answered."""
-        with self._reporting:
-            try:
-                self._after_micro_batch()
-            except Exception:
-                logger.exception("reporting the model step's progress failed")

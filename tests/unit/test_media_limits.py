@@ -13,6 +13,7 @@ from backend.errors import InputError
 from backend.media import video
 from backend.media.image import image_patches
 from backend.media.preparer import MediaPreparer
+from backend.media.resize import resize_bicubic_antialias
 from backend.settings import PreprocessSettings, VisionSettings
 from tools import synthetic
 
@@ -127,7 +128,7 @@ def test_resizing_while_decoding_equals_resizing_after():
     whole = video.decode_and_sample(data, 1.0, 64, LIMITS)
     each = video.decode_and_sample(data, 1.0, 64, LIMITS, size=lambda count, h, w: (128, 160))
     assert each.frames.shape == (8, 128, 160, 3)
-    np.testing.assert_array_equal(each.frames, video.resize_bicubic_antialias(whole.frames, 128, 160))
+    np.testing.assert_array_equal(each.frames, resize_bicubic_antialias(whole.frames, 128, 160))
 
 
 def test_a_video_over_the_token_budget_is_refused_before_decoding():

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from backend.embedding.model import EmbeddingModel, embed_requests
+from backend.embedding.model import EmbeddingModel
 from backend.errors import InputError, UnavailableError
 from backend.protocol import PreparedItem, VisionPatches
 from backend.settings import ModelSettings
 from backend.wire import pack_rows
+from tests.drivers import run_model_requests
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_out_of_memory_splits_the_micro_batch_and_keeps_the_vectors(model, monke
 def test_a_request_that_never_fits_is_unavailable_and_fails_alone(model, monkeypatch):
     out_of_memory_when(model, monkeypatch, lambda batch: any(row.length >= 500 for row in batch))
     requests = [wire(rows(20, 21)), wire(rows(600)), wire(rows(22))]
-    results = embed_requests(model, requests)
+    results = run_model_requests(model, requests)
     assert isinstance(results[1], UnavailableError) and "out of device memory" in str(results[1])
     for result, count in ((results[0], 2), (results[2], 1)):
         assert not isinstance(result, Exception)
@@ -68,7 +69,7 @@ def test_a_request_that_never_fits_is_unavailable_and_fails_alone(model, monkeyp
 
 def test_other_errors_are_not_taken_for_out_of_memory(model, monkeypatch):
     monkeypatch.setattr(model, "last_hidden", lambda batch: (_ for _ in ()).throw(RuntimeError("boom")))
-    [result] = embed_requests(model, [wire(rows(5))])
+    [result] = run_model_requests(model, [wire(rows(5))])
     assert type(result) is RuntimeError
 
 
@@ -101,7 +102,7 @@ def test_the_model_step_checks_what_a_direct_caller_sends(model):
         with pytest.raises(InputError, match=message) as failure:
             model.unpack(tensors)
         assert failure.value.row == 1
-    [result] = embed_requests(model, [wire([good_image])])
+    [result] = run_model_requests(model, [wire([good_image])])
     assert result["TOKEN_COUNT"].tolist() == [[4]]
 
 
@@ -112,7 +113,7 @@ def test_cancelled_requests_are_answered_without_a_forward(model, monkeypatch, t
     from backend.steps import preprocess_requests
 
     tried = out_of_memory_when(model, monkeypatch, lambda batch: False)
-    results = embed_requests(model, [None, wire(rows(7)), None])
+    results = run_model_requests(model, [None, wire(rows(7)), None])
     assert isinstance(results[0], CancelledError) and isinstance(results[2], CancelledError)
     assert results[1]["EMBEDDING"].shape == (1, model.hidden_size)
     assert tried == [1]  # one forward, for the live request only

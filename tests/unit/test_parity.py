@@ -91,7 +91,7 @@ def test_text_rows_of_different_lengths_batched_together_match(pipeline, officia
     from backend.runtime.batching import plan_micro_batches
 
     assert len(plan_micro_batches([row.length for row in rows], [0, 0, 0], model.limits)) == 1
-    vectors = model.run(rows, model._vectors)  # one right-padded micro-batch
+    vectors = model.run(rows)  # one right-padded micro-batch
     for case, got in zip(cases, vectors):
         [expected] = official.embed([case])
         assert np.abs(got - expected).max() <= 1e-5

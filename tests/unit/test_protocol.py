@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend import errors, protocol
+from backend import protocol
 from backend.embedding.preprocess import EmbeddingPreprocessor
 from backend.errors import InputError
 from backend.protocol import EmbeddingItem, parse_items
 from backend.reranking.preprocess import RerankPreprocessor
 from backend.settings import PreprocessSettings, RerankPreprocessSettings
+from tests.drivers import row_of_message
 from tools import synthetic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -140,7 +141,7 @@ def test_every_embedding_error_names_its_row_as_the_client_reads_it(embedder, na
     # Triton puts the ensemble's name before a composing model's message.
     message = f"in ensemble 'qwen3_vl_embedding', {failure.value}"
     assert failure.value.row == 3
-    assert errors.row_of_message(message) == 3
+    assert row_of_message(message) == 3
     assert _client_blames(message, rows=4) == 103, message
 
 
@@ -174,7 +175,7 @@ def test_every_rerank_error_names_its_row_as_the_client_reads_it(reranker, name)
     with pytest.raises(InputError) as failure:
         reranker.prepare_request(request)
     message = f"in ensemble 'qwen3_vl_reranker', {failure.value}"
-    assert failure.value.row == 2 and errors.row_of_message(message) == 2
+    assert failure.value.row == 2 and row_of_message(message) == 2
     assert _client_blames(message, rows=3) == 102, message
 
 
@@ -183,9 +184,9 @@ def test_the_error_grammar_is_row_input_message():
     assert str(error) == "row 4: IMAGE[1]: bytes are not a decodable image"
     assert (error.row, error.input, error.detail) == (4, "IMAGE[1]", "bytes are not a decodable image")
     assert str(InputError("request has no inputs")) == "request has no inputs"
-    assert errors.row_of_message(str(InputError("x"))) is None
+    assert row_of_message(str(InputError("x"))) is None
     # A message that mentions a row inside user-visible text still reports the first (the failed) row.
-    assert errors.row_of_message("row 2: TEXT: row 7: is not here") == 2
+    assert row_of_message("row 2: TEXT: row 7: is not here") == 2
 
 
 def test_dimensions_are_checked_once_with_one_message():

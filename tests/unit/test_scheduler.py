@@ -1,5 +1,6 @@
-"""The model step's queue (backend.runtime.scheduler) without a model or a server: which micro-batch runs
-next, when each request is answered, and how failures, cancellations and shutdown reach single requests."""
+"""The model step's queue (backend.runtime.scheduler, its worker backend.runtime.worker, its bound
+backend.backpressure) without a model or a server: which micro-batch runs next, when each request is
+answered, and how failures, cancellations and shutdown reach single requests."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import pytest
 from backend.errors import CancelledError, UnavailableError
 from backend.protocol import PreparedItem
 from backend.runtime.batching import BatchLimits
-from backend.runtime.scheduler import MicroBatchQueue, ModelStep, StepWorker
+from backend.runtime.scheduler import MicroBatchQueue
+from backend.runtime.worker import StepWorker
+from backend.wire import unpack_rows
+from tests.drivers import FunctionHead
 
 # Rows of 900 tokens each fill a micro-batch: heavy items run one per forward, as videos do.
 LIMITS = BatchLimits(token_budget=1000, max_rows=8, vision_patch_budget=10_000)
@@ -49,7 +53,7 @@ class Recorder:
         return lambda result: self.answers.append((name, result))
 
     def queue(self, limits: BatchLimits = LIMITS) -> MicroBatchQueue:
-        return MicroBatchQueue(limits, self.compute, respond)
+        return MicroBatchQueue(FunctionHead(unpack_rows, self.compute, respond, limits))
 
 
 def drain(queue: MicroBatchQueue) -> int:
@@ -189,7 +193,7 @@ def test_the_worker_answers_from_its_thread_and_submit_waits_while_the_backlog_i
     def unpack(inputs):
         return [row(int(inputs["LENGTH"][0]), int(inputs["TAG"][0]))]
 
-    worker = StepWorker(ModelStep(unpack, compute, respond, LIMITS))
+    worker = StepWorker(FunctionHead(unpack, compute, respond, LIMITS))
     try:
 
         def request(length, tag):
@@ -216,12 +220,12 @@ def test_the_worker_answers_from_its_thread_and_submit_waits_while_the_backlog_i
 
 @pytest.mark.parametrize("lengths", [[5], [3, 30, 300, 3000], [40] * 20])
 def test_the_synchronous_driver_gives_every_row_its_own_output(lengths):
-    from backend.steps import run_model_requests
-    from backend.wire import pack_rows, unpack_rows
+    from backend.wire import pack_rows
+    from tests.drivers import run_model_requests
 
     recorder = Recorder()
     items = [row(length, tag) for tag, length in enumerate(lengths, start=10)]
-    step = ModelStep(unpack_rows, recorder.compute, respond, LIMITS)
+    step = FunctionHead(unpack_rows, recorder.compute, respond, LIMITS)
     [result, cancelled] = run_model_requests(step, [pack_rows(items, pad_token_id=0), None])
     assert result["TAGS"].tolist() == list(range(10, 10 + len(lengths)))
     assert isinstance(cancelled, CancelledError)
@@ -250,7 +254,7 @@ def test_execute_runs_a_cheap_micro_batch_itself_while_the_worker_is_in_a_heavy_
 
     reports: list[int] = []
     worker = StepWorker(
-        ModelStep(unpack, compute, respond, limits), after_micro_batch=lambda: reports.append(1)
+        FunctionHead(unpack, compute, respond, limits), after_micro_batch=lambda: reports.append(1)
     )
     try:
         worker.submit([request(900, 1)])  # 916 tokens: not cheap, the worker runs it
@@ -272,8 +276,8 @@ def test_requests_that_waited_past_the_queue_timeout_are_refused_before_any_work
     UNAVAILABLE in execute()'s returned list without being unpacked or run, the others run as usual, and a
     request without QUEUED_AT (a direct client) is never refused. The newest stamp taken is published."""
     from backend import backpressure
+    from backend.backpressure import QueueBound
     from backend.protocol import QUEUED_AT
-    from backend.runtime.scheduler import QueueBound
 
     recorder = Recorder()
     unpacked: list[int] = []
@@ -283,7 +287,7 @@ def test_requests_that_waited_past_the_queue_timeout_are_refused_before_any_work
         return [row(12, int(inputs["TAG"][0]))]
 
     path = tmp_path / backpressure.channel_path("qwen3_vl_embedding_model", server_pid=1).name
-    step = ModelStep(unpack, recorder.compute, respond, LIMITS, queue_timeout_seconds=2.0)
+    step = FunctionHead(unpack, recorder.compute, respond, LIMITS, queue_timeout_seconds=2.0)
     worker = StepWorker(step, publisher=backpressure.Publisher(path))
     now = worker.queue_bound.clock()
 

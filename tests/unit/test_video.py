@@ -5,6 +5,7 @@ import torch
 from backend.errors import InputError
 from backend.media import image as vision
 from backend.media import video
+from tests.drivers import resize_frames
 from tools import synthetic
 
 LIMITS = video.VideoLimits(
@@ -63,7 +64,7 @@ def test_decoded_frames_are_the_frames_that_were_encoded():
 
 def test_resize_matches_torch_bicubic_antialias_with_uint8_rounding():
     frames = synthetic.video_frames(2, 320, 240)
-    resized = video.resize_frames(frames, 128 * 1024, 768 * 1024)
+    resized = resize_frames(frames, 128 * 1024, 768 * 1024)
     h, w = vision.smart_resize(240, 320, 32, 128 * 1024, 768 * 1024)
     assert resized.shape == (2, h, w, 3) and resized.dtype == np.uint8
     reference = torch.nn.functional.interpolate(
