@@ -79,11 +79,12 @@ def checkpoint(size: str, device: str) -> Path:
 
 
 def resolve_device(device: str) -> str:
+    """`auto` -> the device backend.runtime.platforms picks (NPU, else CUDA, else CPU), as `kind[:index]`."""
     if device != "auto":
         return device
-    from backend.runtime.platforms import resolve_device as backend_resolve
+    from backend.runtime.platforms import resolve_platform
 
-    return str(backend_resolve("auto", 0, None))
+    return str(resolve_platform("auto").device)
 
 
 def serving_repository(
