@@ -31,22 +31,23 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from perf.console import log
-from perf.host import RESULTS, accelerator_name, cpu_name, host_tag, write_json
-from perf.measure import measure
-from perf.perf_analyzer import Measurement, last_throughput
-from perf.pipelines import MODEL_STEP, NAMED_MODELS, PREPROCESS, REPO, model_path
-from perf.points import Point
-from perf.servers import start_server
-from perf.summary import fmt, table
-from perf.variants import (
+from perf.lib.console import log
+from perf.lib.host import RESULTS, accelerator_name, cpu_name, host_tag, write_json
+from perf.lib.measure import measure
+from perf.lib.paths import REPO
+from perf.lib.perf_analyzer import Measurement, last_throughput
+from perf.lib.pipelines import MODEL_STEP, NAMED_MODELS, PREPROCESS, model_path
+from perf.lib.points import Point
+from perf.lib.servers import start_server
+from perf.lib.summary import fmt, table
+from perf.lib.variants import (
     compose,
     variant_repository,
     with_instance_count,
     with_max_batch_size,
     with_parameter,
 )
-from perf.workloads import generate
+from perf.lib.workloads import generate
 
 TUTORIAL = {
     "requests": 1000,
@@ -216,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"skipping {workload}: {remaining:.0f} s left")
                 continue
             # The tutorial's way: a fixed number of requests. A hang is cut after several times the expected
-            # length (text_200's rate is known from the warm-up) and retried once (perf.perf_analyzer).
+            # length (text_200's rate is known from the warm-up) and retried once (perf.lib.perf_analyzer).
             rate = warm_point.throughput or last_throughput(
                 run_dir / "raw" / f"accel-warmup-{endpoint.label}-text_200-http-c{concurrency}.log"
             )  # an unsettled warm-up still printed its windows' rates
@@ -246,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = [
             sys.executable,
             "-m",
-            "perf.inprocess",
+            "perf.lib.inprocess",
             "--model-path",
             str(model),
             "--device",

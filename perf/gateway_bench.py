@@ -31,12 +31,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from backend.protocol import EMBEDDING_ENSEMBLE
-from perf.console import log, parse_list
 from perf.gateway_stack import EMBEDDING_NAME, GatewayStack, shown_path
-from perf.host import busy_processes, git_commit, host_tag, todays_results_dir
-from perf.perf_analyzer import perf_analyzer_binary, perf_analyzer_env
+from perf.lib.console import log, parse_list
+from perf.lib.host import busy_processes, git_commit, host_tag, todays_results_dir
+from perf.lib.perf_analyzer import perf_analyzer_binary, perf_analyzer_env
 
-REPO = Path(__file__).resolve().parent.parent
 ENSEMBLE = EMBEDDING_ENSEMBLE
 STEPS = ("qwen3_vl_embedding_preprocess", "qwen3_vl_embedding_model")
 TARGET_RATIO = 0.9
@@ -161,8 +160,8 @@ class Side:
 def server_snapshot(target: Target):
     if not target.http_url:
         return None
-    from perf.server_stats import snapshot
-    from perf.servers import Endpoint
+    from perf.lib.server_stats import snapshot
+    from perf.lib.servers import Endpoint
 
     return snapshot(Endpoint("measured", target.http_url, target.grpc_url, ""))
 
@@ -172,7 +171,7 @@ def stage_summary(before, after) -> dict[str, dict[str, float]]:
     the two paths fed the server alike."""
     if before is None or after is None:
         return {}
-    from perf.server_stats import stats_delta
+    from perf.lib.server_stats import stats_delta
 
     return {
         name: {
@@ -381,7 +380,7 @@ def run_gateway(
 
 def profile_gateway(target: Target, bodies: list[bytes], concurrency: int, raw: Path) -> dict:
     """py-spy on the gateway while the HTTP client drives it: busy share and where the busy time goes."""
-    from perf.profiling import available
+    from perf.lib.profiling import available
 
     binary = available()
     if binary is None:
@@ -605,7 +604,7 @@ def write_report(run_dir: Path, report: dict) -> None:
 
 def measure(target: Target, args: argparse.Namespace, run_dir: Path, raw: Path) -> dict:
     """The alternating runs (and the profile) against one target; the report's measured part."""
-    from perf.workloads import generate
+    from perf.lib.workloads import generate
 
     concurrencies = parse_list(args.concurrency, int)
     data = generate("text_200", rows=args.rows)
@@ -683,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": git_commit(),
         "host": host_tag(),
         "model": model,
-        "workload": "text_200 (perf/workloads.py): texts of exactly 200 tokens, default instruction",
+        "workload": "text_200 (perf/lib/workloads.py): texts of exactly 200 tokens, default instruction",
         "target_ratio": TARGET_RATIO,
         "busy_at_start": busy,
         "gateway_env": gateway_environment(),

@@ -17,8 +17,8 @@ Comparisons, each measured in this run, on servers of its own:
   batching    text_200 at --compare-concurrency (16) with the model step's dynamic batching on, then off
               (a copy of the repository whose config has no dynamic_batching block), for each compare model
   efficiency  text_200 end-to-end throughput through the ensemble on the bench model (best of concurrency
-              8, 16 and 64) / the same backend code in-process with ideal batches (perf/inprocess.py), with
-              py-spy profiles of the stubs during the end-to-end run
+              8, 16 and 64) / the same backend code in-process with ideal batches (perf/lib/inprocess.py),
+              with py-spy profiles of the stubs during the end-to-end run
   padding     padded / real tokens on text_mixed (from the sweep, else measured at concurrency 16), and
               text_mixed at concurrency 16 with batch_overhead_tokens set to each --padding-overheads value
 
@@ -40,17 +40,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from perf import profiling, summary
-from perf.console import log, parse_list
-from perf.host import RESULTS, busy_processes, cpu_name, git_commit, host_tag, new_run_dir, write_json
-from perf.measure import measure as measure_point
-from perf.perf_analyzer import Measurement, time_window_args
-from perf.pipelines import ENSEMBLE, MODEL_REPOSITORY, MODEL_STEP, NAMED_MODELS, PREPROCESS, REPO, RERANKER
-from perf.pipelines import model_path as checkpoint_path
-from perf.points import Point
-from perf.servers import SERVER_OVERRIDES, Endpoint, running_server, start_server
-from perf.variants import read_config, variant_repository, with_parameter, without_dynamic_batching
-from perf.workloads import DEFAULT_OUT, WORKLOADS, generate
+from perf.lib import profiling, summary
+from perf.lib.console import log, parse_list
+from perf.lib.host import RESULTS, busy_processes, cpu_name, git_commit, host_tag, new_run_dir, write_json
+from perf.lib.measure import measure as measure_point
+from perf.lib.paths import MODEL_REPOSITORY, REPO
+from perf.lib.perf_analyzer import Measurement, time_window_args
+from perf.lib.pipelines import ENSEMBLE, MODEL_STEP, NAMED_MODELS, PREPROCESS, RERANKER
+from perf.lib.pipelines import model_path as checkpoint_path
+from perf.lib.points import Point
+from perf.lib.servers import SERVER_OVERRIDES, Endpoint, running_server, start_server
+from perf.lib.variants import read_config, variant_repository, with_parameter, without_dynamic_batching
+from perf.lib.workloads import DEFAULT_OUT, WORKLOADS, generate
 
 DEFAULT_CONCURRENCY = "1,2,4,8,16,32,64"
 TARGETS = {"efficiency": 0.85, "batching_gain": 3.0, "padding": 1.15}
@@ -303,7 +304,7 @@ class Runner:
         command = [
             sys.executable,
             "-m",
-            "perf.inprocess",
+            "perf.lib.inprocess",
             "--model-path",
             str(path),
             "--workload",
@@ -323,7 +324,7 @@ class Runner:
         if result.returncode == 0 and out.exists():
             self.record["inprocess"][model] = json.loads(out.read_text())
         else:
-            self.record["inprocess"][model] = {"error": f"perf.inprocess exited with {result.returncode}"}
+            self.record["inprocess"][model] = {"error": f"perf.lib.inprocess exited with {result.returncode}"}
 
     # -------------------------------------------------------------------------------------------------
     def finish(self) -> Path:

@@ -29,7 +29,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from perf.console import log, parse_list
 from perf.gateway_stack import (
     EMBEDDING_NAME,
     RERANKER_NAME,
@@ -38,8 +37,9 @@ from perf.gateway_stack import (
     GatewayStack,
     shown_path,
 )
+from perf.lib.console import log, parse_list
+from perf.lib.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_VLLM = REPO / ".venv-vllm-bench" / "bin" / "vllm"
 BENCH_TIMEOUT_S = 600.0
 # vLLM's bench waits this long for a first successful request before it starts (0 = no check).
@@ -228,7 +228,7 @@ def vllm_version(vllm: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from perf.gateway_bench import default_run_dir
-    from perf.host import busy_processes, git_commit, host_tag
+    from perf.lib.host import busy_processes, git_commit, host_tag
 
     parser = argparse.ArgumentParser(prog="python -m perf.vllm_bench", description=__doc__.split("\n")[0])
     parser.add_argument("--vllm", type=Path, default=DEFAULT_VLLM, help="the bench venv's vllm entry point")

@@ -1,5 +1,5 @@
-"""perf.points: the typed point record, read back from points.json (also from a run written before this
-module existed) and rendered by perf.summary and perf.accel as a type."""
+"""perf.lib.points: the typed point record, read back from points.json (also from a run written before this
+module existed) and rendered by perf.lib.summary and perf.accel as a type."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import shutil
 
 import pytest
 
-from perf import accel, summary
-from perf.pipelines import REPO, RERANKER
-from perf.points import CustomMetrics, Point, StageStats
+from perf import accel
+from perf.lib import summary
+from perf.lib.paths import REPO
+from perf.lib.pipelines import RERANKER
+from perf.lib.points import CustomMetrics, Point, StageStats
 
 RUN = REPO / "perf" / "results" / "cpu-x86_64-2c" / "2026-11-27"
 
@@ -47,7 +49,8 @@ def test_an_unknown_field_fails_loudly():
 
 def test_the_committed_run_renders_the_committed_summary(tmp_path):
     """Every point of a real run (sweeps and comparisons) is read as a Point and the summary comes out as
-    committed. After a deliberate change to perf/summary.py, re-render it: python -m perf.summary RUN."""
+    committed. After a deliberate change to perf/lib/summary.py, re-render it:
+    python -m perf.lib.summary RUN."""
     run_dir = tmp_path / RUN.parent.name / RUN.name
     run_dir.mkdir(parents=True)
     for name in ("points.json", "NOTES.md"):

@@ -1,6 +1,6 @@
 """Overload test: does the served embedding ensemble shed the excess fast, with bounded memory?
 
-    python -m perf.overload [--multiple 4] [--seconds 20] [--concurrency 64] [--out DIR]
+    python -m perf.drills.overload [--multiple 4] [--seconds 20] [--concurrency 64] [--out DIR]
     make overload
 
 Starts tritonserver on model_repository/ (the embedding ensemble, tiny checkpoint unless MODEL_PATH is
@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from backend.protocol import EMBEDDING_ENSEMBLE
+from perf.lib.paths import REPO
 from tools.launcher import TritonServer
 
-REPO = Path(__file__).resolve().parent.parent
 ENSEMBLE = EMBEDDING_ENSEMBLE
 # ~200 tokens of plain English; a per-request number keeps requests distinct.
 SENTENCE = "The quick brown fox jumps over the lazy dog while the river runs past the old mill. "
@@ -302,7 +302,9 @@ def write_report(out: Path, phases: list[Phase], command: str, load_before: floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf.overload", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m perf.drills.overload", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--multiple", type=float, default=4.0, help="overload = this many times capacity")
     parser.add_argument(
         "--seconds", type=float, default=20.0, help="length of the capacity and overload runs"
@@ -313,9 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=None, help="default: perf/results/<host>/<date>")
     args = parser.parse_args(argv)
-    command = "python -m perf.overload " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python -m perf.drills.overload " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.out is None:
-        from perf.host import todays_results_dir
+        from perf.lib.host import todays_results_dir
 
         args.out = todays_results_dir()
     server = TritonServer(

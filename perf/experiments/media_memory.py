@@ -1,4 +1,4 @@
-"""Peak and retained memory of the media preprocessing: ``python -m perf.media_memory --out DIR``.
+"""Peak and retained memory of the media preprocessing: ``python -m perf.experiments.media_memory --out DIR``.
 
 Each case runs in a fresh interpreter that imports the preprocess code, warms it on a small video and
 image, resets its peak RSS (/proc/self/clear_refs), prepares the case's media with `MediaPreparer` (the
@@ -20,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from perf.host import git_commit
+from perf.lib.host import git_commit
+from perf.lib.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 CASES = ("video_720p_64", "video_1080p_64", "h264_raw_long", "png_64mp", "burst_30")
 
 
@@ -170,7 +170,7 @@ def main() -> None:
     for case in args.cases.split(","):
         for budget in args.max_tokens.split(","):
             for trim in args.trim.split(",") if case == "burst_30" else ["on"]:
-                command = [sys.executable, "-m", "perf.media_memory", "--out", str(args.out)]
+                command = [sys.executable, "-m", "perf.experiments.media_memory", "--out", str(args.out)]
                 command += ["--cache", str(args.cache), "--child", case, "--max-tokens", budget]
                 environment = {**os.environ, "MEDIA_TRIM": trim}
                 result = subprocess.run(
@@ -182,7 +182,8 @@ def main() -> None:
     lines = [
         "# Media preprocessing memory",
         "",
-        f"`{shlex.join(['python', '-m', 'perf.media_memory', *sys.argv[1:]])}` at commit {git_commit()}",
+        f"`{shlex.join(['python', '-m', 'perf.experiments.media_memory', *sys.argv[1:]])}` "
+        f"at commit {git_commit()}",
         "",
         "| case | max_tokens | trim | outcome | s | CPU s | warm MiB | peak above warm | kept above warm |",
         "|---|---|---|---|---|---|---|---|---|",

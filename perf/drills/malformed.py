@@ -1,6 +1,6 @@
 """Seeded malformed requests against the served ensembles and their inner model steps, and how to judge the
 answers. Used by the fuzz test (tests/integration/test_fuzz.py, a few hundred cases) and by the reliability
-benchmark (perf.reliability, thousands).
+benchmark (perf.drills.reliability, thousands).
 
 A case is one request: which model, over which transport (tritonclient HTTP or gRPC; raw HTTP bytes for
 what tritonclient cannot send), its tensors, and what answers are acceptable:

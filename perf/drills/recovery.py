@@ -1,6 +1,6 @@
 """Recovery test: kill each kind of process under `make serve` while requests flow; how soon does it serve?
 
-    python -m perf.recovery [--out DIR]
+    python -m perf.drills.recovery [--out DIR]
     make reliability
 
 Runs ``python -m tools.launcher serve`` (what ``make serve`` runs) on model_repository/ with the tiny
@@ -32,10 +32,10 @@ import urllib.request
 from pathlib import Path
 
 from backend.protocol import EMBEDDING_ENSEMBLE, RERANKER_ENSEMBLE
+from perf.lib.paths import REPO
 from tools.launcher import free_ports
 from tools.watchdog import live_stubs
 
-REPO = Path(__file__).resolve().parent.parent
 STEPS = ("preprocess", "model")
 SERVE_LINE = re.compile(r"tritonserver pid (?P<pid>\d+), shm prefix (?P<prefix>\S+),")
 RESTART_LINE = "restarting tritonserver: the stub watchdog cannot repair it"
@@ -268,12 +268,14 @@ def _counts(failed: dict[str, int]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf.recovery", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m perf.drills.recovery", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--out", type=Path, default=None, help="default: perf/results/<host>/<date>")
     args = parser.parse_args(argv)
-    command = "python -m perf.recovery " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python -m perf.drills.recovery " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.out is None:
-        from perf.host import todays_results_dir
+        from perf.lib.host import todays_results_dir
 
         args.out = todays_results_dir()
     args.out.mkdir(parents=True, exist_ok=True)

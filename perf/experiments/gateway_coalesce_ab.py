@@ -5,7 +5,8 @@ that load that rises or falls over the run weighs on both alike). Only the stack
 ratio of adjacent windows is the figure, not the absolute rates. ``perf.gateway_bench`` (against
 perf_analyzer on a quiet machine) stays the target's measure.
 
-    python -m perf.gateway_coalesce_ab [--concurrency 16,64] [--pairs 4] [--window-s 6] [--calls 2]
+    python -m perf.experiments.gateway_coalesce_ab [--concurrency 16,64] [--pairs 4]
+        [--window-s 6] [--calls 2]
 
 Writes ``gateway-coalesce-ab.json`` and ``.md`` (with the command) into the run directory, logs under raw/.
 """
@@ -22,10 +23,10 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from perf.console import log, parse_list
 from perf.gateway_bench import CpuMeter, Target, request_bodies, run_gateway
 from perf.gateway_stack import EMBEDDING_NAME, GatewayStack
-from perf.host import busy_processes, git_commit, host_tag, todays_results_dir
+from perf.lib.console import log, parse_list
+from perf.lib.host import busy_processes, git_commit, host_tag, todays_results_dir
 
 SETTING = "GATEWAY_COALESCE_CALLS"
 
@@ -110,7 +111,7 @@ def write_report(run_dir: Path, report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m perf.gateway_coalesce_ab", description=__doc__.split("\n")[0]
+        prog="python -m perf.experiments.gateway_coalesce_ab", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--concurrency", default="16,64", help="comma-separated (default 16,64)")
     parser.add_argument("--pairs", type=int, default=4, help="on/off window pairs per concurrency")
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=2, help=f"{SETTING} of the 'on' stack")
     parser.add_argument("--run-dir", type=Path, default=None, help="default perf/results/<host>/<date>")
     args = parser.parse_args(argv)
-    from perf.workloads import generate
+    from perf.lib.workloads import generate
 
     run_dir = args.run_dir or todays_results_dir()
     raw = run_dir / "raw" / "gateway-coalesce-ab"
@@ -147,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"c={concurrency} pair {pair + 1} {mode:>3}: {side.throughput:6.1f} req/s")
     concurrencies = parse_list(args.concurrency, int)
     report = {
-        "command": "python -m perf.gateway_coalesce_ab " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m perf.experiments.gateway_coalesce_ab "
+        + shlex.join(sys.argv[1:] if argv is None else argv),
         "started": started,
         "finished": datetime.datetime.now().isoformat(timespec="seconds"),
         "commit": git_commit(),

@@ -11,8 +11,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from perf.pipelines import ENSEMBLE
-from perf.servers import Endpoint
+from perf.lib.pipelines import ENSEMBLE
+from perf.lib.servers import Endpoint
 
 
 @dataclass

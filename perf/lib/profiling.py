@@ -2,7 +2,7 @@
 
 py-spy skips idle threads, but time a stub spends blocked inside a native call (waiting for the server's
 answer to a metric update, say) is not idle to it: the samples say where a stub's wall time goes when it is
-not waiting for work, not how much CPU it used (perf/server_stats.py reads that from /proc).
+not waiting for work, not how much CPU it used (perf/lib/server_stats.py reads that from /proc).
 """
 
 from __future__ import annotations

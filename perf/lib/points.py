@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
-from perf.pipelines import ENSEMBLE, pipeline_of
+from perf.lib.pipelines import ENSEMBLE, pipeline_of
 
 T = TypeVar("T")
 
@@ -141,7 +141,7 @@ class Point:
     cpu: dict[str, float] = field(default_factory=dict)  # cores used on average during the run, by role
     profile: dict[str, Any] = field(
         default_factory=dict
-    )  # py-spy breakdown by model step (perf/profiling.py)
+    )  # py-spy breakdown by model step (perf/lib/profiling.py)
     load1: float = 0.0  # 1-minute load average at the end (what else was running shows here)
     csv: str = ""
     error: str = ""

@@ -1,4 +1,5 @@
-"""Startup time and memory of one served pipeline: ``python -m perf.startup_memory --model-path DIR --out D``.
+"""Startup time and memory of one served pipeline:
+``python -m perf.experiments.startup_memory --model-path DIR --out D``.
 
 Serves one pipeline of this repository (the image entrypoint's repository copy, deploy.serve) with the given
 checkpoint on this machine and records: seconds until /v2/health/ready, the resident memory of each Python
@@ -20,9 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from deploy.serve import PIPELINE_MODELS, prepare_repository
+from perf.lib.paths import REPO
 from tools.launcher import TritonServer
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def group_processes(pgid: int) -> list[tuple[int, str, int]]:
@@ -43,7 +43,7 @@ def group_processes(pgid: int) -> list[tuple[int, str, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf.startup_memory", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m perf.experiments.startup_memory", description=__doc__)
     parser.add_argument("--model-path", type=Path, required=True)
     parser.add_argument("--pipeline", choices=sorted(PIPELINE_MODELS), default="embedding")
     parser.add_argument("--label", default="")
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         elif "tritonserver" in cmdline:
             stubs.setdefault("tritonserver", []).append(rss)
     result = {
-        "command": "python -m perf.startup_memory " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m perf.experiments.startup_memory "
+        + shlex.join(argv if argv is not None else sys.argv[1:]),
         "model_path": str(args.model_path),
         "pipeline": args.pipeline,
         "seconds_to_ready": round(ready_s, 1),

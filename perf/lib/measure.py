@@ -9,10 +9,10 @@ import os
 import time
 from pathlib import Path
 
-from perf.perf_analyzer import CSV_FIELDS_MS, Measurement, read_csv_row, run_perf_analyzer
-from perf.pipelines import ENSEMBLE, pipeline_of
-from perf.points import Point
-from perf.server_stats import (
+from perf.lib.perf_analyzer import CSV_FIELDS_MS, Measurement, read_csv_row, run_perf_analyzer
+from perf.lib.pipelines import ENSEMBLE, pipeline_of
+from perf.lib.points import Point
+from perf.lib.server_stats import (
     children_cpu_seconds,
     custom_delta,
     group_cpu_seconds,
@@ -21,7 +21,7 @@ from perf.server_stats import (
     snapshot,
     stats_delta,
 )
-from perf.servers import Endpoint
+from perf.lib.servers import Endpoint
 
 
 def measure(

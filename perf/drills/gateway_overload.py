@@ -1,7 +1,7 @@
 """Overload through the gateway: fast 503s for the excess, bounded memory, and the p99 of admitted requests
 against the unloaded p99, for several admission policies in one run.
 
-    python -m perf.gateway_overload [--multiple 4] [--seconds 30] [--concurrency 16,64]
+    python -m perf.drills.gateway_overload [--multiple 4] [--seconds 30] [--concurrency 16,64]
                                     [--policies fifo,lifo,latency2] [--out DIR]
 
 One tritonserver (the embedding ensemble, tiny checkpoint unless MODEL_PATH is set); for each policy a fresh
@@ -40,11 +40,11 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from perf.console import log, parse_list
+from perf.drills.overload import group_rss_mib, percentiles
 from perf.gateway_bench import group_cpu_seconds
 from perf.gateway_stack import TINY_EMBEDDING, GatewayProcess, shown_path
-from perf.host import busy_processes, git_commit, host_tag, todays_results_dir, write_json
-from perf.overload import group_rss_mib, percentiles
+from perf.lib.console import log, parse_list
+from perf.lib.host import busy_processes, git_commit, host_tag, todays_results_dir, write_json
 
 # name -> (what it is, the gateway's environment)
 POLICIES: dict[str, tuple[str, dict[str, str]]] = {
@@ -443,7 +443,7 @@ def write_report(out: Path, report: dict, runs: list[PolicyRun]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m perf.gateway_overload", description=__doc__.split("\n\n")[0]
+        prog="python -m perf.drills.gateway_overload", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--multiple", type=float, default=4.0, help="overload = this many times capacity")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the overload phase")
@@ -473,11 +473,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in args.policies if name not in POLICIES]
     if unknown:
         parser.error(f"unknown policies {unknown}; known: {', '.join(POLICIES)}")
-    command = "python -m perf.gateway_overload " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python -m perf.drills.gateway_overload " + shlex.join(sys.argv[1:] if argv is None else argv)
     out = args.out or todays_results_dir()
     log_dir = out / "raw" / "gateway_overload"
     log_dir.mkdir(parents=True, exist_ok=True)
-    from perf.servers import start_server
+    from perf.lib.servers import start_server
 
     # First come, first served keeps every request of the overload open: thousands of connections.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

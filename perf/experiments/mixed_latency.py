@@ -8,7 +8,7 @@ model step's forwards (each text is answered just after a forward ends, so the n
 the next forward and waits for nearly all of it), which measures the worst case every time rather than a
 text arriving at a random moment.
 
-    python -m perf.mixed_latency 2 4 > perf/results/<host>/<date>/mixed_latency.json
+    python -m perf.experiments.mixed_latency 2 4 > perf/results/<host>/<date>/mixed_latency.json
 """
 
 import json
@@ -23,7 +23,7 @@ import numpy as np
 import tritonclient.http as http
 
 from backend.protocol import EMBEDDING_ENSEMBLE
-from perf.variants import variant_repository, with_instance_count
+from perf.lib.variants import variant_repository, with_instance_count
 from tools import synthetic
 from tools.launcher import TritonServer
 

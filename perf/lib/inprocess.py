@@ -1,6 +1,6 @@
 """The serving path's own code, called in-process with ideal batches: the denominator of serving efficiency.
 
-    python -m perf.inprocess --model-path models/qwen3-vl-embedding-bench --workload text_200 \
+    python -m perf.lib.inprocess --model-path models/qwen3-vl-embedding-bench --workload text_200 \
         [--batch-sizes 1,4,16,64] [--device cpu] [--bare] [--compile] [--seconds 6] [--json out.json]
 
 Modes, each over the workload's requests (rows), reported in rows per second:
@@ -32,7 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def entry_inputs(entry: dict) -> dict[str, np.ndarray | None]:
     """One perf_analyzer JSON entry as the preprocess step's input tensors (batch of 1)."""
-    from perf.workloads import decode_bytes_tensor
+    from perf.lib.workloads import decode_bytes_tensor
 
     inputs: dict[str, np.ndarray | None] = {}
     for name, tensor in entry.items():
@@ -46,7 +46,7 @@ def entry_inputs(entry: dict) -> dict[str, np.ndarray | None]:
 
 
 def load_entries(workload: str, rows: int) -> list[dict]:
-    from perf.workloads import generate
+    from perf.lib.workloads import generate
 
     data = json.loads(generate(workload).read_text())["data"]
     return [data[index % len(data)] for index in range(rows)]
@@ -208,7 +208,7 @@ def run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m perf.inprocess",
+        prog="python -m perf.lib.inprocess",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,18 +1,18 @@
 """Reliability benchmark of `make serve` (issue #10): malformed load, overload, killed processes, a long soak.
 
-    python -m perf.reliability [--malformed 5000] [--soak 20000] [--seed N] [--out DIR]
+    python -m perf.drills.reliability [--malformed 5000] [--soak 20000] [--seed N] [--out DIR]
     make reliability
 
 Runs ``python -m tools.launcher serve`` (what ``make serve`` runs: supervisor, stub watchdog) on
 model_repository/ with the tiny checkpoints on free ports, then, against that one server:
 
-1. malformed: ``--malformed`` seeded cases from perf.malformed (both ensembles, the inner model steps, HTTP,
-   gRPC, raw HTTP bodies) from 4 threads, while a 5th sends the good requests over and over; every answer
-   is judged (perf.malformed.judge) and every good answer compared with the one it got alone;
+1. malformed: ``--malformed`` seeded cases from perf.drills.malformed (both ensembles, the inner model steps,
+   HTTP, gRPC, raw HTTP bodies) from 4 threads, while a 5th sends the good requests over and over; every
+   answer is judged (perf.drills.malformed.judge) and every good answer compared with the one it got alone;
 2. soak: ``--soak`` good requests (texts, pairs, small images) from 32 in flight over gRPC; RSS of each
    stub after the first 1,000 and at the end, throughput of the first and the last 1,000;
-3. overload: perf.overload's phases (unloaded, capacity at 64 in flight, 4x capacity open loop);
-4. kills: perf.recovery's SIGKILL of each stub kind and of tritonserver under load, recovery times;
+3. overload: perf.drills.overload's phases (unloaded, capacity at 64 in flight, 4x capacity open loop);
+4. kills: perf.drills.recovery's SIGKILL of each stub kind and of tritonserver under load, recovery times;
 5. SIGTERM under load: stop time, stubs and /dev/shm regions left.
 
 Reports crashes (processes that died without being killed), 5xx, hangs (> 10 s), lost or changed good
@@ -41,13 +41,13 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from perf import malformed
-from perf.overload import Driver, Phase, run_phase
-from perf.recovery import SERVE_LINE, TARGETS, Load, kill_and_measure, ready, wait_until
+from perf.drills import malformed
+from perf.drills.overload import Driver, Phase, run_phase
+from perf.drills.recovery import SERVE_LINE, TARGETS, Load, kill_and_measure, ready, wait_until
+from perf.lib.paths import REPO
 from tools.launcher import free_ports
 from tools.watchdog import live_stubs
 
-REPO = Path(__file__).resolve().parent.parent
 MALFORMED_THREADS = 4
 SOAK_IN_FLIGHT = 32
 SOAK_WINDOW = 1000
@@ -509,7 +509,7 @@ def write_report(out: Path, report: dict) -> None:
         md.append(f"| {name} | " + " | ".join("-" if cell is None else str(cell) for cell in cells) + " |")
     md += [
         "",
-        "## Overload (perf.overload's phases, gRPC, ~200-token texts)",
+        "## Overload (perf.drills.overload's phases, gRPC, ~200-token texts)",
         "",
         "| phase | offered req/s | sent | OK | UNAVAILABLE | other | OK p50 / p99 ms | refused p99 ms "
         "| RSS MiB start / peak / end |",
@@ -525,7 +525,7 @@ def write_report(out: Path, report: dict) -> None:
         )
     md += [
         "",
-        "## SIGKILL under load (perf.recovery's measurement)",
+        "## SIGKILL under load (perf.drills.recovery's measurement)",
         "",
         "| SIGKILL of | readiness false after | serving again after | failed requests meanwhile |",
         "|---|---|---|---|",
@@ -555,16 +555,18 @@ def write_report(out: Path, report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf.reliability", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m perf.drills.reliability", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--malformed", type=int, default=5000, help="malformed requests")
     parser.add_argument("--soak", type=int, default=20000, help="good requests in the soak")
     parser.add_argument("--seed", type=int, default=20261130)
     parser.add_argument("--overload-seconds", type=float, default=15.0)
     parser.add_argument("--out", type=Path, default=None, help="default: perf/results/<host>/<date>")
     args = parser.parse_args(argv)
-    command = "python -m perf.reliability " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python -m perf.drills.reliability " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.out is None:
-        from perf.host import todays_results_dir
+        from perf.lib.host import todays_results_dir
 
         args.out = todays_results_dir()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Response cache on vs off on a workload with repeated items: ``python -m perf.cache_bench``.
+"""Response cache on vs off on a workload with repeated items: ``python -m perf.experiments.cache_bench``.
 
 A RAG indexer re-embeds the same chunks and a search front end sees the same queries again and again. The
 workload: N requests of one text row each, drawn with Zipf-like popularity (weight 1/rank) from D distinct
@@ -28,9 +28,9 @@ import numpy as np
 
 from backend.protocol import EMBEDDING_ENSEMBLE
 from deploy.serve import prepare_repository
+from perf.lib.paths import REPO
 from tools.launcher import TritonServer
 
-REPO = Path(__file__).resolve().parent.parent
 ENSEMBLE = EMBEDDING_ENSEMBLE
 
 
@@ -177,7 +177,7 @@ def report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf.cache_bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m perf.experiments.cache_bench", description=__doc__)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--distinct", type=int, default=100)
     parser.add_argument("--words", type=int, default=150)
@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     result = {
         "load_average_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "command": "python -m perf.cache_bench " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m perf.experiments.cache_bench "
+        + shlex.join(argv if argv is not None else sys.argv[1:]),
         "host": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
         "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "rounds": rounds,

@@ -1,6 +1,6 @@
 """summary.md and PNG plots of one perf run, from its points.json.
 
-python -m perf.summary perf/results/<host-tag>/<date>    # re-render after editing this file
+python -m perf.lib.summary perf/results/<host-tag>/<date>    # re-render after editing this file
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from perf.points import Point
+from perf.lib.points import Point
 
 MARKERS = {"http": "o-", "grpc": "s--"}
 
@@ -460,7 +460,7 @@ def comparison_lines(record: dict) -> list[str]:
         lines += [
             "## Serving efficiency",
             "",
-            f"In-process baseline (`perf/inprocess.py`, {result['device']}, {result['dtype']}, "
+            f"In-process baseline (`perf/lib/inprocess.py`, {result['device']}, {result['dtype']}, "
             f"{result['torch_threads']} torch threads, {fmt(result['mean_tokens'], 0)} tokens per row, no "
             "server running): rows/s by batch size.",
             "",

@@ -13,9 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from perf.pipelines import REPO
-
-RESULTS = REPO / "perf" / "results"
+from perf.lib.paths import REPO, RESULTS
 
 
 def cpu_name() -> str:

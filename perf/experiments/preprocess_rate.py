@@ -1,4 +1,5 @@
-"""Preprocessing throughput on one CPU core per modality: ``python -m perf.preprocess_rate --out DIR``.
+"""Preprocessing throughput on one CPU core per modality:
+``python -m perf.experiments.preprocess_rate --out DIR``.
 
 The preprocess step (one Python process per Triton instance) is single-threaded work: chat formatting and
 tokenising, decoding and resizing images, decoding and sampling video frames, patchifying. How many
@@ -20,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from perf.lib.paths import REPO
+
 WORKLOADS = ("text_200", "image_448", "screenshot", "video")
 
 
@@ -54,7 +56,7 @@ def rate(preprocessor, requests: list, seconds: float, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf.preprocess_rate", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m perf.experiments.preprocess_rate", description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of one pass")
     parser.add_argument("--repeats", type=int, default=3)
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from backend.embedding.preprocess import EmbeddingPreprocessor
     from backend.settings import PreprocessSettings
-    from perf.inprocess import entry_inputs, load_entries
+    from perf.lib.inprocess import entry_inputs, load_entries
 
     model = REPO / "models" / "qwen3-vl-embedding-tiny"
     preprocessor = EmbeddingPreprocessor(PreprocessSettings(model_path=str(model)))
@@ -77,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         results[workload] = rate(preprocessor, [entry_inputs(e) for e in entries], args.seconds, args.repeats)
         print(workload, f"{results[workload]['items_per_cpu_s_median']:.1f} items/CPU-s", flush=True)
-    command = "python -m perf.preprocess_rate " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = "python -m perf.experiments.preprocess_rate " + shlex.join(
+        argv if argv is not None else sys.argv[1:]
+    )
     report = {
         "command": command,
         "load_average_1m_before_after": [round(load, 2), round(os.getloadavg()[0], 2)],

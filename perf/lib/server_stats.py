@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from perf.pipelines import ALL_MODELS, EMBEDDING, Pipeline
-from perf.points import CustomMetrics, StageStats
-from perf.servers import Endpoint, http_get
+from perf.lib.pipelines import ALL_MODELS, EMBEDDING, Pipeline
+from perf.lib.points import CustomMetrics, StageStats
+from perf.lib.servers import Endpoint, http_get
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]  # (metric, sorted labels) -> value
 
