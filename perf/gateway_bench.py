@@ -22,7 +22,6 @@ import csv
 import datetime
 import json
 import os
-import resource
 import shlex
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from perf.gateway_stack import EMBEDDING_NAME, GatewayStack, shown_path
 from perf.lib.console import log, parse_list
 from perf.lib.host import busy_processes, git_commit, host_tag, todays_results_dir
 from perf.lib.perf_analyzer import perf_analyzer_binary, perf_analyzer_env
+from perf.lib.sampling import group_cpu_seconds, own_cpu_seconds
 
 ENSEMBLE = EMBEDDING_ENSEMBLE
 STEPS = ("qwen3_vl_embedding_preprocess", "qwen3_vl_embedding_model")
@@ -74,28 +74,6 @@ def default_run_dir() -> Path:
 # ----------------------------------------------------------------------------------------------------------
 # CPU accounting from /proc
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _proc_cpu(stat_path: Path) -> tuple[int, float]:
-    """(process group, CPU seconds) of one /proc/<pid>/stat."""
-    fields = stat_path.read_text().rpartition(")")[2].split()
-    return int(fields[2]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def group_cpu_seconds(pgid: int) -> float:
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            group, seconds = _proc_cpu(stat)
-            if group == pgid:
-                total += seconds
-    return total
-
-
-def own_cpu_seconds() -> tuple[float, float]:
-    """(this process, its finished children) in CPU seconds."""
-    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime, children.ru_utime + children.ru_stime
 
 
 @dataclass(frozen=True)

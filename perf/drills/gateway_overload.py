@@ -34,17 +34,15 @@ import re
 import resource
 import shlex
 import sys
-import threading
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from perf.drills.overload import group_rss_mib, percentiles
-from perf.gateway_bench import group_cpu_seconds
 from perf.gateway_stack import TINY_EMBEDDING, GatewayProcess, shown_path
 from perf.lib.console import log, parse_list
 from perf.lib.host import busy_processes, git_commit, host_tag, todays_results_dir, write_json
+from perf.lib.sampling import RssSampler, group_cpu_seconds, percentiles
 
 # name -> (what it is, the gateway's environment)
 POLICIES: dict[str, tuple[str, dict[str, str]]] = {
@@ -127,29 +125,18 @@ def scrape(url: str) -> str:
     return ""
 
 
-class Sampler:
+class Sampler(RssSampler):
     """Peak RSS of tritonserver's group and of the gateway, and the gateway's in-flight bound and waiting
     room, sampled in a thread."""
 
     def __init__(self, server_pgid: int, gateway_pgid: int, url: str) -> None:
-        self.pgids = (server_pgid, gateway_pgid)
+        super().__init__(server_pgid, gateway_pgid, every_s=METRICS_EVERY_S)
         self.url = url
-        self.peaks = [0.0, 0.0]
         self.limits: list[float] = []
         self.waiting: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def rss(self) -> list[float]:
-        return [round(group_rss_mib(pgid), 1) for pgid in self.pgids]
-
-    def _run(self) -> None:
-        while not self._stop.wait(METRICS_EVERY_S):
-            with contextlib.suppress(OSError):
-                self._sample()
-
-    def _sample(self) -> None:
-        self.peaks = [max(peak, now) for peak, now in zip(self.peaks, self.rss())]
+    def sample(self) -> None:
+        super().sample()
         text = scrape(self.url)
         for values, name in (
             (self.limits, "gateway_triton_in_flight_limit"),
@@ -158,15 +145,6 @@ class Sampler:
             value = metric(text, name)
             if value is not None:
                 values.append(value)
-
-    def __enter__(self) -> Sampler:
-        self.start = self.peaks = self.rss()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 class Client:

@@ -26,7 +26,6 @@ import json
 import os
 import shlex
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 
 from backend.protocol import EMBEDDING_ENSEMBLE
 from perf.lib.paths import REPO
+from perf.lib.sampling import RssSampler, group_rss_mib, percentiles
 from tools.launcher import TritonServer
 
 ENSEMBLE = EMBEDDING_ENSEMBLE
@@ -58,53 +58,6 @@ class Phase:
     rss_mib_start: float = 0.0
     rss_mib_peak: float = 0.0
     rss_mib_end: float = 0.0
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    array = np.asarray(values) * 1000.0
-    return {
-        name: round(float(np.percentile(array, q)), 2) for name, q in (("p50", 50), ("p90", 90), ("p99", 99))
-    } | {"max": round(float(array.max()), 2)}
-
-
-def group_rss_mib(pgid: int) -> float:
-    total = 0
-    for pid_dir in Path("/proc").glob("[0-9]*"):
-        try:
-            fields = (pid_dir / "stat").read_text().rpartition(")")[2].split()
-            if int(fields[2]) != pgid:
-                continue
-            for line in (pid_dir / "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    return total / 1024.0
-
-
-class RssSampler:
-    """Peak RSS of the server's process group, sampled every 0.2 s in a thread."""
-
-    def __init__(self, pgid: int) -> None:
-        self.pgid = pgid
-        self.peak = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            self.peak = max(self.peak, group_rss_mib(self.pgid))
-
-    def __enter__(self) -> RssSampler:
-        self.peak = group_rss_mib(self.pgid)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 class Driver:

@@ -45,6 +45,7 @@ from perf.drills import malformed
 from perf.drills.overload import Driver, Phase, run_phase
 from perf.drills.recovery import SERVE_LINE, TARGETS, Load, kill_and_measure, ready, wait_until
 from perf.lib.paths import REPO
+from perf.lib.sampling import rss_mib
 from tools.launcher import free_ports
 from tools.watchdog import live_stubs
 
@@ -61,16 +62,6 @@ SERVER_ENV = ("MODEL_PATH", "RERANKER_MODEL_PATH", "DEVICE")
 ERROR_LOG = re.compile(
     r"(preprocess failed|model input failed|forward failed|Traceback|Segmentation|core dumped)"
 )
-
-
-def rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024.0, 1)
-    except OSError:
-        pass
-    return 0.0
 
 
 def memory(server_pid: int) -> dict[str, float]:
