@@ -24,7 +24,6 @@ import argparse
 import datetime
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -32,12 +31,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from perf.lib.console import log
-from perf.lib.host import RESULTS, accelerator_name, cpu_name, host_tag, write_json
+from perf.lib.host import RESULTS, accelerator_name, cpu_name, host_tag
 from perf.lib.measure import measure
 from perf.lib.paths import REPO
 from perf.lib.perf_analyzer import Measurement, last_throughput
 from perf.lib.pipelines import MODEL_STEP, NAMED_MODELS, PREPROCESS, model_path
 from perf.lib.points import Point
+from perf.lib.record import Experiment
 from perf.lib.servers import start_server
 from perf.lib.summary import fmt, table
 from perf.lib.variants import (
@@ -152,17 +152,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     preprocess_instances = args.preprocess_instances or (4 if accel else 2)
     bare_batches = args.bare_batches or ("64,128,256" if accel else "1,16,64")
     tag = host_tag(device)
-    run_dir = args.out / tag / datetime.date.today().isoformat()
-    for sub in ("", "csv", "raw"):
+    experiment = Experiment("perf.accel", argv, args.out / tag / datetime.date.today().isoformat(), host=tag)
+    run_dir = experiment.out
+    for sub in ("csv", "raw"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     log(f"perf-accel: size {args.size} on {device}; results in {run_dir}")
 
     record: dict = {
-        "command": shlex.join(["python", "-m", "perf.accel", *(sys.argv[1:] if argv is None else argv)]),
+        **experiment.header,
         "size": args.size,
         "device": device,
         "device_name": accelerator_name(device) if accel else cpu_name(),
-        "started": datetime.datetime.now().isoformat(timespec="seconds"),
         "settings": {
             "concurrency": concurrency,
             "requests": args.requests,
@@ -273,8 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if out.exists():
             record["bare"] = json.loads(out.read_text())
     mark("bare model timed")
-    record["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
-    write_json(run_dir / f"accel-{args.size}.json", record)
+    record = experiment.report(**record)
+    experiment.write_json(f"accel-{args.size}.json", record)
     path = write_report(run_dir / f"accel-{args.size}.md", record)
     log(f"report: {path}")
     return 0 if record["points"] else 1

@@ -19,7 +19,6 @@ import asyncio
 import collections
 import contextlib
 import csv
-import datetime
 import json
 import os
 import shlex
@@ -32,8 +31,8 @@ from pathlib import Path
 from backend.protocol import EMBEDDING_ENSEMBLE
 from perf.gateway_stack import EMBEDDING_NAME, GatewayStack, shown_path
 from perf.lib.console import log, parse_list
-from perf.lib.host import busy_processes, git_commit, host_tag, todays_results_dir
 from perf.lib.perf_analyzer import perf_analyzer_binary, perf_analyzer_env
+from perf.lib.record import Experiment
 from perf.lib.sampling import group_cpu_seconds, own_cpu_seconds
 
 ENSEMBLE = EMBEDDING_ENSEMBLE
@@ -64,11 +63,6 @@ CATEGORIES = (
 # Frames every sample passes through on its way to the event loop: nothing to learn from their share.
 ROOT_FRAMES = ("runpy", "gateway/__main__.py", "uvicorn/main.py", "uvicorn/server.py", "uvicorn/_compat.py")
 ROOT_FRAMES += ("asyncio/runners.py", "asyncio/base_events.py", "asyncio/events.py")
-
-
-def default_run_dir() -> Path:
-    """Today's results directory for this host, shared with the other benchmarks of the day."""
-    return todays_results_dir()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -478,17 +472,15 @@ def cpu_ms_per_request(sides: list[Side]) -> dict[str, float]:
     }
 
 
-def write_report(run_dir: Path, report: dict) -> None:
-    (run_dir / "gateway-overhead.json").write_text(json.dumps(report, indent=2) + "\n")
+def write_report(experiment: Experiment, report: dict) -> None:
+    run_dir = experiment.out
+    experiment.write_json("gateway-overhead.json", report)
     lines = [
         "# Gateway overhead: text_200 through /v1/embeddings vs perf_analyzer gRPC on the ensemble",
         "",
-        f"- Command: `{report['command']}`",
-        f"- When: {report['started']} to {report['finished']}; commit {report['commit']}",
-        f"- Host: {report['host']}",
+        f"- {experiment.provenance(report)}",
         f"- Model: {report['model']}; one tritonserver + one gateway, both clients on the same 2 cores",
         f"- Target: gateway ≥ {TARGET_RATIO} × direct throughput",
-        f"- Busy before the start: {', '.join(report['busy_at_start']) or 'nothing'}",
         f"- Gateway settings changed (environment): {', '.join(report.get('gateway_env', [])) or 'none'}",
         f"- Scheduling priority (`--priority`, autogroup nice of server, gateway and clients): "
         f"{report['priority']}",
@@ -630,11 +622,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.triton_grpc_url) != bool(args.gateway_url):
         parser.error("--triton-grpc-url and --gateway-url go together")
-    run_dir = args.run_dir or default_run_dir()
+    experiment = Experiment("perf.gateway_bench", argv, args.run_dir)
+    run_dir = experiment.out
     raw = run_dir / "raw" / "gateway-overhead"
     raw.mkdir(parents=True, exist_ok=True)
-    started = datetime.datetime.now().isoformat(timespec="seconds")
-    busy = busy_processes()
     if args.gateway_url:
         model = "(the running server's)"
         measured = measure(Target(args.triton_grpc_url, args.gateway_url.rstrip("/")), args, run_dir, raw)
@@ -653,21 +644,15 @@ def main(argv: list[str] | None = None) -> int:
                 stack.server.http_url,
             )
             measured = measure(target, args, run_dir, raw)
-    report = {
-        "command": "python -m perf.gateway_bench " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "started": started,
-        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "host": host_tag(),
-        "model": model,
-        "workload": "text_200 (perf/lib/workloads.py): texts of exactly 200 tokens, default instruction",
-        "target_ratio": TARGET_RATIO,
-        "busy_at_start": busy,
-        "gateway_env": gateway_environment(),
-        "priority": args.priority,
+    report = experiment.report(
+        model=model,
+        workload="text_200 (perf/lib/workloads.py): texts of exactly 200 tokens, default instruction",
+        target_ratio=TARGET_RATIO,
+        gateway_env=gateway_environment(),
+        priority=args.priority,
         **measured,
-    }
-    write_report(run_dir, report)
+    )
+    write_report(experiment, report)
     log(f"wrote {run_dir / 'gateway-overhead.md'}")
     for row in report["summary"]:
         log(f"  c={row['concurrency']}: ratio {row['ratio']}")

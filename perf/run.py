@@ -29,7 +29,6 @@ points.json (everything measured) and raw/ (logs, per-run CSVs, profiles; git-ig
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -42,13 +41,14 @@ from pathlib import Path
 
 from perf.lib import profiling, summary
 from perf.lib.console import log, parse_list
-from perf.lib.host import RESULTS, busy_processes, cpu_name, git_commit, host_tag, new_run_dir, write_json
+from perf.lib.host import RESULTS, cpu_name, host_tag, new_run_dir, write_json
 from perf.lib.measure import measure as measure_point
 from perf.lib.paths import MODEL_REPOSITORY, REPO
 from perf.lib.perf_analyzer import Measurement, time_window_args
 from perf.lib.pipelines import ENSEMBLE, MODEL_STEP, NAMED_MODELS, PREPROCESS, RERANKER
 from perf.lib.pipelines import model_path as checkpoint_path
 from perf.lib.points import Point
+from perf.lib.record import Experiment
 from perf.lib.servers import SERVER_OVERRIDES, Endpoint, running_server, start_server
 from perf.lib.variants import read_config, variant_repository, with_parameter, without_dynamic_batching
 from perf.lib.workloads import DEFAULT_OUT, WORKLOADS, generate
@@ -70,12 +70,14 @@ class Runner:
         )
         if args.append and args.run_dir is None:
             raise SystemExit("--append needs --run-dir (the run to add to)")
-        self.run_dir = new_run_dir(args.host_tag or host_tag("cpu"), args.out, args.run_dir)
+        tag = args.host_tag or host_tag("cpu")
+        self.run_dir = new_run_dir(tag, args.out, args.run_dir)
+        self.experiment = Experiment("perf.run", None, self.run_dir, host=tag)
         self.data: dict[str, Path] = {}
         self.record: dict = {
-            "started": datetime.datetime.now().isoformat(timespec="seconds"),
-            "command": "python -m perf.run " + " ".join(shlex.quote(arg) for arg in sys.argv[1:]),
-            "host": host_info(),
+            "started": self.experiment.header["started"],
+            "command": self.experiment.command,
+            "host": host_info(self.experiment),
             "measurement": vars(self.measurement),
             "points": [],
             "comparisons": {},
@@ -328,8 +330,9 @@ class Runner:
 
     # -------------------------------------------------------------------------------------------------
     def finish(self) -> Path:
-        self.record["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
-        self.record["host"]["load_after"] = os.getloadavg()
+        ended = self.experiment.report()
+        self.record["finished"] = ended["finished"]
+        self.record["host"]["load_after"] = ended["load_after"]
         self.save()
         path = summary.write(self.run_dir, self.record)
         log(f"summary: {path}")
@@ -369,7 +372,8 @@ def served_batch_overhead_tokens() -> int:
     return int(value) if value else ModelSettings().batch_overhead_tokens
 
 
-def host_info() -> dict:
+def host_info(experiment: Experiment) -> dict:
+    """The machine facts `make perf` reports besides the scaffold's commit, load and busy processes."""
     import torch
 
     info = {
@@ -379,10 +383,10 @@ def host_info() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "commit": git_commit(),
+        "commit": experiment.header["commit"],
         "served_batch_overhead_tokens": served_batch_overhead_tokens(),
-        "load_before": os.getloadavg(),
-        "busy_before": busy_processes(),
+        "load_before": experiment.header["load_before"],
+        "busy_before": experiment.header["busy_at_start"],
     }
     try:
         from importlib.metadata import version

@@ -19,7 +19,6 @@ to the seed's vLLM-Ascend 8B figures) into the run directory.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shlex
@@ -39,6 +38,7 @@ from perf.gateway_stack import (
 )
 from perf.lib.console import log, parse_list
 from perf.lib.paths import REPO
+from perf.lib.record import Experiment
 
 DEFAULT_VLLM = REPO / ".venv-vllm-bench" / "bin" / "vllm"
 BENCH_TIMEOUT_S = 600.0
@@ -177,15 +177,13 @@ def _number(value: float | None) -> str:
     return f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
 
 
-def write_summary(run_dir: Path, report: dict) -> None:
+def write_summary(experiment: Experiment, report: dict) -> None:
+    run_dir = experiment.out
     lines = [
         "# vLLM 0.33 `vllm bench serve` against the gateway",
         "",
-        f"- Command: `{report['command']}`",
-        f"- When: {report['started']} to {report['finished']}; commit {report['commit']}",
-        f"- Host: {report['host']}; scheduling priority (autogroup nice of server, gateway and bench) "
-        f"{report['priority']}",
-        f"- Busy before the start: {', '.join(report['busy_at_start']) or 'nothing'}",
+        f"- {experiment.provenance(report)}",
+        f"- Scheduling priority (autogroup nice of server, gateway and bench): {report['priority']}",
         f"- Served: {report['served']}",
         f"- vLLM: {report['vllm_version']} from perf/requirements-vllm-bench.txt in its own venv, offline",
         "- The tiny random-weight checkpoints on 2 shared CPU cores: this measures the serving path (HTTP, "
@@ -227,8 +225,6 @@ def vllm_version(vllm: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from perf.gateway_bench import default_run_dir
-    from perf.lib.host import busy_processes, git_commit, host_tag
 
     parser = argparse.ArgumentParser(prog="python -m perf.vllm_bench", description=__doc__.split("\n")[0])
     parser.add_argument("--vllm", type=Path, default=DEFAULT_VLLM, help="the bench venv's vllm entry point")
@@ -245,11 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.vllm.exists():
         raise SystemExit(f"{args.vllm} not found: `make perf-vllm` installs it")
-    run_dir = (args.run_dir or default_run_dir()).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    experiment = Experiment("perf.vllm_bench", argv, args.run_dir.resolve() if args.run_dir else None)
+    run_dir = experiment.out.resolve()
     benches = [BENCHES[name] for name in parse_list(args.only)]
-    started = datetime.datetime.now().isoformat(timespec="seconds")
-    busy = busy_processes()
     outcomes = []
     if args.base_url:
         served = args.base_url
@@ -264,19 +258,13 @@ def main(argv: list[str] | None = None) -> int:
                 for problem in stack.prioritize(args.priority):
                     log(f"priority not set for {problem}")
             outcomes = [run_bench(args.vllm, b, stack.base_url, run_dir, args.num_prompts) for b in benches]
-    report = {
-        "command": "python -m perf.vllm_bench " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "started": started,
-        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "host": host_tag(),
-        "busy_at_start": busy,
-        "priority": args.priority,
-        "served": served,
-        "vllm_version": vllm_version(args.vllm),
-        "benches": outcomes,
-    }
-    write_summary(run_dir, report)
+    report = experiment.report(
+        priority=args.priority,
+        served=served,
+        vllm_version=vllm_version(args.vllm),
+        benches=outcomes,
+    )
+    write_summary(experiment, report)
     log(f"wrote {run_dir / 'vllm-bench.md'}")
     failed = [o["name"] for o in outcomes if o["exit_code"] or not o["result"] or o["result"]["failed"]]
     for outcome in outcomes:

@@ -26,13 +26,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import gc
 import json
 import os
 import re
 import resource
-import shlex
 import sys
 import time
 import urllib.request
@@ -41,7 +39,7 @@ from pathlib import Path
 
 from perf.gateway_stack import TINY_EMBEDDING, GatewayProcess, shown_path
 from perf.lib.console import log, parse_list
-from perf.lib.host import busy_processes, git_commit, host_tag, todays_results_dir, write_json
+from perf.lib.record import Experiment
 from perf.lib.sampling import RssSampler, group_cpu_seconds, percentiles
 
 # name -> (what it is, the gateway's environment)
@@ -384,16 +382,13 @@ def verdicts(runs: list[PolicyRun]) -> list[str]:
     return lines
 
 
-def write_report(out: Path, report: dict, runs: list[PolicyRun]) -> None:
-    write_json(out / "gateway_overload.json", report)
-    busy = ", ".join(report["busy_processes"]) or "nothing else"
+def write_report(experiment: Experiment, report: dict, runs: list[PolicyRun]) -> None:
+    out = experiment.out
+    experiment.write_json("gateway_overload.json", report)
     lines = [
-        f"# Overload through the gateway: {report['host']}, {report['date']}",
+        f"# Overload through the gateway: {report['host']}, {report['started']}",
         "",
-        f"Command: `{report['command']}`",
-        "",
-        f"Commit {report['commit']}; load average (1 min) before {report['load_before']}, after "
-        f"{report['load_after']}; busy at the start: {busy}."
+        experiment.provenance(report)
         + (
             f" Pinned: tritonserver on core(s) {report['pinned']['server']}, the gateway and the client on "
             f"{report['pinned']['gateway_and_client']}."
@@ -451,17 +446,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in args.policies if name not in POLICIES]
     if unknown:
         parser.error(f"unknown policies {unknown}; known: {', '.join(POLICIES)}")
-    command = "python -m perf.drills.gateway_overload " + shlex.join(sys.argv[1:] if argv is None else argv)
-    out = args.out or todays_results_dir()
-    log_dir = out / "raw" / "gateway_overload"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    from perf.lib.servers import start_server
-
     # First come, first served keeps every request of the overload open: thousands of connections.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    load_before = round(os.getloadavg()[0], 2)
-    busy = busy_processes()
+    experiment = Experiment("perf.drills.gateway_overload", argv, args.out)
+    log_dir = experiment.out / "raw" / "gateway_overload"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    from perf.lib.servers import start_server
+
     model = Path(os.environ.get("MODEL_PATH") or TINY_EMBEDDING)
     cores = sorted(os.sched_getaffinity(0))
     if args.pin:
@@ -480,23 +472,15 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run)
     finally:
         endpoint.stop()
-    report = {
-        "command": command,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "host": host_tag(),
-        "cores": os.cpu_count(),
-        "model": shown_path(model),
-        "multiple": args.multiple,
-        "seconds": args.seconds,
-        "overload_rate": args.rate,
-        "load_before": load_before,
-        "load_after": round(os.getloadavg()[0], 2),
-        "busy_processes": busy,
-        "pinned": {"server": cores[:1], "gateway_and_client": cores[1:]} if args.pin else None,
-        "runs": [asdict(run) for run in runs],
-    }
-    write_report(out, report, runs)
+    report = experiment.report(
+        model=shown_path(model),
+        multiple=args.multiple,
+        seconds=args.seconds,
+        overload_rate=args.rate,
+        pinned={"server": cores[:1], "gateway_and_client": cores[1:]} if args.pin else None,
+        runs=[asdict(run) for run in runs],
+    )
+    write_report(experiment, report, runs)
     return 0
 
 

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
 import os
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,6 +32,7 @@ import numpy as np
 
 from backend.protocol import EMBEDDING_ENSEMBLE
 from perf.lib.paths import REPO
+from perf.lib.record import Experiment
 from perf.lib.sampling import RssSampler, group_rss_mib, percentiles
 from tools.launcher import TritonServer
 
@@ -183,19 +182,11 @@ async def measure(args: argparse.Namespace, server: TritonServer) -> list[Phase]
     return [unloaded, capacity, overload, after]
 
 
-def write_report(out: Path, phases: list[Phase], command: str, load_before: float) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def write_report(experiment: Experiment, phases: list[Phase]) -> None:
+    out = experiment.out
     unloaded, capacity, overload, after = phases
-    report = {
-        "command": command,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cores": os.cpu_count(),
-        "queue_policies": queue_settings(),
-        "phases": [asdict(phase) for phase in phases],
-        "load_before": load_before,
-        "load_after": round(os.getloadavg()[0], 2),
-    }
-    (out / "overload.json").write_text(json.dumps(report, indent=2) + "\n")
+    report = experiment.report(queue_policies=queue_settings(), phases=[asdict(phase) for phase in phases])
+    experiment.write_json("overload.json", report)
     header = (
         "phase",
         "offered req/s",
@@ -227,9 +218,9 @@ def write_report(out: Path, phases: list[Phase], command: str, load_before: floa
     p99 = overload.ok_latency_ms.get("p99", float("nan"))
     refused_ms = overload.refused_latency_ms
     lines = [
-        f"# Overload: {ENSEMBLE}, {os.cpu_count()} cores, {report['date']}",
+        f"# Overload: {ENSEMBLE}, {os.cpu_count()} cores, {report['started']}",
         "",
-        f"Command: `{command}`",
+        experiment.provenance(report),
         "",
         "Single-row ~200-token text requests over gRPC from one asyncio client on the same cores. Queue "
         "policies served:",
@@ -268,21 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=None, help="default: perf/results/<host>/<date>")
     args = parser.parse_args(argv)
-    command = "python -m perf.drills.overload " + shlex.join(sys.argv[1:] if argv is None else argv)
-    if args.out is None:
-        from perf.lib.host import todays_results_dir
-
-        args.out = todays_results_dir()
+    experiment = Experiment("perf.drills.overload", argv, args.out)
     server = TritonServer(
         REPO / "model_repository",
         extra_args=["--model-control-mode=explicit", f"--load-model={ENSEMBLE}"],
         startup_timeout=900,
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    load_before = round(os.getloadavg()[0], 2)
     with server:
         phases = asyncio.run(measure(args, server))
-    write_report(args.out, phases, command, load_before)
+    write_report(experiment, phases)
     return 0
 
 

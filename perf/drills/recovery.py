@@ -21,7 +21,6 @@ import datetime
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 
 from backend.protocol import EMBEDDING_ENSEMBLE, RERANKER_ENSEMBLE
 from perf.lib.paths import REPO
+from perf.lib.record import Experiment
 from tools.launcher import free_ports
 from tools.watchdog import live_stubs
 
@@ -273,12 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=None, help="default: perf/results/<host>/<date>")
     args = parser.parse_args(argv)
-    command = "python -m perf.drills.recovery " + shlex.join(sys.argv[1:] if argv is None else argv)
-    if args.out is None:
-        from perf.lib.host import todays_results_dir
-
-        args.out = todays_results_dir()
-    args.out.mkdir(parents=True, exist_ok=True)
+    experiment = Experiment("perf.drills.recovery", argv, args.out)
     http_port, grpc_port, metrics_port = free_ports(3)
     base = f"http://127.0.0.1:{http_port}"
     log = Path(f"/tmp/recovery-serve-{os.getpid()}.log")
@@ -320,16 +315,14 @@ def main(argv: list[str] | None = None) -> int:
         if process.poll() is None:
             process.kill()
     crash_lines = [line for line in log.read_text().splitlines() if "launcher:" in line]
-    report = {
-        "command": command,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "startup_seconds": startup,
-        "kills": results,
-        "stub_past_the_watchdog_limit": past_limit,
-        "stop_under_load": stop,
-        "launcher_log": crash_lines,
-    }
-    (args.out / "recovery.json").write_text(json.dumps(report, indent=2) + "\n")
+    report = experiment.report(
+        startup_seconds=startup,
+        kills=results,
+        stub_past_the_watchdog_limit=past_limit,
+        stop_under_load=stop,
+        launcher_log=crash_lines,
+    )
+    experiment.write_json("recovery.json", report)
     rows = [
         "| SIGKILL of | readiness false after | serving again after | failed attempts (50 ms apart) |",
         "|---|---|---|---|",
@@ -340,10 +333,12 @@ def main(argv: list[str] | None = None) -> int:
             f"| {result['serving_again_after_s']} s | {_counts(result['failed_requests'])} |"
         )
     lines = [
-        f"# Recovery under `make serve` ({os.cpu_count()} cores), {report['date']}",
+        f"# Recovery under `make serve` ({os.cpu_count()} cores), {report['started']}",
         "",
-        f"Command: `{command}`. Tiny checkpoints, both ensembles, one embedding and one rerank request",
-        f"always in flight (HTTP). Server ready {startup} s after launch.",
+        experiment.provenance(report),
+        "",
+        "Tiny checkpoints, both ensembles, one embedding and one rerank request always in flight (HTTP). "
+        f"Server ready {startup} s after launch.",
         "",
         *rows,
         "",
@@ -373,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         "```",
         "",
     ]
-    (args.out / "recovery.md").write_text("\n".join(lines))
+    (experiment.out / "recovery.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0
 

@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -45,6 +43,7 @@ from perf.drills import malformed
 from perf.drills.overload import Driver, Phase, run_phase
 from perf.drills.recovery import SERVE_LINE, TARGETS, Load, kill_and_measure, ready, wait_until
 from perf.lib.paths import REPO
+from perf.lib.record import Experiment
 from perf.lib.sampling import rss_mib
 from tools.launcher import free_ports
 from tools.watchdog import live_stubs
@@ -430,9 +429,9 @@ def log_findings(log: Path, kills: int) -> dict:
 # --- report -------------------------------------------------------------------------------------------------
 
 
-def write_report(out: Path, report: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "reliability.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+def write_report(experiment: Experiment, report: dict) -> None:
+    out = experiment.out
+    experiment.write_json("reliability.json", report)
     bad, soak, findings = report["malformed"], report["soak"], report["log"]
     phases, kills, stop = report["overload"], report["kills"], report["stop_under_load"]
     heavy_late = sum(
@@ -441,13 +440,14 @@ def write_report(out: Path, report: dict) -> None:
         if kind.endswith("/heavy")
     )
     md = [
-        f"# Reliability of `make serve` ({report['cores']} cores), {report['date']}",
+        f"# Reliability of `make serve` ({report['cores']} cores), {report['started']}",
         "",
-        f"Command: `{report['command']}` (commit {report['commit']}). Tiny checkpoints, both ensembles, "
+        experiment.provenance(report),
+        "",
+        "Tiny checkpoints, both ensembles, "
         f"server started by the launcher (supervisor + stub watchdog) in {report['startup_seconds']} s"
         f" (failed starts before: {report['failed_starts'] or 'none'}). "
-        f"Load average (1 min) before / after: {report['load_before']} / {report['load_after']} (the host "
-        "is shared; latencies include other work).",
+        "The host is shared; latencies include other work.",
         "",
         "## Summary",
         "",
@@ -555,24 +555,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overload-seconds", type=float, default=15.0)
     parser.add_argument("--out", type=Path, default=None, help="default: perf/results/<host>/<date>")
     args = parser.parse_args(argv)
-    command = "python -m perf.drills.reliability " + shlex.join(sys.argv[1:] if argv is None else argv)
-    if args.out is None:
-        from perf.lib.host import todays_results_dir
-
-        args.out = todays_results_dir()
-    args.out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    load_before = round(os.getloadavg()[0], 2)
+    experiment = Experiment("perf.drills.reliability", argv, args.out)
     media = malformed.build_media()
     serve = Serve(Path(f"/tmp/reliability-serve-{os.getpid()}.log"))
     failed_starts = []
-    report: dict = {
-        "command": command,
-        "commit": commit.stdout.strip(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cores": os.cpu_count(),
-        "load_before": load_before,
-    }
+    report: dict = {}
     try:
         try:
             report["startup_seconds"] = serve.wait_ready(900.0)
@@ -602,9 +589,8 @@ def main(argv: list[str] | None = None) -> int:
                 serve.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 serve.process.kill()
-    report["load_after"] = round(os.getloadavg()[0], 2)
     report["log"] = log_findings(serve.log, len(report.get("kills", [])))
-    write_report(args.out, report)
+    write_report(experiment, report=experiment.report(**report))
     return 0
 
 

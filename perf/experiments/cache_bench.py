@@ -12,11 +12,7 @@ ensemble's cache hits and misses (Triton's statistics) and the model step's exec
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import random
-import shlex
 import statistics
 import sys
 import tempfile
@@ -29,6 +25,7 @@ import numpy as np
 from backend.protocol import EMBEDDING_ENSEMBLE
 from deploy.serve import prepare_repository
 from perf.lib.paths import REPO
+from perf.lib.record import Experiment
 from tools.launcher import TritonServer
 
 ENSEMBLE = EMBEDDING_ENSEMBLE
@@ -133,20 +130,18 @@ def summarise(rounds: list[dict]) -> dict[str, float]:
     }
 
 
-def report(result: dict) -> str:
+def report(result: dict, experiment: Experiment) -> str:
     on, off = result["summary"]["cache"], result["summary"]["nocache"]
     p = result["parameters"]
     lines = [
         "# Response cache on vs off (embedding ensemble, tiny model, CPU)",
         "",
-        f"Command: `{result['command']}`",
+        experiment.provenance(result),
         "",
         f"Workload per round: {p['requests']} one-row text requests drawn with popularity 1/rank from "
         f"{p['distinct']} distinct texts of {p['words']} words (each round its own texts, so every round "
         f"starts cold); {p['concurrency']} HTTP client threads; {p['rounds']} rounds per server. Cache: "
-        f"`--cache-config=local,size={p['cache_bytes']}`; the other server has none. Host: {result['host']}, "
-        f"shared with other work (1-minute load average {result['load_average_1m_before_after'][0]} before, "
-        f"{result['load_average_1m_before_after'][1]} after).",
+        f"`--cache-config=local,size={p['cache_bytes']}`; the other server has none.",
         "",
         "| server | req/s median (min–max) | hit rate | model-step rows per round |",
         "|---|---|---|---|",
@@ -186,26 +181,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-bytes", type=int, default=256 * 1024 * 1024)
     parser.add_argument("--out", type=Path, required=True, help="results directory")
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    load_before = os.getloadavg()
+    experiment = Experiment("perf.experiments.cache_bench", argv, args.out)
     with tempfile.TemporaryDirectory() as scratch:
         repository = prepare_repository(REPO / "model_repository", Path(scratch) / "repo", ["embedding"])
         rounds = {
             "cache": measure(args.cache_bytes, args, repository, Path(scratch)),
             "nocache": measure(0, args, repository, Path(scratch)),
         }
-    result = {
-        "load_average_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "command": "python -m perf.experiments.cache_bench "
-        + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "host": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
-        "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "rounds": rounds,
-        "summary": {name: summarise(r) for name, r in rounds.items()},
-    }
-    (args.out / "cache.json").write_text(json.dumps(result, indent=2))
-    (args.out / "cache.md").write_text(report(result))
-    print(report(result))
+    result = experiment.report(
+        parameters={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        rounds=rounds,
+        summary={name: summarise(r) for name, r in rounds.items()},
+    )
+    experiment.write_json("cache.json", result)
+    (args.out / "cache.md").write_text(report(result, experiment))
+    print(report(result, experiment))
     return 0
 
 

@@ -14,10 +14,7 @@ Writes ``gateway-coalesce-ab.json`` and ``.md`` (with the command) into the run 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import shlex
 import statistics
 import sys
 from dataclasses import asdict
@@ -26,7 +23,7 @@ from pathlib import Path
 from perf.gateway_bench import CpuMeter, Target, request_bodies, run_gateway
 from perf.gateway_stack import EMBEDDING_NAME, GatewayStack
 from perf.lib.console import log, parse_list
-from perf.lib.host import busy_processes, git_commit, host_tag, todays_results_dir
+from perf.lib.record import Experiment
 
 SETTING = "GATEWAY_COALESCE_CALLS"
 
@@ -67,15 +64,13 @@ def summarize(windows: list[dict], concurrency: int) -> dict:
     return row
 
 
-def write_report(run_dir: Path, report: dict) -> None:
-    (run_dir / "gateway-coalesce-ab.json").write_text(json.dumps(report, indent=2) + "\n")
+def write_report(experiment: Experiment, report: dict) -> None:
+    run_dir = experiment.out
+    experiment.write_json("gateway-coalesce-ab.json", report)
     lines = [
         "# Gateway coalescing on vs off (paired windows, text_200 over HTTP /v1/embeddings)",
         "",
-        f"- Command: `{report['command']}`",
-        f"- When: {report['started']} to {report['finished']}; commit {report['commit']}",
-        f"- Host: {report['host']}; load average before the start {report['load_at_start']}",
-        f"- Busy before the start: {', '.join(report['busy_at_start']) or 'nothing'}",
+        f"- {experiment.provenance(report)}",
         f"- on = {SETTING}={report['calls']}, off = {SETTING}=0; two stacks, only the driven one works",
         "",
         "| c | on ÷ off, each pair | median | req/s off / on | Triton CPU ms/req off / on "
@@ -121,12 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from perf.lib.workloads import generate
 
-    run_dir = args.run_dir or todays_results_dir()
+    experiment = Experiment("perf.experiments.gateway_coalesce_ab", argv, args.run_dir)
+    run_dir = experiment.out
     raw = run_dir / "raw" / "gateway-coalesce-ab"
     raw.mkdir(parents=True, exist_ok=True)
-    started = datetime.datetime.now().isoformat(timespec="seconds")
-    load_at_start = os.getloadavg()[0]
-    busy = busy_processes()
     data = generate("text_200", rows=None)
     texts = [entry["TEXT"]["content"][0] for entry in json.loads(data.read_text())["data"]]
     bodies = request_bodies(texts, EMBEDDING_NAME)
@@ -147,20 +140,12 @@ def main(argv: list[str] | None = None) -> int:
                     windows.append({"mode": mode, **asdict(side)})
                     log(f"c={concurrency} pair {pair + 1} {mode:>3}: {side.throughput:6.1f} req/s")
     concurrencies = parse_list(args.concurrency, int)
-    report = {
-        "command": "python -m perf.experiments.gateway_coalesce_ab "
-        + shlex.join(sys.argv[1:] if argv is None else argv),
-        "started": started,
-        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "host": host_tag(),
-        "load_at_start": round(load_at_start, 2),
-        "busy_at_start": busy,
-        "calls": args.calls,
-        "summary": [summarize(windows, concurrency) for concurrency in concurrencies],
-        "windows": windows,
-    }
-    write_report(run_dir, report)
+    report = experiment.report(
+        calls=args.calls,
+        summary=[summarize(windows, concurrency) for concurrency in concurrencies],
+        windows=windows,
+    )
+    write_report(experiment, report)
     log(f"wrote {run_dir / 'gateway-coalesce-ab.md'}")
     for row in report["summary"]:
         log(f"  c={row['concurrency']}: on/off {row['ratios_on_over_off']} median {row['median_ratio']}")

@@ -13,15 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from perf.lib.host import git_commit
 from perf.lib.paths import REPO
+from perf.lib.record import Experiment
 
 CASES = ("video_720p_64", "video_1080p_64", "h264_raw_long", "png_64mp", "burst_30")
 
@@ -165,7 +164,7 @@ def main() -> None:
         print(json.dumps(child(args.child, args.cache, budget)))
         return
     media(args.cache)
-    args.out.mkdir(parents=True, exist_ok=True)
+    experiment = Experiment("perf.experiments.media_memory", None, args.out)
     rows = []
     for case in args.cases.split(","):
         for budget in args.max_tokens.split(","):
@@ -178,12 +177,12 @@ def main() -> None:
                 )
                 rows.append({**json.loads(result.stdout.strip().splitlines()[-1]), "trim": trim})
                 print(json.dumps(rows[-1]), flush=True)
-    (args.out / "media_memory.json").write_text(json.dumps(rows, indent=2) + "\n")
+    report = experiment.report(rows=rows)
+    experiment.write_json("media_memory.json", report)
     lines = [
         "# Media preprocessing memory",
         "",
-        f"`{shlex.join(['python', '-m', 'perf.experiments.media_memory', *sys.argv[1:]])}` "
-        f"at commit {git_commit()}",
+        experiment.provenance(report),
         "",
         "| case | max_tokens | trim | outcome | s | CPU s | warm MiB | peak above warm | kept above warm |",
         "|---|---|---|---|---|---|---|---|---|",

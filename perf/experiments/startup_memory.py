@@ -10,9 +10,7 @@ server, and the embedding width. For the README's sizing guide (host memory and 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -22,6 +20,7 @@ import numpy as np
 
 from deploy.serve import PIPELINE_MODELS, prepare_repository
 from perf.lib.paths import REPO
+from perf.lib.record import Experiment
 from tools.launcher import TritonServer
 
 
@@ -49,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    experiment = Experiment("perf.experiments.startup_memory", argv, args.out)
     env_name = "MODEL_PATH" if args.pipeline == "embedding" else "RERANKER_MODEL_PATH"
     os.environ[env_name] = str(args.model_path)
     with tempfile.TemporaryDirectory() as scratch:
@@ -76,25 +76,21 @@ def main(argv: list[str] | None = None) -> int:
             stubs.setdefault(model, []).append(rss)
         elif "tritonserver" in cmdline:
             stubs.setdefault("tritonserver", []).append(rss)
-    result = {
-        "command": "python -m perf.experiments.startup_memory "
-        + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "model_path": str(args.model_path),
-        "pipeline": args.pipeline,
-        "seconds_to_ready": round(ready_s, 1),
-        "resident_bytes": stubs,
-        "dev_shm_bytes_at_ready": shm,
-        "embedding_width": width,
-        "load_average_1m": os.getloadavg()[0],
-    }
+    result = experiment.report(
+        model_path=str(args.model_path),
+        pipeline=args.pipeline,
+        seconds_to_ready=round(ready_s, 1),
+        resident_bytes=stubs,
+        dev_shm_bytes_at_ready=shm,
+        embedding_width=width,
+    )
     name = f"startup_memory-{args.label or args.model_path.name}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    experiment.write_json(f"{name}.json", result)
     gib = 1024**3
     lines = [
         f"# Startup and memory: {args.model_path.name} ({args.pipeline} pipeline, CPU)",
         "",
-        f"Command: `{result['command']}` (1-minute load average {result['load_average_1m']:.1f}).",
+        experiment.provenance(result),
         "",
         f"- ready after {result['seconds_to_ready']} s (server start, weights loaded, warm-up forward)",
         f"- embedding width: {width}",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from perf.lib.points import Point
@@ -49,6 +49,11 @@ def with_typed_points(record: dict) -> dict:
         }
     points = [Point.from_dict(p) for p in record.get("points", [])]
     return {**record, "points": points, "comparisons": comparisons}
+
+
+def one_minute(load: float | Sequence[float]) -> float:
+    """The 1-minute load average: runs before perf.lib.record kept all three."""
+    return load if isinstance(load, (int, float)) else load[0]
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -133,8 +138,8 @@ def header_lines(record: dict, run_dir: Path) -> list[str]:
         f"{host.get('tritonclient', '?')}; commit {host.get('commit') or '?'}.",
         f"- Command: `{record['command']}`; {record['started']} to {record.get('finished', '?')} "
         f"({record.get('elapsed_s', 0) / 60:.1f} min).",
-        f"- Load average before {fmt(host['load_before'][0], 2)}, "
-        f"after {fmt(host.get('load_after', [0])[0], 2)}"
+        f"- Load average before {fmt(one_minute(host['load_before']), 2)}, "
+        f"after {fmt(one_minute(host.get('load_after', 0)), 2)}"
         + (
             f"; other busy processes at the start: {'; '.join(host['busy_before'])}"
             if host.get("busy_before")
