@@ -61,8 +61,13 @@ CATEGORIES = (
     ("event loop (uvloop C code: sockets, callbacks)", ("asyncio", "uvloop")),
 )
 # Frames every sample passes through on its way to the event loop: nothing to learn from their share.
-ROOT_FRAMES = ("runpy", "gateway/__main__.py", "uvicorn/main.py", "uvicorn/server.py", "uvicorn/_compat.py")
-ROOT_FRAMES += ("asyncio/runners.py", "asyncio/base_events.py", "asyncio/events.py")
+ROOT_FRAMES: tuple[str, ...] = (
+    "runpy",
+    "gateway/__main__.py",
+    "uvicorn/main.py",
+    "uvicorn/server.py",
+    "uvicorn/_compat.py",
+) + ("asyncio/runners.py", "asyncio/base_events.py", "asyncio/events.py")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -80,6 +85,14 @@ class Target:
     server_pgid: int | None = None
     gateway_pgid: int | None = None
     http_url: str = ""  # Triton's HTTP address, for its statistics
+
+    @classmethod
+    def of(cls, stack: GatewayStack) -> Target:
+        """A started stack (perf.gateway_stack declares its server and gateway None until then)."""
+        server, gateway = stack.server, stack.gateway
+        if server is None or gateway is None:
+            raise RuntimeError("the gateway stack is not started")
+        return cls(server.grpc_url, stack.base_url, server.pid, gateway.pid, server.http_url)
 
 
 class CpuMeter:
@@ -225,8 +238,11 @@ def run_direct(
     side.throughput = float(row["Inferences/Second"])
     for column, key in (("p50 latency", "p50_ms"), ("p90 latency", "p90_ms"), ("p99 latency", "p99_ms")):
         setattr(side, key, float(row[column]) / 1000.0)
-    stages = ("Client Send", "Network+Server Send/Recv", "Server Queue", "Client Recv")
-    stages += ("Server Compute Input", "Server Compute Infer", "Server Compute Output")
+    stages = ("Client Send", "Network+Server Send/Recv", "Server Queue", "Client Recv") + (
+        "Server Compute Input",
+        "Server Compute Infer",
+        "Server Compute Output",
+    )
     side.avg_ms = float(row.get("Avg latency") or sum(float(row[c]) for c in stages)) / 1000.0
     return side
 
@@ -436,7 +452,7 @@ def _short(frame: str) -> str:
 
 
 def summarize(sides: list[Side], concurrencies: list[int]) -> list[dict]:
-    rows = []
+    rows: list[dict] = []
     for concurrency in concurrencies:
         direct = [s for s in sides if s.concurrency == concurrency and s.path.startswith("direct") and s.ok]
         gateway = [s for s in sides if s.concurrency == concurrency and s.path.startswith("gateway") and s.ok]
@@ -445,7 +461,7 @@ def summarize(sides: list[Side], concurrencies: list[int]) -> list[dict]:
             continue
         direct_rate = sum(s.throughput for s in direct) / len(direct)
         gateway_rate = sum(s.throughput for s in gateway) / len(gateway)
-        row = {
+        row: dict[str, object] = {
             "concurrency": concurrency,
             "direct_throughput": round(direct_rate, 1),
             "gateway_throughput": round(gateway_rate, 1),
@@ -511,8 +527,8 @@ def write_report(experiment: Experiment, report: dict) -> None:
         ]
         for row in costs:
             for path, cost in row["cpu_ms_per_request"].items():
-                cells = " | ".join(f"{cost.get(role, 0.0):.2f}" for role in roles)
-                lines.append(f"| {row['concurrency']} | {path} | {cells} | {sum(cost.values()):.2f} |")
+                shares = " | ".join(f"{cost.get(role, 0.0):.2f}" for role in roles)
+                lines.append(f"| {row['concurrency']} | {path} | {shares} | {sum(cost.values()):.2f} |")
     lines += [
         "",
         "Every run, in the order made (latencies in ms; CPU in cores used on average during the run):",
@@ -540,7 +556,7 @@ def write_report(experiment: Experiment, report: dict) -> None:
             "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
         for side in staged:
-            cells = []
+            cells: list[str] = []
             for step in STEPS:
                 stage = side["stages"].get(step, {})
                 cells += [
@@ -631,18 +647,12 @@ def main(argv: list[str] | None = None) -> int:
         measured = measure(Target(args.triton_grpc_url, args.gateway_url.rstrip("/")), args, run_dir, raw)
     else:
         with GatewayStack(raw) as stack:
-            log(f"tritonserver {stack.server.grpc_url}, gateway {stack.base_url}")
+            target = Target.of(stack)
+            log(f"tritonserver {target.grpc_url}, gateway {target.base_url}")
             model = shown_path(stack.embedding_model)
             if args.priority:
                 for problem in stack.prioritize(args.priority):
                     log(f"priority not set for {problem}")
-            target = Target(
-                stack.server.grpc_url,
-                stack.base_url,
-                stack.server.pid,
-                stack.gateway.pid,
-                stack.server.http_url,
-            )
             measured = measure(target, args, run_dir, raw)
     report = experiment.report(
         model=model,

@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from perf.gateway_stack import (
     EMBEDDING_NAME,
@@ -135,12 +136,13 @@ def run_bench(vllm: Path, bench: Bench, base_url: str, run_dir: Path, num_prompt
         )
         output, code = result.stdout + result.stderr, result.returncode
     except subprocess.TimeoutExpired as expired:
-        output, code = (
-            f"{expired.stdout or ''}{expired.stderr or ''}\ntimed out after {BENCH_TIMEOUT_S:.0f} s",
-            -9,
+        printed = "".join(
+            part.decode(errors="replace") if isinstance(part, bytes) else part or ""
+            for part in (expired.stdout, expired.stderr)
         )
+        output, code = f"{printed}\ntimed out after {BENCH_TIMEOUT_S:.0f} s", -9
     (run_dir / f"vllm-bench-{bench.name}.log").write_text(f"$ HF_HUB_OFFLINE=1 {shlex.join(argv)}\n{output}")
-    outcome = {
+    outcome: dict[str, Any] = {
         "name": bench.name,
         "command": "HF_HUB_OFFLINE=1 " + shlex.join(argv),
         "exit_code": code,

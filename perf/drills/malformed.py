@@ -229,6 +229,7 @@ def _stream(frames: np.ndarray, container: str, codec: str, pixel_format: str) -
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=container) as output:
         stream = output.add_stream(codec, rate=4)
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pixel_format
         for array in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
@@ -638,7 +639,9 @@ def bad_row_among_good(rng: random.Random, media: Media, heavy: bool) -> Made:
 # --- direct calls to the inner model steps ------------------------------------------------------------------
 
 
-def _step(model: str, ids: np.ndarray, lengths, extra: list[Tensor] | None = None, dims=None) -> list[Tensor]:
+def _step(
+    model: str, ids: list[list[int]], lengths, extra: list[Tensor] | None = None, dims=None
+) -> list[Tensor]:
     tensors = [
         Tensor("INPUT_IDS", np.asarray(ids, dtype=np.int64), "INT64"),
         Tensor("SEQ_LEN", np.asarray(lengths, dtype=np.int64), "INT64"),
@@ -682,7 +685,7 @@ def model_step(rng: random.Random, media: Media, heavy: bool) -> Made:
     return model, INVALID, rng.choice(choices)
 
 
-GENERATORS: dict[str, Callable[[random.Random, Media], Made]] = {
+GENERATORS: dict[str, Callable[[random.Random, Media, bool], Made]] = {
     "wrong-dtype": wrong_dtype,
     "wrong-shape": wrong_shape,
     "batch-size": batch_sizes,

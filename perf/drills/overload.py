@@ -121,9 +121,9 @@ class Driver:
         return ok, refused
 
 
-async def run_phase(driver: Driver, server: TritonServer, phase: Phase, concurrency: int | None) -> Phase:
+async def run_phase(driver: Driver, server_pgid: int, phase: Phase, concurrency: int | None) -> Phase:
     started = time.perf_counter()
-    with RssSampler(server.pid) as rss:
+    with RssSampler(server_pgid) as rss:
         phase.rss_mib_start = round(rss.peak, 1)
         if phase.offered_per_s is None:
             ok, refused = await driver.closed_loop(phase, concurrency or 1)
@@ -135,7 +135,7 @@ async def run_phase(driver: Driver, server: TritonServer, phase: Phase, concurre
     phase.ok_latency_ms = percentiles(ok)
     phase.refused_latency_ms = percentiles(refused)
     phase.rss_mib_peak = round(rss.peak, 1)
-    phase.rss_mib_end = round(group_rss_mib(server.pid), 1)
+    phase.rss_mib_end = round(group_rss_mib(server_pgid), 1)
     print(f"{phase.name}: {json.dumps(asdict(phase))}", flush=True)
     return phase
 
@@ -160,24 +160,23 @@ def queue_settings() -> dict[str, str]:
     return settings
 
 
-async def measure(args: argparse.Namespace, server: TritonServer) -> list[Phase]:
-    driver = Driver(server.grpc_url)
+async def measure(
+    grpc_url: str, server_pgid: int, unloaded_s: float, seconds: float, multiple: float, concurrency: int
+) -> list[Phase]:
+    """The four phases against one server (also reliability's third part): unloaded, capacity at
+    `concurrency` in flight, an open loop at `multiple` x that capacity, and after."""
+    driver = Driver(grpc_url)
     await driver.closed_loop(Phase("warm-up", None, 3.0), 8)
-    unloaded = await run_phase(
-        driver, server, Phase("unloaded (1 in flight)", None, args.unloaded_seconds), 1
-    )
+    unloaded = await run_phase(driver, server_pgid, Phase("unloaded (1 in flight)", None, unloaded_s), 1)
     capacity = await run_phase(
-        driver,
-        server,
-        Phase(f"capacity ({args.concurrency} in flight)", None, args.seconds),
-        args.concurrency,
+        driver, server_pgid, Phase(f"capacity ({concurrency} in flight)", None, seconds), concurrency
     )
-    rate = capacity.ok_per_s * args.multiple
+    rate = capacity.ok_per_s * multiple
     overload = await run_phase(
-        driver, server, Phase(f"overload ({args.multiple:g}x capacity)", rate, args.seconds), None
+        driver, server_pgid, Phase(f"overload ({multiple:g}x capacity)", rate, seconds), None
     )
     await asyncio.sleep(2.0)
-    after = await run_phase(driver, server, Phase("after (1 in flight)", None, 3.0), 1)
+    after = await run_phase(driver, server_pgid, Phase("after (1 in flight)", None, 3.0), 1)
     await driver.client.close()
     return [unloaded, capacity, overload, after]
 
@@ -266,7 +265,17 @@ def main(argv: list[str] | None = None) -> int:
         startup_timeout=900,
     )
     with server:
-        phases = asyncio.run(measure(args, server))
+        assert server.pid is not None  # started
+        phases = asyncio.run(
+            measure(
+                server.grpc_url,
+                server.pid,
+                args.unloaded_seconds,
+                args.seconds,
+                args.multiple,
+                args.concurrency,
+            )
+        )
     write_report(experiment, phases)
     return 0
 

@@ -29,6 +29,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from backend.protocol import EMBEDDING_ENSEMBLE, RERANKER_ENSEMBLE
 from perf.lib.paths import REPO
@@ -303,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             stopping = time.monotonic()
             process.send_signal(signal.SIGTERM)
             code = process.wait(timeout=120)
-            stop = {
+            stop: dict[str, Any] = {
                 "stop_seconds": round(time.monotonic() - stopping, 2),
                 "launcher_exit_code": code,
                 "stubs_left": len(live_stubs(server_pid)),

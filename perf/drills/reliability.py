@@ -35,12 +35,10 @@ import time
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
-from perf.drills import malformed
-from perf.drills.overload import Driver, Phase, run_phase
+from perf.drills import malformed, overload
 from perf.drills.recovery import SERVE_LINE, TARGETS, Load, kill_and_measure, ready, wait_until
 from perf.lib.paths import REPO
 from perf.lib.record import Experiment
@@ -161,7 +159,7 @@ def malformed_phase(serve: Serve, seed: int, count: int, media: malformed.Media,
     sender.join()
     seconds = time.monotonic() - started
     time.sleep(2.0)
-    failures = Counter()
+    failures: Counter[str] = Counter()
     examples: dict[str, str] = {}
     by_kind: dict[str, Counter] = {}
     for case, outcome in zip(cases, outcomes):
@@ -288,7 +286,7 @@ async def soak_async(serve: Serve, cases, expected, total: int) -> dict:
 
     client = grpcclient.InferenceServerClient(serve.grpc_url)
     completions: list[float] = []
-    outcomes = Counter()
+    outcomes: Counter[str] = Counter()
     changed, largest = 0, 0.0
     memory_at: dict[str, dict] = {}
     next_index = 0
@@ -363,22 +361,9 @@ def soak_phase(serve: Serve, media: malformed.Media, total: int) -> dict:
 # --- 3. overload --------------------------------------------------------------------------------------------
 
 
-async def overload_async(serve: Serve, seconds: float, multiple: float, concurrency: int) -> list[dict]:
-    server = SimpleNamespace(pid=serve.server_pid(), grpc_url=serve.grpc_url)
-    driver = Driver(serve.grpc_url)
-    await driver.closed_loop(Phase("warm-up", None, 3.0), 8)
-    unloaded = await run_phase(driver, server, Phase("unloaded (1 in flight)", None, 5.0), 1)
-    capacity = await run_phase(
-        driver, server, Phase(f"capacity ({concurrency} in flight)", None, seconds), concurrency
-    )
-    rate = capacity.ok_per_s * multiple
-    overload = await run_phase(
-        driver, server, Phase(f"overload ({multiple:g}x capacity)", rate, seconds), None
-    )
-    await asyncio.sleep(2.0)
-    after = await run_phase(driver, server, Phase("after (1 in flight)", None, 3.0), 1)
-    await driver.client.close()
-    return [asdict(phase) for phase in (unloaded, capacity, overload, after)]
+def overload_phase(serve: Serve, seconds: float, multiple: float, concurrency: int) -> list[dict]:
+    phases = overload.measure(serve.grpc_url, serve.server_pid(), 5.0, seconds, multiple, concurrency)
+    return [asdict(phase) for phase in asyncio.run(phases)]
 
 
 # --- 4./5. kills and stop -----------------------------------------------------------------------------------
@@ -579,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"malformed: {json.dumps(report['malformed'], default=str)[:2000]}", flush=True)
         report["soak"] = soak_phase(serve, media, args.soak)
         print(f"soak: {json.dumps(report['soak'])}", flush=True)
-        report["overload"] = asyncio.run(overload_async(serve, args.overload_seconds, 4.0, 64))
+        report["overload"] = overload_phase(serve, args.overload_seconds, 4.0, 64)
         report["kills"], report["stop_under_load"] = kills_phase(serve)
         report["seconds"] = round(time.monotonic() - phase_started, 1)
     finally:

@@ -28,11 +28,6 @@ from perf.lib.record import Experiment
 SETTING = "GATEWAY_COALESCE_CALLS"
 
 
-def target_of(stack: GatewayStack) -> Target:
-    server = stack.server
-    return Target(server.grpc_url, stack.base_url, server.pid, stack.gateway.pid, server.http_url)
-
-
 def cpu_ms(side: dict, role: str) -> float:
     """CPU ms per answered request of one process group over a window."""
     return 1000.0 * side["cpu_cores"].get(role, 0.0) / side["throughput"] if side["throughput"] else 0.0
@@ -128,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         GatewayStack(raw / "on", gateway_env={SETTING: str(args.calls)}) as on,
         GatewayStack(raw / "off", gateway_env={SETTING: "0"}) as off,
     ):
-        targets = {"on": target_of(on), "off": target_of(off)}
+        targets = {"on": Target.of(on), "off": Target.of(off)}
         for target in targets.values():  # warm each path (tokenizer, channel, first requests)
             run_gateway(target, CpuMeter(target), bodies, 16, 0, 2.0)
         for concurrency in parse_list(args.concurrency, int):

@@ -10,6 +10,7 @@ server, and the embedding width. For the README's sizing guide (host memory and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -21,23 +22,17 @@ import numpy as np
 from deploy.serve import PIPELINE_MODELS, prepare_repository
 from perf.lib.paths import REPO
 from perf.lib.record import Experiment
+from perf.lib.sampling import group_members, rss_kib
 from tools.launcher import TritonServer
 
 
 def group_processes(pgid: int) -> list[tuple[int, str, int]]:
     """(pid, command line, resident bytes) of the processes in a process group."""
     found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-            if int(fields[2]) != pgid:
-                continue
-            pid = int(stat.parent.name)
-            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            rss_pages = int((stat.parent / "statm").read_text().split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        found.append((pid, cmdline, rss_pages * 4096))
+    for proc, _ in group_members(pgid):
+        with contextlib.suppress(OSError):
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            found.append((int(proc.name), cmdline, rss_kib(proc) * 1024))
     return found
 
 
@@ -56,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         with TritonServer(repository, log_path=Path(scratch) / "server.log", startup_timeout=1800) as server:
             ready_s = time.monotonic() - started
+            assert server.pid is not None  # started
             processes = group_processes(server.pid)
             shm = sum(p.stat().st_size for p in Path("/dev/shm").glob(f"{server.shm_prefix}*"))
             width = None
@@ -69,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                     client.infer(PIPELINE_MODELS["embedding"][0], [tensor]).as_numpy("EMBEDDING").shape[1]
                 )
                 client.close()
-    stubs = {}
+    stubs: dict[str, list[int]] = {}
     for _, cmdline, rss in processes:
         if "triton_python_backend_stub" in cmdline:
             model = next((m for m in PIPELINE_MODELS[args.pipeline][1:] if m in cmdline), "?")

@@ -21,7 +21,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,11 @@ def load_entries(workload: str, rows: int) -> list[dict]:
 
     data = json.loads(generate(workload).read_text())["data"]
     return [data[index % len(data)] for index in range(rows)]
+
+
+def count_rows(run: Callable[[list], Sized], rows: list) -> int:
+    """How many rows `run(rows)` gave back: what `timed` counts."""
+    return len(run(rows))
 
 
 def timed(run: Callable[[], int], seconds: float, platform, min_repeats: int = 2) -> float:
@@ -155,15 +161,11 @@ def run(
 
                     record("pipeline", batch, timed(pipeline, seconds, model.platform))
                 if "embed" in modes:
-                    rate = timed(
-                        lambda batch=batch, rows=prepared: len(model.embed(rows[:batch])),
-                        seconds,
-                        model.platform,
-                    )
+                    rate = timed(partial(count_rows, model.embed, prepared[:batch]), seconds, model.platform)
                     record("embed", batch, rate)
                 if "bare" in modes:
                     rate = timed(
-                        lambda batch=batch, rows=prepared: len(bare_forward(model, rows[:batch])),
+                        partial(count_rows, partial(bare_forward, model), prepared[:batch]),
                         seconds,
                         model.platform,
                     )
@@ -187,12 +189,8 @@ def run(
                 model.platform.synchronize()
                 section["compile_seconds"] = time.perf_counter() - compile_started
                 log(f"    compiled batch {batch} in {section['compile_seconds']:.1f} s")
-                rows = prepared[:batch]
-                rate = timed(
-                    lambda rows=rows, compiled=compiled: len(bare_forward(model, rows, compiled)),
-                    seconds,
-                    model.platform,
-                )
+                forward = partial(bare_forward, model, compiled_text=compiled)
+                rate = timed(partial(count_rows, forward, prepared[:batch]), seconds, model.platform)
                 record("bare_compiled", batch, rate)
             except Exception as error:  # no C++ compiler, an unsupported op, ...
                 section["compile_error"] = f"{type(error).__name__}: {str(error)[:300]}"

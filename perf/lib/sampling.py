@@ -9,6 +9,7 @@ import resource
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -99,7 +100,7 @@ class RssSampler:
             with contextlib.suppress(OSError):
                 self.sample()
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> Self:
         self.start = self.peaks = self.rss()
         self._thread.start()
         return self

@@ -118,7 +118,7 @@ def headline_padding(record: dict) -> tuple[Point, list[Point]] | None:
     points = [p for p in padding_points(record) if p.tag == "sweep" and p.concurrency > 1]
     if not points:
         return None
-    return max(points, key=padding_ratio), points
+    return max(points, key=lambda point: padding_ratio(point) or 0.0), points
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -194,7 +194,7 @@ def targets_lines(record: dict) -> list[str]:
     padding = comparisons.get("padding")
     if headline:
         worst, batched = headline
-        ratios = [padding_ratio(p) for p in batched]
+        ratios = [ratio for ratio in map(padding_ratio, batched) if ratio is not None]
         rows.append(
             [
                 "Padding waste, text_mixed, worst sweep point with batching (c > 1), served config",
