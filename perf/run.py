@@ -335,6 +335,9 @@ class Runner:
         self.record["host"]["load_after"] = ended["load_after"]
         self.save()
         path = summary.write(self.run_dir, self.record)
+        note = summary.cache_hits_note(Point.from_dict(point) for point in self.record["points"])
+        if note:
+            log(note)
         log(f"summary: {path}")
         return path
 

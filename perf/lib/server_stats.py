@@ -75,6 +75,7 @@ def stats_delta(before: Snapshot, after: Snapshot) -> dict[str, StageStats]:
             failures=_ns(now, "fail")[0] - (_ns(old, "fail")[0] if old else 0),
             inferences=int(now.get("inference_count", 0)) - int(old.get("inference_count", 0)),
             executions=int(now.get("execution_count", 0)) - int(old.get("execution_count", 0)),
+            cache_hits=_ns(now, "cache_hit")[0] - (_ns(old, "cache_hit")[0] if old else 0),
         )
         for key in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
             count_now, ns_now = _ns(now, key)

@@ -559,12 +559,35 @@ def comparison_lines(record: dict) -> list[str]:
     return lines
 
 
+def cache_hits_note(points: Iterable[Point]) -> str | None:
+    """Which points Triton's response cache answered in part (its hits are in their throughput and
+    latency: the served ensembles enable the cache whenever the server has one), or None."""
+    hit = [point for point in points if point.cache_hits]
+    if not hit:
+        return None
+    where = ", ".join(
+        f"{point.model} {point.workload} {point.protocol} c={point.concurrency} "
+        f"({point.cache_hits} of {point.stage(point.ensemble).requests})"
+        for point in hit
+    )
+    return (
+        f"Response-cache hits were counted in {len(hit)} point(s): {where}. The server has a response cache "
+        "(`--cache-config`) and the workload's requests repeat, so those answers skipped both steps."
+    )
+
+
+def cache_lines(record: dict) -> list[str]:
+    note = cache_hits_note(record["points"])
+    return [f"**{note}**", ""] if note else []
+
+
 def write(run_dir: Path, record: dict) -> Path:
     """summary.md and the plots of `record` (points.json as written, its points as dicts)."""
     run_dir = Path(run_dir)
     record = with_typed_points(record)
     lines = header_lines(record, run_dir)
     lines += targets_lines(record)
+    lines += cache_lines(record)
     notes = run_dir / "NOTES.md"
     if notes.exists():
         lines += ["Analysis of these numbers: [NOTES.md](NOTES.md).", ""]

@@ -70,3 +70,25 @@ def test_the_accel_report_reads_its_points_as_points(tmp_path):
     point = Point.from_dict(record["points"]["text_200"])
     rows = f"{point.model_step.rows_per_execute:.1f} rows per execute"
     assert f"text_200 through Triton (1000 requests) | {point.throughput:.1f} req/s" in text and rows in text
+
+
+def test_response_cache_hits_are_counted_and_said():
+    """`make perf` against a server with a response cache: Triton's `cache_hit` count of the ensemble is
+    kept per point and said on the progress line, on the console at the end and in summary.md."""
+    from perf.lib.server_stats import Snapshot, stats_delta
+
+    def stats(success: int, hits: int) -> dict:
+        counts = {"success": {"count": success, "ns": success * 1000}, "cache_hit": {"count": hits, "ns": 0}}
+        return {RERANKER.ensemble: {"inference_stats": counts}}
+
+    stages = stats_delta(Snapshot(stats(10, 2)), Snapshot(stats(30, 7)))
+    assert stages[RERANKER.ensemble].cache_hits == 5 and stages[RERANKER.ensemble].requests == 20
+
+    point = a_point()
+    assert summary.cache_hits_note([point]) is None and "cache" not in point.describe()
+    point.stages.update(stages)
+    assert Point.from_dict(json.loads(json.dumps(point.as_dict()))).cache_hits == 5
+    assert "response-cache hits 5 of 20" in point.describe()
+    note = summary.cache_hits_note([point])
+    assert note is not None and "tiny rerank_200 http c=4 (5 of 20)" in note
+    assert summary.cache_lines({"points": [point]}) == [f"**{note}**", ""]
