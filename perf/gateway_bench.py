@@ -32,6 +32,7 @@ from backend.protocol import EMBEDDING_ENSEMBLE
 from perf.gateway_stack import EMBEDDING_NAME, GatewayStack, shown_path
 from perf.lib.console import log, parse_list
 from perf.lib.perf_analyzer import perf_analyzer_binary, perf_analyzer_env
+from perf.lib.profiling import collapsed_stacks
 from perf.lib.record import Experiment
 from perf.lib.sampling import group_cpu_seconds, own_cpu_seconds
 
@@ -405,11 +406,7 @@ def summarize_gateway_profile(path: Path, top: int = 15) -> dict:
     leaves: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
+    for stack, count in collapsed_stacks(path):
         total += count
         frames = stack.split(";")
         label = "other"
@@ -489,7 +486,6 @@ def cpu_ms_per_request(sides: list[Side]) -> dict[str, float]:
 
 
 def write_report(experiment: Experiment, report: dict) -> None:
-    run_dir = experiment.out
     experiment.write_json("gateway-overhead.json", report)
     lines = [
         "# Gateway overhead: text_200 through /v1/embeddings vs perf_analyzer gRPC on the ensemble",
@@ -585,7 +581,7 @@ def write_report(experiment: Experiment, report: dict) -> None:
             lines.append(f"| `{leaf}` | {leaf_share:.1%} | | `{name}` | {share:.1%} |")
     elif profile:
         lines += ["", f"Profile: {profile.get('error')}"]
-    (run_dir / "gateway-overhead.md").write_text("\n".join(lines) + "\n")
+    experiment.write_markdown("gateway-overhead.md", lines)
 
 
 def measure(target: Target, args: argparse.Namespace, run_dir: Path, raw: Path) -> dict:

@@ -37,6 +37,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 from perf.lib import profiling, summary
@@ -44,7 +45,7 @@ from perf.lib.console import log, parse_list
 from perf.lib.host import RESULTS, cpu_name, host_tag, new_run_dir, write_json
 from perf.lib.measure import measure as measure_point
 from perf.lib.paths import MODEL_REPOSITORY, REPO
-from perf.lib.perf_analyzer import Measurement, time_window_args
+from perf.lib.perf_analyzer import Measurement, target_args, time_window_args
 from perf.lib.pipelines import ENSEMBLE, MODEL_STEP, NAMED_MODELS, PREPROCESS, RERANKER
 from perf.lib.pipelines import model_path as checkpoint_path
 from perf.lib.points import Point
@@ -60,13 +61,9 @@ TARGETS = {"efficiency": 0.85, "batching_gain": 3.0, "padding": 1.15}
 class Runner:
     def __init__(self, args: argparse.Namespace):
         self.args = args
+        # The measurement options are parsed straight into Measurement's fields (same names).
         self.measurement = Measurement(
-            mode=args.measurement,
-            interval_ms=args.interval_ms,
-            stability=args.stability,
-            max_trials=args.max_trials,
-            point_seconds=args.point_seconds,
-            timeout_s=args.point_timeout,
+            **{field.name: getattr(args, field.name) for field in fields(Measurement) if field.name in args}
         )
         if args.append and args.run_dir is None:
             raise SystemExit("--append needs --run-dir (the run to add to)")
@@ -351,14 +348,7 @@ def plain_command(
         shlex.join(
             [
                 "perf_analyzer",
-                "-m",
-                WORKLOADS[workload].model,
-                "-u",
-                endpoint.url(protocol),
-                "-i",
-                protocol,
-                "--input-data",
-                str(data),
+                *target_args(WORKLOADS[workload].model, endpoint, protocol, data),
                 *time_window_args(measurement),
             ]
         )
@@ -427,12 +417,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--inprocess-batches", default="1,4,16,64")
     parser.add_argument("--inprocess-seconds", type=float, default=8.0)
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip py-spy profiles")
-    parser.add_argument("--measurement", choices=("auto", "windows", "count"), default="auto")
-    parser.add_argument("--interval-ms", type=int, default=3000)
-    parser.add_argument("--stability", type=int, default=50)
-    parser.add_argument("--max-trials", type=int, default=5)
-    parser.add_argument("--point-seconds", type=float, default=8.0)
-    parser.add_argument("--point-timeout", type=float, default=300.0)
+    default = Measurement()
+    parser.add_argument(
+        "--measurement", dest="mode", choices=("auto", "windows", "count"), default=default.mode
+    )
+    parser.add_argument("--interval-ms", type=int, default=default.interval_ms)
+    parser.add_argument("--stability", type=int, default=default.stability)
+    parser.add_argument("--max-trials", type=int, default=default.max_trials)
+    parser.add_argument("--point-seconds", type=float, default=default.point_seconds)
+    parser.add_argument("--point-timeout", dest="timeout_s", type=float, default=default.timeout_s)
     parser.add_argument("--rows", action="append", default=[], help="NAME=N: requests in a workload file")
     parser.add_argument(
         "--quick", action="store_true", help="short windows for smoke tests (-p 1000, -s 100, -r 6)"

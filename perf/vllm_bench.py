@@ -180,7 +180,6 @@ def _number(value: float | None) -> str:
 
 
 def write_summary(experiment: Experiment, report: dict) -> None:
-    run_dir = experiment.out
     lines = [
         "# vLLM 0.33 `vllm bench serve` against the gateway",
         "",
@@ -209,7 +208,7 @@ def write_summary(experiment: Experiment, report: dict) -> None:
                 "```",
                 "",
             ]
-    (run_dir / "vllm-bench.md").write_text("\n".join(lines) + "\n")
+    experiment.write_markdown("vllm-bench.md", lines)
 
 
 def vllm_version(vllm: Path) -> str:

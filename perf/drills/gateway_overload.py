@@ -383,7 +383,6 @@ def verdicts(runs: list[PolicyRun]) -> list[str]:
 
 
 def write_report(experiment: Experiment, report: dict, runs: list[PolicyRun]) -> None:
-    out = experiment.out
     experiment.write_json("gateway_overload.json", report)
     lines = [
         f"# Overload through the gateway: {report['host']}, {report['started']}",
@@ -410,8 +409,7 @@ def write_report(experiment: Experiment, report: dict, runs: list[PolicyRun]) ->
         *verdicts(runs),
         "",
     ]
-    (out / "gateway_overload.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    experiment.write_markdown("gateway_overload.md", lines, echo=True)
 
 
 def main(argv: list[str] | None = None) -> int:

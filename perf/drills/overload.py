@@ -181,11 +181,8 @@ async def measure(
     return [unloaded, capacity, overload, after]
 
 
-def write_report(experiment: Experiment, phases: list[Phase]) -> None:
-    out = experiment.out
-    unloaded, capacity, overload, after = phases
-    report = experiment.report(queue_policies=queue_settings(), phases=[asdict(phase) for phase in phases])
-    experiment.write_json("overload.json", report)
+def phase_table(phases: list[Phase]) -> list[str]:
+    """The phases as a markdown table (also in reliability.md)."""
     header = (
         "phase",
         "offered req/s",
@@ -214,6 +211,14 @@ def write_report(experiment: Experiment, phases: list[Phase]) -> None:
             f"{phase.rss_mib_start} / {phase.rss_mib_peak} / {phase.rss_mib_end}",
         )
         rows.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    return rows
+
+
+def write_report(experiment: Experiment, phases: list[Phase]) -> None:
+    unloaded, capacity, overload, after = phases
+    report = experiment.report(queue_policies=queue_settings(), phases=[asdict(phase) for phase in phases])
+    experiment.write_json("overload.json", report)
+    rows = phase_table(phases)
     p99 = overload.ok_latency_ms.get("p99", float("nan"))
     refused_ms = overload.refused_latency_ms
     lines = [
@@ -237,11 +242,9 @@ def write_report(experiment: Experiment, phases: list[Phase]) -> None:
         f"unloaded p99 ({unloaded.ok_latency_ms['p99']} ms).",
         f"- Server RSS: {capacity.rss_mib_start} MiB before the capacity run, peak {overload.rss_mib_peak} "
         f"MiB under overload, {after.rss_mib_end} MiB after.",
-        f"- Load average (1 min) before / after: {report['load_before']} / {report['load_after']}.",
         "",
     ]
-    (out / "overload.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    experiment.write_markdown("overload.md", lines, echo=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -264,6 +264,19 @@ def kill_past_the_limit(base: str, log: Path, load: Load, model: str, ensemble: 
     return result
 
 
+def kills_table(results: list[dict]) -> list[str]:
+    """Each SIGKILL under load as a markdown table (also in reliability.md)."""
+    return [
+        "| SIGKILL of | readiness false after | serving again after | failed attempts (50 ms apart) |",
+        "|---|---|---|---|",
+        *(
+            f"| {result['killed']} | {result['readiness_false_after_s']} s "
+            f"| {result['serving_again_after_s']} s | {_counts(result['failed_requests'])} |"
+            for result in results
+        ),
+    ]
+
+
 def _counts(failed: dict[str, int]) -> str:
     return ", ".join(f"{model}: {count}" for model, count in sorted(failed.items())) or "0"
 
@@ -324,15 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         launcher_log=crash_lines,
     )
     experiment.write_json("recovery.json", report)
-    rows = [
-        "| SIGKILL of | readiness false after | serving again after | failed attempts (50 ms apart) |",
-        "|---|---|---|---|",
-    ]
-    for result in results:
-        rows.append(
-            f"| {result['killed']} | {result['readiness_false_after_s']} s "
-            f"| {result['serving_again_after_s']} s | {_counts(result['failed_requests'])} |"
-        )
+    rows = kills_table(results)
     lines = [
         f"# Recovery under `make serve` ({os.cpu_count()} cores), {report['started']}",
         "",
@@ -369,8 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         "```",
         "",
     ]
-    (experiment.out / "recovery.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    experiment.write_markdown("recovery.md", lines, echo=True)
     return 0
 
 

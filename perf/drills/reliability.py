@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from perf.drills import malformed, overload
-from perf.drills.recovery import SERVE_LINE, TARGETS, Load, kill_and_measure, ready, wait_until
+from perf.drills.recovery import SERVE_LINE, TARGETS, Load, kill_and_measure, kills_table, ready, wait_until
 from perf.lib.paths import REPO
 from perf.lib.record import Experiment
 from perf.lib.sampling import rss_mib
@@ -415,7 +415,6 @@ def log_findings(log: Path, kills: int) -> dict:
 
 
 def write_report(experiment: Experiment, report: dict) -> None:
-    out = experiment.out
     experiment.write_json("reliability.json", report)
     bad, soak, findings = report["malformed"], report["soak"], report["log"]
     phases, kills, stop = report["overload"], report["kills"], report["stop_under_load"]
@@ -487,29 +486,13 @@ def write_report(experiment: Experiment, report: dict) -> None:
         "",
         "## Overload (perf.drills.overload's phases, gRPC, ~200-token texts)",
         "",
-        "| phase | offered req/s | sent | OK | UNAVAILABLE | other | OK p50 / p99 ms | refused p99 ms "
-        "| RSS MiB start / peak / end |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *overload.phase_table([overload.Phase(**phase) for phase in phases]),
     ]
-    for phase in phases:
-        ok, refused = phase["ok_latency_ms"], phase["refused_latency_ms"]
-        md.append(
-            f"| {phase['name']} | {round(phase['offered_per_s']) if phase['offered_per_s'] else '-'} "
-            f"| {phase['sent']} | {phase['ok']} | {phase['unavailable']} | {phase['other']} "
-            f"| {ok.get('p50', '-')} / {ok.get('p99', '-')} | {refused.get('p99', '-')} "
-            f"| {phase['rss_mib_start']} / {phase['rss_mib_peak']} / {phase['rss_mib_end']} |"
-        )
     md += [
         "",
         "## SIGKILL under load (perf.drills.recovery's measurement)",
         "",
-        "| SIGKILL of | readiness false after | serving again after | failed requests meanwhile |",
-        "|---|---|---|---|",
-        *[
-            f"| {k['killed']} | {k['readiness_false_after_s']} s | {k['serving_again_after_s']} s "
-            f"| {k['failed_requests'] or 0} |"
-            for k in kills
-        ],
+        *kills_table(kills),
         "",
         "## Triton's own HTTP-front 500s (documented, tritonserver 2.51)",
         "",
@@ -526,8 +509,7 @@ def write_report(experiment: Experiment, report: dict) -> None:
         "```",
         "",
     ]
-    (out / "reliability.md").write_text("\n".join(md))
-    print("\n".join(md))
+    experiment.write_markdown("reliability.md", md, echo=True)
 
 
 def main(argv: list[str] | None = None) -> int:

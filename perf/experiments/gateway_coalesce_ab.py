@@ -60,7 +60,6 @@ def summarize(windows: list[dict], concurrency: int) -> dict:
 
 
 def write_report(experiment: Experiment, report: dict) -> None:
-    run_dir = experiment.out
     experiment.write_json("gateway-coalesce-ab.json", report)
     lines = [
         "# Gateway coalescing on vs off (paired windows, text_200 over HTTP /v1/embeddings)",
@@ -96,7 +95,7 @@ def write_report(experiment: Experiment, report: dict) -> None:
             f"| {cpu_ms(side, 'gateway'):.3f} | {side['rows_per_call']} | {side['load1']:.1f} "
             f"| {side['error'] or side['errors']} |"
         )
-    (run_dir / "gateway-coalesce-ab.md").write_text("\n".join(lines) + "\n")
+    experiment.write_markdown("gateway-coalesce-ab.md", lines)
 
 
 def main(argv: list[str] | None = None) -> int:

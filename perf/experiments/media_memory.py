@@ -196,7 +196,7 @@ def main() -> None:
             f"| {row['cpu_seconds']} | {row['warm_rss_mib']} | {row['peak_above_warm_mib']} "
             f"| {row['kept_above_warm_mib']} |"
         )
-    (args.out / "media_memory.md").write_text("\n".join(lines) + "\n")
+    experiment.write_markdown("media_memory.md", lines)
 
 
 if __name__ == "__main__":

@@ -99,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['items_per_s_median']:.1f}; {r['items_per_s_best']:.1f} | "
             f"{r['tokens_per_item']:.0f} | {r['vision_patches_per_item']:.0f} |"
         )
-    (args.out / "preprocess_rate.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    experiment.write_markdown("preprocess_rate.md", lines, echo=True)
     return 0
 
 

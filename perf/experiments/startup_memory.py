@@ -94,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for model, sizes in sorted(stubs.items()):
         lines.append(f"- resident memory, {model}: " + ", ".join(f"{size / gib:.2f} GiB" for size in sizes))
-    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    experiment.write_markdown(f"{name}.md", lines, echo=True)
     return 0
 
 

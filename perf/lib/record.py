@@ -60,6 +60,15 @@ class Experiment:
         write_json(path, report)
         return path
 
+    def write_markdown(self, name: str, lines: list[str], echo: bool = False) -> Path:
+        """The report's markdown (`echo`: printed too, for the drills' consoles)."""
+        path = self.out / name
+        text = "\n".join(lines).rstrip("\n") + "\n"
+        path.write_text(text)
+        if echo:
+            print(text, end="", flush=True)
+        return path
+
     def provenance(self, report: dict[str, Any] | None = None) -> str:
         """One markdown line: the command, the commit, the host, the load around the run."""
         after = (report or {}).get("load_after", load_1m())
