@@ -20,7 +20,6 @@ with --size tiny --device cpu.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -30,7 +29,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from perf.lib.console import log
+from perf.lib.console import command_parser, log
 from perf.lib.host import RESULTS, accelerator_name, cpu_name, host_tag
 from perf.lib.measure import measure
 from perf.lib.paths import REPO
@@ -108,9 +107,7 @@ def serving_repository(
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    parser = argparse.ArgumentParser(
-        prog="python -m perf.accel", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser("perf.accel", __doc__)
     parser.add_argument("--size", default="tiny", choices=("tiny", "bench", "2b", "8b"))
     parser.add_argument("--device", default="auto", help="cuda, npu, cpu or auto")
     parser.add_argument("--concurrency", type=int, default=0, help="default: 256 on accelerators, 64 on CPU")

@@ -27,7 +27,6 @@ back at most 8 files).
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import lzma
 import os
@@ -40,6 +39,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from perf.lib.console import command_parser
 from perf.lib.paths import REPO
 
 BUNDLE = REPO / ".device"
@@ -280,11 +280,7 @@ def accel(size: str, device: str, budget_s: float, extra: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m perf.device",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("perf.device", __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     pack_parser = commands.add_parser("pack", help="here: build .device/")
     pack_parser.add_argument("--python", default="3.12", help="the GPU image's Python (major.minor)")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from backend.protocol import EMBEDDING_ENSEMBLE
 from perf.gateway_stack import EMBEDDING_NAME, GatewayStack, shown_path
-from perf.lib.console import log, parse_list
+from perf.lib.console import add_priority_argument, command_parser, log, parse_list
 from perf.lib.perf_analyzer import perf_analyzer_binary, perf_analyzer_env
 from perf.lib.profiling import collapsed_stacks
 from perf.lib.record import Experiment
@@ -613,7 +613,7 @@ def measure(target: Target, args: argparse.Namespace, run_dir: Path, raw: Path) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf.gateway_bench", description=__doc__.split("\n")[0])
+    parser = command_parser("perf.gateway_bench", __doc__)
     parser.add_argument("--concurrency", default="16,64", help="comma-separated (default 16,64)")
     parser.add_argument("--repeats", type=int, default=2, help="direct/gateway pairs per concurrency")
     parser.add_argument("--window-ms", type=int, default=WINDOW_MS, help="perf_analyzer's time window")
@@ -624,12 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, default=None, help="default perf/results/<host>/<date>")
     parser.add_argument("--triton-grpc-url", default=None, help="with --gateway-url: servers already running")
     parser.add_argument("--gateway-url", default=None, help="e.g. http://127.0.0.1:9000")
-    parser.add_argument(
-        "--priority",
-        type=int,
-        default=0,
-        help="scheduling nice of the server, gateway and clients, e.g. -10 on a machine others share (root)",
-    )
+    add_priority_argument(parser)
     parser.add_argument("--model", default=EMBEDDING_NAME, help="`model` in the requests (a served name)")
     args = parser.parse_args(argv)
     if bool(args.triton_grpc_url) != bool(args.gateway_url):

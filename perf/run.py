@@ -41,7 +41,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from perf.lib import profiling, summary
-from perf.lib.console import log, parse_list
+from perf.lib.console import command_parser, log, parse_list
 from perf.lib.host import RESULTS, cpu_name, host_tag, new_run_dir, write_json
 from perf.lib.measure import measure as measure_point
 from perf.lib.paths import MODEL_REPOSITORY, REPO
@@ -392,9 +392,7 @@ def host_info(experiment: Experiment) -> dict:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m perf.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser("perf.run", __doc__)
     parser.add_argument(
         "--models", default="served", help="served, tiny, bench or checkpoint dirs (comma list)"
     )

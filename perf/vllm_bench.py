@@ -18,7 +18,6 @@ to the seed's vLLM-Ascend 8B figures) into the run directory.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -37,7 +36,7 @@ from perf.gateway_stack import (
     GatewayStack,
     shown_path,
 )
-from perf.lib.console import log, parse_list
+from perf.lib.console import add_priority_argument, command_parser, log, parse_list
 from perf.lib.paths import REPO
 from perf.lib.record import Experiment
 
@@ -227,17 +226,12 @@ def vllm_version(vllm: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
 
-    parser = argparse.ArgumentParser(prog="python -m perf.vllm_bench", description=__doc__.split("\n")[0])
+    parser = command_parser("perf.vllm_bench", __doc__)
     parser.add_argument("--vllm", type=Path, default=DEFAULT_VLLM, help="the bench venv's vllm entry point")
     parser.add_argument("--only", default=",".join(BENCHES), help="comma-separated: embeddings,rerank")
     parser.add_argument("--num-prompts", type=int, default=1000, help="the seed's (and vLLM's) default")
     parser.add_argument("--base-url", default=None, help="a running gateway; default: start one here")
-    parser.add_argument(
-        "--priority",
-        type=int,
-        default=0,
-        help="scheduling nice of the server, gateway and bench, e.g. -10 on a machine others share (root)",
-    )
+    add_priority_argument(parser)
     parser.add_argument("--run-dir", type=Path, default=None, help="default perf/results/<host>/<date>")
     args = parser.parse_args(argv)
     if not args.vllm.exists():

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from perf.gateway_stack import TINY_EMBEDDING, GatewayProcess, shown_path
-from perf.lib.console import log, parse_list
+from perf.lib.console import add_out_argument, command_parser, log, parse_list
 from perf.lib.record import Experiment
 from perf.lib.sampling import RssSampler, group_cpu_seconds, percentiles
 
@@ -413,9 +413,7 @@ def write_report(experiment: Experiment, report: dict, runs: list[PolicyRun]) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m perf.drills.gateway_overload", description=__doc__.split("\n\n")[0]
-    )
+    parser = command_parser("perf.drills.gateway_overload", __doc__)
     parser.add_argument("--multiple", type=float, default=4.0, help="overload = this many times capacity")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the overload phase")
     parser.add_argument(
@@ -433,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--policies", type=parse_list, default=["fifo", "lifo", "latency2"], help=", ".join(POLICIES)
     )
-    parser.add_argument("--out", type=Path, default=None, help="default: perf/results/<host>/<date>")
+    add_out_argument(parser)
     parser.add_argument(
         "--pin",
         action="store_true",

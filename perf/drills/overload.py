@@ -19,18 +19,17 @@ perf/results/<host>/<date>/overload.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from backend.protocol import EMBEDDING_ENSEMBLE
+from perf.lib.console import add_out_argument, command_parser
 from perf.lib.paths import REPO
 from perf.lib.record import Experiment
 from perf.lib.sampling import RssSampler, group_rss_mib, percentiles
@@ -248,9 +247,7 @@ def write_report(experiment: Experiment, phases: list[Phase]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m perf.drills.overload", description=__doc__.split("\n\n")[0]
-    )
+    parser = command_parser("perf.drills.overload", __doc__)
     parser.add_argument("--multiple", type=float, default=4.0, help="overload = this many times capacity")
     parser.add_argument(
         "--seconds", type=float, default=20.0, help="length of the capacity and overload runs"
@@ -259,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--concurrency", type=int, default=256, help="in flight for the capacity run (the gateway: 256)"
     )
-    parser.add_argument("--out", type=Path, default=None, help="default: perf/results/<host>/<date>")
+    add_out_argument(parser)
     args = parser.parse_args(argv)
     experiment = Experiment("perf.drills.overload", argv, args.out)
     server = TritonServer(

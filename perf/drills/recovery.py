@@ -15,7 +15,6 @@ and whether any stub or /dev/shm region is left. Results go to perf/results/<hos
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import datetime
 import json
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.protocol import EMBEDDING_ENSEMBLE, RERANKER_ENSEMBLE
+from perf.lib.console import add_out_argument, code_block, command_parser
 from perf.lib.paths import REPO
 from perf.lib.record import Experiment
 from tools.launcher import free_ports
@@ -282,10 +282,8 @@ def _counts(failed: dict[str, int]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m perf.drills.recovery", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--out", type=Path, default=None, help="default: perf/results/<host>/<date>")
+    parser = command_parser("perf.drills.recovery", __doc__)
+    add_out_argument(parser)
     args = parser.parse_args(argv)
     experiment = Experiment("perf.drills.recovery", argv, args.out)
     http_port, grpc_port, metrics_port = free_ports(3)
@@ -367,12 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         f"failed attempts {_counts(stop['requests_failed_during_stop'])} (connections refused once the "
         "server stopped listening).",
         "",
-        "Launcher log:",
-        "",
-        "```",
-        *crash_lines,
-        "```",
-        "",
+        *code_block("Launcher log", crash_lines),
     ]
     experiment.write_markdown("recovery.md", lines, echo=True)
     return 0

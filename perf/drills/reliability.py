@@ -22,7 +22,6 @@ perf/results/<host>/<date>/reliability.{json,md}. About 15-20 minutes on a 2-cor
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -40,6 +39,7 @@ import numpy as np
 
 from perf.drills import malformed, overload
 from perf.drills.recovery import SERVE_LINE, TARGETS, Load, kill_and_measure, kills_table, ready, wait_until
+from perf.lib.console import add_out_argument, code_block, command_parser
 from perf.lib.paths import REPO
 from perf.lib.record import Experiment
 from perf.lib.sampling import rss_mib
@@ -502,25 +502,18 @@ def write_report(experiment: Experiment, report: dict) -> None:
         "`Inference-Header-Content-Length` that cuts the JSON short. The run counts them among HTTP 5xx and "
         "accepts them only with Triton's parser message.",
         "",
-        "Launcher log:",
-        "",
-        "```",
-        *findings["launcher_lines"],
-        "```",
-        "",
+        *code_block("Launcher log", findings["launcher_lines"]),
     ]
     experiment.write_markdown("reliability.md", md, echo=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m perf.drills.reliability", description=__doc__.split("\n\n")[0]
-    )
+    parser = command_parser("perf.drills.reliability", __doc__)
     parser.add_argument("--malformed", type=int, default=5000, help="malformed requests")
     parser.add_argument("--soak", type=int, default=20000, help="good requests in the soak")
     parser.add_argument("--seed", type=int, default=20261130)
     parser.add_argument("--overload-seconds", type=float, default=15.0)
-    parser.add_argument("--out", type=Path, default=None, help="default: perf/results/<host>/<date>")
+    add_out_argument(parser)
     args = parser.parse_args(argv)
     experiment = Experiment("perf.drills.reliability", argv, args.out)
     media = malformed.build_media()

@@ -24,6 +24,7 @@ import numpy as np
 
 from backend.protocol import EMBEDDING_ENSEMBLE
 from deploy.serve import prepare_repository
+from perf.lib.console import add_out_argument, command_parser
 from perf.lib.paths import REPO
 from perf.lib.record import Experiment
 from tools.launcher import TritonServer
@@ -172,14 +173,14 @@ def report(result: dict, experiment: Experiment) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf.experiments.cache_bench", description=__doc__)
+    parser = command_parser("perf.experiments.cache_bench", __doc__)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--distinct", type=int, default=100)
     parser.add_argument("--words", type=int, default=150)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cache-bytes", type=int, default=256 * 1024 * 1024)
-    parser.add_argument("--out", type=Path, required=True, help="results directory")
+    add_out_argument(parser, required=True)
     args = parser.parse_args(argv)
     experiment = Experiment("perf.experiments.cache_bench", argv, args.out)
     with tempfile.TemporaryDirectory() as scratch:

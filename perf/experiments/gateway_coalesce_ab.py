@@ -13,7 +13,6 @@ Writes ``gateway-coalesce-ab.json`` and ``.md`` (with the command) into the run 
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from perf.gateway_bench import CpuMeter, Target, request_bodies, run_gateway
 from perf.gateway_stack import EMBEDDING_NAME, GatewayStack
-from perf.lib.console import log, parse_list
+from perf.lib.console import command_parser, log, parse_list
 from perf.lib.record import Experiment
 
 SETTING = "GATEWAY_COALESCE_CALLS"
@@ -99,9 +98,7 @@ def write_report(experiment: Experiment, report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m perf.experiments.gateway_coalesce_ab", description=__doc__.split("\n")[0]
-    )
+    parser = command_parser("perf.experiments.gateway_coalesce_ab", __doc__)
     parser.add_argument("--concurrency", default="16,64", help="comma-separated (default 16,64)")
     parser.add_argument("--pairs", type=int, default=4, help="on/off window pairs per concurrency")
     parser.add_argument("--window-s", type=float, default=6.0, help="measured seconds per window")

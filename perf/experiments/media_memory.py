@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from perf.lib.console import add_out_argument, command_parser
 from perf.lib.paths import REPO
 from perf.lib.record import Experiment
 
@@ -153,8 +154,8 @@ def child(case: str, cache: Path, max_tokens: int | None) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser = command_parser("perf.experiments.media_memory", __doc__)
+    add_out_argument(parser, required=True)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "qwen3vl-media-memory")
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--max-tokens", default="none,8192", help="token budgets to run each case with")

@@ -11,7 +11,6 @@ text arriving at a random moment.
     python -m perf.experiments.mixed_latency 2 4 [--out DIR]   # DIR/mixed_latency.json
 """
 
-import argparse
 import os
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import numpy as np
 import tritonclient.http as http
 
 from backend.protocol import EMBEDDING_ENSEMBLE
+from perf.lib.console import add_out_argument, command_parser
 from perf.lib.record import Experiment
 from perf.lib.variants import variant_repository, with_instance_count
 from tools import synthetic
@@ -98,11 +98,9 @@ def run(count: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m perf.experiments.mixed_latency", description=__doc__.split("\n")[0]
-    )
+    parser = command_parser("perf.experiments.mixed_latency", __doc__)
     parser.add_argument("instances", type=int, nargs="+", help="preprocess instances, one run each")
-    parser.add_argument("--out", type=Path, default=None, help="default: perf/results/<host>/<date>")
+    add_out_argument(parser)
     args = parser.parse_args(argv)
     experiment = Experiment("perf.experiments.mixed_latency", argv, args.out)
     report = experiment.report(runs=[run(count) for count in args.instances])

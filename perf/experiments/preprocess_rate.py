@@ -12,13 +12,12 @@ Writes ``preprocess_rate.md`` and ``preprocess_rate.json``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
+from perf.lib.console import add_out_argument, command_parser
 from perf.lib.paths import REPO
 from perf.lib.record import Experiment
 
@@ -55,8 +54,8 @@ def rate(preprocessor, requests: list, seconds: float, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf.experiments.preprocess_rate", description=__doc__)
-    parser.add_argument("--out", type=Path, required=True)
+    parser = command_parser("perf.experiments.preprocess_rate", __doc__)
+    add_out_argument(parser, required=True)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of one pass")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--core", type=int, default=0, help="CPU to pin to")

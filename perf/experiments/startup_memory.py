@@ -9,7 +9,6 @@ server, and the embedding width. For the README's sizing guide (host memory and 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from deploy.serve import PIPELINE_MODELS, prepare_repository
+from perf.lib.console import add_out_argument, command_parser
 from perf.lib.paths import REPO
 from perf.lib.record import Experiment
 from perf.lib.sampling import group_members, rss_kib
@@ -37,11 +37,11 @@ def group_processes(pgid: int) -> list[tuple[int, str, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf.experiments.startup_memory", description=__doc__)
+    parser = command_parser("perf.experiments.startup_memory", __doc__)
     parser.add_argument("--model-path", type=Path, required=True)
     parser.add_argument("--pipeline", choices=sorted(PIPELINE_MODELS), default="embedding")
     parser.add_argument("--label", default="")
-    parser.add_argument("--out", type=Path, required=True)
+    add_out_argument(parser, required=True)
     args = parser.parse_args(argv)
     experiment = Experiment("perf.experiments.startup_memory", argv, args.out)
     env_name = "MODEL_PATH" if args.pipeline == "embedding" else "RERANKER_MODEL_PATH"

@@ -16,7 +16,6 @@ Modes, each over the workload's requests (rows), reported in rows per second:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -26,6 +25,8 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+
+from perf.lib.console import command_parser
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -205,11 +206,7 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m perf.lib.inprocess",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("perf.lib.inprocess", __doc__)
     parser.add_argument("--model-path", required=True)
     parser.add_argument("--workload", default="text_200", help="comma list; the first is the headline")
     parser.add_argument("--batch-sizes", default="1,4,16,64")

@@ -29,7 +29,6 @@ Workloads:
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import json
@@ -44,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from backend.protocol import EMBEDDING_ENSEMBLE, RERANKER_ENSEMBLE
+from perf.lib.console import command_parser
 from perf.lib.paths import REPO
 
 DEFAULT_OUT = REPO / "perf" / "data"
@@ -368,11 +368,7 @@ def generate(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m perf.lib.workloads",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("perf.lib.workloads", __doc__)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workload names")
     parser.add_argument("--rows", action="append", default=[], help="NAME=N overrides a workload's row count")
