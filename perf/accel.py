@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from perf.lib.console import command_parser, log
+from perf.lib.console import command_parser, log, table
 from perf.lib.host import RESULTS, accelerator_name, cpu_name, host_tag
 from perf.lib.measure import measure
 from perf.lib.paths import REPO
@@ -38,7 +38,7 @@ from perf.lib.pipelines import MODEL_STEP, NAMED_MODELS, PREPROCESS, model_path
 from perf.lib.points import Point
 from perf.lib.record import Experiment
 from perf.lib.servers import start_server
-from perf.lib.summary import fmt, table
+from perf.lib.summary import fmt
 from perf.lib.variants import (
     compose,
     variant_repository,

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from perf.gateway_stack import TINY_EMBEDDING, GatewayProcess, shown_path
-from perf.lib.console import add_out_argument, command_parser, log, parse_list
+from perf.lib.console import add_out_argument, command_parser, log, parse_list, table
 from perf.lib.record import Experiment
 from perf.lib.sampling import RssSampler, group_cpu_seconds, percentiles
 
@@ -316,46 +316,36 @@ async def measure_policy(
 
 
 def summary_rows(runs: list[PolicyRun]) -> list[str]:
-    header = (
-        "policy",
-        "phase",
-        "offered/s",
-        "sent",
-        "OK",
-        "503",
-        "other",
-        "OK/s",
-        "OK p50 / p99 ms",
-        "503 p50 / p99 ms",
-        "bound (median)",
-        "server RSS MiB start/peak/end",
-        "gateway RSS MiB start/peak/end",
-        "CPU s server / gateway / client",
-        "load",
-    )
-    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    header = "policy|phase|offered/s|sent|OK|503|other|OK/s|OK p50 / p99 ms|503 p50 / p99 ms|bound (median)"
+    rows = []
     for run in runs:
         for phase in run.phases:
             ok, refused = phase.ok_latency_ms, phase.refused_latency_ms
-            cells = (
-                run.policy,
-                phase.name,
-                phase.offered_per_s or "-",
-                f"{phase.sent} (+{phase.skipped} skipped)" if phase.skipped else phase.sent,
-                phase.ok,
-                phase.refused,
-                phase.other,
-                phase.ok_per_s,
-                f"{ok.get('p50', '-')} / {ok.get('p99', '-')}",
-                f"{refused.get('p50', '-')} / {refused.get('p99', '-')}",
-                phase.in_flight_limit.get("median", "-"),
-                " / ".join(str(value) for value in phase.server_rss_mib),
-                " / ".join(str(value) for value in phase.gateway_rss_mib),
-                f"{phase.server_cpu_s} / {phase.gateway_cpu_s} / {phase.client_cpu_s}",
-                phase.load_average,
+            rows.append(
+                (
+                    run.policy,
+                    phase.name,
+                    phase.offered_per_s or "-",
+                    f"{phase.sent} (+{phase.skipped} skipped)" if phase.skipped else phase.sent,
+                    phase.ok,
+                    phase.refused,
+                    phase.other,
+                    phase.ok_per_s,
+                    f"{ok.get('p50', '-')} / {ok.get('p99', '-')}",
+                    f"{refused.get('p50', '-')} / {refused.get('p99', '-')}",
+                    phase.in_flight_limit.get("median", "-"),
+                    " / ".join(str(value) for value in phase.server_rss_mib),
+                    " / ".join(str(value) for value in phase.gateway_rss_mib),
+                    f"{phase.server_cpu_s} / {phase.gateway_cpu_s} / {phase.client_cpu_s}",
+                    phase.load_average,
+                )
             )
-            rows.append("| " + " | ".join(str(cell) for cell in cells) + " |")
-    return rows
+    more = (
+        "server RSS MiB start/peak/end",
+        "gateway RSS MiB start/peak/end",
+        "CPU s server / gateway / client",
+    )
+    return table((*header.split("|"), *more, "load"), rows)
 
 
 def verdicts(runs: list[PolicyRun]) -> list[str]:

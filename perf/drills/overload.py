@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from backend.protocol import EMBEDDING_ENSEMBLE
-from perf.lib.console import add_out_argument, command_parser
+from perf.lib.console import add_out_argument, command_parser, table
 from perf.lib.paths import REPO
 from perf.lib.record import Experiment
 from perf.lib.sampling import RssSampler, group_rss_mib, percentiles
@@ -182,35 +182,25 @@ async def measure(
 
 def phase_table(phases: list[Phase]) -> list[str]:
     """The phases as a markdown table (also in reliability.md)."""
-    header = (
-        "phase",
-        "offered req/s",
-        "sent",
-        "OK",
-        "UNAVAILABLE",
-        "other",
-        "OK/s",
-        "OK p50 / p99 ms",
-        "refused p50 / p99 ms",
-        "RSS MiB start / peak / end",
+    header = "phase|offered req/s|sent|OK|UNAVAILABLE|other|OK/s|OK p50 / p99 ms|refused p50 / p99 ms"
+    return table(
+        (*header.split("|"), "RSS MiB start / peak / end"),
+        (
+            (
+                phase.name,
+                round(phase.offered_per_s) if phase.offered_per_s else "-",
+                phase.sent,
+                phase.ok,
+                phase.unavailable,
+                phase.other,
+                phase.ok_per_s,
+                f"{phase.ok_latency_ms.get('p50', '-')} / {phase.ok_latency_ms.get('p99', '-')}",
+                f"{phase.refused_latency_ms.get('p50', '-')} / {phase.refused_latency_ms.get('p99', '-')}",
+                f"{phase.rss_mib_start} / {phase.rss_mib_peak} / {phase.rss_mib_end}",
+            )
+            for phase in phases
+        ),
     )
-    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for phase in phases:
-        ok, refused = phase.ok_latency_ms, phase.refused_latency_ms
-        cells = (
-            phase.name,
-            round(phase.offered_per_s) if phase.offered_per_s else "-",
-            phase.sent,
-            phase.ok,
-            phase.unavailable,
-            phase.other,
-            phase.ok_per_s,
-            f"{ok.get('p50', '-')} / {ok.get('p99', '-')}",
-            f"{refused.get('p50', '-')} / {refused.get('p99', '-')}",
-            f"{phase.rss_mib_start} / {phase.rss_mib_peak} / {phase.rss_mib_end}",
-        )
-        rows.append("| " + " | ".join(str(cell) for cell in cells) + " |")
-    return rows
 
 
 def write_report(experiment: Experiment, phases: list[Phase]) -> None:

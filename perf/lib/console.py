@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +47,9 @@ def add_priority_argument(parser: argparse.ArgumentParser) -> None:
 def code_block(title: str, lines: list[str]) -> list[str]:
     """Markdown: a title line and `lines` as written (a log excerpt)."""
     return [f"{title}:", "", "```", *lines, "```", ""]
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]

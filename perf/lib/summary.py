@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from perf.lib.console import table
 from perf.lib.points import Point
 
 MARKERS = {"http": "o-", "grpc": "s--"}
@@ -72,12 +73,6 @@ def verdict(value: float | None, target: float, higher_is_better: bool) -> str:
     if value <= target:
         return "**met**"
     return f"**missed** by {100 * (value / target - 1):.0f} % ({value:.2f} vs {target:g})"
-
-
-def table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
 
 
 # ----------------------------------------------------------------------------------------------------------
