@@ -488,9 +488,9 @@ def cpu_ms_per_request(sides: list[Side]) -> dict[str, float]:
 def write_report(experiment: Experiment, report: dict) -> None:
     experiment.write_json("gateway-overhead.json", report)
     lines = [
-        "# Gateway overhead: text_200 through /v1/embeddings vs perf_analyzer gRPC on the ensemble",
-        "",
-        f"- {experiment.provenance(report)}",
+        *experiment.heading(
+            "Gateway overhead: text_200 through /v1/embeddings vs perf_analyzer gRPC on the ensemble", report
+        ),
         f"- Model: {report['model']}; one tritonserver + one gateway, both clients on the same 2 cores",
         f"- Target: gateway ≥ {TARGET_RATIO} × direct throughput",
         f"- Gateway settings changed (environment): {', '.join(report.get('gateway_env', [])) or 'none'}",

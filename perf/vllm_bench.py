@@ -180,9 +180,7 @@ def _number(value: float | None) -> str:
 
 def write_summary(experiment: Experiment, report: dict) -> None:
     lines = [
-        "# vLLM 0.33 `vllm bench serve` against the gateway",
-        "",
-        f"- {experiment.provenance(report)}",
+        *experiment.heading("vLLM 0.33 `vllm bench serve` against the gateway", report),
         f"- Scheduling priority (autogroup nice of server, gateway and bench): {report['priority']}",
         f"- Served: {report['served']}",
         f"- vLLM: {report['vllm_version']} from perf/requirements-vllm-bench.txt in its own venv, offline",

@@ -211,10 +211,7 @@ def write_report(experiment: Experiment, phases: list[Phase]) -> None:
     p99 = overload.ok_latency_ms.get("p99", float("nan"))
     refused_ms = overload.refused_latency_ms
     lines = [
-        f"# Overload: {ENSEMBLE}, {os.cpu_count()} cores, {report['started']}",
-        "",
-        experiment.provenance(report),
-        "",
+        *experiment.heading(f"Overload: {ENSEMBLE}, {os.cpu_count()} cores, {report['started']}", report),
         "Single-row ~200-token text requests over gRPC from one asyncio client on the same cores. Queue "
         "policies served:",
         "",

@@ -337,10 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     experiment.write_json("recovery.json", report)
     rows = kills_table(results)
     lines = [
-        f"# Recovery under `make serve` ({os.cpu_count()} cores), {report['started']}",
-        "",
-        experiment.provenance(report),
-        "",
+        *experiment.heading(
+            f"Recovery under `make serve` ({os.cpu_count()} cores), {report['started']}", report
+        ),
         "Tiny checkpoints, both ensembles, one embedding and one rerank request always in flight (HTTP). "
         f"Server ready {startup} s after launch.",
         "",

@@ -424,10 +424,9 @@ def write_report(experiment: Experiment, report: dict) -> None:
         if kind.endswith("/heavy")
     )
     md = [
-        f"# Reliability of `make serve` ({report['cores']} cores), {report['started']}",
-        "",
-        experiment.provenance(report),
-        "",
+        *experiment.heading(
+            f"Reliability of `make serve` ({report['cores']} cores), {report['started']}", report
+        ),
         "Tiny checkpoints, both ensembles, "
         f"server started by the launcher (supervisor + stub watchdog) in {report['startup_seconds']} s"
         f" (failed starts before: {report['failed_starts'] or 'none'}). "

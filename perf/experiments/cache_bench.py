@@ -135,10 +135,7 @@ def report(result: dict, experiment: Experiment) -> str:
     on, off = result["summary"]["cache"], result["summary"]["nocache"]
     p = result["parameters"]
     lines = [
-        "# Response cache on vs off (embedding ensemble, tiny model, CPU)",
-        "",
-        experiment.provenance(result),
-        "",
+        *experiment.heading("Response cache on vs off (embedding ensemble, tiny model, CPU)", result),
         f"Workload per round: {p['requests']} one-row text requests drawn with popularity 1/rank from "
         f"{p['distinct']} distinct texts of {p['words']} words (each round its own texts, so every round "
         f"starts cold); {p['concurrency']} HTTP client threads; {p['rounds']} rounds per server. Cache: "

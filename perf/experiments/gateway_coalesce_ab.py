@@ -61,9 +61,9 @@ def summarize(windows: list[dict], concurrency: int) -> dict:
 def write_report(experiment: Experiment, report: dict) -> None:
     experiment.write_json("gateway-coalesce-ab.json", report)
     lines = [
-        "# Gateway coalescing on vs off (paired windows, text_200 over HTTP /v1/embeddings)",
-        "",
-        f"- {experiment.provenance(report)}",
+        *experiment.heading(
+            "Gateway coalescing on vs off (paired windows, text_200 over HTTP /v1/embeddings)", report
+        ),
         f"- on = {SETTING}={report['calls']}, off = {SETTING}=0; two stacks, only the driven one works",
         "",
         "| c | on ÷ off, each pair | median | req/s off / on | Triton CPU ms/req off / on "

@@ -183,10 +183,7 @@ def main() -> None:
     report = experiment.report(rows=rows)
     experiment.write_json("media_memory.json", report)
     lines = [
-        "# Media preprocessing memory",
-        "",
-        experiment.provenance(report),
-        "",
+        *experiment.heading("Media preprocessing memory", report),
         "| case | max_tokens | trim | outcome | s | CPU s | warm MiB | peak above warm | kept above warm |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

@@ -80,10 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     report = experiment.report(results=results)
     experiment.write_json("preprocess_rate.json", report)
     lines = [
-        "# Preprocess throughput per CPU core",
-        "",
-        experiment.provenance(report),
-        "",
+        *experiment.heading("Preprocess throughput per CPU core", report),
         f"Pinned to CPU {args.core}; {args.repeats} passes of ≥{args.seconds:g} s. On a machine shared with "
         "other work the wall-time rate is what this process got of the core and the CPU-time rate what one "
         "dedicated core does.",

@@ -84,10 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     experiment.write_json(f"{name}.json", result)
     gib = 1024**3
     lines = [
-        f"# Startup and memory: {args.model_path.name} ({args.pipeline} pipeline, CPU)",
-        "",
-        experiment.provenance(result),
-        "",
+        *experiment.heading(
+            f"Startup and memory: {args.model_path.name} ({args.pipeline} pipeline, CPU)", result
+        ),
         f"- ready after {result['seconds_to_ready']} s (server start, weights loaded, warm-up forward)",
         f"- embedding width: {width}",
         f"- /dev/shm in use at ready: {shm / 1024**2:.0f} MiB",

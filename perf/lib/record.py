@@ -69,6 +69,10 @@ class Experiment:
             print(text, end="", flush=True)
         return path
 
+    def heading(self, title: str, report: dict[str, Any]) -> list[str]:
+        """The start of a report's markdown: its title, then the provenance line."""
+        return [f"# {title}", "", self.provenance(report), ""]
+
     def provenance(self, report: dict[str, Any] | None = None) -> str:
         """One markdown line: the command, the commit, the host, the load around the run."""
         after = (report or {}).get("load_after", load_1m())
