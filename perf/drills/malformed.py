@@ -474,12 +474,21 @@ def non_utf8(rng: random.Random, media: Media, heavy: bool) -> Made:
     return RERANKER, INVALID, tensors
 
 
-def _image_input(rng: random.Random, blob: bytes, expect: str) -> Made:
+def _media_input(rng: random.Random, kind: str, blob: bytes, expect: str) -> Made:
+    """`blob` as the embedding's IMAGE / VIDEO, or half the time as one side of a rerank pair."""
     if rng.random() < 0.5:
-        return EMBEDDING, expect, [blobs_tensor("IMAGE", [[blob]])]
+        return EMBEDDING, expect, [blobs_tensor(kind, [[blob]])]
     side = rng.choice(["QUERY", "DOCUMENT"])
     other = "DOCUMENT" if side == "QUERY" else "QUERY"
-    return RERANKER, expect, [blobs_tensor(f"{side}_IMAGE", [[blob]]), text_tensor(f"{other}_TEXT", ["text"])]
+    return (
+        RERANKER,
+        expect,
+        [blobs_tensor(f"{side}_{kind}", [[blob]]), text_tensor(f"{other}_TEXT", ["text"])],
+    )
+
+
+def _image_input(rng: random.Random, blob: bytes, expect: str) -> Made:
+    return _media_input(rng, "IMAGE", blob, expect)
 
 
 def bad_image(rng: random.Random, media: Media, heavy: bool) -> Made:
@@ -499,11 +508,7 @@ def bad_image(rng: random.Random, media: Media, heavy: bool) -> Made:
 
 
 def _video_input(rng: random.Random, blob: bytes, expect: str) -> Made:
-    if rng.random() < 0.5:
-        return EMBEDDING, expect, [blobs_tensor("VIDEO", [[blob]])]
-    side = rng.choice(["QUERY", "DOCUMENT"])
-    other = "DOCUMENT" if side == "QUERY" else "QUERY"
-    return RERANKER, expect, [blobs_tensor(f"{side}_VIDEO", [[blob]]), text_tensor(f"{other}_TEXT", ["text"])]
+    return _media_input(rng, "VIDEO", blob, expect)
 
 
 def bad_video(rng: random.Random, media: Media, heavy: bool) -> Made:

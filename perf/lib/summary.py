@@ -656,22 +656,10 @@ def plot(run_dir: Path, record: dict) -> list[Path]:
                 continue  # one protocol per workload keeps the chart readable; the CSVs have both
             items.sort(key=lambda p: p.concurrency)
             xs = [p.throughput for p in items]
-            ax.plot(
-                xs,
-                [p.p50_ms for p in items],
-                "o-",
-                color=colors[workload],
-                markersize=4,
-                label=f"{workload} p50",
-            )
-            ax.plot(
-                xs,
-                [p.p99_ms for p in items],
-                "v:",
-                color=colors[workload],
-                markersize=4,
-                label=f"{workload} p99",
-            )
+            for quantile, style in (("p50", "o-"), ("p99", "v:")):
+                ys = [getattr(p, f"{quantile}_ms") for p in items]
+                label = f"{workload} {quantile}"
+                ax.plot(xs, ys, style, color=colors[workload], markersize=4, label=label)
         ax.set_xscale("log")
         ax.set_xlabel("throughput (requests/s)")
         ax.set_ylabel("latency (ms)")
