@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -43,8 +42,9 @@ from pathlib import Path
 from perf.lib import profiling, summary
 from perf.lib.console import command_parser, log, parse_list
 from perf.lib.host import RESULTS, cpu_name, host_tag, new_run_dir, write_json
+from perf.lib.inprocess import in_subprocess
 from perf.lib.measure import measure as measure_point
-from perf.lib.paths import MODEL_REPOSITORY, REPO
+from perf.lib.paths import MODEL_REPOSITORY
 from perf.lib.perf_analyzer import Measurement, target_args, time_window_args
 from perf.lib.pipelines import ENSEMBLE, MODEL_STEP, NAMED_MODELS, PREPROCESS, RERANKER
 from perf.lib.pipelines import model_path as checkpoint_path
@@ -298,32 +298,22 @@ class Runner:
         return point
 
     def inprocess(self, model: str) -> None:
-        path = checkpoint_path(model)
-        out = self.run_dir / "raw" / f"inprocess-{model}.json"
-        command = [
-            sys.executable,
-            "-m",
-            "perf.lib.inprocess",
-            "--model-path",
-            str(path),
+        log(f"in-process baseline on {model} (no server running) ...")
+        batches = ",".join(str(b) for b in self.args.inprocess_batches)
+        options = [
             "--workload",
             "text_200",
             "--batch-sizes",
-            ",".join(str(b) for b in self.args.inprocess_batches),
+            batches,
             "--seconds",
             str(self.args.inprocess_seconds),
-            "--json",
-            str(out),
         ]
-        log(f"in-process baseline on {model} (no server running) ...")
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        for name in SERVER_OVERRIDES:
-            env.pop(name, None)
-        result = subprocess.run(command, cwd=REPO, env=env, timeout=1800)
-        if result.returncode == 0 and out.exists():
-            self.record["inprocess"][model] = json.loads(out.read_text())
+        out = self.run_dir / "raw" / f"inprocess-{model}.json"
+        code, result = in_subprocess(checkpoint_path(model), out, options, 1800, SERVER_OVERRIDES)
+        if code == 0 and result is not None:
+            self.record["inprocess"][model] = result
         else:
-            self.record["inprocess"][model] = {"error": f"perf.lib.inprocess exited with {result.returncode}"}
+            self.record["inprocess"][model] = {"error": f"perf.lib.inprocess exited with {code}"}
 
     # -------------------------------------------------------------------------------------------------
     def finish(self) -> Path:

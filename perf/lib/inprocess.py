@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence, Sized
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from perf.lib.console import command_parser
+from perf.lib.paths import REPO
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -203,6 +205,30 @@ def run(
     result["modes"] = first["modes"]
     result["best"] = {mode: max(rates.values()) for mode, rates in first["modes"].items() if rates}
     return result
+
+
+def in_subprocess(
+    model_path: Path, out: Path, options: list[str], timeout: float, drop_env: Sequence[str] = ()
+) -> tuple[int | None, dict | None]:
+    """`python -m perf.lib.inprocess` in a fresh interpreter (no server running, torch's threads its own):
+    (its exit code, None when it ran past `timeout`; the JSON it wrote, if it did)."""
+    command = [
+        sys.executable,
+        "-m",
+        "perf.lib.inprocess",
+        "--model-path",
+        str(model_path),
+        "--json",
+        str(out),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for name in drop_env:
+        env.pop(name, None)
+    try:
+        code: int | None = subprocess.run(command + options, cwd=REPO, env=env, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        code = None
+    return code, json.loads(out.read_text()) if out.exists() else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
