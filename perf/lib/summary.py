@@ -410,148 +410,180 @@ def preprocess_lines(points: list[Point]) -> list[str]:
     ]
 
 
-def comparison_lines(record: dict) -> list[str]:
+def batching_lines(record: dict) -> list[str]:
+    """Dynamic batching on vs off, side by side."""
     comparisons = record.get("comparisons", {})
+    if not comparisons.get("batching"):
+        return []
     lines: list[str] = []
-    if comparisons.get("batching"):
-        lines += [
-            "## Dynamic batching on vs off",
-            "",
-            "Same model, same text_200 data, HTTP; `off` is a copy of the repository whose "
-            "`qwen3_vl_embedding_model` config has no `dynamic_batching` block.",
-            "",
-        ]
-        rows = []
-        for model, result in comparisons["batching"].items():
-            for state in ("on", "off"):
-                p = result.get(state)
-                if p and p.ok:
-                    rows.append(
-                        [
-                            model,
-                            state,
-                            str(p.concurrency),
-                            fmt(p.throughput),
-                            fmt(p.p50_ms),
-                            fmt(p.p99_ms),
-                            fmt(rows_per_execute(p)),
-                            fmt(p.model_step.compute_ms),
-                            fmt(p.model_step.queue_ms),
-                        ]
-                    )
-        lines += table(
-            [
-                "model",
-                "batching",
-                "conc",
-                "infer/s",
-                "p50",
-                "p99",
-                "rows per execute",
-                "model compute ms / execute",
-                "model queue ms",
-            ],
-            rows,
-        )
-        lines.append("")
-    eff = efficiency_numbers(record)
-    if eff:
-        result = record["inprocess"][eff["model"]]
-        lines += [
-            "## Serving efficiency",
-            "",
-            f"In-process baseline (`perf/lib/inprocess.py`, {result['device']}, {result['dtype']}, "
-            f"{result['torch_threads']} torch threads, {fmt(result['mean_tokens'], 0)} tokens per row, no "
-            "server running): rows/s by batch size.",
-            "",
-        ]
-        modes = list(result["modes"])
-        batches = sorted({int(b) for rates in result["modes"].values() for b in rates})
-        lines += table(
-            ["mode", *[f"batch {b}" for b in batches]],
-            [[mode, *[fmt(result["modes"][mode].get(str(b))) for b in batches]] for mode in modes],
-        )
-        lines += ["", "End to end through the ensemble (HTTP):", ""]
-        lines += table(
-            ["conc", "infer/s", "p50", "p99", "rows per execute"],
-            [
-                [
-                    str(p.concurrency),
-                    fmt(p.throughput),
-                    fmt(p.p50_ms),
-                    fmt(p.p99_ms),
-                    fmt(rows_per_execute(p)),
-                ]
-                for p in record["comparisons"].get("efficiency_e2e", [])
-                if p.ok
-            ],
-        )
-        lines.append("")
-    overheads = comparisons.get("padding_overhead", {})
-    if overheads:
-        lines += [
-            "## Padding vs the planner's `batch_overhead_tokens`",
-            "",
-            "text_mixed over HTTP on copies of the repository that differ only in the model step's "
-            "`batch_overhead_tokens` (what one more forward pass is assumed to cost, in padded tokens; "
-            "default 256). Lower values split micro-batches more often: less padding, more forward passes.",
-            "",
-        ]
-        rows = []
-        for overhead, p in sorted(overheads.items(), key=lambda item: -int(item[0])):
-            if p.ok:
-                custom = p.custom
+    lines += [
+        "## Dynamic batching on vs off",
+        "",
+        "Same model, same text_200 data, HTTP; `off` is a copy of the repository whose "
+        "`qwen3_vl_embedding_model` config has no `dynamic_batching` block.",
+        "",
+    ]
+    rows = []
+    for model, result in comparisons["batching"].items():
+        for state in ("on", "off"):
+            p = result.get(state)
+            if p and p.ok:
                 rows.append(
                     [
-                        overhead,
+                        model,
+                        state,
                         str(p.concurrency),
-                        fmt(padding_ratio(p), 3),
-                        fmt(custom.rows_per_forward),
-                        fmt(rows_per_execute(p)),
                         fmt(p.throughput),
                         fmt(p.p50_ms),
                         fmt(p.p99_ms),
+                        fmt(rows_per_execute(p)),
+                        fmt(p.model_step.compute_ms),
+                        fmt(p.model_step.queue_ms),
                     ]
                 )
-        lines += table(
+    lines += table(
+        [
+            "model",
+            "batching",
+            "conc",
+            "infer/s",
+            "p50",
+            "p99",
+            "rows per execute",
+            "model compute ms / execute",
+            "model queue ms",
+        ],
+        rows,
+    )
+    lines.append("")
+    return lines
+
+
+def efficiency_lines(record: dict) -> list[str]:
+    """The in-process baseline and the end-to-end runs it is compared with."""
+    eff = efficiency_numbers(record)
+    if not eff:
+        return []
+    lines: list[str] = []
+    result = record["inprocess"][eff["model"]]
+    lines += [
+        "## Serving efficiency",
+        "",
+        f"In-process baseline (`perf/lib/inprocess.py`, {result['device']}, {result['dtype']}, "
+        f"{result['torch_threads']} torch threads, {fmt(result['mean_tokens'], 0)} tokens per row, no "
+        "server running): rows/s by batch size.",
+        "",
+    ]
+    modes = list(result["modes"])
+    batches = sorted({int(b) for rates in result["modes"].values() for b in rates})
+    lines += table(
+        ["mode", *[f"batch {b}" for b in batches]],
+        [[mode, *[fmt(result["modes"][mode].get(str(b))) for b in batches]] for mode in modes],
+    )
+    lines += ["", "End to end through the ensemble (HTTP):", ""]
+    lines += table(
+        ["conc", "infer/s", "p50", "p99", "rows per execute"],
+        [
             [
-                "batch_overhead_tokens",
-                "conc",
-                "padded ÷ real",
-                "rows / forward",
-                "rows / execute",
-                "infer/s",
-                "p50",
-                "p99",
-            ],
-            rows,
-        )
-        lines.append("")
-    points = padding_points(record)
-    if points:
-        lines += [
-            "## Padding waste on text_mixed",
-            "",
-            "`qwen3vl_padded_tokens_total` ÷ `qwen3vl_tokens_total` over each run (rows × longest row per "
-            "micro-batch ÷ real tokens).",
-            "",
-        ]
-        lines += table(
-            ["model", "proto", "conc", "padded ÷ real", "rows per execute", "rows per forward"],
-            [
+                str(p.concurrency),
+                fmt(p.throughput),
+                fmt(p.p50_ms),
+                fmt(p.p99_ms),
+                fmt(rows_per_execute(p)),
+            ]
+            for p in record["comparisons"].get("efficiency_e2e", [])
+            if p.ok
+        ],
+    )
+    lines.append("")
+    return lines
+
+
+def padding_overhead_lines(record: dict) -> list[str]:
+    """Padding against the planner's `batch_overhead_tokens`."""
+    overheads = record.get("comparisons", {}).get("padding_overhead", {})
+    if not overheads:
+        return []
+    lines: list[str] = []
+    lines += [
+        "## Padding vs the planner's `batch_overhead_tokens`",
+        "",
+        "text_mixed over HTTP on copies of the repository that differ only in the model step's "
+        "`batch_overhead_tokens` (what one more forward pass is assumed to cost, in padded tokens; "
+        "default 256). Lower values split micro-batches more often: less padding, more forward passes.",
+        "",
+    ]
+    rows = []
+    for overhead, p in sorted(overheads.items(), key=lambda item: -int(item[0])):
+        if p.ok:
+            custom = p.custom
+            rows.append(
                 [
-                    p.model,
-                    p.protocol,
+                    overhead,
                     str(p.concurrency),
                     fmt(padding_ratio(p), 3),
+                    fmt(custom.rows_per_forward),
                     fmt(rows_per_execute(p)),
-                    fmt(p.custom.rows_per_forward),
+                    fmt(p.throughput),
+                    fmt(p.p50_ms),
+                    fmt(p.p99_ms),
                 ]
-                for p in points
-            ],
-        )
-        lines.append("")
+            )
+    lines += table(
+        [
+            "batch_overhead_tokens",
+            "conc",
+            "padded ÷ real",
+            "rows / forward",
+            "rows / execute",
+            "infer/s",
+            "p50",
+            "p99",
+        ],
+        rows,
+    )
+    lines.append("")
     return lines
+
+
+def padding_waste_lines(record: dict) -> list[str]:
+    """Padding waste of the text_mixed points."""
+    points = padding_points(record)
+    if not points:
+        return []
+    lines: list[str] = []
+    lines += [
+        "## Padding waste on text_mixed",
+        "",
+        "`qwen3vl_padded_tokens_total` ÷ `qwen3vl_tokens_total` over each run (rows × longest row per "
+        "micro-batch ÷ real tokens).",
+        "",
+    ]
+    lines += table(
+        ["model", "proto", "conc", "padded ÷ real", "rows per execute", "rows per forward"],
+        [
+            [
+                p.model,
+                p.protocol,
+                str(p.concurrency),
+                fmt(padding_ratio(p), 3),
+                fmt(rows_per_execute(p)),
+                fmt(p.custom.rows_per_forward),
+            ]
+            for p in points
+        ],
+    )
+    lines.append("")
+    return lines
+
+
+def comparison_lines(record: dict) -> list[str]:
+    return (
+        batching_lines(record)
+        + efficiency_lines(record)
+        + padding_overhead_lines(record)
+        + padding_waste_lines(record)
+    )
 
 
 def cache_hits_note(points: Iterable[Point]) -> str | None:
