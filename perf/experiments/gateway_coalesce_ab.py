@@ -19,9 +19,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from perf.gateway_bench import CpuMeter, Target, request_bodies, run_gateway
 from perf.gateway_stack import EMBEDDING_NAME, GatewayStack
 from perf.lib.console import command_parser, log, parse_list
+from perf.lib.gateway_load import CpuMeter, Target, request_bodies, run_gateway
 from perf.lib.record import Experiment
 
 SETTING = "GATEWAY_COALESCE_CALLS"
