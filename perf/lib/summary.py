@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from perf.lib.console import table
+from perf.lib.console import command_parser, table
 from perf.lib.points import Point
 
 MARKERS = {"http": "o-", "grpc": "s--"}
@@ -701,11 +701,9 @@ def plot(run_dir: Path, record: dict) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print(__doc__, file=sys.stderr)
-        return 2
-    run_dir = Path(args[0])
+    parser = command_parser("perf.lib.summary", __doc__)
+    parser.add_argument("run_dir", type=Path, help="a run's directory, with its points.json")
+    run_dir = parser.parse_args(argv).run_dir
     print(write(run_dir, json.loads((run_dir / "points.json").read_text())))
     return 0
 
