@@ -415,8 +415,7 @@ def batching_lines(record: dict) -> list[str]:
     comparisons = record.get("comparisons", {})
     if not comparisons.get("batching"):
         return []
-    lines: list[str] = []
-    lines += [
+    lines = [
         "## Dynamic batching on vs off",
         "",
         "Same model, same text_200 data, HTTP; `off` is a copy of the repository whose "
@@ -441,20 +440,8 @@ def batching_lines(record: dict) -> list[str]:
                         fmt(p.model_step.queue_ms),
                     ]
                 )
-    lines += table(
-        [
-            "model",
-            "batching",
-            "conc",
-            "infer/s",
-            "p50",
-            "p99",
-            "rows per execute",
-            "model compute ms / execute",
-            "model queue ms",
-        ],
-        rows,
-    )
+    header = "model|batching|conc|infer/s|p50|p99|rows per execute|model compute ms / execute|model queue ms"
+    lines += table(header.split("|"), rows)
     lines.append("")
     return lines
 
@@ -504,8 +491,7 @@ def padding_overhead_lines(record: dict) -> list[str]:
     overheads = record.get("comparisons", {}).get("padding_overhead", {})
     if not overheads:
         return []
-    lines: list[str] = []
-    lines += [
+    lines = [
         "## Padding vs the planner's `batch_overhead_tokens`",
         "",
         "text_mixed over HTTP on copies of the repository that differ only in the model step's "
@@ -530,16 +516,7 @@ def padding_overhead_lines(record: dict) -> list[str]:
                 ]
             )
     lines += table(
-        [
-            "batch_overhead_tokens",
-            "conc",
-            "padded ÷ real",
-            "rows / forward",
-            "rows / execute",
-            "infer/s",
-            "p50",
-            "p99",
-        ],
+        "batch_overhead_tokens|conc|padded ÷ real|rows / forward|rows / execute|infer/s|p50|p99".split("|"),
         rows,
     )
     lines.append("")
@@ -551,8 +528,7 @@ def padding_waste_lines(record: dict) -> list[str]:
     points = padding_points(record)
     if not points:
         return []
-    lines: list[str] = []
-    lines += [
+    lines = [
         "## Padding waste on text_mixed",
         "",
         "`qwen3vl_padded_tokens_total` ÷ `qwen3vl_tokens_total` over each run (rows × longest row per "
