@@ -94,17 +94,17 @@ perf-accel: setup ## the vLLM-Ascend benchmark on a device (SIZE=8b DEVICE=cuda)
 # "Operations"): 4x capacity against the bounded queues; SIGKILL of each stub kind and of tritonserver under load.
 .PHONY: overload recovery
 overload: setup ## 4x capacity against the bounded queues
-	$(PY) -m perf.overload $(PERF_ARGS)
+	$(PY) -m perf.drills.overload $(PERF_ARGS)
 
 recovery: setup ## SIGKILL of each stub kind and of tritonserver under load
-	$(PY) -m perf.recovery
+	$(PY) -m perf.drills.recovery
 
 # Reliability of `make serve` (issue #10), outside `make test`, ~20 min: 5,000 seeded malformed requests with good
 # ones interleaved, a 20,000-request soak (stub RSS, throughput), 4x overload, SIGKILL of each stub kind and of
 # tritonserver under load, SIGTERM under load. Results in perf/results/<host>/<date>/reliability.{json,md}.
 .PHONY: reliability
 reliability: setup ## ~20 min: malformed requests, soak, overload, kills, SIGTERM
-	$(PY) -m perf.reliability $(PERF_ARGS)
+	$(PY) -m perf.drills.reliability $(PERF_ARGS)
 
 # The seed's `vllm bench serve` (embeddings and rerank) against the gateway, offline, with vLLM 0.33 in a venv of
 # its own (~2.2 GB, not the project's, not `make test`): `make perf-vllm` (VLLM_BENCH_ARGS="--only rerank").

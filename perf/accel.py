@@ -22,31 +22,31 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from perf.console import log
-from perf.host import RESULTS, accelerator_name, cpu_name, host_tag, write_json
-from perf.measure import measure
-from perf.perf_analyzer import Measurement, last_throughput
-from perf.pipelines import MODEL_STEP, NAMED_MODELS, PREPROCESS, REPO, model_path
-from perf.points import Point
-from perf.servers import start_server
-from perf.summary import fmt, table
-from perf.variants import (
+from perf.lib.console import command_parser, log, table
+from perf.lib.host import RESULTS, accelerator_name, cpu_name, host_tag
+from perf.lib.inprocess import in_subprocess
+from perf.lib.measure import measure
+from perf.lib.paths import REPO
+from perf.lib.perf_analyzer import Measurement, last_throughput
+from perf.lib.pipelines import MODEL_STEP, NAMED_MODELS, PREPROCESS, model_path
+from perf.lib.points import Point
+from perf.lib.record import Experiment
+from perf.lib.servers import Endpoint, start_server
+from perf.lib.summary import fmt
+from perf.lib.variants import (
     compose,
     variant_repository,
     with_instance_count,
     with_max_batch_size,
     with_parameter,
 )
-from perf.workloads import generate
+from perf.lib.workloads import generate
 
 TUTORIAL = {
     "requests": 1000,
@@ -79,11 +79,12 @@ def checkpoint(size: str, device: str) -> Path:
 
 
 def resolve_device(device: str) -> str:
+    """`auto` -> the device backend.runtime.platforms picks (NPU, else CUDA, else CPU), as `kind[:index]`."""
     if device != "auto":
         return device
-    from backend.runtime.platforms import resolve_device as backend_resolve
+    from backend.runtime.platforms import resolve_platform
 
-    return str(backend_resolve("auto", 0, None))
+    return str(resolve_platform("auto").device)
 
 
 def serving_repository(
@@ -104,11 +105,8 @@ def serving_repository(
     return variant_repository(dest, edits)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    parser = argparse.ArgumentParser(
-        prog="python -m perf.accel", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = command_parser("perf.accel", __doc__)
     parser.add_argument("--size", default="tiny", choices=("tiny", "bench", "2b", "8b"))
     parser.add_argument("--device", default="auto", help="cuda, npu, cpu or auto")
     parser.add_argument("--concurrency", type=int, default=0, help="default: 256 on accelerators, 64 on CPU")
@@ -137,57 +135,119 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--budget-s", type=float, default=570.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    started = time.monotonic()
-    deadline = started + args.budget_s
-    device = resolve_device(args.device)
-    accel = not device.startswith("cpu")
+
+def settings_for(args: argparse.Namespace, accel: bool) -> dict:
+    """The options left at 0 / empty filled with the accelerator's or the CPU's defaults."""
     concurrency = args.concurrency or (256 if accel else 64)
-    image_requests = args.image_requests or (500 if accel else 4 * concurrency)
-    max_rows = args.max_rows or (256 if accel else 64)
-    token_budget = args.token_budget or (65536 if accel else 16384)
-    preprocess_instances = args.preprocess_instances or (4 if accel else 2)
-    bare_batches = args.bare_batches or ("64,128,256" if accel else "1,16,64")
-    tag = host_tag(device)
-    run_dir = args.out / tag / datetime.date.today().isoformat()
-    for sub in ("", "csv", "raw"):
-        (run_dir / sub).mkdir(parents=True, exist_ok=True)
-    log(f"perf-accel: size {args.size} on {device}; results in {run_dir}")
-
-    record: dict = {
-        "command": shlex.join(["python", "-m", "perf.accel", *(sys.argv[1:] if argv is None else argv)]),
-        "size": args.size,
-        "device": device,
-        "device_name": accelerator_name(device) if accel else cpu_name(),
-        "started": datetime.datetime.now().isoformat(timespec="seconds"),
-        "settings": {
-            "concurrency": concurrency,
-            "requests": args.requests,
-            "image_requests": image_requests,
-            "max_rows": max_rows,
-            "token_budget": token_budget,
-            "preprocess_instances": preprocess_instances,
-            "model_instances": args.model_instances,
-            "bare_batches": bare_batches,
-            "serve_compile": args.serve_compile,
-        },
-        "points": {},
-        "timeline": {},
+    return {
+        "concurrency": concurrency,
+        "requests": args.requests,
+        "image_requests": args.image_requests or (500 if accel else 4 * concurrency),
+        "max_rows": args.max_rows or (256 if accel else 64),
+        "token_budget": args.token_budget or (65536 if accel else 16384),
+        "preprocess_instances": args.preprocess_instances or (4 if accel else 2),
+        "model_instances": args.model_instances,
+        "bare_batches": args.bare_batches or ("64,128,256" if accel else "1,16,64"),
+        "serve_compile": args.serve_compile,
     }
 
-    def mark(step: str) -> None:
-        record["timeline"][step] = round(time.monotonic() - started, 1)
-        log(f"[{record['timeline'][step]:6.1f} s] {step}")
+
+class Timeline:
+    """Seconds since the start at each step, logged as they happen; what is left of the budget."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.started = time.monotonic()
+        self.deadline = self.started + budget_s
+        self.steps: dict[str, float] = {}
+
+    def mark(self, step: str) -> None:
+        self.steps[step] = round(time.monotonic() - self.started, 1)
+        log(f"[{self.steps[step]:6.1f} s] {step}")
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+def measure_served(
+    endpoint: Endpoint, size: str, settings: dict, data: dict[str, Path], run_dir: Path, timeline: Timeline
+) -> dict[str, dict]:
+    """Warm-up, then text_200 and image_448 as the tutorial sends them: a fixed number of requests."""
+    concurrency = settings["concurrency"]
+    # Warm-up in time windows (perf_analyzer's --request-count mode sometimes hangs; windows never
+    # did); everything compiles at load, so a warm-up that takes minutes is a stall: cut it short.
+    warm = Measurement(mode="windows", interval_ms=2000, max_trials=2, timeout_s=120)
+    warm_point = measure(
+        endpoint, "text_200", data["text_200"], "http", concurrency, warm, run_dir, "accel-warmup"
+    )
+    timeline.mark("warm-up done")
+    points = {}
+    for workload, count in (("text_200", settings["requests"]), ("image_448", settings["image_requests"])):
+        remaining = timeline.remaining()
+        if remaining < 60:
+            log(f"skipping {workload}: {remaining:.0f} s left")
+            continue
+        # A hang is cut after several times the expected length (text_200's rate is known from the warm-up)
+        # and retried once (perf.lib.perf_analyzer).
+        rate = warm_point.throughput or last_throughput(
+            run_dir / "raw" / f"accel-warmup-{endpoint.label}-text_200-http-c{concurrency}.log"
+        )  # an unsettled warm-up still printed its windows' rates
+        expected = count / rate if workload == "text_200" and rate else 120
+        timeout = min(300, max(60, 30 + 4 * expected), (remaining - 30) / 2)
+        measurement = Measurement(mode="count", request_count=count, timeout_s=timeout)
+        point = measure(
+            endpoint, workload, data[workload], "http", concurrency, measurement, run_dir, f"accel-{size}"
+        )
+        points[workload] = point.as_dict()
+        log(f"  {workload} c={concurrency}: {point.describe()}")
+        timeline.mark(f"{workload} measured")
+    return points
+
+
+def time_bare_model(model: Path, device: str, settings: dict, compile: bool, out: Path, remaining: float):
+    """The bare model in a fresh interpreter once the server is gone: eager, then compiled at the best
+    batch."""
+    options = [
+        "--device",
+        device,
+        "--workload",
+        "text_200,image_448",
+        "--batch-sizes",
+        settings["bare_batches"],
+    ]
+    options += ["--modes", "bare", "--seconds", "4" if device.startswith("cpu") else "5"]
+    options += ["--deadline-s", str(max(remaining - 20, 30))] + (["--compile"] if compile else [])
+    code, result = in_subprocess(model, out, options, timeout=max(remaining - 10, 30))
+    if code is None:
+        log("bare-model timing ran out of time")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = parse_args(argv)
+    timeline = Timeline(args.budget_s)
+    device = resolve_device(args.device)
+    accel = not device.startswith("cpu")
+    settings = settings_for(args, accel)
+    tag = host_tag(device)
+    experiment = Experiment("perf.accel", argv, args.out / tag / datetime.date.today().isoformat(), host=tag)
+    run_dir = experiment.out
+    for sub in ("csv", "raw"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    log(f"perf-accel: size {args.size} on {device}; results in {run_dir}")
+    device_name = accelerator_name(device) if accel else cpu_name()
+    record: dict = {"size": args.size, "device": device, "device_name": device_name, "settings": settings}
 
     model = checkpoint(args.size, device)
-    mark("checkpoint ready")
+    timeline.mark("checkpoint ready")
     data = {"text_200": generate("text_200", rows=args.requests), "image_448": generate("image_448")}
     repository = serving_repository(
         run_dir / "raw" / f"repo-accel-{args.size}",
-        max_rows,
-        token_budget,
-        preprocess_instances,
+        settings["max_rows"],
+        settings["token_budget"],
+        settings["preprocess_instances"],
         args.model_instances,
     )
     server_log = run_dir / "raw" / f"server-accel-{args.size}.log"
@@ -199,80 +259,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         repository=repository,
         env={"DEVICE": device, "COMPILE": args.serve_compile},
     )
-    mark("server ready")
+    timeline.mark("server ready")
     record["compile_log"] = compile_lines(Path(endpoint.log_path))
     try:
-        # Warm-up in time windows (perf_analyzer's --request-count mode sometimes hangs; windows never
-        # did); everything compiles at load, so a warm-up that takes minutes is a stall: cut it short.
-        warm = Measurement(mode="windows", interval_ms=2000, max_trials=2, timeout_s=120)
-        warm_point = measure(
-            endpoint, "text_200", data["text_200"], "http", concurrency, warm, run_dir, "accel-warmup"
-        )
-        mark("warm-up done")
-        for workload, count in (("text_200", args.requests), ("image_448", image_requests)):
-            remaining = deadline - time.monotonic()
-            if remaining < 60:
-                log(f"skipping {workload}: {remaining:.0f} s left")
-                continue
-            # The tutorial's way: a fixed number of requests. A hang is cut after several times the expected
-            # length (text_200's rate is known from the warm-up) and retried once (perf.perf_analyzer).
-            rate = warm_point.throughput or last_throughput(
-                run_dir / "raw" / f"accel-warmup-{endpoint.label}-text_200-http-c{concurrency}.log"
-            )  # an unsettled warm-up still printed its windows' rates
-            expected = count / rate if workload == "text_200" and rate else 120
-            timeout = min(300, max(60, 30 + 4 * expected), (remaining - 30) / 2)
-            measurement = Measurement(mode="count", request_count=count, timeout_s=timeout)
-            point = measure(
-                endpoint,
-                workload,
-                data[workload],
-                "http",
-                concurrency,
-                measurement,
-                run_dir,
-                f"accel-{args.size}",
-            )
-            record["points"][workload] = point.as_dict()
-            log(f"  {workload} c={concurrency}: {point.describe()}")
-            mark(f"{workload} measured")
+        record["points"] = measure_served(endpoint, args.size, settings, data, run_dir, timeline)
     finally:
         endpoint.stop()
-    mark("server stopped")
+    timeline.mark("server stopped")
 
-    remaining = deadline - time.monotonic()
-    out = run_dir / "raw" / f"accel-{args.size}-bare.json"
+    remaining = timeline.remaining()
     if remaining > 60:
-        command = [
-            sys.executable,
-            "-m",
-            "perf.inprocess",
-            "--model-path",
-            str(model),
-            "--device",
-            device,
-            "--workload",
-            "text_200,image_448",
-            "--batch-sizes",
-            bare_batches,
-            "--modes",
-            "bare",
-            "--seconds",
-            "5" if accel else "4",
-            "--json",
-            str(out),
-            "--deadline-s",
-            str(max(remaining - 20, 30)),
-        ] + (["--compile"] if args.compile else [])
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        try:
-            subprocess.run(command, cwd=REPO, env=env, timeout=max(remaining - 10, 30), check=False)
-        except subprocess.TimeoutExpired:
-            log("bare-model timing ran out of time")
-        if out.exists():
-            record["bare"] = json.loads(out.read_text())
-    mark("bare model timed")
-    record["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
-    write_json(run_dir / f"accel-{args.size}.json", record)
+        out = run_dir / "raw" / f"accel-{args.size}-bare.json"
+        bare = time_bare_model(model, device, settings, args.compile, out, remaining)
+        if bare is not None:
+            record["bare"] = bare
+    timeline.mark("bare model timed")
+    record = experiment.report(**record, timeline=timeline.steps)
+    experiment.write_json(f"accel-{args.size}.json", record)
     path = write_report(run_dir / f"accel-{args.size}.md", record)
     log(f"report: {path}")
     return 0 if record["points"] else 1

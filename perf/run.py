@@ -17,8 +17,8 @@ Comparisons, each measured in this run, on servers of its own:
   batching    text_200 at --compare-concurrency (16) with the model step's dynamic batching on, then off
               (a copy of the repository whose config has no dynamic_batching block), for each compare model
   efficiency  text_200 end-to-end throughput through the ensemble on the bench model (best of concurrency
-              8, 16 and 64) / the same backend code in-process with ideal batches (perf/inprocess.py), with
-              py-spy profiles of the stubs during the end-to-end run
+              8, 16 and 64) / the same backend code in-process with ideal batches (perf/lib/inprocess.py),
+              with py-spy profiles of the stubs during the end-to-end run
   padding     padded / real tokens on text_mixed (from the sweep, else measured at concurrency 16), and
               text_mixed at concurrency 16 with batch_overhead_tokens set to each --padding-overheads value
 
@@ -29,28 +29,30 @@ points.json (everything measured) and raw/ (logs, per-run CSVs, profiles; git-ig
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
-from perf import profiling, summary
-from perf.console import log, parse_list
-from perf.host import RESULTS, busy_processes, cpu_name, git_commit, host_tag, new_run_dir, write_json
-from perf.measure import measure as measure_point
-from perf.perf_analyzer import Measurement, time_window_args
-from perf.pipelines import ENSEMBLE, MODEL_REPOSITORY, MODEL_STEP, NAMED_MODELS, PREPROCESS, REPO, RERANKER
-from perf.pipelines import model_path as checkpoint_path
-from perf.points import Point
-from perf.servers import SERVER_OVERRIDES, Endpoint, running_server, start_server
-from perf.variants import read_config, variant_repository, with_parameter, without_dynamic_batching
-from perf.workloads import DEFAULT_OUT, WORKLOADS, generate
+from perf.lib import profiling, summary
+from perf.lib.console import command_parser, log, parse_list
+from perf.lib.host import RESULTS, cpu_name, host_tag, new_run_dir, write_json
+from perf.lib.inprocess import in_subprocess
+from perf.lib.measure import measure as measure_point
+from perf.lib.paths import MODEL_REPOSITORY
+from perf.lib.perf_analyzer import Measurement, target_args, time_window_args
+from perf.lib.pipelines import ENSEMBLE, MODEL_STEP, NAMED_MODELS, PREPROCESS, RERANKER
+from perf.lib.pipelines import model_path as checkpoint_path
+from perf.lib.points import Point
+from perf.lib.record import Experiment
+from perf.lib.servers import SERVER_OVERRIDES, Endpoint, running_server, start_server
+from perf.lib.variants import read_config, variant_repository, with_parameter, without_dynamic_batching
+from perf.lib.workloads import DEFAULT_OUT, WORKLOADS, generate
 
 DEFAULT_CONCURRENCY = "1,2,4,8,16,32,64"
 TARGETS = {"efficiency": 0.85, "batching_gain": 3.0, "padding": 1.15}
@@ -59,22 +61,20 @@ TARGETS = {"efficiency": 0.85, "batching_gain": 3.0, "padding": 1.15}
 class Runner:
     def __init__(self, args: argparse.Namespace):
         self.args = args
+        # The measurement options are parsed straight into Measurement's fields (same names).
         self.measurement = Measurement(
-            mode=args.measurement,
-            interval_ms=args.interval_ms,
-            stability=args.stability,
-            max_trials=args.max_trials,
-            point_seconds=args.point_seconds,
-            timeout_s=args.point_timeout,
+            **{field.name: getattr(args, field.name) for field in fields(Measurement) if field.name in args}
         )
         if args.append and args.run_dir is None:
             raise SystemExit("--append needs --run-dir (the run to add to)")
-        self.run_dir = new_run_dir(args.host_tag or host_tag("cpu"), args.out, args.run_dir)
+        tag = args.host_tag or host_tag("cpu")
+        self.run_dir = new_run_dir(tag, args.out, args.run_dir)
+        self.experiment = Experiment("perf.run", None, self.run_dir, host=tag)
         self.data: dict[str, Path] = {}
         self.record: dict = {
-            "started": datetime.datetime.now().isoformat(timespec="seconds"),
-            "command": "python -m perf.run " + " ".join(shlex.quote(arg) for arg in sys.argv[1:]),
-            "host": host_info(),
+            "started": self.experiment.header["started"],
+            "command": self.experiment.command,
+            "host": host_info(self.experiment),
             "measurement": vars(self.measurement),
             "points": [],
             "comparisons": {},
@@ -298,39 +298,33 @@ class Runner:
         return point
 
     def inprocess(self, model: str) -> None:
-        path = checkpoint_path(model)
-        out = self.run_dir / "raw" / f"inprocess-{model}.json"
-        command = [
-            sys.executable,
-            "-m",
-            "perf.inprocess",
-            "--model-path",
-            str(path),
+        log(f"in-process baseline on {model} (no server running) ...")
+        batches = ",".join(str(b) for b in self.args.inprocess_batches)
+        options = [
             "--workload",
             "text_200",
             "--batch-sizes",
-            ",".join(str(b) for b in self.args.inprocess_batches),
+            batches,
             "--seconds",
             str(self.args.inprocess_seconds),
-            "--json",
-            str(out),
         ]
-        log(f"in-process baseline on {model} (no server running) ...")
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        for name in SERVER_OVERRIDES:
-            env.pop(name, None)
-        result = subprocess.run(command, cwd=REPO, env=env, timeout=1800)
-        if result.returncode == 0 and out.exists():
-            self.record["inprocess"][model] = json.loads(out.read_text())
+        out = self.run_dir / "raw" / f"inprocess-{model}.json"
+        code, result = in_subprocess(checkpoint_path(model), out, options, 1800, SERVER_OVERRIDES)
+        if code == 0 and result is not None:
+            self.record["inprocess"][model] = result
         else:
-            self.record["inprocess"][model] = {"error": f"perf.inprocess exited with {result.returncode}"}
+            self.record["inprocess"][model] = {"error": f"perf.lib.inprocess exited with {code}"}
 
     # -------------------------------------------------------------------------------------------------
     def finish(self) -> Path:
-        self.record["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
-        self.record["host"]["load_after"] = os.getloadavg()
+        ended = self.experiment.report()
+        self.record["finished"] = ended["finished"]
+        self.record["host"]["load_after"] = ended["load_after"]
         self.save()
         path = summary.write(self.run_dir, self.record)
+        note = summary.cache_hits_note(Point.from_dict(point) for point in self.record["points"])
+        if note:
+            log(note)
         log(f"summary: {path}")
         return path
 
@@ -344,14 +338,7 @@ def plain_command(
         shlex.join(
             [
                 "perf_analyzer",
-                "-m",
-                WORKLOADS[workload].model,
-                "-u",
-                endpoint.url(protocol),
-                "-i",
-                protocol,
-                "--input-data",
-                str(data),
+                *target_args(WORKLOADS[workload].model, endpoint, protocol, data),
                 *time_window_args(measurement),
             ]
         )
@@ -368,7 +355,8 @@ def served_batch_overhead_tokens() -> int:
     return int(value) if value else ModelSettings().batch_overhead_tokens
 
 
-def host_info() -> dict:
+def host_info(experiment: Experiment) -> dict:
+    """The machine facts `make perf` reports besides the scaffold's commit, load and busy processes."""
     import torch
 
     info = {
@@ -378,10 +366,10 @@ def host_info() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "commit": git_commit(),
+        "commit": experiment.header["commit"],
         "served_batch_overhead_tokens": served_batch_overhead_tokens(),
-        "load_before": os.getloadavg(),
-        "busy_before": busy_processes(),
+        "load_before": experiment.header["load_before"],
+        "busy_before": experiment.header["busy_at_start"],
     }
     try:
         from importlib.metadata import version
@@ -394,9 +382,7 @@ def host_info() -> dict:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m perf.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser("perf.run", __doc__)
     parser.add_argument(
         "--models", default="served", help="served, tiny, bench or checkpoint dirs (comma list)"
     )
@@ -419,12 +405,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--inprocess-batches", default="1,4,16,64")
     parser.add_argument("--inprocess-seconds", type=float, default=8.0)
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip py-spy profiles")
-    parser.add_argument("--measurement", choices=("auto", "windows", "count"), default="auto")
-    parser.add_argument("--interval-ms", type=int, default=3000)
-    parser.add_argument("--stability", type=int, default=50)
-    parser.add_argument("--max-trials", type=int, default=5)
-    parser.add_argument("--point-seconds", type=float, default=8.0)
-    parser.add_argument("--point-timeout", type=float, default=300.0)
+    default = Measurement()
+    parser.add_argument(
+        "--measurement", dest="mode", choices=("auto", "windows", "count"), default=default.mode
+    )
+    parser.add_argument("--interval-ms", type=int, default=default.interval_ms)
+    parser.add_argument("--stability", type=int, default=default.stability)
+    parser.add_argument("--max-trials", type=int, default=default.max_trials)
+    parser.add_argument("--point-seconds", type=float, default=default.point_seconds)
+    parser.add_argument("--point-timeout", dest="timeout_s", type=float, default=default.timeout_s)
     parser.add_argument("--rows", action="append", default=[], help="NAME=N: requests in a workload file")
     parser.add_argument(
         "--quick", action="store_true", help="short windows for smoke tests (-p 1000, -s 100, -r 6)"

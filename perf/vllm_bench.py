@@ -18,8 +18,6 @@ to the seed's vLLM-Ascend 8B figures) into the run directory.
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import os
 import shlex
@@ -28,8 +26,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from perf.console import log, parse_list
 from perf.gateway_stack import (
     EMBEDDING_NAME,
     RERANKER_NAME,
@@ -38,8 +36,10 @@ from perf.gateway_stack import (
     GatewayStack,
     shown_path,
 )
+from perf.lib.console import add_priority_argument, command_parser, log, parse_list
+from perf.lib.paths import REPO
+from perf.lib.record import Experiment
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_VLLM = REPO / ".venv-vllm-bench" / "bin" / "vllm"
 BENCH_TIMEOUT_S = 600.0
 # vLLM's bench waits this long for a first successful request before it starts (0 = no check).
@@ -135,12 +135,13 @@ def run_bench(vllm: Path, bench: Bench, base_url: str, run_dir: Path, num_prompt
         )
         output, code = result.stdout + result.stderr, result.returncode
     except subprocess.TimeoutExpired as expired:
-        output, code = (
-            f"{expired.stdout or ''}{expired.stderr or ''}\ntimed out after {BENCH_TIMEOUT_S:.0f} s",
-            -9,
+        printed = "".join(
+            part.decode(errors="replace") if isinstance(part, bytes) else part or ""
+            for part in (expired.stdout, expired.stderr)
         )
+        output, code = f"{printed}\ntimed out after {BENCH_TIMEOUT_S:.0f} s", -9
     (run_dir / f"vllm-bench-{bench.name}.log").write_text(f"$ HF_HUB_OFFLINE=1 {shlex.join(argv)}\n{output}")
-    outcome = {
+    outcome: dict[str, Any] = {
         "name": bench.name,
         "command": "HF_HUB_OFFLINE=1 " + shlex.join(argv),
         "exit_code": code,
@@ -177,15 +178,10 @@ def _number(value: float | None) -> str:
     return f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
 
 
-def write_summary(run_dir: Path, report: dict) -> None:
+def write_summary(experiment: Experiment, report: dict) -> None:
     lines = [
-        "# vLLM 0.33 `vllm bench serve` against the gateway",
-        "",
-        f"- Command: `{report['command']}`",
-        f"- When: {report['started']} to {report['finished']}; commit {report['commit']}",
-        f"- Host: {report['host']}; scheduling priority (autogroup nice of server, gateway and bench) "
-        f"{report['priority']}",
-        f"- Busy before the start: {', '.join(report['busy_at_start']) or 'nothing'}",
+        *experiment.heading("vLLM 0.33 `vllm bench serve` against the gateway", report),
+        f"- Scheduling priority (autogroup nice of server, gateway and bench): {report['priority']}",
         f"- Served: {report['served']}",
         f"- vLLM: {report['vllm_version']} from perf/requirements-vllm-bench.txt in its own venv, offline",
         "- The tiny random-weight checkpoints on 2 shared CPU cores: this measures the serving path (HTTP, "
@@ -209,7 +205,7 @@ def write_summary(run_dir: Path, report: dict) -> None:
                 "```",
                 "",
             ]
-    (run_dir / "vllm-bench.md").write_text("\n".join(lines) + "\n")
+    experiment.write_markdown("vllm-bench.md", lines)
 
 
 def vllm_version(vllm: Path) -> str:
@@ -227,29 +223,20 @@ def vllm_version(vllm: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from perf.gateway_bench import default_run_dir
-    from perf.host import busy_processes, git_commit, host_tag
 
-    parser = argparse.ArgumentParser(prog="python -m perf.vllm_bench", description=__doc__.split("\n")[0])
+    parser = command_parser("perf.vllm_bench", __doc__)
     parser.add_argument("--vllm", type=Path, default=DEFAULT_VLLM, help="the bench venv's vllm entry point")
     parser.add_argument("--only", default=",".join(BENCHES), help="comma-separated: embeddings,rerank")
     parser.add_argument("--num-prompts", type=int, default=1000, help="the seed's (and vLLM's) default")
     parser.add_argument("--base-url", default=None, help="a running gateway; default: start one here")
-    parser.add_argument(
-        "--priority",
-        type=int,
-        default=0,
-        help="scheduling nice of the server, gateway and bench, e.g. -10 on a machine others share (root)",
-    )
+    add_priority_argument(parser)
     parser.add_argument("--run-dir", type=Path, default=None, help="default perf/results/<host>/<date>")
     args = parser.parse_args(argv)
     if not args.vllm.exists():
         raise SystemExit(f"{args.vllm} not found: `make perf-vllm` installs it")
-    run_dir = (args.run_dir or default_run_dir()).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    experiment = Experiment("perf.vllm_bench", argv, args.run_dir.resolve() if args.run_dir else None)
+    run_dir = experiment.out.resolve()
     benches = [BENCHES[name] for name in parse_list(args.only)]
-    started = datetime.datetime.now().isoformat(timespec="seconds")
-    busy = busy_processes()
     outcomes = []
     if args.base_url:
         served = args.base_url
@@ -264,19 +251,13 @@ def main(argv: list[str] | None = None) -> int:
                 for problem in stack.prioritize(args.priority):
                     log(f"priority not set for {problem}")
             outcomes = [run_bench(args.vllm, b, stack.base_url, run_dir, args.num_prompts) for b in benches]
-    report = {
-        "command": "python -m perf.vllm_bench " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "started": started,
-        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "host": host_tag(),
-        "busy_at_start": busy,
-        "priority": args.priority,
-        "served": served,
-        "vllm_version": vllm_version(args.vllm),
-        "benches": outcomes,
-    }
-    write_summary(run_dir, report)
+    report = experiment.report(
+        priority=args.priority,
+        served=served,
+        vllm_version=vllm_version(args.vllm),
+        benches=outcomes,
+    )
+    write_summary(experiment, report)
     log(f"wrote {run_dir / 'vllm-bench.md'}")
     failed = [o["name"] for o in outcomes if o["exit_code"] or not o["result"] or o["result"]["failed"]]
     for outcome in outcomes:

@@ -8,8 +8,8 @@ import asyncio
 
 import numpy as np
 
-from perf.servers import start_server
-from perf.variants import variant_repository, with_parameter
+from perf.lib.servers import start_server
+from perf.lib.variants import variant_repository, with_parameter
 
 BURST = 64
 TEXT = "The quick brown fox jumps over the lazy dog while the river runs past the old mill. " * 20

@@ -12,8 +12,8 @@ import tritonclient.http as http
 
 from backend.metrics import FLUSH_SECONDS
 from backend.settings import SERVER_ENV_VARIABLES
-from perf.server_stats import parse_prometheus
-from perf.servers import environment
+from perf.lib.server_stats import parse_prometheus
+from perf.lib.servers import environment
 from tests.conftest import REPO
 from tests.integration.conftest import embed, embed_async, rerank
 from tools import synthetic

@@ -1,10 +1,10 @@
 """A bounded, seeded fuzz run against the served ensembles and their inner model steps (issue #10).
 
-300 malformed requests (perf.malformed: wrong dtypes, shapes and batch sizes, missing inputs, out-of-range
-DIMENSIONS, non-UTF-8 text, broken / truncated / mutated images and videos, ffconcat and playlist scripts,
-special-token strings, texts over and under the byte limit, RAW / TOKEN_IDS misuse, bad INPUT_IDS /
-SEQ_LEN / grids / EMBED_DIM sent straight to the ``*_model`` steps, raw HTTP bodies) over HTTP and gRPC,
-with a good request after every 8th. The cases are the same on every run (fixed seed).
+300 malformed requests (perf.drills.malformed: wrong dtypes, shapes and batch sizes, missing inputs,
+out-of-range DIMENSIONS, non-UTF-8 text, broken / truncated / mutated images and videos, ffconcat and
+playlist scripts, special-token strings, texts over and under the byte limit, RAW / TOKEN_IDS misuse, bad
+INPUT_IDS / SEQ_LEN / grids / EMBED_DIM sent straight to the ``*_model`` steps, raw HTTP bodies) over HTTP
+and gRPC, with a good request after every 8th. The cases are the same on every run (fixed seed).
 
 Each case must be answered within 10 s, with 4xx / INVALID_ARGUMENT where the input is wrong and never with
 an INTERNAL from our code; the good requests must get exactly what they got alone before the fuzz; the server
@@ -27,7 +27,7 @@ from collections import Counter
 
 import pytest
 
-from perf.malformed import (
+from perf.drills.malformed import (
     ANSWERED_INVALID,
     ANSWERED_OK,
     EMBEDDING,

@@ -25,7 +25,7 @@ import pytest
 
 from backend.backpressure import channel_files
 from backend.settings import SERVER_ENV_VARIABLES
-from perf.recovery import Readiness
+from perf.drills.recovery import Readiness
 from tests.conftest import REPO
 from tools.launcher import STOP_MARGIN_SECS, free_ports
 from tools.watchdog import OLD_STUB_GRACE_SECS, live_stubs

@@ -30,7 +30,7 @@ def test_protobuf_is_carried_at_the_pinned_version():
 
 
 def test_the_carried_model_config_module_edits_configs_without_tritonclient(tmp_path):
-    """On the GPU machine only tritonclient's model_config_pb2 is carried: perf.variants must work with it
+    """On the GPU machine only tritonclient's model_config_pb2 is carried: perf.lib.variants must work with it
     alone (no grpcio, no tritonclient gRPC client), as it does here."""
     import subprocess
     import sys
@@ -39,8 +39,9 @@ def test_the_carried_model_config_module_edits_configs_without_tritonclient(tmp_
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(contents)
     code = (
-        "import sys; from perf.variants import read_config, model_config_pb2; "
-        "from perf.pipelines import MODEL_REPOSITORY, MODEL_STEP; "
+        "import sys; from perf.lib.variants import read_config; "
+        "from tritonclient.grpc import model_config_pb2; "
+        "from perf.lib.paths import MODEL_REPOSITORY; from perf.lib.pipelines import MODEL_STEP; "
         "config = read_config(MODEL_REPOSITORY / MODEL_STEP / 'config.pbtxt'); "
         "print(model_config_pb2.__file__, config.max_batch_size, 'grpc' in sys.modules)"
     )

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from perf.gateway_bench import Side, request_bodies, summarize, summarize_gateway_profile
+from perf.gateway_bench import summarize, summarize_gateway_profile
+from perf.lib.gateway_load import Side, request_bodies
 from perf.vllm_bench import _result_block
 
 

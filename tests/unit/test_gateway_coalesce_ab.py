@@ -1,8 +1,8 @@
-"""perf.gateway_coalesce_ab's pairing of windows (no servers)."""
+"""perf.experiments.gateway_coalesce_ab's pairing of windows (no servers)."""
 
 from __future__ import annotations
 
-from perf.gateway_coalesce_ab import summarize
+from perf.experiments.gateway_coalesce_ab import summarize
 
 
 def window(mode: str, throughput: float, concurrency: int = 16, rows: float = 1.0) -> dict:

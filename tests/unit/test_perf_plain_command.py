@@ -6,10 +6,10 @@ import re
 import shlex
 from pathlib import Path
 
-from perf.perf_analyzer import Measurement
+from perf.lib.perf_analyzer import Measurement
+from perf.lib.servers import Endpoint
+from perf.lib.workloads import WORKLOADS
 from perf.run import plain_command
-from perf.servers import Endpoint
-from perf.workloads import WORKLOADS
 from tests.conftest import REPO
 
 

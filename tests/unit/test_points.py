@@ -1,5 +1,5 @@
-"""perf.points: the typed point record, read back from points.json (also from a run written before this
-module existed) and rendered by perf.summary and perf.accel as a type."""
+"""perf.lib.points: the typed point record, read back from points.json (also from a run written before this
+module existed) and rendered by perf.lib.summary and perf.accel as a type."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import shutil
 
 import pytest
 
-from perf import accel, summary
-from perf.pipelines import REPO, RERANKER
-from perf.points import CustomMetrics, Point, StageStats
+from perf import accel
+from perf.lib import summary
+from perf.lib.paths import REPO
+from perf.lib.pipelines import RERANKER
+from perf.lib.points import CustomMetrics, Point, StageStats
 
 RUN = REPO / "perf" / "results" / "cpu-x86_64-2c" / "2026-11-27"
 
@@ -47,7 +49,8 @@ def test_an_unknown_field_fails_loudly():
 
 def test_the_committed_run_renders_the_committed_summary(tmp_path):
     """Every point of a real run (sweeps and comparisons) is read as a Point and the summary comes out as
-    committed. After a deliberate change to perf/summary.py, re-render it: python -m perf.summary RUN."""
+    committed. After a deliberate change to perf/lib/summary.py, re-render it:
+    python -m perf.lib.summary RUN."""
     run_dir = tmp_path / RUN.parent.name / RUN.name
     run_dir.mkdir(parents=True)
     for name in ("points.json", "NOTES.md"):
@@ -67,3 +70,25 @@ def test_the_accel_report_reads_its_points_as_points(tmp_path):
     point = Point.from_dict(record["points"]["text_200"])
     rows = f"{point.model_step.rows_per_execute:.1f} rows per execute"
     assert f"text_200 through Triton (1000 requests) | {point.throughput:.1f} req/s" in text and rows in text
+
+
+def test_response_cache_hits_are_counted_and_said():
+    """`make perf` against a server with a response cache: Triton's `cache_hit` count of the ensemble is
+    kept per point and said on the progress line, on the console at the end and in summary.md."""
+    from perf.lib.server_stats import Snapshot, stats_delta
+
+    def stats(success: int, hits: int) -> dict:
+        counts = {"success": {"count": success, "ns": success * 1000}, "cache_hit": {"count": hits, "ns": 0}}
+        return {RERANKER.ensemble: {"inference_stats": counts}}
+
+    stages = stats_delta(Snapshot(stats(10, 2)), Snapshot(stats(30, 7)))
+    assert stages[RERANKER.ensemble].cache_hits == 5 and stages[RERANKER.ensemble].requests == 20
+
+    point = a_point()
+    assert summary.cache_hits_note([point]) is None and "cache" not in point.describe()
+    point.stages.update(stages)
+    assert Point.from_dict(json.loads(json.dumps(point.as_dict()))).cache_hits == 5
+    assert "response-cache hits 5 of 20" in point.describe()
+    note = summary.cache_hits_note([point])
+    assert note is not None and "tiny rerank_200 http c=4 (5 of 20)" in note
+    assert summary.cache_lines({"points": [point]}) == [f"**{note}**", ""]

@@ -1,13 +1,15 @@
-"""perf.variants: config.pbtxt edited as Triton's ModelConfig protobuf; every edit changes exactly its field
-and fails loudly when the field is not there (a text replace would silently leave the copy unchanged)."""
+"""perf.lib.variants: config.pbtxt edited as Triton's ModelConfig protobuf; every edit changes exactly its
+field and fails loudly when the field is not there (a text replace would silently leave the copy
+unchanged)."""
 
 from __future__ import annotations
 
 import pytest
 from google.protobuf import text_format
 
-from perf.pipelines import ENSEMBLE, MODEL_REPOSITORY, MODEL_STEP, PREPROCESS, RERANKER
-from perf.variants import (
+from perf.lib.paths import MODEL_REPOSITORY
+from perf.lib.pipelines import ENSEMBLE, MODEL_STEP, PREPROCESS, RERANKER
+from perf.lib.variants import (
     ConfigEditError,
     ModelConfig,
     compose,

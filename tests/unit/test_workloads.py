@@ -1,5 +1,5 @@
-"""perf/workloads.py: deterministic perf_analyzer input files; text_200 is exactly 200 tokens of the model's
-tokenizer, as `vllm bench serve --random-input 200` sends."""
+"""perf/lib/workloads.py: deterministic perf_analyzer input files; text_200 is exactly 200 tokens of the
+model's tokenizer, as `vllm bench serve --random-input 200` sends."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from perf import workloads
+from perf.lib import workloads
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +114,9 @@ def test_mixed_rows_have_text_and_an_image_or_an_empty_element(gen, tmp_path):
 def test_comparison_variants_edit_a_copy_of_the_repository(tmp_path):
     """The batching-off and accelerator variants change exactly what they say, in a copy."""
     from perf import accel
-    from perf.pipelines import EMBEDDING_MODELS, MODEL_REPOSITORY, MODEL_STEP, PREPROCESS
-    from perf.variants import read_config, variant_repository, without_dynamic_batching
+    from perf.lib.paths import MODEL_REPOSITORY
+    from perf.lib.pipelines import EMBEDDING_MODELS, MODEL_STEP, PREPROCESS
+    from perf.lib.variants import read_config, variant_repository, without_dynamic_batching
 
     real_text = (MODEL_REPOSITORY / MODEL_STEP / "config.pbtxt").read_text()
     real = read_config(MODEL_REPOSITORY / MODEL_STEP / "config.pbtxt")
@@ -143,8 +144,8 @@ def test_comparison_variants_edit_a_copy_of_the_repository(tmp_path):
 
 
 def test_prometheus_text_and_statistics_deltas():
-    from perf.pipelines import MODEL_STEP, PREPROCESS, RERANKER
-    from perf.server_stats import Snapshot, custom_delta, parse_prometheus, stats_delta
+    from perf.lib.pipelines import MODEL_STEP, PREPROCESS, RERANKER
+    from perf.lib.server_stats import Snapshot, custom_delta, parse_prometheus, stats_delta
 
     m, p = MODEL_STEP, PREPROCESS
     before = Snapshot(metrics=parse_prometheus(f'qwen3vl_rows_total{{model="{m}"}} 2\n'), time=0.0)

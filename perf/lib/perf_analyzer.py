@@ -11,8 +11,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from perf.pipelines import ENSEMBLE
-from perf.servers import Endpoint
+from perf.lib.pipelines import ENSEMBLE
+from perf.lib.servers import Endpoint
 
 
 @dataclass
@@ -118,6 +118,11 @@ def time_window_args(measurement: Measurement) -> list[str]:
     ]
 
 
+def target_args(ensemble: str, endpoint: Endpoint, protocol: str, data: Path) -> list[str]:
+    """What perf_analyzer sends and where: the ensemble, the server's address over `protocol`, the data."""
+    return ["-m", ensemble, "-u", endpoint.url(protocol), "-i", protocol, "--input-data", str(data)]
+
+
 def run_perf_analyzer(
     endpoint: Endpoint,
     protocol: str,
@@ -132,14 +137,7 @@ def run_perf_analyzer(
     """Run one measurement; returns (mode used, error or ""). The CSV lands at csv_path on success."""
     base = [
         perf_analyzer_binary(),
-        "-m",
-        ensemble,
-        "-u",
-        endpoint.url(protocol),
-        "-i",
-        protocol,
-        "--input-data",
-        str(data),
+        *target_args(ensemble, endpoint, protocol, data),
         "--concurrency-range",
         f"{concurrency}:{concurrency}",
         "-f",

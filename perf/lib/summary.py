@@ -1,6 +1,6 @@
 """summary.md and PNG plots of one perf run, from its points.json.
 
-python -m perf.summary perf/results/<host-tag>/<date>    # re-render after editing this file
+python -m perf.lib.summary perf/results/<host-tag>/<date>    # re-render after editing this file
 """
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import sys
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from perf.points import Point
+from perf.lib.console import command_parser, table
+from perf.lib.points import Point
 
 MARKERS = {"http": "o-", "grpc": "s--"}
 
@@ -51,6 +52,11 @@ def with_typed_points(record: dict) -> dict:
     return {**record, "points": points, "comparisons": comparisons}
 
 
+def one_minute(load: float | Sequence[float]) -> float:
+    """The 1-minute load average: runs before perf.lib.record kept all three."""
+    return load if isinstance(load, (int, float)) else load[0]
+
+
 def fmt(value: float | None, digits: int = 1) -> str:
     if value is None:
         return "–"
@@ -67,12 +73,6 @@ def verdict(value: float | None, target: float, higher_is_better: bool) -> str:
     if value <= target:
         return "**met**"
     return f"**missed** by {100 * (value / target - 1):.0f} % ({value:.2f} vs {target:g})"
-
-
-def table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def headline_padding(record: dict) -> tuple[Point, list[Point]] | None:
     points = [p for p in padding_points(record) if p.tag == "sweep" and p.concurrency > 1]
     if not points:
         return None
-    return max(points, key=padding_ratio), points
+    return max(points, key=lambda point: padding_ratio(point) or 0.0), points
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -133,8 +133,8 @@ def header_lines(record: dict, run_dir: Path) -> list[str]:
         f"{host.get('tritonclient', '?')}; commit {host.get('commit') or '?'}.",
         f"- Command: `{record['command']}`; {record['started']} to {record.get('finished', '?')} "
         f"({record.get('elapsed_s', 0) / 60:.1f} min).",
-        f"- Load average before {fmt(host['load_before'][0], 2)}, "
-        f"after {fmt(host.get('load_after', [0])[0], 2)}"
+        f"- Load average before {fmt(one_minute(host['load_before']), 2)}, "
+        f"after {fmt(one_minute(host.get('load_after', 0)), 2)}"
         + (
             f"; other busy processes at the start: {'; '.join(host['busy_before'])}"
             if host.get("busy_before")
@@ -189,7 +189,7 @@ def targets_lines(record: dict) -> list[str]:
     padding = comparisons.get("padding")
     if headline:
         worst, batched = headline
-        ratios = [padding_ratio(p) for p in batched]
+        ratios = [ratio for ratio in map(padding_ratio, batched) if ratio is not None]
         rows.append(
             [
                 "Padding waste, text_mixed, worst sweep point with batching (c > 1), served config",
@@ -410,148 +410,178 @@ def preprocess_lines(points: list[Point]) -> list[str]:
     ]
 
 
-def comparison_lines(record: dict) -> list[str]:
+def batching_lines(record: dict) -> list[str]:
+    """Dynamic batching on vs off, side by side."""
     comparisons = record.get("comparisons", {})
-    lines: list[str] = []
-    if comparisons.get("batching"):
-        lines += [
-            "## Dynamic batching on vs off",
-            "",
-            "Same model, same text_200 data, HTTP; `off` is a copy of the repository whose "
-            "`qwen3_vl_embedding_model` config has no `dynamic_batching` block.",
-            "",
-        ]
-        rows = []
-        for model, result in comparisons["batching"].items():
-            for state in ("on", "off"):
-                p = result.get(state)
-                if p and p.ok:
-                    rows.append(
-                        [
-                            model,
-                            state,
-                            str(p.concurrency),
-                            fmt(p.throughput),
-                            fmt(p.p50_ms),
-                            fmt(p.p99_ms),
-                            fmt(rows_per_execute(p)),
-                            fmt(p.model_step.compute_ms),
-                            fmt(p.model_step.queue_ms),
-                        ]
-                    )
-        lines += table(
-            [
-                "model",
-                "batching",
-                "conc",
-                "infer/s",
-                "p50",
-                "p99",
-                "rows per execute",
-                "model compute ms / execute",
-                "model queue ms",
-            ],
-            rows,
-        )
-        lines.append("")
-    eff = efficiency_numbers(record)
-    if eff:
-        result = record["inprocess"][eff["model"]]
-        lines += [
-            "## Serving efficiency",
-            "",
-            f"In-process baseline (`perf/inprocess.py`, {result['device']}, {result['dtype']}, "
-            f"{result['torch_threads']} torch threads, {fmt(result['mean_tokens'], 0)} tokens per row, no "
-            "server running): rows/s by batch size.",
-            "",
-        ]
-        modes = list(result["modes"])
-        batches = sorted({int(b) for rates in result["modes"].values() for b in rates})
-        lines += table(
-            ["mode", *[f"batch {b}" for b in batches]],
-            [[mode, *[fmt(result["modes"][mode].get(str(b))) for b in batches]] for mode in modes],
-        )
-        lines += ["", "End to end through the ensemble (HTTP):", ""]
-        lines += table(
-            ["conc", "infer/s", "p50", "p99", "rows per execute"],
-            [
-                [
-                    str(p.concurrency),
-                    fmt(p.throughput),
-                    fmt(p.p50_ms),
-                    fmt(p.p99_ms),
-                    fmt(rows_per_execute(p)),
-                ]
-                for p in record["comparisons"].get("efficiency_e2e", [])
-                if p.ok
-            ],
-        )
-        lines.append("")
-    overheads = comparisons.get("padding_overhead", {})
-    if overheads:
-        lines += [
-            "## Padding vs the planner's `batch_overhead_tokens`",
-            "",
-            "text_mixed over HTTP on copies of the repository that differ only in the model step's "
-            "`batch_overhead_tokens` (what one more forward pass is assumed to cost, in padded tokens; "
-            "default 256). Lower values split micro-batches more often: less padding, more forward passes.",
-            "",
-        ]
-        rows = []
-        for overhead, p in sorted(overheads.items(), key=lambda item: -int(item[0])):
-            if p.ok:
-                custom = p.custom
+    if not comparisons.get("batching"):
+        return []
+    lines = [
+        "## Dynamic batching on vs off",
+        "",
+        "Same model, same text_200 data, HTTP; `off` is a copy of the repository whose "
+        "`qwen3_vl_embedding_model` config has no `dynamic_batching` block.",
+        "",
+    ]
+    rows = []
+    for model, result in comparisons["batching"].items():
+        for state in ("on", "off"):
+            p = result.get(state)
+            if p and p.ok:
                 rows.append(
                     [
-                        overhead,
+                        model,
+                        state,
                         str(p.concurrency),
-                        fmt(padding_ratio(p), 3),
-                        fmt(custom.rows_per_forward),
-                        fmt(rows_per_execute(p)),
                         fmt(p.throughput),
                         fmt(p.p50_ms),
                         fmt(p.p99_ms),
+                        fmt(rows_per_execute(p)),
+                        fmt(p.model_step.compute_ms),
+                        fmt(p.model_step.queue_ms),
                     ]
                 )
-        lines += table(
+    header = "model|batching|conc|infer/s|p50|p99|rows per execute|model compute ms / execute|model queue ms"
+    lines += table(header.split("|"), rows)
+    lines.append("")
+    return lines
+
+
+def efficiency_lines(record: dict) -> list[str]:
+    """The in-process baseline and the end-to-end runs it is compared with."""
+    eff = efficiency_numbers(record)
+    if not eff:
+        return []
+    lines: list[str] = []
+    result = record["inprocess"][eff["model"]]
+    lines += [
+        "## Serving efficiency",
+        "",
+        f"In-process baseline (`perf/lib/inprocess.py`, {result['device']}, {result['dtype']}, "
+        f"{result['torch_threads']} torch threads, {fmt(result['mean_tokens'], 0)} tokens per row, no "
+        "server running): rows/s by batch size.",
+        "",
+    ]
+    modes = list(result["modes"])
+    batches = sorted({int(b) for rates in result["modes"].values() for b in rates})
+    lines += table(
+        ["mode", *[f"batch {b}" for b in batches]],
+        [[mode, *[fmt(result["modes"][mode].get(str(b))) for b in batches]] for mode in modes],
+    )
+    lines += ["", "End to end through the ensemble (HTTP):", ""]
+    lines += table(
+        ["conc", "infer/s", "p50", "p99", "rows per execute"],
+        [
             [
-                "batch_overhead_tokens",
-                "conc",
-                "padded ÷ real",
-                "rows / forward",
-                "rows / execute",
-                "infer/s",
-                "p50",
-                "p99",
-            ],
-            rows,
-        )
-        lines.append("")
-    points = padding_points(record)
-    if points:
-        lines += [
-            "## Padding waste on text_mixed",
-            "",
-            "`qwen3vl_padded_tokens_total` ÷ `qwen3vl_tokens_total` over each run (rows × longest row per "
-            "micro-batch ÷ real tokens).",
-            "",
-        ]
-        lines += table(
-            ["model", "proto", "conc", "padded ÷ real", "rows per execute", "rows per forward"],
-            [
+                str(p.concurrency),
+                fmt(p.throughput),
+                fmt(p.p50_ms),
+                fmt(p.p99_ms),
+                fmt(rows_per_execute(p)),
+            ]
+            for p in record["comparisons"].get("efficiency_e2e", [])
+            if p.ok
+        ],
+    )
+    lines.append("")
+    return lines
+
+
+def padding_overhead_lines(record: dict) -> list[str]:
+    """Padding against the planner's `batch_overhead_tokens`."""
+    overheads = record.get("comparisons", {}).get("padding_overhead", {})
+    if not overheads:
+        return []
+    lines = [
+        "## Padding vs the planner's `batch_overhead_tokens`",
+        "",
+        "text_mixed over HTTP on copies of the repository that differ only in the model step's "
+        "`batch_overhead_tokens` (what one more forward pass is assumed to cost, in padded tokens; "
+        "default 256). Lower values split micro-batches more often: less padding, more forward passes.",
+        "",
+    ]
+    rows = []
+    for overhead, p in sorted(overheads.items(), key=lambda item: -int(item[0])):
+        if p.ok:
+            custom = p.custom
+            rows.append(
                 [
-                    p.model,
-                    p.protocol,
+                    overhead,
                     str(p.concurrency),
                     fmt(padding_ratio(p), 3),
+                    fmt(custom.rows_per_forward),
                     fmt(rows_per_execute(p)),
-                    fmt(p.custom.rows_per_forward),
+                    fmt(p.throughput),
+                    fmt(p.p50_ms),
+                    fmt(p.p99_ms),
                 ]
-                for p in points
-            ],
-        )
-        lines.append("")
+            )
+    lines += table(
+        "batch_overhead_tokens|conc|padded ÷ real|rows / forward|rows / execute|infer/s|p50|p99".split("|"),
+        rows,
+    )
+    lines.append("")
     return lines
+
+
+def padding_waste_lines(record: dict) -> list[str]:
+    """Padding waste of the text_mixed points."""
+    points = padding_points(record)
+    if not points:
+        return []
+    lines = [
+        "## Padding waste on text_mixed",
+        "",
+        "`qwen3vl_padded_tokens_total` ÷ `qwen3vl_tokens_total` over each run (rows × longest row per "
+        "micro-batch ÷ real tokens).",
+        "",
+    ]
+    lines += table(
+        ["model", "proto", "conc", "padded ÷ real", "rows per execute", "rows per forward"],
+        [
+            [
+                p.model,
+                p.protocol,
+                str(p.concurrency),
+                fmt(padding_ratio(p), 3),
+                fmt(rows_per_execute(p)),
+                fmt(p.custom.rows_per_forward),
+            ]
+            for p in points
+        ],
+    )
+    lines.append("")
+    return lines
+
+
+def comparison_lines(record: dict) -> list[str]:
+    return (
+        batching_lines(record)
+        + efficiency_lines(record)
+        + padding_overhead_lines(record)
+        + padding_waste_lines(record)
+    )
+
+
+def cache_hits_note(points: Iterable[Point]) -> str | None:
+    """Which points Triton's response cache answered in part (its hits are in their throughput and
+    latency: the served ensembles enable the cache whenever the server has one), or None."""
+    hit = [point for point in points if point.cache_hits]
+    if not hit:
+        return None
+    where = ", ".join(
+        f"{point.model} {point.workload} {point.protocol} c={point.concurrency} "
+        f"({point.cache_hits} of {point.stage(point.ensemble).requests})"
+        for point in hit
+    )
+    return (
+        f"Response-cache hits were counted in {len(hit)} point(s): {where}. The server has a response cache "
+        "(`--cache-config`) and the workload's requests repeat, so those answers skipped both steps."
+    )
+
+
+def cache_lines(record: dict) -> list[str]:
+    note = cache_hits_note(record["points"])
+    return [f"**{note}**", ""] if note else []
 
 
 def write(run_dir: Path, record: dict) -> Path:
@@ -560,6 +590,7 @@ def write(run_dir: Path, record: dict) -> Path:
     record = with_typed_points(record)
     lines = header_lines(record, run_dir)
     lines += targets_lines(record)
+    lines += cache_lines(record)
     notes = run_dir / "NOTES.md"
     if notes.exists():
         lines += ["Analysis of these numbers: [NOTES.md](NOTES.md).", ""]
@@ -633,22 +664,10 @@ def plot(run_dir: Path, record: dict) -> list[Path]:
                 continue  # one protocol per workload keeps the chart readable; the CSVs have both
             items.sort(key=lambda p: p.concurrency)
             xs = [p.throughput for p in items]
-            ax.plot(
-                xs,
-                [p.p50_ms for p in items],
-                "o-",
-                color=colors[workload],
-                markersize=4,
-                label=f"{workload} p50",
-            )
-            ax.plot(
-                xs,
-                [p.p99_ms for p in items],
-                "v:",
-                color=colors[workload],
-                markersize=4,
-                label=f"{workload} p99",
-            )
+            for quantile, style in (("p50", "o-"), ("p99", "v:")):
+                ys = [getattr(p, f"{quantile}_ms") for p in items]
+                label = f"{workload} {quantile}"
+                ax.plot(xs, ys, style, color=colors[workload], markersize=4, label=label)
         ax.set_xscale("log")
         ax.set_xlabel("throughput (requests/s)")
         ax.set_ylabel("latency (ms)")
@@ -658,11 +677,9 @@ def plot(run_dir: Path, record: dict) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print(__doc__, file=sys.stderr)
-        return 2
-    run_dir = Path(args[0])
+    parser = command_parser("perf.lib.summary", __doc__)
+    parser.add_argument("run_dir", type=Path, help="a run's directory, with its points.json")
+    run_dir = parser.parse_args(argv).run_dir
     print(write(run_dir, json.loads((run_dir / "points.json").read_text())))
     return 0
 

@@ -1,6 +1,6 @@
 """Recovery test: kill each kind of process under `make serve` while requests flow; how soon does it serve?
 
-    python -m perf.recovery [--out DIR]
+    python -m perf.drills.recovery [--out DIR]
     make reliability
 
 Runs ``python -m tools.launcher serve`` (what ``make serve`` runs) on model_repository/ with the tiny
@@ -15,13 +15,11 @@ and whether any stub or /dev/shm region is left. Results go to perf/results/<hos
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import datetime
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -30,12 +28,15 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from backend.protocol import EMBEDDING_ENSEMBLE, RERANKER_ENSEMBLE
+from perf.lib.console import add_out_argument, code_block, command_parser
+from perf.lib.paths import REPO
+from perf.lib.record import Experiment
 from tools.launcher import free_ports
 from tools.watchdog import live_stubs
 
-REPO = Path(__file__).resolve().parent.parent
 STEPS = ("preprocess", "model")
 SERVE_LINE = re.compile(r"tritonserver pid (?P<pid>\d+), shm prefix (?P<prefix>\S+),")
 RESTART_LINE = "restarting tritonserver: the stub watchdog cannot repair it"
@@ -263,20 +264,79 @@ def kill_past_the_limit(base: str, log: Path, load: Load, model: str, ensemble: 
     return result
 
 
+def kills_table(results: list[dict]) -> list[str]:
+    """Each SIGKILL under load as a markdown table (also in reliability.md)."""
+    return [
+        "| SIGKILL of | readiness false after | serving again after | failed attempts (50 ms apart) |",
+        "|---|---|---|---|",
+        *(
+            f"| {result['killed']} | {result['readiness_false_after_s']} s "
+            f"| {result['serving_again_after_s']} s | {_counts(result['failed_requests'])} |"
+            for result in results
+        ),
+    ]
+
+
 def _counts(failed: dict[str, int]) -> str:
     return ", ".join(f"{model}: {count}" for model, count in sorted(failed.items())) or "0"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf.recovery", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=None, help="default: perf/results/<host>/<date>")
-    args = parser.parse_args(argv)
-    command = "python -m perf.recovery " + shlex.join(sys.argv[1:] if argv is None else argv)
-    if args.out is None:
-        from perf.host import todays_results_dir
+def stop_under_load(process: subprocess.Popen, log: Path, load: Load) -> dict[str, Any]:
+    """SIGTERM of the launcher while requests flow: how long it takes and what it leaves behind."""
+    server_pid, prefix = SERVE_LINE.findall(log.read_text())[-1]
+    stopping = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=120)
+    return {
+        "stop_seconds": round(time.monotonic() - stopping, 2),
+        "launcher_exit_code": code,
+        "stubs_left": len(live_stubs(int(server_pid))),
+        "shm_regions_left": len(list(Path("/dev/shm").glob(f"{prefix}*"))),
+        "requests_failed_during_stop": load.failed_between(stopping, time.monotonic()),
+    }
 
-        args.out = todays_results_dir()
-    args.out.mkdir(parents=True, exist_ok=True)
+
+def write_report(experiment: Experiment, report: dict[str, Any]) -> None:
+    experiment.write_json("recovery.json", report)
+    past_limit, stop = report["stub_past_the_watchdog_limit"], report["stop_under_load"]
+    lines = [
+        *experiment.heading(
+            f"Recovery under `make serve` ({os.cpu_count()} cores), {report['started']}", report
+        ),
+        "Tiny checkpoints, both ensembles, one embedding and one rerank request always in flight (HTTP). "
+        f"Server ready {report['startup_seconds']} s after launch.",
+        "",
+        *kills_table(report["kills"]),
+        "",
+        f"SIGKILL of {past_limit['killed']}, each time once it served again: the watchdog reloaded it "
+        f"{past_limit['kills'] - 1} times and gave up on kill {past_limit['kills']} "
+        f"({past_limit['give_up_after_last_kill_s']} s after it), and the launcher restarted tritonserver. "
+        f"From that give-up: the old server was gone after {past_limit['old_server_gone_after_give_up_s']} s "
+        f"(readiness answered 200 to {past_limit['readiness_200_while_it_stopped']} of "
+        f"{past_limit['readiness_polls_while_it_stopped']} polls 50 ms apart meanwhile); "
+        f"/v2/health/ready 200 again after {past_limit['readiness_200_again_after_give_up_s']} s, "
+        "the ensemble serving after "
+        f"{past_limit['serving_again_after_give_up_s']} s (by the launcher's log: restart begun after "
+        f"{past_limit['by_log_give_up_to_restart_s']} s, new server ready after "
+        f"{past_limit['by_log_give_up_to_ready_s']} s). Failed attempts from the last kill: "
+        f"{_counts(past_limit['failed_requests'])}.",
+        "",
+        f"SIGTERM under the same load: stopped in {stop['stop_seconds']} s, "
+        f"exit code {stop['launcher_exit_code']}, "
+        f"{stop['stubs_left']} stubs and {stop['shm_regions_left']} /dev/shm regions left; "
+        f"failed attempts {_counts(stop['requests_failed_during_stop'])} (connections refused once the "
+        "server stopped listening).",
+        "",
+        *code_block("Launcher log", report["launcher_log"]),
+    ]
+    experiment.write_markdown("recovery.md", lines, echo=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = command_parser("perf.drills.recovery", __doc__)
+    add_out_argument(parser)
+    args = parser.parse_args(argv)
+    experiment = Experiment("perf.drills.recovery", argv, args.out)
     http_port, grpc_port, metrics_port = free_ports(3)
     base = f"http://127.0.0.1:{http_port}"
     log = Path(f"/tmp/recovery-serve-{os.getpid()}.log")
@@ -301,78 +361,19 @@ def main(argv: list[str] | None = None) -> int:
             past_limit = kill_past_the_limit(
                 base, log, load, f"{EMBEDDING_ENSEMBLE}_model", EMBEDDING_ENSEMBLE
             )
-            server_pid = int(SERVE_LINE.findall(log.read_text())[-1][0])
-            prefix = SERVE_LINE.findall(log.read_text())[-1][1]
-            stopping = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            code = process.wait(timeout=120)
-            stop = {
-                "stop_seconds": round(time.monotonic() - stopping, 2),
-                "launcher_exit_code": code,
-                "stubs_left": len(live_stubs(server_pid)),
-                "shm_regions_left": len(list(Path("/dev/shm").glob(f"{prefix}*"))),
-                "requests_failed_during_stop": load.failed_between(stopping, time.monotonic()),
-            }
+            stop = stop_under_load(process, log, load)
         print(json.dumps(stop), flush=True)
     finally:
         if process.poll() is None:
             process.kill()
-    crash_lines = [line for line in log.read_text().splitlines() if "launcher:" in line]
-    report = {
-        "command": command,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "startup_seconds": startup,
-        "kills": results,
-        "stub_past_the_watchdog_limit": past_limit,
-        "stop_under_load": stop,
-        "launcher_log": crash_lines,
-    }
-    (args.out / "recovery.json").write_text(json.dumps(report, indent=2) + "\n")
-    rows = [
-        "| SIGKILL of | readiness false after | serving again after | failed attempts (50 ms apart) |",
-        "|---|---|---|---|",
-    ]
-    for result in results:
-        rows.append(
-            f"| {result['killed']} | {result['readiness_false_after_s']} s "
-            f"| {result['serving_again_after_s']} s | {_counts(result['failed_requests'])} |"
-        )
-    lines = [
-        f"# Recovery under `make serve` ({os.cpu_count()} cores), {report['date']}",
-        "",
-        f"Command: `{command}`. Tiny checkpoints, both ensembles, one embedding and one rerank request",
-        f"always in flight (HTTP). Server ready {startup} s after launch.",
-        "",
-        *rows,
-        "",
-        f"SIGKILL of {past_limit['killed']}, each time once it served again: the watchdog reloaded it "
-        f"{past_limit['kills'] - 1} times and gave up on kill {past_limit['kills']} "
-        f"({past_limit['give_up_after_last_kill_s']} s after it), and the launcher restarted tritonserver. "
-        f"From that give-up: the old server was gone after {past_limit['old_server_gone_after_give_up_s']} s "
-        f"(readiness answered 200 to {past_limit['readiness_200_while_it_stopped']} of "
-        f"{past_limit['readiness_polls_while_it_stopped']} polls 50 ms apart meanwhile); "
-        f"/v2/health/ready 200 again after {past_limit['readiness_200_again_after_give_up_s']} s, "
-        "the ensemble serving after "
-        f"{past_limit['serving_again_after_give_up_s']} s (by the launcher's log: restart begun after "
-        f"{past_limit['by_log_give_up_to_restart_s']} s, new server ready after "
-        f"{past_limit['by_log_give_up_to_ready_s']} s). Failed attempts from the last kill: "
-        f"{_counts(past_limit['failed_requests'])}.",
-        "",
-        f"SIGTERM under the same load: stopped in {stop['stop_seconds']} s, "
-        f"exit code {stop['launcher_exit_code']}, "
-        f"{stop['stubs_left']} stubs and {stop['shm_regions_left']} /dev/shm regions left; "
-        f"failed attempts {_counts(stop['requests_failed_during_stop'])} (connections refused once the "
-        "server stopped listening).",
-        "",
-        "Launcher log:",
-        "",
-        "```",
-        *crash_lines,
-        "```",
-        "",
-    ]
-    (args.out / "recovery.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    report = experiment.report(
+        startup_seconds=startup,
+        kills=results,
+        stub_past_the_watchdog_limit=past_limit,
+        stop_under_load=stop,
+        launcher_log=[line for line in log.read_text().splitlines() if "launcher:" in line],
+    )
+    write_report(experiment, report)
     return 0
 
 

@@ -8,10 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.protocol import EMBEDDING_ENSEMBLE, RERANKER_ENSEMBLE
-from perf.console import log
-
-REPO = Path(__file__).resolve().parent.parent
-MODEL_REPOSITORY = REPO / "model_repository"
+from perf.lib.console import log
+from perf.lib.paths import REPO
 
 
 @dataclass(frozen=True)

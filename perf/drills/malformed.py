@@ -1,6 +1,6 @@
 """Seeded malformed requests against the served ensembles and their inner model steps, and how to judge the
 answers. Used by the fuzz test (tests/integration/test_fuzz.py, a few hundred cases) and by the reliability
-benchmark (perf.reliability, thousands).
+benchmark (perf.drills.reliability, thousands).
 
 A case is one request: which model, over which transport (tritonclient HTTP or gRPC; raw HTTP bytes for
 what tritonclient cannot send), its tensors, and what answers are acceptable:
@@ -229,6 +229,7 @@ def _stream(frames: np.ndarray, container: str, codec: str, pixel_format: str) -
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=container) as output:
         stream = output.add_stream(codec, rate=4)
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pixel_format
         for array in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
@@ -473,12 +474,21 @@ def non_utf8(rng: random.Random, media: Media, heavy: bool) -> Made:
     return RERANKER, INVALID, tensors
 
 
-def _image_input(rng: random.Random, blob: bytes, expect: str) -> Made:
+def _media_input(rng: random.Random, kind: str, blob: bytes, expect: str) -> Made:
+    """`blob` as the embedding's IMAGE / VIDEO, or half the time as one side of a rerank pair."""
     if rng.random() < 0.5:
-        return EMBEDDING, expect, [blobs_tensor("IMAGE", [[blob]])]
+        return EMBEDDING, expect, [blobs_tensor(kind, [[blob]])]
     side = rng.choice(["QUERY", "DOCUMENT"])
     other = "DOCUMENT" if side == "QUERY" else "QUERY"
-    return RERANKER, expect, [blobs_tensor(f"{side}_IMAGE", [[blob]]), text_tensor(f"{other}_TEXT", ["text"])]
+    return (
+        RERANKER,
+        expect,
+        [blobs_tensor(f"{side}_{kind}", [[blob]]), text_tensor(f"{other}_TEXT", ["text"])],
+    )
+
+
+def _image_input(rng: random.Random, blob: bytes, expect: str) -> Made:
+    return _media_input(rng, "IMAGE", blob, expect)
 
 
 def bad_image(rng: random.Random, media: Media, heavy: bool) -> Made:
@@ -498,11 +508,7 @@ def bad_image(rng: random.Random, media: Media, heavy: bool) -> Made:
 
 
 def _video_input(rng: random.Random, blob: bytes, expect: str) -> Made:
-    if rng.random() < 0.5:
-        return EMBEDDING, expect, [blobs_tensor("VIDEO", [[blob]])]
-    side = rng.choice(["QUERY", "DOCUMENT"])
-    other = "DOCUMENT" if side == "QUERY" else "QUERY"
-    return RERANKER, expect, [blobs_tensor(f"{side}_VIDEO", [[blob]]), text_tensor(f"{other}_TEXT", ["text"])]
+    return _media_input(rng, "VIDEO", blob, expect)
 
 
 def bad_video(rng: random.Random, media: Media, heavy: bool) -> Made:
@@ -638,7 +644,9 @@ def bad_row_among_good(rng: random.Random, media: Media, heavy: bool) -> Made:
 # --- direct calls to the inner model steps ------------------------------------------------------------------
 
 
-def _step(model: str, ids: np.ndarray, lengths, extra: list[Tensor] | None = None, dims=None) -> list[Tensor]:
+def _step(
+    model: str, ids: list[list[int]], lengths, extra: list[Tensor] | None = None, dims=None
+) -> list[Tensor]:
     tensors = [
         Tensor("INPUT_IDS", np.asarray(ids, dtype=np.int64), "INT64"),
         Tensor("SEQ_LEN", np.asarray(lengths, dtype=np.int64), "INT64"),
@@ -682,7 +690,7 @@ def model_step(rng: random.Random, media: Media, heavy: bool) -> Made:
     return model, INVALID, rng.choice(choices)
 
 
-GENERATORS: dict[str, Callable[[random.Random, Media], Made]] = {
+GENERATORS: dict[str, Callable[[random.Random, Media, bool], Made]] = {
     "wrong-dtype": wrong_dtype,
     "wrong-shape": wrong_shape,
     "batch-size": batch_sizes,

@@ -1,6 +1,7 @@
 """perf_analyzer `--input-data` files for the embedding and reranker ensembles, generated deterministically.
 
-    python -m perf.workloads [--out perf/data] [--only text_200,image_448] [--rows text_200=1000] [--force]
+    python -m perf.lib.workloads [--out perf/data] [--only text_200,image_448] [--rows text_200=1000]
+        [--force]
 
 Every workload is a JSON file `{"data": [entry, ...]}` where each entry is one batch-1 request to the
 ensemble the workload targets (`Workload.model`: `qwen3_vl_embedding`, or `qwen3_vl_reranker` for
@@ -28,7 +29,6 @@ Workloads:
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import json
@@ -43,8 +43,9 @@ from pathlib import Path
 import numpy as np
 
 from backend.protocol import EMBEDDING_ENSEMBLE, RERANKER_ENSEMBLE
+from perf.lib.console import command_parser
+from perf.lib.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "perf" / "data"
 DEFAULT_TOKENIZER = REPO / "models" / "qwen3-vl-embedding-tiny"
 # Bump when a generator changes what it writes, so cached files are rebuilt.
@@ -367,11 +368,7 @@ def generate(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m perf.workloads",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("perf.lib.workloads", __doc__)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workload names")
     parser.add_argument("--rows", action="append", default=[], help="NAME=N overrides a workload's row count")

@@ -1,6 +1,6 @@
 """Overload test: does the served embedding ensemble shed the excess fast, with bounded memory?
 
-    python -m perf.overload [--multiple 4] [--seconds 20] [--concurrency 64] [--out DIR]
+    python -m perf.drills.overload [--multiple 4] [--seconds 20] [--concurrency 64] [--out DIR]
     make overload
 
 Starts tritonserver on model_repository/ (the embedding ensemble, tiny checkpoint unless MODEL_PATH is
@@ -19,24 +19,22 @@ perf/results/<host>/<date>/overload.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import datetime
 import json
 import os
-import shlex
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from backend.protocol import EMBEDDING_ENSEMBLE
+from perf.lib.console import add_out_argument, command_parser, table
+from perf.lib.paths import REPO
+from perf.lib.record import Experiment
+from perf.lib.sampling import RssSampler, group_rss_mib, percentiles
 from tools.launcher import TritonServer
 
-REPO = Path(__file__).resolve().parent.parent
 ENSEMBLE = EMBEDDING_ENSEMBLE
 # ~200 tokens of plain English; a per-request number keeps requests distinct.
 SENTENCE = "The quick brown fox jumps over the lazy dog while the river runs past the old mill. "
@@ -58,53 +56,6 @@ class Phase:
     rss_mib_start: float = 0.0
     rss_mib_peak: float = 0.0
     rss_mib_end: float = 0.0
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    array = np.asarray(values) * 1000.0
-    return {
-        name: round(float(np.percentile(array, q)), 2) for name, q in (("p50", 50), ("p90", 90), ("p99", 99))
-    } | {"max": round(float(array.max()), 2)}
-
-
-def group_rss_mib(pgid: int) -> float:
-    total = 0
-    for pid_dir in Path("/proc").glob("[0-9]*"):
-        try:
-            fields = (pid_dir / "stat").read_text().rpartition(")")[2].split()
-            if int(fields[2]) != pgid:
-                continue
-            for line in (pid_dir / "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    return total / 1024.0
-
-
-class RssSampler:
-    """Peak RSS of the server's process group, sampled every 0.2 s in a thread."""
-
-    def __init__(self, pgid: int) -> None:
-        self.pgid = pgid
-        self.peak = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            self.peak = max(self.peak, group_rss_mib(self.pgid))
-
-    def __enter__(self) -> RssSampler:
-        self.peak = group_rss_mib(self.pgid)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 class Driver:
@@ -169,9 +120,9 @@ class Driver:
         return ok, refused
 
 
-async def run_phase(driver: Driver, server: TritonServer, phase: Phase, concurrency: int | None) -> Phase:
+async def run_phase(driver: Driver, server_pgid: int, phase: Phase, concurrency: int | None) -> Phase:
     started = time.perf_counter()
-    with RssSampler(server.pid) as rss:
+    with RssSampler(server_pgid) as rss:
         phase.rss_mib_start = round(rss.peak, 1)
         if phase.offered_per_s is None:
             ok, refused = await driver.closed_loop(phase, concurrency or 1)
@@ -183,7 +134,7 @@ async def run_phase(driver: Driver, server: TritonServer, phase: Phase, concurre
     phase.ok_latency_ms = percentiles(ok)
     phase.refused_latency_ms = percentiles(refused)
     phase.rss_mib_peak = round(rss.peak, 1)
-    phase.rss_mib_end = round(group_rss_mib(server.pid), 1)
+    phase.rss_mib_end = round(group_rss_mib(server_pgid), 1)
     print(f"{phase.name}: {json.dumps(asdict(phase))}", flush=True)
     return phase
 
@@ -208,76 +159,59 @@ def queue_settings() -> dict[str, str]:
     return settings
 
 
-async def measure(args: argparse.Namespace, server: TritonServer) -> list[Phase]:
-    driver = Driver(server.grpc_url)
+async def measure(
+    grpc_url: str, server_pgid: int, unloaded_s: float, seconds: float, multiple: float, concurrency: int
+) -> list[Phase]:
+    """The four phases against one server (also reliability's third part): unloaded, capacity at
+    `concurrency` in flight, an open loop at `multiple` x that capacity, and after."""
+    driver = Driver(grpc_url)
     await driver.closed_loop(Phase("warm-up", None, 3.0), 8)
-    unloaded = await run_phase(
-        driver, server, Phase("unloaded (1 in flight)", None, args.unloaded_seconds), 1
-    )
+    unloaded = await run_phase(driver, server_pgid, Phase("unloaded (1 in flight)", None, unloaded_s), 1)
     capacity = await run_phase(
-        driver,
-        server,
-        Phase(f"capacity ({args.concurrency} in flight)", None, args.seconds),
-        args.concurrency,
+        driver, server_pgid, Phase(f"capacity ({concurrency} in flight)", None, seconds), concurrency
     )
-    rate = capacity.ok_per_s * args.multiple
+    rate = capacity.ok_per_s * multiple
     overload = await run_phase(
-        driver, server, Phase(f"overload ({args.multiple:g}x capacity)", rate, args.seconds), None
+        driver, server_pgid, Phase(f"overload ({multiple:g}x capacity)", rate, seconds), None
     )
     await asyncio.sleep(2.0)
-    after = await run_phase(driver, server, Phase("after (1 in flight)", None, 3.0), 1)
+    after = await run_phase(driver, server_pgid, Phase("after (1 in flight)", None, 3.0), 1)
     await driver.client.close()
     return [unloaded, capacity, overload, after]
 
 
-def write_report(out: Path, phases: list[Phase], command: str, load_before: float) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    unloaded, capacity, overload, after = phases
-    report = {
-        "command": command,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cores": os.cpu_count(),
-        "queue_policies": queue_settings(),
-        "phases": [asdict(phase) for phase in phases],
-        "load_before": load_before,
-        "load_after": round(os.getloadavg()[0], 2),
-    }
-    (out / "overload.json").write_text(json.dumps(report, indent=2) + "\n")
-    header = (
-        "phase",
-        "offered req/s",
-        "sent",
-        "OK",
-        "UNAVAILABLE",
-        "other",
-        "OK/s",
-        "OK p50 / p99 ms",
-        "refused p50 / p99 ms",
-        "RSS MiB start / peak / end",
+def phase_table(phases: list[Phase]) -> list[str]:
+    """The phases as a markdown table (also in reliability.md)."""
+    header = "phase|offered req/s|sent|OK|UNAVAILABLE|other|OK/s|OK p50 / p99 ms|refused p50 / p99 ms"
+    return table(
+        (*header.split("|"), "RSS MiB start / peak / end"),
+        (
+            (
+                phase.name,
+                round(phase.offered_per_s) if phase.offered_per_s else "-",
+                phase.sent,
+                phase.ok,
+                phase.unavailable,
+                phase.other,
+                phase.ok_per_s,
+                f"{phase.ok_latency_ms.get('p50', '-')} / {phase.ok_latency_ms.get('p99', '-')}",
+                f"{phase.refused_latency_ms.get('p50', '-')} / {phase.refused_latency_ms.get('p99', '-')}",
+                f"{phase.rss_mib_start} / {phase.rss_mib_peak} / {phase.rss_mib_end}",
+            )
+            for phase in phases
+        ),
     )
-    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for phase in phases:
-        ok, refused = phase.ok_latency_ms, phase.refused_latency_ms
-        cells = (
-            phase.name,
-            round(phase.offered_per_s) if phase.offered_per_s else "-",
-            phase.sent,
-            phase.ok,
-            phase.unavailable,
-            phase.other,
-            phase.ok_per_s,
-            f"{ok.get('p50', '-')} / {ok.get('p99', '-')}",
-            f"{refused.get('p50', '-')} / {refused.get('p99', '-')}",
-            f"{phase.rss_mib_start} / {phase.rss_mib_peak} / {phase.rss_mib_end}",
-        )
-        rows.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+
+
+def write_report(experiment: Experiment, phases: list[Phase]) -> None:
+    unloaded, capacity, overload, after = phases
+    report = experiment.report(queue_policies=queue_settings(), phases=[asdict(phase) for phase in phases])
+    experiment.write_json("overload.json", report)
+    rows = phase_table(phases)
     p99 = overload.ok_latency_ms.get("p99", float("nan"))
     refused_ms = overload.refused_latency_ms
     lines = [
-        f"# Overload: {ENSEMBLE}, {os.cpu_count()} cores, {report['date']}",
-        "",
-        f"Command: `{command}`",
-        "",
+        *experiment.heading(f"Overload: {ENSEMBLE}, {os.cpu_count()} cores, {report['started']}", report),
         "Single-row ~200-token text requests over gRPC from one asyncio client on the same cores. Queue "
         "policies served:",
         "",
@@ -294,15 +228,13 @@ def write_report(out: Path, phases: list[Phase], command: str, load_before: floa
         f"unloaded p99 ({unloaded.ok_latency_ms['p99']} ms).",
         f"- Server RSS: {capacity.rss_mib_start} MiB before the capacity run, peak {overload.rss_mib_peak} "
         f"MiB under overload, {after.rss_mib_end} MiB after.",
-        f"- Load average (1 min) before / after: {report['load_before']} / {report['load_after']}.",
         "",
     ]
-    (out / "overload.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    experiment.write_markdown("overload.md", lines, echo=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf.overload", description=__doc__.split("\n\n")[0])
+    parser = command_parser("perf.drills.overload", __doc__)
     parser.add_argument("--multiple", type=float, default=4.0, help="overload = this many times capacity")
     parser.add_argument(
         "--seconds", type=float, default=20.0, help="length of the capacity and overload runs"
@@ -311,23 +243,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--concurrency", type=int, default=256, help="in flight for the capacity run (the gateway: 256)"
     )
-    parser.add_argument("--out", type=Path, default=None, help="default: perf/results/<host>/<date>")
+    add_out_argument(parser)
     args = parser.parse_args(argv)
-    command = "python -m perf.overload " + shlex.join(sys.argv[1:] if argv is None else argv)
-    if args.out is None:
-        from perf.host import todays_results_dir
-
-        args.out = todays_results_dir()
+    experiment = Experiment("perf.drills.overload", argv, args.out)
     server = TritonServer(
         REPO / "model_repository",
         extra_args=["--model-control-mode=explicit", f"--load-model={ENSEMBLE}"],
         startup_timeout=900,
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    load_before = round(os.getloadavg()[0], 2)
     with server:
-        phases = asyncio.run(measure(args, server))
-    write_report(args.out, phases, command, load_before)
+        assert server.pid is not None  # started
+        phases = asyncio.run(
+            measure(
+                server.grpc_url,
+                server.pid,
+                args.unloaded_seconds,
+                args.seconds,
+                args.multiple,
+                args.concurrency,
+            )
+        )
+    write_report(experiment, phases)
     return 0
 
 

@@ -9,13 +9,12 @@ import json
 import os
 import platform
 import re
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from perf.pipelines import REPO
-
-RESULTS = REPO / "perf" / "results"
+from perf.lib.paths import REPO, RESULTS
 
 
 def cpu_name() -> str:
@@ -60,9 +59,9 @@ def new_run_dir(tag: str, base: Path = RESULTS, run_dir: Path | None = None) -> 
     return run_dir
 
 
-def todays_results_dir() -> Path:
+def todays_results_dir(tag: str | None = None) -> Path:
     """Today's results directory for this host, shared by the benchmarks of the day."""
-    return RESULTS / host_tag() / datetime.date.today().isoformat()
+    return RESULTS / (tag or host_tag()) / datetime.date.today().isoformat()
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -70,7 +69,13 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def git_commit() -> str | None:
-    """The checked-out commit, read from .git without running git."""
+    """The checked-out commit: git's answer, else read from .git (a machine without git)."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
+        if done.returncode == 0:
+            return done.stdout.strip()
     head = REPO / ".git" / "HEAD"
     with contextlib.suppress(OSError):
         text = head.read_text().strip()

@@ -1,6 +1,6 @@
 """The serving path's own code, called in-process with ideal batches: the denominator of serving efficiency.
 
-    python -m perf.inprocess --model-path models/qwen3-vl-embedding-bench --workload text_200 \
+    python -m perf.lib.inprocess --model-path models/qwen3-vl-embedding-bench --workload text_200 \
         [--batch-sizes 1,4,16,64] [--device cpu] [--bare] [--compile] [--seconds 6] [--json out.json]
 
 Modes, each over the workload's requests (rows), reported in rows per second:
@@ -16,15 +16,19 @@ Modes, each over the workload's requests (rows), reported in rows per second:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+
+from perf.lib.console import command_parser
+from perf.lib.paths import REPO
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -32,7 +36,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def entry_inputs(entry: dict) -> dict[str, np.ndarray | None]:
     """One perf_analyzer JSON entry as the preprocess step's input tensors (batch of 1)."""
-    from perf.workloads import decode_bytes_tensor
+    from perf.lib.workloads import decode_bytes_tensor
 
     inputs: dict[str, np.ndarray | None] = {}
     for name, tensor in entry.items():
@@ -46,10 +50,15 @@ def entry_inputs(entry: dict) -> dict[str, np.ndarray | None]:
 
 
 def load_entries(workload: str, rows: int) -> list[dict]:
-    from perf.workloads import generate
+    from perf.lib.workloads import generate
 
     data = json.loads(generate(workload).read_text())["data"]
     return [data[index % len(data)] for index in range(rows)]
+
+
+def count_rows(run: Callable[[list], Sized], rows: list) -> int:
+    """How many rows `run(rows)` gave back: what `timed` counts."""
+    return len(run(rows))
 
 
 def timed(run: Callable[[], int], seconds: float, platform, min_repeats: int = 2) -> float:
@@ -155,15 +164,11 @@ def run(
 
                     record("pipeline", batch, timed(pipeline, seconds, model.platform))
                 if "embed" in modes:
-                    rate = timed(
-                        lambda batch=batch, rows=prepared: len(model.embed(rows[:batch])),
-                        seconds,
-                        model.platform,
-                    )
+                    rate = timed(partial(count_rows, model.embed, prepared[:batch]), seconds, model.platform)
                     record("embed", batch, rate)
                 if "bare" in modes:
                     rate = timed(
-                        lambda batch=batch, rows=prepared: len(bare_forward(model, rows[:batch])),
+                        partial(count_rows, partial(bare_forward, model), prepared[:batch]),
                         seconds,
                         model.platform,
                     )
@@ -187,12 +192,8 @@ def run(
                 model.platform.synchronize()
                 section["compile_seconds"] = time.perf_counter() - compile_started
                 log(f"    compiled batch {batch} in {section['compile_seconds']:.1f} s")
-                rows = prepared[:batch]
-                rate = timed(
-                    lambda rows=rows, compiled=compiled: len(bare_forward(model, rows, compiled)),
-                    seconds,
-                    model.platform,
-                )
+                forward = partial(bare_forward, model, compiled_text=compiled)
+                rate = timed(partial(count_rows, forward, prepared[:batch]), seconds, model.platform)
                 record("bare_compiled", batch, rate)
             except Exception as error:  # no C++ compiler, an unsupported op, ...
                 section["compile_error"] = f"{type(error).__name__}: {str(error)[:300]}"
@@ -206,12 +207,32 @@ def run(
     return result
 
 
+def in_subprocess(
+    model_path: Path, out: Path, options: list[str], timeout: float, drop_env: Sequence[str] = ()
+) -> tuple[int | None, dict | None]:
+    """`python -m perf.lib.inprocess` in a fresh interpreter (no server running, torch's threads its own):
+    (its exit code, None when it ran past `timeout`; the JSON it wrote, if it did)."""
+    command = [
+        sys.executable,
+        "-m",
+        "perf.lib.inprocess",
+        "--model-path",
+        str(model_path),
+        "--json",
+        str(out),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for name in drop_env:
+        env.pop(name, None)
+    try:
+        code: int | None = subprocess.run(command + options, cwd=REPO, env=env, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        code = None
+    return code, json.loads(out.read_text()) if out.exists() else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m perf.inprocess",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("perf.lib.inprocess", __doc__)
     parser.add_argument("--model-path", required=True)
     parser.add_argument("--workload", default="text_200", help="comma list; the first is the headline")
     parser.add_argument("--batch-sizes", default="1,4,16,64")

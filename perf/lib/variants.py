@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
+from tritonclient.grpc.model_config_pb2 import ModelConfig
 
-from perf.pipelines import EMBEDDING_MODELS, MODEL_REPOSITORY
+from perf.lib.paths import MODEL_REPOSITORY
+from perf.lib.pipelines import EMBEDDING_MODELS
 
-ModelConfig = model_config_pb2.ModelConfig
 ConfigEdit = Callable[[ModelConfig], None]  # changes the config in place
 
 

@@ -9,19 +9,19 @@ import os
 import time
 from pathlib import Path
 
-from perf.perf_analyzer import CSV_FIELDS_MS, Measurement, read_csv_row, run_perf_analyzer
-from perf.pipelines import ENSEMBLE, pipeline_of
-from perf.points import Point
-from perf.server_stats import (
-    children_cpu_seconds,
+from perf.lib.perf_analyzer import CSV_FIELDS_MS, Measurement, read_csv_row, run_perf_analyzer
+from perf.lib.pipelines import ENSEMBLE, pipeline_of
+from perf.lib.points import Point
+from perf.lib.sampling import own_cpu_seconds
+from perf.lib.server_stats import (
+    cpu_seconds_by_role,
     custom_delta,
-    group_cpu_seconds,
     nudge,
     settle,
     snapshot,
     stats_delta,
 )
-from perf.servers import Endpoint
+from perf.lib.servers import Endpoint
 
 
 def measure(
@@ -50,8 +50,8 @@ def measure(
     csv_path = run_dir / "raw" / f"{name}.csv"
     started = time.monotonic()
     server_pid = getattr(endpoint.server, "pid", None)
-    cpu_before = group_cpu_seconds(server_pid) if server_pid else {}
-    client_before = children_cpu_seconds()
+    cpu_before = cpu_seconds_by_role(server_pid) if server_pid else {}
+    client_before = own_cpu_seconds()[1]
     before = snapshot(endpoint)
     point.mode, point.error = run_perf_analyzer(
         endpoint,
@@ -67,11 +67,11 @@ def measure(
     point.seconds = time.monotonic() - started
     point.load1 = os.getloadavg()[0]
     if server_pid:
-        cpu_after = group_cpu_seconds(server_pid)
+        cpu_after = cpu_seconds_by_role(server_pid)
         point.cpu = {
             role: (cpu_after[role] - cpu_before.get(role, 0.0)) / point.seconds for role in cpu_after
         }
-    point.cpu["perf_analyzer"] = (children_cpu_seconds() - client_before) / point.seconds
+    point.cpu["perf_analyzer"] = (own_cpu_seconds()[1] - client_before) / point.seconds
     p99_s = 2.0
     if not point.error:
         with contextlib.suppress(KeyError, ValueError, IndexError):

@@ -1,4 +1,5 @@
-"""Startup time and memory of one served pipeline: ``python -m perf.startup_memory --model-path DIR --out D``.
+"""Startup time and memory of one served pipeline:
+``python -m perf.experiments.startup_memory --model-path DIR --out D``.
 
 Serves one pipeline of this repository (the image entrypoint's repository copy, deploy.serve) with the given
 checkpoint on this machine and records: seconds until /v2/health/ready, the resident memory of each Python
@@ -8,10 +9,8 @@ server, and the embedding width. For the README's sizing guide (host memory and 
 
 from __future__ import annotations
 
-import argparse
-import json
+import contextlib
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -20,35 +19,31 @@ from pathlib import Path
 import numpy as np
 
 from deploy.serve import PIPELINE_MODELS, prepare_repository
+from perf.lib.console import add_out_argument, command_parser
+from perf.lib.paths import REPO
+from perf.lib.record import Experiment
+from perf.lib.sampling import group_members, rss_kib
 from tools.launcher import TritonServer
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def group_processes(pgid: int) -> list[tuple[int, str, int]]:
     """(pid, command line, resident bytes) of the processes in a process group."""
     found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-            if int(fields[2]) != pgid:
-                continue
-            pid = int(stat.parent.name)
-            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            rss_pages = int((stat.parent / "statm").read_text().split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        found.append((pid, cmdline, rss_pages * 4096))
+    for proc, _ in group_members(pgid):
+        with contextlib.suppress(OSError):
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            found.append((int(proc.name), cmdline, rss_kib(proc) * 1024))
     return found
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf.startup_memory", description=__doc__)
+    parser = command_parser("perf.experiments.startup_memory", __doc__)
     parser.add_argument("--model-path", type=Path, required=True)
     parser.add_argument("--pipeline", choices=sorted(PIPELINE_MODELS), default="embedding")
     parser.add_argument("--label", default="")
-    parser.add_argument("--out", type=Path, required=True)
+    add_out_argument(parser, required=True)
     args = parser.parse_args(argv)
+    experiment = Experiment("perf.experiments.startup_memory", argv, args.out)
     env_name = "MODEL_PATH" if args.pipeline == "embedding" else "RERANKER_MODEL_PATH"
     os.environ[env_name] = str(args.model_path)
     with tempfile.TemporaryDirectory() as scratch:
@@ -56,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         with TritonServer(repository, log_path=Path(scratch) / "server.log", startup_timeout=1800) as server:
             ready_s = time.monotonic() - started
+            assert server.pid is not None  # started
             processes = group_processes(server.pid)
             shm = sum(p.stat().st_size for p in Path("/dev/shm").glob(f"{server.shm_prefix}*"))
             width = None
@@ -69,40 +65,35 @@ def main(argv: list[str] | None = None) -> int:
                     client.infer(PIPELINE_MODELS["embedding"][0], [tensor]).as_numpy("EMBEDDING").shape[1]
                 )
                 client.close()
-    stubs = {}
+    stubs: dict[str, list[int]] = {}
     for _, cmdline, rss in processes:
         if "triton_python_backend_stub" in cmdline:
             model = next((m for m in PIPELINE_MODELS[args.pipeline][1:] if m in cmdline), "?")
             stubs.setdefault(model, []).append(rss)
         elif "tritonserver" in cmdline:
             stubs.setdefault("tritonserver", []).append(rss)
-    result = {
-        "command": "python -m perf.startup_memory " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "model_path": str(args.model_path),
-        "pipeline": args.pipeline,
-        "seconds_to_ready": round(ready_s, 1),
-        "resident_bytes": stubs,
-        "dev_shm_bytes_at_ready": shm,
-        "embedding_width": width,
-        "load_average_1m": os.getloadavg()[0],
-    }
+    result = experiment.report(
+        model_path=str(args.model_path),
+        pipeline=args.pipeline,
+        seconds_to_ready=round(ready_s, 1),
+        resident_bytes=stubs,
+        dev_shm_bytes_at_ready=shm,
+        embedding_width=width,
+    )
     name = f"startup_memory-{args.label or args.model_path.name}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    experiment.write_json(f"{name}.json", result)
     gib = 1024**3
     lines = [
-        f"# Startup and memory: {args.model_path.name} ({args.pipeline} pipeline, CPU)",
-        "",
-        f"Command: `{result['command']}` (1-minute load average {result['load_average_1m']:.1f}).",
-        "",
+        *experiment.heading(
+            f"Startup and memory: {args.model_path.name} ({args.pipeline} pipeline, CPU)", result
+        ),
         f"- ready after {result['seconds_to_ready']} s (server start, weights loaded, warm-up forward)",
         f"- embedding width: {width}",
         f"- /dev/shm in use at ready: {shm / 1024**2:.0f} MiB",
     ]
     for model, sizes in sorted(stubs.items()):
         lines.append(f"- resident memory, {model}: " + ", ".join(f"{size / gib:.2f} GiB" for size in sizes))
-    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    experiment.write_markdown(f"{name}.md", lines, echo=True)
     return 0
 
 

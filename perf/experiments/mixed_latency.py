@@ -8,10 +8,9 @@ model step's forwards (each text is answered just after a forward ends, so the n
 the next forward and waits for nearly all of it), which measures the worst case every time rather than a
 text arriving at a random moment.
 
-    python -m perf.mixed_latency 2 4 > perf/results/<host>/<date>/mixed_latency.json
+    python -m perf.experiments.mixed_latency 2 4 [--out DIR]   # DIR/mixed_latency.json
 """
 
-import json
 import os
 import sys
 import tempfile
@@ -23,7 +22,9 @@ import numpy as np
 import tritonclient.http as http
 
 from backend.protocol import EMBEDDING_ENSEMBLE
-from perf.variants import variant_repository, with_instance_count
+from perf.lib.console import add_out_argument, command_parser
+from perf.lib.record import Experiment
+from perf.lib.variants import variant_repository, with_instance_count
 from tools import synthetic
 from tools.launcher import TritonServer
 
@@ -96,5 +97,16 @@ def run(count: int) -> dict:
     }
 
 
+def main(argv: list[str] | None = None) -> int:
+    parser = command_parser("perf.experiments.mixed_latency", __doc__)
+    parser.add_argument("instances", type=int, nargs="+", help="preprocess instances, one run each")
+    add_out_argument(parser)
+    args = parser.parse_args(argv)
+    experiment = Experiment("perf.experiments.mixed_latency", argv, args.out)
+    report = experiment.report(runs=[run(count) for count in args.instances])
+    print(f"wrote {experiment.write_json('mixed_latency.json', report)}")
+    return 0
+
+
 if __name__ == "__main__":
-    print(json.dumps([run(int(c)) for c in sys.argv[1:]], indent=1))
+    sys.exit(main())

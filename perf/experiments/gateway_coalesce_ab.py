@@ -5,34 +5,26 @@ that load that rises or falls over the run weighs on both alike). Only the stack
 ratio of adjacent windows is the figure, not the absolute rates. ``perf.gateway_bench`` (against
 perf_analyzer on a quiet machine) stays the target's measure.
 
-    python -m perf.gateway_coalesce_ab [--concurrency 16,64] [--pairs 4] [--window-s 6] [--calls 2]
+    python -m perf.experiments.gateway_coalesce_ab [--concurrency 16,64] [--pairs 4]
+        [--window-s 6] [--calls 2]
 
 Writes ``gateway-coalesce-ab.json`` and ``.md`` (with the command) into the run directory, logs under raw/.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
-import os
-import shlex
 import statistics
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from perf.console import log, parse_list
-from perf.gateway_bench import CpuMeter, Target, request_bodies, run_gateway
 from perf.gateway_stack import EMBEDDING_NAME, GatewayStack
-from perf.host import busy_processes, git_commit, host_tag, todays_results_dir
+from perf.lib.console import command_parser, log, parse_list
+from perf.lib.gateway_load import CpuMeter, Target, request_bodies, run_gateway
+from perf.lib.record import Experiment
 
 SETTING = "GATEWAY_COALESCE_CALLS"
-
-
-def target_of(stack: GatewayStack) -> Target:
-    server = stack.server
-    return Target(server.grpc_url, stack.base_url, server.pid, stack.gateway.pid, server.http_url)
 
 
 def cpu_ms(side: dict, role: str) -> float:
@@ -66,15 +58,12 @@ def summarize(windows: list[dict], concurrency: int) -> dict:
     return row
 
 
-def write_report(run_dir: Path, report: dict) -> None:
-    (run_dir / "gateway-coalesce-ab.json").write_text(json.dumps(report, indent=2) + "\n")
+def write_report(experiment: Experiment, report: dict) -> None:
+    experiment.write_json("gateway-coalesce-ab.json", report)
     lines = [
-        "# Gateway coalescing on vs off (paired windows, text_200 over HTTP /v1/embeddings)",
-        "",
-        f"- Command: `{report['command']}`",
-        f"- When: {report['started']} to {report['finished']}; commit {report['commit']}",
-        f"- Host: {report['host']}; load average before the start {report['load_at_start']}",
-        f"- Busy before the start: {', '.join(report['busy_at_start']) or 'nothing'}",
+        *experiment.heading(
+            "Gateway coalescing on vs off (paired windows, text_200 over HTTP /v1/embeddings)", report
+        ),
         f"- on = {SETTING}={report['calls']}, off = {SETTING}=0; two stacks, only the driven one works",
         "",
         "| c | on ÷ off, each pair | median | req/s off / on | Triton CPU ms/req off / on "
@@ -105,27 +94,23 @@ def write_report(run_dir: Path, report: dict) -> None:
             f"| {cpu_ms(side, 'gateway'):.3f} | {side['rows_per_call']} | {side['load1']:.1f} "
             f"| {side['error'] or side['errors']} |"
         )
-    (run_dir / "gateway-coalesce-ab.md").write_text("\n".join(lines) + "\n")
+    experiment.write_markdown("gateway-coalesce-ab.md", lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m perf.gateway_coalesce_ab", description=__doc__.split("\n")[0]
-    )
+    parser = command_parser("perf.experiments.gateway_coalesce_ab", __doc__)
     parser.add_argument("--concurrency", default="16,64", help="comma-separated (default 16,64)")
     parser.add_argument("--pairs", type=int, default=4, help="on/off window pairs per concurrency")
     parser.add_argument("--window-s", type=float, default=6.0, help="measured seconds per window")
     parser.add_argument("--calls", type=int, default=2, help=f"{SETTING} of the 'on' stack")
     parser.add_argument("--run-dir", type=Path, default=None, help="default perf/results/<host>/<date>")
     args = parser.parse_args(argv)
-    from perf.workloads import generate
+    from perf.lib.workloads import generate
 
-    run_dir = args.run_dir or todays_results_dir()
+    experiment = Experiment("perf.experiments.gateway_coalesce_ab", argv, args.run_dir)
+    run_dir = experiment.out
     raw = run_dir / "raw" / "gateway-coalesce-ab"
     raw.mkdir(parents=True, exist_ok=True)
-    started = datetime.datetime.now().isoformat(timespec="seconds")
-    load_at_start = os.getloadavg()[0]
-    busy = busy_processes()
     data = generate("text_200", rows=None)
     texts = [entry["TEXT"]["content"][0] for entry in json.loads(data.read_text())["data"]]
     bodies = request_bodies(texts, EMBEDDING_NAME)
@@ -134,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         GatewayStack(raw / "on", gateway_env={SETTING: str(args.calls)}) as on,
         GatewayStack(raw / "off", gateway_env={SETTING: "0"}) as off,
     ):
-        targets = {"on": target_of(on), "off": target_of(off)}
+        targets = {"on": Target.of(on), "off": Target.of(off)}
         for target in targets.values():  # warm each path (tokenizer, channel, first requests)
             run_gateway(target, CpuMeter(target), bodies, 16, 0, 2.0)
         for concurrency in parse_list(args.concurrency, int):
@@ -146,19 +131,12 @@ def main(argv: list[str] | None = None) -> int:
                     windows.append({"mode": mode, **asdict(side)})
                     log(f"c={concurrency} pair {pair + 1} {mode:>3}: {side.throughput:6.1f} req/s")
     concurrencies = parse_list(args.concurrency, int)
-    report = {
-        "command": "python -m perf.gateway_coalesce_ab " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "started": started,
-        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "host": host_tag(),
-        "load_at_start": round(load_at_start, 2),
-        "busy_at_start": busy,
-        "calls": args.calls,
-        "summary": [summarize(windows, concurrency) for concurrency in concurrencies],
-        "windows": windows,
-    }
-    write_report(run_dir, report)
+    report = experiment.report(
+        calls=args.calls,
+        summary=[summarize(windows, concurrency) for concurrency in concurrencies],
+        windows=windows,
+    )
+    write_report(experiment, report)
     log(f"wrote {run_dir / 'gateway-coalesce-ab.md'}")
     for row in report["summary"]:
         log(f"  c={row['concurrency']}: on/off {row['ratios_on_over_off']} median {row['median_ratio']}")

@@ -1,18 +1,18 @@
 """Reliability benchmark of `make serve` (issue #10): malformed load, overload, killed processes, a long soak.
 
-    python -m perf.reliability [--malformed 5000] [--soak 20000] [--seed N] [--out DIR]
+    python -m perf.drills.reliability [--malformed 5000] [--soak 20000] [--seed N] [--out DIR]
     make reliability
 
 Runs ``python -m tools.launcher serve`` (what ``make serve`` runs: supervisor, stub watchdog) on
 model_repository/ with the tiny checkpoints on free ports, then, against that one server:
 
-1. malformed: ``--malformed`` seeded cases from perf.malformed (both ensembles, the inner model steps, HTTP,
-   gRPC, raw HTTP bodies) from 4 threads, while a 5th sends the good requests over and over; every answer
-   is judged (perf.malformed.judge) and every good answer compared with the one it got alone;
+1. malformed: ``--malformed`` seeded cases from perf.drills.malformed (both ensembles, the inner model steps,
+   HTTP, gRPC, raw HTTP bodies) from 4 threads, while a 5th sends the good requests over and over; every
+   answer is judged (perf.drills.malformed.judge) and every good answer compared with the one it got alone;
 2. soak: ``--soak`` good requests (texts, pairs, small images) from 32 in flight over gRPC; RSS of each
    stub after the first 1,000 and at the end, throughput of the first and the last 1,000;
-3. overload: perf.overload's phases (unloaded, capacity at 64 in flight, 4x capacity open loop);
-4. kills: perf.recovery's SIGKILL of each stub kind and of tritonserver under load, recovery times;
+3. overload: perf.drills.overload's phases (unloaded, capacity at 64 in flight, 4x capacity open loop);
+4. kills: perf.drills.recovery's SIGKILL of each stub kind and of tritonserver under load, recovery times;
 5. SIGTERM under load: stop time, stubs and /dev/shm regions left.
 
 Reports crashes (processes that died without being killed), 5xx, hangs (> 10 s), lost or changed good
@@ -22,13 +22,10 @@ perf/results/<host>/<date>/reliability.{json,md}. About 15-20 minutes on a 2-cor
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import datetime
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -37,17 +34,18 @@ import time
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
-from perf import malformed
-from perf.overload import Driver, Phase, run_phase
-from perf.recovery import SERVE_LINE, TARGETS, Load, kill_and_measure, ready, wait_until
+from perf.drills import malformed, overload
+from perf.drills.recovery import SERVE_LINE, TARGETS, Load, kill_and_measure, kills_table, ready, wait_until
+from perf.lib.console import add_out_argument, code_block, command_parser
+from perf.lib.paths import REPO
+from perf.lib.record import Experiment
+from perf.lib.sampling import rss_mib
 from tools.launcher import free_ports
 from tools.watchdog import live_stubs
 
-REPO = Path(__file__).resolve().parent.parent
 MALFORMED_THREADS = 4
 SOAK_IN_FLIGHT = 32
 SOAK_WINDOW = 1000
@@ -61,16 +59,6 @@ SERVER_ENV = ("MODEL_PATH", "RERANKER_MODEL_PATH", "DEVICE")
 ERROR_LOG = re.compile(
     r"(preprocess failed|model input failed|forward failed|Traceback|Segmentation|core dumped)"
 )
-
-
-def rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024.0, 1)
-    except OSError:
-        pass
-    return 0.0
 
 
 def memory(server_pid: int) -> dict[str, float]:
@@ -171,7 +159,7 @@ def malformed_phase(serve: Serve, seed: int, count: int, media: malformed.Media,
     sender.join()
     seconds = time.monotonic() - started
     time.sleep(2.0)
-    failures = Counter()
+    failures: Counter[str] = Counter()
     examples: dict[str, str] = {}
     by_kind: dict[str, Counter] = {}
     for case, outcome in zip(cases, outcomes):
@@ -298,7 +286,7 @@ async def soak_async(serve: Serve, cases, expected, total: int) -> dict:
 
     client = grpcclient.InferenceServerClient(serve.grpc_url)
     completions: list[float] = []
-    outcomes = Counter()
+    outcomes: Counter[str] = Counter()
     changed, largest = 0, 0.0
     memory_at: dict[str, dict] = {}
     next_index = 0
@@ -373,22 +361,9 @@ def soak_phase(serve: Serve, media: malformed.Media, total: int) -> dict:
 # --- 3. overload --------------------------------------------------------------------------------------------
 
 
-async def overload_async(serve: Serve, seconds: float, multiple: float, concurrency: int) -> list[dict]:
-    server = SimpleNamespace(pid=serve.server_pid(), grpc_url=serve.grpc_url)
-    driver = Driver(serve.grpc_url)
-    await driver.closed_loop(Phase("warm-up", None, 3.0), 8)
-    unloaded = await run_phase(driver, server, Phase("unloaded (1 in flight)", None, 5.0), 1)
-    capacity = await run_phase(
-        driver, server, Phase(f"capacity ({concurrency} in flight)", None, seconds), concurrency
-    )
-    rate = capacity.ok_per_s * multiple
-    overload = await run_phase(
-        driver, server, Phase(f"overload ({multiple:g}x capacity)", rate, seconds), None
-    )
-    await asyncio.sleep(2.0)
-    after = await run_phase(driver, server, Phase("after (1 in flight)", None, 3.0), 1)
-    await driver.client.close()
-    return [asdict(phase) for phase in (unloaded, capacity, overload, after)]
+def overload_phase(serve: Serve, seconds: float, multiple: float, concurrency: int) -> list[dict]:
+    phases = overload.measure(serve.grpc_url, serve.server_pid(), 5.0, seconds, multiple, concurrency)
+    return [asdict(phase) for phase in asyncio.run(phases)]
 
 
 # --- 4./5. kills and stop -----------------------------------------------------------------------------------
@@ -439,9 +414,8 @@ def log_findings(log: Path, kills: int) -> dict:
 # --- report -------------------------------------------------------------------------------------------------
 
 
-def write_report(out: Path, report: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "reliability.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+def write_report(experiment: Experiment, report: dict) -> None:
+    experiment.write_json("reliability.json", report)
     bad, soak, findings = report["malformed"], report["soak"], report["log"]
     phases, kills, stop = report["overload"], report["kills"], report["stop_under_load"]
     heavy_late = sum(
@@ -450,13 +424,13 @@ def write_report(out: Path, report: dict) -> None:
         if kind.endswith("/heavy")
     )
     md = [
-        f"# Reliability of `make serve` ({report['cores']} cores), {report['date']}",
-        "",
-        f"Command: `{report['command']}` (commit {report['commit']}). Tiny checkpoints, both ensembles, "
+        *experiment.heading(
+            f"Reliability of `make serve` ({report['cores']} cores), {report['started']}", report
+        ),
+        "Tiny checkpoints, both ensembles, "
         f"server started by the launcher (supervisor + stub watchdog) in {report['startup_seconds']} s"
         f" (failed starts before: {report['failed_starts'] or 'none'}). "
-        f"Load average (1 min) before / after: {report['load_before']} / {report['load_after']} (the host "
-        "is shared; latencies include other work).",
+        "The host is shared; latencies include other work.",
         "",
         "## Summary",
         "",
@@ -509,31 +483,15 @@ def write_report(out: Path, report: dict) -> None:
         md.append(f"| {name} | " + " | ".join("-" if cell is None else str(cell) for cell in cells) + " |")
     md += [
         "",
-        "## Overload (perf.overload's phases, gRPC, ~200-token texts)",
+        "## Overload (perf.drills.overload's phases, gRPC, ~200-token texts)",
         "",
-        "| phase | offered req/s | sent | OK | UNAVAILABLE | other | OK p50 / p99 ms | refused p99 ms "
-        "| RSS MiB start / peak / end |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *overload.phase_table([overload.Phase(**phase) for phase in phases]),
     ]
-    for phase in phases:
-        ok, refused = phase["ok_latency_ms"], phase["refused_latency_ms"]
-        md.append(
-            f"| {phase['name']} | {round(phase['offered_per_s']) if phase['offered_per_s'] else '-'} "
-            f"| {phase['sent']} | {phase['ok']} | {phase['unavailable']} | {phase['other']} "
-            f"| {ok.get('p50', '-')} / {ok.get('p99', '-')} | {refused.get('p99', '-')} "
-            f"| {phase['rss_mib_start']} / {phase['rss_mib_peak']} / {phase['rss_mib_end']} |"
-        )
     md += [
         "",
-        "## SIGKILL under load (perf.recovery's measurement)",
+        "## SIGKILL under load (perf.drills.recovery's measurement)",
         "",
-        "| SIGKILL of | readiness false after | serving again after | failed requests meanwhile |",
-        "|---|---|---|---|",
-        *[
-            f"| {k['killed']} | {k['readiness_false_after_s']} s | {k['serving_again_after_s']} s "
-            f"| {k['failed_requests'] or 0} |"
-            for k in kills
-        ],
+        *kills_table(kills),
         "",
         "## Triton's own HTTP-front 500s (documented, tritonserver 2.51)",
         "",
@@ -543,43 +501,24 @@ def write_report(out: Path, report: dict) -> None:
         "`Inference-Header-Content-Length` that cuts the JSON short. The run counts them among HTTP 5xx and "
         "accepts them only with Triton's parser message.",
         "",
-        "Launcher log:",
-        "",
-        "```",
-        *findings["launcher_lines"],
-        "```",
-        "",
+        *code_block("Launcher log", findings["launcher_lines"]),
     ]
-    (out / "reliability.md").write_text("\n".join(md))
-    print("\n".join(md))
+    experiment.write_markdown("reliability.md", md, echo=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf.reliability", description=__doc__.split("\n\n")[0])
+    parser = command_parser("perf.drills.reliability", __doc__)
     parser.add_argument("--malformed", type=int, default=5000, help="malformed requests")
     parser.add_argument("--soak", type=int, default=20000, help="good requests in the soak")
     parser.add_argument("--seed", type=int, default=20261130)
     parser.add_argument("--overload-seconds", type=float, default=15.0)
-    parser.add_argument("--out", type=Path, default=None, help="default: perf/results/<host>/<date>")
+    add_out_argument(parser)
     args = parser.parse_args(argv)
-    command = "python -m perf.reliability " + shlex.join(sys.argv[1:] if argv is None else argv)
-    if args.out is None:
-        from perf.host import todays_results_dir
-
-        args.out = todays_results_dir()
-    args.out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    load_before = round(os.getloadavg()[0], 2)
+    experiment = Experiment("perf.drills.reliability", argv, args.out)
     media = malformed.build_media()
     serve = Serve(Path(f"/tmp/reliability-serve-{os.getpid()}.log"))
     failed_starts = []
-    report: dict = {
-        "command": command,
-        "commit": commit.stdout.strip(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cores": os.cpu_count(),
-        "load_before": load_before,
-    }
+    report: dict = {}
     try:
         try:
             report["startup_seconds"] = serve.wait_ready(900.0)
@@ -599,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"malformed: {json.dumps(report['malformed'], default=str)[:2000]}", flush=True)
         report["soak"] = soak_phase(serve, media, args.soak)
         print(f"soak: {json.dumps(report['soak'])}", flush=True)
-        report["overload"] = asyncio.run(overload_async(serve, args.overload_seconds, 4.0, 64))
+        report["overload"] = overload_phase(serve, args.overload_seconds, 4.0, 64)
         report["kills"], report["stop_under_load"] = kills_phase(serve)
         report["seconds"] = round(time.monotonic() - phase_started, 1)
     finally:
@@ -609,9 +548,8 @@ def main(argv: list[str] | None = None) -> int:
                 serve.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 serve.process.kill()
-    report["load_after"] = round(os.getloadavg()[0], 2)
     report["log"] = log_findings(serve.log, len(report.get("kills", [])))
-    write_report(args.out, report)
+    write_report(experiment, report=experiment.report(**report))
     return 0
 
 

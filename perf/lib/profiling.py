@@ -2,7 +2,7 @@
 
 py-spy skips idle threads, but time a stub spends blocked inside a native call (waiting for the server's
 answer to a metric update, say) is not idle to it: the samples say where a stub's wall time goes when it is
-not waiting for work, not how much CPU it used (perf/server_stats.py reads that from /proc).
+not waiting for work, not how much CPU it used (perf/lib/server_stats.py reads that from /proc).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 RATE = 67  # samples per second (odd, so it does not beat with periodic work)
@@ -105,16 +106,20 @@ class Profiler:
         return [summarize(out, self.seconds, pid) for pid, out, _ in self.processes if out.exists()]
 
 
+def collapsed_stacks(path: Path) -> Iterator[tuple[str, int]]:
+    """(`frame;frame;...` from the root to the leaf, samples) of each line of a py-spy raw profile."""
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if stack and count_text.isdigit():
+            yield stack, int(count_text)
+
+
 def summarize(path: Path, seconds: float, pid: int = 0, top: int = 6) -> dict:
     """Samples by category and the hottest leaf functions of one raw profile."""
     categories: collections.Counter[str] = collections.Counter()
     leaves: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
+    for stack, count in collapsed_stacks(path):
         total += count
         for label, needles in CATEGORIES:
             if any(needle in stack for needle in needles):

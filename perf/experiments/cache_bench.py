@@ -1,4 +1,4 @@
-"""Response cache on vs off on a workload with repeated items: ``python -m perf.cache_bench``.
+"""Response cache on vs off on a workload with repeated items: ``python -m perf.experiments.cache_bench``.
 
 A RAG indexer re-embeds the same chunks and a search front end sees the same queries again and again. The
 workload: N requests of one text row each, drawn with Zipf-like popularity (weight 1/rank) from D distinct
@@ -12,11 +12,7 @@ ensemble's cache hits and misses (Triton's statistics) and the model step's exec
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import random
-import shlex
 import statistics
 import sys
 import tempfile
@@ -28,9 +24,11 @@ import numpy as np
 
 from backend.protocol import EMBEDDING_ENSEMBLE
 from deploy.serve import prepare_repository
+from perf.lib.console import add_out_argument, command_parser
+from perf.lib.paths import REPO
+from perf.lib.record import Experiment
 from tools.launcher import TritonServer
 
-REPO = Path(__file__).resolve().parent.parent
 ENSEMBLE = EMBEDDING_ENSEMBLE
 
 
@@ -133,20 +131,15 @@ def summarise(rounds: list[dict]) -> dict[str, float]:
     }
 
 
-def report(result: dict) -> str:
+def report(result: dict, experiment: Experiment) -> str:
     on, off = result["summary"]["cache"], result["summary"]["nocache"]
     p = result["parameters"]
     lines = [
-        "# Response cache on vs off (embedding ensemble, tiny model, CPU)",
-        "",
-        f"Command: `{result['command']}`",
-        "",
+        *experiment.heading("Response cache on vs off (embedding ensemble, tiny model, CPU)", result),
         f"Workload per round: {p['requests']} one-row text requests drawn with popularity 1/rank from "
         f"{p['distinct']} distinct texts of {p['words']} words (each round its own texts, so every round "
         f"starts cold); {p['concurrency']} HTTP client threads; {p['rounds']} rounds per server. Cache: "
-        f"`--cache-config=local,size={p['cache_bytes']}`; the other server has none. Host: {result['host']}, "
-        f"shared with other work (1-minute load average {result['load_average_1m_before_after'][0]} before, "
-        f"{result['load_average_1m_before_after'][1]} after).",
+        f"`--cache-config=local,size={p['cache_bytes']}`; the other server has none.",
         "",
         "| server | req/s median (min–max) | hit rate | model-step rows per round |",
         "|---|---|---|---|",
@@ -177,34 +170,30 @@ def report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf.cache_bench", description=__doc__)
+    parser = command_parser("perf.experiments.cache_bench", __doc__)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--distinct", type=int, default=100)
     parser.add_argument("--words", type=int, default=150)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cache-bytes", type=int, default=256 * 1024 * 1024)
-    parser.add_argument("--out", type=Path, required=True, help="results directory")
+    add_out_argument(parser, required=True)
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    load_before = os.getloadavg()
+    experiment = Experiment("perf.experiments.cache_bench", argv, args.out)
     with tempfile.TemporaryDirectory() as scratch:
         repository = prepare_repository(REPO / "model_repository", Path(scratch) / "repo", ["embedding"])
         rounds = {
             "cache": measure(args.cache_bytes, args, repository, Path(scratch)),
             "nocache": measure(0, args, repository, Path(scratch)),
         }
-    result = {
-        "load_average_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "command": "python -m perf.cache_bench " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "host": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
-        "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "rounds": rounds,
-        "summary": {name: summarise(r) for name, r in rounds.items()},
-    }
-    (args.out / "cache.json").write_text(json.dumps(result, indent=2))
-    (args.out / "cache.md").write_text(report(result))
-    print(report(result))
+    result = experiment.report(
+        parameters={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        rounds=rounds,
+        summary={name: summarise(r) for name, r in rounds.items()},
+    )
+    experiment.write_json("cache.json", result)
+    (args.out / "cache.md").write_text(report(result, experiment))
+    print(report(result, experiment))
     return 0
 
 

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
-from perf.pipelines import ENSEMBLE, pipeline_of
+from perf.lib.pipelines import ENSEMBLE, pipeline_of
 
 T = TypeVar("T")
 
@@ -38,6 +38,7 @@ class StageStats:
     compute_infer_ms: float = 0.0
     compute_output_ms: float = 0.0
     batch_sizes: dict[int, int] = field(default_factory=dict)
+    cache_hits: int = 0  # requests Triton's response cache answered (counted in `requests`)
 
     @property
     def rows_per_execute(self) -> float:
@@ -141,7 +142,7 @@ class Point:
     cpu: dict[str, float] = field(default_factory=dict)  # cores used on average during the run, by role
     profile: dict[str, Any] = field(
         default_factory=dict
-    )  # py-spy breakdown by model step (perf/profiling.py)
+    )  # py-spy breakdown by model step (perf/lib/profiling.py)
     load1: float = 0.0  # 1-minute load average at the end (what else was running shows here)
     csv: str = ""
     error: str = ""
@@ -168,6 +169,11 @@ class Point:
         return self.stage(pipeline_of(self.ensemble).model_step)
 
     @property
+    def cache_hits(self) -> int:
+        """Requests of the point the response cache answered without running the steps."""
+        return self.stage(self.ensemble).cache_hits
+
+    @property
     def preprocess_step(self) -> StageStats:
         return self.stage(pipeline_of(self.ensemble).preprocess)
 
@@ -181,4 +187,6 @@ class Point:
         )
         if self.custom.padding_ratio is not None:
             text += f"  padded/real {self.custom.padding_ratio:.3f}"
+        if self.cache_hits:
+            text += f"  response-cache hits {self.cache_hits} of {self.stage(self.ensemble).requests}"
         return text + f"  [{self.mode}, {self.seconds:.0f} s]"

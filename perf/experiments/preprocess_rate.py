@@ -1,4 +1,5 @@
-"""Preprocessing throughput on one CPU core per modality: ``python -m perf.preprocess_rate --out DIR``.
+"""Preprocessing throughput on one CPU core per modality:
+``python -m perf.experiments.preprocess_rate --out DIR``.
 
 The preprocess step (one Python process per Triton instance) is single-threaded work: chat formatting and
 tokenising, decoding and resizing images, decoding and sampling video frames, patchifying. How many
@@ -11,16 +12,15 @@ Writes ``preprocess_rate.md`` and ``preprocess_rate.json``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import shlex
 import statistics
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from perf.lib.console import add_out_argument, command_parser
+from perf.lib.paths import REPO
+from perf.lib.record import Experiment
+
 WORKLOADS = ("text_200", "image_448", "screenshot", "video")
 
 
@@ -54,22 +54,22 @@ def rate(preprocessor, requests: list, seconds: float, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf.preprocess_rate", description=__doc__)
-    parser.add_argument("--out", type=Path, required=True)
+    parser = command_parser("perf.experiments.preprocess_rate", __doc__)
+    add_out_argument(parser, required=True)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of one pass")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--core", type=int, default=0, help="CPU to pin to")
     args = parser.parse_args(argv)
+    experiment = Experiment("perf.experiments.preprocess_rate", argv, args.out)
 
     os.sched_setaffinity(0, {args.core})  # one core: the rate of one preprocess instance
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from backend.embedding.preprocess import EmbeddingPreprocessor
     from backend.settings import PreprocessSettings
-    from perf.inprocess import entry_inputs, load_entries
+    from perf.lib.inprocess import entry_inputs, load_entries
 
     model = REPO / "models" / "qwen3-vl-embedding-tiny"
     preprocessor = EmbeddingPreprocessor(PreprocessSettings(model_path=str(model)))
-    load = os.getloadavg()[0]
     results = {}
     for workload in WORKLOADS:
         entries = load_entries(
@@ -77,22 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         results[workload] = rate(preprocessor, [entry_inputs(e) for e in entries], args.seconds, args.repeats)
         print(workload, f"{results[workload]['items_per_cpu_s_median']:.1f} items/CPU-s", flush=True)
-    command = "python -m perf.preprocess_rate " + shlex.join(argv if argv is not None else sys.argv[1:])
-    report = {
-        "command": command,
-        "load_average_1m_before_after": [round(load, 2), round(os.getloadavg()[0], 2)],
-        "results": results,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "preprocess_rate.json").write_text(json.dumps(report, indent=2))
+    report = experiment.report(results=results)
+    experiment.write_json("preprocess_rate.json", report)
     lines = [
-        "# Preprocess throughput per CPU core",
-        "",
-        f"Command: `{command}` (pinned to CPU {args.core}; {args.repeats} passes of ≥{args.seconds:g} s; "
-        f"1-minute load average {report['load_average_1m_before_after'][0]} before, "
-        f"{report['load_average_1m_before_after'][1]} after, on a 2-core machine shared with other work, so "
-        "the wall-time rate is what this process got of the core and the CPU-time rate what one dedicated "
-        "core does).",
+        *experiment.heading("Preprocess throughput per CPU core", report),
+        f"Pinned to CPU {args.core}; {args.repeats} passes of ≥{args.seconds:g} s. On a machine shared with "
+        "other work the wall-time rate is what this process got of the core and the CPU-time rate what one "
+        "dedicated core does.",
         "",
         "| workload | items per CPU-second (median) | items/s wall (median; best) | tokens per item | "
         "vision patches per item |",
@@ -104,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['items_per_s_median']:.1f}; {r['items_per_s_best']:.1f} | "
             f"{r['tokens_per_item']:.0f} | {r['vision_patches_per_item']:.0f} |"
         )
-    (args.out / "preprocess_rate.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    experiment.write_markdown("preprocess_rate.md", lines, echo=True)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Overload through the gateway: fast 503s for the excess, bounded memory, and the p99 of admitted requests
 against the unloaded p99, for several admission policies in one run.
 
-    python -m perf.gateway_overload [--multiple 4] [--seconds 30] [--concurrency 16,64]
+    python -m perf.drills.gateway_overload [--multiple 4] [--seconds 30] [--concurrency 16,64]
                                     [--policies fifo,lifo,latency2] [--out DIR]
 
 One tritonserver (the embedding ensemble, tiny checkpoint unless MODEL_PATH is set); for each policy a fresh
@@ -26,25 +26,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import gc
 import json
 import os
 import re
 import resource
-import shlex
 import sys
-import threading
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from perf.console import log, parse_list
-from perf.gateway_bench import group_cpu_seconds
 from perf.gateway_stack import TINY_EMBEDDING, GatewayProcess, shown_path
-from perf.host import busy_processes, git_commit, host_tag, todays_results_dir, write_json
-from perf.overload import group_rss_mib, percentiles
+from perf.lib.console import add_out_argument, command_parser, log, parse_list, table
+from perf.lib.record import Experiment
+from perf.lib.sampling import RssSampler, group_cpu_seconds, percentiles
 
 # name -> (what it is, the gateway's environment)
 POLICIES: dict[str, tuple[str, dict[str, str]]] = {
@@ -127,29 +123,18 @@ def scrape(url: str) -> str:
     return ""
 
 
-class Sampler:
+class Sampler(RssSampler):
     """Peak RSS of tritonserver's group and of the gateway, and the gateway's in-flight bound and waiting
     room, sampled in a thread."""
 
     def __init__(self, server_pgid: int, gateway_pgid: int, url: str) -> None:
-        self.pgids = (server_pgid, gateway_pgid)
+        super().__init__(server_pgid, gateway_pgid, every_s=METRICS_EVERY_S)
         self.url = url
-        self.peaks = [0.0, 0.0]
         self.limits: list[float] = []
         self.waiting: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def rss(self) -> list[float]:
-        return [round(group_rss_mib(pgid), 1) for pgid in self.pgids]
-
-    def _run(self) -> None:
-        while not self._stop.wait(METRICS_EVERY_S):
-            with contextlib.suppress(OSError):
-                self._sample()
-
-    def _sample(self) -> None:
-        self.peaks = [max(peak, now) for peak, now in zip(self.peaks, self.rss())]
+    def sample(self) -> None:
+        super().sample()
         text = scrape(self.url)
         for values, name in (
             (self.limits, "gateway_triton_in_flight_limit"),
@@ -158,15 +143,6 @@ class Sampler:
             value = metric(text, name)
             if value is not None:
                 values.append(value)
-
-    def __enter__(self) -> Sampler:
-        self.start = self.peaks = self.rss()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 class Client:
@@ -340,46 +316,36 @@ async def measure_policy(
 
 
 def summary_rows(runs: list[PolicyRun]) -> list[str]:
-    header = (
-        "policy",
-        "phase",
-        "offered/s",
-        "sent",
-        "OK",
-        "503",
-        "other",
-        "OK/s",
-        "OK p50 / p99 ms",
-        "503 p50 / p99 ms",
-        "bound (median)",
-        "server RSS MiB start/peak/end",
-        "gateway RSS MiB start/peak/end",
-        "CPU s server / gateway / client",
-        "load",
-    )
-    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    header = "policy|phase|offered/s|sent|OK|503|other|OK/s|OK p50 / p99 ms|503 p50 / p99 ms|bound (median)"
+    rows = []
     for run in runs:
         for phase in run.phases:
             ok, refused = phase.ok_latency_ms, phase.refused_latency_ms
-            cells = (
-                run.policy,
-                phase.name,
-                phase.offered_per_s or "-",
-                f"{phase.sent} (+{phase.skipped} skipped)" if phase.skipped else phase.sent,
-                phase.ok,
-                phase.refused,
-                phase.other,
-                phase.ok_per_s,
-                f"{ok.get('p50', '-')} / {ok.get('p99', '-')}",
-                f"{refused.get('p50', '-')} / {refused.get('p99', '-')}",
-                phase.in_flight_limit.get("median", "-"),
-                " / ".join(str(value) for value in phase.server_rss_mib),
-                " / ".join(str(value) for value in phase.gateway_rss_mib),
-                f"{phase.server_cpu_s} / {phase.gateway_cpu_s} / {phase.client_cpu_s}",
-                phase.load_average,
+            rows.append(
+                (
+                    run.policy,
+                    phase.name,
+                    phase.offered_per_s or "-",
+                    f"{phase.sent} (+{phase.skipped} skipped)" if phase.skipped else phase.sent,
+                    phase.ok,
+                    phase.refused,
+                    phase.other,
+                    phase.ok_per_s,
+                    f"{ok.get('p50', '-')} / {ok.get('p99', '-')}",
+                    f"{refused.get('p50', '-')} / {refused.get('p99', '-')}",
+                    phase.in_flight_limit.get("median", "-"),
+                    " / ".join(str(value) for value in phase.server_rss_mib),
+                    " / ".join(str(value) for value in phase.gateway_rss_mib),
+                    f"{phase.server_cpu_s} / {phase.gateway_cpu_s} / {phase.client_cpu_s}",
+                    phase.load_average,
+                )
             )
-            rows.append("| " + " | ".join(str(cell) for cell in cells) + " |")
-    return rows
+    more = (
+        "server RSS MiB start/peak/end",
+        "gateway RSS MiB start/peak/end",
+        "CPU s server / gateway / client",
+    )
+    return table((*header.split("|"), *more, "load"), rows)
 
 
 def verdicts(runs: list[PolicyRun]) -> list[str]:
@@ -406,16 +372,12 @@ def verdicts(runs: list[PolicyRun]) -> list[str]:
     return lines
 
 
-def write_report(out: Path, report: dict, runs: list[PolicyRun]) -> None:
-    write_json(out / "gateway_overload.json", report)
-    busy = ", ".join(report["busy_processes"]) or "nothing else"
+def write_report(experiment: Experiment, report: dict, runs: list[PolicyRun]) -> None:
+    experiment.write_json("gateway_overload.json", report)
     lines = [
-        f"# Overload through the gateway: {report['host']}, {report['date']}",
+        f"# Overload through the gateway: {report['host']}, {report['started']}",
         "",
-        f"Command: `{report['command']}`",
-        "",
-        f"Commit {report['commit']}; load average (1 min) before {report['load_before']}, after "
-        f"{report['load_after']}; busy at the start: {busy}."
+        experiment.provenance(report)
         + (
             f" Pinned: tritonserver on core(s) {report['pinned']['server']}, the gateway and the client on "
             f"{report['pinned']['gateway_and_client']}."
@@ -437,14 +399,11 @@ def write_report(out: Path, report: dict, runs: list[PolicyRun]) -> None:
         *verdicts(runs),
         "",
     ]
-    (out / "gateway_overload.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    experiment.write_markdown("gateway_overload.md", lines, echo=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m perf.gateway_overload", description=__doc__.split("\n\n")[0]
-    )
+    parser = command_parser("perf.drills.gateway_overload", __doc__)
     parser.add_argument("--multiple", type=float, default=4.0, help="overload = this many times capacity")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the overload phase")
     parser.add_argument(
@@ -462,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--policies", type=parse_list, default=["fifo", "lifo", "latency2"], help=", ".join(POLICIES)
     )
-    parser.add_argument("--out", type=Path, default=None, help="default: perf/results/<host>/<date>")
+    add_out_argument(parser)
     parser.add_argument(
         "--pin",
         action="store_true",
@@ -473,17 +432,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in args.policies if name not in POLICIES]
     if unknown:
         parser.error(f"unknown policies {unknown}; known: {', '.join(POLICIES)}")
-    command = "python -m perf.gateway_overload " + shlex.join(sys.argv[1:] if argv is None else argv)
-    out = args.out or todays_results_dir()
-    log_dir = out / "raw" / "gateway_overload"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    from perf.servers import start_server
-
     # First come, first served keeps every request of the overload open: thousands of connections.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    load_before = round(os.getloadavg()[0], 2)
-    busy = busy_processes()
+    experiment = Experiment("perf.drills.gateway_overload", argv, args.out)
+    log_dir = experiment.out / "raw" / "gateway_overload"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    from perf.lib.servers import start_server
+
     model = Path(os.environ.get("MODEL_PATH") or TINY_EMBEDDING)
     cores = sorted(os.sched_getaffinity(0))
     if args.pin:
@@ -502,23 +458,15 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run)
     finally:
         endpoint.stop()
-    report = {
-        "command": command,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "host": host_tag(),
-        "cores": os.cpu_count(),
-        "model": shown_path(model),
-        "multiple": args.multiple,
-        "seconds": args.seconds,
-        "overload_rate": args.rate,
-        "load_before": load_before,
-        "load_after": round(os.getloadavg()[0], 2),
-        "busy_processes": busy,
-        "pinned": {"server": cores[:1], "gateway_and_client": cores[1:]} if args.pin else None,
-        "runs": [asdict(run) for run in runs],
-    }
-    write_report(out, report, runs)
+    report = experiment.report(
+        model=shown_path(model),
+        multiple=args.multiple,
+        seconds=args.seconds,
+        overload_rate=args.rate,
+        pinned={"server": cores[:1], "gateway_and_client": cores[1:]} if args.pin else None,
+        runs=[asdict(run) for run in runs],
+    )
+    write_report(experiment, report, runs)
     return 0
 
 

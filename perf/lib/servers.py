@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.settings import SERVER_ENV_VARIABLES
-from perf.console import log
-from perf.pipelines import ENSEMBLE, MODEL_REPOSITORY
+from perf.lib.console import log
+from perf.lib.paths import MODEL_REPOSITORY
+from perf.lib.pipelines import ENSEMBLE
 
 # Environment variables that change what a started server serves; cleared unless set on purpose.
 SERVER_OVERRIDES = SERVER_ENV_VARIABLES

@@ -1,4 +1,4 @@
-"""Peak and retained memory of the media preprocessing: ``python -m perf.media_memory --out DIR``.
+"""Peak and retained memory of the media preprocessing: ``python -m perf.experiments.media_memory --out DIR``.
 
 Each case runs in a fresh interpreter that imports the preprocess code, warms it on a small video and
 image, resets its peak RSS (/proc/self/clear_refs), prepares the case's media with `MediaPreparer` (the
@@ -13,16 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from perf.host import git_commit
+from perf.lib.console import add_out_argument, command_parser
+from perf.lib.paths import REPO
+from perf.lib.record import Experiment
 
-REPO = Path(__file__).resolve().parent.parent
 CASES = ("video_720p_64", "video_1080p_64", "h264_raw_long", "png_64mp", "burst_30")
 
 
@@ -86,7 +86,7 @@ def child(case: str, cache: Path, max_tokens: int | None) -> dict:
     if os.environ.get("MEDIA_TRIM") == "off":  # for comparison: the preparer without its malloc_trim
         import backend.media.preparer
 
-        backend.media.preparer.release_freed_memory = lambda: False
+        setattr(backend.media.preparer, "release_freed_memory", lambda: False)  # noqa: B010 (a swap for the run)
     paths = media(cache)
     timings = {"image": 0.0, "video": 0.0}
     budget = {} if max_tokens is None else {"max_tokens": max_tokens}
@@ -95,6 +95,7 @@ def child(case: str, cache: Path, max_tokens: int | None) -> dict:
     for _ in range(3):  # warm: FFmpeg, PIL plugins, numpy buffers
         preparer.prepare((small_image,), (paths["small_video"].read_bytes(),))
     # The inputs are read before the warm figure, so that it counts them: what is kept is the code's.
+    data: bytes | None
     if case == "burst_30":
         blobs = [paths[name].read_bytes() for name in ("video_720p_64", "video_1080p_64", "png_64mp")]
         # A server is warm once it has seen large media too: one of each, so one-time set-up is not counted.
@@ -127,6 +128,7 @@ def child(case: str, cache: Path, max_tokens: int | None) -> dict:
                 pass
             data = None  # a malformed copy is the test's, not the code's
     else:
+        assert data is not None  # read above for every case but the burst
         try:
             if case.startswith("png"):
                 prepared = preparer.prepare((data,), ())
@@ -152,8 +154,8 @@ def child(case: str, cache: Path, max_tokens: int | None) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser = command_parser("perf.experiments.media_memory", __doc__)
+    add_out_argument(parser, required=True)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "qwen3vl-media-memory")
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--max-tokens", default="none,8192", help="token budgets to run each case with")
@@ -165,12 +167,12 @@ def main() -> None:
         print(json.dumps(child(args.child, args.cache, budget)))
         return
     media(args.cache)
-    args.out.mkdir(parents=True, exist_ok=True)
+    experiment = Experiment("perf.experiments.media_memory", None, args.out)
     rows = []
     for case in args.cases.split(","):
         for budget in args.max_tokens.split(","):
             for trim in args.trim.split(",") if case == "burst_30" else ["on"]:
-                command = [sys.executable, "-m", "perf.media_memory", "--out", str(args.out)]
+                command = [sys.executable, "-m", "perf.experiments.media_memory", "--out", str(args.out)]
                 command += ["--cache", str(args.cache), "--child", case, "--max-tokens", budget]
                 environment = {**os.environ, "MEDIA_TRIM": trim}
                 result = subprocess.run(
@@ -178,12 +180,10 @@ def main() -> None:
                 )
                 rows.append({**json.loads(result.stdout.strip().splitlines()[-1]), "trim": trim})
                 print(json.dumps(rows[-1]), flush=True)
-    (args.out / "media_memory.json").write_text(json.dumps(rows, indent=2) + "\n")
+    report = experiment.report(rows=rows)
+    experiment.write_json("media_memory.json", report)
     lines = [
-        "# Media preprocessing memory",
-        "",
-        f"`{shlex.join(['python', '-m', 'perf.media_memory', *sys.argv[1:]])}` at commit {git_commit()}",
-        "",
+        *experiment.heading("Media preprocessing memory", report),
         "| case | max_tokens | trim | outcome | s | CPU s | warm MiB | peak above warm | kept above warm |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -194,7 +194,7 @@ def main() -> None:
             f"| {row['cpu_seconds']} | {row['warm_rss_mib']} | {row['peak_above_warm_mib']} "
             f"| {row['kept_above_warm_mib']} |"
         )
-    (args.out / "media_memory.md").write_text("\n".join(lines) + "\n")
+    experiment.write_markdown("media_memory.md", lines)
 
 
 if __name__ == "__main__":

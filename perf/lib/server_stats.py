@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import threading
 import time
@@ -14,12 +13,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from perf.pipelines import ALL_MODELS, EMBEDDING, Pipeline
-from perf.points import CustomMetrics, StageStats
-from perf.servers import Endpoint, http_get
+from perf.lib.pipelines import ALL_MODELS, EMBEDDING, Pipeline
+from perf.lib.points import CustomMetrics, StageStats
+from perf.lib.sampling import cpu_seconds_of, group_members
+from perf.lib.servers import Endpoint, http_get
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]  # (metric, sorted labels) -> value
 
@@ -76,6 +75,7 @@ def stats_delta(before: Snapshot, after: Snapshot) -> dict[str, StageStats]:
             failures=_ns(now, "fail")[0] - (_ns(old, "fail")[0] if old else 0),
             inferences=int(now.get("inference_count", 0)) - int(old.get("inference_count", 0)),
             executions=int(now.get("execution_count", 0)) - int(old.get("execution_count", 0)),
+            cache_hits=_ns(now, "cache_hit")[0] - (_ns(old, "cache_hit")[0] if old else 0),
         )
         for key in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
             count_now, ns_now = _ns(now, key)
@@ -142,30 +142,18 @@ def custom_delta(before: Snapshot, after: Snapshot, pipeline: Pipeline = EMBEDDI
     return out
 
 
-def group_cpu_seconds(pgid: int) -> dict[str, float]:
+def cpu_seconds_by_role(pgid: int) -> dict[str, float]:
     """CPU seconds (user + system) so far of each process in a server's process group, by role."""
-    ticks = os.sysconf("SC_CLK_TCK")
     usage: dict[str, float] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rpartition(")")[2].split()
-            if int(fields[2]) != pgid:
-                continue
-            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    for proc, fields in group_members(pgid):
+        with contextlib.suppress(OSError):
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             role = "tritonserver"
             for model in ALL_MODELS:
                 if f"/{model}/" in cmdline:
                     role = model
-            usage[role] = usage.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+            usage[role] = usage.get(role, 0.0) + cpu_seconds_of(fields)
     return usage
-
-
-def children_cpu_seconds() -> float:
-    """CPU seconds of this process's finished children (perf_analyzer runs)."""
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _ensemble_done(endpoint: Endpoint, ensemble: str) -> int:
