@@ -27,7 +27,7 @@ CATEGORIES = (
     ("rotary positions (MRoPE index, cos/sin)", ("get_rope_index", "RotaryEmbedding.forward")),
     ("backbone forward (torch)", ("modeling_qwen3_vl", "torch/nn/modules")),
     ("collate / pad", ("modeling.py:collate", "collate (backend/modeling.py")),
-    ("pool / normalise / numpy out", ("matryoshka", "_vectors", "last_token_pool")),
+    ("pool / normalise / numpy out", ("matryoshka", "row_outputs", "last_token_pool")),
     ("micro-batch plan", ("plan_micro_batches",)),
     ("unpack request tensors", ("unpack_rows", "read_inputs", "get_input_tensor_by_name")),
     ("build responses", ("to_response", "embedding_output", "pack_rows", "InferenceResponse")),
