@@ -1,0 +1,205 @@
+"""What a bulk job embeds: a folder tree (every image, video, .txt/.md file is one record, its id the path
+relative to the folder) or a table (``.jsonl`` / ``.csv``: an ``id`` column, ``text``, ``image``, ``video``
+columns, media as paths relative to the table, an optional ``instruction``). Each record's content hash keys
+its vector, and ``--shard i/N`` takes the records whose id hashes to ``i``."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from qwen3vl_client.index import scan_folder
+from qwen3vl_client.items import Item
+
+TABLE_SUFFIXES = (".jsonl", ".csv")
+# Several media in one CSV cell are separated by this.
+CSV_MEDIA_SEPARATOR = ";"
+
+
+class SourceError(ValueError):
+    """A source that cannot be read as a whole (no such file, a malformed table)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One item of the source; media are paths until ``load`` reads them."""
+
+    id: str
+    text: str | None = None
+    text_file: Path | None = None  # a folder's text file: read by ``load``
+    images: tuple[Path, ...] = ()
+    videos: tuple[Path, ...] = ()
+    instruction: str | None = None
+
+    @property
+    def modality(self) -> str:
+        """text, image, video, or the parts of a mixed item joined by '+' (e.g. 'text+image')."""
+        parts = [
+            name
+            for name, present in (
+                ("text", self.text is not None or self.text_file is not None),
+                ("image", bool(self.images)),
+                ("video", bool(self.videos)),
+            )
+            if present
+        ]
+        return "+".join(parts) or "empty"
+
+    def load(self) -> Loaded:
+        """The record's content, files read (``OSError`` when one cannot be)."""
+        text = self.text
+        if self.text_file is not None:
+            text = self.text_file.read_text(encoding="utf-8", errors="replace")
+        return Loaded(
+            self,
+            text,
+            tuple(path.read_bytes() for path in self.images),
+            tuple(path.read_bytes() for path in self.videos),
+        )
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A record with its content in memory, and the hash of exactly that content."""
+
+    record: Record
+    text: str | None
+    images: tuple[bytes, ...]
+    videos: tuple[bytes, ...]
+
+    @property
+    def content_hash(self) -> str:
+        return content_hash(self.text, self.images, self.videos, self.record.instruction)
+
+    @property
+    def nbytes(self) -> int:
+        return len((self.text or "").encode()) + sum(map(len, self.images)) + sum(map(len, self.videos))
+
+    def item(self) -> Item:
+        return Item(
+            text=self.text, images=self.images, videos=self.videos, instruction=self.record.instruction
+        )
+
+
+def content_hash(
+    text: str | None, images: tuple[bytes, ...], videos: tuple[bytes, ...], instruction: str | None
+) -> str:
+    """SHA-256 over everything the server sees of an item, each part tagged and length-prefixed so that no
+    two different items share a byte stream. Names and ids are not part of it: a renamed or copied file
+    has the same hash."""
+    digest = hashlib.sha256(b"qwen3vl-item-1\0")
+    parts: list[tuple[bytes, bytes]] = []
+    if text is not None:
+        parts.append((b"T", text.encode("utf-8")))
+    parts += [(b"I", blob) for blob in images]
+    parts += [(b"V", blob) for blob in videos]
+    if instruction:
+        parts.append((b"N", instruction.encode("utf-8")))
+    for tag, blob in parts:
+        digest.update(tag + len(blob).to_bytes(8, "big"))
+        digest.update(blob)
+    return digest.hexdigest()
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/N"`` (0 <= i < N) as (i, N)."""
+    try:
+        index_text, count_text = text.split("/")
+        index, count = int(index_text), int(count_text)
+    except ValueError:
+        raise ValueError(f"--shard takes I/N, e.g. 0/4, got {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    return index, count
+
+
+def shard_of(identifier: str, count: int) -> int:
+    """Which of ``count`` shards an id belongs to: stable across runs, machines and Python versions."""
+    digest = hashlib.sha256(identifier.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
+def folder_records(folder: Path) -> Iterator[Record]:
+    for entry in scan_folder(folder):
+        path = folder / entry.path
+        if entry.kind == "image":
+            yield Record(entry.path, images=(path,))
+        elif entry.kind == "video":
+            yield Record(entry.path, videos=(path,))
+        else:
+            yield Record(entry.path, text_file=path)
+
+
+def _media(value: object, base: Path, where: str) -> tuple[Path, ...]:
+    if value is None or value == "":
+        return ()
+    values = value if isinstance(value, list) else [value]
+    if not all(isinstance(medium, str) for medium in values):
+        raise SourceError(f"{where}: media must be paths (strings)")
+    return tuple(base / medium for medium in values if medium)  # type: ignore[operator]
+
+
+def _table_record(row: dict[str, object], base: Path, where: str, split_cells: bool) -> Record:
+    identifier = row.get("id")
+    if identifier is None or identifier == "":
+        raise SourceError(f"{where}: no id")
+    media: dict[str, tuple[Path, ...]] = {}
+    for key in ("image", "video"):
+        values: list[object] = []
+        for column in (key, f"{key}s"):
+            cell = row.get(column)
+            if split_cells and isinstance(cell, str):
+                values += [part.strip() for part in cell.split(CSV_MEDIA_SEPARATOR)]
+            elif isinstance(cell, list):
+                values += cell
+            elif cell is not None:
+                values.append(cell)
+        media[key] = _media([value for value in values if value != ""], base, where)
+    text = row.get("text")
+    instruction = row.get("instruction")
+    if text == "" and split_cells:
+        text = None
+    if not (text is None or isinstance(text, str)) or not (
+        instruction is None or isinstance(instruction, str)
+    ):
+        raise SourceError(f"{where}: text and instruction must be strings")
+    record = Record(str(identifier), text, None, media["image"], media["video"], instruction or None)
+    if record.modality == "empty":
+        raise SourceError(f"{where}: no text, image or video")
+    return record
+
+
+def table_records(path: Path) -> Iterator[Record]:
+    base = path.parent
+    if path.suffix.lower() == ".jsonl":
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as error:
+                    raise SourceError(f"{path}:{number}: {error}") from error
+                if not isinstance(row, dict):
+                    raise SourceError(f"{path}:{number}: not a JSON object")
+                yield _table_record(row, base, f"{path}:{number}", split_cells=False)
+        return
+    with path.open(encoding="utf-8", newline="") as handle:
+        for number, csv_row in enumerate(csv.DictReader(handle), 2):
+            yield _table_record(dict(csv_row), base, f"{path}:{number}", split_cells=True)
+
+
+def records(source: Path) -> Iterator[Record]:
+    """The source's records in a stable order (a folder's sorted by path, a table's in row order)."""
+    if source.is_dir():
+        yield from folder_records(source)
+    elif source.is_file() and source.suffix.lower() in TABLE_SUFFIXES:
+        yield from table_records(source)
+    elif source.is_file():
+        raise SourceError(f"{source}: not a folder or a {'/'.join(TABLE_SUFFIXES)} table")
+    else:
+        raise SourceError(f"{source}: no such folder or file")
