@@ -238,9 +238,8 @@ def run(
     assert manifest is not None
     started = time.monotonic()
     if plan.drops or plan.drop_errors:
-        rows_by_name = dict(store.rows())
-        for name, keep in plan.drops.items():
-            store.commit(rows_by_name[name].take(keep), replaces=name)
+        for name, kept in store.rows(only=plan.drops):
+            store.commit(kept.take(plan.drops[name]), replaces=name)
         store.commit(None, drop_errors=plan.drop_errors)
     usage = Usage()
     reusable = plan.reusable

@@ -16,7 +16,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,11 +240,14 @@ class Store:
             sequence += 1
         return self.shard_name(sequence)
 
-    def rows(self) -> Iterator[tuple[str, Rows]]:
-        """(file name, rows) of every committed shard of this worker."""
+    def rows(self, only: Collection[str] | None = None) -> Iterator[tuple[str, Rows]]:
+        """(file name, rows) of every committed shard of this worker (those named in ``only``); safe to
+        commit while iterating."""
         assert self.manifest is not None
         settings = self.manifest.settings
         for entry in list(self.manifest.shards):
+            if only is not None and entry["file"] not in only:
+                continue
             path = self.directory / entry["file"]
             yield entry["file"], read_rows(path, int(settings.get("dimensions") or 0), str(settings["dtype"]))
 
