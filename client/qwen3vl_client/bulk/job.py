@@ -167,7 +167,9 @@ def usage_table(usage: dict[str, dict[str, int]]) -> str:
     columns = ("items", "embedded", "reused", "failed", "tokens")
     lines = [f"{'modality':<18}" + "".join(f"{name:>10}" for name in columns)]
     for modality, counts in sorted(usage.items()):
-        lines.append(f"{modality:<18}" + "".join(f"{counts.get(name, 0):>10}" for name in columns))
+        # Tokens only where the server reported them: "-" is "not known", not zero.
+        cells = [str(counts.get(name, "-" if name == "tokens" else 0)) for name in columns]
+        lines.append(f"{modality:<18}" + "".join(f"{cell:>10}" for cell in cells))
     return "\n".join(lines)
 
 
@@ -202,7 +204,7 @@ class Progress:
         self.failed += failed
         self.tokens += tokens
         now = time.monotonic()
-        if self.quiet:
+        if self.quiet or not self.total:
             return
         line = progress_line(self.done, self.total, now - self.start, self.failed, self.tokens)
         if self.live:
