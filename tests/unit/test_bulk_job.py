@@ -191,6 +191,10 @@ def test_settings_of_a_directory_cannot_change(folder, tmp_path):
         Store(out).open(JobOptions("m", dtype="int8").settings())
     with pytest.raises(StoreError, match="1-way split"):
         Store(out, (0, 2)).open(JobOptions("m").settings())
+    shared = tmp_path / "shared"
+    index_once(folder, shared, shard=(0, 2))
+    with pytest.raises(StoreError, match=r"manifest.0-of-2.json\) was indexed with dtype"):
+        Store(shared, (1, 2)).open(JobOptions("m", dtype="int8").settings())
 
 
 def test_resume_after_a_crash_at_every_write_is_exact(folder, tmp_path, monkeypatch):

@@ -163,6 +163,15 @@ def read_rows(path: Path, dimensions: int, dtype: str) -> Rows:
         )
 
 
+def _check_settings(theirs: dict[str, Any], ours: dict[str, Any], where: str) -> None:
+    for key, value in ours.items():
+        if value is not None and theirs.get(key) not in (None, value):
+            raise StoreError(
+                f"{where} was indexed with {key}={theirs[key]!r}, not {value!r}: use the same options or "
+                "another --out"
+            )
+
+
 class Store:
     """One worker's view of an index directory: its own manifest, shards and errors file."""
 
@@ -190,17 +199,20 @@ class Store:
                         f"{self.directory} holds a {match.group(2) or 1}-way split ({path.name}); use that "
                         f"--shard count or another --out"
                     )
+                if match and path != self.manifest_path and settings:
+                    # The workers of one split must store the same vectors, or copies between them mix types.
+                    try:
+                        theirs = json.loads(path.read_text(encoding="utf-8"))["settings"]
+                    except (OSError, ValueError, KeyError):
+                        continue
+                    _check_settings(theirs, settings, f"{self.directory} ({path.name})")
         if self.manifest_path.exists():
             try:
                 manifest = Manifest.from_json(json.loads(self.manifest_path.read_text(encoding="utf-8")))
             except (ValueError, KeyError, TypeError) as error:
                 raise StoreError(f"{self.manifest_path}: unreadable manifest: {error}") from error
+            _check_settings(manifest.settings, settings, str(self.directory))
             for key, value in settings.items():
-                if value is not None and manifest.settings.get(key) not in (None, value):
-                    raise StoreError(
-                        f"{self.directory} was indexed with {key}={manifest.settings[key]!r}, not {value!r}: "
-                        "use the same options or another --out"
-                    )
                 if manifest.settings.get(key) is None:
                     manifest.settings[key] = value
         elif create:
