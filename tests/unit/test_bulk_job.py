@@ -14,6 +14,7 @@ from qwen3vl_client.bulk import store as store_module
 from qwen3vl_client.bulk.job import EmbedOutcome, JobOptions, make_plan, progress_line, run
 from qwen3vl_client.bulk.quantize import compact
 from qwen3vl_client.bulk.sources import (
+    FileDigests,
     Record,
     SourceError,
     content_hash,
@@ -94,6 +95,24 @@ def test_content_hash_covers_every_part_and_not_the_name():
         content_hash("a", (b"x", b""), (), None),
     }
     assert base not in others and len(others) == 5
+
+
+def test_remembered_file_digests_give_the_loaded_hash_without_reading_again(folder, monkeypatch):
+    digests = FileDigests()
+    found = list(records(folder))
+    for record in found:
+        assert digests.content_hash(record) == record.load().content_hash
+    assert digests.changed
+    remembered = FileDigests(json.loads(json.dumps(digests.known)))
+    reads = []
+    real_read = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or real_read(self))
+    assert [remembered.content_hash(r) for r in found] == [digests.content_hash(r) for r in found]
+    assert reads == [] and not remembered.changed
+    note = folder / "note0.txt"
+    note.write_text("note number 0 changed")  # another size: read again
+    changed = next(r for r in found if r.id == "note0.txt")
+    assert remembered.content_hash(changed) == changed.load().content_hash and remembered.changed
 
 
 def test_shards_split_ids_deterministically_and_completely():

@@ -18,7 +18,7 @@ from qwen3vl_client.bulk.job import (
     usage_table,
 )
 from qwen3vl_client.bulk.quantize import VECTOR_TYPES
-from qwen3vl_client.bulk.sources import SourceError, parse_shard, records
+from qwen3vl_client.bulk.sources import FileDigests, SourceError, parse_shard, records
 from qwen3vl_client.bulk.store import Manifest, Store, StoreError
 
 DESCRIPTION = """Embeds every item of SOURCE into DIR: vector shards, manifest.json and
@@ -70,7 +70,10 @@ def cmd_index(args: argparse.Namespace, out: TextIO) -> int:
         store = Store(args.out, shard)
         if store.open(options.settings(), create=not args.dry_run) is None:
             store.manifest = Manifest(shard, options.settings())
-        plan = make_plan(records(args.source), store, shard, args.retry_errors)
+        digests = FileDigests(store.load_digests())
+        plan = make_plan(records(args.source), store, shard, args.retry_errors, digests)
+        if digests.changed and not args.dry_run:
+            store.save_digests(digests.known)
     except (SourceError, StoreError, ValueError) as error:
         print(f"qwen3vl index: {error}", file=sys.stderr)
         return 2

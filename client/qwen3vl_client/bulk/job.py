@@ -19,7 +19,7 @@ from typing import Any, Protocol, TextIO
 import numpy as np
 
 from qwen3vl_client.bulk.quantize import compact, default_range
-from qwen3vl_client.bulk.sources import Record, shard_of
+from qwen3vl_client.bulk.sources import FileDigests, Record, shard_of
 from qwen3vl_client.bulk.store import UNKNOWN_TOKENS, ErrorRecord, Rows, Store, worker_stores
 from qwen3vl_client.items import Item
 
@@ -85,9 +85,15 @@ class Plan:
 
 
 def make_plan(
-    records: Iterable[Record], store: Store, shard: tuple[int, int], retry_errors: bool = False
+    records: Iterable[Record],
+    store: Store,
+    shard: tuple[int, int],
+    retry_errors: bool = False,
+    digests: FileDigests | None = None,
 ) -> Plan:
-    """Compare this worker's part of the source with the directory (reads and hashes every file)."""
+    """Compare this worker's part of the source with the directory (hashes every file that ``digests``
+    does not remember unchanged)."""
+    digests = digests or FileDigests()
     manifest = store.manifest
     assert manifest is not None
     plan = Plan()
@@ -100,7 +106,7 @@ def make_plan(
             plan.duplicate_ids.append(record.id)
             continue
         try:
-            digest: str | None = record.load().content_hash
+            digest: str | None = digests.content_hash(record)
         except OSError:
             digest = None
         current[record.id] = digest

@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from qwen3vl_client.index import scan_folder
 from qwen3vl_client.items import Item
@@ -85,24 +86,75 @@ class Loaded:
         )
 
 
+def _text_bytes(text: str) -> bytes:
+    return text.encode("utf-8")
+
+
+def _combine(parts: list[tuple[bytes, str]]) -> str:
+    """The content hash from each part's tag and SHA-256 (hex)."""
+    digest = hashlib.sha256(b"qwen3vl-item-2\0")
+    for tag, part in parts:
+        digest.update(tag + bytes.fromhex(part))
+    return digest.hexdigest()
+
+
+def _sha256(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
 def content_hash(
     text: str | None, images: tuple[bytes, ...], videos: tuple[bytes, ...], instruction: str | None
 ) -> str:
-    """SHA-256 over everything the server sees of an item, each part tagged and length-prefixed so that no
-    two different items share a byte stream. Names and ids are not part of it: a renamed or copied file
-    has the same hash."""
-    digest = hashlib.sha256(b"qwen3vl-item-1\0")
-    parts: list[tuple[bytes, bytes]] = []
+    """SHA-256 over everything the server sees of an item: the SHA-256 of each part (text, each image, each
+    video, the instruction), tagged with its kind, in order. Names and ids are not part of it: a renamed or
+    copied file has the same hash. Built from per-part digests so that ``FileDigests`` can remember a
+    file's part without reading it again."""
+    parts: list[tuple[bytes, str]] = []
     if text is not None:
-        parts.append((b"T", text.encode("utf-8")))
-    parts += [(b"I", blob) for blob in images]
-    parts += [(b"V", blob) for blob in videos]
+        parts.append((b"T", _sha256(_text_bytes(text))))
+    parts += [(b"I", _sha256(blob)) for blob in images]
+    parts += [(b"V", _sha256(blob)) for blob in videos]
     if instruction:
-        parts.append((b"N", instruction.encode("utf-8")))
-    for tag, blob in parts:
-        digest.update(tag + len(blob).to_bytes(8, "big"))
-        digest.update(blob)
-    return digest.hexdigest()
+        parts.append((b"N", _sha256(_text_bytes(instruction))))
+    return _combine(parts)
+
+
+class FileDigests:
+    """Each file's part digest, remembered by (path, size, mtime) as rsync and ``qwen3vl search`` do, so
+    that a resumed run does not read the whole corpus again to find what is done. ``changed`` says whether
+    ``to_json`` has something new."""
+
+    def __init__(self, known: dict[str, list[Any]] | None = None):
+        self.known: dict[str, list[Any]] = dict(known or {})
+        self.changed = False
+
+    def part(self, path: Path, text: bool) -> str:
+        stat = path.stat()
+        key = f"{'T' if text else 'B'}:{path.resolve()}"
+        cached = self.known.get(key)
+        if cached is not None and cached[0] == stat.st_size and cached[1] == stat.st_mtime_ns:
+            return str(cached[2])
+        blob = path.read_bytes()
+        if text:
+            blob = _text_bytes(blob.decode("utf-8", errors="replace"))
+        part = _sha256(blob)
+        self.known[key] = [stat.st_size, stat.st_mtime_ns, part]
+        self.changed = True
+        return part
+
+    def content_hash(self, record: Record) -> str:
+        """``record``'s content hash, reading only files that are new or changed (``OSError`` if one
+        cannot be read)."""
+        parts: list[tuple[bytes, str]] = []
+        if record.text_file is not None:
+            parts.append((b"T", self.part(record.text_file, text=True)))
+        elif record.text is not None:
+            parts.append((b"T", _sha256(_text_bytes(record.text))))
+        parts += [(b"I", self.part(path, text=False)) for path in record.images]
+        parts += [(b"V", self.part(path, text=False)) for path in record.videos]
+        if record.instruction:
+            parts.append((b"N", _sha256(_text_bytes(record.instruction))))
+        return _combine(parts)
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -181,6 +181,7 @@ class Store:
         self.tag = "" if shard == (0, 1) else f".{shard[0]}-of-{shard[1]}"
         self.manifest_path = directory / f"manifest{self.tag}.json"
         self.errors_path = directory / f"errors{self.tag}.jsonl"
+        self.digests_path = directory / f"digests{self.tag}.json"
         self.manifest: Manifest | None = None
 
     def shard_name(self, sequence: int) -> str:
@@ -227,6 +228,18 @@ class Store:
                 self._write_errors()  # a run killed between the manifest and the errors file
         return manifest
 
+    def load_digests(self) -> dict[str, list[Any]]:
+        """The remembered file digests (a cache: an unreadable one is empty)."""
+        try:
+            known = json.loads(self.digests_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return known if isinstance(known, dict) else {}
+
+    def save_digests(self, known: dict[str, list[Any]]) -> None:
+        document = json.dumps(known, separators=(",", ":"))
+        write_atomic(self.digests_path, lambda out: out.write(document.encode("utf-8")))
+
     def _write_errors(self) -> None:
         assert self.manifest is not None
         lines = "".join(json.dumps(vars(error), ensure_ascii=False) + "\n" for error in self.manifest.errors)
@@ -238,7 +251,9 @@ class Store:
         listed = {entry["file"] for entry in manifest.shards}
         tag = re.escape(self.tag)
         shard = re.compile(rf"^vectors{tag}\.\d+\.npz$")
-        temporary = re.compile(rf"^\.tmp-(manifest{tag}\.json|errors{tag}\.jsonl|vectors{tag}\.\d+\.npz)\.")
+        temporary = re.compile(
+            rf"^\.tmp-(manifest{tag}\.json|errors{tag}\.jsonl|digests{tag}\.json|vectors{tag}\.\d+\.npz)\."
+        )
         for path in self.directory.iterdir():
             if (shard.match(path.name) and path.name not in listed) or temporary.match(path.name):
                 with contextlib.suppress(OSError):
