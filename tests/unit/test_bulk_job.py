@@ -63,6 +63,7 @@ def folder(tmp_path) -> Path:
         (root / f"note{number}.txt").write_text(f"note number {number}")
     (root / "sub" / "copy-of-note3.md").write_text("note number 3")  # duplicate content
     (root / "bad.txt").write_text("BAD")
+    (root / "windows.txt").write_bytes(b"lines\r\nending\r\nin CRLF \xff")
     (root / "pic.png").write_bytes(b"\x89PNG fake image bytes")
     (root / "clip.mp4").write_bytes(b"fake video bytes")
     (root / "ignored.bin").write_bytes(b"\0")
@@ -105,8 +106,11 @@ def test_remembered_file_digests_give_the_loaded_hash_without_reading_again(fold
     assert digests.changed
     remembered = FileDigests(json.loads(json.dumps(digests.known)))
     reads = []
-    real_read = Path.read_bytes
-    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or real_read(self))
+    for name in ("read_bytes", "read_text"):
+        real = getattr(Path, name)
+        monkeypatch.setattr(
+            Path, name, lambda self, *a, real=real, **k: reads.append(self) or real(self, *a, **k)
+        )
     assert [remembered.content_hash(r) for r in found] == [digests.content_hash(r) for r in found]
     assert reads == [] and not remembered.changed
     note = folder / "note0.txt"
@@ -158,9 +162,9 @@ def test_one_run_indexes_each_item_once_copies_duplicates_and_records_bad_items(
     out = tmp_path / "out"
     plan, report, embedder = index_once(folder, out)
     ids, hashes, vectors, errors = snapshot(out)
-    assert len(ids) == len(set(ids)) == 12 and "bad.txt" not in ids
+    assert len(ids) == len(set(ids)) == 13 and "bad.txt" not in ids
     assert errors == [("bad.txt", "text is not allowed here")]
-    assert len(embedder.sent) == 12  # 13 items, one a copy of another
+    assert len(embedder.sent) == 13  # 14 items, one a copy of another
     row = {identifier: number for number, identifier in enumerate(ids)}
     np.testing.assert_array_equal(vectors[row["note3.txt"]], vectors[row["sub/copy-of-note3.md"]])
     assert report.usage.counters["text"]["reused"] == 1 and report.usage.counters["text"]["failed"] == 1
@@ -168,11 +172,11 @@ def test_one_run_indexes_each_item_once_copies_duplicates_and_records_bad_items(
     lines = (out / "errors.jsonl").read_text().splitlines()
     assert [json.loads(line)["id"] for line in lines] == ["bad.txt"]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert sum(entry["rows"] for entry in manifest["shards"]) == 12
+    assert sum(entry["rows"] for entry in manifest["shards"]) == 13
     # A second run finds everything done: nothing is sent, nothing is written.
     again = FakeEmbedder()
     plan, _, _ = index_once(folder, out, embedder=again)
-    assert (plan.done, plan.known_errors, plan.pending, again.sent) == (12, 1, [], [])
+    assert (plan.done, plan.known_errors, plan.pending, again.sent) == (13, 1, [], [])
     assert snapshot(out)[0] == ids
 
 
@@ -261,12 +265,12 @@ def test_a_run_killed_mid_chunk_sends_only_what_was_not_committed(folder, tmp_pa
     with pytest.raises(Killed):
         index_once(folder, out, embedder=FakeEmbedder(fail_after=7))
     committed = len(read_index(out).ids)
-    assert 0 < committed < 12
+    assert 0 < committed < 13
     embedder = FakeEmbedder()
     index_once(folder, out, embedder=embedder)
-    # Of the 13 items, one is a copy: what the first run committed is not sent again.
-    assert len(embedder.sent) <= 13 - committed
-    assert len(read_index(out).ids) == 12
+    # Of the 14 items, one is a copy: what the first run committed is not sent again.
+    assert len(embedder.sent) <= 14 - committed
+    assert len(read_index(out).ids) == 13
 
 
 def test_shard_workers_share_a_directory_and_their_union_is_the_whole(folder, tmp_path):

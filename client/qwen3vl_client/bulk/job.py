@@ -8,7 +8,6 @@ sent). Rows whose id left the source, or whose content changed, are dropped from
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -371,7 +370,3 @@ def dry_run_text(plan: Plan, store: Store, source: Path) -> str:
         estimate = format_duration((len(plan.pending) - reused) / rate)
         lines.append(f"estimate {estimate} at this directory's earlier {rate:.1f} items/s")
     return "\n".join(lines)
-
-
-def write_stderr(text: str) -> None:
-    print(text, file=sys.stderr)

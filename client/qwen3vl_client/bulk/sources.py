@@ -54,7 +54,7 @@ class Record:
         """The record's content, files read (``OSError`` when one cannot be)."""
         text = self.text
         if self.text_file is not None:
-            text = self.text_file.read_text(encoding="utf-8", errors="replace")
+            text = read_text_file(self.text_file)
         return Loaded(
             self,
             text,
@@ -76,14 +76,16 @@ class Loaded:
     def content_hash(self) -> str:
         return content_hash(self.text, self.images, self.videos, self.record.instruction)
 
-    @property
-    def nbytes(self) -> int:
-        return len((self.text or "").encode()) + sum(map(len, self.images)) + sum(map(len, self.videos))
-
     def item(self) -> Item:
         return Item(
             text=self.text, images=self.images, videos=self.videos, instruction=self.record.instruction
         )
+
+
+def read_text_file(path: Path) -> str:
+    """A text file as the other commands send it (``index.file_item``): UTF-8, bad bytes replaced,
+    universal newlines."""
+    return path.read_text(encoding="utf-8", errors="replace")
 
 
 def _text_bytes(text: str) -> bytes:
@@ -134,9 +136,7 @@ class FileDigests:
         cached = self.known.get(key)
         if cached is not None and cached[0] == stat.st_size and cached[1] == stat.st_mtime_ns:
             return str(cached[2])
-        blob = path.read_bytes()
-        if text:
-            blob = _text_bytes(blob.decode("utf-8", errors="replace"))
+        blob = _text_bytes(read_text_file(path)) if text else path.read_bytes()
         part = _sha256(blob)
         self.known[key] = [stat.st_size, stat.st_mtime_ns, part]
         self.changed = True
