@@ -18,7 +18,7 @@ from typing import Any, Protocol, TextIO
 import numpy as np
 
 from qwen3vl_client.bulk.quantize import compact, default_range
-from qwen3vl_client.bulk.sources import FileDigests, Record, shard_of
+from qwen3vl_client.bulk.sources import FileDigests, Loaded, Record, shard_of
 from qwen3vl_client.bulk.store import UNKNOWN_TOKENS, ErrorRecord, Rows, Store, worker_stores
 from qwen3vl_client.items import Item
 
@@ -72,9 +72,8 @@ class Plan:
     done: int = 0
     known_errors: int = 0
     pending: list[Planned] = field(default_factory=list)
-    reusable: dict[str, tuple[np.ndarray, int]] = field(
-        default_factory=dict
-    )  # hash -> (stored vector, tokens)
+    # content hash -> (stored vector, tokens): rows anywhere in the directory that pending items can copy
+    reusable: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)
     repeated: set[str] = field(default_factory=set)  # hashes pending more than once
     duplicate_ids: list[str] = field(default_factory=list)
     drops: dict[str, np.ndarray] = field(default_factory=dict)  # own shard file -> rows to keep
@@ -233,6 +232,101 @@ def _chunks(entries: list[Planned], size: int) -> Iterable[list[Planned]]:
         yield entries[start : start + size]
 
 
+# What the server answered for one content hash: (stored vector or None, tokens, error reason).
+Answer = tuple[np.ndarray | None, int, str]
+
+
+def _load(chunk: list[Planned]) -> tuple[list[Loaded], list[ErrorRecord]]:
+    """The chunk's items read (their hashes are taken from exactly the bytes that will be sent)."""
+    loaded: list[Loaded] = []
+    errors: list[ErrorRecord] = []
+    for entry in chunk:
+        record = entry.record
+        try:
+            loaded.append(record.load())
+        except OSError as error:
+            errors.append(ErrorRecord(record.id, None, record.modality, f"cannot read file: {error}"))
+    return loaded, errors
+
+
+def _embed_new(
+    loaded: list[Loaded],
+    hashes: list[str],
+    reusable: dict[str, tuple[np.ndarray, int]],
+    embedder: Embedder,
+    options: JobOptions,
+    settings: dict[str, Any],
+) -> dict[str, Answer]:
+    """Send each content hash of the chunk that has no vector yet, once; the answers in the index's type.
+    The first answer fixes the directory's width and, for int8/uint8, its range (in ``settings``)."""
+    first: dict[str, int] = {}
+    for position, digest in enumerate(hashes):
+        if digest not in reusable and digest not in first:
+            first[digest] = position
+    if not first:
+        return {}
+    positions = list(first.values())
+    outcome = embedder.embed([loaded[position].item() for position in positions], options.dimensions)
+    good = [row for row in range(len(positions)) if row not in outcome.errors]
+    stored = None
+    if good:
+        width = options.dimensions or outcome.vectors.shape[1]
+        settings.setdefault("width", width)
+        if options.dtype in ("int8", "uint8") and settings.get("range") is None:
+            settings["range"] = default_range(width)
+        stored = compact(
+            outcome.vectors[good], options.dtype, options.dimensions or None, settings.get("range")
+        )
+    answers: dict[str, Answer] = {}
+    for row, position in enumerate(positions):
+        tokens = UNKNOWN_TOKENS if outcome.token_counts is None else int(outcome.token_counts[row])
+        if row in outcome.errors:
+            answers[hashes[position]] = (None, tokens, outcome.errors[row])
+        else:
+            assert stored is not None
+            answers[hashes[position]] = (stored[good.index(row)], tokens, "")
+    return answers
+
+
+def _chunk_rows(
+    loaded: list[Loaded],
+    hashes: list[str],
+    reusable: dict[str, tuple[np.ndarray, int]],
+    answers: dict[str, Answer],
+    errors: list[ErrorRecord],
+    usage: Usage,
+    dtype: str,
+    width: int,
+) -> Rows | None:
+    """The chunk's rows in source order (copies and answers); failed items are added to ``errors``."""
+    columns: dict[str, list[Any]] = {"ids": [], "hashes": [], "modalities": [], "counts": [], "vectors": []}
+    sent: set[str] = set()
+    for item, digest in zip(loaded, hashes):
+        record = item.record
+        if digest in reusable:
+            vector, tokens = reusable[digest]
+            usage.add(record.modality, items=1, reused=1)
+        else:
+            answer, tokens, reason = answers[digest]
+            if answer is None:
+                errors.append(ErrorRecord(record.id, digest, record.modality, reason))
+                usage.add(record.modality, failed=1)
+                continue
+            vector = answer
+            fresh = digest not in sent  # the same content twice in one chunk is sent once
+            sent.add(digest)
+            usage.add(record.modality, items=1, embedded=int(fresh), reused=int(not fresh))
+        if tokens >= 0:
+            usage.add(record.modality, tokens=tokens)
+        for name, value in zip(columns, (record.id, digest, record.modality, tokens, vector)):
+            columns[name].append(value)
+    if not columns["ids"]:
+        return None
+    counts = np.array(columns["counts"], dtype=np.int32)
+    matrix = np.stack(columns["vectors"])
+    return Rows(columns["ids"], columns["hashes"], columns["modalities"], counts, matrix, width, dtype)
+
+
 def run(
     plan: Plan,
     store: Store,
@@ -252,102 +346,28 @@ def run(
     reusable = plan.reusable
     embedded_total = 0
     for chunk in _chunks(plan.pending, options.rows_per_shard):
-        errors: list[ErrorRecord] = []
-        loaded = []
-        for entry in chunk:
-            try:
-                loaded.append(entry.record.load())
-            except OSError as error:
-                record = entry.record
-                errors.append(ErrorRecord(record.id, None, record.modality, f"cannot read file: {error}"))
-        hashes = [item.content_hash for item in loaded]
-        send_rows: dict[str, int] = {}
-        for position, digest in enumerate(hashes):
-            if digest not in reusable and digest not in send_rows:
-                send_rows[digest] = position
-        chunk_started = time.monotonic()
-        sent: dict[str, tuple[np.ndarray | None, int, str]] = {}
-        if send_rows:
-            positions = list(send_rows.values())
-            outcome = embedder.embed([loaded[position].item() for position in positions], options.dimensions)
-            good = [row for row in range(len(positions)) if row not in outcome.errors]
-            if good:
-                manifest.settings.setdefault("width", options.dimensions or outcome.vectors.shape[1])
-            value_range = manifest.settings.get("range")
-            if good and options.dtype in ("int8", "uint8") and value_range is None:
-                width = options.dimensions or outcome.vectors.shape[1]
-                value_range = manifest.settings["range"] = default_range(width)
-            stored = (
-                compact(outcome.vectors[good], options.dtype, options.dimensions or None, value_range)
-                if good
-                else None
-            )
-            for row, position in enumerate(positions):
-                tokens = UNKNOWN_TOKENS
-                if outcome.token_counts is not None:
-                    tokens = int(outcome.token_counts[row])
-                if row in outcome.errors:
-                    sent[hashes[position]] = (None, tokens, outcome.errors[row])
-                else:
-                    assert stored is not None
-                    sent[hashes[position]] = (stored[good.index(row)], tokens, "")
-        seconds = time.monotonic() - chunk_started
-        ids: list[str] = []
-        row_hashes: list[str] = []
-        modalities: list[str] = []
-        counts: list[int] = []
-        vectors: list[np.ndarray] = []
+        loaded, errors = _load(chunk)
         chunk_usage = Usage()
-        first_sent: set[str] = set()
-        for item, digest in zip(loaded, hashes):
-            record = item.record
-            if digest in reusable:
-                vector, tokens = reusable[digest]
-                chunk_usage.add(record.modality, items=1, reused=1)
-            else:
-                answer, tokens, reason = sent[digest]
-                if answer is None:
-                    errors.append(ErrorRecord(record.id, digest, record.modality, reason))
-                    chunk_usage.add(record.modality, failed=1)
-                    continue
-                vector = answer
-                fresh = digest not in first_sent
-                first_sent.add(digest)
-                chunk_usage.add(record.modality, items=1, embedded=int(fresh), reused=int(not fresh))
-            if tokens >= 0:
-                chunk_usage.add(record.modality, tokens=tokens)
-            ids.append(record.id)
-            row_hashes.append(digest)
-            modalities.append(record.modality)
-            counts.append(tokens)
-            vectors.append(vector)
         for unread in errors:
-            if unread.content_hash is None:
-                chunk_usage.add(unread.modality, failed=1)
-        rows = None
-        if ids:
-            matrix = np.stack(vectors)
-            width = options.dimensions or manifest.settings.get("width") or plan.width or 0
+            chunk_usage.add(unread.modality, failed=1)
+        hashes = [item.content_hash for item in loaded]
+        chunk_started = time.monotonic()
+        answers = _embed_new(loaded, hashes, reusable, embedder, options, manifest.settings)
+        seconds = time.monotonic() - chunk_started
+        width = options.dimensions or manifest.settings.get("width") or plan.width or 0
+        rows = _chunk_rows(loaded, hashes, reusable, answers, errors, chunk_usage, options.dtype, int(width))
+        if rows is not None:
             manifest.settings.setdefault("width", width)
-            rows = Rows(
-                ids,
-                row_hashes,
-                modalities,
-                np.array(counts, dtype=np.int32),
-                matrix,
-                int(width),
-                options.dtype,
-            )
-        embedded = len(send_rows) - sum(1 for answer in sent.values() if answer[0] is None)
+        embedded = sum(1 for answer in answers.values() if answer[0] is not None)
         store.commit(rows, errors, chunk_usage.as_dict(), seconds, embedded)
         embedded_total += embedded
         for modality, counters in chunk_usage.counters.items():
             usage.counters.setdefault(modality, Counter()).update(counters)
-        for digest, (answer, tokens, _) in sent.items():
+        for digest, (answer, tokens, _) in answers.items():
             if answer is not None and digest in plan.repeated:
-                reusable[digest] = (answer, tokens)
+                reusable[digest] = (answer, tokens)  # later chunks copy it
         if progress is not None:
-            known = sum(count for count in counts if count >= 0)
+            known = 0 if rows is None else int(rows.token_counts[rows.token_counts >= 0].sum())
             progress(len(chunk), len(errors), known)
     return Report(plan, usage, time.monotonic() - started, embedded_total)
 
