@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -258,6 +259,43 @@ def test_resume_after_a_crash_at_every_write_is_exact(folder, tmp_path, monkeypa
         assert not (out / "vectors.999999.npz").exists() and not (out / ".tmp-manifest.json.x").exists()
         assert len(embedder.sent) <= len(plan.pending)
         assert json.loads((out / "errors.jsonl").read_text().strip())["id"] == "bad.txt"
+
+
+def test_a_rerun_that_drops_rows_is_exact_after_a_crash_at_every_write(folder, tmp_path, monkeypatch):
+    first = tmp_path / "first"
+    index_once(folder, first)
+    (folder / "note1.txt").rename(folder / "renamed.txt")
+    (folder / "note2.txt").write_text("changed text")
+    (folder / "note4.txt").unlink()
+    (folder / "bad.txt").write_text("no longer bad")
+    expected = tmp_path / "expected"
+    index_once(folder, expected)
+    real_replace = store_module.os.replace
+    crash_at, crashed = 1, True
+    while crashed:
+        out = tmp_path / f"rerun{crash_at}"
+        shutil.copytree(first, out)
+        calls = {"n": 0}
+
+        def replace(source, target, calls=calls, crash_at=crash_at):
+            calls["n"] += 1
+            if calls["n"] == crash_at:
+                raise Killed
+            return real_replace(source, target)
+
+        monkeypatch.setattr(store_module.os, "replace", replace)
+        try:
+            index_once(folder, out)
+            crashed = False  # past the rerun's last write
+        except Killed:
+            pass
+        monkeypatch.setattr(store_module.os, "replace", real_replace)
+        index_once(folder, out)
+        got, want = snapshot(out), snapshot(expected)
+        assert got[0] == want[0] and got[1] == want[1] and got[3] == want[3] == []
+        np.testing.assert_array_equal(got[2], want[2])
+        crash_at += 1
+    assert crash_at > 5
 
 
 def test_a_run_killed_mid_chunk_sends_only_what_was_not_committed(folder, tmp_path):
