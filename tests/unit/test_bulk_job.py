@@ -159,6 +159,25 @@ def test_folder_and_table_records(folder, tmp_path):
         list(records(tmp_path / "missing"))
 
 
+def test_a_table_is_indexed_like_a_folder(folder, tmp_path):
+    table = folder.parent / "items.csv"
+    table.write_text(
+        "id,text,image,video,instruction\n"
+        "q1,a red car,,,Find the picture\n"
+        "d1,a caption,corpus/pic.png,,\n"
+        "v1,,,corpus/clip.mp4,\n"
+        "gone,,corpus/missing.png,,\n"
+    )
+    out = tmp_path / "out"
+    index_once(table, out)
+    index = read_index(out)
+    assert index.ids == ["d1", "q1", "v1"] and index.modalities == ["text+image", "text", "video"]
+    assert [(error.id, error.content_hash) for error in index.errors] == [("gone", None)]
+    assert index.errors[0].reason.startswith("cannot read file:")
+    expected = FakeEmbedder().embed([Item(text="a red car", instruction="Find the picture")], 0).vectors
+    np.testing.assert_allclose(index.vectors[1], expected[0], atol=1e-7)
+
+
 def test_one_run_indexes_each_item_once_copies_duplicates_and_records_bad_items(folder, tmp_path):
     out = tmp_path / "out"
     plan, report, embedder = index_once(folder, out)
