@@ -149,7 +149,8 @@ def test_sigkilled_again_and_again_then_resumed_equals_one_run(server, corpus, r
     assert report["already_indexed"] + report["embedded"] <= 29
     assert_same_index(reference[0], out)
     listed = {entry["file"] for entry in json.loads((out / "manifest.json").read_text())["shards"]}
-    assert sorted(os.listdir(out)) == sorted(listed | {"manifest.json", "errors.jsonl", "digests.json"})  # no leftovers
+    # No leftovers: only the listed shards, the manifest, the errors file and the digest cache.
+    assert sorted(os.listdir(out)) == sorted(listed | {"manifest.json", "errors.jsonl", "digests.json"})
 
 
 def test_two_shard_workers_build_the_same_index(server, corpus, reference, tmp_path):
