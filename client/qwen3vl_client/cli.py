@@ -6,6 +6,7 @@
     qwen3vl similarity --query "What is the capital of China?" --document "Beijing is the capital."
     qwen3vl search photos/ "a red car" -k 5
     qwen3vl rerank --query "What is the capital of China?" --document "Beijing." --input photos/ -k 3
+    qwen3vl index photos/ --out photos.index --dtype int8                # resumable bulk job
 
 The server comes from --url / --protocol / --timeout, or QWEN3VL_URL / QWEN3VL_PROTOCOL / QWEN3VL_TIMEOUT
 (default localhost:8000 over HTTP, localhost:8001 over gRPC), the reranker from --reranker-model or
@@ -25,6 +26,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from qwen3vl_client.bulk.command import add_index_parser, cmd_index
 from qwen3vl_client.client import EmbeddingClient
 from qwen3vl_client.errors import EmbeddingError, ItemError
 from qwen3vl_client.index import file_item, scan_folder, update_index
@@ -254,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument("--no-probe", action="store_true", help="do not embed a test text")
     health.add_argument("--json", action="store_true")
+    add_index_parser(commands, common)
     return parser
 
 
@@ -571,6 +574,7 @@ COMMANDS = {
     "search": cmd_search,
     "rerank": cmd_rerank,
     "health": cmd_health,
+    "index": cmd_index,
 }
 
 

@@ -1,0 +1,140 @@
+"""``qwen3vl index SOURCE --out DIR``: the bulk job from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from qwen3vl_client.bulk.job import (
+    DEFAULT_ROWS_PER_SHARD,
+    JobOptions,
+    Progress,
+    dry_run_text,
+    make_plan,
+    run,
+    usage_table,
+)
+from qwen3vl_client.bulk.quantize import VECTOR_TYPES
+from qwen3vl_client.bulk.sources import FileDigests, SourceError, parse_shard, records
+from qwen3vl_client.bulk.store import Manifest, Store, StoreError
+
+DESCRIPTION = """Embeds every item of SOURCE into DIR: vector shards, manifest.json and
+errors.jsonl (with --shard I/N: files tagged .I-of-N, so N workers can share DIR). SOURCE is a folder
+(every image, video, .txt/.md file; id = its relative path) or a .jsonl/.csv table (columns id, text,
+image, video, instruction; media paths relative to the table). Run the same command again to resume:
+items already in DIR are not sent again, and content already embedded under another id is copied.
+Items the server rejects go to the errors file."""
+
+
+def add_index_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    index = commands.add_parser(
+        "index",
+        parents=parents,
+        help="embed a folder or table into a resumable index",
+        description=DESCRIPTION,
+    )
+    index.add_argument("source", type=Path, metavar="SOURCE")
+    index.add_argument("--out", type=Path, required=True, metavar="DIR")
+    index.add_argument("--shard", default="0/1", metavar="I/N", help="this worker's part, 0 <= I < N")
+    index.add_argument("--dtype", choices=VECTOR_TYPES, default="float32", help="stored vector type")
+    index.add_argument("--dimensions", type=int, default=0, help="Matryoshka size (0 = full)")
+    index.add_argument(
+        "--int8-range", type=float, default=None, metavar="R", help="int8/uint8 range (default 4/sqrt(d))"
+    )
+    index.add_argument("--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD, metavar="N")
+    index.add_argument("--retry-errors", action="store_true", help="send the items in the errors file again")
+    index.add_argument("--dry-run", action="store_true", help="count what a run would do; send nothing")
+    index.add_argument("--json", action="store_true", help="print the report as JSON")
+    index.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress line on stderr (default: live on a terminal, else every 30 s)",
+    )
+
+
+def cmd_index(args: argparse.Namespace, out: TextIO) -> int:
+    from qwen3vl_client.bulk.embedder import ClientEmbedder
+    from qwen3vl_client.client import EmbeddingClient
+
+    try:
+        shard = parse_shard(args.shard)
+        if args.rows_per_shard < 1 or args.dimensions < 0:
+            raise ValueError("--rows-per-shard must be positive and --dimensions 0 or positive")
+        options = JobOptions(
+            args.model, args.dimensions, args.dtype, args.int8_range, args.rows_per_shard, args.retry_errors
+        )
+        store = Store(args.out, shard)
+        if store.open(options.settings(), create=not args.dry_run) is None:
+            store.manifest = Manifest(shard, options.settings())
+        digests = FileDigests(store.load_digests())
+        plan = make_plan(records(args.source), store, shard, args.retry_errors, digests)
+        if digests.changed and not args.dry_run:
+            store.save_digests(digests.known)
+    except (SourceError, StoreError, ValueError) as error:
+        print(f"qwen3vl index: {error}", file=sys.stderr)
+        return 2
+    for identifier in plan.duplicate_ids:
+        print(f"qwen3vl index: id {identifier!r} repeats; only its first row is indexed", file=sys.stderr)
+    if args.dry_run:
+        out.write(dry_run_text(plan, store, args.source) + "\n")
+        return 0
+
+    def make_client(concurrency: int) -> EmbeddingClient:
+        return EmbeddingClient(
+            args.url,
+            args.protocol,
+            model=args.model,
+            batch_size=args.batch_size,
+            max_concurrency=concurrency,
+            timeout=args.timeout,
+            retries=args.retries,
+        )
+
+    if plan.pending:
+        with make_client(1) as client:
+            health = client.health(probe=True)
+        if not health.ok:
+            print(f"qwen3vl index: server not ready: {health.error or health.url}", file=sys.stderr)
+            return 1
+        if args.dimensions and health.dimensions and args.dimensions > health.dimensions:
+            print(f"qwen3vl index: the model has {health.dimensions} dimensions", file=sys.stderr)
+            return 2
+    progress = Progress(len(plan.pending), sys.stderr, args.progress)
+    embedder = ClientEmbedder(make_client, args.concurrency)
+    try:
+        report = run(plan, store, embedder, options, lambda d, f, t: progress.update(d, f, t))
+    finally:
+        embedder.close()
+    progress.update(0, 0, 0, final=True)
+    manifest = store.manifest
+    assert manifest is not None
+    embedded = report.embedded
+    rate = embedded / report.seconds if report.seconds > 0 else 0.0
+    if args.json:
+        document = {
+            "out": str(args.out),
+            "shard": args.shard,
+            "items": plan.total,
+            "already_indexed": plan.done,
+            "known_errors": plan.known_errors,
+            "embedded": embedded,
+            "seconds": round(report.seconds, 3),
+            "items_per_second": round(rate, 2),
+            "usage": report.usage.as_dict(),
+            "total_usage": manifest.usage,
+            "errors": len(manifest.errors),
+        }
+        out.write(json.dumps(document) + "\n")
+        return 0
+    out.write(
+        f"index {args.out} ({args.shard}): {plan.total} items, {plan.done} already indexed, "
+        f"{embedded} embedded in {report.seconds:.1f} s ({rate:.1f} items/s), "
+        f"{len(manifest.errors)} in {store.errors_path.name}\n"
+    )
+    out.write("this run:\n" + usage_table(report.usage.as_dict()) + "\n")
+    out.write("whole index (this worker):\n" + usage_table(manifest.usage) + "\n")
+    return 0

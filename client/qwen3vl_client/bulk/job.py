@@ -1,0 +1,392 @@
+"""The bulk job: plan what a source still needs against what an index directory already holds, then embed
+it chunk by chunk, committing each chunk as one shard.
+
+Exactly once: an item is done when a committed shard holds its (id, content hash); it is sent only when no
+committed row anywhere in the directory has its content hash (a renamed or duplicated file is copied, not
+sent). Rows whose id left the source, or whose content changed, are dropped from their shard.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+import numpy as np
+
+from qwen3vl_client.bulk.quantize import compact, default_range
+from qwen3vl_client.bulk.sources import FileDigests, Loaded, Record, shard_of
+from qwen3vl_client.bulk.store import UNKNOWN_TOKENS, ErrorRecord, Rows, Store, worker_stores
+from qwen3vl_client.items import Item
+
+DEFAULT_ROWS_PER_SHARD = 512
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    model: str
+    dimensions: int = 0  # 0: the model's full width
+    dtype: str = "float32"
+    value_range: float | None = None  # int8/uint8 range; None: quantize.default_range of the width
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
+    retry_errors: bool = False
+
+    def settings(self) -> dict[str, Any]:
+        """What must stay the same for the life of an index directory."""
+        return {
+            "model": self.model,
+            "dimensions": self.dimensions,
+            "dtype": self.dtype,
+            "range": self.value_range,
+        }
+
+
+@dataclass
+class EmbedOutcome:
+    """What an embedder returns for a list of items: float32 vectors (rows of failed items unused), the
+    tokens each item took when the server says, and the reason of each failed item by its position."""
+
+    vectors: np.ndarray
+    token_counts: list[int] | None = None
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+class Embedder(Protocol):
+    def embed(self, items: list[Item], dimensions: int) -> EmbedOutcome: ...
+
+
+@dataclass(frozen=True)
+class Planned:
+    record: Record
+    content_hash: str | None  # None: unreadable when planned (read again when its chunk is due)
+
+
+@dataclass
+class Plan:
+    """What a run will do for its part of the source."""
+
+    total: int = 0
+    done: int = 0
+    known_errors: int = 0
+    pending: list[Planned] = field(default_factory=list)
+    # content hash -> (stored vector, tokens): rows anywhere in the directory that pending items can copy
+    reusable: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)
+    repeated: set[str] = field(default_factory=set)  # hashes pending more than once
+    duplicate_ids: list[str] = field(default_factory=list)
+    drops: dict[str, np.ndarray] = field(default_factory=dict)  # own shard file -> rows to keep
+    drop_errors: set[str] = field(default_factory=set)
+    by_modality: Counter[str] = field(default_factory=Counter)  # pending items
+    width: int | None = None  # full vector width, when a committed row says
+
+
+def make_plan(
+    records: Iterable[Record],
+    store: Store,
+    shard: tuple[int, int],
+    retry_errors: bool = False,
+    digests: FileDigests | None = None,
+) -> Plan:
+    """Compare this worker's part of the source with the directory (hashes every file that ``digests``
+    does not remember unchanged)."""
+    digests = digests or FileDigests()
+    manifest = store.manifest
+    assert manifest is not None
+    plan = Plan()
+    current: dict[str, str | None] = {}
+    planned: list[Planned] = []
+    for record in records:
+        if shard[1] > 1 and shard_of(record.id, shard[1]) != shard[0]:
+            continue
+        if record.id in current:
+            plan.duplicate_ids.append(record.id)
+            continue
+        try:
+            digest: str | None = digests.content_hash(record)
+        except OSError:
+            digest = None
+        current[record.id] = digest
+        planned.append(Planned(record, digest))
+    plan.total = len(planned)
+    committed: dict[str, str] = {}
+    for name, rows in store.rows():
+        keep = np.array(
+            [current.get(identifier, "") == digest for identifier, digest in zip(rows.ids, rows.hashes)],
+            dtype=bool,
+        )
+        committed.update((i, h) for i, h, kept in zip(rows.ids, rows.hashes, keep) if kept)
+        if not keep.all():
+            plan.drops[name] = keep
+    failed = {error.id: error for error in manifest.errors}
+    for error in manifest.errors:
+        stays = (
+            error.id in current and error.content_hash is not None and current[error.id] == error.content_hash
+        )
+        if not stays or retry_errors:
+            plan.drop_errors.add(error.id)
+    for entry in planned:
+        if entry.content_hash is not None and committed.get(entry.record.id) == entry.content_hash:
+            plan.done += 1
+            continue
+        if entry.record.id in failed and entry.record.id not in plan.drop_errors:
+            plan.known_errors += 1
+            continue
+        plan.pending.append(entry)
+        plan.by_modality[entry.record.modality] += 1
+    hashes = Counter(entry.content_hash for entry in plan.pending if entry.content_hash is not None)
+    plan.repeated = {digest for digest, count in hashes.items() if count > 1}
+    wanted = set(hashes)
+    for other in worker_stores(store.directory):
+        try:
+            other_manifest = other.open({}, create=False) if other.tag != store.tag else manifest
+            if other_manifest is None:
+                continue
+            other.manifest = other_manifest
+            plan.width = plan.width or other_manifest.settings.get("width")
+            for _, rows in other.rows():
+                for row, digest in enumerate(rows.hashes):
+                    if digest in wanted and digest not in plan.reusable:
+                        plan.reusable[digest] = (rows.vectors[row].copy(), int(rows.token_counts[row]))
+        except (OSError, ValueError, KeyError):
+            continue  # another worker rewrote a shard meanwhile: its items are embedded instead
+    return plan
+
+
+@dataclass
+class Usage:
+    """Counters per modality: items committed, embedded (sent), reused (copied), failed, tokens."""
+
+    counters: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def add(self, modality: str, **counts: int) -> None:
+        self.counters.setdefault(modality, Counter()).update(counts)
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return {modality: dict(counts) for modality, counts in sorted(self.counters.items())}
+
+
+def usage_table(usage: dict[str, dict[str, int]]) -> str:
+    columns = ("items", "embedded", "reused", "failed", "tokens")
+    lines = [f"{'modality':<18}" + "".join(f"{name:>10}" for name in columns)]
+    for modality, counts in sorted(usage.items()):
+        # Tokens only where the server reported them: "-" is "not known", not zero.
+        cells = [str(counts.get(name, "-" if name == "tokens" else 0)) for name in columns]
+        lines.append(f"{modality:<18}" + "".join(f"{cell:>10}" for cell in cells))
+    return "\n".join(lines)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def progress_line(done: int, total: int, elapsed: float, failed: int, tokens: int) -> str:
+    """``index 120/500 (24%)  35.2 items/s  ETA 0:00:11  failed 1`` (tokens/s when the server says)."""
+    rate = done / elapsed if elapsed > 0 else 0.0
+    percent = 100.0 * done / total if total else 100.0
+    eta = format_duration((total - done) / rate) if rate > 0 else "?"
+    line = f"index {done}/{total} ({percent:.0f}%)  {rate:.1f} items/s  ETA {eta}  failed {failed}"
+    if tokens:
+        line += f"  {tokens / elapsed if elapsed > 0 else 0:.0f} tokens/s"
+    return line
+
+
+class Progress:
+    """A live line on a terminal, else a line every ``every`` seconds (logs of a scheduler's pod)."""
+
+    def __init__(self, total: int, stream: TextIO, live: bool | None, every: float = 30.0):
+        self.total, self.stream, self.every = total, stream, every
+        self.live = stream.isatty() if live is None else live
+        self.quiet = live is False
+        self.start = self.last = time.monotonic()
+        self.done = self.failed = self.tokens = 0
+
+    def update(self, done: int, failed: int, tokens: int, final: bool = False) -> None:
+        self.done += done
+        self.failed += failed
+        self.tokens += tokens
+        now = time.monotonic()
+        if self.quiet or not self.total:
+            return
+        line = progress_line(self.done, self.total, now - self.start, self.failed, self.tokens)
+        if self.live:
+            self.stream.write("\r" + line + ("\n" if final else ""))
+            self.stream.flush()
+        elif final or now - self.last >= self.every:
+            self.stream.write(line + "\n")
+            self.last = now
+
+
+@dataclass
+class Report:
+    plan: Plan
+    usage: Usage
+    seconds: float
+    embedded: int
+
+
+def _chunks(entries: list[Planned], size: int) -> Iterable[list[Planned]]:
+    for start in range(0, len(entries), size):
+        yield entries[start : start + size]
+
+
+# What the server answered for one content hash: (stored vector or None, tokens, error reason).
+Answer = tuple[np.ndarray | None, int, str]
+
+
+def _load(chunk: list[Planned]) -> tuple[list[Loaded], list[ErrorRecord]]:
+    """The chunk's items read (their hashes are taken from exactly the bytes that will be sent)."""
+    loaded: list[Loaded] = []
+    errors: list[ErrorRecord] = []
+    for entry in chunk:
+        record = entry.record
+        try:
+            loaded.append(record.load())
+        except OSError as error:
+            errors.append(ErrorRecord(record.id, None, record.modality, f"cannot read file: {error}"))
+    return loaded, errors
+
+
+def _embed_new(
+    loaded: list[Loaded],
+    hashes: list[str],
+    reusable: dict[str, tuple[np.ndarray, int]],
+    embedder: Embedder,
+    options: JobOptions,
+    settings: dict[str, Any],
+) -> dict[str, Answer]:
+    """Send each content hash of the chunk that has no vector yet, once; the answers in the index's type.
+    The first answer fixes the directory's width and, for int8/uint8, its range (in ``settings``)."""
+    first: dict[str, int] = {}
+    for position, digest in enumerate(hashes):
+        if digest not in reusable and digest not in first:
+            first[digest] = position
+    if not first:
+        return {}
+    positions = list(first.values())
+    outcome = embedder.embed([loaded[position].item() for position in positions], options.dimensions)
+    good = [row for row in range(len(positions)) if row not in outcome.errors]
+    stored = None
+    if good:
+        width = options.dimensions or outcome.vectors.shape[1]
+        settings.setdefault("width", width)
+        if options.dtype in ("int8", "uint8") and settings.get("range") is None:
+            settings["range"] = default_range(width)
+        stored = compact(
+            outcome.vectors[good], options.dtype, options.dimensions or None, settings.get("range")
+        )
+    answers: dict[str, Answer] = {}
+    for row, position in enumerate(positions):
+        tokens = UNKNOWN_TOKENS if outcome.token_counts is None else int(outcome.token_counts[row])
+        if row in outcome.errors:
+            answers[hashes[position]] = (None, tokens, outcome.errors[row])
+        else:
+            assert stored is not None
+            answers[hashes[position]] = (stored[good.index(row)], tokens, "")
+    return answers
+
+
+def _chunk_rows(
+    loaded: list[Loaded],
+    hashes: list[str],
+    reusable: dict[str, tuple[np.ndarray, int]],
+    answers: dict[str, Answer],
+    errors: list[ErrorRecord],
+    usage: Usage,
+    dtype: str,
+    width: int,
+) -> Rows | None:
+    """The chunk's rows in source order (copies and answers); failed items are added to ``errors``."""
+    columns: dict[str, list[Any]] = {"ids": [], "hashes": [], "modalities": [], "counts": [], "vectors": []}
+    sent: set[str] = set()
+    for item, digest in zip(loaded, hashes):
+        record = item.record
+        if digest in reusable:
+            vector, tokens = reusable[digest]
+            usage.add(record.modality, items=1, reused=1)
+        else:
+            answer, tokens, reason = answers[digest]
+            if answer is None:
+                errors.append(ErrorRecord(record.id, digest, record.modality, reason))
+                usage.add(record.modality, failed=1)
+                continue
+            vector = answer
+            fresh = digest not in sent  # the same content twice in one chunk is sent once
+            sent.add(digest)
+            usage.add(record.modality, items=1, embedded=int(fresh), reused=int(not fresh))
+        if tokens >= 0:
+            usage.add(record.modality, tokens=tokens)
+        for name, value in zip(columns, (record.id, digest, record.modality, tokens, vector)):
+            columns[name].append(value)
+    if not columns["ids"]:
+        return None
+    counts = np.array(columns["counts"], dtype=np.int32)
+    matrix = np.stack(columns["vectors"])
+    return Rows(columns["ids"], columns["hashes"], columns["modalities"], counts, matrix, width, dtype)
+
+
+def run(
+    plan: Plan,
+    store: Store,
+    embedder: Embedder,
+    options: JobOptions,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> Report:
+    """Embed ``plan.pending`` chunk by chunk; each chunk becomes one committed shard."""
+    manifest = store.manifest
+    assert manifest is not None
+    started = time.monotonic()
+    if plan.drops or plan.drop_errors:
+        for name, kept in store.rows(only=plan.drops):
+            store.commit(kept.take(plan.drops[name]), replaces=name)
+        store.commit(None, drop_errors=plan.drop_errors)
+    usage = Usage()
+    reusable = plan.reusable
+    embedded_total = 0
+    for chunk in _chunks(plan.pending, options.rows_per_shard):
+        loaded, errors = _load(chunk)
+        chunk_usage = Usage()
+        for unread in errors:
+            chunk_usage.add(unread.modality, failed=1)
+        hashes = [item.content_hash for item in loaded]
+        chunk_started = time.monotonic()
+        answers = _embed_new(loaded, hashes, reusable, embedder, options, manifest.settings)
+        seconds = time.monotonic() - chunk_started
+        width = options.dimensions or manifest.settings.get("width") or plan.width or 0
+        rows = _chunk_rows(loaded, hashes, reusable, answers, errors, chunk_usage, options.dtype, int(width))
+        if rows is not None:
+            manifest.settings.setdefault("width", width)
+        embedded = sum(1 for answer in answers.values() if answer[0] is not None)
+        store.commit(rows, errors, chunk_usage.as_dict(), seconds, embedded)
+        embedded_total += embedded
+        for modality, counters in chunk_usage.counters.items():
+            usage.counters.setdefault(modality, Counter()).update(counters)
+        for digest, (answer, tokens, _) in answers.items():
+            if answer is not None and digest in plan.repeated:
+                reusable[digest] = (answer, tokens)  # later chunks copy it
+        if progress is not None:
+            known = 0 if rows is None else int(rows.token_counts[rows.token_counts >= 0].sum())
+            progress(len(chunk), len(errors), known)
+    return Report(plan, usage, time.monotonic() - started, embedded_total)
+
+
+def dry_run_text(plan: Plan, store: Store, source: Path) -> str:
+    """What ``--dry-run`` prints: counts and, from earlier runs of this directory, a time estimate."""
+    manifest = store.manifest
+    assert manifest is not None
+    reused = sum(1 for entry in plan.pending if entry.content_hash in plan.reusable)
+    lines = [
+        f"source {source}: {plan.total} items in this part"
+        + (f" ({len(plan.duplicate_ids)} repeated ids left out)" if plan.duplicate_ids else ""),
+        f"already indexed {plan.done}, known bad {plan.known_errors}, to do {len(plan.pending)} "
+        f"({reused} copied from vectors already in {store.directory}, {len(plan.pending) - reused} to embed)",
+        "to do by modality: "
+        + ", ".join(f"{name} {count}" for name, count in sorted(plan.by_modality.items())),
+    ]
+    if manifest.embedded and manifest.embed_seconds > 0:
+        rate = manifest.embedded / manifest.embed_seconds
+        estimate = format_duration((len(plan.pending) - reused) / rate)
+        lines.append(f"estimate {estimate} at this directory's earlier {rate:.1f} items/s")
+    return "\n".join(lines)
