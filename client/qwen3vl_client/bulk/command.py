@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -29,7 +30,7 @@ items already in DIR are not sent again, and content already embedded under anot
 Items the server rejects go to the errors file."""
 
 
-def add_index_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+def add_index_parser(commands: Any, parents: Sequence[argparse.ArgumentParser]) -> None:
     index = commands.add_parser(
         "index",
         parents=parents,
