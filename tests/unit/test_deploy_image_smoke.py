@@ -1,0 +1,89 @@
+"""make image-smoke's pure parts (deploy/images/smoke.py): the containers it starts are the chart's, and
+what it counts as a write outside the writable mounts. The buildah runs themselves are `make image-smoke`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from deploy.images import smoke
+
+PORTS = [18000, 18001, 18002, 19000]
+
+
+def specs():
+    return smoke.container_specs(smoke.pod_spec(smoke.smoke_values(PORTS)))
+
+
+def test_containers_are_the_charts_cpu_pod_with_its_gateway_sidecar():
+    containers = specs()
+    assert set(containers) == {"triton", "gateway"}
+    triton, gateway = containers["triton"], containers["gateway"]
+    assert triton.user == gateway.user == "1000:1000"  # the chart's securityContext
+    assert triton.read_only_root and gateway.read_only_root
+    assert triton.ports == {"http": 18000, "grpc": 18001, "metrics": 18002}
+    assert gateway.ports == {"gateway": 19000}
+    assert triton.env["DEVICE"] == "cpu" and triton.env["TRITON_HTTP_PORT"] == "18000"
+    assert triton.env["MODEL_PATH"] == f"/models/{smoke.EMBEDDING_CHECKPOINT}"
+    assert triton.env["RERANKER_MODEL_PATH"] == f"/models/{smoke.RERANKER_CHECKPOINT}"
+    assert gateway.env["TRITON_GRPC_URL"] == "localhost:18001"  # sidecar: the pod's own Triton
+    assert {(m.path, m.read_only, m.kind) for m in triton.mounts} == {
+        ("/dev/shm", False, "memory"),
+        ("/tmp", False, "disk"),
+        ("/models", True, "models"),  # a claim holds the weights: read-only
+    }
+    assert [(m.path, m.read_only) for m in gateway.mounts] == [("/models", True)]
+
+
+def test_run_command_is_buildah_chroot_with_the_containers_user_env_and_mounts():
+    triton = specs()["triton"]
+    sources = {"/dev/shm": Path("/dev/shm/s"), "/tmp": Path("/var/tmp/t"), "/models": Path("/m")}
+    argv = smoke.run_command("ctr", triton, ["python", "-m", "deploy.serve"], sources)
+    assert argv[:6] == ["buildah", "run", "--isolation", "chroot", "--user", "1000:1000"]
+    assert argv[-5:] == ["ctr", "--", "python", "-m", "deploy.serve"]
+    assert "DEVICE=cpu" in argv and argv[argv.index("DEVICE=cpu") - 1] == "--env"
+    volumes = [argv[i + 1] for i, word in enumerate(argv) if word == "--volume"]
+    assert volumes == ["/dev/shm/s:/dev/shm:rw", "/var/tmp/t:/tmp:rw", "/m:/models:ro"]
+
+
+def test_writes_outside_the_writable_mounts_are_reported():
+    triton = specs()["triton"]
+    changed = [
+        "tmp/qwen3vl/config.pbtxt",
+        "dev/shm/triton_python_backend_shm_region_1",
+        "etc/hosts",  # buildah's
+        "opt/qwen3vl/deploy/__pycache__/serve.cpython-311.pyc",
+    ]
+    assert smoke.unexpected_writes(changed, triton) == [
+        "opt/qwen3vl/deploy/__pycache__/serve.cpython-311.pyc"
+    ]
+    gateway = specs()["gateway"]
+    # The gateway declares no writable mount at all: /tmp is part of its read-only root.
+    assert smoke.unexpected_writes(["tmp/x", "etc/resolv.conf"], gateway) == ["tmp/x"]
+
+
+def test_failures_name_every_broken_promise():
+    good = {
+        "server_stop": {"exit_code": 0, "processes_left": 0},
+        "gateway_stop": {"exit_code": 0, "processes_left": 0},
+        "server_writes": {"not_owned_by_pod_user": [], "outside_writable_mounts": []},
+        "gateway_writes": {"not_owned_by_pod_user": [], "outside_writable_mounts": []},
+    }
+    assert smoke.failures(good) == []
+    bad = {
+        **good,
+        "server_stop": {"exit_code": None, "processes_left": 2},
+        "gateway_writes": {"not_owned_by_pod_user": ["/tmp/x"], "outside_writable_mounts": ["opt/y"]},
+    }
+    assert len(smoke.failures(bad)) == 4
+    # A run without a gateway (the Ascend-python smoke) is judged on its server alone.
+    assert smoke.failures({"server_stop": good["server_stop"], "server_writes": good["server_writes"]}) == []
+
+
+def test_ascend_python_smoke_starts_the_charts_ascend_container():
+    values = smoke.smoke_values(PORTS, variant=smoke.Variant("2b", "ascend"))
+    containers = smoke.container_specs(smoke.pod_spec(values))
+    assert set(containers) == {"triton"}
+    triton = containers["triton"]
+    assert triton.env["DEVICE"] == "npu" and triton.env["TASK_QUEUE_ENABLE"] == "1"
+    # The driver paths the chart mounts from the host, read-only.
+    assert {m.path for m in triton.mounts if m.read_only} >= {"/models", "/usr/local/Ascend/driver"}
