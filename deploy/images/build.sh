@@ -30,12 +30,14 @@ torch_wheels() {
         echo "-v $TORCH_WHEELS_DIR:/wheels:ro --build-arg TORCH_WHEELS=/wheels"
     fi
 }
+# Size budget in MB (uncompressed, as podman reports it), docs/container-images.md "Size budget": the
+# measured size plus ~5%; a build over it fails, so that a new dependency's weight is a decision.
 case "$name" in
-    cpu) file=cpu; tag="localhost/qwen3-vl-triton:$VERSION-cpu"
+    cpu) file=cpu; tag="localhost/qwen3-vl-triton:$VERSION-cpu"; budget=1650
          args="$site --build-arg PYTHON_IMAGE=$BASE_IMAGE $(torch_wheels)" ;;
-    gateway) file=gateway; tag="localhost/qwen3-vl-gateway:$VERSION"
+    gateway) file=gateway; tag="localhost/qwen3-vl-gateway:$VERSION"; budget=440
          args="$site --build-arg PYTHON_IMAGE=$BASE_IMAGE" ;;
-    ascend-python) file=ascend; tag="localhost/qwen3-vl-triton:$VERSION-ascend-python"
+    ascend-python) file=ascend; tag="localhost/qwen3-vl-triton:$VERSION-ascend-python"; budget=1810
          args="$site --build-arg CANN_IMAGE=$BASE_IMAGE $(torch_wheels)" ;;
     *) echo "build.sh: unknown image $name (cpu, gateway, ascend-python)" >&2; exit 2 ;;
 esac
@@ -48,3 +50,7 @@ seconds=$(( $(date +%s) - start ))
 bytes=$(podman image inspect --format "{{.Size}}" "$tag")
 printf '%s\t%s\t%s\n' "$name" "$seconds" "$bytes" >> "$WORK_DIR/builds.tsv"
 echo "build.sh: $tag in ${seconds}s, $bytes bytes"
+if [ "$bytes" -gt $((budget * 1000000)) ]; then
+    echo "build.sh: $tag is over its size budget of $budget MB (docs/container-images.md)" >&2
+    exit 1
+fi

@@ -28,6 +28,11 @@ COPY tools tools
 COPY client client
 RUN /opt/venv/bin/pip install --no-deps . \
  && /opt/venv/bin/python -m tools.launcher --runtime-dir /opt/qwen3vl/triton-runtime prepare
+# Not needed to serve: the torch wheel's C++ unit-test binaries (torch/test, torch/bin's tests, ~120 MB) and
+# pip (nothing is installed at run time); docs/container-images.md has the image's size budget.
+RUN site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+ && rm -rf "${site}/torch/test" "${site}"/torch/bin/*Test "${site}"/torch/bin/test_* \
+ && /opt/venv/bin/python -m pip uninstall --yes --quiet pip
 
 FROM ${PYTHON_IMAGE}
 # uid 1000 may already exist in the base (NGC has triton-server, CANN images HwHiAiUser); reuse it then.
