@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -37,6 +38,9 @@ SERVER_IMAGE = f"localhost/qwen3-vl-triton:{VERSION}-cpu"
 GATEWAY_IMAGE = f"localhost/qwen3-vl-gateway:{VERSION}"
 # ascend.Dockerfile built on the Debian base instead of CANN's (build.sh ascend-python).
 ASCEND_PYTHON_IMAGE = f"localhost/qwen3-vl-triton:{VERSION}-ascend-python"
+# Its second run: no NPU, and torch not importing torch_npu by itself at `import torch` (device-backend
+# autoload), which would fail without CANN before anything else ran.
+CPU_WITHOUT_TORCH_NPU = {"DEVICE": "cpu", "TORCH_DEVICE_BACKEND_AUTOLOAD": "0"}
 MODELS = REPO / "models"
 EMBEDDING_CHECKPOINT = "qwen3-vl-embedding-tiny"
 RERANKER_CHECKPOINT = "qwen3-vl-reranker-tiny"
@@ -393,79 +397,78 @@ def smoke(work: Path) -> dict[str, Any]:
     return results
 
 
+def python_errors(text: str) -> list[str]:
+    """The distinct Python exception lines in a log (buildah's own "Error: exit status" left out)."""
+    found = re.findall(r"\b(\w+Error: [^\\\n]+)", text)
+    # Triton's model table repeats them padded with spaces and a column bar.
+    return sorted({line.rstrip(" |") for line in found if not line.startswith("Error: exit status")})
+
+
 def ascend_python_smoke(work: Path) -> dict[str, Any]:
     """The Ascend image's CANN-independent part, built on the Debian base: its entrypoint script, venv
     (torch CPU wheel + torch-npu + the wheel's tritonserver) and repository, started as the chart's Ascend
-    container but with DEVICE=cpu (no NPU, no CANN here); then `import torch_npu`, which needs CANN."""
+    container. Without CANN it cannot serve; it must get as far as CANN's libraries, say so, and exit with
+    nothing left behind: with the chart's DEVICE=npu the launcher's preflight stops it; with DEVICE=cpu and
+    torch's backend autoload off, tritonserver starts, the preprocess steps load and the model steps fail
+    where transformers imports torch_npu."""
     from tools.launcher import free_ports
 
     pod = pod_spec(smoke_values(free_ports(4), variant=Variant("2b", "ascend")))
-    triton = container_specs(pod)["triton"]
-    triton = ContainerSpec(
-        triton.name,
-        triton.user,
-        {**triton.env, "DEVICE": "cpu"},
-        triton.mounts,
-        triton.read_only_root,
-        triton.ports,
-    )
-    results: dict[str, Any] = {
-        "env": {k: triton.env[k] for k in ("TASK_QUEUE_ENABLE", "PYTORCH_NPU_ALLOC_CONF")}
-    }
+    chart = container_specs(pod)["triton"]
     work.mkdir(parents=True, exist_ok=True)
     probe = buildah("from", "--pull-never", ASCEND_PYTHON_IMAGE)
     try:
+        command = ["python", "-c", "import torch_npu"]
         npu = subprocess.run(
-            [
-                "buildah",
-                "run",
-                "--isolation",
-                "chroot",
-                "--user",
-                triton.user,
-                probe,
-                "--",
-                "python",
-                "-c",
-                "import torch, torch_npu",
-            ],
+            ["buildah", "run", "--isolation", "chroot", "--user", chart.user, probe, "--", *command],
             capture_output=True,
             text=True,
         )
     finally:
         buildah("rm", probe)
-    results["import_torch_npu"] = (npu.stderr or "ok").strip().splitlines()[-1:]
-    server = Run(ASCEND_PYTHON_IMAGE, triton, work, work / "ascend-python.log")
-    try:
-        results["entrypoint"] = server.entrypoint
-        http = triton.ports["http"]
-        results["server_ready_seconds"] = round(
-            server.wait_ready(f"http://127.0.0.1:{http}/v2/health/ready", 600), 1
+    results: dict[str, Any] = {"import_torch_npu": python_errors(npu.stderr)[-1:]}
+    for label, extra in (("chart_env", {}), ("cpu_no_autoload", CPU_WITHOUT_TORCH_NPU)):
+        spec = ContainerSpec(
+            chart.name, chart.user, {**chart.env, **extra}, chart.mounts, chart.read_only_root, chart.ports
         )
-        results["server_requests"] = embed_and_rerank(http)
-        results["server_stop"] = server.stop(float(pod["terminationGracePeriodSeconds"]))
-        results["server_writes"] = server.writes()
-    finally:
-        for pid in server.container_pids():
-            os.kill(pid, signal.SIGKILL)
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait()
-        server.remove()
+        log = work / f"ascend-python-{label}.log"
+        server = Run(ASCEND_PYTHON_IMAGE, spec, work, log)
+        outcome: dict[str, Any] = {"env": extra, "entrypoint": server.entrypoint}
+        try:
+            started = time.monotonic()
+            try:
+                outcome["exit_code"] = server.process.wait(timeout=600)
+            except subprocess.TimeoutExpired:
+                outcome["exit_code"] = None
+            outcome["exit_seconds"] = round(time.monotonic() - started, 1)
+            outcome["processes_left"] = len(server.container_pids())
+            text = log.read_text(errors="replace")
+            outcome["preprocess_loaded"] = sorted(
+                set(re.findall(r"\[(qwen3_vl_\w+_preprocess)\] backend", text))
+            )
+            outcome["errors"] = python_errors(text)[:4]
+            outcome["writes"] = server.writes()
+        finally:
+            for pid in server.container_pids():
+                os.kill(pid, signal.SIGKILL)
+            if server.process.poll() is None:
+                server.process.kill()
+                server.process.wait()
+            server.remove()
+        results[label] = outcome
     return results
 
 
 def failures(results: Mapping[str, Any]) -> list[str]:
-    """What in the results breaks the images' contract with the chart."""
+    """What in the results breaks the images' contract with the chart (each part judged when it ran)."""
     problems = []
     for name in ("server", "gateway"):
-        if f"{name}_stop" not in results:
-            continue  # not started (the Ascend-python smoke has no gateway)
-        stop = results[f"{name}_stop"]
-        if stop.get("exit_code") != 0:
-            problems.append(f"{name}: exit status {stop.get('exit_code')} after SIGTERM")
-        if stop.get("processes_left"):
-            problems.append(f"{name}: {stop['processes_left']} processes left after exit")
+        stop = results.get(f"{name}_stop")
+        if stop is not None:
+            if stop.get("exit_code") != 0:
+                problems.append(f"{name}: exit status {stop.get('exit_code')} after SIGTERM")
+            if stop.get("processes_left"):
+                problems.append(f"{name}: {stop['processes_left']} processes left after exit")
         writes = results.get(f"{name}_writes", {})
         if writes.get("not_owned_by_pod_user"):
             problems.append(f"{name}: files not owned by the pod's user: {writes['not_owned_by_pod_user']}")
@@ -473,6 +476,17 @@ def failures(results: Mapping[str, Any]) -> list[str]:
             problems.append(
                 f"{name}: writes outside its writable mounts: {writes['outside_writable_mounts']}"
             )
+    for label in ("chart_env", "cpu_no_autoload"):  # the Ascend-python runs: each stops by itself
+        run = results.get(label)
+        if run is None:
+            continue
+        if run["exit_code"] in (None, 0) or run["processes_left"]:
+            problems.append(f"ascend-python {label}: exit {run['exit_code']}, {run['processes_left']} left")
+        writes = run["writes"]
+        if writes["not_owned_by_pod_user"] or writes["outside_writable_mounts"]:
+            problems.append(f"ascend-python {label}: writes {writes}")
+    if "cpu_no_autoload" in results and len(results["cpu_no_autoload"]["preprocess_loaded"]) != 2:
+        problems.append("ascend-python: the preprocess steps did not load")
     return problems
 
 

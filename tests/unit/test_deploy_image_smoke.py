@@ -87,3 +87,18 @@ def test_ascend_python_smoke_starts_the_charts_ascend_container():
     assert triton.env["DEVICE"] == "npu" and triton.env["TASK_QUEUE_ENABLE"] == "1"
     # The driver paths the chart mounts from the host, read-only.
     assert {m.path for m in triton.mounts if m.read_only} >= {"/models", "/usr/local/Ascend/driver"}
+
+
+def test_ascend_python_runs_must_stop_by_themselves_at_canns_boundary():
+    writes = {"not_owned_by_pod_user": [], "outside_writable_mounts": []}
+    preprocess = ["qwen3_vl_embedding_preprocess", "qwen3_vl_reranker_preprocess"]
+    refused = {"exit_code": 2, "processes_left": 0, "preprocess_loaded": [], "writes": writes}
+    partial = {"exit_code": 1, "processes_left": 0, "preprocess_loaded": preprocess, "writes": writes}
+    assert smoke.failures({"chart_env": refused, "cpu_no_autoload": partial}) == []
+    assert smoke.failures({"chart_env": {**refused, "exit_code": None}, "cpu_no_autoload": partial})
+    assert smoke.failures({"chart_env": refused, "cpu_no_autoload": {**partial, "preprocess_loaded": []}})
+
+
+def test_python_errors_leave_out_buildahs_exit_line():
+    log = 'x "ImportError: libhccl.so: cannot open\\nAt:" y\nError: exit status 1\n'
+    assert smoke.python_errors(log) == ["ImportError: libhccl.so: cannot open"]
