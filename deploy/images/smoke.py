@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -140,6 +141,46 @@ def run_command(
     return [*argv, container, "--", *entrypoint]
 
 
+def read_only_root_command(
+    root: Path,
+    mount_dir: Path,
+    spec: ContainerSpec,
+    entrypoint: Sequence[str],
+    sources: Mapping[str, Path],
+    image_env: Sequence[str],
+    workdir: str,
+) -> list[str]:
+    """argv that starts the entrypoint with the container's root filesystem really read-only, as the
+    chart's readOnlyRootFilesystem asks (buildah run has no such option): in a private mount namespace,
+    root (the mounted image) is bound at mount_dir and remounted read-only, /proc, /dev, /sys, the host's
+    /etc/hosts and the container's volumes are mounted on it, and the entrypoint runs chrooted there as the
+    pod's user with the image's environment and then the container's. Mount points are made first, as a
+    container runtime makes them."""
+    q = shlex.quote
+    mnt = q(str(mount_dir))
+    lines = ["set -e", f"mkdir -p {mnt}"]
+    lines += [f"mkdir -p {q(str(root) + m.path)}" for m in spec.mounts]
+    lines += [
+        f"touch {q(str(root))}/etc/hosts",
+        f"mount --bind {q(str(root))} {mnt}",
+        f"mount -o remount,bind,ro {mnt}",
+        f"mount -t proc proc {mnt}/proc",
+        f"mount --rbind /dev {mnt}/dev",
+        f"mount --rbind /sys {mnt}/sys",
+        f"mount --bind /etc/hosts {mnt}/etc/hosts",
+    ]
+    for mount in spec.mounts:
+        target = q(str(mount_dir) + mount.path)
+        lines.append(f"mount --bind {q(str(sources[mount.path]))} {target}")
+        if mount.read_only:
+            lines.append(f"mount -o remount,bind,ro {target}")
+    env = [*image_env, *(f"{name}={value}" for name, value in spec.env.items())]
+    run = ["chroot", f"--userspec={spec.user}", str(mount_dir), "/usr/bin/env", "-i", *env]
+    run += ["/bin/sh", "-c", 'cd "$0" && exec "$@"', workdir, *entrypoint]
+    lines.append("exec " + " ".join(q(word) for word in run))
+    return ["unshare", "--mount", "sh", "-c", "\n".join(lines)]
+
+
 def unexpected_writes(changed: Sequence[str], spec: ContainerSpec) -> list[str]:
     """Files (paths relative to the root) a run changed outside the container's writable mounts and the
     paths buildah manages: what a read-only root filesystem would have refused. Directories are left out
@@ -190,9 +231,12 @@ def http_status(url: str, body: bytes | None = None, timeout: float = 2) -> tupl
 
 
 class Run:
-    """One image started under buildah run, with its volumes, until stop()."""
+    """One image started under buildah run (or, read_only_root, chrooted onto its read-only root), with
+    its volumes, until stop()."""
 
-    def __init__(self, image: str, spec: ContainerSpec, scratch: Path, log: Path):
+    def __init__(
+        self, image: str, spec: ContainerSpec, scratch: Path, log: Path, read_only_root: bool = False
+    ):
         self.image, self.spec, self.log = image, spec, log
         self.container = buildah("from", "--pull-never", "--name", f"smoke-{spec.name}-{os.getpid()}", image)
         self.root = Path(buildah("mount", self.container))
@@ -211,7 +255,20 @@ class Run:
             self.sources[mount.path] = directory
         config = image_config(image)
         self.entrypoint = [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
-        argv = run_command(self.container, spec, self.entrypoint, self.sources)
+        self.mount_dir: Path | None = None
+        if read_only_root:
+            mount_dir = self.mount_dir = scratch / f"root-{spec.name}-{os.getpid()}"
+            argv = read_only_root_command(
+                self.root,
+                mount_dir,
+                spec,
+                self.entrypoint,
+                self.sources,
+                config.get("Env") or [],
+                config.get("WorkingDir") or "/",
+            )
+        else:
+            argv = run_command(self.container, spec, self.entrypoint, self.sources)
         self.started = time.monotonic()
         with log.open("wb") as out:
             self.process = subprocess.Popen(
@@ -310,6 +367,8 @@ class Run:
         for source in self.sources.values():
             if source != MODELS:
                 shutil.rmtree(source, ignore_errors=True)
+        if self.mount_dir is not None and self.mount_dir.exists():
+            self.mount_dir.rmdir()  # empty: its mounts lived in the run's own mount namespace
 
 
 def embed_and_rerank(http_port: int) -> dict[str, Any]:
@@ -366,7 +425,18 @@ def smoke(work: Path) -> dict[str, Any]:
     finally:
         buildah("rm", probe)
     results["init_container_hf"] = (hf.stdout or hf.stderr).strip().splitlines()[-1:]
-    server = Run(SERVER_IMAGE, triton, work, work / "server.log")
+    results.update(run_pod(work, triton, gateway, grace, read_only_root=False))
+    results["read_only_root"] = run_pod(work, triton, gateway, grace, read_only_root=True)
+    return results
+
+
+def run_pod(
+    work: Path, triton: ContainerSpec, gateway: ContainerSpec, grace: float, read_only_root: bool
+) -> dict[str, Any]:
+    """The server and its gateway sidecar started, asked, stopped and inspected."""
+    results: dict[str, Any] = {}
+    suffix = "-read-only" if read_only_root else ""
+    server = Run(SERVER_IMAGE, triton, work, work / f"server{suffix}.log", read_only_root)
     front: Run | None = None
     try:
         results["server_ready_seconds"] = round(
@@ -374,7 +444,7 @@ def smoke(work: Path) -> dict[str, Any]:
         )
         results["server_requests"] = embed_and_rerank(triton.ports["http"])
         results["server_mounts"] = {mount.path: server.mounted_at(mount.path) for mount in triton.mounts}
-        front = Run(GATEWAY_IMAGE, gateway, work, work / "gateway.log")
+        front = Run(GATEWAY_IMAGE, gateway, work, work / f"gateway{suffix}.log", read_only_root)
         results["gateway_ready_seconds"] = round(
             front.wait_ready(f"http://127.0.0.1:{gateway.ports['gateway']}/health", 300), 1
         )
@@ -462,6 +532,8 @@ def ascend_python_smoke(work: Path) -> dict[str, Any]:
 def failures(results: Mapping[str, Any]) -> list[str]:
     """What in the results breaks the images' contract with the chart (each part judged when it ran)."""
     problems = []
+    if "read_only_root" in results:  # the same pod again, on a really read-only root
+        problems += [f"read-only root: {problem}" for problem in failures(results["read_only_root"])]
     for name in ("server", "gateway"):
         stop = results.get(f"{name}_stop")
         if stop is not None:

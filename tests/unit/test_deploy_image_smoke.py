@@ -102,3 +102,38 @@ def test_ascend_python_runs_must_stop_by_themselves_at_canns_boundary():
 def test_python_errors_leave_out_buildahs_exit_line():
     log = 'x "ImportError: libhccl.so: cannot open\\nAt:" y\nError: exit status 1\n'
     assert smoke.python_errors(log) == ["ImportError: libhccl.so: cannot open"]
+
+
+def test_read_only_root_command_mounts_the_root_read_only_before_the_volumes():
+    triton = specs()["triton"]
+    sources = {"/dev/shm": Path("/dev/shm/s"), "/tmp": Path("/var/tmp/t"), "/models": Path("/m")}
+    argv = smoke.read_only_root_command(
+        Path("/merged"),
+        Path("/var/tmp/ro"),
+        triton,
+        ["python", "-m", "deploy.serve"],
+        sources,
+        ["PATH=/opt/venv/bin:/usr/bin", "HOME=/tmp"],
+        "/opt/qwen3vl",
+    )
+    assert argv[:4] == ["unshare", "--mount", "sh", "-c"]
+    lines = argv[4].splitlines()
+    read_only = lines.index("mount -o remount,bind,ro /var/tmp/ro")
+    assert lines.index("mkdir -p /merged/models") < read_only  # mount points made first
+    assert read_only < lines.index("mount --bind /var/tmp/t /var/tmp/ro/tmp")
+    assert "mount -o remount,bind,ro /var/tmp/ro/models" in lines  # the claim stays read-only
+    assert "mount -o remount,bind,ro /var/tmp/ro/tmp" not in lines
+    run = lines[-1]
+    assert run.startswith(
+        "exec chroot --userspec=1000:1000 /var/tmp/ro /usr/bin/env -i PATH=/opt/venv/bin:/usr/bin"
+    )
+    # The container's environment after the image's: the chart's values win.
+    assert run.index("HOME=/tmp") < run.index("DEVICE=cpu")
+    assert run.endswith("/opt/qwen3vl python -m deploy.serve")
+
+
+def test_failures_of_the_read_only_run_are_reported_too():
+    broken = {"server_stop": {"exit_code": 1, "processes_left": 0}}
+    assert smoke.failures({"read_only_root": broken}) == [
+        "read-only root: server: exit status 1 after SIGTERM"
+    ]
