@@ -7,7 +7,8 @@ read-only as a PersistentVolumeClaim would be. Checked: readiness, one embedding
 CPU image, the gateway image's ``/v1/embeddings`` against that server, the init container's ``hf`` command,
 what each container wrote (owned by the pod's user, and only under its declared writable mounts, which is
 what the chart's readOnlyRootFilesystem enforces), and a clean stop: SIGTERM to the entrypoint, exit 0
-within the chart's grace period, no process left in the container.
+within the chart's grace period, no process left in the container. Then the same pod again on a really
+read-only root (buildah run has no such option: a read-only bind in a private mount namespace, chrooted).
 
 A chroot run shares the host's network and PID namespaces, so the ports are free host ports (set through
 the chart's own port values) and "the container's processes" are those whose root is its filesystem.
