@@ -125,3 +125,23 @@ perf-vllm: setup vllm-bench-venv ## `vllm bench serve` against the gateway
 # Gateway overhead: text_200 through /v1/embeddings vs perf_analyzer gRPC on the ensemble, same server, same run.
 perf-gateway: setup ## gateway overhead against gRPC on the ensemble
 	$(PY) -m perf.gateway_bench $(PERF_ARGS)
+
+# Container images built and smoke-tested here with buildah (minutes each, root, not `make test`): a local
+# Debian base stands in for Docker Hub's (deploy/images/local-base.sh); the first run installs the host's
+# buildah, debootstrap and podman with apt-get. See docs/container-images.md.
+.PHONY: image-base image-cpu image-gateway image-ascend-python image-smoke
+
+image-base:
+	deploy/images/host-tools.sh && deploy/images/local-base.sh
+
+image-cpu:
+	deploy/images/build.sh cpu
+
+image-gateway:
+	deploy/images/build.sh gateway
+
+image-ascend-python:
+	deploy/images/build.sh ascend-python
+
+image-smoke: setup
+	$(PY) -m deploy.images.smoke

@@ -10,6 +10,11 @@ ARG TORCH_NPU_VERSION=2.13.0
 
 FROM ${CANN_IMAGE} AS build
 ARG TORCH_NPU_VERSION
+# torch's CPU build: from PyTorch's CPU index, or, where that cannot be reached, from a directory of wheels
+# mounted into the build (buildah bud -v /opt/wheels:/wheels:ro --build-arg TORCH_WHEELS=/wheels, as
+# `make image-cpu` does): pip takes the +cpu wheel there over PyPI's CUDA one (a local version sorts higher).
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ARG TORCH_WHEELS=
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY requirements.txt pyproject.toml ./
@@ -18,7 +23,8 @@ COPY deploy/images/serve-packages.txt deploy/images/
 RUN sed 's/\[[^]]*\]//' requirements.txt > constraints.txt
 RUN python3 -m venv /opt/venv
 RUN TORCH="$(sed -n 's/^torch==//p' requirements.txt)" \
- && /opt/venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH}" \
+ && if [ -n "${TORCH_WHEELS}" ]; then from="--find-links ${TORCH_WHEELS}"; else from="--index-url ${TORCH_INDEX}"; fi \
+ && /opt/venv/bin/pip install ${from} "torch==${TORCH}" \
  && /opt/venv/bin/pip install -c constraints.txt -r deploy/images/serve-packages.txt \
       "$(grep '^nvidia-pytriton==' requirements.txt)" "torch-npu==${TORCH_NPU_VERSION}"
 COPY backend backend
@@ -26,6 +32,11 @@ COPY tools tools
 COPY client client
 RUN /opt/venv/bin/pip install --no-deps . \
  && /opt/venv/bin/python -m tools.launcher --runtime-dir /opt/qwen3vl/triton-runtime prepare
+# Not needed to serve: the torch wheel's C++ unit-test binaries (torch/test, torch/bin's tests, ~120 MB) and
+# pip (nothing is installed at run time); docs/container-images.md has the image's size budget.
+RUN site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+ && rm -rf "${site}/torch/test" "${site}"/torch/bin/*Test "${site}"/torch/bin/test_* \
+ && /opt/venv/bin/python -m pip uninstall --yes --quiet pip
 
 FROM ${CANN_IMAGE}
 # uid 1000 may already exist in the base (NGC has triton-server, CANN images HwHiAiUser); reuse it then.

@@ -1,10 +1,13 @@
 # syntax=docker/dockerfile:1
-# CUDA image: NGC Triton 26.05 (the first release whose HTTP front parses JSON iteratively: its r26.05
-# branch of triton-inference-server/common contains PR #156, commit 3898bba of 2026-04-22; r26.04 does not),
-# with a CUDA build of torch, the Python backend code and model_repository/. Weights are mounted at /models.
+# CUDA image: NGC Triton 26.11, i.e. tritonserver 2.75, the newest release checked against the project's
+# known 2.51 limits (docs/container-images.md): iterative JSON parsing in the HTTP front (common PR #156, first
+# in r26.05), the dynamic batcher's starvation fix (2.72 / 26.08) and its use-after-free fix (2.75 / 26.11).
+# With a CUDA build of torch, the Python backend code and model_repository/. Weights are mounted at /models.
 #   docker build -f deploy/images/cuda.Dockerfile -t qwen3-vl-triton:0.1.0-cuda .
-ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:26.05-py3
-# 26.05 is CUDA 13.2: the cu130 wheels run on its driver requirement.
+# Not built here: nvcr.io cannot be reached from this project's machines (the CPU and gateway images are).
+ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:26.11-py3
+# NGC 26.x releases are CUDA 13 (26.10: 13.4): the cu130 wheels run on them (CUDA 13 minor-version
+# compatibility; driver R580 or later).
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu130
 
 FROM ${TRITON_IMAGE} AS build

@@ -9,10 +9,12 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY requirements.txt ./
 COPY deploy/images/gateway-packages.txt deploy/images/
-# pip constraints cannot carry extras (tritonclient[http,grpc]): the same pins without them.
+# pip constraints cannot carry extras (tritonclient[http,grpc]): the same pins without them. pip itself is
+# removed once done: nothing is installed at run time.
 RUN sed 's/\[[^]]*\]//' requirements.txt > constraints.txt \
  && python -m venv /opt/venv \
- && /opt/venv/bin/pip install -c constraints.txt -r deploy/images/gateway-packages.txt
+ && /opt/venv/bin/pip install -c constraints.txt -r deploy/images/gateway-packages.txt \
+ && /opt/venv/bin/python -m pip uninstall --yes --quiet pip
 
 FROM ${PYTHON_IMAGE}
 # uid 1000 may already exist in the base (NGC has triton-server, CANN images HwHiAiUser); reuse it then.

@@ -197,6 +197,37 @@ def test_cuda_image_is_a_triton_release_with_iterative_json_parsing():
     assert release and (int(release[1]), int(release[2])) >= (26, 5)
 
 
+def test_cuda_image_has_the_dynamic_batcher_fixes():
+    # Dynamic-batcher starvation fixed in 2.72 (NGC 26.08), the batcher's use-after-free in 2.75 (NGC 26.11).
+    image = arg_defaults((IMAGES / "cuda.Dockerfile").read_text())["TRITON_IMAGE"]
+    release = re.fullmatch(r"nvcr\.io/nvidia/tritonserver:(\d+)\.(\d+)-py3", image)
+    assert release and (int(release[1]), int(release[2])) >= (26, 11)
+
+
+# NGC release -> the tritonserver it ships, for the releases the CUDA image has been pinned to.
+NGC_TRITON = {"26.11": "2.75"}
+# The wheel-based images' server: nvidia-pytriton 0.7.0 ships tritonserver 2.51.
+PYTRITON_TRITON = {"0.7.0": "2.51"}
+
+
+def test_chart_values_name_the_triton_version_each_image_runs():
+    chart = REPO / "deploy" / "helm" / "qwen3-vl"
+    ngc = arg_defaults((IMAGES / "cuda.Dockerfile").read_text())["TRITON_IMAGE"].split(":")[1].split("-")[0]
+    wheel = PYTRITON_TRITON[requirement_pins()["nvidia-pytriton"]]
+    expected = {
+        "cuda": f"tritonserver {NGC_TRITON[ngc]} (NGC {ngc}",
+        "cpu": f"tritonserver {wheel},",
+        "ascend": f"tritonserver {wheel},",
+    }
+    for accelerator, phrase in expected.items():
+        assert phrase in (chart / "values" / f"{accelerator}.yaml").read_text(), accelerator
+    defaults = (chart / "values.yaml").read_text()
+    assert (
+        f"{NGC_TRITON[ngc]} in the CUDA image (NGC {ngc})" in defaults
+        and f"{wheel} in the CPU and Ascend" in defaults
+    )
+
+
 def parse_config(path: Path) -> model_config_pb2.ModelConfig:
     return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
 
