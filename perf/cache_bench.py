@@ -28,7 +28,7 @@ import numpy as np
 
 from backend.protocol import EMBEDDING_ENSEMBLE
 from deploy.serve import prepare_repository
-from tools.launcher import TritonServer
+from tools.triton_server import TritonServer
 
 REPO = Path(__file__).resolve().parent.parent
 ENSEMBLE = EMBEDDING_ENSEMBLE

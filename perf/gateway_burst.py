@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     from tests.integration.gateway_process import GatewayProcess
-    from tools.launcher import TritonServer
+    from tools.triton_server import TritonServer
 
     out = args.out or todays_results_dir()
     out.mkdir(parents=True, exist_ok=True)

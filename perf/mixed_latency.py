@@ -25,7 +25,7 @@ import tritonclient.http as http
 from backend.protocol import EMBEDDING_ENSEMBLE
 from perf.variants import variant_repository, with_instance_count
 from tools import synthetic
-from tools.launcher import TritonServer
+from tools.triton_server import TritonServer
 
 
 def q(seconds: list[float], percentile: float) -> float:

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from backend.protocol import EMBEDDING_ENSEMBLE
-from tools.launcher import TritonServer
+from tools.triton_server import TritonServer
 
 REPO = Path(__file__).resolve().parent.parent
 ENSEMBLE = EMBEDDING_ENSEMBLE

@@ -32,7 +32,7 @@ import urllib.request
 from pathlib import Path
 
 from backend.protocol import EMBEDDING_ENSEMBLE, RERANKER_ENSEMBLE
-from tools.launcher import free_ports
+from tools.ports import free_ports
 from tools.watchdog import live_stubs
 
 REPO = Path(__file__).resolve().parent.parent

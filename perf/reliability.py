@@ -44,7 +44,7 @@ import numpy as np
 from perf import malformed
 from perf.overload import Driver, Phase, run_phase
 from perf.recovery import SERVE_LINE, TARGETS, Load, kill_and_measure, ready, wait_until
-from tools.launcher import free_ports
+from tools.ports import free_ports
 from tools.watchdog import live_stubs
 
 REPO = Path(__file__).resolve().parent.parent

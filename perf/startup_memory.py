@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from deploy.serve import PIPELINE_MODELS, prepare_repository
-from tools.launcher import TritonServer
+from tools.triton_server import TritonServer
 
 REPO = Path(__file__).resolve().parent.parent
 

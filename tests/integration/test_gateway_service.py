@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.integration.gateway_process import get, post
-from tools.launcher import free_ports
+from tools.ports import free_ports
 
 pytestmark = pytest.mark.server
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.unit.test_protocol import _config
-from tools.launcher import _load_model_args, control_args
+from tools.launcher import _load_model_args
 from tools.preflight import (
     PreflightError,
     check_model_path,
@@ -21,6 +21,7 @@ from tools.preflight import (
     served_models,
 )
 from tools.supervisor import RESTART_BACKOFF_MAX_SECS, restart_delay
+from tools.triton_command import control_args
 
 REPOSITORY = REPO / "model_repository"
 
