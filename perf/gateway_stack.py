@@ -13,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tools.gateway_process import GatewayProcess
+from tools.triton_server import TritonServer
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = REPO / "model_repository"
@@ -42,7 +43,7 @@ class GatewayStack:
         self.embedding_model = Path(embedding_model or os.environ.get("MODEL_PATH") or TINY_EMBEDDING)
         self.reranker_model = Path(reranker_model or os.environ.get("RERANKER_MODEL_PATH") or TINY_RERANKER)
         self.gateway_env = dict(gateway_env or {})
-        self.server = None
+        self.server: TritonServer | None = None
         self.gateway: GatewayProcess | None = None
 
     @property
@@ -57,20 +58,18 @@ class GatewayStack:
     def start(self) -> GatewayStack:
         from backend.settings import SERVER_ENV_VARIABLES
         from tools.checkpoint import build_tiny_checkpoint, is_complete_checkpoint
-        from tools.triton_server import TritonServer
 
         for path, kind in ((self.embedding_model, "embedding"), (self.reranker_model, "reranker")):
             if path in (TINY_EMBEDDING, TINY_RERANKER) and not is_complete_checkpoint(path):
                 build_tiny_checkpoint(path, kind=kind)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # The server reads its deployment overrides from the environment: only the model paths are set.
-        env = {name: None for name in SERVER_ENV_VARIABLES}
+        env: dict[str, str | None] = dict.fromkeys(SERVER_ENV_VARIABLES)
         env.update(MODEL_PATH=str(self.embedding_model), RERANKER_MODEL_PATH=str(self.reranker_model))
         saved = {name: os.environ.get(name) for name in env}
         try:
             _apply(env)
-            self.server = TritonServer(MODEL_REPOSITORY, log_path=self.log_dir / "tritonserver.log")
-            self.server.start()
+            self.server = TritonServer(MODEL_REPOSITORY, log_path=self.log_dir / "tritonserver.log").start()
         finally:
             _apply(saved)
         try:
@@ -90,6 +89,7 @@ class GatewayStack:
             GATEWAY_TOKENIZER=str(self.embedding_model),
         )
         environment.update(self.gateway_env)
+        assert self.server is not None, "tritonserver is not started"
         self.gateway = GatewayProcess(self.server.grpc_url, environment, self.gateway_log).start()
 
     def prioritize(self, nice: int) -> list[str]:
@@ -97,6 +97,7 @@ class GatewayStack:
         `nice`. With autogroup scheduling (Linux's default) every session shares the cores as one group, and
         the server and gateway lead sessions of their own: their group's nice is what counts against other
         work on the machine, a process's own nice only within its group. Returns what could not be set."""
+        assert self.server is not None and self.gateway is not None, "the stack is not started"
         failed = []
         for pid in (self.server.pid, self.gateway.pid, os.getpid()):
             try:

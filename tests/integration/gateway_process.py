@@ -13,10 +13,14 @@ import tools.gateway_process
 
 class GatewayProcess(tools.gateway_process.GatewayProcess):
     """``tools.gateway_process.GatewayProcess`` with the gateway's settings as keyword arguments
-    (``GatewayProcess(url, GATEWAY_API_KEY="k")``), logging to a temporary file it names when it stops."""
+    (``GatewayProcess(url, GATEWAY_API_KEY="k")``), logging to a temporary file it names when it stops.
+
+    It stays in pytest's session: with autogroup scheduling (Linux's default) a session of its own would
+    give the gateway a CPU share of its own next to the test's clients, and the overload tests are timed
+    against the share it has always had."""
 
     def __init__(self, triton_grpc_url: str, wait_for: str = "/health", **environment: str):
-        super().__init__(triton_grpc_url, environment, wait_for=wait_for)
+        super().__init__(triton_grpc_url, environment, wait_for=wait_for, own_session=False)
 
     def stop(self, grace: float = tools.gateway_process.GATEWAY_STOP_GRACE_SECS) -> int | None:
         code = super().stop(grace)
