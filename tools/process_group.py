@@ -18,6 +18,16 @@ def signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+def proc_stat(pid_dir: Path) -> tuple[str, int] | None:
+    """(state, process group) of a /proc/<pid> entry, or None if it has gone."""
+    try:
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        fields = (pid_dir / "stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[2])
+
+
 def group_alive(pgid: int) -> bool:
     """Whether any non-zombie process is left in the group.
 
@@ -31,15 +41,8 @@ def group_alive(pgid: int) -> bool:
     proc = Path("/proc")
     if not proc.is_dir():
         return True
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+    states = (proc_stat(pid_dir) for pid_dir in proc.glob("[0-9]*"))
+    return any(stat is not None and stat[1] == pgid and stat[0] != "Z" for stat in states)
 
 
 def wait_group_gone(pgid: int, timeout: float) -> bool:
