@@ -15,6 +15,7 @@ the way Go prints them (16777216 as 1.6777216e+07, unless the template says ``in
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -71,6 +72,8 @@ def go_float(value: float) -> str:
     if value == 0:
         return "0"
     sign, digit_tuple, exponent = Decimal(repr(abs(value))).normalize().as_tuple()
+    if not isinstance(exponent, int):  # "n" / "N" (NaN) or "F" (infinity), which Go prints so
+        return "NaN" if math.isnan(value) else ("-Inf" if value < 0 else "+Inf")
     digits = "".join(map(str, digit_tuple))
     point = len(digits) + exponent  # digits before the decimal point
     prefix = "-" if value < 0 else ""
@@ -233,13 +236,14 @@ class Node:
 
 
 def tokenize(source: str) -> list[tuple[str, str]]:
-    tokens, position = [], 0
+    tokens: list[tuple[str, str]] = []
+    position = 0
     source = source.rstrip()
     while position < len(source):
         match = _TOKEN.match(source, position)
-        if not match or match.end() == position:
+        kind = match.lastgroup if match else None
+        if match is None or kind is None or match.end() == position:
             raise TemplateError(f"cannot parse {source[position:]!r} in {{{{ {source} }}}}")
-        kind = match.lastgroup
         tokens.append((kind, match.group(kind)))
         position = match.end()
     return tokens

@@ -6,8 +6,9 @@ loaded (leaving shared-memory regions behind). Each check raises ``PreflightErro
 that names the setting and says how to fix it.
 
 The checks read the served repository's ``config.pbtxt`` files with a few regular expressions (no
-protobuf parser needed) and probe torch in a child process, so the launcher itself never imports
-torch and a crashing accelerator runtime (torch_npu without CANN) cannot take it down.
+protobuf parser needed) and ask about an explicit device in a child process (tools.device_probe, which
+asks backend.runtime.platforms), so the launcher itself never imports torch and a crashing accelerator
+runtime (torch_npu without CANN) cannot take it down.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from pathlib import Path
 
 from backend.settings import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL, EMBEDDING_ENV, RERANKER_ENV
 
+# The checkout whose tools.device_probe and backend the probe runs.
+REPO = Path(__file__).resolve().parent.parent
 # torch's import dominates (2-3 s on a loaded 2-core host); a probe this slow means something is wrong.
 DEVICE_PROBE_TIMEOUT_SECS = 20.0
 # A checkpoint's tokenizer: the fast tokenizer file, or the BPE pair the slow one is built from.
 TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+# auto resolves (to the CPU at worst) and the CPU is always there: neither costs a torch import.
 DEVICES_WITHOUT_PROBE = ("", "auto", "cpu")
 CUDA_TORCH_HINT = ".venv/bin/pip install torch=={version} --index-url https://download.pytorch.org/whl/cu130"
 NPU_HINT = (
@@ -141,60 +145,30 @@ def requested_devices(models: Iterable[ModelConfig], environ: Mapping[str, str])
     return devices
 
 
-# Answers from torch/version.py and the installed packages when it can (instant), importing torch only
-# to count devices of an accelerator build.
-_PROBE = """
-import importlib.util, json, pathlib, re, sys
-kind = sys.argv[1]
-spec = importlib.util.find_spec("torch")
-if spec is None:
-    print(json.dumps({"crash": "torch is not installed in this venv (make setup installs it)"}))
-    sys.exit()
-text = (pathlib.Path(spec.origin).parent / "version.py").read_text()
-version = re.search(r"^__version__\\s*=\\s*['\\"]([^'\\"]+)", text, re.M)
-cuda = re.search(r"^cuda\\b[^=]*=\\s*['\\"]([^'\\"]+)", text, re.M)
-out = {"torch": version.group(1) if version else "", "cuda_build": cuda.group(1) if cuda else None}
-if kind == "cuda" and not out["cuda_build"]:
-    print(json.dumps(out))
-    sys.exit()
-if kind == "npu" and importlib.util.find_spec("torch_npu") is None:
-    out["error"] = "torch_npu is not installed"
-    print(json.dumps(out))
-    sys.exit()
-import torch
-if kind == "cuda":
-    out["count"] = torch.cuda.device_count() if torch.cuda.is_available() else 0
-else:
-    try:
-        import torch_npu  # noqa: F401
-    except Exception as error:
-        out["error"] = f"{type(error).__name__}: {error}".splitlines()[0][:200]
-    else:
-        out["count"] = torch.npu.device_count() if torch.npu.is_available() else 0
-print(json.dumps(out))
-"""
-
-
-def probe_device(python: Path, kind: str, timeout: float = DEVICE_PROBE_TIMEOUT_SECS) -> dict:
-    """Ask the venv's torch about ``kind`` ("cuda" or "npu") in a child process."""
+def probe_device(python: Path, device: str, timeout: float = DEVICE_PROBE_TIMEOUT_SECS) -> dict:
+    """Ask the venv's torch and the backend's platforms about ``device`` in a child process
+    (tools.device_probe)."""
     try:
         result = subprocess.run(
-            [str(python), "-c", _PROBE, kind], capture_output=True, text=True, timeout=timeout, check=False
+            [str(python), "-m", "tools.device_probe", device],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
     except subprocess.TimeoutExpired:
-        return {"crash": f"the {kind} probe (import torch) took over {timeout:.0f} s"}
+        return {"crash": f"the {device} probe (import torch) took over {timeout:.0f} s"}
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1][:200]
         how = f"signal {-result.returncode}" if result.returncode < 0 else f"exit code {result.returncode}"
-        return {"crash": f"the {kind} probe died ({how}): {last}"}
+        return {"crash": f"the {device} probe died ({how}): {last}"}
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def check_device(device: str, source: str, python: Path) -> None:
-    kind, _, index = device.partition(":")
-    if kind not in ("cuda", "npu") or (index and not index.isdigit()):
-        raise PreflightError(f"{source} = {device!r}: use auto, cpu, cuda[:N] or npu[:N]")
-    probe = probe_device(python, kind)
+    kind = device.partition(":")[0]
+    probe = probe_device(python, device)
     version = str(probe.get("torch", "")).split("+")[0] or "<torch version>"
     if "crash" in probe:
         raise PreflightError(f"{source} = {device!r}: {probe['crash']}")
@@ -208,14 +182,12 @@ def check_device(device: str, source: str, python: Path) -> None:
             f"{source} = {device!r}, but torch_npu does not import ({probe['error']}): "
             f"{NPU_HINT.format(version=version)}, or unset it"
         )
-    count = int(probe.get("count", 0))
-    if count == 0:
-        where = "nvidia-smi, the driver and CUDA_VISIBLE_DEVICES" if kind == "cuda" else "npu-smi info"
-        raise PreflightError(
-            f"{source} = {device!r}, but torch sees no {kind.upper()} device (check {where}), or unset it"
-        )
-    if index and int(index) >= count:
-        raise PreflightError(f"{source} = {device!r}, but only {count} {kind.upper()} device(s) are visible")
+    if "refused" in probe:
+        where = {
+            "cuda": " (check nvidia-smi, the driver and CUDA_VISIBLE_DEVICES)",
+            "npu": " (check npu-smi info)",
+        }
+        raise PreflightError(f"{source} = {device!r}: {probe['refused']}{where.get(kind, '')}, or unset it")
 
 
 def check_ports(host: str, ports: Mapping[str, int]) -> None:

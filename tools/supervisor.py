@@ -21,7 +21,10 @@ import threading
 import time
 from types import FrameType
 
-from tools.launcher import StartCancelled, TritonServer, connect_host, is_live, signal_group
+from tools.gateway_process import GatewayProcess
+from tools.ports import connect_host
+from tools.process_group import signal_group
+from tools.triton_server import StartCancelled, TritonServer, is_live
 from tools.watchdog import MAX_RELOADS_PER_WINDOW, StubWatchdog
 
 logger = logging.getLogger("launcher")
@@ -73,8 +76,11 @@ class Supervisor:
         watch_stubs: bool = True,
         liveness_timeout: float | None = None,
         max_stub_reloads: int = MAX_RELOADS_PER_WINDOW,
+        gateway: GatewayProcess | None = None,
     ) -> None:
         self.server = server
+        # Only named in the "serving on" line: the launcher starts and stops it.
+        self.gateway = gateway
         self.watch_stubs = watch_stubs
         self.max_stub_reloads = max_stub_reloads
         self.crashes = CrashCount()
@@ -106,11 +112,14 @@ class Supervisor:
         """Start tritonserver and its watchdog; raises RuntimeError / StartCancelled."""
         logger.info("starting tritonserver (shm prefix %s)", self.server.shm_prefix)
         self.server.start(cancel=self._stop)
+        gateway = self.gateway
         logger.info(
-            "serving on http://%s (gRPC %s, metrics %s); tritonserver pid %d, shm prefix %s, ready in %.1f s",
+            "serving on http://%s (gRPC %s, metrics %s)%s; tritonserver pid %d, shm prefix %s, "
+            "ready in %.1f s",
             self.server.http_url,
             self.server.grpc_url,
             self.server.metrics_url,
+            f", OpenAI/vLLM gateway {gateway.url}" if gateway is not None and gateway.is_running() else "",
             self.server.pid,
             self.server.shm_prefix,
             self.server.startup_seconds or 0.0,

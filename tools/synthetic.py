@@ -91,6 +91,7 @@ def encode_video(frames: np.ndarray, fps: int = 24, kind: str = "mp4") -> bytes:
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=container_format) as container:
         stream = container.add_stream(codec, rate=fps)
+        assert isinstance(stream, av.VideoStream), codec  # CONTAINERS names video codecs only
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = pixel_format
         if kind == "mp4":

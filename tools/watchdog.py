@@ -38,6 +38,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from tools.process_group import proc_stat
+
 logger = logging.getLogger("launcher")
 
 STUB_BINARY = "triton_python_backend_stub"
@@ -56,21 +58,11 @@ RELOAD_WINDOW_SECS = 300.0
 OLD_STUB_GRACE_SECS = 10.0
 
 
-def _proc_stat(pid_dir: Path) -> tuple[str, int] | None:
-    """(state, process group) of a /proc/<pid> entry, or None if it has gone."""
-    try:
-        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-        fields = (pid_dir / "stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return fields[0], int(fields[2])
-
-
 def live_stubs(pgid: int) -> dict[int, str]:
     """pid -> model name of every live (non-zombie) Python backend stub in process group ``pgid``."""
     stubs: dict[int, str] = {}
     for pid_dir in Path("/proc").glob("[0-9]*"):
-        stat = _proc_stat(pid_dir)
+        stat = proc_stat(pid_dir)
         if stat is None or stat[1] != pgid or stat[0] == "Z":
             continue
         try:
@@ -507,12 +499,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s launcher: %(message)s")
     pid = args.server_pid or _find_server_pid()
-    stat = _proc_stat(Path(f"/proc/{pid}"))
+    stat = proc_stat(Path(f"/proc/{pid}"))
     if stat is None:
         raise SystemExit(f"no process {pid}")
     watchdog = StubWatchdog(stat[1], args.url).start()
     logger.info("watching the stubs of tritonserver pid %d (process group %d)", pid, stat[1])
-    while (state := _proc_stat(Path(f"/proc/{pid}"))) is not None and state[0] != "Z":
+    while (state := proc_stat(Path(f"/proc/{pid}"))) is not None and state[0] != "Z":
         time.sleep(1.0)
     watchdog.stop()
     return 0

@@ -406,7 +406,7 @@ def gateway_embedding(port: int, model: str) -> dict[str, Any]:
 
 
 def smoke(work: Path) -> dict[str, Any]:
-    from tools.launcher import free_ports
+    from tools.ports import free_ports
 
     values = smoke_values(free_ports(4))
     pod = pod_spec(values)
@@ -482,7 +482,7 @@ def ascend_python_smoke(work: Path) -> dict[str, Any]:
     nothing left behind: with the chart's DEVICE=npu the launcher's preflight stops it; with DEVICE=cpu and
     torch's backend autoload off, tritonserver starts, the preprocess steps load and the model steps fail
     where transformers imports torch_npu."""
-    from tools.launcher import free_ports
+    from tools.ports import free_ports
 
     pod = pod_spec(smoke_values(free_ports(4), variant=Variant("2b", "ascend")))
     chart = container_specs(pod)["triton"]

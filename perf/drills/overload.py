@@ -33,7 +33,7 @@ from perf.lib.console import add_out_argument, command_parser, table
 from perf.lib.paths import REPO
 from perf.lib.record import Experiment
 from perf.lib.sampling import RssSampler, group_rss_mib, percentiles
-from tools.launcher import TritonServer
+from tools.triton_server import TritonServer
 
 ENSEMBLE = EMBEDDING_ENSEMBLE
 # ~200 tokens of plain English; a per-request number keeps requests distinct.

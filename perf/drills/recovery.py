@@ -34,7 +34,7 @@ from backend.protocol import EMBEDDING_ENSEMBLE, RERANKER_ENSEMBLE
 from perf.lib.console import add_out_argument, code_block, command_parser
 from perf.lib.paths import REPO
 from perf.lib.record import Experiment
-from tools.launcher import free_ports
+from tools.ports import free_ports
 from tools.watchdog import live_stubs
 
 STEPS = ("preprocess", "model")

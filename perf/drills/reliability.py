@@ -43,7 +43,7 @@ from perf.lib.console import add_out_argument, code_block, command_parser
 from perf.lib.paths import REPO
 from perf.lib.record import Experiment
 from perf.lib.sampling import rss_mib
-from tools.launcher import free_ports
+from tools.ports import free_ports
 from tools.watchdog import live_stubs
 
 MALFORMED_THREADS = 4

@@ -27,7 +27,7 @@ from deploy.serve import prepare_repository
 from perf.lib.console import add_out_argument, command_parser
 from perf.lib.paths import REPO
 from perf.lib.record import Experiment
-from tools.launcher import TritonServer
+from tools.triton_server import TritonServer
 
 ENSEMBLE = EMBEDDING_ENSEMBLE
 

@@ -26,7 +26,7 @@ from perf.lib.console import add_out_argument, command_parser
 from perf.lib.record import Experiment
 from perf.lib.variants import variant_repository, with_instance_count
 from tools import synthetic
-from tools.launcher import TritonServer
+from tools.triton_server import TritonServer
 
 
 def q(seconds: list[float], percentile: float) -> float:

@@ -23,7 +23,7 @@ from perf.lib.console import add_out_argument, command_parser
 from perf.lib.paths import REPO
 from perf.lib.record import Experiment
 from perf.lib.sampling import group_members, rss_kib
-from tools.launcher import TritonServer
+from tools.triton_server import TritonServer
 
 
 def group_processes(pgid: int) -> list[tuple[int, str, int]]:

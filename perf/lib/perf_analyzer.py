@@ -35,12 +35,12 @@ def perf_analyzer_binary() -> str:
 
 
 def perf_analyzer_env() -> dict[str, str]:
-    from tools.launcher import (
+    from tools.triton_install import (
         default_runtime_dir,
         find_triton,
         prepare_runtime_dir,
     )
-    from tools.launcher import (
+    from tools.triton_install import (
         perf_analyzer_env as launcher_env,
     )
 

@@ -99,7 +99,7 @@ def start_server(
     """tritonserver on free ports serving only `ensembles` (default the embedding one, each with its two
     steps) of `repository`. `model` is the embedding checkpoint; a reranker's comes in `env`
     (RERANKER_MODEL_PATH)."""
-    from tools.launcher import TritonServer
+    from tools.triton_server import TritonServer
 
     overrides: dict[str, str | None] = dict.fromkeys(SERVER_OVERRIDES)
     overrides.update({"MODEL_PATH": str(model), "TOKENIZERS_PARALLELISM": "false"})

@@ -13,7 +13,7 @@ from tests.integration.gateway_process import gateway, sdk  # noqa: F401 - fixtu
 @pytest.fixture(scope="session")
 def server(tiny_model_path, tiny_reranker_path, tmp_path_factory):
     from perf.lib.servers import environment
-    from tools.launcher import TritonServer
+    from tools.triton_server import TritonServer
 
     log = tmp_path_factory.mktemp("triton") / "server.log"
     try:

@@ -3,72 +3,29 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import tempfile
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tools.launcher import free_port
+import tools.gateway_process
 
 
-class GatewayProcess:
+class GatewayProcess(tools.gateway_process.GatewayProcess):
+    """``tools.gateway_process.GatewayProcess`` with the gateway's settings as keyword arguments
+    (``GatewayProcess(url, GATEWAY_API_KEY="k")``), logging to a temporary file it names when it stops.
+
+    It stays in pytest's session: with autogroup scheduling (Linux's default) a session of its own would
+    give the gateway a CPU share of its own next to the test's clients, and the overload tests are timed
+    against the share it has always had."""
+
     def __init__(self, triton_grpc_url: str, wait_for: str = "/health", **environment: str):
-        self.port = free_port()
-        self.environment = {
-            "GATEWAY_PORT": str(self.port),
-            "GATEWAY_HOST": "127.0.0.1",
-            "TRITON_GRPC_URL": triton_grpc_url,
-            **environment,
-        }
-        self.wait_for = wait_for
-        fd, name = tempfile.mkstemp(prefix="gateway-", suffix=".log")
-        os.close(fd)
-        self.log_path = Path(name)
-        self._process: subprocess.Popen[bytes] | None = None
+        super().__init__(triton_grpc_url, environment, wait_for=wait_for, own_session=False)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> GatewayProcess:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
-        env.update(self.environment)
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "gateway"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 60
-        while True:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"gateway exited: {self.log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(self.url + self.wait_for, timeout=2) as response:
-                    if response.status == 200:
-                        return self
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                self.__exit__(None, None, None)
-                raise RuntimeError(f"gateway not ready: {self.log_path.read_text()}")
-            time.sleep(0.1)
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+    def stop(self, grace: float = tools.gateway_process.GATEWAY_STOP_GRACE_SECS) -> int | None:
+        code = super().stop(grace)
         print(f"gateway log: {self.log_path}")
+        return code
 
 
 def post(url: str, body: bytes | str | dict, headers: dict | None = None, timeout: float = 120):

@@ -17,7 +17,7 @@ from qwen3vl_client import DEFAULT_QUERY_TASK
 from qwen3vl_client.cli import SEARCH_TASK, TUTORIAL_DOCUMENTS, TUTORIAL_QUERIES, main
 from tests.integration.conftest import embed
 from tools import synthetic
-from tools.launcher import free_port
+from tools.ports import free_port
 
 pytestmark = pytest.mark.server
 

@@ -28,7 +28,7 @@ from qwen3vl_client.items import Batch, encode_row
 from qwen3vl_client.options import make_options
 from tests.integration.conftest import embed
 from tools import synthetic
-from tools.launcher import free_port
+from tools.ports import free_port
 
 pytestmark = pytest.mark.server
 

@@ -31,7 +31,7 @@ def text_of(words: int, seed: int) -> str:
 
 @pytest.fixture(scope="module")
 def compiled_server(tiny_model_path, tiny_reranker_path, tmp_path_factory):
-    from tools.launcher import TritonServer
+    from tools.triton_server import TritonServer
 
     log = tmp_path_factory.mktemp("triton-compiled") / "server.log"
     try:

@@ -16,7 +16,7 @@ import pytest
 
 from backend.settings import SERVER_ENV_VARIABLES
 from tests.conftest import REPO
-from tools.launcher import free_ports
+from tools.ports import free_ports
 
 pytestmark = pytest.mark.server
 

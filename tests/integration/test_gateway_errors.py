@@ -15,7 +15,7 @@ import pytest
 
 from tests.integration.gateway_process import GatewayProcess, get, post
 from tools import synthetic
-from tools.launcher import free_port
+from tools.ports import free_port
 
 pytestmark = pytest.mark.server
 

@@ -16,7 +16,8 @@ import pytest
 
 from tests.conftest import REPO
 from tests.integration.gateway_process import get, post
-from tools.launcher import free_ports
+from tools.ports import free_ports
+from tools.triton_command import has_nvidia_gpu
 
 pytestmark = pytest.mark.server
 
@@ -137,6 +138,12 @@ def test_serve_starts_the_gateway_beside_tritonserver_and_ctrl_c_stops_both(tmp_
         assert process.wait(timeout=60) == 0, log.read_text()
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", gateway_port), timeout=2).close()
+        # The startup line names both front doors; on a CPU host the CUDA error lines come explained first.
+        text = log.read_text()
+        assert f"serving on http://127.0.0.1:{http_port} " in text, text
+        assert f", OpenAI/vLLM gateway http://127.0.0.1:{gateway_port}; tritonserver pid" in text, text
+        if not has_nvidia_gpu():
+            assert -1 < text.find("launcher: no NVIDIA driver") < text.find("CudaDriverHelper"), text
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

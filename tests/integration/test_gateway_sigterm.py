@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 
 from tests.integration.gateway_process import GatewayProcess
-from tools.launcher import free_port
+from tools.ports import free_port
 
 
 def test_sigterm_stops_the_gateway_with_exit_status_0():

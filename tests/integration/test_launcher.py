@@ -27,7 +27,8 @@ from backend.backpressure import channel_files
 from backend.settings import SERVER_ENV_VARIABLES
 from perf.drills.recovery import Readiness
 from tests.conftest import REPO
-from tools.launcher import STOP_MARGIN_SECS, free_ports
+from tools.ports import free_ports
+from tools.triton_server import STOP_MARGIN_SECS
 from tools.watchdog import OLD_STUB_GRACE_SECS, live_stubs
 
 REPOSITORY = Path(__file__).resolve().parent / "launcher_repository"
@@ -401,7 +402,7 @@ def test_busy_port_fails_in_seconds(tmp_path):
 
 def test_failed_start_leaves_no_process_or_shared_memory(tmp_path):
     """A model that fails to load stops tritonserver; nothing of it may stay behind."""
-    from tools.launcher import TritonServer
+    from tools.triton_server import TritonServer
 
     repository = tmp_path / "repository"
     (repository / "echo" / "1").mkdir(parents=True)
@@ -424,7 +425,7 @@ def test_failed_start_leaves_no_process_or_shared_memory(tmp_path):
 def test_stop_with_a_dead_stub_leaves_nothing(tmp_path):
     """Without the watchdog a dead stub stays dead; stopping such a server (which 2.51 can deadlock on)
     still ends within the deadline with no stub or shared-memory region left."""
-    from tools.launcher import TritonServer
+    from tools.triton_server import TritonServer
 
     server = TritonServer(REPOSITORY, log_path=tmp_path / "server.log", exit_timeout=5)
     server.start()
@@ -440,7 +441,7 @@ def test_stop_with_a_dead_stub_leaves_nothing(tmp_path):
 
 def test_standalone_watchdog_repairs_a_server_started_elsewhere(tmp_path):
     """`python -m tools.watchdog` beside a tritonserver it did not start (NGC's, in a container)."""
-    from tools.launcher import TritonServer
+    from tools.triton_server import TritonServer
 
     with TritonServer(REPOSITORY, log_path=tmp_path / "server.log", exit_timeout=5) as server:
         base = f"http://{server.http_url}"
@@ -470,7 +471,7 @@ def test_watchdog_gives_up_on_a_model_that_keeps_losing_stubs(tmp_path, monkeypa
     at once rather than on a dead stub) and says so; other models are still repaired.
     The backoff is shortened so that the test takes seconds, not the 2 + 4 + 8 s of production."""
     import tools.watchdog as watchdog_module
-    from tools.launcher import TritonServer
+    from tools.triton_server import TritonServer
 
     monkeypatch.setattr(watchdog_module, "RELOAD_BACKOFF_FIRST_SECS", 0.1)
     caplog.set_level("INFO", logger="launcher")
@@ -506,7 +507,7 @@ def test_an_ensemble_left_unloaded_is_loaded_again_after_its_step_is_reloaded(tm
     its step echo is reloaded after a dead stub, the watchdog finds pipeline not READY in the repository
     index and loads it, so the server serves whole again."""
     import tools.watchdog as watchdog_module
-    from tools.launcher import TritonServer
+    from tools.triton_server import TritonServer
 
     caplog.set_level("INFO", logger="launcher")
     with TritonServer(REPOSITORY, log_path=tmp_path / "server.log", exit_timeout=5) as server:
@@ -655,7 +656,7 @@ def test_installed_tritonserver_is_supervised_the_same(tmp_path):
     backend directory standing in for NGC's layout: the same binary, only given explicitly, its libraries
     found through the environment as NGC's image sets them. The launcher runs it as given, and a dead stub
     and a dead server still come back."""
-    from tools.launcher import find_triton, prepare_runtime_dir, server_env, venv_python_version
+    from tools.triton_install import find_triton, prepare_runtime_dir, server_env, venv_python_version
 
     install = find_triton(venv_python_version(Path(sys.prefix)))
     layout = prepare_runtime_dir(tmp_path / "installed", install)

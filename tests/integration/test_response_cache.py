@@ -19,7 +19,7 @@ CACHE_BYTES = 64 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def cached_server(tiny_model_path, tiny_reranker_path, tmp_path_factory):
-    from tools.launcher import TritonServer
+    from tools.triton_server import TritonServer
 
     log = tmp_path_factory.mktemp("triton-cache") / "server.log"
     with pytest.MonkeyPatch.context() as patch:

@@ -314,7 +314,8 @@ def test_entrypoint_serves_ngc_tritonserver_under_the_launcher(tmp_path):
 def test_installed_server_runs_as_installed_with_the_venv_first_on_path(tmp_path):
     """What the launcher makes of --tritonserver: that binary with only the directories given, the options
     supervision needs (explicit model control, shm prefix), and an environment that adds only the venv."""
-    from tools.launcher import InstalledServer, server_command
+    from tools.triton_command import server_command
+    from tools.triton_install import InstalledServer
 
     installed = InstalledServer(
         Path("/opt/tritonserver/bin/tritonserver"), Path("/opt/tritonserver/backends")

@@ -10,17 +10,20 @@ import pytest
 
 from tests.conftest import REPO
 from tests.unit.test_protocol import _config
-from tools.launcher import _load_model_args, control_args
+from tools.launcher import _load_model_args
 from tools.preflight import (
     PreflightError,
+    check_device,
     check_model_path,
     check_ports,
+    probe_device,
     read_model_config,
     read_repository,
     requested_devices,
     served_models,
 )
 from tools.supervisor import RESTART_BACKOFF_MAX_SECS, restart_delay
+from tools.triton_command import control_args
 
 REPOSITORY = REPO / "model_repository"
 
@@ -77,6 +80,17 @@ def test_only_explicit_accelerators_are_probed():
     assert requested_devices(models, {}) == {}
     assert requested_devices(models, {"DEVICE": "cpu"}) == {}
     assert requested_devices(models, {"DEVICE": "CUDA:1"}) == {"cuda:1": "DEVICE"}
+
+
+def test_the_device_probe_asks_the_backend_platforms():
+    """Whether a device can serve is backend.runtime.platforms' answer, run in the venv's Python; a CPU-only
+    torch and a missing torch_npu are told from the installed files without importing torch."""
+    python = Path(sys.executable)
+    assert "choose one of auto, cpu, cuda, npu" in probe_device(python, "tpu")["refused"]
+    assert probe_device(python, "cpu:0")["platform"] == "Platform(cpu)"
+    if not probe_device(python, "cuda")["cuda_build"]:
+        with pytest.raises(PreflightError, match="^DEVICE = 'cuda', but the torch in this venv .* CPU-only"):
+            check_device("cuda", "DEVICE", python)
 
 
 def test_ports_must_be_free_and_distinct():

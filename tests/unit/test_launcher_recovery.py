@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tools.launcher import FREE_PORT_LOWEST, ephemeral_port_range, free_ports
+from tools.ports import FREE_PORT_LOWEST, ephemeral_port_range, free_ports
 from tools.supervisor import RESTART_BACKOFF_MAX_SECS, STABLE_SECS, CrashCount
 from tools.watchdog import ensembles_over, next_reload, unready_ensembles
 
