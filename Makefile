@@ -45,12 +45,12 @@ unit: setup ## unit tests only (no server)
 integration: setup ## integration tests only
 	$(PY) -m pytest -q tests/integration
 
-lint: venv ## ruff check and ruff format --check
+lint: venv typecheck ## ruff check, ruff format --check and the type checker
 	$(VENV)/bin/ruff check backend client deploy gateway perf tests tools model_repository
 	$(VENV)/bin/ruff format --check backend client deploy gateway perf tests tools model_repository
 
 TYPED := backend gateway client/qwen3vl_client tools perf deploy
-typecheck: venv ## mypy over backend, gateway, client, tools, perf, deploy
+typecheck: venv ## mypy over backend, gateway, client, tools, perf, deploy (config: pyproject [tool.mypy])
 	$(VENV)/bin/mypy $(TYPED)
 
 format: venv ## ruff format and ruff check --fix
