@@ -28,6 +28,7 @@ from gateway import protocol
 from gateway.errors import GatewayError, Kind, invalid
 from gateway.serving import Gateway
 from gateway.settings import GatewaySettings
+from gateway.validation import validation_error
 
 logger = logging.getLogger("gateway")
 _Request = TypeVar("_Request", bound=BaseModel)
@@ -40,7 +41,6 @@ OPEN_PATHS = frozenset({"/health", "/ping", "/version", "/metrics"})
 KNOWN_PATHS = frozenset(
     {*EMBEDDING_PATHS, *RERANK_PATHS, *SCORE_PATHS, *OPEN_PATHS, "/v1/models", "/tokenize", "/detokenize"}
 )
-MAX_VALIDATION_ERRORS = 3
 SERIALIZE_OFFLOAD_ROWS = 64
 
 
@@ -138,18 +138,6 @@ async def read_json(scope: Scope, receive: Receive, settings: GatewaySettings) -
     if not isinstance(parsed, dict):
         raise invalid(f"the request body must be a JSON object, got {type(parsed).__name__}")
     return parsed
-
-
-def validation_error(error: ValidationError) -> GatewayError:
-    problems = error.errors(include_url=False, include_input=False)
-    shown = []
-    for problem in problems[:MAX_VALIDATION_ERRORS]:
-        where = ".".join(str(part) for part in problem["loc"]) or "body"
-        shown.append(f"{where}: {problem['msg']}")
-    more = len(problems) - len(shown)
-    message = "; ".join(shown) + (f" (and {more} more)" if more > 0 else "")
-    first = problems[0]["loc"] if problems else ()
-    return invalid(message, param=str(first[0]) if first else None)
 
 
 async def parse(

@@ -18,6 +18,7 @@ INPUT_FORMATS: tuple[InputFormat, ...] = ("official", "vllm")
 # The tokenizer when neither GATEWAY_TOKENIZER / MODEL_PATH nor Triton names a checkpoint: the one the
 # backend runs by default, in this checkout (the gateway imports nothing from backend/).
 DEFAULT_TOKENIZER_PATH = Path(__file__).resolve().parent.parent / "models" / "qwen3-vl-embedding-tiny"
+DEFAULT_RERANKER_PATH = DEFAULT_TOKENIZER_PATH.parent / "qwen3-vl-reranker-tiny"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,16 +27,18 @@ class GatewaySettings:
     port: int = 9000
     # When set, every route but /health, /ping, /version and /metrics wants `Authorization: Bearer <key>`.
     api_key: str | None = None
-    # Names clients may put in `model`; the first is the one reported. vLLM users keep theirs by setting
-    # SERVED_MODEL_NAME=Qwen/Qwen3-VL-Embedding-8B.
-    served_model_names: tuple[str, ...] = ("qwen3_vl_embedding",)
-    served_reranker_names: tuple[str, ...] = ("qwen3_vl_reranker",)
+    # Names clients may put in `model`; the first is the one reported when a request names none. Unset =
+    # what vLLM would serve for the weights Triton runs (gateway/names.py); the ensemble name always works.
+    served_model_names: tuple[str, ...] | None = None
+    served_reranker_names: tuple[str, ...] | None = None
     triton_grpc_url: str = "127.0.0.1:8001"
     embedding_model: str = "qwen3_vl_embedding"  # Triton ensemble names
     reranker_model: str = "qwen3_vl_reranker"
     # tokenizer.json directory for /tokenize, /detokenize and truncation in vllm format; unset = the
     # model_path the embedding preprocess step reports (or MODEL_PATH).
     tokenizer_path: str | None = None
+    # The reranker's checkpoint, for its served names when Triton reports none (unset = RERANKER_MODEL_PATH).
+    reranker_path: str | None = None
     # How `input` strings are embedded: the official format, or vLLM's raw completion path.
     input_format: InputFormat = "official"
     max_body_bytes: int = 64 * MIB
@@ -98,16 +101,13 @@ class GatewaySettings:
         for name in ("queue_timeout", "request_timeout", "media_fetch_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not self.served_model_names or not self.served_reranker_names:
+        if self.served_model_names == () or self.served_reranker_names == ():
             raise ValueError("served model names must not be empty")
 
     @property
-    def model_name(self) -> str:
-        return self.served_model_names[0]
-
-    @property
-    def reranker_name(self) -> str:
-        return self.served_reranker_names[0]
+    def model_name(self) -> str | None:
+        """The configured embedding name reported first (None = from the weights)."""
+        return self.served_model_names[0] if self.served_model_names else None
 
 
 ENVIRONMENT = {
@@ -120,6 +120,7 @@ ENVIRONMENT = {
     "embedding_model": "GATEWAY_EMBEDDING_MODEL",
     "reranker_model": "GATEWAY_RERANKER_MODEL",
     "tokenizer_path": "GATEWAY_TOKENIZER",
+    "reranker_path": "GATEWAY_RERANKER_PATH",
     "input_format": "GATEWAY_INPUT_FORMAT",
     "max_body_bytes": "GATEWAY_MAX_BODY_BYTES",
     "max_items": "GATEWAY_MAX_ITEMS",
@@ -176,5 +177,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: Any
         values["triton_grpc_url"] = f"127.0.0.1:{int(environ['TRITON_GRPC_PORT'])}"
     if "tokenizer_path" not in values and environ.get("MODEL_PATH", "").strip():
         values["tokenizer_path"] = environ["MODEL_PATH"]
+    if "reranker_path" not in values and environ.get("RERANKER_MODEL_PATH", "").strip():
+        values["reranker_path"] = environ["RERANKER_MODEL_PATH"]
     values.update(overrides)
     return GatewaySettings(**values)

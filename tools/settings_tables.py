@@ -95,12 +95,15 @@ GATEWAY_MEANINGS = {
     "port": "the gateway's port",
     "api_key": "when set, every route but `/health`, `/ping`, `/version`, `/metrics` wants "
     "`Authorization: Bearer <key>`",
-    "served_model_names": "names `model` may take for embeddings, comma-separated, first reported "
-    "(`Qwen/Qwen3-VL-Embedding-8B` keeps vLLM clients' `model` field)",
+    "served_model_names": "names `model` may take for embeddings, comma-separated, first reported when a "
+    "request names none. Unset: what vLLM would serve for the weights Triton runs (the Hugging Face id, or "
+    "the directory's name, its path and `Qwen/<name>`); the ensemble name is always accepted",
     "served_reranker_names": "the same for rerank and score",
     "triton_grpc_url": "Triton's gRPC endpoint",
     "embedding_model": "the Triton embedding ensemble called",
     "reranker_model": "the Triton reranker ensemble called",
+    "reranker_path": "the reranker's checkpoint, for its served names when Triton reports no `model_path` "
+    "(unset: `RERANKER_MODEL_PATH`)",
     "tokenizer_path": "checkpoint directory whose `tokenizer.json` serves `/tokenize`, `/detokenize` and "
     "compatibility-mode truncation",
     "input_format": "`vllm` = the compatibility mode by default",
