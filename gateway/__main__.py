@@ -33,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.connections import header_deadline_protocol
 
     uvicorn.run(
         create_app(settings),
@@ -44,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # nothing here.
         proxy_headers=False,
         backlog=LISTEN_BACKLOG,
+        http=header_deadline_protocol(settings.header_timeout),
+        timeout_keep_alive=settings.keep_alive_timeout,
     )
     return 0
 

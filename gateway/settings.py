@@ -42,7 +42,13 @@ class GatewaySettings:
     # How `input` strings are embedded: the official format, or vLLM's raw completion path.
     input_format: InputFormat = "official"
     max_body_bytes: int = 64 * MIB
-    max_items: int = 2048  # inputs, conversations, documents or pairs per request
+    max_items: int = 2048  # inputs, conversations, documents or pairs per request (entries per list)
+    # Checked while the body arrives (commas) and on the parsed body, before validation builds anything:
+    # a body's cost is its values, not its bytes. 2 M values parse in ~0.3 s (jiter, loaded 2-core host),
+    # the time the loop is held; the Python objects they make stay well under 1 GB.
+    max_body_values: int = 2_000_000
+    max_token_ids: int = 131_072  # per item
+    max_text_chars: int = 1_048_576  # per text (the backend's own limit is 1 MiB of UTF-8)
     # Requests at Triton at once: at most max_in_flight, and (unless 0) what Triton finishes in
     # in_flight_seconds at the measured rate. Triton's steps refuse what waits over 10 s (config.pbtxt);
     # 5 s keeps clear of that on a slow host and lets batches grow on a fast one (tiny model, 1,000-request
@@ -78,12 +84,26 @@ class GatewaySettings:
     media_max_bytes: int = 64 * MIB
     # Bodies, base64 payloads and tensors bigger than this are handled in a worker thread, off the loop.
     offload_bytes: int = 1 * MIB
+    # Slow or idle clients: request headers must arrive within header_timeout of the connection opening
+    # (or of the last response), the body within body_timeout (408); an idle keep-alive connection is
+    # closed after keep_alive_timeout.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keep_alive_timeout: int = 5  # whole seconds (uvicorn's unit)
     log_level: str = "info"
 
     def __post_init__(self) -> None:
         if self.input_format not in INPUT_FORMATS:
             raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got {self.input_format!r}")
-        for name in ("max_body_bytes", "max_items", "max_in_flight", "media_max_bytes"):
+        for name in (
+            "max_body_bytes",
+            "max_items",
+            "max_body_values",
+            "max_token_ids",
+            "max_text_chars",
+            "max_in_flight",
+            "media_max_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.coalesce_calls < 0:
@@ -98,7 +118,14 @@ class GatewaySettings:
             raise ValueError(
                 f"latency_target_ratio must be 0 (off) or over 1, got {self.latency_target_ratio}"
             )
-        for name in ("queue_timeout", "request_timeout", "media_fetch_timeout"):
+        for name in (
+            "queue_timeout",
+            "request_timeout",
+            "media_fetch_timeout",
+            "header_timeout",
+            "body_timeout",
+            "keep_alive_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.served_model_names == () or self.served_reranker_names == ():
@@ -124,6 +151,9 @@ ENVIRONMENT = {
     "input_format": "GATEWAY_INPUT_FORMAT",
     "max_body_bytes": "GATEWAY_MAX_BODY_BYTES",
     "max_items": "GATEWAY_MAX_ITEMS",
+    "max_body_values": "GATEWAY_MAX_BODY_VALUES",
+    "max_token_ids": "GATEWAY_MAX_TOKEN_IDS",
+    "max_text_chars": "GATEWAY_MAX_TEXT_CHARS",
     "max_in_flight": "GATEWAY_MAX_IN_FLIGHT",
     "in_flight_seconds": "GATEWAY_IN_FLIGHT_SECONDS",
     "max_waiting": "GATEWAY_MAX_WAITING",
@@ -138,6 +168,9 @@ ENVIRONMENT = {
     "media_fetch_timeout": "GATEWAY_MEDIA_FETCH_TIMEOUT",
     "media_max_bytes": "GATEWAY_MEDIA_MAX_BYTES",
     "offload_bytes": "GATEWAY_OFFLOAD_BYTES",
+    "header_timeout": "GATEWAY_HEADER_TIMEOUT",
+    "body_timeout": "GATEWAY_BODY_TIMEOUT",
+    "keep_alive_timeout": "GATEWAY_KEEP_ALIVE_TIMEOUT",
     "log_level": "GATEWAY_LOG_LEVEL",
 }
 
