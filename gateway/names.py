@@ -74,6 +74,14 @@ class ServedNames:
             self._resolved[model] = names
         return names
 
+    async def listed(self, model: str) -> tuple[str, ...]:
+        """The names /v1/models lists: the configured ones, or the reported one; and the ensemble name
+        (the other names the weights go by are accepted, not listed)."""
+        names = await self.of(model)
+        if self._configured(model) is None:
+            names = tuple(dict.fromkeys((names[0], model)))
+        return names
+
     async def check(self, requested: str | None, models: Sequence[str]) -> str:
         """The name to report for a request that names ``requested`` (None = the first model's first
         name); a name none of ``models`` answers to is a 404 that lists the served names."""

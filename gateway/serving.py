@@ -290,7 +290,7 @@ class Gateway:
     async def models(self) -> protocol.ModelList:
         cards = []
         for model in (self.settings.embedding_model, self.settings.reranker_model):
-            names = await self.names.of(model)
+            names = await self.names.listed(model)
             try:
                 info = await self.backend.info(model)
             except GatewayError:

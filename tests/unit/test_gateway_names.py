@@ -67,6 +67,7 @@ def test_names_come_from_triton_and_the_ensemble_name_stays_an_alias():
         assert error.message.startswith("The model `text-embedding-3-small` does not exist.")
         assert "`Qwen/Qwen3-VL-Embedding-8B`" in error.message and "`qwen3_vl_embedding`" in error.message
         assert "SERVED_MODEL_NAME" in error.message
+        assert await names.listed(settings.embedding_model) == ("Qwen3-VL-Embedding-8B", "qwen3_vl_embedding")
 
     asyncio.run(run())
 
