@@ -48,7 +48,9 @@ class GatewaySettings:
     # the time the loop is held; the Python objects they make stay well under 1 GB.
     max_body_values: int = 2_000_000
     max_token_ids: int = 131_072  # per item
-    max_text_chars: int = 1_048_576  # per text (the backend's own limit is 1 MiB of UTF-8)
+    # Per text. Above the backend's own limit (1 MiB of UTF-8, which it names per row): this one only
+    # bounds the work of what could never pass.
+    max_text_chars: int = 4 * MIB
     # Requests at Triton at once: at most max_in_flight, and (unless 0) what Triton finishes in
     # in_flight_seconds at the measured rate. Triton's steps refuse what waits over 10 s (config.pbtxt);
     # 5 s keeps clear of that on a slow host and lets batches grow on a fast one (tiny model, 1,000-request
