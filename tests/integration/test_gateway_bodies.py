@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.integration import hostile_bodies
-from tests.integration.gateway_process import GatewayProcess
+from tests.integration.gateway_process import GatewayProcess, post
 from tools.launcher import free_port
 
 pytestmark = pytest.mark.server
@@ -96,3 +96,28 @@ def test_slow_and_idle_clients_are_timed_out(impatient):
         idle.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
         answer, seconds = _closed_after(idle, 5)
         assert answer.startswith(b"HTTP/1.1 200 ") and seconds < 3  # answered, then closed when idle
+
+
+def test_a_vllm_client_keeps_its_model_name_and_jina_documents_work(door):
+    """By default the gateway answers to what vLLM would serve for the weights (here the tiny checkpoints'
+    directory names) and to the ensemble names; anything else is a 404 listing them."""
+    url = door.url
+    status, _, body = post(url + "/v1/embeddings", {"model": "qwen3-vl-embedding-tiny", "input": "a"})
+    assert status == 200 and body["model"] == "qwen3-vl-embedding-tiny", body
+    status, _, body = post(url + "/v1/embeddings", {"input": "a"})
+    assert status == 200 and body["model"] == "qwen3-vl-embedding-tiny", body
+    status, _, body = post(url + "/v1/embeddings", {"model": "Qwen/Qwen3-VL-Embedding-8B", "input": "a"})
+    assert status == 404 and "`qwen3-vl-embedding-tiny`" in body["error"]["message"], body
+    assert (
+        "`qwen3_vl_embedding`" in body["error"]["message"] and "SERVED_MODEL_NAME" in body["error"]["message"]
+    )
+    plain = {"model": "qwen3_vl_reranker", "query": "capital of China", "documents": ["Beijing.", "Gravity."]}
+    status, _, expected = post(url + "/v1/rerank", plain)
+    assert status == 200, expected
+    jina = {**plain, "documents": [{"text": "Beijing."}, {"text": "Gravity."}]}
+    status, _, body = post(url + "/v1/rerank", jina)
+    assert status == 200 and body["results"] == expected["results"], body
+    status, _, body = post(url + "/v1/embeddings", {"input": "a", "dimensions": 2**40})
+    assert status == 400 and body["error"]["message"] == (
+        "dimensions: Input should be less than or equal to 2147483647"
+    ), body
