@@ -34,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.connections import header_deadline_protocol
 
     # uvicorn re-raises the SIGTERM it stopped on after its graceful shutdown, so the process would die of
     # that signal (exit status 143 in a pod, reported as an error); a completed stop exits 0 instead.
@@ -48,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # nothing here.
         proxy_headers=False,
         backlog=LISTEN_BACKLOG,
+        http=header_deadline_protocol(settings.header_timeout),
+        timeout_keep_alive=settings.keep_alive_timeout,
     )
     return 0
 

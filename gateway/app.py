@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import metadata
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pydantic_core
 from fastapi import FastAPI, Request
@@ -25,9 +25,11 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import protocol
+from gateway.bodies import header, read_json
 from gateway.errors import GatewayError, Kind, invalid
 from gateway.serving import Gateway
 from gateway.settings import GatewaySettings
+from gateway.validation import validation_error
 
 logger = logging.getLogger("gateway")
 _Request = TypeVar("_Request", bound=BaseModel)
@@ -40,7 +42,6 @@ OPEN_PATHS = frozenset({"/health", "/ping", "/version", "/metrics"})
 KNOWN_PATHS = frozenset(
     {*EMBEDDING_PATHS, *RERANK_PATHS, *SCORE_PATHS, *OPEN_PATHS, "/v1/models", "/tokenize", "/detokenize"}
 )
-MAX_VALIDATION_ERRORS = 3
 SERIALIZE_OFFLOAD_ROWS = 64
 
 
@@ -73,83 +74,6 @@ async def serialize(model: BaseModel) -> bytes:
     if len(rows) > SERIALIZE_OFFLOAD_ROWS:
         return await asyncio.to_thread(pydantic_core.to_json, model)
     return pydantic_core.to_json(model)
-
-
-def header(scope: Scope, name: bytes) -> str:
-    """One request header (first occurrence; ASGI names are lower case), or ""."""
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return ""
-
-
-def _too_large(limit: int) -> GatewayError:
-    return GatewayError(Kind.TOO_LARGE, f"request body is over the limit of {limit} bytes")
-
-
-async def read_body(scope: Scope, receive: Receive, settings: GatewaySettings) -> bytes:
-    """The raw body, straight from ASGI messages: JSON content type (or none), within the size limit,
-    not empty."""
-    media_type = header(scope, b"content-type").split(";", 1)[0].strip().lower()
-    if media_type and media_type != "application/json" and not media_type.endswith("+json"):
-        raise invalid(f"Content-Type must be application/json, got {media_type!r}")
-    limit = settings.max_body_bytes
-    declared = header(scope, b"content-length")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    body = b""
-    chunks: list[bytes] | None = None  # only a body sent in several messages is joined
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        if chunks is None and not body:
-            body = chunk
-        else:
-            if chunks is None:
-                chunks = [body]
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    if chunks is not None:
-        body = b"".join(chunks)
-    if not body:
-        raise invalid("the request body is empty; send a JSON object")
-    return body
-
-
-async def read_json(scope: Scope, receive: Receive, settings: GatewaySettings) -> Any:
-    """The body as parsed JSON (see read_body), an object."""
-    body = await read_body(scope, receive, settings)
-    try:
-        if len(body) > settings.offload_bytes:
-            parsed = await asyncio.to_thread(json.loads, body)
-        else:
-            parsed = json.loads(body)
-    except RecursionError:
-        raise invalid("malformed JSON: nested too deeply") from None
-    except ValueError as error:
-        raise invalid(f"malformed JSON: {error}") from None
-    if not isinstance(parsed, dict):
-        raise invalid(f"the request body must be a JSON object, got {type(parsed).__name__}")
-    return parsed
-
-
-def validation_error(error: ValidationError) -> GatewayError:
-    problems = error.errors(include_url=False, include_input=False)
-    shown = []
-    for problem in problems[:MAX_VALIDATION_ERRORS]:
-        where = ".".join(str(part) for part in problem["loc"]) or "body"
-        shown.append(f"{where}: {problem['msg']}")
-    more = len(problems) - len(shown)
-    message = "; ".join(shown) + (f" (and {more} more)" if more > 0 else "")
-    first = problems[0]["loc"] if problems else ()
-    return invalid(message, param=str(first[0]) if first else None)
 
 
 async def parse(

@@ -16,6 +16,7 @@ class Kind(enum.Enum):
     NOT_FOUND = "not_found"  # unknown model or route
     METHOD_NOT_ALLOWED = "method_not_allowed"
     TOO_LARGE = "too_large"  # body over the configured limit
+    REQUEST_TIMEOUT = "request_timeout"  # the client sent its body too slowly
     UNSUPPORTED = "unsupported"  # a vLLM option this gateway does not implement
     OVERLOADED = "overloaded"  # would wait longer than the queue timeout: retry later
     UNAVAILABLE = "unavailable"  # Triton not ready or unreachable: retry later
@@ -30,6 +31,7 @@ STATUS: dict[Kind, tuple[HTTPStatus, str]] = {
     Kind.NOT_FOUND: (HTTPStatus.NOT_FOUND, "NotFoundError"),
     Kind.METHOD_NOT_ALLOWED: (HTTPStatus.METHOD_NOT_ALLOWED, "MethodNotAllowedError"),
     Kind.TOO_LARGE: (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "RequestEntityTooLargeError"),
+    Kind.REQUEST_TIMEOUT: (HTTPStatus.REQUEST_TIMEOUT, "RequestTimeoutError"),
     Kind.UNSUPPORTED: (HTTPStatus.NOT_IMPLEMENTED, "NotImplementedError"),
     Kind.OVERLOADED: (HTTPStatus.SERVICE_UNAVAILABLE, "ServiceUnavailableError"),
     Kind.UNAVAILABLE: (HTTPStatus.SERVICE_UNAVAILABLE, "ServiceUnavailableError"),
@@ -61,6 +63,8 @@ class GatewayError(Exception):
     def headers(self, default_retry_after: int) -> dict[str, str]:
         if self.kind in RETRYABLE:
             return {"Retry-After": str(max(1, self.retry_after or default_retry_after))}
+        if self.kind is Kind.REQUEST_TIMEOUT:
+            return {"Connection": "close"}  # the rest of a body that came too slowly is not waited for
         return {}
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from gateway.errors import invalid
 from gateway.media import MediaFetcher
-from gateway.protocol import ContentPart, Conversation, EmbeddingRequest, ScoreContent, ScoreInput
+from gateway.protocol import INT32_MAX, ContentPart, Conversation, EmbeddingRequest, ScoreContent, ScoreInput
 from gateway.settings import InputFormat
 from qwen3vl_client.items import Row
 
@@ -70,8 +70,10 @@ def input_items(request: EmbeddingRequest, input_format: InputFormat) -> list[It
                 )
             if not entry:
                 raise invalid(f"input[{index}] is an empty list of token ids", param="input")
-            if any(token < 0 for token in entry):
+            if min(entry) < 0:
                 raise invalid(f"input[{index}] has a negative token id", param="input")
+            if max(entry) > INT32_MAX:
+                raise invalid(f"input[{index}] has a token id over {INT32_MAX}", param="input")
             items.append(Item(raw=True, token_ids=tuple(entry)))
         elif raw:
             if not entry:

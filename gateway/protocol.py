@@ -3,11 +3,17 @@ gateway's two extensions (`instruction`, `input_format`). Unknown fields are ign
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.settings import InputFormat
+
+# Every integer a client sends fits the 32-bit tensors it ends up in (or is refused: never wrapped).
+INT32_MAX = 2**31 - 1
+Int32 = Annotated[int, Field(ge=-(2**31), le=INT32_MAX)]
+Priority = Int32
+Truncation = Annotated[int, Field(ge=-1, le=INT32_MAX)]
 
 
 class _Request(BaseModel):
@@ -62,13 +68,13 @@ class EmbeddingRequest(_Request):
     input: str | list[str] | TokenIds | list[TokenIds] | None = None
     messages: list[Conversation] | Conversation | None = None
     encoding_format: Literal["float", "base64", "bytes", "bytes_only"] = "float"
-    dimensions: int | None = None
+    dimensions: Annotated[int, Field(le=INT32_MAX)] | None = None
     user: str | None = None
-    truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
+    truncate_prompt_tokens: Truncation | None = None
     embed_dtype: str = "float32"
     add_special_tokens: bool = True
     add_generation_prompt: bool | None = None  # the official format always has it
-    priority: int = 0
+    priority: Priority = 0
     request_id: str | None = None
     normalize: bool | None = None
     # Extensions: the query instruction for every `input` string, and how `input` is embedded.
@@ -101,17 +107,28 @@ class ScoreContent(_Request):
 ScoreInput = str | ScoreContent
 
 
+def text_objects(value: Any) -> Any:
+    """Jina's and Cohere's ``{"text": ...}`` documents (other keys ignored) as the plain strings they are."""
+    if isinstance(value, dict) and "text" in value and "content" not in value:
+        return value["text"]
+    if isinstance(value, list):
+        return [text_objects(entry) for entry in value]
+    return value
+
+
 class RerankRequest(_Request):
     model: str | None = None
     query: ScoreInput
     # A list of documents, or vLLM's single {"content": [parts]} whose every part is one document.
     documents: list[ScoreInput] | ScoreContent
-    top_n: int = Field(default=0, ge=0)
+    top_n: Annotated[int, Field(ge=0, le=INT32_MAX)] = 0
     instruction: str | None = None
-    truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
+    truncate_prompt_tokens: Truncation | None = None
     return_documents: bool = True  # Cohere's and Infinity's field; vLLM always returns them
-    priority: int = 0
+    priority: Priority = 0
     request_id: str | None = None
+
+    _text_objects = field_validator("query", "documents", mode="before")(text_objects)
 
     def document_list(self) -> list[ScoreInput]:
         if isinstance(self.documents, ScoreContent):
@@ -139,9 +156,13 @@ class ScoreRequest(_Request):
     data_1: ScoreSide | None = None
     data_2: ScoreSide | None = None
     instruction: str | None = None
-    truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
-    priority: int = 0
+    truncate_prompt_tokens: Truncation | None = None
+    priority: Priority = 0
     request_id: str | None = None
+
+    _text_objects = field_validator(
+        "text_1", "text_2", "queries", "documents", "items", "data_1", "data_2", mode="before"
+    )(text_objects)
 
     def sides(self) -> tuple[list[ScoreInput], list[ScoreInput]]:
         for first, second in SCORE_FIELD_PAIRS:
@@ -166,7 +187,7 @@ class TokenizeRequest(_Request):
 
 class DetokenizeRequest(_Request):
     model: str | None = None
-    tokens: list[int]
+    tokens: list[Annotated[int, Field(le=INT32_MAX)]]
 
     @field_validator("tokens")
     @classmethod
@@ -242,7 +263,7 @@ class ScoreResponse(BaseModel):
 class TokenizeResponse(BaseModel):
     count: int
     max_model_len: int | None
-    tokens: list[int]
+    tokens: list[Annotated[int, Field(le=INT32_MAX)]]
     token_strs: list[str] | None = None
 
 

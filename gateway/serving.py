@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from gateway.errors import GatewayError, Kind, invalid
 from gateway.items import Item, input_items, message_items, score_item
 from gateway.media import MediaFetcher
 from gateway.metrics import GatewayMetrics
+from gateway.names import ServedNames
 from gateway.settings import DEFAULT_TOKENIZER_PATH, GatewaySettings
 from gateway.tokenizer import GatewayTokenizer
 from gateway.triton import Outcome, TritonBackend
@@ -25,11 +26,6 @@ from gateway.triton import Outcome, TritonBackend
 TOKENIZE_OFFLOAD_CHARS = 100_000
 # Before sending again what Triton's queue refused.
 TRITON_BUSY_PAUSE = 0.05
-
-
-def check_model(requested: str | None, names: Sequence[str]) -> None:
-    if requested is not None and requested not in names:
-        raise GatewayError(Kind.NOT_FOUND, f"The model `{requested}` does not exist.", param="model")
 
 
 def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:
@@ -58,6 +54,7 @@ class Gateway:
         self.metrics = GatewayMetrics(self.admission)
         self.backend.observe_call = self.metrics.observe_call
         self.fetcher = MediaFetcher(settings)
+        self.names = ServedNames(settings, self.backend)
         self.started = int(time.time())
         self._tokenizer: GatewayTokenizer | None = None
 
@@ -158,7 +155,7 @@ class Gateway:
         self, request: protocol.EmbeddingRequest, request_id: str
     ) -> protocol.EmbeddingResponse:
         settings = self.settings
-        check_model(request.model, settings.served_model_names)
+        model = await self.names.check(request.model, [settings.embedding_model])
         if request.encoding_format in ("bytes", "bytes_only"):
             raise GatewayError(
                 Kind.UNSUPPORTED, f"encoding_format {request.encoding_format!r} is not supported"
@@ -190,7 +187,7 @@ class Gateway:
         return protocol.EmbeddingResponse(
             id=f"embd-{request_id}",
             created=int(time.time()),
-            model=settings.model_name,
+            model=model,
             data=data,
             usage=usage(outcome.token_counts),
         )
@@ -204,7 +201,7 @@ class Gateway:
 
     async def rerank(self, request: protocol.RerankRequest, request_id: str) -> protocol.RerankResponse:
         settings = self.settings
-        check_model(request.model, settings.served_reranker_names)
+        model = await self.names.check(request.model, [settings.reranker_model])
         await self._check_truncation(request.truncate_prompt_tokens, settings.reranker_model)
         documents = request.document_list()
         if not documents:
@@ -233,14 +230,14 @@ class Gateway:
         total = sum(counts) if counts else 0
         return protocol.RerankResponse(
             id=f"score-{request_id}",
-            model=settings.reranker_name,
+            model=model,
             usage=protocol.RerankUsage(prompt_tokens=total, total_tokens=total),
             results=results,
         )
 
     async def score(self, request: protocol.ScoreRequest, request_id: str) -> protocol.ScoreResponse:
         settings = self.settings
-        check_model(request.model, settings.served_reranker_names)
+        model = await self.names.check(request.model, [settings.reranker_model])
         await self._check_truncation(request.truncate_prompt_tokens, settings.reranker_model)
         try:
             left, right = request.sides()
@@ -263,13 +260,17 @@ class Gateway:
         return protocol.ScoreResponse(
             id=f"score-{request_id}",
             created=int(time.time()),
-            model=settings.reranker_name,
+            model=model,
             data=[protocol.ScoreData(index=index, score=score) for index, score in enumerate(scores)],
             usage=usage(counts),
         )
 
+    async def _check_any_model(self, requested: str | None) -> None:
+        """/tokenize and /detokenize answer to every served name."""
+        await self.names.check(requested, [self.settings.embedding_model, self.settings.reranker_model])
+
     async def tokenize(self, request: protocol.TokenizeRequest) -> protocol.TokenizeResponse:
-        check_model(request.model, self.settings.served_model_names + self.settings.served_reranker_names)
+        await self._check_any_model(request.model)
         tokens = await self._encode(request.prompt, request.add_special_tokens)
         token_strs = (await self.tokenizer()).tokens(tokens) if request.return_token_strs else None
         return protocol.TokenizeResponse(
@@ -280,7 +281,7 @@ class Gateway:
         )
 
     async def detokenize(self, request: protocol.DetokenizeRequest) -> protocol.DetokenizeResponse:
-        check_model(request.model, self.settings.served_model_names + self.settings.served_reranker_names)
+        await self._check_any_model(request.model)
         tokenizer = await self.tokenizer()
         if any(token >= tokenizer.vocab_size for token in request.tokens):
             raise invalid(f"token ids must be below the vocabulary size {tokenizer.vocab_size}", "tokens")
@@ -288,10 +289,8 @@ class Gateway:
 
     async def models(self) -> protocol.ModelList:
         cards = []
-        for names, model in (
-            (self.settings.served_model_names, self.settings.embedding_model),
-            (self.settings.served_reranker_names, self.settings.reranker_model),
-        ):
+        for model in (self.settings.embedding_model, self.settings.reranker_model):
+            names = await self.names.listed(model)
             try:
                 info = await self.backend.info(model)
             except GatewayError:

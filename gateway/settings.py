@@ -18,6 +18,7 @@ INPUT_FORMATS: tuple[InputFormat, ...] = ("official", "vllm")
 # The tokenizer when neither GATEWAY_TOKENIZER / MODEL_PATH nor Triton names a checkpoint: the one the
 # backend runs by default, in this checkout (the gateway imports nothing from backend/).
 DEFAULT_TOKENIZER_PATH = Path(__file__).resolve().parent.parent / "models" / "qwen3-vl-embedding-tiny"
+DEFAULT_RERANKER_PATH = DEFAULT_TOKENIZER_PATH.parent / "qwen3-vl-reranker-tiny"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,20 +27,30 @@ class GatewaySettings:
     port: int = 9000
     # When set, every route but /health, /ping, /version and /metrics wants `Authorization: Bearer <key>`.
     api_key: str | None = None
-    # Names clients may put in `model`; the first is the one reported. vLLM users keep theirs by setting
-    # SERVED_MODEL_NAME=Qwen/Qwen3-VL-Embedding-8B.
-    served_model_names: tuple[str, ...] = ("qwen3_vl_embedding",)
-    served_reranker_names: tuple[str, ...] = ("qwen3_vl_reranker",)
+    # Names clients may put in `model`; the first is the one reported when a request names none. Unset =
+    # what vLLM would serve for the weights Triton runs (gateway/names.py); the ensemble name always works.
+    served_model_names: tuple[str, ...] | None = None
+    served_reranker_names: tuple[str, ...] | None = None
     triton_grpc_url: str = "127.0.0.1:8001"
     embedding_model: str = "qwen3_vl_embedding"  # Triton ensemble names
     reranker_model: str = "qwen3_vl_reranker"
     # tokenizer.json directory for /tokenize, /detokenize and truncation in vllm format; unset = the
     # model_path the embedding preprocess step reports (or MODEL_PATH).
     tokenizer_path: str | None = None
+    # The reranker's checkpoint, for its served names when Triton reports none (unset = RERANKER_MODEL_PATH).
+    reranker_path: str | None = None
     # How `input` strings are embedded: the official format, or vLLM's raw completion path.
     input_format: InputFormat = "official"
     max_body_bytes: int = 64 * MIB
-    max_items: int = 2048  # inputs, conversations, documents or pairs per request
+    max_items: int = 2048  # inputs, conversations, documents or pairs per request (entries per list)
+    # Checked while the body arrives (commas) and on the parsed body, before validation builds anything:
+    # a body's cost is its values, not its bytes. 2 M values parse in ~0.3 s (jiter, loaded 2-core host),
+    # the time the loop is held; the Python objects they make stay well under 1 GB.
+    max_body_values: int = 2_000_000
+    max_token_ids: int = 131_072  # per item
+    # Per text. Above the backend's own limit (1 MiB of UTF-8, which it names per row): this one only
+    # bounds the work of what could never pass.
+    max_text_chars: int = 4 * MIB
     # Requests at Triton at once: at most max_in_flight, and (unless 0) what Triton finishes in
     # in_flight_seconds at the measured rate. Triton's steps refuse what waits over 10 s (config.pbtxt);
     # 5 s keeps clear of that on a slow host and lets batches grow on a fast one (tiny model, 1,000-request
@@ -75,12 +86,26 @@ class GatewaySettings:
     media_max_bytes: int = 64 * MIB
     # Bodies, base64 payloads and tensors bigger than this are handled in a worker thread, off the loop.
     offload_bytes: int = 1 * MIB
+    # Slow or idle clients: request headers must arrive within header_timeout of the connection opening
+    # (or of the last response), the body within body_timeout (408); an idle keep-alive connection is
+    # closed after keep_alive_timeout.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keep_alive_timeout: int = 5  # whole seconds (uvicorn's unit)
     log_level: str = "info"
 
     def __post_init__(self) -> None:
         if self.input_format not in INPUT_FORMATS:
             raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got {self.input_format!r}")
-        for name in ("max_body_bytes", "max_items", "max_in_flight", "media_max_bytes"):
+        for name in (
+            "max_body_bytes",
+            "max_items",
+            "max_body_values",
+            "max_token_ids",
+            "max_text_chars",
+            "max_in_flight",
+            "media_max_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.coalesce_calls < 0:
@@ -95,19 +120,23 @@ class GatewaySettings:
             raise ValueError(
                 f"latency_target_ratio must be 0 (off) or over 1, got {self.latency_target_ratio}"
             )
-        for name in ("queue_timeout", "request_timeout", "media_fetch_timeout"):
+        for name in (
+            "queue_timeout",
+            "request_timeout",
+            "media_fetch_timeout",
+            "header_timeout",
+            "body_timeout",
+            "keep_alive_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not self.served_model_names or not self.served_reranker_names:
+        if self.served_model_names == () or self.served_reranker_names == ():
             raise ValueError("served model names must not be empty")
 
     @property
-    def model_name(self) -> str:
-        return self.served_model_names[0]
-
-    @property
-    def reranker_name(self) -> str:
-        return self.served_reranker_names[0]
+    def model_name(self) -> str | None:
+        """The configured embedding name reported first (None = from the weights)."""
+        return self.served_model_names[0] if self.served_model_names else None
 
 
 ENVIRONMENT = {
@@ -120,9 +149,13 @@ ENVIRONMENT = {
     "embedding_model": "GATEWAY_EMBEDDING_MODEL",
     "reranker_model": "GATEWAY_RERANKER_MODEL",
     "tokenizer_path": "GATEWAY_TOKENIZER",
+    "reranker_path": "GATEWAY_RERANKER_PATH",
     "input_format": "GATEWAY_INPUT_FORMAT",
     "max_body_bytes": "GATEWAY_MAX_BODY_BYTES",
     "max_items": "GATEWAY_MAX_ITEMS",
+    "max_body_values": "GATEWAY_MAX_BODY_VALUES",
+    "max_token_ids": "GATEWAY_MAX_TOKEN_IDS",
+    "max_text_chars": "GATEWAY_MAX_TEXT_CHARS",
     "max_in_flight": "GATEWAY_MAX_IN_FLIGHT",
     "in_flight_seconds": "GATEWAY_IN_FLIGHT_SECONDS",
     "max_waiting": "GATEWAY_MAX_WAITING",
@@ -137,6 +170,9 @@ ENVIRONMENT = {
     "media_fetch_timeout": "GATEWAY_MEDIA_FETCH_TIMEOUT",
     "media_max_bytes": "GATEWAY_MEDIA_MAX_BYTES",
     "offload_bytes": "GATEWAY_OFFLOAD_BYTES",
+    "header_timeout": "GATEWAY_HEADER_TIMEOUT",
+    "body_timeout": "GATEWAY_BODY_TIMEOUT",
+    "keep_alive_timeout": "GATEWAY_KEEP_ALIVE_TIMEOUT",
     "log_level": "GATEWAY_LOG_LEVEL",
 }
 
@@ -176,5 +212,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: Any
         values["triton_grpc_url"] = f"127.0.0.1:{int(environ['TRITON_GRPC_PORT'])}"
     if "tokenizer_path" not in values and environ.get("MODEL_PATH", "").strip():
         values["tokenizer_path"] = environ["MODEL_PATH"]
+    if "reranker_path" not in values and environ.get("RERANKER_MODEL_PATH", "").strip():
+        values["reranker_path"] = environ["RERANKER_MODEL_PATH"]
     values.update(overrides)
     return GatewaySettings(**values)

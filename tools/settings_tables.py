@@ -95,17 +95,25 @@ GATEWAY_MEANINGS = {
     "port": "the gateway's port",
     "api_key": "when set, every route but `/health`, `/ping`, `/version`, `/metrics` wants "
     "`Authorization: Bearer <key>`",
-    "served_model_names": "names `model` may take for embeddings, comma-separated, first reported "
-    "(`Qwen/Qwen3-VL-Embedding-8B` keeps vLLM clients' `model` field)",
+    "served_model_names": "names `model` may take for embeddings, comma-separated, first reported when a "
+    "request names none. Unset: what vLLM would serve for the weights Triton runs (the Hugging Face id, or "
+    "the directory's name, its path and `Qwen/<name>`); the ensemble name is always accepted",
     "served_reranker_names": "the same for rerank and score",
     "triton_grpc_url": "Triton's gRPC endpoint",
     "embedding_model": "the Triton embedding ensemble called",
     "reranker_model": "the Triton reranker ensemble called",
+    "reranker_path": "the reranker's checkpoint, for its served names when Triton reports no `model_path` "
+    "(unset: `RERANKER_MODEL_PATH`)",
     "tokenizer_path": "checkpoint directory whose `tokenizer.json` serves `/tokenize`, `/detokenize` and "
     "compatibility-mode truncation",
     "input_format": "`vllm` = the compatibility mode by default",
     "max_body_bytes": "larger bodies get 413",
-    "max_items": "inputs, conversations, documents or pairs per request",
+    "max_items": "inputs, conversations, documents or pairs per request (and entries of any other list)",
+    "max_body_values": "JSON values (list entries and object fields) per body, counted as it arrives; more "
+    "is 413 before anything is parsed. It bounds the parse time (the event loop's) and memory",
+    "max_token_ids": "token ids per item; more is 400 naming the item",
+    "max_text_chars": "characters per text (an input, a content part, a document, an instruction); more is "
+    "400 naming the field, before validation",
     "max_in_flight": "requests at Triton at once, at most",
     "in_flight_seconds": "and at most what Triton finishes in this time at the measured rate (`0` = the "
     "fixed bound alone)",
@@ -129,6 +137,10 @@ GATEWAY_MEANINGS = {
     "media_fetch_timeout": "seconds to fetch one media URL",
     "media_max_bytes": "limit on one fetched or decoded media file",
     "offload_bytes": "bodies and media larger than this are decoded in a worker thread",
+    "header_timeout": "seconds for a connection's request headers to arrive (from its opening or its last "
+    "response); later, it is closed",
+    "body_timeout": "seconds for a request body to arrive; later is 408",
+    "keep_alive_timeout": "seconds an idle keep-alive connection is kept",
     "log_level": "uvicorn's log level",
 }
 

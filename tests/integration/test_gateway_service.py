@@ -26,7 +26,14 @@ def test_models_health_ping_and_version(gateway):
     status, _, body = get(f"{gateway.url}/v1/models")
     assert status == 200 and body["object"] == "list"
     cards = {card["id"]: card for card in body["data"]}
-    assert set(cards) == {"qwen3_vl_embedding", "qwen3_vl_reranker"}
+    # What vLLM would serve for the weights (the tiny checkpoints' directory names), and the ensembles.
+    assert set(cards) == {
+        "qwen3-vl-embedding-tiny",
+        "qwen3_vl_embedding",
+        "qwen3-vl-reranker-tiny",
+        "qwen3_vl_reranker",
+    }
+    assert [card["id"] for card in body["data"]][0] == "qwen3-vl-embedding-tiny"
     assert cards["qwen3_vl_embedding"]["max_model_len"] == 8192
     assert cards["qwen3_vl_reranker"]["max_model_len"] == 10240
     assert all(card["object"] == "model" and card["owned_by"] and card["root"] for card in cards.values())

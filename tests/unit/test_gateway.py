@@ -272,7 +272,7 @@ def _receiver(*chunks: bytes, disconnect: bool = False):
 def test_the_body_is_read_from_asgi_messages_within_the_limit():
     from starlette.requests import ClientDisconnect
 
-    from gateway.app import read_body
+    from gateway.bodies import read_body
 
     settings = GatewaySettings(max_body_bytes=10)
     scope = {"headers": [(b"content-type", b"application/json; charset=utf-8")]}
