@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration import hostile_bodies
 from tests.integration.gateway_process import GatewayProcess, post
-from tools.launcher import free_port
+from tools.ports import free_port
 
 pytestmark = pytest.mark.server
 MB = 1_000_000
