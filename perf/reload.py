@@ -128,7 +128,8 @@ def gateway_caller(base: str):
                     return np.array(json.loads(response.read())["data"][0]["embedding"], dtype=np.float32)
             except urllib.error.HTTPError as error:
                 message = error.read()[:200].decode(errors="replace")
-                raise RuntimeError(f"HTTP {error.code} Retry-After={error.headers.get('Retry-After')} {message}")
+                retry_after = error.headers.get("Retry-After")
+                raise RuntimeError(f"HTTP {error.code} Retry-After={retry_after} {message}") from None
 
         return call, lambda: None
 
@@ -141,6 +142,27 @@ def ready(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+class Readiness(threading.Thread):
+    """Triton's /v2/health/ready every 50 ms: when it answers 200 again after a kill."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.answers: list[tuple[float, bool]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.05):
+            self.answers.append((time.monotonic(), ready(self.url)))
+
+    def back_after(self, since: float) -> float | None:
+        """When it answered 200 again after having been not ready since ``since``."""
+        down = next((t for t, ok in self.answers if t >= since and not ok), None)
+        if down is None:
+            return None
+        return next((t for t, ok in self.answers if t > down and ok), None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "RERANKER_MODEL_PATH", "DEVICE")}
     env["GATEWAY_PORT"] = str(gateway_port)
     command = [sys.executable, "-m", "tools.launcher", "serve", "--model-repository", "model_repository",
-               f"--http-port={http_port}", f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}"]  # fmt: skip
+               f"--http-port={http_port}", f"--grpc-port={grpc_port}",
+               f"--metrics-port={metrics_port}"]  # fmt: skip
     if not args.gateway:
         command.append("--no-gateway")
     with log.open("wb") as output:
@@ -173,11 +196,17 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"not ready; see {log}")
             time.sleep(0.5)
         callers = [
-            Caller("client http", client_caller(f"127.0.0.1:{http_port}", "http", args.retries), args.threads),
-            Caller("client grpc", client_caller(f"127.0.0.1:{grpc_port}", "grpc", args.retries), args.threads),
+            Caller(
+                "client http", client_caller(f"127.0.0.1:{http_port}", "http", args.retries), args.threads
+            ),
+            Caller(
+                "client grpc", client_caller(f"127.0.0.1:{grpc_port}", "grpc", args.retries), args.threads
+            ),
         ]
         if args.gateway:
             callers.append(Caller("gateway", gateway_caller(gateway_base), args.threads))
+        readiness = Readiness(f"http://127.0.0.1:{http_port}/v2/health/ready")
+        readiness.start()
         for caller in callers:
             caller.start()
         time.sleep(5.0)
@@ -191,11 +220,21 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(args.after)
         for caller in callers:
             caller.stop()
+        readiness.stop.set()
+        back = readiness.back_after(killed)
+        reports = [caller.report(killed) for caller in callers]
+        for report in reports:
+            first = report["first_answer_after_kill_s"]
+            ready_again = None if back is None else back - killed
+            report["first_answer_after_triton_ready_s"] = (
+                None if first is None or ready_again is None else round(first - ready_again, 3)
+            )
         report = {
             "command": "python -m perf.reload " + " ".join(sys.argv[1:] if argv is None else argv),
             "killed": args.target,
             "retries": args.retries,
-            "callers": [caller.report(killed) for caller in callers],
+            "triton_ready_again_after_kill_s": None if back is None else round(back - killed, 3),
+            "callers": reports,
             "launcher": [line for line in log.read_text().splitlines() if "launcher:" in line][-8:],
         }
         print(json.dumps(report, indent=1), flush=True)
