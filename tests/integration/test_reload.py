@@ -1,12 +1,14 @@
 """A stub SIGKILLed under load is invisible to callers of the client library (issue 19, "reloads invisible to
 clients"): `python -m tools.launcher serve` with its watchdog serves tests/integration/reload_repository (a
 stand-in embedding ensemble that starts in about a second); a few threads embed through the client library
-(HTTP and gRPC) while the step's stub is killed and the watchdog reloads the model. No call fails, and every
-vector is the one the text always gets. perf/reload.py measures the same on the real model and the gateway.
+(HTTP, gRPC, asyncio over gRPC) while the step's stub is killed and the watchdog reloads the model. No call
+fails, and every vector is the one the text always gets. perf/reload.py measures the same on the real model
+and through the gateway.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import signal
@@ -16,10 +18,12 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
-from qwen3vl_client import EmbeddingClient
+from qwen3vl_client import AsyncEmbeddingClient, EmbeddingClient
+from qwen3vl_client.options import Transport
 from tests.conftest import REPO
 from tools.launcher import free_ports
 from tools.watchdog import live_stubs
@@ -64,10 +68,13 @@ class Caller(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
+        if self.protocol.startswith("asyncio "):
+            asyncio.run(self._run_async(self.protocol.split()[1]))
+            return
         with EmbeddingClient(self.url, self.protocol, model=MODEL, timeout=30.0) as client:
             count = 0
             while not self.stop.is_set():
-                texts = [f"caller {self.number} text {count % 7}", f"caller {self.number} call {count}"]
+                texts = self._texts(count)
                 count += 1
                 started = time.monotonic()
                 try:
@@ -75,9 +82,30 @@ class Caller(threading.Thread):
                 except Exception as error:  # noqa: BLE001 - what the test counts
                     self.failures.append(f"{type(error).__name__}: {error}")
                     continue
-                self.calls.append((started, time.monotonic() - started))
-                if not np.array_equal(got, np.stack([expected(text) for text in texts])):
-                    self.failures.append(f"wrong vectors for {texts}")
+                self._check(started, texts, got)
+
+    async def _run_async(self, protocol: str) -> None:
+        transport = cast(Transport, protocol)
+        async with AsyncEmbeddingClient(self.url, transport, model=MODEL, timeout=30.0) as client:
+            count = 0
+            while not self.stop.is_set():
+                texts = self._texts(count)
+                count += 1
+                started = time.monotonic()
+                try:
+                    got = await client.embed(texts)
+                except Exception as error:  # noqa: BLE001 - what the test counts
+                    self.failures.append(f"{type(error).__name__}: {error}")
+                    continue
+                self._check(started, texts, got)
+
+    def _texts(self, count: int) -> list[str]:
+        return [f"caller {self.number} text {count % 7}", f"caller {self.number} call {count}"]
+
+    def _check(self, started: float, texts: list[str], got: np.ndarray) -> None:
+        self.calls.append((started, time.monotonic() - started))
+        if not np.array_equal(got, np.stack([expected(text) for text in texts])):
+            self.failures.append(f"wrong vectors for {texts}")
 
 
 def test_a_stub_killed_under_load_fails_no_call_of_the_client_library(tmp_path):
@@ -100,6 +128,7 @@ def test_a_stub_killed_under_load_fails_no_call_of_the_client_library(tmp_path):
             Caller(0, f"127.0.0.1:{http_port}", "http"),
             Caller(1, f"127.0.0.1:{http_port}", "http"),
             Caller(2, f"127.0.0.1:{grpc_port}", "grpc"),
+            Caller(3, f"127.0.0.1:{grpc_port}", "asyncio grpc"),
         ]
         for caller in callers:
             caller.start()
