@@ -5,7 +5,7 @@ Triton's status codes turned into gateway error kinds (the one place that does s
 What goes on the wire and what an error message names (the tensors, the outputs, ``row N:``, the query
 markers) is the client's sans-IO core (``qwen3vl_client._wire`` and ``_retry``): one contract, two
 callers. The gateway retries only what the client retries within its reload budget: a model being reloaded
-(the watchdog repairing a dead stub) or a restarting tritonserver, polled at most a second apart for up to
+(the watchdog repairing a dead stub) or a restarting tritonserver, polled at most 0.5 s apart for up to
 RELOAD_WAIT_SECS, so that a reload is a latency spike and not an error; anything else is answered with
 Triton's own status (overload at once: a refusal is only useful if it is fast). Past the budget a reload is
 a 503 with Retry-After, never a 404 or a 500.
@@ -50,7 +50,7 @@ _KIND_BY_STATUS = {
 }
 # How long a call waits for a model being reloaded or a restarting tritonserver (at most request_timeout).
 RELOAD_WAIT_SECS = 60.0
-# The first pause; doubled up to MAX_RELOAD_BACKOFF (1 s): Triton's return is noticed within a second.
+# The first pause; doubled up to MAX_RELOAD_BACKOFF (0.5 s): Triton's return is noticed within that.
 RELOAD_FIRST_BACKOFF_SECS = 0.1
 
 WireRow = TypeVar("WireRow", Row, Pair)

@@ -5,7 +5,7 @@ concerns.
 A model being reloaded (the launcher's watchdog unloads and loads a model whose stub died; the supervisor
 restarts tritonserver) answers NOT_FOUND "has no available versions", or INTERNAL "Stub process ... is not
 healthy" for the requests its dead stub held, or refuses connections. None of those requests produced an
-answer, so sending them again is safe: they are retried for up to ``reload_wait`` seconds, at most a second
+answer, so sending them again is safe: they are retried for up to ``reload_wait`` seconds, at most 0.5 s
 apart, so that a reload is a latency spike and not an error. A name the server never served ("is not
 found") is not retried, unless this client has been served by that model before.
 

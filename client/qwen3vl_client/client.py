@@ -36,7 +36,7 @@ class EmbeddingClient(ClientCore):
     order. UNAVAILABLE answers and failed connections are retried ``retries`` times with exponential
     backoff from ``backoff`` seconds; ``timeout`` bounds each request. A model being reloaded (its stub
     died) or a restarting server (one that has served this client) is waited for up to ``reload_wait``
-    seconds (default 60; 0: not), polled at most a second apart. Use one client per thread
+    seconds (default 60; 0: not), polled at most half a second apart. Use one client per thread
     (tritonclient's HTTP client is gevent-based), and close it, or use it as a context manager.
     """
 

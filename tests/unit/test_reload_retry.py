@@ -59,7 +59,7 @@ def test_a_reload_is_retried_within_its_budget_whatever_retries_says(status, mes
     waits = Waits()
     step = next_step(error(status, message), one_row_batch(), 0, options(retries=0), "raise", (), None, waits)
     assert step == Retry(reload_delay(0.5, 0))
-    # Attempts far past `retries` still wait while the budget lasts, polling at most a second apart.
+    # Attempts far past `retries` still wait while the budget lasts, polling at most MAX_RELOAD_BACKOFF apart.
     step = next_step(
         error(status, message), one_row_batch(), 30, options(retries=0), "raise", (), None, waits
     )
@@ -67,7 +67,7 @@ def test_a_reload_is_retried_within_its_budget_whatever_retries_says(status, mes
 
 
 def test_reload_delay_is_exponential_and_bounded():
-    assert [reload_delay(0.25, attempt) for attempt in range(4)] == [0.25, 0.5, 1.0, 1.0]
+    assert [reload_delay(0.125, attempt) for attempt in range(4)] == [0.125, 0.25, 0.5, MAX_RELOAD_BACKOFF]
     assert reload_delay(0.0, 0) == MIN_RELOAD_BACKOFF  # backoff=0 does not spin
 
 
