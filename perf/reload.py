@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from tools.watchdog import live_stubs
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT = "a short text to embed"
+SERVE_LINE = "launcher: serving on"
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -194,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         deadline = time.monotonic() + 600
         gateway_base = f"http://127.0.0.1:{gateway_port}"
-        while not ready(f"http://127.0.0.1:{http_port}/v2/health/ready") or (
-            args.gateway and not ready(f"{gateway_base}/health")
+        while (
+            not ready(f"http://127.0.0.1:{http_port}/v2/health/ready")
+            or (args.gateway and not ready(f"{gateway_base}/health"))
+            or SERVE_LINE not in log.read_text()  # written a moment after readiness
         ):
             if time.monotonic() > deadline or process.poll() is not None:
                 raise RuntimeError(f"not ready; see {log}")
@@ -219,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         for caller in callers:
             caller.start()
         time.sleep(5.0)
-        server_pid = int(log.read_text().split("tritonserver pid ")[-1].split(",")[0])
+        server_pid = int(re.findall(r"tritonserver pid (\d+), shm prefix", log.read_text())[-1])
         if args.target == "tritonserver":
             victim = server_pid
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from tools.watchdog import live_stubs
 REPOSITORY = Path(__file__).resolve().parent / "reload_repository"
 MODEL, STEP = "stand_in_embedding", "stand_in_embedding_model"
 RELOADED = f"watchdog: model {STEP} serves again"
+SERVE_LINE = re.compile(r"tritonserver pid (\d+), shm prefix")
 
 
 def expected(text: str) -> np.ndarray:
@@ -122,8 +124,9 @@ def test_a_stub_killed_under_load_fails_no_call_of_the_client_library(tmp_path):
     callers: list[Caller] = []
     server_pid = None
     try:
-        assert wait_for(lambda: ready(base), 60.0), log.read_text()
-        server_pid = int(log.read_text().split("tritonserver pid ")[-1].split(",")[0])
+        # Ready, and the launcher has said which server it runs (the line may come a moment after readiness).
+        assert wait_for(lambda: ready(base) and SERVE_LINE.search(log.read_text()), 60.0), log.read_text()
+        server_pid = int(SERVE_LINE.findall(log.read_text())[-1])
         callers = [
             Caller(0, f"127.0.0.1:{http_port}", "http"),
             Caller(1, f"127.0.0.1:{http_port}", "http"),
