@@ -4,13 +4,16 @@ Triton's status codes turned into gateway error kinds (the one place that does s
 
 What goes on the wire and what an error message names (the tensors, the outputs, ``row N:``, the query
 markers) is the client's sans-IO core (``qwen3vl_client._wire`` and ``_retry``): one contract, two
-callers. The gateway calls it without the client's retries: it answers with Triton's own status.
+callers. The gateway retries only what the client retries within its reload budget: a model being reloaded
+(the watchdog repairing a dead stub) or a restarting tritonserver, polled at most 0.5 s apart for up to
+RELOAD_WAIT_SECS, so that a reload is a latency spike and not an error; anything else is answered with
+Triton's own status (overload at once: a refusal is only useful if it is fast). Past the budget a reload is
+a 503 with Retry-After, never a 404 or a 500.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -24,30 +27,51 @@ from gateway.models import ModelInfo, check_inputs, model_info
 from gateway.settings import GatewaySettings
 from qwen3vl_client import _wire
 from qwen3vl_client._plans import model_summary
-from qwen3vl_client._retry import error_status, error_text, pin, row_of
+from qwen3vl_client._retry import (
+    BUSY,
+    GRPC_CHANNEL_ARGS,
+    error_status,
+    error_text,
+    is_down,
+    is_reloading,
+    pin,
+    reload_delay,
+    row_of,
+)
 from qwen3vl_client._wire import TOKEN_COUNT_NAME, Pair
 from qwen3vl_client.items import Row
 
-# Triton's dynamic batcher refusing a request: its queue is full, or the request waited past the queue
-# policy's timeout.
-_TRITON_BUSY = re.compile(r"maximum queue size|timeout expired", re.IGNORECASE)
 _KIND_BY_STATUS = {
     "StatusCode.INVALID_ARGUMENT": Kind.INVALID,
     "StatusCode.UNAVAILABLE": Kind.UNAVAILABLE,
     "StatusCode.RESOURCE_EXHAUSTED": Kind.UNAVAILABLE,
     "StatusCode.DEADLINE_EXCEEDED": Kind.TIMEOUT,
-    "StatusCode.NOT_FOUND": Kind.UNAVAILABLE,
+    "StatusCode.NOT_FOUND": Kind.UNAVAILABLE,  # the gateway asks only for the ensembles it serves
 }
+# How long a call waits for a model being reloaded or a restarting tritonserver (at most request_timeout).
+RELOAD_WAIT_SECS = 60.0
+# The first pause; doubled up to MAX_RELOAD_BACKOFF (0.5 s): Triton's return is noticed within that.
+RELOAD_FIRST_BACKOFF_SECS = 0.1
 
 WireRow = TypeVar("WireRow", Row, Pair)
 Value = TypeVar("Value")
 
 
 def kind_of(error: BaseException) -> Kind:
+    if is_reloading(error):
+        return Kind.UNAVAILABLE  # a stub died under the request, or its model is being reloaded: retry later
     kind = _KIND_BY_STATUS.get(error_status(error) or "", Kind.INTERNAL)
-    if kind is Kind.UNAVAILABLE and _TRITON_BUSY.search(error_text(error)):
+    if kind is Kind.UNAVAILABLE and BUSY.search(error_text(error)):
         return Kind.OVERLOADED  # Triton is up, its queue is not: the request may be sent again
     return kind
+
+
+def reloading(error: BaseException) -> bool:
+    """A served ensemble's call failed because Triton reloads it (or a step's stub died under it) or is
+    restarting: worth waiting for. Busy is not (refused at once), nor is anything the caller sent."""
+    if isinstance(error, RowRejected):
+        error = error.error
+    return is_reloading(error) or is_down(error, (ConnectionError,))
 
 
 def blame(error: BaseException, rows: Sequence[int], subject: str, about_query: bool = False) -> GatewayError:
@@ -98,7 +122,9 @@ class TritonBackend:
             import tritonclient.grpc.aio as module
 
             self._module = module
-            self._client = module.InferenceServerClient(self.settings.triton_grpc_url)
+            self._client = module.InferenceServerClient(
+                self.settings.triton_grpc_url, channel_args=GRPC_CHANNEL_ARGS
+            )
         return self._client
 
     async def close(self) -> None:
@@ -217,11 +243,22 @@ class TritonBackend:
             try:
                 # Encoded here: text that cannot be (a lone surrogate) fails as Triton's errors do.
                 rows = [row(index) for index in indices]
-                if coalescer is not None and all(mergeable(each) for each in rows):
-                    return await coalescer.submit(rows)
-                return await send(rows)
             except Exception as error:  # noqa: BLE001 - Triton's errors, translated
                 raise blame(error, indices, subject, about_query) from None
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + min(RELOAD_WAIT_SECS, self.settings.request_timeout)
+            attempt = 0
+            while True:
+                try:
+                    if coalescer is not None and all(mergeable(each) for each in rows):
+                        return await coalescer.submit(rows)
+                    return await send(rows)
+                except Exception as error:  # noqa: BLE001 - Triton's errors, waited out or translated
+                    delay = reload_delay(RELOAD_FIRST_BACKOFF_SECS, attempt)
+                    if not reloading(error) or loop.time() + delay > deadline:
+                        raise blame(error, indices, subject, about_query) from None
+                await asyncio.sleep(delay)
+                attempt += 1
 
         answers = await gather([run(indices) for indices in groups])
         return assemble(groups, answers, TOKEN_COUNT_NAME in info.outputs)

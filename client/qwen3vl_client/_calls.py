@@ -4,13 +4,14 @@ send the requests."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from qwen3vl_client._retry import Fail, Retry, next_step
+from qwen3vl_client._retry import Fail, Retry, Waits, next_step
 from qwen3vl_client._wire import Endpoint, embedding_endpoint, rerank_endpoint, split_rows
 from qwen3vl_client.errors import ItemError
 from qwen3vl_client.items import Batch, Item, Row, collect_items, plan_batches
@@ -116,6 +117,13 @@ class Call:
     endpoint: Endpoint
     planned: Iterator[Batch | ItemError]
     collector: Collector
+    # The client's: which models have answered it, since when each retried request has been failing.
+    waits: Waits = dataclasses.field(default_factory=Waits)
+
+    def done(self, batch: Batch, output: np.ndarray) -> None:
+        """``batch`` was answered with ``output``."""
+        self.waits.done(batch, self.endpoint.model)
+        self.collector.done(batch, output)
 
     def after_failure(
         self,
@@ -128,7 +136,9 @@ class Call:
         number): the batch again after a backoff, or its items one by one. A bad item is recorded in the
         collector; an error that ends the call is raised."""
         on_error = self.collector.on_error
-        step = next_step(error, batch, attempt, self.options, on_error, connection_errors, self.endpoint)
+        step = next_step(
+            error, batch, attempt, self.options, on_error, connection_errors, self.endpoint, self.waits
+        )
         if isinstance(step, Retry):
             return step.delay, [(batch, attempt + 1)]
         if isinstance(step, Fail):
@@ -144,10 +154,12 @@ def embed_call(
     dimensions: int | None,
     on_error: OnError,
     progress: Progress | None,
+    waits: Waits | None = None,
 ) -> Call:
     endpoint = embedding_endpoint(options)
     planned = plan_batches(items, instruction, dimensions, options.batch_size, options.max_request_bytes)
-    return Call(options, endpoint, planned, Collector(len(items), on_error, progress, endpoint.split))
+    collector = Collector(len(items), on_error, progress, endpoint.split)
+    return Call(options, endpoint, planned, collector, waits or Waits())
 
 
 def rerank_call(
@@ -158,10 +170,12 @@ def rerank_call(
     instruction: str | None,
     on_error: OnError,
     progress: Progress | None,
+    waits: Waits | None = None,
 ) -> Call:
     """``query_row`` is the query as sent (its files read once); every request repeats it."""
     endpoint = rerank_endpoint(options, query, query_row, instruction)
     planned = plan_batches(
         documents, None, None, options.batch_size, options.max_request_bytes, row_overhead=query_row.nbytes
     )
-    return Call(options, endpoint, planned, Collector(len(documents), on_error, progress, endpoint.split))
+    collector = Collector(len(documents), on_error, progress, endpoint.split)
+    return Call(options, endpoint, planned, collector, waits or Waits())

@@ -24,13 +24,14 @@ from qwen3vl_client._calls import (
     rerank_call,
     rerank_items,
 )
-from qwen3vl_client._retry import error_message
+from qwen3vl_client._retry import Waits, error_message
 from qwen3vl_client.items import ImageInput, Item, VideoInput, check_dimensions, collect_items, encode_row
 from qwen3vl_client.options import (
     DEFAULT_BACKOFF,
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_RELOAD_WAIT,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     MODEL_NAME,
@@ -117,6 +118,7 @@ class ClientCore:
         backoff: float = DEFAULT_BACKOFF,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         reranker_model: str = RERANKER_MODEL_NAME,
+        reload_wait: float = DEFAULT_RELOAD_WAIT,
     ) -> None:
         self.options = make_options(
             url,
@@ -129,8 +131,10 @@ class ClientCore:
             backoff,
             max_request_bytes,
             reranker_model,
+            reload_wait,
         )
         self._max_batch: dict[str, int] = {}
+        self._waits = Waits()
         self._connection_errors: tuple[type[BaseException], ...] = (ConnectionError,)
         self._open()
 
@@ -166,7 +170,7 @@ class ClientCore:
         check_dimensions(dimensions)
         collected = collect_items(items, texts, images, videos)
         options = yield from self._options_for(self.options.model)
-        call = embed_call(options, collected, instruction, dimensions, on_error, progress)
+        call = embed_call(options, collected, instruction, dimensions, on_error, progress, self._waits)
         yield Send(call)
         result = call.collector.result()
         return result if on_error == "skip" else result.embeddings
@@ -196,7 +200,9 @@ class ClientCore:
         query_item, items = rerank_items(query, documents, instruction, top_k)
         query_row = yield Offload(encode_row, (query_item, None, None))
         options = yield from self._options_for(self.options.reranker_model)
-        call = rerank_call(options, query_item, query_row, items, instruction, on_error, progress)
+        call = rerank_call(
+            options, query_item, query_row, items, instruction, on_error, progress, self._waits
+        )
         yield Send(call)
         return call.collector.rerank_result(top_k)
 

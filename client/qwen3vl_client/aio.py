@@ -14,6 +14,7 @@ import numpy as np
 
 from qwen3vl_client._calls import Call, OnError, Progress
 from qwen3vl_client._plans import Ask, ClientCore, Offload, Operation, Plan, Run, T
+from qwen3vl_client._retry import GRPC_CHANNEL_ARGS
 from qwen3vl_client._wire import Endpoint
 from qwen3vl_client.errors import ItemError
 from qwen3vl_client.items import Batch, ImageInput, Item, VideoInput
@@ -47,7 +48,7 @@ class AsyncEmbeddingClient(ClientCore):
             else:
                 import tritonclient.grpc.aio as module  # type: ignore[no-redef]
 
-                self._client = module.InferenceServerClient(options.url)
+                self._client = module.InferenceServerClient(options.url, channel_args=GRPC_CHANNEL_ARGS)
             self._module = module
         return self._client
 
@@ -226,7 +227,7 @@ class AsyncEmbeddingClient(ClientCore):
                         await asyncio.sleep(delay)
                     queue.extendleft(reversed(again))
                 else:
-                    call.collector.done(current, output)
+                    call.done(current, output)
         except BaseException as error:
             failures.append(error)
             raise

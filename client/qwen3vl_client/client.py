@@ -14,6 +14,7 @@ import numpy as np
 
 from qwen3vl_client._calls import Call, OnError, Progress
 from qwen3vl_client._plans import Ask, ClientCore, Offload, Operation, Plan, Run, T
+from qwen3vl_client._retry import GRPC_CHANNEL_ARGS
 from qwen3vl_client._wire import Endpoint
 from qwen3vl_client.errors import ItemError
 from qwen3vl_client.items import Batch, ImageInput, Item, VideoInput
@@ -33,7 +34,9 @@ class EmbeddingClient(ClientCore):
     backoff, max_request_bytes, reranker_model)``. Large inputs go out as requests of ``batch_size``
     items (and at most ``max_request_bytes``), ``max_concurrency`` of them in flight, results in input
     order. UNAVAILABLE answers and failed connections are retried ``retries`` times with exponential
-    backoff from ``backoff`` seconds; ``timeout`` bounds each request. Use one client per thread
+    backoff from ``backoff`` seconds; ``timeout`` bounds each request. A model being reloaded (its stub
+    died) or a restarting server (one that has served this client) is waited for up to ``reload_wait``
+    seconds (default 60; 0: not), polled at most half a second apart. Use one client per thread
     (tritonclient's HTTP client is gevent-based), and close it, or use it as a context manager.
     """
 
@@ -57,7 +60,7 @@ class EmbeddingClient(ClientCore):
         else:
             import tritonclient.grpc as module
 
-            self._client = module.InferenceServerClient(options.url)
+            self._client = module.InferenceServerClient(options.url, channel_args=GRPC_CHANNEL_ARGS)
         self._module = module
 
     def close(self) -> None:
@@ -260,7 +263,7 @@ class EmbeddingClient(ClientCore):
                     time.sleep(delay)
                 waiting.extendleft(reversed(again))
             else:
-                collector.done(batch, output)
+                call.done(batch, output)
 
 
 def _outcome(call: Callable[..., Any], *args: Any) -> Any:

@@ -17,6 +17,11 @@ DEFAULT_TIMEOUT = 300.0
 DEFAULT_RETRIES = 4
 DEFAULT_BACKOFF = 0.5
 MAX_BACKOFF = 8.0
+# A model being reloaded (its stub died) or a restarting server: waited for this long, polled at most
+# MAX_RELOAD_BACKOFF apart. Measured here: a stub reload 1-19 s, a tritonserver restart 40-47 s (tiny model).
+DEFAULT_RELOAD_WAIT = 60.0
+MIN_RELOAD_BACKOFF = 0.05
+MAX_RELOAD_BACKOFF = 0.5
 # Triton's HTTP endpoint refuses bodies over 64 MiB by default (--http-max-input-size).
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 
@@ -37,6 +42,7 @@ class Options:
     backoff: float
     max_request_bytes: int
     reranker_model: str = RERANKER_MODEL_NAME
+    reload_wait: float = DEFAULT_RELOAD_WAIT
 
 
 def make_options(
@@ -50,6 +56,7 @@ def make_options(
     backoff: float,
     max_request_bytes: int,
     reranker_model: str = RERANKER_MODEL_NAME,
+    reload_wait: float = DEFAULT_RELOAD_WAIT,
 ) -> Options:
     if protocol not in DEFAULT_URLS:
         raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
@@ -58,6 +65,8 @@ def make_options(
             raise ValueError(f"{name} must be at least 1, got {value}")
     if retries < 0 or backoff < 0 or timeout <= 0 or max_request_bytes < 1:
         raise ValueError("retries and backoff must be >= 0, timeout and max_request_bytes > 0")
+    if reload_wait < 0:
+        raise ValueError(f"reload_wait must be >= 0, got {reload_wait}")
     url = url or DEFAULT_URLS[protocol]
     # tritonclient wants host:port; people paste URLs.
     url = re.sub(r"^(https?|grpc)://", "", url).rstrip("/")
@@ -72,6 +81,7 @@ def make_options(
         backoff,
         max_request_bytes,
         reranker_model,
+        reload_wait,
     )
 
 
