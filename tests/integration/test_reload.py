@@ -26,7 +26,7 @@ import numpy as np
 from qwen3vl_client import AsyncEmbeddingClient, EmbeddingClient
 from qwen3vl_client.options import Transport
 from tests.conftest import REPO
-from tools.launcher import free_ports
+from tools.ports import free_ports
 from tools.watchdog import live_stubs
 
 REPOSITORY = Path(__file__).resolve().parent / "reload_repository"

@@ -1,7 +1,7 @@
 """Reload windows seen by callers: SIGKILL a stub under steady load; what do clients see?
 
-    python -m perf.reload [--target qwen3_vl_embedding_model] [--threads 3] [--retries 4] [--gateway]
-                          [--reload-wait 60] [--after 15] [--out FILE]
+    python -m perf.drills.reload [--target qwen3_vl_embedding_model] [--threads 3] [--retries 4] [--gateway]
+                          [--reload-wait 60] [--after 15] [--out DIR]
 
 Runs ``python -m tools.launcher serve`` (tritonserver + the stub watchdog, and with ``--gateway`` the
 gateway) on model_repository/ with the tiny checkpoints on free ports. ``--threads`` threads per caller
@@ -11,12 +11,11 @@ embed one short text each, again and again, through the client library (HTTP and
 successes before and after the kill (p50/p99/max) and the time until the first success after it; every
 vector is compared with the one seen before the kill. ``--reload-wait 0`` gives the clients' behaviour before
 issue 19 (only UNAVAILABLE and lost connections retried, ``--retries`` times); with ``--retries 0`` too, the
-raw errors.
+raw errors. Each run appends its report to ``reload.jsonl`` in ``--out`` (default: today's results directory).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -32,10 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.launcher import free_ports
+from perf.lib.console import add_out_argument, command_parser
+from perf.lib.paths import REPO
+from perf.lib.record import Experiment
+from tools.ports import free_ports
 from tools.watchdog import live_stubs
 
-REPO = Path(__file__).resolve().parent.parent
 TEXT = "a short text to embed"
 SERVE_LINE = "launcher: serving on"
 
@@ -170,7 +171,7 @@ class Readiness(threading.Thread):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf.reload", description=__doc__.split("\n\n")[0])
+    parser = command_parser("perf.drills.reload", __doc__)
     parser.add_argument("--target", default="qwen3_vl_embedding_model")
     parser.add_argument("--threads", type=int, default=3)
     parser.add_argument("--retries", type=int, default=4)
@@ -179,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--gateway", action="store_true")
     parser.add_argument("--after", type=float, default=15.0, help="seconds of load after the kill")
-    parser.add_argument("--out", type=Path, default=None, help="append the JSON report to this file")
+    add_out_argument(parser)
     args = parser.parse_args(argv)
+    experiment = Experiment("perf.drills.reload", argv, args.out)
     http_port, grpc_port, metrics_port, gateway_port = free_ports(4)
     log = Path(f"/tmp/reload-serve-{os.getpid()}.log")
     env = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "RERANKER_MODEL_PATH", "DEVICE")}
@@ -242,19 +244,17 @@ def main(argv: list[str] | None = None) -> int:
             report["first_answer_after_triton_ready_s"] = (
                 None if first is None or ready_again is None else round(first - ready_again, 3)
             )
-        report = {
-            "command": "python -m perf.reload " + " ".join(sys.argv[1:] if argv is None else argv),
-            "killed": args.target,
-            "retries": args.retries,
-            "reload_wait": args.reload_wait,
-            "triton_ready_again_after_kill_s": None if back is None else round(back - killed, 3),
-            "callers": reports,
-            "launcher": [line for line in log.read_text().splitlines() if "launcher:" in line][-8:],
-        }
+        report = experiment.report(
+            killed=args.target,
+            retries=args.retries,
+            reload_wait=args.reload_wait,
+            triton_ready_again_after_kill_s=None if back is None else round(back - killed, 3),
+            callers=reports,
+            launcher=[line for line in log.read_text().splitlines() if "launcher:" in line][-8:],
+        )
         print(json.dumps(report, indent=1), flush=True)
-        if args.out is not None:
-            with args.out.open("a") as out:
-                out.write(json.dumps(report) + "\n")
+        with (experiment.out / "reload.jsonl").open("a") as results:
+            results.write(json.dumps(report) + "\n")
     finally:
         for caller in callers:
             caller._stop.set()
