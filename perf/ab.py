@@ -45,6 +45,7 @@ from perf.lib.paths import REPO
 from perf.lib.perf_analyzer import Measurement, read_csv_row, run_perf_analyzer
 from perf.lib.pipelines import model_path
 from perf.lib.record import Experiment, load_1m
+from perf.lib.sampling import ratio_spread
 from perf.lib.servers import start_server
 from perf.lib.workloads import WORKLOADS, generate
 
@@ -110,20 +111,6 @@ def alternation_order(index: int) -> tuple[str, str]:
     """REF first in even alternations, the working tree first in odd ones (ABBA: a steady drift of the
     machine's load favours neither side)."""
     return (REF, WORK) if index % 2 == 0 else (WORK, REF)
-
-
-def ratio_spread(ref: Sequence[float], work: Sequence[float]) -> dict[str, object]:
-    """Per-alternation ratios working ÷ REF (pairs where either run failed, i.e. a rate of 0, are left out)
-    and their median, min and max (None when no pair is left)."""
-    ratios = [w / r for r, w in zip(ref, work) if r > 0 and w > 0]
-    if not ratios:
-        return {"ratios": [], "ratio_median": None, "ratio_min": None, "ratio_max": None}
-    return {
-        "ratios": [round(x, 4) for x in ratios],
-        "ratio_median": round(statistics.median(ratios), 4),
-        "ratio_min": round(min(ratios), 4),
-        "ratio_max": round(max(ratios), 4),
-    }
 
 
 def point_results(runs: Sequence[Run]) -> list[PointResult]:
