@@ -15,7 +15,8 @@ Each alternation starts REF's server, measures every point, stops it, then does 
 tree on the same ports (the order flips every alternation, so a drift of the machine's load counts against
 both alike). Each point: perf_analyzer over HTTP, three time windows of ``--window-ms`` after a short warm-up
 run. The ratio of an alternation is working ÷ REF of that alternation's two runs; the report gives their
-median and min–max, and each side's median rate.
+median and min–max, and each side's median rate; the same for the server's CPU milliseconds per request
+(tritonserver and its stubs), which other work on a shared machine changes far less than the rate.
 
     python -m perf.ab REF [--workloads text_200] [--concurrency 16] [--alternations 3] [--window-ms 5000]
     make perf-ab REF=ed6213f
@@ -45,7 +46,8 @@ from perf.lib.paths import REPO
 from perf.lib.perf_analyzer import Measurement, read_csv_row, run_perf_analyzer
 from perf.lib.pipelines import model_path
 from perf.lib.record import Experiment, load_1m
-from perf.lib.sampling import ratio_spread
+from perf.lib.sampling import group_cpu_seconds, ratio_spread
+from perf.lib.server_stats import finished_requests
 from perf.lib.servers import start_server
 from perf.lib.workloads import WORKLOADS, generate
 
@@ -85,6 +87,7 @@ class Run:
     throughput: float = 0.0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
+    cpu_ms_per_request: float = 0.0  # tritonserver + stubs, over every window of the run
     mode: str = ""
     load1: float = 0.0
     error: str = ""
@@ -100,6 +103,12 @@ class PointResult:
     ratio_median: float | None = None
     ratio_min: float | None = None
     ratio_max: float | None = None
+    ref_cpu_ms: list[float] = field(default_factory=list)
+    work_cpu_ms: list[float] = field(default_factory=list)
+    cpu_ratios: list[float] = field(default_factory=list)
+    cpu_ratio_median: float | None = None
+    cpu_ratio_min: float | None = None
+    cpu_ratio_max: float | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -120,18 +129,27 @@ def point_results(runs: Sequence[Run]) -> list[PointResult]:
         key = (run.workload, run.concurrency)
         points.setdefault(key, PointResult(run.workload, run.concurrency))
     for point in points.values():
-        by_side: dict[str, dict[int, float]] = {REF: {}, WORK: {}}
+        by_side: dict[str, dict[int, Run]] = {REF: {}, WORK: {}}
         for run in runs:
             if (run.workload, run.concurrency) == (point.workload, point.concurrency):
-                by_side[run.side][run.alternation] = run.throughput
+                by_side[run.side][run.alternation] = run
         alternations = sorted(set(by_side[REF]) & set(by_side[WORK]))
-        point.ref = [by_side[REF][a] for a in alternations]
-        point.work = [by_side[WORK][a] for a in alternations]
+        point.ref = [by_side[REF][a].throughput for a in alternations]
+        point.work = [by_side[WORK][a].throughput for a in alternations]
         spread = ratio_spread(point.ref, point.work)
-        point.ratios = spread["ratios"]  # type: ignore[assignment]
-        point.ratio_median = spread["ratio_median"]  # type: ignore[assignment]
-        point.ratio_min = spread["ratio_min"]  # type: ignore[assignment]
-        point.ratio_max = spread["ratio_max"]  # type: ignore[assignment]
+        point.ratios = spread["ratios"]
+        point.ratio_median = spread["ratio_median"]
+        point.ratio_min = spread["ratio_min"]
+        point.ratio_max = spread["ratio_max"]
+        # CPU per request: what a busy machine changes least (other work slows a side's rate far more
+        # than it changes the CPU each of its requests costs). Ratio working ÷ REF: below 1 is cheaper.
+        point.ref_cpu_ms = [by_side[REF][a].cpu_ms_per_request for a in alternations]
+        point.work_cpu_ms = [by_side[WORK][a].cpu_ms_per_request for a in alternations]
+        cpu = ratio_spread(point.ref_cpu_ms, point.work_cpu_ms)
+        point.cpu_ratios = cpu["ratios"]
+        point.cpu_ratio_median = cpu["ratio_median"]
+        point.cpu_ratio_min = cpu["ratio_min"]
+        point.cpu_ratio_max = cpu["ratio_max"]
     return list(points.values())
 
 
@@ -309,6 +327,7 @@ def measure_side(
             venv=side.venv,
             ports=ports,
         )
+    pgid = getattr(endpoint.server, "pid", 0)  # tritonserver leads its own session: its group's CPU
     runs = []
     try:
         warmed: set[str] = set()
@@ -326,11 +345,17 @@ def measure_side(
             # Stability 100 %: the first three windows settle it, so every point lasts 3 windows.
             measurement = Measurement(mode="auto", interval_ms=args.window_ms, stability=100, max_trials=3)
             csv_path = raw / f"{name}.csv"
+            cpu_before, done_before = group_cpu_seconds(pgid), finished_requests(endpoint, ensemble)
             mode, error = run_perf_analyzer(
                 endpoint, "http", data[workload], concurrency, measurement, csv_path, raw / f"{name}.log",
                 ensemble=ensemble,
             )  # fmt: skip
+            cpu, done = (
+                group_cpu_seconds(pgid) - cpu_before,
+                finished_requests(endpoint, ensemble) - done_before,
+            )
             run = Run(side.label, alternation, workload, concurrency, mode=mode, load1=load_1m(), error=error)
+            run.cpu_ms_per_request = round(1000.0 * cpu / done, 2) if done else 0.0
             if not error:
                 _, row = read_csv_row(csv_path)
                 run.throughput = round(float(row["Inferences/Second"]), 2)
@@ -344,7 +369,7 @@ def measure_side(
                     if not error
                     else f"FAILED {error}"
                 )
-                + f" (load {run.load1})"
+                + f", {run.cpu_ms_per_request:.1f} CPU ms/request (load {run.load1})"
             )
             runs.append(run)
     finally:
@@ -380,6 +405,27 @@ def markdown(experiment: Experiment, report: dict, points: Sequence[PointResult]
     ]
     header = ("workload", "c", "REF infer/s (median)", "working infer/s (median)", "ratio median", "min–max")
     lines += table((*header, "per alternation"), rows)
+    cpu_rows = [
+        (
+            p.workload,
+            p.concurrency,
+            _fmt(statistics.median(p.ref_cpu_ms) if p.ref_cpu_ms else None, 2),
+            _fmt(statistics.median(p.work_cpu_ms) if p.work_cpu_ms else None, 2),
+            f"**{_fmt(p.cpu_ratio_median)}**",
+            f"{_fmt(p.cpu_ratio_min)}–{_fmt(p.cpu_ratio_max)}",
+        )
+        for p in points
+    ]
+    lines += [
+        "",
+        "Server CPU (tritonserver and its stubs) per request answered, over all of a run's windows: the "
+        "figure other work on the machine changes least. Ratio working ÷ REF, below 1 = cheaper.",
+        "",
+        *table(
+            ("workload", "c", "REF CPU ms/request", "working CPU ms/request", "ratio median", "min–max"),
+            cpu_rows,
+        ),
+    ]
     failed = [r for r in report["runs"] if r["error"]]
     if failed:
         lines += [
