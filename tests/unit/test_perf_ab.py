@@ -29,8 +29,8 @@ def test_a_failed_run_drops_its_pair_and_no_pair_gives_no_ratio():
 
 def test_runs_are_paired_by_alternation_per_point():
     runs = [
-        Run(REF, 0, "text_200", 16, throughput=100.0),
-        Run(WORK, 0, "text_200", 16, throughput=80.0),
+        Run(REF, 0, "text_200", 16, throughput=100.0, cpu_ms_per_request=10.0),
+        Run(WORK, 0, "text_200", 16, throughput=80.0, cpu_ms_per_request=8.0),
         Run(WORK, 1, "text_200", 16, throughput=120.0),
         Run(REF, 1, "text_200", 16, throughput=100.0),
         Run(REF, 2, "text_200", 16, throughput=100.0),  # its pair never ran: left out
@@ -45,6 +45,7 @@ def test_runs_are_paired_by_alternation_per_point():
         [0.8, 1.2],
     )
     assert first.ratio_median == 1.0
+    assert (first.ref_cpu_ms, first.work_cpu_ms, first.cpu_ratios) == ([10.0, 0.0], [8.0, 0.0], [0.8])
     assert (second.concurrency, second.ratios) == (4, [1.0])
 
 
