@@ -122,6 +122,16 @@ $(VLLM_BENCH_VENV)/.installed: perf/requirements-vllm-bench.txt
 perf-vllm: setup vllm-bench-venv ## `vllm bench serve` against the gateway
 	$(PY) -m perf.vllm_bench --vllm $(VLLM_BENCH_VENV)/bin/vllm $(VLLM_BENCH_ARGS)
 
+# A/B of a commit against the working tree (same points, alternately, same ports): `make perf-ab REF=ed6213f`.
+# Peer: sentence-transformers in .venv-peer/ (transformers 5, never the project's venv) against the server.
+.PHONY: perf-ab perf-peer
+perf-ab: setup ## throughput ratio working tree / REF with its spread (REF=<commit>, PERF_ARGS=)
+	$(if $(REF),,$(error REF=<commit> is required, e.g. make perf-ab REF=ed6213f))
+	$(PY) -m perf.ab $(REF) $(PERF_ARGS)
+
+perf-peer: setup ## sentence-transformers vs the server, same items, interleaved (needs .venv-peer, perf/README.md)
+	$(PY) -m perf.peer $(PERF_ARGS)
+
 # Gateway overhead: text_200 through /v1/embeddings vs perf_analyzer gRPC on the ensemble, same server, same run.
 perf-gateway: setup ## gateway overhead against gRPC on the ensemble
 	$(PY) -m perf.gateway_bench $(PERF_ARGS)

@@ -1,15 +1,17 @@
 """What a process group uses, read from /proc (no extra tools): resident memory and CPU seconds, once or
-sampled in a thread for the peak; and the percentiles the drills report."""
+sampled in a thread for the peak; the percentiles the drills report, the ratios and spread of interleaved
+comparisons."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import resource
+import statistics
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 
@@ -108,3 +110,17 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def ratio_spread(denominators: Sequence[float], numerators: Sequence[float]) -> dict[str, Any]:
+    """Pairwise ratios numerator ÷ denominator (pairs where either is 0, a failed run, are left out) and their
+    median, min and max (None when no pair is left): the figure and spread of an interleaved comparison."""
+    ratios = [n / d for d, n in zip(denominators, numerators) if d > 0 and n > 0]
+    if not ratios:
+        return {"ratios": [], "ratio_median": None, "ratio_min": None, "ratio_max": None}
+    return {
+        "ratios": [round(x, 4) for x in ratios],
+        "ratio_median": round(statistics.median(ratios), 4),
+        "ratio_min": round(min(ratios), 4),
+        "ratio_max": round(max(ratios), 4),
+    }

@@ -156,7 +156,8 @@ def cpu_seconds_by_role(pgid: int) -> dict[str, float]:
     return usage
 
 
-def _ensemble_done(endpoint: Endpoint, ensemble: str) -> int:
+def finished_requests(endpoint: Endpoint, ensemble: str) -> int:
+    """Requests the ensemble has answered so far, successes and failures."""
     entry = snapshot(endpoint).stats.get(ensemble, {})
     return _ns(entry, "success")[0] + _ns(entry, "fail")[0] if entry else 0
 
@@ -167,10 +168,10 @@ def settle(
     """Wait until the requests perf_analyzer left in flight when it exited are answered: the ensemble's
     count of finished requests has not moved for `quiet_s` (1.5 x the point's p99 latency)."""
     deadline = time.monotonic() + timeout_s
-    last, since = _ensemble_done(endpoint, pipeline.ensemble), time.monotonic()
+    last, since = finished_requests(endpoint, pipeline.ensemble), time.monotonic()
     while time.monotonic() < deadline and time.monotonic() - since < quiet_s:
         time.sleep(0.1)
-        now = _ensemble_done(endpoint, pipeline.ensemble)
+        now = finished_requests(endpoint, pipeline.ensemble)
         if now != last:
             last, since = now, time.monotonic()
 

@@ -95,10 +95,13 @@ def start_server(
     env: Mapping[str, str] | None = None,
     startup_timeout: float = 900.0,
     ensembles: Sequence[str] = (ENSEMBLE,),
+    venv: Path | None = None,
+    ports: Sequence[int] = (),
 ) -> Endpoint:
-    """tritonserver on free ports serving only `ensembles` (default the embedding one, each with its two
-    steps) of `repository`. `model` is the embedding checkpoint; a reranker's comes in `env`
-    (RERANKER_MODEL_PATH)."""
+    """tritonserver on free ports (or `ports`: http, grpc, metrics) serving only `ensembles` (default the
+    embedding one, each with its two steps) of `repository`. `model` is the embedding checkpoint; a
+    reranker's comes in `env` (RERANKER_MODEL_PATH). `venv`: the environment whose python3 the Python
+    stubs run, so whose `backend` they import (default this interpreter's)."""
     from tools.triton_server import TritonServer
 
     overrides: dict[str, str | None] = dict.fromkeys(SERVER_OVERRIDES)
@@ -106,8 +109,13 @@ def start_server(
     overrides.update(env or {})
     started = time.monotonic()
     with environment(overrides):
+        http_port, grpc_port, metrics_port = (*ports, None, None, None)[:3]
         server = TritonServer(
             repository,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            metrics_port=metrics_port,
+            venv=venv,
             log_path=log_path,
             extra_args=["--model-control-mode=explicit"] + [f"--load-model={name}" for name in ensembles],
             startup_timeout=startup_timeout,
