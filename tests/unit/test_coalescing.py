@@ -12,7 +12,7 @@ from gateway.calls import Outcome, assemble, call_groups, mergeable
 from gateway.coalescing import Blame, Coalescer, RowRejected
 from gateway.errors import Kind
 from gateway.items import Item
-from gateway.triton import blame, judge
+from gateway.triton_errors import blame, judge
 from qwen3vl_client._wire import Pair, build_inputs, build_rerank_inputs
 from tests.unit.test_gateway import FakeTritonError
 

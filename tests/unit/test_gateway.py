@@ -16,7 +16,7 @@ from gateway.errors import GatewayError, Kind
 from gateway.items import Item, input_items, split_instruct_query
 from gateway.protocol import EmbeddingRequest, RerankRequest, ScoreRequest
 from gateway.settings import ENVIRONMENT, GatewaySettings, settings_from_env
-from gateway.triton import blame
+from gateway.triton_errors import blame
 from tests.conftest import REPO
 
 

@@ -12,7 +12,8 @@ from tritonclient.utils import InferenceServerException
 from gateway.errors import Kind
 from gateway.models import ModelInfo
 from gateway.settings import GatewaySettings
-from gateway.triton import TritonBackend, judge, kind_of, reloading
+from gateway.triton import TritonBackend
+from gateway.triton_errors import judge, kind_of, reloading
 from qwen3vl_client import _retry
 from qwen3vl_client._calls import Call, Collector
 from qwen3vl_client._retry import Retry, Waits, is_reloading, next_step, reload_delay
