@@ -25,8 +25,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.settings import ENVIRONMENT as GATEWAY_ENVIRONMENT
-from gateway.settings import settings_from_env as gateway_settings
 from tools.gateway_process import GatewayProcess
 from tools.ports import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, connect_host
 from tools.preflight import PreflightError, run_preflight
@@ -231,6 +229,11 @@ def start_gateway(host: str, grpc_port: int) -> GatewayProcess | None:
     """``python -m gateway`` beside tritonserver, with this environment's gateway settings, in the
     launcher's process group so that Ctrl-C reaches both; its /health follows Triton's readiness, so it is
     not waited for. Should it fail (its port taken), it says why and tritonserver serves on."""
+    # Imported here: the server images (CPU, Ascend, CUDA) carry backend/, tools/ and client/ but no
+    # gateway/ (the gateway has an image of its own) and run the launcher with --no-gateway.
+    from gateway.settings import ENVIRONMENT as GATEWAY_ENVIRONMENT
+    from gateway.settings import settings_from_env as gateway_settings
+
     address = {
         variable: os.environ[variable]
         for variable in (GATEWAY_ENVIRONMENT["host"], GATEWAY_ENVIRONMENT["port"])

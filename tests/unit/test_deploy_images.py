@@ -156,6 +156,30 @@ def test_serving_images_install_every_runtime_dependency_the_backend_imports():
     assert needed <= installed, needed - installed
 
 
+@pytest.mark.parametrize("name", ["cpu", "cuda", "ascend"])
+def test_server_images_launcher_imports_with_only_what_they_copy(name, tmp_path):
+    """The server images copy backend/, tools/ and client/ (the gateway has an image of its own), build with
+    `python -m tools.launcher prepare` and serve with `--no-gateway`: the launcher must import without
+    gateway/ (it did not, for a while after the launcher split)."""
+    copied = set(re.findall(r"^COPY (?!--)(\S+) \S+$", (IMAGES / f"{name}.Dockerfile").read_text(), re.M))
+    assert {"backend", "tools", "client"} <= copied and "gateway" not in copied
+    for folder in ("backend", "tools", "deploy"):
+        (tmp_path / folder).symlink_to(REPO / folder)
+    probe = "import tools.launcher, deploy.serve; tools.launcher._build_parser().parse_args(['prepare'])"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys; sys.modules['gateway'] = None; sys.path.insert(0, {str(tmp_path)!r}); {probe}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
+    assert result.returncode == 0, result.stderr
+
+
 # Distribution that provides each third-party module the gateway imports (pip names).
 GATEWAY_MODULES = {
     "fastapi": "fastapi",
