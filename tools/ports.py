@@ -4,6 +4,7 @@ where a local client reaches a server bound to a wildcard address."""
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import socket
 from pathlib import Path
@@ -55,3 +56,45 @@ def free_port() -> int:
 def connect_host(host: str) -> str:
     """Where a local client reaches a server bound to ``host`` (a wildcard address means loopback)."""
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+# /proc/net/tcp's state column for a listening socket.
+TCP_LISTEN = "0A"
+COMMAND_CHARS = 160
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """The socket inodes listening on TCP ``port`` (any address, IPv4 or IPv6)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == TCP_LISTEN and int(fields[1].rpartition(":")[2], 16) == port:
+                    inodes.add(fields[9])
+    return inodes
+
+
+def port_holders(port: int) -> list[tuple[int, str]]:
+    """(pid, command line) of each process with a socket listening on TCP ``port``, as far as /proc lets
+    this user see (another user's processes hide their file descriptors)."""
+    wanted = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    holders = []
+    for pid_dir in Path("/proc").glob("[0-9]*") if wanted else ():
+        try:
+            links = {os.readlink(fd) for fd in (pid_dir / "fd").iterdir()}
+            if links & wanted:
+                raw = (pid_dir / "cmdline").read_bytes()
+                holders.append((int(pid_dir.name), raw.replace(b"\0", b" ").decode(errors="replace").strip()))
+        except OSError:  # gone, or not ours to read
+            continue
+    return sorted(holders)
+
+
+def describe_port_holders(port: int) -> str:
+    """ "pid 123 (tritonserver --model-repository ...)" for each process listening on ``port``; "" if none
+    can be seen."""
+    return ", ".join(
+        f"pid {pid} ({command[:COMMAND_CHARS]}{'...' if len(command) > COMMAND_CHARS else ''})"
+        for pid, command in port_holders(port)
+    )
