@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -79,8 +80,10 @@ def health(url: str) -> int | None:
 
 
 def wait_healthy(launched: Launched, timeout: float = STARTUP_SECS) -> None:
+    """Until the gateway answers 200 and the launcher has seen it listen (its "serving on" line): a gateway
+    that dies before that failed the start."""
     deadline = time.monotonic() + timeout
-    while health(launched.gateway_url) != 200:
+    while health(launched.gateway_url) != 200 or "serving on" not in launched.text():
         assert launched.process.poll() is None and time.monotonic() < deadline, launched.text()
         time.sleep(0.2)
 
@@ -158,7 +161,8 @@ def test_a_gateway_killed_while_serving_is_restarted(launched):
 
 def test_nothing_outlives_a_sigkilled_launcher(launched):
     """tritonserver runs in a session of its own and the stubs are its children: all of them, and the
-    gateway, die with the launcher, and the ports are free for the next start."""
+    gateway, die with the launcher; the ports are free for the next start and the stubs, noticing their
+    server gone, remove its shared memory."""
     launcher = launched.process.pid
     own = children(launcher)
     servers = [pid for pid, command in own.items() if "tritonserver" in command.split(" ", 1)[0]]
@@ -167,14 +171,24 @@ def test_nothing_outlives_a_sigkilled_launcher(launched):
     assert stubs, "the test repository's models run in Python stubs"
     processes = [*own, *stubs]
     assert gateway_pid(launched) in processes
+    prefix = re.search(r"shm prefix (\S+),", launched.text())[1]
+
+    def regions() -> list[Path]:
+        return sorted(Path("/dev/shm").glob(f"{prefix}*"))
+
+    assert regions()
     launched.process.kill()
     launched.process.wait()
     deadline = time.monotonic() + GONE_SECS
     try:
-        while any(alive(pid) for pid in processes) or not all(port_free(p) for p in launched.ports):
+        while (
+            any(alive(pid) for pid in processes) or not all(port_free(p) for p in launched.ports) or regions()
+        ):
             left = {pid: own.get(pid, "stub") for pid in processes if alive(pid)}
             busy = [port for port in launched.ports if not port_free(port)]
-            assert time.monotonic() < deadline, f"left running: {left}; ports still taken: {busy}"
+            assert time.monotonic() < deadline, (
+                f"left running: {left}; ports still taken: {busy}; shared memory left: {regions()}"
+            )
             time.sleep(0.1)
     finally:
         kill_all(processes)
