@@ -96,7 +96,7 @@ class GatewayProcess:
     def listening(self) -> bool:
         """Whether the gateway itself listens on its port: an answer on the port alone could come from
         whatever else holds it."""
-        return self.is_running() and self.pid in {pid for pid, _ in port_holders(self.port)}
+        return self.is_running() and bool(port_holders(self.port, among=[self.pid]))
 
     def wait_listening(self, timeout: float | None = None) -> None:
         """Until it listens on its port (it binds before it reaches Triton, in seconds); RuntimeError if it

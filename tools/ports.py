@@ -7,6 +7,7 @@ import contextlib
 import os
 import random
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 
 DEFAULT_HTTP_PORT = 8000
@@ -75,26 +76,35 @@ def _listening_inodes(port: int) -> set[str]:
     return inodes
 
 
-def port_holders(port: int) -> list[tuple[int, str]]:
-    """(pid, command line) of each process with a socket listening on TCP ``port``, as far as /proc lets
-    this user see (another user's processes hide their file descriptors)."""
+def port_holders(port: int, among: Iterable[int] | None = None) -> list[tuple[int, str]]:
+    """(pid, command line) of each process (of ``among``, default all) with a socket listening on TCP
+    ``port``, as far as /proc lets this user see (another user's processes hide their file descriptors)."""
     wanted = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    if not wanted:
+        return []
+    pid_dirs = Path("/proc").glob("[0-9]*") if among is None else (Path(f"/proc/{pid}") for pid in among)
     holders = []
-    for pid_dir in Path("/proc").glob("[0-9]*") if wanted else ():
+    for pid_dir in pid_dirs:
         try:
-            links = {os.readlink(fd) for fd in (pid_dir / "fd").iterdir()}
+            links = set()
+            for fd in (pid_dir / "fd").iterdir():
+                with contextlib.suppress(OSError):  # closed meanwhile
+                    links.add(os.readlink(fd))
             if links & wanted:
-                raw = (pid_dir / "cmdline").read_bytes()
-                holders.append((int(pid_dir.name), raw.replace(b"\0", b" ").decode(errors="replace").strip()))
+                command = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                holders.append((int(pid_dir.name), command.strip()))
         except OSError:  # gone, or not ours to read
             continue
     return sorted(holders)
 
 
 def describe_port_holders(port: int) -> str:
-    """ "pid 123 (tritonserver --model-repository ...)" for each process listening on ``port``; "" if none
-    can be seen."""
-    return ", ".join(
-        f"pid {pid} ({command[:COMMAND_CHARS]}{'...' if len(command) > COMMAND_CHARS else ''})"
-        for pid, command in port_holders(port)
-    )
+    """ "pid 123 (tritonserver --model-repository ...)" for each process listening on ``port``, on one line;
+    "" if none can be seen."""
+    described = []
+    for pid, command in port_holders(port):
+        command = " ".join(command.split())
+        if len(command) > COMMAND_CHARS:
+            command = command[:COMMAND_CHARS] + "..."
+        described.append(f"pid {pid} ({command})")
+    return ", ".join(described)

@@ -131,9 +131,11 @@ class Supervisor:
             # Started beside tritonserver, so by now it has (in seconds) unless it could not.
             try:
                 gateway.wait_listening()
+                self._gateway_up_since = time.monotonic()
             except RuntimeError as error:
-                raise GatewayDidNotStart(str(error)) from None
-            self._gateway_up_since = time.monotonic()
+                # Ctrl-C reaches the gateway too (the launcher's process group): then it is no failure.
+                if not self._stop.is_set():
+                    raise GatewayDidNotStart(str(error)) from None
         logger.info(
             "serving on http://%s (gRPC %s, metrics %s)%s; tritonserver pid %d, shm prefix %s, "
             "ready in %.1f s",

@@ -150,10 +150,12 @@ def launched(tmp_path_factory):
 def test_a_gateway_killed_while_serving_is_restarted(launched):
     first = gateway_pid(launched)
     os.kill(first, signal.SIGKILL)
-    deadline = time.monotonic() + 60
+    killed = time.monotonic()
+    deadline = killed + 60
     while health(launched.gateway_url) != 200 or gateway_pid(launched) == first:
         assert launched.process.poll() is None and time.monotonic() < deadline, launched.text()
         time.sleep(0.2)
+    print(f"gateway /health 200 again {time.monotonic() - killed:.1f} s after its SIGKILL")
     text = launched.text()
     assert "the OpenAI/vLLM gateway died (killed by signal 9 (SIGKILL)): crash 1, restarting in 1 s" in text
     assert f"restarted the OpenAI/vLLM gateway (pid {gateway_pid(launched)})" in text
@@ -179,7 +181,8 @@ def test_nothing_outlives_a_sigkilled_launcher(launched):
     assert regions()
     launched.process.kill()
     launched.process.wait()
-    deadline = time.monotonic() + GONE_SECS
+    killed = time.monotonic()
+    deadline = killed + GONE_SECS
     try:
         while (
             any(alive(pid) for pid in processes) or not all(port_free(p) for p in launched.ports) or regions()
@@ -190,6 +193,10 @@ def test_nothing_outlives_a_sigkilled_launcher(launched):
                 f"left running: {left}; ports still taken: {busy}; shared memory left: {regions()}"
             )
             time.sleep(0.1)
+        print(
+            f"{len(processes)} processes gone, ports free, no shared memory "
+            f"{time.monotonic() - killed:.1f} s after the launcher's SIGKILL"
+        )
     finally:
         kill_all(processes)
 
