@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
 import threading
 import time
 from types import FrameType
@@ -173,8 +174,12 @@ class Supervisor:
             if now >= self._gateway_restart_at:
                 self._gateway_restart_at = None
                 self._gateway_up_since = now
-                gateway.start()  # from the serve loop's (main) thread: see the module's docstring
-                logger.info("restarted the OpenAI/vLLM gateway (pid %d)", gateway.pid)
+                try:
+                    gateway.start()  # from the serve loop's (main) thread: see the module's docstring
+                except (OSError, subprocess.SubprocessError) as error:  # counted as a crash next round
+                    logger.error("the OpenAI/vLLM gateway did not restart: %s", error)
+                else:
+                    logger.info("restarted the OpenAI/vLLM gateway (pid %d)", gateway.pid)
             return
         if gateway.is_running():
             return
