@@ -24,8 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-from tools.ports import connect_host, free_port
-from tools.process_group import signal_group
+from tools.ports import connect_host, describe_port_holders, free_port, port_holders
+from tools.process_group import die_with_parent, signal_group
 from tools.triton_server import tail
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,6 +43,8 @@ class GatewayProcess:
     or ``"-"`` for this process's stdout/stderr. ``own_session`` starts it as the leader of a process group
     of its own, which ``stop()`` signals whole; without it the gateway stays in the caller's group (the
     launcher's, so that Ctrl-C in a terminal reaches it too) and only the gateway itself is signalled.
+    ``dies_with_parent``: it is SIGKILLed when this process dies, however it dies (start it from a
+    long-lived thread: ``tools.process_group.die_with_parent``).
     Use as a context manager (start, wait for ``wait_for``, stop) or call ``start()`` / ``stop()``.
     """
 
@@ -57,7 +59,9 @@ class GatewayProcess:
         wait_for: str | None = "/health",
         startup_timeout: float = GATEWAY_STARTUP_SECS,
         own_session: bool = True,
+        dies_with_parent: bool = False,
     ) -> None:
+        self.dies_with_parent = dies_with_parent
         self.port = port or free_port()
         self.host = host
         self.environment = {
@@ -82,8 +86,39 @@ class GatewayProcess:
         assert self._process is not None, "the gateway is not running"
         return self._process.pid
 
+    @property
+    def returncode(self) -> int | None:
+        return self._process.poll() if self._process else None
+
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    def listening(self) -> bool:
+        """Whether the gateway itself listens on its port: an answer on the port alone could come from
+        whatever else holds it."""
+        return self.is_running() and bool(port_holders(self.port, among=[self.pid]))
+
+    def wait_listening(self, timeout: float | None = None) -> None:
+        """Until it listens on its port (it binds before it reaches Triton, in seconds); RuntimeError if it
+        exits first (its port taken, a bad setting) or is still not listening after ``timeout`` seconds."""
+        assert self._process is not None, "the gateway is not running"
+        started = time.monotonic()
+        deadline = started + (self.startup_timeout if timeout is None else timeout)
+        while not self.listening():
+            code = self._process.poll()
+            if code is not None or time.monotonic() > deadline:
+                where = f"{self.host}:{self.port}"
+                holders = describe_port_holders(self.port)
+                raise RuntimeError(
+                    (
+                        f"it exited with code {code} before listening on {where}"
+                        if code is not None
+                        else f"it is not listening on {where} after {deadline - started:.0f} s"
+                    )
+                    + (f" ({where} is held by {holders})" if holders else "")
+                    + f"; {self._failure_detail()}"
+                )
+            time.sleep(POLL_SECS)
 
     def _open_log(self) -> Path:
         if self.log_path is None:
@@ -111,6 +146,7 @@ class GatewayProcess:
                 stdout=output,
                 stderr=subprocess.STDOUT if output else None,
                 start_new_session=self.own_session,
+                preexec_fn=die_with_parent() if self.dies_with_parent else None,
             )
         if self.wait_for is not None:
             try:

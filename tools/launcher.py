@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tools.gateway_process import GatewayProcess
 from tools.ports import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, connect_host
-from tools.preflight import PreflightError, run_preflight
+from tools.preflight import PreflightError, check_ports, run_preflight
 from tools.supervisor import Supervisor
 from tools.triton_command import CPU_HOST_ERROR_LINES, has_nvidia_gpu
 from tools.triton_install import (
@@ -182,9 +182,15 @@ def serve(args: argparse.Namespace, venv: Path, passthrough: Sequence[str]) -> i
         "metrics port (TRITON_METRICS_PORT)": args.metrics_port,
     }
     try:
+        gateway = None if args.no_gateway else gateway_process(args.host, args.grpc_port)
+        gateway_ports = {} if gateway is None else {gateway_port_label(): gateway.port}
+        if gateway is not None and gateway.host == args.host:
+            ports.update(gateway_ports)
         run_preflight(
             args.model_repository, args.host, ports, venv_python(venv), _load_model_args(passthrough)
         )
+        if gateway is not None and gateway.host != args.host:
+            check_ports(gateway.host, gateway_ports)
     except PreflightError as error:
         print(f"launcher: error: {error}", file=sys.stderr)
         return 2
@@ -202,8 +208,11 @@ def serve(args: argparse.Namespace, venv: Path, passthrough: Sequence[str]) -> i
         host=args.host,
         exit_timeout=args.exit_timeout_secs,
         installed=installed_server(args),
+        # Nothing outlives the launcher, even SIGKILLed: a leftover server would hold the ports.
+        dies_with_parent=True,
     )
-    gateway = None if args.no_gateway else start_gateway(args.host, args.grpc_port)
+    if gateway is not None:
+        gateway.start()  # not waited for: its /health follows Triton's readiness; the supervisor watches it
     if not has_nvidia_gpu():
         logger.info(CPU_HOST_ERROR_LINES)
     try:
@@ -225,10 +234,16 @@ def installed_server(args: argparse.Namespace) -> InstalledServer | None:
     return InstalledServer(args.tritonserver.resolve(), args.backend_directory, args.cache_directory)
 
 
-def start_gateway(host: str, grpc_port: int) -> GatewayProcess | None:
+def gateway_port_label() -> str:
+    from gateway.settings import ENVIRONMENT as GATEWAY_ENVIRONMENT  # see gateway_process
+
+    return f"gateway port ({GATEWAY_ENVIRONMENT['port']})"
+
+
+def gateway_process(host: str, grpc_port: int) -> GatewayProcess:
     """``python -m gateway`` beside tritonserver, with this environment's gateway settings, in the
-    launcher's process group so that Ctrl-C reaches both; its /health follows Triton's readiness, so it is
-    not waited for. Should it fail (its port taken), it says why and tritonserver serves on."""
+    launcher's process group so that Ctrl-C reaches both; not started. A bad address setting is a
+    ``PreflightError``."""
     # Imported here: the server images (CPU, Ascend, CUDA) carry backend/, tools/ and client/ but no
     # gateway/ (the gateway has an image of its own) and run the launcher with --no-gateway.
     from gateway.settings import ENVIRONMENT as GATEWAY_ENVIRONMENT
@@ -242,9 +257,8 @@ def start_gateway(host: str, grpc_port: int) -> GatewayProcess | None:
     try:
         settings = gateway_settings(address)
     except ValueError as error:
-        logger.error("the gateway does not start: %s", error)
-        return None
-    gateway = GatewayProcess(
+        raise PreflightError(f"the gateway cannot start: {error}") from None
+    return GatewayProcess(
         os.environ.get(GATEWAY_ENVIRONMENT["triton_grpc_url"]) or f"{connect_host(host)}:{grpc_port}",
         {name: value for name, value in os.environ.items() if name.startswith("GATEWAY_")},
         "-",
@@ -252,8 +266,8 @@ def start_gateway(host: str, grpc_port: int) -> GatewayProcess | None:
         host=settings.host,
         wait_for=None,
         own_session=False,
+        dies_with_parent=True,
     )
-    return gateway.start()
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ where a local client reaches a server bound to a wildcard address."""
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 
 DEFAULT_HTTP_PORT = 8000
@@ -55,3 +57,54 @@ def free_port() -> int:
 def connect_host(host: str) -> str:
     """Where a local client reaches a server bound to ``host`` (a wildcard address means loopback)."""
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+# /proc/net/tcp's state column for a listening socket.
+TCP_LISTEN = "0A"
+COMMAND_CHARS = 160
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """The socket inodes listening on TCP ``port`` (any address, IPv4 or IPv6)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == TCP_LISTEN and int(fields[1].rpartition(":")[2], 16) == port:
+                    inodes.add(fields[9])
+    return inodes
+
+
+def port_holders(port: int, among: Iterable[int] | None = None) -> list[tuple[int, str]]:
+    """(pid, command line) of each process (of ``among``, default all) with a socket listening on TCP
+    ``port``, as far as /proc lets this user see (another user's processes hide their file descriptors)."""
+    wanted = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    if not wanted:
+        return []
+    pid_dirs = Path("/proc").glob("[0-9]*") if among is None else (Path(f"/proc/{pid}") for pid in among)
+    holders = []
+    for pid_dir in pid_dirs:
+        try:
+            links = set()
+            for fd in (pid_dir / "fd").iterdir():
+                with contextlib.suppress(OSError):  # closed meanwhile
+                    links.add(os.readlink(fd))
+            if links & wanted:
+                command = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                holders.append((int(pid_dir.name), command.strip()))
+        except OSError:  # gone, or not ours to read
+            continue
+    return sorted(holders)
+
+
+def describe_port_holders(port: int) -> str:
+    """ "pid 123 (tritonserver --model-repository ...)" for each process listening on ``port``, on one line;
+    "" if none can be seen."""
+    described = []
+    for pid, command in port_holders(port):
+        command = " ".join(command.split())
+        if len(command) > COMMAND_CHARS:
+            command = command[:COMMAND_CHARS] + "..."
+        described.append(f"pid {pid} ({command})")
+    return ", ".join(described)

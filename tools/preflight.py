@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.settings import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL, EMBEDDING_ENV, RERANKER_ENV
+from tools.ports import describe_port_holders
 
 # The checkout whose tools.device_probe and backend the probe runs.
 REPO = Path(__file__).resolve().parent.parent
@@ -203,9 +204,15 @@ def check_ports(host: str, ports: Mapping[str, int]) -> None:
             try:
                 sock.bind((host, port))
             except OSError as error:
+                # A leftover server of an earlier run is the usual holder: name it.
+                holders = describe_port_holders(port)
+                stop = (
+                    f"held by {holders}; stop it"
+                    if holders
+                    else f"stop whatever listens there (`ss -ltnp 'sport = :{port}'` names it)"
+                )
                 raise PreflightError(
-                    f"{label} {host}:{port} is not free ({error.strerror}); stop whatever listens there "
-                    f"(`ss -ltnp 'sport = :{port}'` names it) or choose another port"
+                    f"{label} {host}:{port} is not free ({error.strerror}); {stop} or choose another port"
                 ) from None
 
 

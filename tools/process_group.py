@@ -1,4 +1,5 @@
-"""Signals to a whole process group, and waiting until none of it is left.
+"""Signals to a whole process group, waiting until none of it is left, and children that die with their
+parent.
 
 A server started with ``start_new_session=True`` leads a group of its own; its children (Triton's Python
 backend stubs) stay in that group, so killing the group leaves nothing behind.
@@ -7,10 +8,41 @@ backend stubs) stay in that group, so killing the group leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+# linux/prctl.h
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: signal.Signals = signal.SIGKILL) -> Callable[[], None] | None:
+    """A ``preexec_fn`` for ``subprocess.Popen``: the child gets ``sig`` when this process dies, even by
+    SIGKILL, which no handler of ours sees (a process manager's last resort). None off Linux.
+
+    The kernel sends it when the *thread* that forked the child ends, not the process: call Popen from a
+    thread that lives as long as the process (the launcher forks from its main thread only). The setting
+    survives exec, and a new session (``start_new_session``) does not clear it.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+    # Resolved before the fork: the child only calls into an already loaded libc.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    number = ctypes.c_ulong(int(sig))
+    zero = ctypes.c_ulong(0)
+
+    def arm() -> None:
+        if prctl(PR_SET_PDEATHSIG, number, zero, zero, zero) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:  # the parent died between fork and prctl: the signal will not come
+            os.kill(os.getpid(), sig)
+
+    return arm
 
 
 def signal_group(pgid: int, sig: signal.Signals) -> None:

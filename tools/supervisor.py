@@ -8,21 +8,29 @@
   repair (a model past its reload cap, a failed reload, an ensemble still not READY after a reload) restarts
   tritonserver like a crash (same backoff and counter): readiness is false from the SIGTERM on, and the
   restarted server loads the whole repository again.
+- the OpenAI/vLLM gateway beside it (when there is one): should it not come to listen on its port during
+  the first start (the port taken, a bad setting), the launcher stops and exits 1; should it die later,
+  it is restarted with the same backoff (a counter of its own).
 - SIGTERM / Ctrl-C: tritonserver gets SIGTERM, drains in-flight requests within its exit timeout and
   unloads the models; should it still run at the deadline its whole process group is killed. A second
   signal kills at once. No stub and no /dev/shm region outlives the launcher.
+
+Children are started from the serve loop's thread (the main thread), which lives as long as the launcher: a
+child that dies with its parent (``tools.process_group.die_with_parent``) is signalled when the thread that
+forked it ends.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import subprocess
 import threading
 import time
 from types import FrameType
 
 from tools.gateway_process import GatewayProcess
-from tools.ports import connect_host
+from tools.ports import connect_host, describe_port_holders
 from tools.process_group import signal_group
 from tools.triton_server import StartCancelled, TritonServer, is_live
 from tools.watchdog import MAX_RELOADS_PER_WINDOW, StubWatchdog
@@ -69,6 +77,10 @@ class CrashCount:
         return restart_delay(self.in_a_row)
 
 
+class GatewayDidNotStart(RuntimeError):
+    """The gateway exited (or never listened) while the launcher started."""
+
+
 class Supervisor:
     def __init__(
         self,
@@ -79,8 +91,11 @@ class Supervisor:
         gateway: GatewayProcess | None = None,
     ) -> None:
         self.server = server
-        # Only named in the "serving on" line: the launcher starts and stops it.
+        # Started (not waited for) and stopped by the launcher; watched and restarted here.
         self.gateway = gateway
+        self.gateway_crashes = CrashCount()
+        self._gateway_up_since: float | None = None  # None until it listened once
+        self._gateway_restart_at: float | None = None
         self.watch_stubs = watch_stubs
         self.max_stub_reloads = max_stub_reloads
         self.crashes = CrashCount()
@@ -113,6 +128,15 @@ class Supervisor:
         logger.info("starting tritonserver (shm prefix %s)", self.server.shm_prefix)
         self.server.start(cancel=self._stop)
         gateway = self.gateway
+        if gateway is not None and self._gateway_up_since is None:
+            # Started beside tritonserver, so by now it has (in seconds) unless it could not.
+            try:
+                gateway.wait_listening()
+                self._gateway_up_since = time.monotonic()
+            except RuntimeError as error:
+                # Ctrl-C reaches the gateway too (the launcher's process group): then it is no failure.
+                if not self._stop.is_set():
+                    raise GatewayDidNotStart(str(error)) from None
         logger.info(
             "serving on http://%s (gRPC %s, metrics %s)%s; tritonserver pid %d, shm prefix %s, "
             "ready in %.1f s",
@@ -140,6 +164,36 @@ class Supervisor:
         if pid == self.server.pid:
             self._restart_request = (pid, reason)
 
+    def _watch_gateway(self) -> None:
+        """A gateway that died after its first start is restarted after a backoff, as tritonserver is."""
+        gateway = self.gateway
+        if gateway is None or self._gateway_up_since is None:
+            return
+        now = time.monotonic()
+        if self._gateway_restart_at is not None:
+            if now >= self._gateway_restart_at:
+                self._gateway_restart_at = None
+                self._gateway_up_since = now
+                try:
+                    gateway.start()  # from the serve loop's (main) thread: see the module's docstring
+                except (OSError, subprocess.SubprocessError) as error:  # counted as a crash next round
+                    logger.error("the OpenAI/vLLM gateway did not restart: %s", error)
+                else:
+                    logger.info("restarted the OpenAI/vLLM gateway (pid %d)", gateway.pid)
+            return
+        if gateway.is_running():
+            return
+        delay = self.gateway_crashes.record(now - self._gateway_up_since)
+        holders = describe_port_holders(gateway.port)
+        logger.error(
+            "the OpenAI/vLLM gateway died (%s): crash %d, restarting in %.0f s%s",
+            describe_exit(gateway.returncode),
+            self.gateway_crashes.total,
+            delay,
+            f" ({gateway.host}:{gateway.port} is held by {holders})" if holders else "",
+        )
+        self._gateway_restart_at = now + delay
+
     def _stop_watchdog(self) -> None:
         if self._watchdog is not None:
             self._watchdog.stop()
@@ -161,7 +215,8 @@ class Supervisor:
             signal_group(self.server.pid, signal.SIGKILL)
 
     def run(self) -> int:
-        """Serve until SIGTERM/SIGINT; 0 after a requested stop, 1 if the first start fails."""
+        """Serve until SIGTERM/SIGINT; 0 after a requested stop, 1 if the first start fails (tritonserver's
+        or the gateway's)."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         try:
@@ -169,11 +224,16 @@ class Supervisor:
         except StartCancelled:
             logger.info("stopped before tritonserver was ready")
             return 0
+        except GatewayDidNotStart as error:
+            logger.error("the OpenAI/vLLM gateway did not start: %s", error)
+            self.server.stop()
+            return 1
         except RuntimeError as error:
             logger.error("tritonserver did not start: %s", error)
             return 1
         started_at = time.monotonic()
         while not self._stop.wait(POLL_SECS):
+            self._watch_gateway()
             request = self._restart_request
             reason = request[1] if request is not None and request[0] == self.server.pid else None
             if self.server.is_running() and reason is None:

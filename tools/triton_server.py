@@ -25,7 +25,7 @@ from types import TracebackType
 
 from backend.backpressure import channel_files
 from tools.ports import DEFAULT_HOST, connect_host, free_ports
-from tools.process_group import signal_group, wait_group_gone
+from tools.process_group import die_with_parent, signal_group, wait_group_gone
 from tools.triton_command import EXIT_TIMEOUT_SECS, server_command
 from tools.triton_install import (
     InstalledServer,
@@ -83,7 +83,8 @@ class TritonServer:
 
     Use as a context manager, or call ``start()`` / ``stop()``. ``log_path="-"`` lets the server write
     to this process's stdout/stderr (``make serve``); otherwise it logs to a file (a temporary one by
-    default).
+    default). ``dies_with_parent``: the server is SIGKILLed when this process dies, however it dies
+    (``tools.process_group.die_with_parent``: start it from a long-lived thread); its stubs notice and exit.
     """
 
     def __init__(
@@ -101,7 +102,9 @@ class TritonServer:
         host: str = DEFAULT_HOST,
         exit_timeout: int = EXIT_TIMEOUT_SECS,
         installed: InstalledServer | None = None,
+        dies_with_parent: bool = False,
     ) -> None:
+        self.dies_with_parent = dies_with_parent
         self.model_repository = Path(model_repository).resolve()
         # None: the wheel's server, run from runtime_dir; else that installed server (runtime_dir unused).
         self.installed = installed
@@ -189,6 +192,7 @@ class TritonServer:
                 stdout=output,
                 stderr=subprocess.STDOUT if output else None,
                 start_new_session=True,
+                preexec_fn=die_with_parent() if self.dies_with_parent else None,
             )
         try:
             self._wait_ready(started + self.startup_timeout, cancel)

@@ -138,7 +138,8 @@ def test_serve_starts_the_gateway_beside_tritonserver_and_ctrl_c_stops_both(tmp_
         )
     try:
         deadline = time.monotonic() + 90
-        while health(f"http://127.0.0.1:{gateway_port}/health") != 200:
+        # The launcher's line comes once it has seen the gateway listen, maybe a moment after /health's 200.
+        while health(f"http://127.0.0.1:{gateway_port}/health") != 200 or "serving on" not in log.read_text():
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
         os.killpg(process.pid, signal.SIGINT)

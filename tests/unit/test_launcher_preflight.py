@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -103,6 +104,31 @@ def test_ports_must_be_free_and_distinct():
     with pytest.raises(PreflightError, match="both"):
         check_ports("127.0.0.1", {"HTTP": port, "gRPC": port})
     check_ports("127.0.0.1", {"HTTP": port})  # closed again: free
+
+
+def test_a_busy_port_names_the_process_that_holds_it():
+    """A leftover server of an earlier run is named by pid and command line, so it can be stopped."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); "
+            "print(s.getsockname()[1], flush=True); time.sleep(60)  # leftover-server",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        port = int(holder.stdout.readline())
+        with pytest.raises(PreflightError) as error:
+            check_ports("127.0.0.1", {"HTTP port (TRITON_HTTP_PORT)": port})
+        message = str(error.value)
+        assert message.startswith(f"HTTP port (TRITON_HTTP_PORT) 127.0.0.1:{port} is not free ("), message
+        assert f"held by pid {holder.pid} ({sys.executable} -c import socket" in message, message
+        assert message.endswith("; stop it or choose another port"), message
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_explicit_model_control_unless_the_caller_chooses():
