@@ -141,17 +141,17 @@ perf-gateway: setup ## gateway overhead against gRPC on the ensemble
 # buildah, debootstrap and podman with apt-get. See docs/container-images.md.
 .PHONY: image-base image-cpu image-gateway image-ascend-python image-smoke
 
-image-base:
+image-base: ## the local Debian base (debootstrap; installs buildah, debootstrap, podman when missing)
 	deploy/images/host-tools.sh && deploy/images/local-base.sh
 
-image-cpu:
+image-cpu: ## build the CPU server image with buildah
 	deploy/images/build.sh cpu
 
-image-gateway:
+image-gateway: ## build the gateway image with buildah
 	deploy/images/build.sh gateway
 
-image-ascend-python:
+image-ascend-python: ## the Ascend image's Python layer on the Debian base (no CANN)
 	deploy/images/build.sh ascend-python
 
-image-smoke: setup
+image-smoke: setup ## start the built images as the chart does: readiness, embed, rerank, /v1/embeddings, clean stop
 	$(PY) -m deploy.images.smoke
