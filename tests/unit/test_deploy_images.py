@@ -193,6 +193,8 @@ GATEWAY_MODULES = {
     "tritonclient": "tritonclient",
     "aiohttp": "tritonclient",  # tritonclient[http]'s dependency
 }
+# Modules whose import needs a package their own distribution does not bring.
+GATEWAY_SUBMODULE_PACKAGES = {"uvicorn.protocols.http.httptools_impl": "httptools"}
 
 
 def test_gateway_image_installs_what_the_gateway_imports_and_no_torch():
@@ -212,6 +214,10 @@ def test_gateway_image_installs_what_the_gateway_imports_and_no_torch():
             continue  # standard library, or a word from a docstring
         assert module in GATEWAY_MODULES, f"gateway imports {module}: add its package to gateway-packages.txt"
         assert GATEWAY_MODULES[module] in installed, module
+    sources = "\n".join(path.read_text() for path in (REPO / "gateway").glob("*.py"))
+    for submodule, package in GATEWAY_SUBMODULE_PACKAGES.items():
+        if re.search(rf"^\s*(from|import) {re.escape(submodule)}\b", sources, re.M):
+            assert package in installed, f"gateway imports {submodule}: add {package} to gateway-packages.txt"
 
 
 def test_cuda_image_is_a_triton_release_with_iterative_json_parsing():
