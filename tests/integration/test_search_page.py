@@ -15,6 +15,7 @@ import select
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -91,6 +92,8 @@ def page(server, corpus, index):
             line = process.stderr.readline()
         match = re.search(r"http://\S+/", line)
         assert match, line
+        # Read on, so that a chatty server never blocks on a full pipe.
+        threading.Thread(target=process.stderr.read, daemon=True).start()
         yield match.group(0)
     finally:
         process.terminate()

@@ -103,6 +103,8 @@ class Corpus:
         self._loaded: _Loaded | None = None
         self._folder: FileIndex | None = None
         self._records: dict[str, Record] | None = None
+        self._records_stamp: tuple[tuple[str, int, int], ...] | None = None
+        self._records_lock = threading.Lock()
         self._load()
 
     def _files(self) -> list[Path]:
@@ -164,12 +166,20 @@ class Corpus:
 
     def record(self, identifier: str) -> Record | None:
         """The source record of a row (its files), or None where the source is not known or lost it."""
-        if self._source is None:
-            return None
-        if self._records is None or identifier not in self._records:
-            # Listed on first use, and again when a row the index gained is missing (the source grew).
-            self._records = self._list_records(self._source)
-        return self._records.get(identifier)
+        self._load()
+        with self._records_lock:
+            if self._source is None:
+                return None
+            # Listed on first use, and again for an id it lacks once the index has changed since (the
+            # source grew under a running job): a lookup of an unknown id does not walk the source each time.
+            stale = self._records is None or (
+                identifier not in self._records and self._records_stamp != self._stamp
+            )
+            if stale:
+                self._records = self._list_records(self._source)
+                self._records_stamp = self._stamp
+            assert self._records is not None
+            return self._records.get(identifier)
 
     def _list_records(self, source: Path) -> dict[str, Record]:
         found: dict[str, Record] = {}
