@@ -69,7 +69,7 @@ def cmd_ui(args: argparse.Namespace, out: TextIO) -> int:
         print(f"qwen3vl ui: {error}", file=sys.stderr)
         return 2
     if summary.kind == "bulk" and args.source is None:
-        print("qwen3vl ui: no --source: results show ids only, and reranking is off", file=sys.stderr)
+        print("qwen3vl ui: no --source: results show ids only and cannot be reranked", file=sys.stderr)
 
     def make_client() -> AsyncEmbeddingClient:
         return AsyncEmbeddingClient(
