@@ -7,6 +7,7 @@
     qwen3vl search photos/ "a red car" -k 5
     qwen3vl rerank --query "What is the capital of China?" --document "Beijing." --input photos/ -k 3
     qwen3vl index photos/ --out photos.index --dtype int8                # resumable bulk job
+    qwen3vl ui --index photos.index --source photos/                     # a search page on :8090
 
 The server comes from --url / --protocol / --timeout, or QWEN3VL_URL / QWEN3VL_PROTOCOL / QWEN3VL_TIMEOUT
 (default localhost:8000 over HTTP, localhost:8001 over gRPC), the reranker from --reranker-model or
@@ -41,6 +42,7 @@ from qwen3vl_client.options import (
     RERANKER_MODEL_NAME,
 )
 from qwen3vl_client.results import EmbeddingResult, Health, ModelStatus, RerankResult
+from qwen3vl_client.ui.command import add_ui_parser, cmd_ui
 
 # The vLLM-Ascend tutorial's offline example: two web-search queries against two passages.
 TUTORIAL_QUERIES = ["What is the capital of China?", "Explain gravity"]
@@ -257,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--no-probe", action="store_true", help="do not embed a test text")
     health.add_argument("--json", action="store_true")
     add_index_parser(commands, common)
+    add_ui_parser(commands, common)
     return parser
 
 
@@ -575,6 +578,7 @@ COMMANDS = {
     "rerank": cmd_rerank,
     "health": cmd_health,
     "index": cmd_index,
+    "ui": cmd_ui,
 }
 
 
