@@ -166,3 +166,17 @@ def test_hostile_bodies_are_refused_in_milliseconds_with_no_memory_kept(door, bu
     rss_after, peak = peak_rss_mb(door.pid)
     assert peak < 1000 and rss_after < rss_before + 100, (rss_before, rss_after, peak)
     assert door.is_running()  # nothing restarted
+
+
+def test_the_client_library_over_http_to_the_gateway_gives_tritons_vectors(door, server):
+    from qwen3vl_client import EmbeddingClient
+
+    texts = ["The capital of China is Beijing.", "Gravity attracts bodies."]
+    with (
+        EmbeddingClient(door.url.removeprefix("http://")) as through,
+        EmbeddingClient(server.grpc_url, "grpc") as direct,
+    ):
+        np.testing.assert_array_equal(through.embed(texts, dimensions=64), direct.embed(texts, dimensions=64))
+        np.testing.assert_array_equal(
+            through.rerank("capital of China", texts).scores, direct.rerank("capital of China", texts).scores
+        )
