@@ -103,7 +103,7 @@ def send(
     """(status, error message, seconds) of one request on its own connection (GET when body is None)."""
     parts = urllib.parse.urlsplit(url)
     started = time.perf_counter()
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
     try:
         connection.request("GET" if body is None else "POST", path, body, headers)
         response = connection.getresponse()
