@@ -22,6 +22,7 @@ import grpc
 import pydantic_core
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 from tritonclient.grpc._utils import get_error_grpc
 
 from gateway import kserve_codec as codec
@@ -94,6 +95,8 @@ class KServeRoutes:
             return error_response(error.status, error.message, error.retry_after)
         except codec.BadRequest as error:
             return error_response(400, str(error))
+        except ClientDisconnect:
+            return Response(status_code=400)  # nobody left to read it
         except GatewayError as error:
             retry = error.retry_after or self.settings.retry_after
             return error_response(error.status, error.message, retry if error.status == 503 else None)
