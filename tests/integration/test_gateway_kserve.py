@@ -133,10 +133,18 @@ def test_perf_analyzer_http_measures_through_the_gateway(door, tmp_path):
         perf_analyzer_binary(),
         *("-m", MODEL, "-i", "http", "-u", door.url.removeprefix("http://")),
         *("--input-data", str(data), "--concurrency-range", "2", "-f", str(tmp_path / "out.csv")),
-        *("--measurement-mode", "count_windows", "--measurement-request-count", "20"),
-        *("--stability-percentage", "100", "--max-trials", "3"),
+        # A fixed count, no stability windows: a loaded test host rarely gives stable ones.
+        *("--request-count", "16"),
     ]
-    result = subprocess.run(command, env=perf_analyzer_env(), capture_output=True, text=True, timeout=300)
+    for attempt in range(2):
+        try:
+            result = subprocess.run(
+                command, env=perf_analyzer_env(), capture_output=True, text=True, timeout=240
+            )
+            break
+        except subprocess.TimeoutExpired:
+            # perf_analyzer 2.50 sometimes never exits in --request-count mode (perf/lib/perf_analyzer.py).
+            assert attempt == 0, "perf_analyzer hung twice"
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Composing models" in result.stdout  # it read the ensemble's config and its steps' statistics
     rows = (tmp_path / "out.csv").read_text().splitlines()
