@@ -15,7 +15,9 @@ Environment (the Helm chart sets each one; defaults are ``make serve``'s):
   RESPONSE_CACHE         local,size=BYTES or redis,host=H,port=P (one --cache-config per key)
   REDIS_PASSWORD         appended to a redis cache config
   TRITON_EXIT_TIMEOUT_SECS, TRITON_SHM_DEFAULT_BYTES, TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT
-  TRITON_HOST            address the server binds (default 0.0.0.0: a pod is reached from outside)
+  TRITON_HOST            address gRPC and metrics bind (default 0.0.0.0: a pod is reached from outside)
+  TRITON_HTTP_HOST       address Triton's HTTP binds (default the launcher's, 127.0.0.1: REST clients use
+                         the gateway; set 0.0.0.0 only for a server with the upstream parser fixes)
   SERVE_DIR              where the repository copy goes (default /tmp/qwen3vl)
 """
 
@@ -134,6 +136,7 @@ def command(
         "serve", *server,
         "--model-repository", str(repository),
         "--host", env.get("TRITON_HOST") or CONTAINER_HOST,
+        *(["--http-host", env["TRITON_HTTP_HOST"]] if env.get("TRITON_HTTP_HOST") else []),
         "--http-port", ports["http"],
         "--grpc-port", ports["grpc"],
         "--metrics-port", ports["metrics"],

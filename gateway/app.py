@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import protocol
 from gateway.bodies import header, read_json
 from gateway.errors import GatewayError, Kind, invalid
+from gateway.kserve import kserve_router
 from gateway.serving import Gateway
 from gateway.settings import GatewaySettings
 from gateway.validation import validation_error
@@ -280,4 +281,5 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
     async def prometheus() -> Response:
         return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(kserve_router(gateway))  # KServe v2 REST, forwarded over gRPC (gateway/kserve.py)
     return GatewayMiddleware(FastPaths(app, fast_routes), gateway)

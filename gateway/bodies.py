@@ -35,7 +35,7 @@ def _too_large(limit: int) -> GatewayError:
     return GatewayError(Kind.TOO_LARGE, f"request body is over the limit of {limit} bytes")
 
 
-def _too_many_values(limit: int) -> GatewayError:
+def too_many_values(limit: int) -> GatewayError:
     return GatewayError(
         Kind.TOO_LARGE,
         f"request body holds over {limit} JSON values (list entries and object fields; "
@@ -43,7 +43,9 @@ def _too_many_values(limit: int) -> GatewayError:
     )
 
 
-async def _receive_body(scope: Scope, receive: Receive, settings: GatewaySettings) -> bytes:
+async def _receive_body(
+    scope: Scope, receive: Receive, settings: GatewaySettings, count_values: bool = True
+) -> bytes:
     limit, values_limit = settings.max_body_bytes, settings.max_body_values
     declared = header(scope, b"content-length")
     if declared.isdigit() and int(declared) > limit:
@@ -61,9 +63,9 @@ async def _receive_body(scope: Scope, receive: Receive, settings: GatewaySetting
             raise _too_large(limit)
         # Every list entry and object field but the first of each is after a comma (commas inside
         # strings count too: an over-count only for texts far past any item limit).
-        commas += chunk.count(b",")
+        commas += chunk.count(b",") if count_values else 0
         if commas >= values_limit:
-            raise _too_many_values(values_limit)
+            raise too_many_values(values_limit)
         if chunks is None and not body:
             body = chunk
         else:
@@ -77,20 +79,29 @@ async def _receive_body(scope: Scope, receive: Receive, settings: GatewaySetting
     return body
 
 
+async def receive_body(
+    scope: Scope, receive: Receive, settings: GatewaySettings, count_values: bool = True
+) -> bytes:
+    """The raw body, straight from ASGI messages, within the size limit (and the value limit unless
+    ``count_values`` is off: a body with binary parts counts its JSON values itself), arrived within the
+    body timeout; maybe empty."""
+    try:
+        async with asyncio.timeout(settings.body_timeout):
+            return await _receive_body(scope, receive, settings, count_values)
+    except TimeoutError:
+        raise GatewayError(
+            Kind.REQUEST_TIMEOUT,
+            f"the request body did not arrive within {settings.body_timeout:g} s (GATEWAY_BODY_TIMEOUT)",
+        ) from None
+
+
 async def read_body(scope: Scope, receive: Receive, settings: GatewaySettings) -> bytes:
     """The raw body, straight from ASGI messages: JSON content type (or none), within the size and value
     limits, arrived within the body timeout, not empty."""
     media_type = header(scope, b"content-type").split(";", 1)[0].strip().lower()
     if media_type and media_type != "application/json" and not media_type.endswith("+json"):
         raise invalid(f"Content-Type must be application/json, got {media_type!r}")
-    try:
-        async with asyncio.timeout(settings.body_timeout):
-            body = await _receive_body(scope, receive, settings)
-    except TimeoutError:
-        raise GatewayError(
-            Kind.REQUEST_TIMEOUT,
-            f"the request body did not arrive within {settings.body_timeout:g} s (GATEWAY_BODY_TIMEOUT)",
-        ) from None
+    body = await receive_body(scope, receive, settings)
     if not body:
         raise invalid("the request body is empty; send a JSON object")
     return body

@@ -29,7 +29,7 @@ from tools.gateway_process import GatewayProcess
 from tools.ports import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, connect_host
 from tools.preflight import PreflightError, check_ports, run_preflight
 from tools.supervisor import Supervisor
-from tools.triton_command import CPU_HOST_ERROR_LINES, has_nvidia_gpu
+from tools.triton_command import CPU_HOST_ERROR_LINES, HTTP_HOST, has_nvidia_gpu
 from tools.triton_install import (
     InstalledServer,
     default_runtime_dir,
@@ -78,7 +78,13 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--host",
         default=os.environ.get("TRITON_HOST") or DEFAULT_HOST,
-        help=f"address HTTP, gRPC and metrics bind to (TRITON_HOST; default {DEFAULT_HOST}, 0.0.0.0 = all)",
+        help=f"address gRPC and metrics bind to (TRITON_HOST; default {DEFAULT_HOST}, 0.0.0.0 = all)",
+    )
+    serve.add_argument(
+        "--http-host",
+        default=os.environ.get("TRITON_HTTP_HOST") or HTTP_HOST,
+        help=f"address Triton's HTTP binds to (TRITON_HTTP_HOST; default {HTTP_HOST}: clients use the "
+        "gateway's KServe REST front; tritonserver 2.51's own HTTP parser must not face them)",
     )
     serve.add_argument(
         "--exit-timeout-secs",
@@ -206,6 +212,7 @@ def serve(args: argparse.Namespace, venv: Path, passthrough: Sequence[str]) -> i
         startup_timeout=args.startup_timeout,
         log_verbose=args.log_verbose,
         host=args.host,
+        http_host=args.http_host,
         exit_timeout=args.exit_timeout_secs,
         installed=installed_server(args),
         # Nothing outlives the launcher, even SIGKILLed: a leftover server would hold the ports.

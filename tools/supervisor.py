@@ -206,7 +206,7 @@ class Supervisor:
         if now < self._next_live_probe:
             return
         self._next_live_probe = now + min(LIVENESS_PROBE_SECS, self.liveness_timeout / 4)
-        if is_live(connect_host(self.server.host), self.server.http_port):
+        if is_live(connect_host(self.server.http_host), self.server.http_port):
             self._last_live = now
         elif now - self._last_live > self.liveness_timeout and self.server.pid:
             logger.error(

@@ -13,6 +13,10 @@ from tools.ports import DEFAULT_HOST
 
 # The Python backend starts with 1 MiB per stub and grows in 1 MiB steps; a bigger first region
 # avoids repeated growth for image/video tensors.
+# Triton's own HTTP port binds here whatever --host says: tritonserver 2.51 (the PyPI wheel) crashes on a
+# deeply nested JSON body and inflates compressed bodies whole, so clients use the gateway's KServe REST
+# front instead (gateway/kserve.py); only this host's tools (health checks, make perf) reach Triton's HTTP.
+HTTP_HOST = "127.0.0.1"
 SHM_DEFAULT_BYTE_SIZE = 16 * 1024 * 1024
 # How long tritonserver waits for in-flight requests and model unloads after SIGTERM (unloading the
 # four Python models takes 6-9 s on a busy 2-core host); TritonServer.stop() waits a margin longer.
@@ -65,13 +69,15 @@ def server_command(
     shm_prefix: str | None = None,
     host: str = DEFAULT_HOST,
     exit_timeout: int = EXIT_TIMEOUT_SECS,
+    http_host: str = HTTP_HOST,
 ) -> list[str]:
     """The tritonserver argv: ``server`` (binary and directory options, from ``wheel_server`` or
-    ``InstalledServer.command``), then the options; ``extra_args`` come last so they can override them."""
+    ``InstalledServer.command``), then the options; ``extra_args`` come last so they can override them.
+    gRPC and metrics bind ``host``; HTTP binds ``http_host`` (loopback unless asked otherwise)."""
     command = [
         *server,
         f"--model-repository={Path(model_repository).resolve()}",
-        f"--http-address={host}",
+        f"--http-address={http_host}",
         f"--http-port={http_port}",
         f"--grpc-address={host}",
         f"--grpc-port={grpc_port}",

@@ -26,7 +26,7 @@ from types import TracebackType
 from backend.backpressure import channel_files
 from tools.ports import DEFAULT_HOST, connect_host, free_ports
 from tools.process_group import die_with_parent, signal_group, wait_group_gone
-from tools.triton_command import EXIT_TIMEOUT_SECS, server_command
+from tools.triton_command import EXIT_TIMEOUT_SECS, HTTP_HOST, server_command
 from tools.triton_install import (
     InstalledServer,
     default_runtime_dir,
@@ -103,6 +103,7 @@ class TritonServer:
         exit_timeout: int = EXIT_TIMEOUT_SECS,
         installed: InstalledServer | None = None,
         dies_with_parent: bool = False,
+        http_host: str = HTTP_HOST,
     ) -> None:
         self.dies_with_parent = dies_with_parent
         self.model_repository = Path(model_repository).resolve()
@@ -120,6 +121,7 @@ class TritonServer:
         self.startup_timeout = startup_timeout
         self.log_verbose = log_verbose
         self.host = host
+        self.http_host = http_host  # Triton's HTTP: loopback by default (tools/triton_command.HTTP_HOST)
         # A --exit-timeout-secs among extra_args wins (tritonserver takes the last); stop() waits for it.
         passed = [arg.split("=", 1)[1] for arg in extra_args if arg.startswith("--exit-timeout-secs=")]
         self.exit_timeout = int(passed[-1]) if passed else exit_timeout
@@ -129,7 +131,7 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
-        return f"{connect_host(self.host)}:{self.http_port}"
+        return f"{connect_host(self.http_host)}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
@@ -181,6 +183,7 @@ class TritonServer:
             shm_prefix=self.shm_prefix,
             host=self.host,
             exit_timeout=self.exit_timeout,
+            http_host=self.http_host,
         )
         started = time.monotonic()
         with contextlib.ExitStack() as stack:
@@ -215,7 +218,7 @@ class TritonServer:
                     f"tritonserver exited with code {self._process.returncode} before becoming "
                     f"ready; {self._failure_detail()}"
                 )
-            if _is_ready(connect_host(self.host), self.http_port):
+            if _is_ready(connect_host(self.http_host), self.http_port):
                 return
             if cancel is not None and cancel.is_set():
                 raise StartCancelled("tritonserver start cancelled")

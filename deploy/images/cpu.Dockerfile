@@ -50,5 +50,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     DEVICE=cpu
 WORKDIR /opt/qwen3vl
 USER 1000:1000
-EXPOSE 8000 8001 8002
+# gRPC and metrics. Triton's HTTP (8000) binds loopback and is not exposed: tritonserver 2.51 (the wheel)
+# crashes on a deeply nested JSON body; REST clients use the gateway image's port (KServe v2 routes, 9000).
+EXPOSE 8001 8002
 ENTRYPOINT ["python", "-m", "deploy.serve"]

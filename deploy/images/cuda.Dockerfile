@@ -40,5 +40,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     DEVICE=cuda
 WORKDIR /opt/qwen3vl
 USER 1000:1000
-EXPOSE 8000 8001 8002
+# gRPC and metrics. Triton's HTTP (8000) binds loopback: NGC 26.11's 2.75 has the upstream parser fixes,
+# but every image keeps one REST door, the gateway image's port (KServe v2 + OpenAI routes, 9000).
+EXPOSE 8001 8002
 ENTRYPOINT ["python", "-m", "deploy.serve"]

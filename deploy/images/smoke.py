@@ -439,11 +439,14 @@ def run_pod(
     suffix = "-read-only" if read_only_root else ""
     server = Run(SERVER_IMAGE, triton, work, work / f"server{suffix}.log", read_only_root)
     front: Run | None = None
+    # Triton's HTTP is not a container port (it binds loopback: the gateway is the REST door); the chroot
+    # shares the host's loopback, where it is asked as an in-pod tool would.
+    http_port = int(triton.env["TRITON_HTTP_PORT"])
     try:
         results["server_ready_seconds"] = round(
-            server.wait_ready(f"http://127.0.0.1:{triton.ports['http']}/v2/health/ready", 600), 1
+            server.wait_ready(f"http://127.0.0.1:{http_port}/v2/health/ready", 600), 1
         )
-        results["server_requests"] = embed_and_rerank(triton.ports["http"])
+        results["server_requests"] = embed_and_rerank(http_port)
         results["server_mounts"] = {mount.path: server.mounted_at(mount.path) for mount in triton.mounts}
         front = Run(GATEWAY_IMAGE, gateway, work, work / f"gateway{suffix}.log", read_only_root)
         results["gateway_ready_seconds"] = round(

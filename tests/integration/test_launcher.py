@@ -167,6 +167,28 @@ def test_serve_binds_loopback_by_default(served):
         assert addresses and addresses <= {"0100007F", "0000000000000000FFFF00000100007F"}, addresses
 
 
+def test_serving_the_network_keeps_tritons_http_on_loopback(tmp_path):
+    """TRITON_HOST=0.0.0.0 (the images) opens gRPC and metrics; Triton's HTTP stays on loopback, where
+    tritonserver 2.51's parser faces no client (issue 19): REST goes through the gateway."""
+    http_port, grpc_port, metrics_port = free_ports(3)
+    process = launch(
+        tmp_path,
+        f"--model-repository={REPOSITORY}",
+        f"--http-port={http_port}",
+        f"--grpc-port={grpc_port}",
+        f"--metrics-port={metrics_port}",
+        env={"TRITON_HOST": "0.0.0.0", "TRITON_HTTP_HOST": None},
+    )
+    running = Served(process, tmp_path / "serve.log", http_port, grpc_port, metrics_port)
+    try:
+        assert wait_for(lambda: ready(running.base) == 200, 60.0), running.text()
+        assert listening_addresses(http_port) == {"0100007F"}
+        for port in (grpc_port, metrics_port):
+            assert listening_addresses(port) & {"00000000", "00000000000000000000000000000000"}, port
+    finally:
+        stop_launcher(running)
+
+
 def test_full_queue_answers_503_at_once(served):
     """One request executes and two wait; the rest of a burst is refused in milliseconds."""
     results: list[tuple[int, float]] = []

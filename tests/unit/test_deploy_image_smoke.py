@@ -20,7 +20,7 @@ def test_containers_are_the_charts_cpu_pod_with_its_gateway_sidecar():
     triton, gateway = containers["triton"], containers["gateway"]
     assert triton.user == gateway.user == "1000:1000"  # the chart's securityContext
     assert triton.read_only_root and gateway.read_only_root
-    assert triton.ports == {"http": 18000, "grpc": 18001, "metrics": 18002}
+    assert triton.ports == {"grpc": 18001, "metrics": 18002}  # HTTP: loopback only, not a container port
     assert gateway.ports == {"gateway": 19000}
     assert triton.env["DEVICE"] == "cpu" and triton.env["TRITON_HTTP_PORT"] == "18000"
     assert triton.env["MODEL_PATH"] == f"/models/{smoke.EMBEDDING_CHECKPOINT}"

@@ -192,6 +192,8 @@ GATEWAY_MODULES = {
     "numpy": "numpy",
     "tritonclient": "tritonclient",
     "aiohttp": "tritonclient",  # tritonclient[http]'s dependency
+    "grpc": "tritonclient",  # tritonclient[grpc]'s dependencies (grpcio, protobuf): the KServe REST front
+    "google": "tritonclient",
 }
 # Modules whose import needs a package their own distribution does not bring.
 GATEWAY_SUBMODULE_PACKAGES = {"uvicorn.protocols.http.httptools_impl": "httptools"}
@@ -314,6 +316,7 @@ def test_entrypoint_serves_the_wheel_under_the_launcher(tmp_path):
     assert parsed.http_port == 8080 and parsed.grpc_port == 8001 and parsed.metrics_port == 8002
     assert parsed.exit_timeout_secs == 30
     assert parsed.host == "0.0.0.0"  # a pod is reached from outside
+    assert parsed.http_host == "127.0.0.1"  # ... but never at tritonserver 2.51's HTTP parser (issue 19)
     assert parsed.no_gateway  # the gateway runs in a container of its own
     assert not parsed.no_watchdog and parsed.liveness_timeout is None  # supervision as under make serve
     assert passthrough == POD_PASSTHROUGH
@@ -335,10 +338,23 @@ def test_entrypoint_serves_ngc_tritonserver_under_the_launcher(tmp_path):
     assert parsed.runtime_dir is None  # nothing of the wheel is prepared
     assert parsed.model_repository == tmp_path / "repo"
     assert parsed.http_port == 8080 and parsed.exit_timeout_secs == 30 and parsed.host == "10.0.0.5"
+    assert parsed.http_host == "127.0.0.1"  # one REST door in every image: the gateway
     assert parsed.no_gateway and not parsed.no_watchdog
     assert passthrough == POD_PASSTHROUGH
     # The real default is NGC's path, used when the image has it.
     assert serve.NGC_TRITONSERVER == Path("/opt/tritonserver/bin/tritonserver")
+
+
+def test_triton_http_binds_loopback_unless_asked(tmp_path):
+    """Triton's HTTP binds 127.0.0.1 whatever TRITON_HOST says; TRITON_HTTP_HOST (the KServe runtime's
+    CUDA image, Triton 2.75) opens it."""
+    from tools.triton_command import server_command
+
+    argv = server_command(tmp_path, ["tritonserver"], 1, 2, 3, host="0.0.0.0")
+    assert "--http-address=127.0.0.1" in argv
+    assert {"--grpc-address=0.0.0.0", "--metrics-address=0.0.0.0"} <= set(argv)
+    parsed, _ = launcher_args(serve.command({**POD_ENV, "TRITON_HTTP_HOST": "0.0.0.0"}, [], tmp_path))
+    assert parsed.http_host == "0.0.0.0"
 
 
 def test_installed_server_runs_as_installed_with_the_venv_first_on_path(tmp_path):

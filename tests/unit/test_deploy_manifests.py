@@ -112,8 +112,13 @@ def test_triton_pod_has_probes_shm_devices_and_grace(rendered, variant):
     pod = deployment["spec"]["template"]["spec"]
     triton = container(deployment, "triton")
 
-    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert triton["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    # Triton's HTTP binds loopback (issue 19): the kubelet checks gRPC health and the gRPC port instead.
+    grpc_port = values["triton"]["grpcPort"]
+    assert triton["readinessProbe"]["grpc"]["port"] == grpc_port
+    assert triton["startupProbe"]["grpc"]["port"] == grpc_port
+    assert triton["livenessProbe"]["tcpSocket"]["port"] == "grpc"
+    assert "http" not in {port["name"] for port in triton["ports"]}
+    assert "TRITON_HTTP_HOST" not in env(triton)  # the launcher's loopback default stands
     startup = triton["startupProbe"]
     startup_budget = startup["periodSeconds"] * startup["failureThreshold"]
     assert startup_budget >= (900 if variant.size == "8b" else 600)  # an 8B load from disk takes minutes
@@ -181,7 +186,7 @@ def test_pdb_service_and_podmonitor_select_the_triton_pods(rendered, variant):
         assert selector.items() <= pod_labels.items()
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
     ports = {p["name"] for p in service["spec"]["ports"]}
-    assert {"http", "grpc", "metrics"} <= ports
+    assert {"grpc", "metrics"} <= ports and "http" not in ports  # REST is the gateway's port alone
     assert ("gateway" in ports) == (variant.gateway == "sidecar")
 
 
