@@ -156,23 +156,50 @@ def make_plan(
 
 @dataclass
 class Usage:
-    """Counters per modality: items committed, embedded (sent), reused (copied), failed, tokens."""
+    """Counters per modality: items committed, embedded (sent), reused (copied), failed, tokens (the
+    server's TOKEN_COUNT of the items sent and copied), images and video_seconds (of the items sent) and
+    model_seconds (the wall time of the chunk's embedding calls, shared among its sent items by tokens)."""
 
     counters: dict[str, Counter[str]] = field(default_factory=dict)
 
-    def add(self, modality: str, **counts: int) -> None:
-        self.counters.setdefault(modality, Counter()).update(counts)
+    def add(self, modality: str, **counts: float) -> None:
+        self.counters.setdefault(modality, Counter()).update(counts)  # type: ignore[arg-type]
 
-    def as_dict(self) -> dict[str, dict[str, int]]:
-        return {modality: dict(counts) for modality, counts in sorted(self.counters.items())}
+    def as_dict(self) -> dict[str, dict[str, float]]:
+        return {
+            modality: {
+                name: round(value, 3) if isinstance(value, float) else value for name, value in counts.items()
+            }
+            for modality, counts in sorted(self.counters.items())
+        }
 
 
-def usage_table(usage: dict[str, dict[str, int]]) -> str:
-    columns = ("items", "embedded", "reused", "failed", "tokens")
-    lines = [f"{'modality':<18}" + "".join(f"{name:>10}" for name in columns)]
+USAGE_COLUMNS = (
+    "items",
+    "embedded",
+    "reused",
+    "failed",
+    "tokens",
+    "images",
+    "video_seconds",
+    "model_seconds",
+)
+
+
+def usage_table(usage: dict[str, dict[str, float]]) -> str:
+    headers = [name.replace("_seconds", " s") for name in USAGE_COLUMNS]
+    lines = [f"{'modality':<18}" + "".join(f"{name:>10}" for name in headers)]
     for modality, counts in sorted(usage.items()):
-        # Tokens only where the server reported them: "-" is "not known", not zero.
-        cells = [str(counts.get(name, "-" if name == "tokens" else 0)) for name in columns]
+        cells = []
+        for name in USAGE_COLUMNS:
+            value = counts.get(name)
+            if value is None:
+                # Tokens only where the server reported them: "-" is "not known", not zero.
+                cells.append("-" if name == "tokens" else "0")
+            elif name.endswith("_seconds"):
+                cells.append(f"{value:.1f}")
+            else:
+                cells.append(str(int(value)))
         lines.append(f"{modality:<18}" + "".join(f"{cell:>10}" for cell in cells))
     return "\n".join(lines)
 
@@ -297,10 +324,13 @@ def _chunk_rows(
     usage: Usage,
     dtype: str,
     width: int,
+    seconds: float = 0.0,
 ) -> Rows | None:
-    """The chunk's rows in source order (copies and answers); failed items are added to ``errors``."""
+    """The chunk's rows in source order (copies and answers); failed items are added to ``errors``.
+    ``seconds`` (the embedding calls' wall time) is shared among the items sent, by their tokens."""
     columns: dict[str, list[Any]] = {"ids": [], "hashes": [], "modalities": [], "counts": [], "vectors": []}
     sent: set[str] = set()
+    weights: list[tuple[str, int]] = []
     for item, digest in zip(loaded, hashes):
         record = item.record
         if digest in reusable:
@@ -316,10 +346,16 @@ def _chunk_rows(
             fresh = digest not in sent  # the same content twice in one chunk is sent once
             sent.add(digest)
             usage.add(record.modality, items=1, embedded=int(fresh), reused=int(not fresh))
+            if fresh:
+                usage.add(record.modality, images=len(item.images), video_seconds=item.video_seconds())
+                weights.append((record.modality, max(tokens, 1)))
         if tokens >= 0:
             usage.add(record.modality, tokens=tokens)
         for name, value in zip(columns, (record.id, digest, record.modality, tokens, vector)):
             columns[name].append(value)
+    total = sum(weight for _, weight in weights)
+    for modality, weight in weights:
+        usage.add(modality, model_seconds=seconds * weight / total)
     if not columns["ids"]:
         return None
     counts = np.array(columns["counts"], dtype=np.int32)
@@ -355,7 +391,9 @@ def run(
         answers = _embed_new(loaded, hashes, reusable, embedder, options, manifest.settings)
         seconds = time.monotonic() - chunk_started
         width = options.dimensions or manifest.settings.get("width") or plan.width or 0
-        rows = _chunk_rows(loaded, hashes, reusable, answers, errors, chunk_usage, options.dtype, int(width))
+        rows = _chunk_rows(
+            loaded, hashes, reusable, answers, errors, chunk_usage, options.dtype, int(width), seconds
+        )
         if rows is not None:
             manifest.settings.setdefault("width", width)
         embedded = sum(1 for answer in answers.values() if answer[0] is not None)

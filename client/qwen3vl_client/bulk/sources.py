@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -76,10 +77,30 @@ class Loaded:
     def content_hash(self) -> str:
         return content_hash(self.text, self.images, self.videos, self.record.instruction)
 
+    def video_seconds(self) -> float:
+        """The videos' total duration as their containers state it (0 for one that does not say)."""
+        return sum(media_seconds(blob) for blob in self.videos)
+
     def item(self) -> Item:
         return Item(
             text=self.text, images=self.images, videos=self.videos, instruction=self.record.instruction
         )
+
+
+def media_seconds(blob: bytes) -> float:
+    """A video's duration from its container header (0.0 when it cannot be read: the server decides)."""
+    import av  # the client's video dependency, loaded only for videos
+
+    try:
+        with av.open(io.BytesIO(blob)) as container:
+            if container.duration is not None:
+                return float(container.duration) / av.time_base
+            stream = container.streams.video[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+    except (av.error.FFmpegError, IndexError, ValueError):
+        pass
+    return 0.0
 
 
 def read_text_file(path: Path) -> str:

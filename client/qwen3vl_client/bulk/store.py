@@ -75,7 +75,7 @@ class Manifest:
     settings: dict[str, Any]  # model, dimensions, dtype, range: fixed for the directory's life
     shards: list[dict[str, Any]] = field(default_factory=list)  # {"file", "rows"}
     errors: list[ErrorRecord] = field(default_factory=list)
-    usage: dict[str, dict[str, int]] = field(default_factory=dict)  # modality -> counters
+    usage: dict[str, dict[str, float]] = field(default_factory=dict)  # modality -> counters
     embed_seconds: float = 0.0
     embedded: int = 0
 
@@ -282,7 +282,7 @@ class Store:
         self,
         rows: Rows | None,
         errors: list[ErrorRecord] = (),  # type: ignore[assignment]
-        usage: dict[str, dict[str, int]] | None = None,
+        usage: dict[str, dict[str, float]] | None = None,
         seconds: float = 0.0,
         embedded: int = 0,
         replaces: str | None = None,
@@ -307,7 +307,8 @@ class Store:
         for modality, counters in (usage or {}).items():
             totals = manifest.usage.setdefault(modality, {})
             for name, value in counters.items():
-                totals[name] = totals.get(name, 0) + value
+                total = totals.get(name, 0) + value
+                totals[name] = round(total, 3) if isinstance(total, float) else total
         manifest.embed_seconds += seconds
         manifest.embedded += embedded
         document = json.dumps(manifest.to_json(), indent=1, ensure_ascii=False) + "\n"
