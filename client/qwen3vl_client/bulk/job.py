@@ -20,6 +20,7 @@ import numpy as np
 from qwen3vl_client.bulk.quantize import compact, default_range
 from qwen3vl_client.bulk.sources import FileDigests, Loaded, Record, shard_of
 from qwen3vl_client.bulk.store import UNKNOWN_TOKENS, ErrorRecord, Rows, Store, worker_stores
+from qwen3vl_client.bulk.vectordb import Mirror
 from qwen3vl_client.items import Item
 
 DEFAULT_ROWS_PER_SHARD = 512
@@ -80,6 +81,7 @@ class Plan:
     drop_errors: set[str] = field(default_factory=set)
     by_modality: Counter[str] = field(default_factory=Counter)  # pending items
     width: int | None = None  # full vector width, when a committed row says
+    paths: dict[str, str | None] = field(default_factory=dict)  # id -> the file that shows the item
 
 
 def make_plan(
@@ -109,6 +111,8 @@ def make_plan(
             digest = None
         current[record.id] = digest
         planned.append(Planned(record, digest))
+        path = record.path
+        plan.paths[record.id] = None if path is None else str(path.absolute())
     plan.total = len(planned)
     committed: dict[str, str] = {}
     for name, rows in store.rows():
@@ -369,8 +373,10 @@ def run(
     embedder: Embedder,
     options: JobOptions,
     progress: Callable[[int, int, int], None] | None = None,
+    mirror: Mirror | None = None,
 ) -> Report:
-    """Embed ``plan.pending`` chunk by chunk; each chunk becomes one committed shard."""
+    """Embed ``plan.pending`` chunk by chunk; each chunk becomes one committed shard (and, with ``mirror``,
+    is upserted into the vector database, which is first brought level with the committed shards)."""
     manifest = store.manifest
     assert manifest is not None
     started = time.monotonic()
@@ -378,6 +384,8 @@ def run(
         for name, kept in store.rows(only=plan.drops):
             store.commit(kept.take(plan.drops[name]), replaces=name)
         store.commit(None, drop_errors=plan.drop_errors)
+    if mirror is not None:
+        mirror.reconcile((rows for _, rows in store.rows()), manifest.settings)
     usage = Usage()
     reusable = plan.reusable
     embedded_total = 0
@@ -398,6 +406,8 @@ def run(
             manifest.settings.setdefault("width", width)
         embedded = sum(1 for answer in answers.values() if answer[0] is not None)
         store.commit(rows, errors, chunk_usage.as_dict(), seconds, embedded)
+        if mirror is not None and rows is not None:
+            mirror.add(rows, manifest.settings)
         embedded_total += embedded
         for modality, counters in chunk_usage.counters.items():
             usage.counters.setdefault(modality, Counter()).update(counters)
