@@ -19,8 +19,13 @@ from qwen3vl_client.bulk.sources import records
 from qwen3vl_client.bulk.store import Rows, Store, read_index, write_rows
 from qwen3vl_client.bulk.vectordb import DatabaseError, Mirror, VectorDatabase, resolve_uri
 from qwen3vl_client.items import Item
-from tests.unit.test_bulk_job import WIDTH, FakeEmbedder, folder, snapshot  # noqa: F401 - folder: a fixture
+from tests.unit.test_bulk_job import WIDTH, FakeEmbedder, make_folder, snapshot
 from tools import synthetic
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    return make_folder(tmp_path / "corpus")
 
 
 def index_with_database(source: Path, out: Path, shard=(0, 1), embedder=None, **options):

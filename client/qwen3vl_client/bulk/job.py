@@ -437,4 +437,11 @@ def dry_run_text(plan: Plan, store: Store, source: Path) -> str:
         rate = manifest.embedded / manifest.embed_seconds
         estimate = format_duration((len(plan.pending) - reused) / rate)
         lines.append(f"estimate {estimate} at this directory's earlier {rate:.1f} items/s")
+    tokens = 0.0
+    for name, count in plan.by_modality.items():
+        counts = manifest.usage.get(name, {})
+        if counts.get("tokens") and counts.get("items"):
+            tokens += count * counts["tokens"] / counts["items"]  # this modality's earlier tokens per item
+    if tokens:
+        lines.append(f"estimate {tokens:.0f} tokens at this directory's earlier tokens per item and modality")
     return "\n".join(lines)

@@ -106,7 +106,7 @@ def media_seconds(blob: bytes) -> float:
     import av  # the client's video dependency, loaded only for videos
 
     try:
-        with av.open(io.BytesIO(blob)) as container:
+        with av.open(io.BytesIO(blob), mode="r") as container:
             if container.duration is not None:
                 return float(container.duration) / av.time_base
             stream = container.streams.video[0]
@@ -227,9 +227,17 @@ def _media(value: object, base: Path, where: str) -> tuple[Medium, ...]:
     if value is None or value == "":
         return ()
     values = value if isinstance(value, list) else [value]
-    if not all(isinstance(medium, (str, bytes)) for medium in values):
-        raise SourceError(f"{where}: media must be paths (strings) or, in Parquet, bytes")
-    return tuple(medium if isinstance(medium, bytes) else base / medium for medium in values if medium)
+    media: list[Medium] = []
+    for medium in values:
+        if medium in ("", b""):
+            continue
+        if isinstance(medium, bytes):
+            media.append(medium)
+        elif isinstance(medium, str):
+            media.append(base / medium)
+        else:
+            raise SourceError(f"{where}: media must be paths (strings) or, in Parquet, bytes")
+    return tuple(media)
 
 
 def _table_record(row: dict[str, object], base: Path, where: str, split_cells: bool) -> Record:

@@ -117,6 +117,7 @@ class VectorDatabase:
         except pymilvus.exceptions.MilvusException as error:
             raise DatabaseError(f"cannot reach the vector database at {uri}: {_reason(error)}") from error
         self._error = pymilvus.exceptions.MilvusException
+        self._loaded = False
 
     def close(self) -> None:
         self.client.close()
@@ -128,7 +129,15 @@ class VectorDatabase:
         self.close()
 
     def exists(self) -> bool:
-        return bool(self.client.has_collection(self.collection))
+        """Whether the collection is there; it is then loaded (Milvus answers queries and searches only on
+        a loaded collection, and one written by another process, or before a restart, is not)."""
+        if self._loaded:
+            return True
+        if not self.client.has_collection(self.collection):
+            return False
+        self.client.load_collection(self.collection)
+        self._loaded = True
+        return True
 
     def width(self) -> int | None:
         """The collection's vector width (None when there is no collection yet)."""
@@ -159,6 +168,7 @@ class VectorDatabase:
         index = self.client.prepare_index_params()
         index.add_index("vector", index_type="AUTOINDEX", metric_type="IP")
         self.client.create_collection(self.collection, schema=schema, index_params=index)
+        self._loaded = True  # a collection created with its index is loaded
 
     def upsert(self, rows: Iterable[dict[str, Any]]) -> int:
         batch: list[dict[str, Any]] = []
