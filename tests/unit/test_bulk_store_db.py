@@ -234,3 +234,18 @@ def test_a_collection_of_another_width_is_refused(tmp_path):
         database.ensure(8)
         with pytest.raises(DatabaseError, match="holds 8-wide vectors, not 16"):
             database.ensure(16)
+
+
+def test_dry_run_estimates_tokens_from_the_directorys_earlier_runs(folder, tmp_path):
+    from qwen3vl_client.bulk.job import dry_run_text
+
+    out = tmp_path / "out"
+    index_with_database(folder, out)
+    for number in range(4):
+        (folder / f"more{number}.txt").write_text(f"one more note {number}")
+    store = Store(out)
+    store.open(JobOptions("m").settings(), create=False)
+    plan = make_plan(records(folder), store, (0, 1))
+    text = dry_run_text(plan, store, folder)
+    assert "to do 4" in text and "to do by modality: text 4" in text
+    assert "estimate 28 tokens" in text  # the fake server's 7 tokens per text item, four times
