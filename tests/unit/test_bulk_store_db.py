@@ -249,3 +249,47 @@ def test_dry_run_estimates_tokens_from_the_directorys_earlier_runs(folder, tmp_p
     text = dry_run_text(plan, store, folder)
     assert "to do 4" in text and "to do by modality: text 4" in text
     assert "estimate 28 tokens" in text  # the fake server's 7 tokens per text item, four times
+
+
+def test_search_while_a_job_holds_the_lite_file_answers_from_the_shards(folder, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "out"
+    index_with_database(folder, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["source"] = str(folder)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    index = read_index(out)
+    row = index.ids.index("sub/copy-of-note3.md")
+    expected = search(out, index.vectors[row], k=4)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from qwen3vl_client.bulk.vectordb import VectorDatabase\n"
+            f"database = VectorDatabase({str(out / 'milvus.db')!r})\n"
+            "print('open', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(DatabaseError, match="another process may have it open"):
+            VectorDatabase(str(out / "milvus.db"))
+        hits = search(out, index.vectors[row], k=4)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [(hit.id, hit.modality, hit.content_hash) for hit in hits] == [
+        (hit.id, hit.modality, hit.content_hash) for hit in expected
+    ]
+    np.testing.assert_allclose([hit.score for hit in hits], [hit.score for hit in expected], atol=1e-5)
+    assert hits[0].path == str(folder / hits[0].id)

@@ -133,12 +133,14 @@ def cmd_index(args: argparse.Namespace, out: TextIO) -> int:
     assert manifest is not None
     database = None
     try:
+        source = str(args.source.absolute())
         if uri is not None:
-            database = VectorDatabase(uri, collection, os.environ.get(DB_TOKEN_ENV) or None)
-            where = {"uri": stored_uri(uri, args.out), "collection": collection}
-            if manifest.database != where:
-                manifest.database = where
-                store.commit(None)
+            # A search holds the Lite file for a moment; wait that out rather than fail.
+            database = VectorDatabase(uri, collection, os.environ.get(DB_TOKEN_ENV) or None, busy_wait=30.0)
+        where = None if uri is None else {"uri": stored_uri(uri, args.out), "collection": collection}
+        if (manifest.database, manifest.source) != (where, source):
+            manifest.database, manifest.source = where, source
+            store.commit(None)
         mirror = None if database is None else Mirror(database, shard, plan.paths)
         progress = Progress(len(plan.pending), sys.stderr, args.progress)
         embedder = ClientEmbedder(make_client, args.concurrency)

@@ -15,7 +15,7 @@ import numpy as np
 
 from qwen3vl_client.bulk.quantize import cut_normalise, dequantize
 from qwen3vl_client.bulk.store import StoreError, read_index, worker_stores
-from qwen3vl_client.bulk.vectordb import Hit, VectorDatabase
+from qwen3vl_client.bulk.vectordb import DatabaseError, Hit, VectorDatabase
 from qwen3vl_client.items import Item
 
 if TYPE_CHECKING:
@@ -65,9 +65,17 @@ def search_vectors(
     merged: list[list[Hit]] = [[] for _ in matrix]
     for database in databases:
         uri = database["uri"]
-        if "://" not in uri and not Path(uri).is_absolute():
+        local = "://" not in uri
+        if local and not Path(uri).is_absolute():
             uri = str((index_dir / uri).resolve())  # a Milvus Lite file in the index directory
-        with VectorDatabase(uri, database["collection"], token) as opened:
+        try:
+            opened = VectorDatabase(uri, database["collection"], token, busy_wait=1.0 if local else 0.0)
+        except DatabaseError:
+            if not local:
+                raise
+            # A running job holds its worker's Lite file: the committed shards answer instead (exact).
+            return _brute_force(index_dir, matrix, k, settings)
+        with opened:
             # More than k, so that ties at the cut are broken by id alike however the index is split.
             for row, hits in enumerate(opened.search(matrix, min(2 * k + 8, MAX_HITS))):
                 merged[row] += hits
@@ -75,7 +83,10 @@ def search_vectors(
 
 
 def _brute_force(index_dir: Path, queries: np.ndarray, k: int, settings: dict[str, Any]) -> list[list[Hit]]:
+    """Exact search over the committed shards (ids sorted, so ties go by id as in the database search;
+    paths only for a folder source, whose ids are its files' paths)."""
     index = read_index(index_dir)
+    source = _folder_source(index_dir)
     if not index.ids:
         return [[] for _ in queries]
     vectors = dequantize(index.vectors, str(settings["dtype"]), int(settings["width"]), settings.get("range"))
@@ -83,11 +94,25 @@ def _brute_force(index_dir: Path, queries: np.ndarray, k: int, settings: dict[st
     best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return [
         [
-            Hit(index.ids[i], float(scores[row, i]), index.modalities[i], None, index.hashes[i])
+            Hit(
+                index.ids[i],
+                float(scores[row, i]),
+                index.modalities[i],
+                None if source is None else str(source / index.ids[i]),
+                index.hashes[i],
+            )
             for i in columns
         ]
         for row, columns in enumerate(best)
     ]
+
+
+def _folder_source(index_dir: Path) -> Path | None:
+    for store in worker_stores(index_dir):
+        manifest = store.open({}, create=False)
+        if manifest is not None and manifest.source and Path(manifest.source).is_dir():
+            return Path(manifest.source)
+    return None
 
 
 def search(

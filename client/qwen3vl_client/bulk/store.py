@@ -81,6 +81,7 @@ class Manifest:
     embed_seconds: float = 0.0
     embedded: int = 0
     database: dict[str, str] | None = None  # {"uri", "collection"}: where the vectors are searched
+    source: str | None = None  # the last run's SOURCE, absolute (search results' paths)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -94,6 +95,7 @@ class Manifest:
             "embed_seconds": round(self.embed_seconds, 3),
             "embedded": self.embedded,
             **({"database": self.database} if self.database else {}),
+            **({"source": self.source} if self.source else {}),
         }
 
     @classmethod
@@ -110,6 +112,7 @@ class Manifest:
             float(document["embed_seconds"]),
             int(document["embedded"]),
             document.get("database"),
+            document.get("source"),
         )
 
 

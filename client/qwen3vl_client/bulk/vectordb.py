@@ -14,6 +14,7 @@ collection.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,25 +103,48 @@ class VectorDatabase:
     """One index's collection in Milvus (Lite or a server), opened by URI."""
 
     def __init__(
-        self, uri: str, collection: str = DEFAULT_COLLECTION, token: str | None = None, timeout: float = 10.0
+        self,
+        uri: str,
+        collection: str = DEFAULT_COLLECTION,
+        token: str | None = None,
+        timeout: float = 10.0,
+        busy_wait: float = 0.0,
     ):
+        """``busy_wait``: how long to keep trying a Milvus Lite file that another process has open (one
+        process at a time: a search holds it for a moment, a running job for its whole run)."""
         pymilvus = _milvus()
         self.uri = uri
         self.collection = collection
         self._types = pymilvus.DataType
-        try:
-            if uri.startswith(("http://", "https://")):
-                self.client = pymilvus.MilvusClient(uri=uri, token=token or "", timeout=timeout)
-            else:
-                Path(uri).parent.mkdir(parents=True, exist_ok=True)
-                self.client = pymilvus.MilvusClient(uri=uri)
-        except pymilvus.exceptions.MilvusException as error:
-            raise DatabaseError(f"cannot reach the vector database at {uri}: {_reason(error)}") from error
+        deadline = time.monotonic() + busy_wait
+        while True:
+            try:
+                if uri.startswith(("http://", "https://")):
+                    self.client = pymilvus.MilvusClient(uri=uri, token=token or "", timeout=timeout)
+                else:
+                    Path(uri).parent.mkdir(parents=True, exist_ok=True)
+                    self.client = pymilvus.MilvusClient(uri=uri)
+                break
+            except pymilvus.exceptions.MilvusException as error:
+                local = not uri.startswith(("http://", "https://"))
+                if local and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                reason = _reason(error)
+                if local:
+                    reason += " (another process may have it open: a Milvus Lite file serves one at a time)"
+                raise DatabaseError(f"cannot reach the vector database at {uri}: {reason}") from error
         self._error = pymilvus.exceptions.MilvusException
         self._loaded = False
 
     def close(self) -> None:
         self.client.close()
+        if not self.uri.startswith(("http://", "https://")):
+            # Milvus Lite serves the file from a server inside this process, which holds the file's lock
+            # until it is stopped: stop it, so that another process (a job, a search page) can open it.
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.uri)
 
     def __enter__(self) -> VectorDatabase:
         return self
