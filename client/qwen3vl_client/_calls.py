@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 
 from qwen3vl_client._retry import Fail, Retry, Waits, next_step
-from qwen3vl_client._wire import Endpoint, embedding_endpoint, rerank_endpoint, split_rows
+from qwen3vl_client._wire import Endpoint, embedding_endpoint, rerank_endpoint, split_counts, split_rows
 from qwen3vl_client.errors import ItemError
 from qwen3vl_client.items import Batch, Item, Row, collect_items, plan_batches
 from qwen3vl_client.options import Options
@@ -67,14 +67,19 @@ class Collector:
         split: Callable[[np.ndarray, Sequence[Row]], list[Any]] = split_rows,
     ):
         self.values: list[Any] = [None] * count
+        self.token_counts: np.ndarray | None = None  # int32 per item, -1 until answered; None: not reported
         self.errors: list[ItemError] = []
         self.on_error = on_error
         self.progress = progress
         self.split = split
 
-    def done(self, batch: Batch, output: np.ndarray) -> None:
+    def done(self, batch: Batch, output: np.ndarray, counts: np.ndarray | None = None) -> None:
         for index, value in zip(batch.indices, self.split(output, batch.rows)):
             self.values[index] = value
+        if counts is not None:
+            if self.token_counts is None:
+                self.token_counts = np.full(len(self.values), -1, dtype=np.int32)
+            self.token_counts[list(batch.indices)] = split_counts(counts, len(batch.rows))
         self._advance(len(batch))
 
     def fail(self, error: ItemError) -> None:
@@ -98,7 +103,7 @@ class Collector:
                 # Items that asked for fewer dimensions than others are zero-padded, as the server does.
                 embeddings[index] = 0.0
                 embeddings[index, : vector.shape[0]] = vector
-        return EmbeddingResult(embeddings, self.sorted_errors())
+        return EmbeddingResult(embeddings, self.sorted_errors(), self.token_counts)
 
     def rerank_result(self, top_k: int | None) -> RerankResult:
         scores = np.array([np.nan if score is None else score for score in self.values], dtype=np.float32)
@@ -120,10 +125,10 @@ class Call:
     # The client's: which models have answered it, since when each retried request has been failing.
     waits: Waits = dataclasses.field(default_factory=Waits)
 
-    def done(self, batch: Batch, output: np.ndarray) -> None:
-        """``batch`` was answered with ``output``."""
+    def done(self, batch: Batch, output: np.ndarray, counts: np.ndarray | None = None) -> None:
+        """``batch`` was answered with ``output`` (and ``counts``, its rows' TOKEN_COUNT, when reported)."""
         self.waits.done(batch, self.endpoint.model)
-        self.collector.done(batch, output)
+        self.collector.done(batch, output, counts)
 
     def after_failure(
         self,

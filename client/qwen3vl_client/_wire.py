@@ -117,6 +117,11 @@ def split_scores(scores: np.ndarray, rows: Sized) -> list[float]:
     return [float(score) for score in scores[:, 0]]
 
 
+def read_answer(result: Any, endpoint: Endpoint) -> tuple[np.ndarray, np.ndarray | None]:
+    """A Triton answer's ``endpoint.output`` and its TOKEN_COUNT (None when the model has no such output)."""
+    return result.as_numpy(endpoint.output), result.as_numpy(TOKEN_COUNT_NAME)
+
+
 def split_counts(counts: np.ndarray | None, rows: int) -> list[int]:
     """TOKEN_COUNT per row (zeros when the model has no such output)."""
     if counts is None:

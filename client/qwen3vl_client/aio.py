@@ -15,7 +15,7 @@ import numpy as np
 from qwen3vl_client._calls import Call, OnError, Progress
 from qwen3vl_client._plans import Ask, ClientCore, Offload, Operation, Plan, Run, T
 from qwen3vl_client._retry import GRPC_CHANNEL_ARGS
-from qwen3vl_client._wire import Endpoint
+from qwen3vl_client._wire import Endpoint, read_answer
 from qwen3vl_client.errors import ItemError
 from qwen3vl_client.items import Batch, ImageInput, Item, VideoInput
 from qwen3vl_client.options import DEFAULT_QUERY_TASK
@@ -177,14 +177,14 @@ class AsyncEmbeddingClient(ClientCore):
             return await asyncio.to_thread(operation.function, *operation.args)
         return await self._run(operation.call)
 
-    async def _infer(self, batch: Batch, endpoint: Endpoint) -> np.ndarray:
+    async def _infer(self, batch: Batch, endpoint: Endpoint) -> tuple[np.ndarray, np.ndarray | None]:
         client = self._connect()
         inputs = endpoint.build_inputs(self._module, batch.rows)
         if self.options.protocol == "http":
             result = await client.infer(endpoint.model, inputs)
         else:
             result = await client.infer(endpoint.model, inputs, client_timeout=self.options.timeout)
-        return result.as_numpy(endpoint.output)  # type: ignore[no-any-return]
+        return read_answer(result, endpoint)
 
     async def _run(self, call: Call) -> None:
         """Send the call's planned requests, ``max_concurrency`` at a time, into its collector."""
@@ -227,7 +227,7 @@ class AsyncEmbeddingClient(ClientCore):
                         await asyncio.sleep(delay)
                     queue.extendleft(reversed(again))
                 else:
-                    call.done(current, output)
+                    call.done(current, *output)
         except BaseException as error:
             failures.append(error)
             raise

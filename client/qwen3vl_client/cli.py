@@ -209,9 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="index a folder and find the files that match queries",
         description="Embeds every image, video and .txt/.md file under FOLDER into an index (FOLDER/"
         f"{INDEX_DIR_NAME} unless --index; only new or changed files are embedded again), then prints "
-        "the top-k files for each query.",
+        "the top-k files for each query. `search QUERY... --index DIR`, where DIR was built by `qwen3vl "
+        "index`, searches that index (its vector database) instead: every positional is a query.",
     )
-    search.add_argument("folder", type=Path, metavar="FOLDER")
+    search.add_argument("folder", metavar="FOLDER")
     search.add_argument("queries", nargs="*", metavar="QUERY", help="text queries")
     search.add_argument("--query-image", action="append", default=[], type=Path, metavar="PATH")
     search.add_argument("-k", "--top-k", type=int, default=5)
@@ -420,7 +421,11 @@ def cmd_similarity(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_search(args: argparse.Namespace, out: TextIO) -> int:
-    folder: Path = args.folder
+    from qwen3vl_client.bulk.search import is_index
+
+    if args.index is not None and is_index(args.index):
+        return _search_index(args, out)
+    folder = Path(args.folder)
     if not folder.is_dir():
         raise UsageError(f"{folder}: not a folder")
     directory = args.index or folder / INDEX_DIR_NAME
@@ -461,6 +466,36 @@ def cmd_search(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"{_label(item)}\n")
         for entry, score in found:
             out.write(f"  {score:7.4f}  {entry.path}\n")
+    return 0
+
+
+def _search_index(args: argparse.Namespace, out: TextIO) -> int:
+    """``search QUERY... --index DIR`` over an index that ``qwen3vl index`` built."""
+    from qwen3vl_client.bulk.command import DB_TOKEN_ENV
+    from qwen3vl_client.bulk.search import search
+
+    query_items = [Item(text=text) for text in [args.folder, *args.queries]]
+    query_items += [Item(images=(path,)) for path in args.query_image]
+    token = os.environ.get(DB_TOKEN_ENV) or None
+    with _client(args) as client:
+        found = [search(args.index, item, args.top_k, client, args.task, token) for item in query_items]
+    if args.json:
+        answer = [
+            {
+                "query": item.text if item.text is not None else str(item.images[0]),
+                "results": [
+                    {"id": hit.id, "score": hit.score, "modality": hit.modality, "path": hit.path}
+                    for hit in hits
+                ],
+            }
+            for item, hits in zip(query_items, found)
+        ]
+        out.write(json.dumps(answer, ensure_ascii=False) + "\n")
+        return 0
+    for item, hits in zip(query_items, found):
+        out.write(f"{_label(item)}\n")
+        for hit in hits:
+            out.write(f"  {hit.score:7.4f}  {hit.id}\n")
     return 0
 
 

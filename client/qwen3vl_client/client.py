@@ -15,13 +15,13 @@ import numpy as np
 from qwen3vl_client._calls import Call, OnError, Progress
 from qwen3vl_client._plans import Ask, ClientCore, Offload, Operation, Plan, Run, T
 from qwen3vl_client._retry import GRPC_CHANNEL_ARGS
-from qwen3vl_client._wire import Endpoint
+from qwen3vl_client._wire import Endpoint, read_answer
 from qwen3vl_client.errors import ItemError
 from qwen3vl_client.items import Batch, ImageInput, Item, VideoInput
 from qwen3vl_client.options import DEFAULT_QUERY_TASK
 from qwen3vl_client.results import EmbeddingResult, Health, RerankResult
 
-Waiter = Callable[[], np.ndarray]
+Waiter = Callable[[], tuple[np.ndarray, np.ndarray | None]]  # the output and its TOKEN_COUNT
 # A host that swallows packets should not hold a call for the whole request timeout.
 CONNECT_TIMEOUT = 30.0
 
@@ -215,21 +215,21 @@ class EmbeddingClient(ClientCore):
             inputs = endpoint.build_inputs(self._module, batch.rows)
             if options.protocol == "http":
                 greenlet = self._pool.spawn(_outcome, self._client.infer, endpoint.model, inputs)
-                return lambda: _unwrap(greenlet.get()).as_numpy(endpoint.output)
-            future: Future[np.ndarray] = Future()
+                return lambda: read_answer(_unwrap(greenlet.get()), endpoint)
+            future: Future[tuple[np.ndarray, np.ndarray | None]] = Future()
 
             def done(result: Any, error: BaseException | None) -> None:
                 if error is not None:
                     future.set_exception(error)
                 else:
-                    future.set_result(result.as_numpy(endpoint.output))
+                    future.set_result(read_answer(result, endpoint))
 
             self._client.async_infer(endpoint.model, inputs, callback=done, client_timeout=options.timeout)
             return future.result
         except Exception as error:  # noqa: BLE001 - raised when waited for, like a server error
             failure = error
 
-            def failed() -> np.ndarray:
+            def failed() -> tuple[np.ndarray, np.ndarray | None]:
                 raise failure
 
             return failed
@@ -263,7 +263,7 @@ class EmbeddingClient(ClientCore):
                     time.sleep(delay)
                 waiting.extendleft(reversed(again))
             else:
-                call.done(batch, output)
+                call.done(batch, *output)
 
 
 def _outcome(call: Callable[..., Any], *args: Any) -> Any:

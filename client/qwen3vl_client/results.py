@@ -25,10 +25,13 @@ class EmbeddingResult:
 
     ``embeddings`` has one float32 row per input item, in input order; rows of failed items are NaN.
     ``errors`` holds one ``ItemError`` per failed item (``error.index`` is its row).
+    ``token_counts``: int32, the tokens the model ran for each item (vision placeholders included; -1 for
+    failed items), or None when the server does not report them (no ``TOKEN_COUNT`` output).
     """
 
     embeddings: np.ndarray
     errors: tuple[ItemError, ...]
+    token_counts: np.ndarray | None = None
 
     @property
     def ok(self) -> np.ndarray:

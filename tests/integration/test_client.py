@@ -265,6 +265,9 @@ def check_skipped(server, result: EmbeddingResult, bad: list[int]):
     assert result.ok.tolist() == [index in good for index in range(10)]
     assert np.isnan(result.embeddings[bad]).all()
     assert_rows_equal(result.embeddings[good], direct(server, [{"text": f"good {index}"} for index in good]))
+    # The server's TOKEN_COUNT per item: the same for texts of one shape, -1 for the failed ones.
+    assert result.token_counts is not None and (result.token_counts[bad] == -1).all()
+    assert result.token_counts[good].min() == result.token_counts[good].max() > 0
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

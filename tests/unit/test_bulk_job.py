@@ -58,7 +58,11 @@ class FakeEmbedder:
 
 @pytest.fixture
 def folder(tmp_path) -> Path:
-    root = tmp_path / "corpus"
+    return make_folder(tmp_path / "corpus")
+
+
+def make_folder(root: Path) -> Path:
+    """Nine notes, a copy of one, a text the fake server refuses, CRLF text, an image, a clip, a stray."""
     (root / "sub").mkdir(parents=True)
     for number in range(9):
         (root / f"note{number}.txt").write_text(f"note number {number}")

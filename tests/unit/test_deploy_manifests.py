@@ -354,3 +354,56 @@ def test_one_pipeline_fetches_and_serves_only_its_own_model():
     pod = yaml.safe_load(render_chart(values)["deployment.yaml"])["spec"]["template"]["spec"]
     assert [c["command"][2] for c in pod["initContainers"]] == ["Qwen/Qwen3-VL-Embedding-2B"]
     assert env(pod["containers"][0])["PIPELINES"] == "embedding"
+
+
+def index_job_values(**index_job) -> dict:
+    settings = {"enabled": True, "source": {"claim": "corpus"}, "output": {"claim": "shared-index"}}
+    return merge(variant_values(Variant("8b", "cuda")), {"indexJob": merge(settings, index_job)})
+
+
+def test_index_job_is_off_by_default(rendered):
+    assert not any(objects_of(objects, "Job") for objects in rendered.values())
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_index_job_is_an_indexed_job_whose_pods_each_take_their_part(version):
+    from qwen3vl_client.bulk.sources import parse_shard
+    from qwen3vl_client.cli import build_parser
+
+    job = yaml.safe_load(render_chart(index_job_values(workers=3))["index-job.yaml"])
+    kubernetes_validate.validate(job, version, strict=True)
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 3, 3)
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"  # backoffLimitPerIndex needs it
+    (index,) = pod["containers"]
+    (completion,) = [e for e in index["env"] if e["name"] == "JOB_COMPLETION_INDEX"]
+    assert "job-completion-index" in completion["valueFrom"]["fieldRef"]["fieldPath"]
+    assert {m["mountPath"]: m.get("readOnly", False) for m in index["volumeMounts"]} == {
+        "/corpus": True,
+        "/index": False,
+    }
+    # What the kubelet runs in pod k: the real CLI parses it into part k of 3, against the release's Triton.
+    parts = set()
+    for worker in range(3):
+        argv = [arg.replace("$(JOB_COMPLETION_INDEX)", str(worker)) for arg in index["args"]]
+        args = build_parser().parse_args(argv)
+        assert (args.command, str(args.source), str(args.out)) == ("index", "/corpus", "/index")
+        assert args.url == "qwen3vl-qwen3-vl:8001" and args.protocol == "grpc" and args.db_uri is None
+        parts.add(parse_shard(args.shard))
+    assert parts == {(0, 3), (1, 3), (2, 3)}
+
+
+def test_index_job_writes_to_a_milvus_server_with_its_token_from_a_secret():
+    values = index_job_values(dbUri="http://milvus:19530", dbTokenSecret="milvus-auth", parallelism=2)
+    job = yaml.safe_load(render_chart(values)["index-job.yaml"])
+    (index,) = job["spec"]["template"]["spec"]["containers"]
+    assert index["args"][index["args"].index("--db-uri") + 1] == "http://milvus:19530"
+    (token,) = [e for e in index["env"] if e["name"] == "QWEN3VL_DB_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "milvus-auth", "key": "QWEN3VL_DB_TOKEN"}
+    assert job["spec"]["parallelism"] == 2
+
+
+def test_index_job_needs_its_claims():
+    with pytest.raises(gotemplate.TemplateError, match="indexJob.output.claim"):
+        render_chart(index_job_values(output={"claim": ""}))

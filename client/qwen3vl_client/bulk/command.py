@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,11 +22,24 @@ from qwen3vl_client.bulk.job import (
 from qwen3vl_client.bulk.quantize import VECTOR_TYPES
 from qwen3vl_client.bulk.sources import FileDigests, SourceError, parse_shard, records
 from qwen3vl_client.bulk.store import Manifest, Store, StoreError
+from qwen3vl_client.bulk.vectordb import (
+    DEFAULT_COLLECTION,
+    NO_DATABASE,
+    DatabaseError,
+    Mirror,
+    VectorDatabase,
+    check_collection,
+    resolve_uri,
+)
+
+DB_TOKEN_ENV = "QWEN3VL_DB_TOKEN"  # a Milvus server's token (user:password or an API key); never written down
 
 DESCRIPTION = """Embeds every item of SOURCE into DIR: vector shards, manifest.json and
 errors.jsonl (with --shard I/N: files tagged .I-of-N, so N workers can share DIR). SOURCE is a folder
-(every image, video, .txt/.md file; id = its relative path) or a .jsonl/.csv table (columns id, text,
-image, video, instruction; media paths relative to the table). Run the same command again to resume:
+(every image, video, .txt/.md file; id = its relative path) or a .jsonl/.csv/.parquet table (columns id,
+text, image, video, instruction; media paths relative to the table, or bytes in Parquet). The vectors also
+go into a vector database (a Milvus Lite file in DIR, or a Milvus server with --db-uri) that
+`qwen3vl search QUERY --index DIR` queries. Run the same command again to resume:
 items already in DIR are not sent again, and content already embedded under another id is copied.
 Items the server rejects go to the errors file."""
 
@@ -50,6 +64,15 @@ def add_index_parser(commands: Any, parents: Sequence[argparse.ArgumentParser]) 
     index.add_argument("--dry-run", action="store_true", help="count what a run would do; send nothing")
     index.add_argument("--json", action="store_true", help="print the report as JSON")
     index.add_argument(
+        "--db-uri",
+        default=None,
+        metavar="URI",
+        help="vector database: http(s)://HOST[:PORT] (a Milvus server, port 19530 by default; token in "
+        f"${DB_TOKEN_ENV}), FILE.db (Milvus Lite) or '{NO_DATABASE}' (Parquet shards only); default: a "
+        "Milvus Lite file in DIR",
+    )
+    index.add_argument("--db-collection", default=DEFAULT_COLLECTION, metavar="NAME", help="its collection")
+    index.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -68,6 +91,8 @@ def cmd_index(args: argparse.Namespace, out: TextIO) -> int:
         options = JobOptions(
             args.model, args.dimensions, args.dtype, args.int8_range, args.rows_per_shard, args.retry_errors
         )
+        uri = resolve_uri(args.db_uri, args.out, "" if shard == (0, 1) else f".{shard[0]}-of-{shard[1]}")
+        collection = check_collection(args.db_collection)
         store = Store(args.out, shard)
         if store.open(options.settings(), create=not args.dry_run) is None:
             store.manifest = Manifest(shard, options.settings())
@@ -104,15 +129,32 @@ def cmd_index(args: argparse.Namespace, out: TextIO) -> int:
         if args.dimensions and health.dimensions and args.dimensions > health.dimensions:
             print(f"qwen3vl index: the model has {health.dimensions} dimensions", file=sys.stderr)
             return 2
-    progress = Progress(len(plan.pending), sys.stderr, args.progress)
-    embedder = ClientEmbedder(make_client, args.concurrency)
-    try:
-        report = run(plan, store, embedder, options, lambda d, f, t: progress.update(d, f, t))
-    finally:
-        embedder.close()
-    progress.update(0, 0, 0, final=True)
     manifest = store.manifest
     assert manifest is not None
+    database = None
+    try:
+        source = str(args.source.absolute())
+        if uri is not None:
+            # A search holds the Lite file for a moment; wait that out rather than fail.
+            database = VectorDatabase(uri, collection, os.environ.get(DB_TOKEN_ENV) or None, busy_wait=30.0)
+        where = None if uri is None else {"uri": stored_uri(uri, args.out), "collection": collection}
+        if (manifest.database, manifest.source) != (where, source):
+            manifest.database, manifest.source = where, source
+            store.commit(None)
+        mirror = None if database is None else Mirror(database, shard, plan.paths)
+        progress = Progress(len(plan.pending), sys.stderr, args.progress)
+        embedder = ClientEmbedder(make_client, args.concurrency)
+        try:
+            report = run(plan, store, embedder, options, lambda d, f, t: progress.update(d, f, t), mirror)
+        finally:
+            embedder.close()
+    except DatabaseError as error:
+        print(f"qwen3vl index: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if database is not None:
+            database.close()
+    progress.update(0, 0, 0, final=True)
     embedded = report.embedded
     rate = embedded / report.seconds if report.seconds > 0 else 0.0
     if args.json:
@@ -128,6 +170,7 @@ def cmd_index(args: argparse.Namespace, out: TextIO) -> int:
             "usage": report.usage.as_dict(),
             "total_usage": manifest.usage,
             "errors": len(manifest.errors),
+            "database": manifest.database,
         }
         out.write(json.dumps(document) + "\n")
         return 0
@@ -139,3 +182,11 @@ def cmd_index(args: argparse.Namespace, out: TextIO) -> int:
     out.write("this run:\n" + usage_table(report.usage.as_dict()) + "\n")
     out.write("whole index (this worker):\n" + usage_table(manifest.usage) + "\n")
     return 0
+
+
+def stored_uri(uri: str, directory: Path) -> str:
+    """The database URI as the manifest keeps it: a Milvus Lite file inside the index directory by its
+    name (the directory can move), anything else as given."""
+    if "://" not in uri and Path(uri).parent == directory.resolve():
+        return Path(uri).name
+    return uri

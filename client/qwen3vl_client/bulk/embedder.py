@@ -85,8 +85,9 @@ class ClientEmbedder:
                     return EmbedOutcome(np.zeros((1, 0), dtype=np.float32), None, {0: reason})
                 return self._one_by_one(items, dimensions)
             self._succeeded()
+            counts = None if result.token_counts is None else [int(count) for count in result.token_counts]
             return EmbedOutcome(
-                result.embeddings, None, {error.index: error.reason for error in result.errors}
+                result.embeddings, counts, {error.index: error.reason for error in result.errors}
             )
 
     def _one_by_one(self, items: list[Item], dimensions: int) -> EmbedOutcome:
@@ -94,9 +95,10 @@ class ClientEmbedder:
         width = max(outcome.vectors.shape[1] for outcome in outcomes)
         vectors = np.full((len(items), width), np.nan, dtype=np.float32)
         errors: dict[int, str] = {}
+        counts = [outcome.token_counts[0] if outcome.token_counts else -1 for outcome in outcomes]
         for row, outcome in enumerate(outcomes):
             if 0 in outcome.errors:
                 errors[row] = outcome.errors[0]
             else:
                 vectors[row, : outcome.vectors.shape[1]] = outcome.vectors[0]
-        return EmbedOutcome(vectors, None, errors)
+        return EmbedOutcome(vectors, counts if any(count >= 0 for count in counts) else None, errors)

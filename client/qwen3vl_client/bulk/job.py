@@ -20,6 +20,7 @@ import numpy as np
 from qwen3vl_client.bulk.quantize import compact, default_range
 from qwen3vl_client.bulk.sources import FileDigests, Loaded, Record, shard_of
 from qwen3vl_client.bulk.store import UNKNOWN_TOKENS, ErrorRecord, Rows, Store, worker_stores
+from qwen3vl_client.bulk.vectordb import Mirror
 from qwen3vl_client.items import Item
 
 DEFAULT_ROWS_PER_SHARD = 512
@@ -80,6 +81,7 @@ class Plan:
     drop_errors: set[str] = field(default_factory=set)
     by_modality: Counter[str] = field(default_factory=Counter)  # pending items
     width: int | None = None  # full vector width, when a committed row says
+    paths: dict[str, str | None] = field(default_factory=dict)  # id -> the file that shows the item
 
 
 def make_plan(
@@ -109,6 +111,8 @@ def make_plan(
             digest = None
         current[record.id] = digest
         planned.append(Planned(record, digest))
+        path = record.path
+        plan.paths[record.id] = None if path is None else str(path.absolute())
     plan.total = len(planned)
     committed: dict[str, str] = {}
     for name, rows in store.rows():
@@ -156,23 +160,50 @@ def make_plan(
 
 @dataclass
 class Usage:
-    """Counters per modality: items committed, embedded (sent), reused (copied), failed, tokens."""
+    """Counters per modality: items committed, embedded (sent), reused (copied), failed, tokens (the
+    server's TOKEN_COUNT of the items sent and copied), images and video_seconds (of the items sent) and
+    model_seconds (the wall time of the chunk's embedding calls, shared among its sent items by tokens)."""
 
     counters: dict[str, Counter[str]] = field(default_factory=dict)
 
-    def add(self, modality: str, **counts: int) -> None:
-        self.counters.setdefault(modality, Counter()).update(counts)
+    def add(self, modality: str, **counts: float) -> None:
+        self.counters.setdefault(modality, Counter()).update(counts)  # type: ignore[arg-type]
 
-    def as_dict(self) -> dict[str, dict[str, int]]:
-        return {modality: dict(counts) for modality, counts in sorted(self.counters.items())}
+    def as_dict(self) -> dict[str, dict[str, float]]:
+        return {
+            modality: {
+                name: round(value, 3) if isinstance(value, float) else value for name, value in counts.items()
+            }
+            for modality, counts in sorted(self.counters.items())
+        }
 
 
-def usage_table(usage: dict[str, dict[str, int]]) -> str:
-    columns = ("items", "embedded", "reused", "failed", "tokens")
-    lines = [f"{'modality':<18}" + "".join(f"{name:>10}" for name in columns)]
+USAGE_COLUMNS = (
+    "items",
+    "embedded",
+    "reused",
+    "failed",
+    "tokens",
+    "images",
+    "video_seconds",
+    "model_seconds",
+)
+
+
+def usage_table(usage: dict[str, dict[str, float]]) -> str:
+    headers = [name.replace("_seconds", " s") for name in USAGE_COLUMNS]
+    lines = [f"{'modality':<18}" + "".join(f"{name:>10}" for name in headers)]
     for modality, counts in sorted(usage.items()):
-        # Tokens only where the server reported them: "-" is "not known", not zero.
-        cells = [str(counts.get(name, "-" if name == "tokens" else 0)) for name in columns]
+        cells = []
+        for name in USAGE_COLUMNS:
+            value = counts.get(name)
+            if value is None:
+                # Tokens only where the server reported them: "-" is "not known", not zero.
+                cells.append("-" if name == "tokens" else "0")
+            elif name.endswith("_seconds"):
+                cells.append(f"{value:.1f}")
+            else:
+                cells.append(str(int(value)))
         lines.append(f"{modality:<18}" + "".join(f"{cell:>10}" for cell in cells))
     return "\n".join(lines)
 
@@ -297,10 +328,13 @@ def _chunk_rows(
     usage: Usage,
     dtype: str,
     width: int,
+    seconds: float = 0.0,
 ) -> Rows | None:
-    """The chunk's rows in source order (copies and answers); failed items are added to ``errors``."""
+    """The chunk's rows in source order (copies and answers); failed items are added to ``errors``.
+    ``seconds`` (the embedding calls' wall time) is shared among the items sent, by their tokens."""
     columns: dict[str, list[Any]] = {"ids": [], "hashes": [], "modalities": [], "counts": [], "vectors": []}
     sent: set[str] = set()
+    weights: list[tuple[str, int]] = []
     for item, digest in zip(loaded, hashes):
         record = item.record
         if digest in reusable:
@@ -316,10 +350,16 @@ def _chunk_rows(
             fresh = digest not in sent  # the same content twice in one chunk is sent once
             sent.add(digest)
             usage.add(record.modality, items=1, embedded=int(fresh), reused=int(not fresh))
+            if fresh:
+                usage.add(record.modality, images=len(item.images), video_seconds=item.video_seconds())
+                weights.append((record.modality, max(tokens, 1)))
         if tokens >= 0:
             usage.add(record.modality, tokens=tokens)
         for name, value in zip(columns, (record.id, digest, record.modality, tokens, vector)):
             columns[name].append(value)
+    total = sum(weight for _, weight in weights)
+    for modality, weight in weights:
+        usage.add(modality, model_seconds=seconds * weight / total)
     if not columns["ids"]:
         return None
     counts = np.array(columns["counts"], dtype=np.int32)
@@ -333,8 +373,10 @@ def run(
     embedder: Embedder,
     options: JobOptions,
     progress: Callable[[int, int, int], None] | None = None,
+    mirror: Mirror | None = None,
 ) -> Report:
-    """Embed ``plan.pending`` chunk by chunk; each chunk becomes one committed shard."""
+    """Embed ``plan.pending`` chunk by chunk; each chunk becomes one committed shard (and, with ``mirror``,
+    is upserted into the vector database, which is first brought level with the committed shards)."""
     manifest = store.manifest
     assert manifest is not None
     started = time.monotonic()
@@ -342,6 +384,8 @@ def run(
         for name, kept in store.rows(only=plan.drops):
             store.commit(kept.take(plan.drops[name]), replaces=name)
         store.commit(None, drop_errors=plan.drop_errors)
+    if mirror is not None:
+        mirror.reconcile((rows for _, rows in store.rows()), manifest.settings)
     usage = Usage()
     reusable = plan.reusable
     embedded_total = 0
@@ -355,11 +399,15 @@ def run(
         answers = _embed_new(loaded, hashes, reusable, embedder, options, manifest.settings)
         seconds = time.monotonic() - chunk_started
         width = options.dimensions or manifest.settings.get("width") or plan.width or 0
-        rows = _chunk_rows(loaded, hashes, reusable, answers, errors, chunk_usage, options.dtype, int(width))
+        rows = _chunk_rows(
+            loaded, hashes, reusable, answers, errors, chunk_usage, options.dtype, int(width), seconds
+        )
         if rows is not None:
             manifest.settings.setdefault("width", width)
         embedded = sum(1 for answer in answers.values() if answer[0] is not None)
         store.commit(rows, errors, chunk_usage.as_dict(), seconds, embedded)
+        if mirror is not None and rows is not None:
+            mirror.add(rows, manifest.settings)
         embedded_total += embedded
         for modality, counters in chunk_usage.counters.items():
             usage.counters.setdefault(modality, Counter()).update(counters)
@@ -389,4 +437,11 @@ def dry_run_text(plan: Plan, store: Store, source: Path) -> str:
         rate = manifest.embedded / manifest.embed_seconds
         estimate = format_duration((len(plan.pending) - reused) / rate)
         lines.append(f"estimate {estimate} at this directory's earlier {rate:.1f} items/s")
+    tokens = 0.0
+    for name, count in plan.by_modality.items():
+        counts = manifest.usage.get(name, {})
+        if counts.get("tokens") and counts.get("items"):
+            tokens += count * counts["tokens"] / counts["items"]  # this modality's earlier tokens per item
+    if tokens:
+        lines.append(f"estimate {tokens:.0f} tokens at this directory's earlier tokens per item and modality")
     return "\n".join(lines)

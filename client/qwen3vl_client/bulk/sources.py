@@ -1,12 +1,14 @@
 """What a bulk job embeds: a folder tree (every image, video, .txt/.md file is one record, its id the path
-relative to the folder) or a table (``.jsonl`` / ``.csv``: an ``id`` column, ``text``, ``image``, ``video``
-columns, media as paths relative to the table, an optional ``instruction``). Each record's content hash keys
+relative to the folder) or a table (``.jsonl`` / ``.csv`` / ``.parquet``: an ``id`` column, ``text``,
+``image``, ``video`` columns, media as paths relative to the table (or, in Parquet, the files' bytes), an
+optional ``instruction``). Each record's content hash keys
 its vector, and ``--shard i/N`` takes the records whose id hashes to ``i``."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +18,8 @@ from typing import Any
 from qwen3vl_client.index import scan_folder
 from qwen3vl_client.items import Item
 
-TABLE_SUFFIXES = (".jsonl", ".csv")
+TABLE_SUFFIXES = (".jsonl", ".csv", ".parquet")
+Medium = Path | bytes  # a file, or (a Parquet cell) its bytes
 # Several media in one CSV cell are separated by this.
 CSV_MEDIA_SEPARATOR = ";"
 
@@ -32,8 +35,8 @@ class Record:
     id: str
     text: str | None = None
     text_file: Path | None = None  # a folder's text file: read by ``load``
-    images: tuple[Path, ...] = ()
-    videos: tuple[Path, ...] = ()
+    images: tuple[Medium, ...] = ()
+    videos: tuple[Medium, ...] = ()
     instruction: str | None = None
 
     @property
@@ -58,9 +61,21 @@ class Record:
         return Loaded(
             self,
             text,
-            tuple(path.read_bytes() for path in self.images),
-            tuple(path.read_bytes() for path in self.videos),
+            tuple(_read(medium) for medium in self.images),
+            tuple(_read(medium) for medium in self.videos),
         )
+
+    @property
+    def path(self) -> Path | None:
+        """The file that shows this record (its first image, video or text file), if it is one."""
+        for medium in (*self.images, *self.videos, self.text_file):
+            if isinstance(medium, Path):
+                return medium
+        return None
+
+
+def _read(medium: Medium) -> bytes:
+    return medium if isinstance(medium, bytes) else medium.read_bytes()
 
 
 @dataclass(frozen=True)
@@ -76,10 +91,30 @@ class Loaded:
     def content_hash(self) -> str:
         return content_hash(self.text, self.images, self.videos, self.record.instruction)
 
+    def video_seconds(self) -> float:
+        """The videos' total duration as their containers state it (0 for one that does not say)."""
+        return sum(media_seconds(blob) for blob in self.videos)
+
     def item(self) -> Item:
         return Item(
             text=self.text, images=self.images, videos=self.videos, instruction=self.record.instruction
         )
+
+
+def media_seconds(blob: bytes) -> float:
+    """A video's duration from its container header (0.0 when it cannot be read: the server decides)."""
+    import av  # the client's video dependency, loaded only for videos
+
+    try:
+        with av.open(io.BytesIO(blob), mode="r") as container:
+            if container.duration is not None:
+                return float(container.duration) / av.time_base
+            stream = container.streams.video[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+    except (av.error.FFmpegError, IndexError, ValueError):
+        pass
+    return 0.0
 
 
 def read_text_file(path: Path) -> str:
@@ -130,7 +165,9 @@ class FileDigests:
         self.known: dict[str, list[Any]] = dict(known or {})
         self.changed = False
 
-    def part(self, path: Path, text: bool) -> str:
+    def part(self, path: Medium, text: bool) -> str:
+        if isinstance(path, bytes):
+            return _sha256(path)
         stat = path.stat()
         key = f"{'T' if text else 'B'}:{path.resolve()}"
         cached = self.known.get(key)
@@ -186,20 +223,28 @@ def folder_records(folder: Path) -> Iterator[Record]:
             yield Record(entry.path, text_file=path)
 
 
-def _media(value: object, base: Path, where: str) -> tuple[Path, ...]:
+def _media(value: object, base: Path, where: str) -> tuple[Medium, ...]:
     if value is None or value == "":
         return ()
     values = value if isinstance(value, list) else [value]
-    if not all(isinstance(medium, str) for medium in values):
-        raise SourceError(f"{where}: media must be paths (strings)")
-    return tuple(base / medium for medium in values if medium)  # type: ignore[operator]
+    media: list[Medium] = []
+    for medium in values:
+        if medium in ("", b""):
+            continue
+        if isinstance(medium, bytes):
+            media.append(medium)
+        elif isinstance(medium, str):
+            media.append(base / medium)
+        else:
+            raise SourceError(f"{where}: media must be paths (strings) or, in Parquet, bytes")
+    return tuple(media)
 
 
 def _table_record(row: dict[str, object], base: Path, where: str, split_cells: bool) -> Record:
     identifier = row.get("id")
     if identifier is None or identifier == "":
         raise SourceError(f"{where}: no id")
-    media: dict[str, tuple[Path, ...]] = {}
+    media: dict[str, tuple[Medium, ...]] = {}
     for key in ("image", "video"):
         values: list[object] = []
         for column in (key, f"{key}s"):
@@ -240,9 +285,33 @@ def table_records(path: Path) -> Iterator[Record]:
                     raise SourceError(f"{path}:{number}: not a JSON object")
                 yield _table_record(row, base, f"{path}:{number}", split_cells=False)
         return
+    if path.suffix.lower() == ".parquet":
+        yield from _parquet_records(path)
+        return
     with path.open(encoding="utf-8", newline="") as handle:
         for number, csv_row in enumerate(csv.DictReader(handle), 2):
             yield _table_record(dict(csv_row), base, f"{path}:{number}", split_cells=True)
+
+
+PARQUET_COLUMNS = ("id", "text", "image", "images", "video", "videos", "instruction")
+
+
+def _parquet_records(path: Path) -> Iterator[Record]:
+    """A Parquet table's rows (read a row group at a time); media cells are paths (strings) or bytes, a
+    list column holds several."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+        names = [name for name in table.schema_arrow.names if name in PARQUET_COLUMNS]
+        number = 0
+        for batch in table.iter_batches(columns=names):
+            for row in batch.to_pylist():
+                number += 1
+                yield _table_record(row, path.parent, f"{path}: row {number}", split_cells=False)
+    except (OSError, pa.ArrowException) as error:
+        raise SourceError(f"{path}: not a readable Parquet table: {error}") from error
 
 
 def records(source: Path) -> Iterator[Record]:

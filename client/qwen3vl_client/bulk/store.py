@@ -4,8 +4,10 @@ Every file is written to a temporary name, flushed to disk and renamed into plac
 once the manifest that lists it has been renamed into place; so a job killed at any moment leaves either the
 old manifest or the new one, and a shard file the manifest does not list is removed on the next start.
 
-Shards are NumPy ``.npz`` files with the columns ``id``, ``content_hash``, ``modality``, ``dimensions``,
-``dtype``, ``vector`` (one row per item, in the manifest's vector type) and ``token_count`` (-1: not known).
+Shards are Parquet files with the columns ``id``, ``content_hash``, ``modality``, ``dimensions``, ``dtype``,
+``vector`` (a fixed-size list per item, in the manifest's vector type) and ``token_count`` (-1: not known).
+Directories written before Parquet hold NumPy ``.npz`` shards with the same columns: they are read as they
+are, and new shards beside them are Parquet.
 Workers of one split (``--shard i/N``) share a directory: each writes its own files, tagged ``.i-of-N``.
 """
 
@@ -75,9 +77,11 @@ class Manifest:
     settings: dict[str, Any]  # model, dimensions, dtype, range: fixed for the directory's life
     shards: list[dict[str, Any]] = field(default_factory=list)  # {"file", "rows"}
     errors: list[ErrorRecord] = field(default_factory=list)
-    usage: dict[str, dict[str, int]] = field(default_factory=dict)  # modality -> counters
+    usage: dict[str, dict[str, float]] = field(default_factory=dict)  # modality -> counters
     embed_seconds: float = 0.0
     embedded: int = 0
+    database: dict[str, str] | None = None  # {"uri", "collection"}: where the vectors are searched
+    source: str | None = None  # the last run's SOURCE, absolute (search results' paths)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,6 +94,8 @@ class Manifest:
             "usage": self.usage,
             "embed_seconds": round(self.embed_seconds, 3),
             "embedded": self.embedded,
+            **({"database": self.database} if self.database else {}),
+            **({"source": self.source} if self.source else {}),
         }
 
     @classmethod
@@ -105,6 +111,8 @@ class Manifest:
             {name: dict(counts) for name, counts in document["usage"].items()},
             float(document["embed_seconds"]),
             int(document["embedded"]),
+            document.get("database"),
+            document.get("source"),
         )
 
 
@@ -133,7 +141,16 @@ def write_atomic(path: Path, write: Any) -> None:
     _fsync_directory(path.parent)
 
 
+SHARD_SUFFIXES = (".parquet", ".npz")  # written, and still read (directories from before Parquet)
+_ARROW_TYPES = {"float32": "float32", "float16": "float16", "int8": "int8", "uint8": "uint8"}
+
+
 def write_rows(path: Path, rows: Rows) -> None:
+    """One shard: Parquet, unless ``path`` names an ``.npz``."""
+    if path.suffix == ".parquet":
+        write_atomic(path, lambda out: _write_parquet(out, rows))
+        return
+
     def write(out: Any) -> None:
         np.savez(
             out,
@@ -149,7 +166,48 @@ def write_rows(path: Path, rows: Rows) -> None:
     write_atomic(path, write)
 
 
+def _write_parquet(out: Any, rows: Rows) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vectors = np.ascontiguousarray(rows.vectors)
+    width = vectors.shape[1] if vectors.ndim == 2 else 0
+    table = pa.table(
+        {
+            "id": pa.array(rows.ids, pa.string()),
+            "content_hash": pa.array(rows.hashes, pa.string()),
+            "modality": pa.array(rows.modalities, pa.string()),
+            "dimensions": pa.array(np.full(len(rows), rows.dimensions, dtype=np.int32)),
+            "dtype": pa.array([rows.dtype] * len(rows), pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), width),
+            "token_count": pa.array(np.asarray(rows.token_counts, dtype=np.int32)),
+        }
+    )
+    pq.write_table(table, out)
+
+
+def _read_parquet(path: Path, dimensions: int, dtype: str) -> Rows:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    column = table.column("vector").combine_chunks()
+    width = column.type.list_size
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    count = table.num_rows
+    return Rows(
+        [str(value) for value in table.column("id").to_pylist()],
+        [str(value) for value in table.column("content_hash").to_pylist()],
+        [str(value) for value in table.column("modality").to_pylist()],
+        table.column("token_count").to_numpy().astype(np.int32),
+        values.astype(np.dtype(_ARROW_TYPES.get(dtype, values.dtype.name)), copy=False).reshape(count, width),
+        int(table.column("dimensions")[0].as_py()) if count else dimensions,
+        dtype,
+    )
+
+
 def read_rows(path: Path, dimensions: int, dtype: str) -> Rows:
+    if path.suffix == ".parquet":
+        return _read_parquet(path, dimensions, dtype)
     with np.load(path, allow_pickle=False) as data:
         count = len(data["id"])
         return Rows(
@@ -185,7 +243,7 @@ class Store:
         self.manifest: Manifest | None = None
 
     def shard_name(self, sequence: int) -> str:
-        return f"vectors{self.tag}.{sequence:06d}.npz"
+        return f"vectors{self.tag}.{sequence:06d}.parquet"
 
     def open(self, settings: dict[str, Any], create: bool = True) -> Manifest | None:
         """Load (or, with ``create``, start) this worker's manifest and clear what a killed run left.
@@ -250,9 +308,9 @@ class Store:
         """Temporary files and shards no manifest lists: what a run killed mid-write leaves."""
         listed = {entry["file"] for entry in manifest.shards}
         tag = re.escape(self.tag)
-        shard = re.compile(rf"^vectors{tag}\.\d+\.npz$")
+        shard = re.compile(rf"^vectors{tag}\.\d+\.(npz|parquet)$")
         temporary = re.compile(
-            rf"^\.tmp-(manifest{tag}\.json|errors{tag}\.jsonl|digests{tag}\.json|vectors{tag}\.\d+\.npz)\."
+            rf"^\.tmp-(manifest{tag}\.json|errors{tag}\.jsonl|digests{tag}\.json|vectors{tag}\.\d+\.(npz|parquet))\."
         )
         for path in self.directory.iterdir():
             if (shard.match(path.name) and path.name not in listed) or temporary.match(path.name):
@@ -282,7 +340,7 @@ class Store:
         self,
         rows: Rows | None,
         errors: list[ErrorRecord] = (),  # type: ignore[assignment]
-        usage: dict[str, dict[str, int]] | None = None,
+        usage: dict[str, dict[str, float]] | None = None,
         seconds: float = 0.0,
         embedded: int = 0,
         replaces: str | None = None,
@@ -307,7 +365,8 @@ class Store:
         for modality, counters in (usage or {}).items():
             totals = manifest.usage.setdefault(modality, {})
             for name, value in counters.items():
-                totals[name] = totals.get(name, 0) + value
+                total = totals.get(name, 0) + value
+                totals[name] = round(total, 3) if isinstance(total, float) else total
         manifest.embed_seconds += seconds
         manifest.embedded += embedded
         document = json.dumps(manifest.to_json(), indent=1, ensure_ascii=False) + "\n"
