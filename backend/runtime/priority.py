@@ -37,11 +37,13 @@ def is_bulk_parameters(parameters: str | dict[str, Any] | None) -> bool:
         return False
     if isinstance(parameters, str):
         try:
-            parameters = json.loads(parameters)
+            parsed = json.loads(parameters)
         except ValueError:
             logger.warning("unreadable request parameters %r: treated as interactive", parameters[:200])
             return False
-    return isinstance(parameters, dict) and parameters.get(PRIORITY_PARAMETER) == BULK_CLASS
+    else:
+        parsed = parameters
+    return isinstance(parsed, dict) and parsed.get(PRIORITY_PARAMETER) == BULK_CLASS
 
 
 class BulkShare:

@@ -15,7 +15,7 @@ import numpy as np
 from qwen3vl_client._calls import Call, OnError, Progress
 from qwen3vl_client._plans import Ask, ClientCore, Offload, Operation, Plan, Run, T
 from qwen3vl_client._retry import GRPC_CHANNEL_ARGS
-from qwen3vl_client._wire import Endpoint
+from qwen3vl_client._wire import Endpoint, priority_arguments
 from qwen3vl_client.errors import ItemError
 from qwen3vl_client.items import Batch, ImageInput, Item, VideoInput
 from qwen3vl_client.options import DEFAULT_QUERY_TASK
@@ -213,8 +213,9 @@ class EmbeddingClient(ClientCore):
         options = self.options
         try:
             inputs = endpoint.build_inputs(self._module, batch.rows)
+            marks = priority_arguments(options.priority)
             if options.protocol == "http":
-                greenlet = self._pool.spawn(_outcome, self._client.infer, endpoint.model, inputs)
+                greenlet = self._pool.spawn(_outcome, self._client.infer, endpoint.model, inputs, **marks)
                 return lambda: _unwrap(greenlet.get()).as_numpy(endpoint.output)
             future: Future[np.ndarray] = Future()
 
@@ -224,7 +225,9 @@ class EmbeddingClient(ClientCore):
                 else:
                     future.set_result(result.as_numpy(endpoint.output))
 
-            self._client.async_infer(endpoint.model, inputs, callback=done, client_timeout=options.timeout)
+            self._client.async_infer(
+                endpoint.model, inputs, callback=done, client_timeout=options.timeout, **marks
+            )
             return future.result
         except Exception as error:  # noqa: BLE001 - raised when waited for, like a server error
             failure = error
@@ -266,10 +269,10 @@ class EmbeddingClient(ClientCore):
                 call.done(batch, output)
 
 
-def _outcome(call: Callable[..., Any], *args: Any) -> Any:
+def _outcome(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """The call's result, or the exception it raised (returned, so that gevent does not print it)."""
     try:
-        return call(*args)
+        return call(*args, **kwargs)
     except Exception as error:  # noqa: BLE001
         return _Raised(error)
 

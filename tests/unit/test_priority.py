@@ -160,3 +160,39 @@ def test_execute_leaves_bulk_rows_to_the_worker_and_returns_at_once():
         release.set()
         worker.close()
     assert answered == ["1"] and ran_in[1] == "model-step-worker"
+
+
+def test_the_client_marks_bulk_requests_with_the_names_the_server_reads():
+    from backend import protocol
+    from qwen3vl_client import _wire
+    from qwen3vl_client.options import PRIORITY_CLASSES
+
+    assert _wire.PRIORITY_PARAMETER == protocol.PRIORITY_PARAMETER
+    assert _wire.TRITON_PRIORITY == protocol.TRITON_PRIORITY
+    assert set(PRIORITY_CLASSES) == {protocol.INTERACTIVE_CLASS, protocol.BULK_CLASS}
+    assert _wire.priority_arguments("interactive") == {}  # unmarked: the server's default class
+    marks = _wire.priority_arguments("bulk")
+    assert marks == {"priority": 2, "parameters": {"priority_class": "bulk"}}
+    assert is_bulk_parameters(marks["parameters"])
+
+
+def test_a_client_refuses_an_unknown_priority_class():
+    from qwen3vl_client.options import make_options
+
+    assert make_options(None, "grpc", "m", 4, 1, 10.0, 3, 0.5, 1 << 20, priority="bulk").priority == "bulk"
+    with pytest.raises(ValueError, match="priority"):
+        make_options(None, "grpc", "m", 4, 1, 10.0, 3, 0.5, 1 << 20, priority="urgent")  # type: ignore[arg-type]
+
+
+def test_the_gateway_reads_the_class_from_x_priority_or_vllms_priority_field():
+    from gateway.errors import GatewayError
+    from gateway.priority import priority_class
+
+    assert priority_class("") == "interactive"
+    assert priority_class("bulk") == "bulk"
+    assert priority_class(" Bulk ") == "bulk"
+    assert priority_class("interactive", body_priority=5) == "interactive"  # the header wins
+    assert priority_class("", body_priority=1) == "bulk"  # vLLM: higher values are served later
+    assert priority_class("", body_priority=-3) == "interactive"
+    with pytest.raises(GatewayError, match="X-Priority"):
+        priority_class("urgent")

@@ -50,6 +50,12 @@ def add_index_parser(commands: Any, parents: Sequence[argparse.ArgumentParser]) 
     index.add_argument("--dry-run", action="store_true", help="count what a run would do; send nothing")
     index.add_argument("--json", action="store_true", help="print the report as JSON")
     index.add_argument(
+        "--priority",
+        choices=("bulk", "interactive"),
+        default="bulk",
+        help="requests' priority class: bulk (default) is served after interactive queries, never starved",
+    )
+    index.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -93,6 +99,7 @@ def cmd_index(args: argparse.Namespace, out: TextIO) -> int:
             max_concurrency=concurrency,
             timeout=args.timeout,
             retries=args.retries,
+            priority=args.priority,
         )
 
     if plan.pending:
