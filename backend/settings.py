@@ -108,6 +108,10 @@ class ModelSettings:
     # (an indexing job's, marked by its client) are owed: interactive rows go first, bulk is never starved
     # (backend.runtime.priority; docs/indexing.md "Priority").
     bulk_share: float = 0.1
+    # Bulk rows the step takes in from Triton's queue ahead of time, not started (interactive ones: one
+    # token_budget). Triton's queue in front of the step is first come, first served: a query waits there
+    # behind every bulk request not yet taken, and in here it overtakes them. Bounds the memory they hold.
+    bulk_backlog_tokens: int = 65536
     # Longest row this step runs: the preprocess step never sends more, a direct caller may (tested to agree
     # with the preprocess step's max_length in tests/unit/test_protocol.py).
     max_length: int = EMBEDDING_MAX_LENGTH

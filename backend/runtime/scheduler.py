@@ -160,17 +160,24 @@ class MicroBatchQueue:
         elif not rows:
             self._finish(request)
 
-    def wait_for_room(self, tokens: int) -> None:
-        """Block while more than `tokens` are queued and not started (returns at once after close())."""
+    def wait_for_room(self, tokens: int, bulk_tokens: int | None = None) -> None:
+        """Block while more than `tokens` are queued and not started (returns at once after close()).
+        With `bulk_tokens`, bulk rows count against that bound instead (backend.runtime.priority)."""
         with self._changed:
-            self._changed.wait_for(lambda: self._has_room(tokens))
+            self._changed.wait_for(lambda: self._has_room(tokens, bulk_tokens))
 
-    def has_room(self, tokens: int) -> bool:
+    def has_room(self, tokens: int, bulk_tokens: int | None = None) -> bool:
         with self._changed:
-            return self._has_room(tokens)
+            return self._has_room(tokens, bulk_tokens)
 
-    def _has_room(self, tokens: int) -> bool:
-        return self._closed is not None or sum(row.item.length for row in self._rows) <= tokens
+    def _has_room(self, tokens: int, bulk_tokens: int | None = None) -> bool:
+        if self._closed is not None:
+            return True
+        if bulk_tokens is None:
+            return sum(row.item.length for row in self._rows) <= tokens
+        interactive = sum(row.item.length for row in self._rows if not row.request.bulk)
+        bulk = sum(row.item.length for row in self._rows if row.request.bulk)
+        return interactive <= tokens and bulk <= bulk_tokens
 
     @property
     def closed(self) -> bool:

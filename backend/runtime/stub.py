@@ -37,6 +37,7 @@ class ModelStepStub:
             lambda: self.metrics.record(self.model.stats),
             backpressure.Publisher(backpressure.channel_path(args["model_name"])),
             settings.bulk_share,
+            settings.bulk_backlog_tokens,
         )
         triton_io.freeze_loaded_objects()
 

@@ -92,13 +92,19 @@ class StepWorker:
         after_micro_batch: Callable[[], None] = lambda: None,
         publisher: Publisher | None = None,
         bulk_share: float = 0.1,
+        bulk_backlog_tokens: int | None = None,
     ):
         """`after_micro_batch`: called after each of the worker's micro-batches and after each submit()
         (metrics: the stubs send what they hold only when called). `bulk_share`: of the model's work
-        while both classes wait, what bulk rows are owed (backend.runtime.priority)."""
+        while both classes wait, what bulk rows are owed (backend.runtime.priority); `bulk_backlog_tokens`:
+        bulk rows queued here, not started, beyond which execute() waits (default: one token budget, shared
+        with interactive rows). Triton's queue in front of the step is first come, first served, so a
+        query waits there behind every bulk request not yet taken: the bulk backlog is taken in here,
+        where interactive rows overtake it."""
         self.queue_bound = QueueBound(head.queue_timeout_seconds, publisher)
         self.queue = MicroBatchQueue(head, head.limits.token_budget // CHEAP_SHARE_OF_BUDGET, bulk_share)
         self.backlog_limit = head.limits.token_budget
+        self.bulk_backlog_limit = bulk_backlog_tokens
         self._enter_thread = enter_thread
         self._after_micro_batch = after_micro_batch
         self._reporting = threading.Lock()  # both threads report; the callback need not be thread-safe
@@ -128,10 +134,10 @@ class StepWorker:
         while self.queue.run_next(cheap=True):
             pass
         self._report()
-        if self.queue.has_room(self.backlog_limit):
+        if self.queue.has_room(self.backlog_limit, self.bulk_backlog_limit):
             return answers.returned()
         answers.send()  # what is done must not wait for the backlog to shrink
-        self.queue.wait_for_room(self.backlog_limit)
+        self.queue.wait_for_room(self.backlog_limit, self.bulk_backlog_limit)
         return [None] * len(requests)
 
     def close(self, timeout: float = 10.0) -> None:

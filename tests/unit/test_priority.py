@@ -196,3 +196,38 @@ def test_the_gateway_reads_the_class_from_x_priority_or_vllms_priority_field():
     assert priority_class("", body_priority=-3) == "interactive"
     with pytest.raises(GatewayError, match="X-Priority"):
         priority_class("urgent")
+
+
+def test_bulk_rows_are_taken_in_up_to_their_own_backlog_so_that_queries_overtake_them_here():
+    """Triton's queue in front of the step is first come, first served: execute() takes in bulk requests
+    up to bulk_backlog_tokens (here 3 budgets) before it waits, where one budget would stop it."""
+    release = threading.Event()
+
+    def compute(items):
+        release.wait(10)
+        return [np.array([item.input_ids[0]], dtype=np.float32) for item in items]
+
+    def unpack(inputs):
+        return [row(int(inputs["LENGTH"][0]), int(inputs["TAG"][0]))]
+
+    def request(length, tag):
+        inputs = {"LENGTH": np.array([length]), "TAG": np.array([tag])}
+        return inputs, lambda result: None, lambda: False
+
+    worker = StepWorker(FunctionHead(unpack, compute, respond, LIMITS), bulk_backlog_tokens=3000)
+    try:
+        # 900 + 2 x 900 queued behind the one running: within 3,000 bulk tokens, submit() returns.
+        for tag in (1, 2, 3):
+            assert worker.submit([request(900, tag)], bulk=[True]) == [None]
+        assert worker.queue.has_room(LIMITS.token_budget, 3000)
+        assert not worker.queue.has_room(LIMITS.token_budget)  # one shared budget would be full
+        blocked = threading.Thread(
+            target=worker.submit, args=([request(900, 4), request(900, 5)], [True] * 2)
+        )
+        blocked.start()
+        blocked.join(0.5)
+        assert blocked.is_alive()  # 3,600 bulk tokens queued > 3,000: execute() waits
+    finally:
+        release.set()
+        blocked.join(10)
+        worker.close()
