@@ -8,7 +8,8 @@ shared machine lands on every phase alike:
 - `query alone`: one short text at a time, a random 0-0.2 s pause between (seeded: a fixed pause phase-locks
   with the forwards);
 - `bulk alone` (marked, and unmarked): the bulk job's client (qwen3vl_client.EmbeddingClient, the
-  `qwen3vl index` defaults: 32 items per request, 4 in flight) embedding distinct ~80-token documents;
+  `qwen3vl index` defaults: 32 items per request, 4 in flight) embedding distinct ~80-token documents, in a
+  process of its own as a real job is (in this one its client would take the query client's GIL);
 - `bulk + queries` (marked, and unmarked): both at once.
 
 Each phase records the 1-minute load average at its end and the server's CPU seconds (its process tree),
@@ -21,10 +22,10 @@ so that bulk items per server CPU second can be compared where items per second 
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import os
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,8 @@ def ms(seconds: list[float], percentile: float) -> float:
 class Documents:
     """Distinct documents (no two alike: nothing is answered from a cache), ~80 tokens each."""
 
-    def __init__(self) -> None:
-        self.counter = itertools.count()
+    def __init__(self, start: int = 0) -> None:
+        self.counter = itertools.count(start)
 
     def chunk(self) -> list[str]:
         return [
@@ -81,28 +82,30 @@ def query_loop(url: str, until: float, seed: int) -> list[float]:
     return seconds
 
 
-def bulk_loop(url: str, priority: PriorityClass, until: float, documents: Documents) -> tuple[int, float]:
-    """(items embedded, seconds): whole chunks started before `until`."""
+def bulk_loop(url: str, priority: PriorityClass, until: float, first: int, results: Any) -> None:
+    """The bulk job (a child process): puts (items embedded, seconds) on `results`, whole chunks started
+    before `until` (time.monotonic() is one clock for every process of the host)."""
+    documents = Documents(first)
     items, start = 0, time.perf_counter()
     with EmbeddingClient(
         url, "grpc", batch_size=BATCH_SIZE, max_concurrency=IN_FLIGHT, priority=priority
     ) as client:
         while time.monotonic() < until:
             items += len(client.embed(texts=documents.chunk()))
-    return items, time.perf_counter() - start
+    results.put((items, time.perf_counter() - start))
 
 
-def phase(server: TritonServer, name: str, seconds: float, documents: Documents, seed: int) -> dict[str, Any]:
+def phase(server: TritonServer, name: str, seconds: float, first: int, seed: int) -> dict[str, Any]:
+    """One phase; `first`: the number of the bulk job's first document (distinct in every phase)."""
     cpu_before = sum(cpu_seconds_by_role(server.pid).values()) if server.pid else 0.0
     until = time.monotonic() + seconds
     result: dict[str, Any] = {"phase": name}
-    bulk: dict[str, tuple[int, float]] = {}
+    context = multiprocessing.get_context("spawn")  # no fork of this process's gRPC channels
+    results = context.Queue()
     worker = None
     if "bulk" in name:
         priority: PriorityClass = "interactive" if name.startswith("unmarked") else "bulk"
-        worker = threading.Thread(
-            target=lambda: bulk.setdefault("done", bulk_loop(server.grpc_url, priority, until, documents))
-        )
+        worker = context.Process(target=bulk_loop, args=(server.grpc_url, priority, until, first, results))
         worker.start()
     if "quer" in name:
         if worker is not None:
@@ -110,8 +113,8 @@ def phase(server: TritonServer, name: str, seconds: float, documents: Documents,
         latencies = query_loop(server.grpc_url, until, seed)
         result.update(query_p50_ms=ms(latencies, 50), query_p99_ms=ms(latencies, 99), queries=len(latencies))
     if worker is not None:
+        items, elapsed = results.get(timeout=seconds + 600)
         worker.join()
-        items, elapsed = bulk["done"]
         result.update(bulk_items=items, bulk_items_per_s=round(items / elapsed, 1))
     cpu = (sum(cpu_seconds_by_role(server.pid).values()) if server.pid else 0.0) - cpu_before
     result.update(server_cpu_s=round(cpu, 1), load_1m_after=round(os.getloadavg()[0], 2))
@@ -211,19 +214,22 @@ def main(argv: list[str] | None = None) -> int:
     add_out_argument(parser)
     args = parser.parse_args(argv)
     experiment = Experiment("perf.experiments.priority", argv, args.out)
-    documents = Documents()
-    log_dir = experiment.out / "priority-server.log"
-    with TritonServer(REPO / "model_repository", log_path=log_dir) as server:
+    with TritonServer(REPO / "model_repository") as server:  # logs to a temporary file
         if args.priority:
             # The server leads a session of its own: its autogroup's nice is what counts against other
             # sessions' work (perf/README.md, "--priority").
             for pid in (server.pid, os.getpid()):
                 Path(f"/proc/{pid}/autogroup").write_text(str(args.priority))
         with EmbeddingClient(server.grpc_url, "grpc") as warm:
-            warm.embed(texts=documents.chunk())
+            warm.embed(texts=Documents(-CHUNK).chunk())
         rounds = []
         for round_index in range(args.rounds):
-            rounds.append([phase(server, name, args.seconds, documents, seed=round_index) for name in PHASES])
+            rounds.append(
+                [
+                    phase(server, name, args.seconds, 10**7 * (round_index * len(PHASES) + k), round_index)
+                    for k, name in enumerate(PHASES)
+                ]
+            )
     report = experiment.report(
         scheduling_priority=args.priority,
         rounds=args.rounds,
