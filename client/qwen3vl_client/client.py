@@ -31,7 +31,9 @@ class EmbeddingClient(ClientCore):
     against a query (``reranker_model``); not thread-safe.
 
     ``EmbeddingClient(url=None, protocol="http", *, model, batch_size, max_concurrency, timeout, retries,
-    backoff, max_request_bytes, reranker_model)``. Large inputs go out as requests of ``batch_size``
+    backoff, max_request_bytes, reranker_model, reload_wait, priority)``. ``priority="bulk"`` marks every
+    request as bulk work (an indexing job's), which the server serves after interactive requests and never
+    starves (docs/indexing.md, "Priority"). Large inputs go out as requests of ``batch_size``
     items (and at most ``max_request_bytes``), ``max_concurrency`` of them in flight, results in input
     order. UNAVAILABLE answers and failed connections are retried ``retries`` times with exponential
     backoff from ``backoff`` seconds; ``timeout`` bounds each request. A model being reloaded (its stub
