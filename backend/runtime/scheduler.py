@@ -44,6 +44,7 @@ from backend.protocol import PreparedItem, Result, Tensors
 from backend.runtime.batching import BatchLimits, plan_micro_batches
 from backend.runtime.head import ModelHead
 from backend.runtime.priority import BulkShare
+from backend.settings import ModelSettings
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class MicroBatchQueue:
     """The rows of queued requests, run micro-batch by micro-batch in response-ratio order. Thread-safe:
     any thread adds requests, one thread calls run_next()."""
 
-    def __init__(self, head: ModelHead, cheap_length: int = 0, bulk_share: float = 0.1):
+    def __init__(self, head: ModelHead, cheap_length: int = 0, bulk_share: float = ModelSettings.bulk_share):
         self.head = head
         self.priority = BulkShare(bulk_share)
         self.limits = head.limits

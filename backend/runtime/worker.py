@@ -21,6 +21,7 @@ from backend.errors import UnavailableError
 from backend.protocol import Result, Tensors
 from backend.runtime.head import ModelHead
 from backend.runtime.scheduler import MicroBatchQueue
+from backend.settings import ModelSettings
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class StepWorker:
         enter_thread: Callable[[], None] = lambda: None,
         after_micro_batch: Callable[[], None] = lambda: None,
         publisher: Publisher | None = None,
-        bulk_share: float = 0.1,
+        bulk_share: float = ModelSettings.bulk_share,
         bulk_backlog_tokens: int | None = None,
     ):
         """`after_micro_batch`: called after each of the worker's micro-batches and after each submit()
