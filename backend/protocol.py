@@ -52,6 +52,16 @@ MODEL_INPUTS = (
     QUEUED_AT,
 )
 
+# Priority classes. Bulk work (an indexing job's) is marked twice, both by the client library: by the request
+# parameter PRIORITY_PARAMETER = BULK_CLASS, which Triton's ensembles hand to both steps and the model step
+# reads (request.parameters(): the Python backend of Triton 2.51 cannot read a request's `priority`), and
+# by Triton's request `priority` TRITON_PRIORITY[class], which orders Triton's queue in front of the
+# preprocess steps (priority_levels: 2, default_priority_level: 1: unmarked requests are interactive).
+PRIORITY_PARAMETER = "priority_class"
+INTERACTIVE_CLASS = "interactive"
+BULK_CLASS = "bulk"
+TRITON_PRIORITY = {INTERACTIVE_CLASS: 1, BULK_CLASS: 2}
+
 # --- vision geometry (shared by the preprocess step, the wire and the model step) -------------------
 
 PATCH_SIZE = 16

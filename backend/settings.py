@@ -104,6 +104,14 @@ class ModelSettings:
     # A request that waited longer than this since the preprocess step answered it (QUEUED_AT) is refused
     # with UNAVAILABLE instead of run late: the step's queue bound (README "Overload").
     queue_timeout_seconds: float = 10.0
+    # Of the model's work (padded tokens) while interactive and bulk rows both wait, the share bulk rows
+    # (an indexing job's, marked by its client) are owed: interactive rows go first, bulk is never starved
+    # (backend.runtime.priority; docs/indexing.md "Priority").
+    bulk_share: float = 0.1
+    # Bulk rows the step takes in from Triton's queue ahead of time, not started (interactive ones: one
+    # token_budget). Triton's queue in front of the step is first come, first served: a query waits there
+    # behind every bulk request not yet taken, and in here it overtakes them. Bounds the memory they hold.
+    bulk_backlog_tokens: int = 65536
     # Longest row this step runs: the preprocess step never sends more, a direct caller may (tested to agree
     # with the preprocess step's max_length in tests/unit/test_protocol.py).
     max_length: int = EMBEDDING_MAX_LENGTH
@@ -210,6 +218,8 @@ def _validate(settings: Any) -> None:
             raise ConfigError(
                 f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {settings.compile_mode!r}"
             )
+        if not settings.bulk_share < 1:
+            raise ConfigError(f"bulk_share must be below 1, got {settings.bulk_share}")
         if settings.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
             raise ConfigError(
                 "attn_implementation must be sdpa, eager or flash_attention_2, "

@@ -58,6 +58,14 @@ def read_inputs(request, names: Iterable[str]) -> dict[str, np.ndarray | None] |
     return inputs
 
 
+def is_bulk(request) -> bool:
+    """Whether the client marked the request as bulk work (backend.protocol.PRIORITY_PARAMETER); an
+    ensemble hands its request's parameters to every step."""
+    from backend.runtime.priority import is_bulk_parameters
+
+    return is_bulk_parameters(request.parameters())
+
+
 def to_response(result: Result):
     pb_utils = _pb()
     if isinstance(result, InputError):

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import protocol
+from gateway import priority, protocol
 from gateway.bodies import header, read_json
 from gateway.errors import GatewayError, Kind, invalid
 from gateway.kserve import kserve_router
@@ -107,7 +107,13 @@ class PoolingRoute:
     async def response(self, scope: Scope, receive: Receive) -> Response:
         body = await parse(scope, receive, self.schema, self.settings)
         request_id = request_id_of(scope, getattr(body, "request_id", None))
-        return json_response(await serialize(await self.handler(body, request_id)), request_id)
+        # Read where the gateway calls Triton (gateway.triton), so that the handlers need not pass it on.
+        asked = priority.priority_class(header(scope, priority.PRIORITY_HEADER), getattr(body, "priority", 0))
+        token = priority.current.set(asked)
+        try:
+            return json_response(await serialize(await self.handler(body, request_id)), request_id)
+        finally:
+            priority.current.reset(token)
 
     async def endpoint(self, request: Request) -> Response:
         """The same route through FastAPI (where the fast path does not take it)."""

@@ -14,11 +14,13 @@ a 503 with Retry-After, never a 404 or a 500.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 
+from gateway import priority
 from gateway.calls import Outcome, assemble, call_groups, gather, mergeable
 from gateway.coalescing import Coalescer
 from gateway.errors import GatewayError
@@ -38,6 +40,7 @@ from qwen3vl_client._plans import model_summary
 from qwen3vl_client._retry import GRPC_CHANNEL_ARGS, error_text, reload_delay
 from qwen3vl_client._wire import TOKEN_COUNT_NAME, Pair
 from qwen3vl_client.items import Row
+from qwen3vl_client.options import PriorityClass
 
 WireRow = TypeVar("WireRow", Row, Pair)
 Value = TypeVar("Value")
@@ -52,7 +55,7 @@ class TritonBackend:
         self._module: Any = None
         self._info: dict[str, ModelInfo] = {}
         self._requested: dict[tuple[str, tuple[str, ...]], list[Any]] = {}
-        self._coalescers: dict[str, Coalescer] = {}
+        self._coalescers: dict[tuple[str, PriorityClass], Coalescer] = {}
         # Told the model and row count of every Triton call (the gateway's metrics).
         self.observe_call: Callable[[str, int], None] | None = None
 
@@ -103,9 +106,15 @@ class TritonBackend:
         return self._info[model]
 
     async def _infer(
-        self, model: str, output: str, build: Callable, rows: Sequence[Row | Pair]
+        self,
+        model: str,
+        output: str,
+        build: Callable,
+        rows: Sequence[Row | Pair],
+        priority_class: PriorityClass = "interactive",
     ) -> tuple[np.ndarray, list[int]]:
-        """One Triton call of ``rows``: (``output``, TOKEN_COUNT per row or zeros)."""
+        """One Triton call of ``rows``: (``output``, TOKEN_COUNT per row or zeros), marked with the
+        callers' priority class (gateway.priority)."""
         outputs = (output,) + ((TOKEN_COUNT_NAME,) if TOKEN_COUNT_NAME in self._info[model].outputs else ())
         requested = self._requested.get((model, outputs))
         if requested is None:
@@ -120,19 +129,31 @@ class TritonBackend:
         if self.observe_call is not None:
             self.observe_call(model, len(rows))
         result = await self._connect().infer(
-            model, inputs, outputs=requested, client_timeout=self.settings.request_timeout
+            model,
+            inputs,
+            outputs=requested,
+            client_timeout=self.settings.request_timeout,
+            **_wire.priority_arguments(priority_class),
         )
         counts = result.as_numpy(TOKEN_COUNT_NAME) if len(outputs) > 1 else None
         return result.as_numpy(output), _wire.split_counts(counts, len(rows))
 
-    async def _embed_rows(self, rows: list[Row]) -> list[tuple[np.ndarray, int]]:
+    async def _embed_rows(
+        self, rows: list[Row], priority_class: PriorityClass = "interactive"
+    ) -> list[tuple[np.ndarray, int]]:
         model = self.settings.embedding_model
-        embedding, counts = await self._infer(model, _wire.OUTPUT_NAME, _wire.build_inputs, rows)
+        embedding, counts = await self._infer(
+            model, _wire.OUTPUT_NAME, _wire.build_inputs, rows, priority_class
+        )
         return list(zip(_wire.split_rows(embedding, rows), counts))
 
-    async def _score_rows(self, pairs: list[Pair]) -> list[tuple[float, int]]:
+    async def _score_rows(
+        self, pairs: list[Pair], priority_class: PriorityClass = "interactive"
+    ) -> list[tuple[float, int]]:
         model = self.settings.reranker_model
-        scores, counts = await self._infer(model, _wire.SCORE_NAME, _wire.build_rerank_inputs, pairs)
+        scores, counts = await self._infer(
+            model, _wire.SCORE_NAME, _wire.build_rerank_inputs, pairs, priority_class
+        )
         return list(zip(_wire.split_scores(scores, pairs), counts))
 
     async def embed(self, items: Sequence[Item], dimensions: int | None, subject: str) -> Outcome:
@@ -142,7 +163,11 @@ class TritonBackend:
         check_inputs(items, info)
         alone = [index for index, item in enumerate(items) if item.token_ids is not None]
         groups = call_groups(len(items), info.max_batch_size, alone)
-        return await self._call(info, groups, lambda i: items[i].row(dimensions), self._embed_rows, subject)
+        marked = priority.current.get()
+        send = functools.partial(self._embed_rows, priority_class=marked)
+        return await self._call(
+            info, groups, lambda i: items[i].row(dimensions), send, subject, False, marked
+        )
 
     async def score(
         self, pairs: Sequence[tuple[Item, Item]], instruction: str | None, subject: str
@@ -157,7 +182,9 @@ class TritonBackend:
             query, document = pairs[index]
             return Pair(query.row(), document.row(), (instruction or "").encode())
 
-        return await self._call(info, groups, pair, self._score_rows, subject, about_query)
+        marked = priority.current.get()
+        send = functools.partial(self._score_rows, priority_class=marked)
+        return await self._call(info, groups, pair, send, subject, about_query, marked)
 
     async def _call(
         self,
@@ -167,16 +194,18 @@ class TritonBackend:
         send: Callable[[list[WireRow]], Awaitable[list[tuple[Value, int]]]],
         subject: str,
         about_query: bool = False,
+        priority_class: PriorityClass = "interactive",
     ) -> Outcome:
-        """Each group of the caller's items as one call (or merged with other requests' rows), all at
-        once; Triton's errors named in the caller's numbering."""
+        """Each group of the caller's items as one call (or merged with other requests' rows of the same
+        priority class), all at once; Triton's errors named in the caller's numbering."""
         self._connect()
         coalescer: Coalescer | None = None
         if self.settings.coalesce_calls and info.max_batch_size >= 2:
-            coalescer = self._coalescers.get(info.name)
+            # One coalescer per class: a bulk row riding in an interactive call would be served first.
+            coalescer = self._coalescers.get((info.name, priority_class))
             if coalescer is None:
                 coalescer = Coalescer(send, judge, info.max_batch_size, self.settings.coalesce_calls)
-                self._coalescers[info.name] = coalescer
+                self._coalescers[(info.name, priority_class)] = coalescer
 
         async def run(indices: list[int]) -> list[tuple[Value, int]]:
             try:

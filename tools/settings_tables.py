@@ -84,6 +84,13 @@ MODEL_MEANINGS = {
     "refused with `UNAVAILABLE` / 503 instead of run late: the step's queue bound (see "
     "[Overload](overload.md)); requests that come without `QUEUED_AT` (a client calling the step directly) "
     "are never refused",
+    "bulk_share": "of the model's work (padded tokens) while interactive and bulk rows both wait, the share "
+    "bulk rows (an indexing job's) are owed: interactive rows go first, bulk is never starved (see "
+    "[Priority](indexing.md#priority)); between 0 and 1",
+    "bulk_backlog_tokens": "bulk rows the model step takes in from Triton's queue ahead of time, not started "
+    "(interactive rows: one `token_budget`): Triton's queue in front of the step is first come, first "
+    "served, so a query waits there behind every bulk request not yet taken, and inside the step it "
+    "overtakes them; bounds the memory they hold (images: ~6 KB per token)",
     "max_length": "most text tokens (vision placeholders not counted: they are bounded by the patches sent) "
     "in a row the step runs; the preprocess step never sends more, a client calling the step directly gets "
     "`INVALID_ARG` (the reranker's is its preprocess `max_length` + the 5 kept tail tokens; keep the two in "

@@ -13,6 +13,9 @@ only queues its requests here (backend.runtime.worker says who runs the queue, a
   one that has waited as long; a long one is never starved, since its ratio grows with every token of
   work that passes it. A text that arrives beside videos therefore runs right after the micro-batch in
   progress.
+- Bulk rows (an indexing job's, marked by its client) are planned apart from interactive ones, and an
+  interactive micro-batch goes first, bulk being owed a bounded share of the work
+  (backend.runtime.priority); within a class, the response ratio decides.
 - A request whose client has gone is answered CANCELLED before its next micro-batch runs; a micro-batch
   that fails for several requests is retried request by request, so that one poisonous request fails
   only itself.
@@ -40,6 +43,8 @@ from backend.errors import CancelledError, UnavailableError, failure
 from backend.protocol import PreparedItem, Result, Tensors
 from backend.runtime.batching import BatchLimits, plan_micro_batches
 from backend.runtime.head import ModelHead
+from backend.runtime.priority import BulkShare
+from backend.settings import ModelSettings
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +63,7 @@ class QueuedRequest:
     rows: list[PreparedItem]
     answer: Callable[[Result], None]
     cancelled: Callable[[], bool]
+    bulk: bool = False  # an indexing job's: runs after interactive rows (backend.runtime.priority)
     outputs: list[np.ndarray | None] = field(init=False)
     left: int = field(init=False)  # rows without an output yet
     done: bool = False  # answered (with outputs or an error)
@@ -107,8 +113,9 @@ class MicroBatchQueue:
     """The rows of queued requests, run micro-batch by micro-batch in response-ratio order. Thread-safe:
     any thread adds requests, one thread calls run_next()."""
 
-    def __init__(self, head: ModelHead, cheap_length: int = 0):
+    def __init__(self, head: ModelHead, cheap_length: int = 0, bulk_share: float = ModelSettings.bulk_share):
         self.head = head
+        self.priority = BulkShare(bulk_share)
         self.limits = head.limits
         self.cheap_length = cheap_length  # rows of at most this many tokens are cheap (run_next's `cheap`)
         self._rows: list[QueuedRow] = []  # queued, not started, in arrival order
@@ -121,9 +128,10 @@ class MicroBatchQueue:
         inputs: Tensors | None,
         answer: Callable[[Result], None],
         cancelled: Callable[[], bool] = never_cancelled,
+        bulk: bool = False,
     ) -> None:
         """Queue one request's rows (the head unpacks its tensors); a request already cancelled (None) or
-        with bad inputs is answered here."""
+        with bad inputs is answered here. `bulk`: the request is an indexing job's."""
         if inputs is None:
             answer(CancelledError())
             return
@@ -132,15 +140,16 @@ class MicroBatchQueue:
         except Exception as error:
             answer(failure(error, "model input"))
             return
-        self.add(rows, answer, cancelled)
+        self.add(rows, answer, cancelled, bulk)
 
     def add(
         self,
         rows: list[PreparedItem],
         answer: Callable[[Result], None],
         cancelled: Callable[[], bool] = never_cancelled,
+        bulk: bool = False,
     ) -> None:
-        request = QueuedRequest(rows, answer, cancelled)
+        request = QueuedRequest(rows, answer, cancelled, bulk)
         with self._changed:
             closed = self._closed
             if not closed:
@@ -152,27 +161,36 @@ class MicroBatchQueue:
         elif not rows:
             self._finish(request)
 
-    def wait_for_room(self, tokens: int) -> None:
-        """Block while more than `tokens` are queued and not started (returns at once after close())."""
+    def wait_for_room(self, tokens: int, bulk_tokens: int | None = None) -> None:
+        """Block while more than `tokens` are queued and not started (returns at once after close()).
+        With `bulk_tokens`, bulk rows count against that bound instead (backend.runtime.priority)."""
         with self._changed:
-            self._changed.wait_for(lambda: self._has_room(tokens))
+            self._changed.wait_for(lambda: self._has_room(tokens, bulk_tokens))
 
-    def has_room(self, tokens: int) -> bool:
+    def has_room(self, tokens: int, bulk_tokens: int | None = None) -> bool:
         with self._changed:
-            return self._has_room(tokens)
+            return self._has_room(tokens, bulk_tokens)
 
-    def _has_room(self, tokens: int) -> bool:
-        return self._closed is not None or sum(row.item.length for row in self._rows) <= tokens
+    def _has_room(self, tokens: int, bulk_tokens: int | None = None) -> bool:
+        if self._closed is not None:
+            return True
+        if bulk_tokens is None:
+            return sum(row.item.length for row in self._rows) <= tokens
+        interactive = sum(row.item.length for row in self._rows if not row.request.bulk)
+        bulk = sum(row.item.length for row in self._rows if row.request.bulk)
+        return interactive <= tokens and bulk <= bulk_tokens
 
     @property
     def closed(self) -> bool:
         return self._closed is not None
 
     def _in_lane(self, rows: Sequence[QueuedRow], cheap: bool | None) -> bool:
-        """Whether a micro-batch is for that lane: cheap=True only cheap rows, False some heavy row."""
+        """Whether a micro-batch is for that lane: cheap=True only cheap interactive rows, False some heavy
+        or bulk row (bulk never runs in the cheap lane: that is execute()'s, and Triton hands the step no
+        new request, an interactive one included, until execute() returns)."""
         if cheap is None:
             return True
-        return all(row.item.length <= self.cheap_length for row in rows) == cheap
+        return all(row.item.length <= self.cheap_length and not row.request.bulk for row in rows) == cheap
 
     def run_next(self, block: bool = False, cheap: bool | None = None) -> bool:
         """Run the next micro-batch (of the lane `cheap` names: True, only cheap rows; False, with a heavy
@@ -222,9 +240,11 @@ class MicroBatchQueue:
             candidates = [rows for rows in self._plan if self._in_lane(rows, cheap)]
             if not candidates:
                 return None
-            batch = max(
+            batch = self.priority.choose(
                 candidates,
-                key=lambda rows: (response_ratio(rows, self.limits), -micro_batch_cost(rows, self.limits)),
+                lambda rows: rows[0].request.bulk,  # planned per class: every row is of the same one
+                lambda rows: (response_ratio(rows, self.limits), -micro_batch_cost(rows, self.limits)),
+                lambda rows: micro_batch_cost(rows, self.limits),
             )
             cancelled = [request for request in dict.fromkeys(row.request for row in batch) if _gone(request)]
             if not cancelled:
@@ -236,11 +256,16 @@ class MicroBatchQueue:
                 self._answer(request, CancelledError())
 
     def _planned(self) -> list[list[QueuedRow]]:
-        items = [row.item for row in self._rows]
-        plan = plan_micro_batches(
-            [item.length for item in items], [item.vision_patch_count for item in items], self.limits
-        )
-        return [[self._rows[index] for index in indices] for indices in plan]
+        """Micro-batches of each class's rows apart (backend.runtime.priority says why)."""
+        plan: list[list[QueuedRow]] = []
+        for bulk in (False, True):
+            rows = [row for row in self._rows if row.request.bulk == bulk]
+            items = [row.item for row in rows]
+            indices = plan_micro_batches(
+                [item.length for item in items], [item.vision_patch_count for item in items], self.limits
+            )
+            plan.extend([rows[index] for index in batch] for batch in indices)
+        return plan
 
     def _run(self, batch: list[QueuedRow]) -> None:
         try:

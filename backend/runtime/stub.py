@@ -36,18 +36,21 @@ class ModelStepStub:
             self.model.platform.enter_thread,
             lambda: self.metrics.record(self.model.stats),
             backpressure.Publisher(backpressure.channel_path(args["model_name"])),
+            settings.bulk_share,
+            settings.bulk_backlog_tokens,
         )
         triton_io.freeze_loaded_objects()
 
     def execute(self, requests: list) -> list:
-        # Queued for the worker thread, cheap ones first (backend.runtime.worker). What is done by the time
-        # execute() returns is returned; the rest is answered through each request's response sender as
-        # soon as its rows are done. execute() returns once the backlog is at most one token budget.
+        # Queued for the worker thread, cheap interactive ones first (backend.runtime.worker). What is done
+        # by the time execute() returns is returned; the rest is answered through each request's response
+        # sender as soon as its rows are done. execute() returns once the backlog is at most one token budget.
         results = self.worker.submit(
             [
                 (triton_io.read_inputs(request, MODEL_INPUTS), *triton_io.answer_later(request))
                 for request in requests
-            ]
+            ],
+            [triton_io.is_bulk(request) for request in requests],
         )
         return triton_io.returned_responses(results)
 

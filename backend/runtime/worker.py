@@ -2,9 +2,10 @@
 
 Micro-batches of cheap rows (each at most 1/8 of the token budget: texts, images) are run by execute()
 itself, which returns their results together (Triton sends a returned list much faster than one
-response-sender call per request); micro-batches with a heavy row (videos, long documents) are run by the
-worker thread, which answers through response senders. A short text beside videos waits for no video
-forward, and text-only traffic runs as it did before the lanes.
+response-sender call per request); micro-batches with a heavy row (videos, long documents) or of bulk rows
+(an indexing job's) are run by the worker thread, which answers through response senders: execute() must
+return soon for Triton to hand over the next requests, an interactive one among them. A short text beside
+videos waits for no video forward, and interactive text-only traffic runs as it did before the lanes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from backend.errors import UnavailableError
 from backend.protocol import Result, Tensors
 from backend.runtime.head import ModelHead
 from backend.runtime.scheduler import MicroBatchQueue
+from backend.settings import ModelSettings
 
 logger = logging.getLogger(__name__)
 
@@ -90,43 +92,53 @@ class StepWorker:
         enter_thread: Callable[[], None] = lambda: None,
         after_micro_batch: Callable[[], None] = lambda: None,
         publisher: Publisher | None = None,
+        bulk_share: float = ModelSettings.bulk_share,
+        bulk_backlog_tokens: int | None = None,
     ):
         """`after_micro_batch`: called after each of the worker's micro-batches and after each submit()
-        (metrics: the stubs send what they hold only when called)."""
+        (metrics: the stubs send what they hold only when called). `bulk_share`: of the model's work
+        while both classes wait, what bulk rows are owed (backend.runtime.priority); `bulk_backlog_tokens`:
+        bulk rows queued here, not started, beyond which execute() waits (default: one token budget, shared
+        with interactive rows). Triton's queue in front of the step is first come, first served, so a
+        query waits there behind every bulk request not yet taken: the bulk backlog is taken in here,
+        where interactive rows overtake it."""
         self.queue_bound = QueueBound(head.queue_timeout_seconds, publisher)
-        self.queue = MicroBatchQueue(head, head.limits.token_budget // CHEAP_SHARE_OF_BUDGET)
+        self.queue = MicroBatchQueue(head, head.limits.token_budget // CHEAP_SHARE_OF_BUDGET, bulk_share)
         self.backlog_limit = head.limits.token_budget
+        self.bulk_backlog_limit = bulk_backlog_tokens
         self._enter_thread = enter_thread
         self._after_micro_batch = after_micro_batch
         self._reporting = threading.Lock()  # both threads report; the callback need not be thread-safe
         self._thread = threading.Thread(target=self._loop, name="model-step-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, requests: Sequence[StepRequest]) -> list[Result | None]:
+    def submit(
+        self, requests: Sequence[StepRequest], bulk: Sequence[bool] | None = None
+    ) -> list[Result | None]:
         """Triton's execute(): the results to return for the requests already answered, None for those
-        that their sender will answer."""
+        that their sender will answer. `bulk`: per request, whether it is bulk work (default: none is)."""
         self.queue_bound.begin()
         try:
-            return self._execute(requests)
+            return self._execute(requests, bulk or [False] * len(requests))
         finally:
             self.queue_bound.end()
 
-    def _execute(self, requests: Sequence[StepRequest]) -> list[Result | None]:
+    def _execute(self, requests: Sequence[StepRequest], bulk: Sequence[bool]) -> list[Result | None]:
         answers = ExecuteAnswers([answer for _, answer, _ in requests])
         for index, (inputs, _, cancelled) in enumerate(requests):
             refusal = None if inputs is None else self.queue_bound.refusal(inputs)
             if refusal is not None:
                 answers.answer(index)(refusal)
                 continue
-            self.queue.submit(owned(inputs), answers.answer(index), cancelled)
+            self.queue.submit(owned(inputs), answers.answer(index), cancelled, bulk[index])
         self.queue_bound.taken()
         while self.queue.run_next(cheap=True):
             pass
         self._report()
-        if self.queue.has_room(self.backlog_limit):
+        if self.queue.has_room(self.backlog_limit, self.bulk_backlog_limit):
             return answers.returned()
         answers.send()  # what is done must not wait for the backlog to shrink
-        self.queue.wait_for_room(self.backlog_limit)
+        self.queue.wait_for_room(self.backlog_limit, self.bulk_backlog_limit)
         return [None] * len(requests)
 
     def close(self, timeout: float = 10.0) -> None:

@@ -37,6 +37,7 @@ from qwen3vl_client.options import (
     MODEL_NAME,
     RERANKER_MODEL_NAME,
     Options,
+    PriorityClass,
     Transport,
     capped,
     make_options,
@@ -119,6 +120,7 @@ class ClientCore:
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         reranker_model: str = RERANKER_MODEL_NAME,
         reload_wait: float = DEFAULT_RELOAD_WAIT,
+        priority: PriorityClass = "interactive",
     ) -> None:
         self.options = make_options(
             url,
@@ -132,6 +134,7 @@ class ClientCore:
             max_request_bytes,
             reranker_model,
             reload_wait,
+            priority,
         )
         self._max_batch: dict[str, int] = {}
         self._waits = Waits()

@@ -21,6 +21,19 @@ SCORE_NAME = "SCORE"
 TOKEN_COUNT_NAME = "TOKEN_COUNT"  # optional output: each row's prompt tokens
 # Reranker errors about the query (every row carries it) start with one of these.
 QUERY_MARKERS = ("QUERY_", "the query ")
+# How a request is marked bulk (the server's backend.protocol has the same names, checked by a unit test):
+# Triton's request priority (its queue in front of the preprocess steps) and a request parameter the
+# ensembles hand to the model step, whose Python backend cannot read the priority.
+PRIORITY_PARAMETER = "priority_class"
+TRITON_PRIORITY = {"interactive": 1, "bulk": 2}
+
+
+def priority_arguments(priority: str) -> dict[str, Any]:
+    """Keyword arguments of tritonclient's ``infer`` / ``async_infer`` for a request of that class: none
+    for an interactive one (the server's default), the priority and the parameter for a bulk one."""
+    if priority == "interactive":
+        return {}
+    return {"priority": TRITON_PRIORITY[priority], "parameters": {PRIORITY_PARAMETER: priority}}
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numpy as np
 from qwen3vl_client._calls import Call, OnError, Progress
 from qwen3vl_client._plans import Ask, ClientCore, Offload, Operation, Plan, Run, T
 from qwen3vl_client._retry import GRPC_CHANNEL_ARGS
-from qwen3vl_client._wire import Endpoint, read_answer
+from qwen3vl_client._wire import Endpoint, priority_arguments, read_answer
 from qwen3vl_client.errors import ItemError
 from qwen3vl_client.items import Batch, ImageInput, Item, VideoInput
 from qwen3vl_client.options import DEFAULT_QUERY_TASK
@@ -180,10 +180,11 @@ class AsyncEmbeddingClient(ClientCore):
     async def _infer(self, batch: Batch, endpoint: Endpoint) -> tuple[np.ndarray, np.ndarray | None]:
         client = self._connect()
         inputs = endpoint.build_inputs(self._module, batch.rows)
+        marks = priority_arguments(self.options.priority)
         if self.options.protocol == "http":
-            result = await client.infer(endpoint.model, inputs)
+            result = await client.infer(endpoint.model, inputs, **marks)
         else:
-            result = await client.infer(endpoint.model, inputs, client_timeout=self.options.timeout)
+            result = await client.infer(endpoint.model, inputs, client_timeout=self.options.timeout, **marks)
         return read_answer(result, endpoint)
 
     async def _run(self, call: Call) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 from qwen3vl_client._calls import Call, OnError, Progress
 from qwen3vl_client._plans import Ask, ClientCore, Offload, Operation, Plan, Run, T
 from qwen3vl_client._retry import GRPC_CHANNEL_ARGS
-from qwen3vl_client._wire import Endpoint, read_answer
+from qwen3vl_client._wire import Endpoint, priority_arguments, read_answer
 from qwen3vl_client.errors import ItemError
 from qwen3vl_client.items import Batch, ImageInput, Item, VideoInput
 from qwen3vl_client.options import DEFAULT_QUERY_TASK
@@ -31,7 +31,9 @@ class EmbeddingClient(ClientCore):
     against a query (``reranker_model``); not thread-safe.
 
     ``EmbeddingClient(url=None, protocol="http", *, model, batch_size, max_concurrency, timeout, retries,
-    backoff, max_request_bytes, reranker_model)``. Large inputs go out as requests of ``batch_size``
+    backoff, max_request_bytes, reranker_model, reload_wait, priority)``. ``priority="bulk"`` marks every
+    request as bulk work (an indexing job's), which the server serves after interactive requests and never
+    starves (docs/indexing.md, "Priority"). Large inputs go out as requests of ``batch_size``
     items (and at most ``max_request_bytes``), ``max_concurrency`` of them in flight, results in input
     order. UNAVAILABLE answers and failed connections are retried ``retries`` times with exponential
     backoff from ``backoff`` seconds; ``timeout`` bounds each request. A model being reloaded (its stub
@@ -213,8 +215,9 @@ class EmbeddingClient(ClientCore):
         options = self.options
         try:
             inputs = endpoint.build_inputs(self._module, batch.rows)
+            marks = priority_arguments(options.priority)
             if options.protocol == "http":
-                greenlet = self._pool.spawn(_outcome, self._client.infer, endpoint.model, inputs)
+                greenlet = self._pool.spawn(_outcome, self._client.infer, endpoint.model, inputs, **marks)
                 return lambda: read_answer(_unwrap(greenlet.get()), endpoint)
             future: Future[tuple[np.ndarray, np.ndarray | None]] = Future()
 
@@ -224,7 +227,9 @@ class EmbeddingClient(ClientCore):
                 else:
                     future.set_result(read_answer(result, endpoint))
 
-            self._client.async_infer(endpoint.model, inputs, callback=done, client_timeout=options.timeout)
+            self._client.async_infer(
+                endpoint.model, inputs, callback=done, client_timeout=options.timeout, **marks
+            )
             return future.result
         except Exception as error:  # noqa: BLE001 - raised when waited for, like a server error
             failure = error
@@ -266,10 +271,10 @@ class EmbeddingClient(ClientCore):
                 call.done(batch, *output)
 
 
-def _outcome(call: Callable[..., Any], *args: Any) -> Any:
+def _outcome(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """The call's result, or the exception it raised (returned, so that gevent does not print it)."""
     try:
-        return call(*args)
+        return call(*args, **kwargs)
     except Exception as error:  # noqa: BLE001
         return _Raised(error)
 

@@ -26,6 +26,10 @@ MAX_RELOAD_BACKOFF = 0.5
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 
 Transport = Literal["http", "grpc"]  # tritonclient protocol
+# A client's priority class: "bulk" (an indexing job) is served after interactive requests, and never
+# starved (docs/indexing.md "Priority"; the wire marks in qwen3vl_client._wire.priority_arguments).
+PriorityClass = Literal["interactive", "bulk"]
+PRIORITY_CLASSES = ("interactive", "bulk")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class Options:
     max_request_bytes: int
     reranker_model: str = RERANKER_MODEL_NAME
     reload_wait: float = DEFAULT_RELOAD_WAIT
+    priority: PriorityClass = "interactive"
 
 
 def make_options(
@@ -57,6 +62,7 @@ def make_options(
     max_request_bytes: int,
     reranker_model: str = RERANKER_MODEL_NAME,
     reload_wait: float = DEFAULT_RELOAD_WAIT,
+    priority: PriorityClass = "interactive",
 ) -> Options:
     if protocol not in DEFAULT_URLS:
         raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
@@ -67,6 +73,8 @@ def make_options(
         raise ValueError("retries and backoff must be >= 0, timeout and max_request_bytes > 0")
     if reload_wait < 0:
         raise ValueError(f"reload_wait must be >= 0, got {reload_wait}")
+    if priority not in PRIORITY_CLASSES:
+        raise ValueError(f"priority must be 'interactive' or 'bulk', got {priority!r}")
     url = url or DEFAULT_URLS[protocol]
     # tritonclient wants host:port; people paste URLs.
     url = re.sub(r"^(https?|grpc)://", "", url).rstrip("/")
@@ -82,6 +90,7 @@ def make_options(
         max_request_bytes,
         reranker_model,
         reload_wait,
+        priority,
     )
 
 

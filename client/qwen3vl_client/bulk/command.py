@@ -73,6 +73,12 @@ def add_index_parser(commands: Any, parents: Sequence[argparse.ArgumentParser]) 
     )
     index.add_argument("--db-collection", default=DEFAULT_COLLECTION, metavar="NAME", help="its collection")
     index.add_argument(
+        "--priority",
+        choices=("bulk", "interactive"),
+        default="bulk",
+        help="requests' priority class: bulk (default) is served after interactive queries, never starved",
+    )
+    index.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -118,6 +124,7 @@ def cmd_index(args: argparse.Namespace, out: TextIO) -> int:
             max_concurrency=concurrency,
             timeout=args.timeout,
             retries=args.retries,
+            priority=args.priority,
         )
 
     if plan.pending:
