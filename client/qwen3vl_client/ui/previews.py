@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from qwen3vl_client.bulk.sources import Record, read_text_file
+from qwen3vl_client.bulk.sources import Record
 from qwen3vl_client.items import Item
 
 THUMBNAIL_PIXELS = 320  # the longer side of a thumbnail
@@ -27,19 +27,25 @@ def _jpeg(image: object) -> bytes:
     return out.getvalue()
 
 
-def image_thumbnail(path: Path) -> bytes:
+def _opened(medium: Path | bytes) -> Path | io.BytesIO:
+    """What Pillow and PyAV open: a path, or a table cell's bytes as a file."""
+    return io.BytesIO(medium) if isinstance(medium, bytes) else medium
+
+
+def image_thumbnail(medium: Path | bytes) -> bytes:
     from PIL import Image
 
-    with Image.open(path) as image:
+    with Image.open(_opened(medium)) as image:
         image.seek(0)  # the first frame of an animated GIF or a multi-page TIFF
         return _jpeg(image)
 
 
-def video_frame(path: Path) -> bytes:
+def video_frame(medium: Path | bytes) -> bytes:
     """The frame a third of the way in (a clip's first frame is often black), else the first one."""
     import av
 
-    with av.open(str(path)) as container:
+    opened = _opened(medium)
+    with av.open(str(opened) if isinstance(opened, Path) else opened, mode="r") as container:
         stream = container.streams.video[0]
         if stream.duration and stream.time_base:
             try:
@@ -48,7 +54,7 @@ def video_frame(path: Path) -> bytes:
                 container.seek(0, stream=stream)
         for frame in container.decode(stream):
             return _jpeg(frame.to_image())
-    raise ValueError(f"{path}: no video frame")
+    raise ValueError(f"{medium if isinstance(medium, Path) else 'video bytes'}: no video frame")
 
 
 def thumbnail(record: Record) -> bytes | None:
@@ -75,11 +81,5 @@ def snippet(record: Record) -> str | None:
 def load_document(record: Record) -> Item:
     """The record as the reranker's document: its text and its files' bytes, without the instruction
     (the reranker takes one per call and refuses items that carry their own)."""
-    text = record.text
-    if record.text_file is not None:
-        text = read_text_file(record.text_file)
-    return Item(
-        text=text,
-        images=tuple(path.read_bytes() for path in record.images),
-        videos=tuple(path.read_bytes() for path in record.videos),
-    )
+    loaded = record.load()
+    return Item(text=loaded.text, images=loaded.images, videos=loaded.videos)
