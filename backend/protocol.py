@@ -50,6 +50,9 @@ MODEL_INPUTS = (
     "VIDEO_PATCHES",
     "VIDEO_GRID_THW",
     QUEUED_AT,
+    # Straight from the embedding ensemble's inputs (backend.vectors), not from the preprocess step.
+    "EMBEDDING_TYPES",
+    "EMBEDDING_RANGE",
 )
 
 # --- vision geometry (shared by the preprocess step, the wire and the model step) -------------------
@@ -141,6 +144,10 @@ class PreparedItem:
     images: tuple[VisionPatches, ...] = ()
     videos: tuple[VisionPatches, ...] = ()
     dimensions: int = 0
+    # Compact copies of the vector the request asks for (backend.vectors; the same for all its rows), and
+    # this row's int8/uint8 range (0 = the documented default). The reranker leaves both empty.
+    vector_types: tuple[str, ...] = ()
+    vector_range: float = 0.0
 
     @property
     def length(self) -> int:
