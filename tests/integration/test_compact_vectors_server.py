@@ -72,3 +72,12 @@ def test_an_unknown_type_is_invalid_arg(grpc_client):
     with pytest.raises(InferenceServerException, match="EMBEDDING_TYPES.*'int4' is not one of") as error:
         grpc_client.infer("qwen3_vl_embedding", request(["int4"]))
     assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+def test_a_compact_output_not_named_in_embedding_types_is_absent(grpc_client):
+    result = grpc_client.infer(
+        "qwen3_vl_embedding", request(None), outputs=[grpc.InferRequestedOutput("EMBEDDING_INT8")]
+    )
+    assert result.as_numpy("EMBEDDING_INT8") is None  # Triton answers without it (and without an error)
+    assert not result.get_response().outputs
+    assert grpc_client.infer("qwen3_vl_embedding", request(["int8"])).as_numpy("EMBEDDING_INT8") is not None
