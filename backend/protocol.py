@@ -50,10 +50,19 @@ MODEL_INPUTS = (
     "VIDEO_PATCHES",
     "VIDEO_GRID_THW",
     QUEUED_AT,
-    # Straight from the embedding ensemble's inputs (backend.vectors), not from the preprocess step.
-    "EMBEDDING_TYPES",
-    "EMBEDDING_RANGE",
 )
+# Compact vectors (backend.vectors): optional inputs of the embedding ensemble that go straight to its model
+# step (not through the preprocess step), and the output each compact type comes back in.
+EMBEDDING_TYPES_INPUT = "EMBEDDING_TYPES"
+EMBEDDING_RANGE_INPUT = "EMBEDDING_RANGE"
+COMPACT_INPUTS = (EMBEDDING_TYPES_INPUT, EMBEDDING_RANGE_INPUT)
+COMPACT_OUTPUTS = {
+    "float16": "EMBEDDING_FP16",
+    "int8": "EMBEDDING_INT8",
+    "uint8": "EMBEDDING_UINT8",
+    "binary": "EMBEDDING_BINARY",
+    "ubinary": "EMBEDDING_UBINARY",
+}
 
 # --- vision geometry (shared by the preprocess step, the wire and the model step) -------------------
 

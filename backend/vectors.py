@@ -19,19 +19,19 @@ from collections.abc import Sequence
 import numpy as np
 
 from backend.errors import InputError
+from backend.protocol import COMPACT_OUTPUTS, EMBEDDING_RANGE_INPUT, EMBEDDING_TYPES_INPUT
 
-# Optional inputs of the embedding ensemble, fed straight to the model step (not through preprocess).
-TYPES_INPUT = "EMBEDDING_TYPES"
-RANGE_INPUT = "EMBEDDING_RANGE"
+TYPES_INPUT, RANGE_INPUT = EMBEDDING_TYPES_INPUT, EMBEDDING_RANGE_INPUT
 INT8_SIGMAS = 4.0
-# Vector type -> (output tensor, numpy dtype). float32 is EMBEDDING itself, always returned.
-OUTPUTS: dict[str, tuple[str, type[np.generic]]] = {
-    "float16": ("EMBEDDING_FP16", np.float16),
-    "int8": ("EMBEDDING_INT8", np.int8),
-    "uint8": ("EMBEDDING_UINT8", np.uint8),
-    "binary": ("EMBEDDING_BINARY", np.int8),
-    "ubinary": ("EMBEDDING_UBINARY", np.uint8),
+DTYPES: dict[str, type[np.generic]] = {
+    "float16": np.float16,
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "binary": np.int8,
+    "ubinary": np.uint8,
 }
+# Vector type -> (output tensor, numpy dtype). float32 is EMBEDDING itself, always returned.
+OUTPUTS = {name: (COMPACT_OUTPUTS[name], dtype) for name, dtype in DTYPES.items()}
 VECTOR_TYPES = ("float32", *OUTPUTS)
 
 

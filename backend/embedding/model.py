@@ -13,7 +13,9 @@ import numpy as np
 import torch
 
 from backend.protocol import (
+    COMPACT_INPUTS,
     EMBEDDING_OUTPUT,
+    MODEL_INPUTS,
     TOKEN_COUNT_OUTPUT,
     PreparedItem,
     Tensors,
@@ -33,6 +35,8 @@ def matryoshka(normalized: torch.Tensor, dimensions: int) -> torch.Tensor:
 
 class EmbeddingModel(BackboneRunner):
     """Qwen3-VL-Embedding: normalised last-token states, cut per row to its Matryoshka size."""
+
+    input_names = (*MODEL_INPUTS, *COMPACT_INPUTS)
 
     def row_outputs(self, hidden: torch.Tensor, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
         normalized = torch.nn.functional.normalize(hidden, p=2, dim=-1)
