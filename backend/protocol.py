@@ -51,6 +51,18 @@ MODEL_INPUTS = (
     "VIDEO_GRID_THW",
     QUEUED_AT,
 )
+# Compact vectors (backend.vectors): optional inputs of the embedding ensemble that go straight to its model
+# step (not through the preprocess step), and the output each compact type comes back in.
+EMBEDDING_TYPES_INPUT = "EMBEDDING_TYPES"
+EMBEDDING_RANGE_INPUT = "EMBEDDING_RANGE"
+COMPACT_INPUTS = (EMBEDDING_TYPES_INPUT, EMBEDDING_RANGE_INPUT)
+COMPACT_OUTPUTS = {
+    "float16": "EMBEDDING_FP16",
+    "int8": "EMBEDDING_INT8",
+    "uint8": "EMBEDDING_UINT8",
+    "binary": "EMBEDDING_BINARY",
+    "ubinary": "EMBEDDING_UBINARY",
+}
 
 # Priority classes. Bulk work (an indexing job's) is marked twice, both by the client library: by the request
 # parameter PRIORITY_PARAMETER = BULK_CLASS, which Triton's ensembles hand to both steps and the model step
@@ -151,6 +163,10 @@ class PreparedItem:
     images: tuple[VisionPatches, ...] = ()
     videos: tuple[VisionPatches, ...] = ()
     dimensions: int = 0
+    # Compact copies of the vector the request asks for (backend.vectors; the same for all its rows), and
+    # this row's int8/uint8 range (0 = the documented default). The reranker leaves both empty.
+    vector_types: tuple[str, ...] = ()
+    vector_range: float = 0.0
 
     @property
     def length(self) -> int:

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import priority, protocol
+from gateway import cohere, priority, protocol
 from gateway.bodies import header, read_json
 from gateway.errors import GatewayError, Kind, invalid
 from gateway.kserve import kserve_router
@@ -41,7 +41,8 @@ SCORE_PATHS = ("/score", "/v1/score")
 # Reachable without the API key: probes and scrapes.
 OPEN_PATHS = frozenset({"/health", "/ping", "/version", "/metrics"})
 KNOWN_PATHS = frozenset(
-    {*EMBEDDING_PATHS, *RERANK_PATHS, *SCORE_PATHS, *OPEN_PATHS, "/v1/models", "/tokenize", "/detokenize"}
+    {*EMBEDDING_PATHS, *RERANK_PATHS, *SCORE_PATHS, *cohere.EMBED_PATHS, *OPEN_PATHS}
+    | {"/v1/models", "/tokenize", "/detokenize"}
 )
 SERIALIZE_OFFLOAD_ROWS = 64
 
@@ -239,11 +240,13 @@ def create_app(settings: GatewaySettings) -> ASGIApp:
         )
 
     fast_routes: dict[str, ASGIApp] = {}
-    for paths, schema, handler in (
+    specs: list[cohere.RouteSpec] = [
         (EMBEDDING_PATHS, protocol.EmbeddingRequest, gateway.embeddings),
         (RERANK_PATHS, protocol.RerankRequest, gateway.rerank),
         (SCORE_PATHS, protocol.ScoreRequest, gateway.score),
-    ):
+        *cohere.routes(gateway),  # Cohere's /v2/embed (gateway.cohere)
+    ]
+    for paths, schema, handler in specs:
         route = PoolingRoute(schema, handler, settings)
         for path in paths:
             fast_routes[path] = route

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.encoding import EmbedDType, Endianness
 from gateway.settings import InputFormat
 
 # Every integer a client sends fits the 32-bit tensors it ends up in (or is refused: never wrapped).
@@ -71,7 +72,8 @@ class EmbeddingRequest(_Request):
     dimensions: Annotated[int, Field(le=INT32_MAX)] | None = None
     user: str | None = None
     truncate_prompt_tokens: Truncation | None = None
-    embed_dtype: str = "float32"
+    embed_dtype: EmbedDType = "float32"
+    endianness: Endianness = "native"
     add_special_tokens: bool = True
     add_generation_prompt: bool | None = None  # the official format always has it
     priority: Priority = 0

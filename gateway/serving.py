@@ -5,14 +5,12 @@ media fetching, metrics and the tokenizer."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from collections.abc import Awaitable, Callable
 
-import numpy as np
-
 from gateway import protocol
 from gateway.admission import Admission
+from gateway.encoding import encode_vector
 from gateway.errors import GatewayError, Kind, invalid
 from gateway.items import Item, input_items, message_items, score_item
 from gateway.media import MediaFetcher
@@ -26,12 +24,6 @@ from gateway.triton import Outcome, TritonBackend
 TOKENIZE_OFFLOAD_CHARS = 100_000
 # Before sending again what Triton's queue refused.
 TRITON_BUSY_PAUSE = 0.05
-
-
-def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:
-    if encoding_format == "base64":
-        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-    return np.asarray(vector, dtype=np.float32).tolist()
 
 
 def usage(counts: list[int] | None) -> protocol.UsageInfo:
@@ -160,10 +152,6 @@ class Gateway:
             raise GatewayError(
                 Kind.UNSUPPORTED, f"encoding_format {request.encoding_format!r} is not supported"
             )
-        if request.embed_dtype != "float32":
-            raise GatewayError(
-                Kind.UNSUPPORTED, "embed_dtype other than float32 is not supported", "embed_dtype"
-            )
         input_format = request.input_format or settings.input_format
         if request.input is not None:
             items = input_items(request, input_format)
@@ -178,10 +166,14 @@ class Gateway:
             items = await self._truncate_raw(items, truncate)
         else:
             await self._check_truncation(truncate, settings.embedding_model)
-        outcome = await self._admitted(lambda: self.backend.embed(items, request.dimensions, subject))
-        self.metrics.prompt_tokens.labels("embeddings").inc(sum(outcome.token_counts or ()))
+        outcome = await self.embed_items(items, request.dimensions, subject)
         data = [
-            protocol.EmbeddingData(index=index, embedding=encode_vector(vector, request.encoding_format))
+            protocol.EmbeddingData(
+                index=index,
+                embedding=encode_vector(
+                    vector, request.encoding_format, request.embed_dtype, request.endianness
+                ),
+            )
             for index, vector in enumerate(outcome.values)
         ]
         return protocol.EmbeddingResponse(
@@ -191,6 +183,13 @@ class Gateway:
             data=data,
             usage=usage(outcome.token_counts),
         )
+
+    async def embed_items(self, items: list[Item], dimensions: int | None, subject: str) -> Outcome:
+        """Vectors of checked items, once admitted, their tokens counted (every embedding route)."""
+        self._check_count(len(items), subject)
+        outcome = await self._admitted(lambda: self.backend.embed(items, dimensions, subject))
+        self.metrics.prompt_tokens.labels("embeddings").inc(sum(outcome.token_counts or ()))
+        return outcome
 
     async def _score_pairs(
         self, pairs: list[tuple[Item, Item]], instruction: str | None, subject: str

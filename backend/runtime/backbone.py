@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from backend.errors import ConfigError, InputError, UnavailableError
-from backend.protocol import MERGE_SIZE, PATCH_WIDTH, PreparedItem, Tensors, VisionPatches
+from backend.protocol import MERGE_SIZE, MODEL_INPUTS, PATCH_WIDTH, PreparedItem, Tensors, VisionPatches
 from backend.runtime.batching import BatchLimits, plan_micro_batches
 from backend.runtime.compiled import TextForward
 from backend.runtime.platforms import resolve_platform
@@ -153,6 +153,9 @@ class BackboneRunner(ABC):
     micro-batches. Subclasses turn each row's last-token hidden state into their output (row_outputs) and
     a request's outputs into its tensors (respond): with unpack and compute below, a ModelHead
     (backend.runtime.head), which the model step's queue runs."""
+
+    # The request tensors the stub reads: the wire from the preprocess step, plus a subclass's own.
+    input_names: tuple[str, ...] = MODEL_INPUTS
 
     def __init__(
         self,

@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
 from backend import backpressure, metrics, triton_io
-from backend.protocol import MODEL_INPUTS
 from backend.runtime.worker import StepWorker
 from backend.settings import ModelSettings, load_settings
 
@@ -47,7 +46,7 @@ class ModelStepStub:
         # sender as soon as its rows are done. execute() returns once the backlog is at most one token budget.
         results = self.worker.submit(
             [
-                (triton_io.read_inputs(request, MODEL_INPUTS), *triton_io.answer_later(request))
+                (triton_io.read_inputs(request, self.model.input_names), *triton_io.answer_later(request))
                 for request in requests
             ],
             [triton_io.is_bulk(request) for request in requests],

@@ -385,7 +385,8 @@ def test_health_reports_readiness_config_and_dimensions(server, protocol):
     assert health.max_batch_size == 64 and health.platform == "ensemble"
     inputs = [str(spec) for spec in health.inputs]
     assert inputs[:2] == ["TEXT BYTES [1] optional", "IMAGE BYTES [-1] optional"]
-    assert [spec.name for spec in health.outputs] == ["EMBEDDING", "TOKEN_COUNT"]
+    compact = ["EMBEDDING_FP16", "EMBEDDING_INT8", "EMBEDDING_UINT8", "EMBEDDING_BINARY", "EMBEDDING_UBINARY"]
+    assert [spec.name for spec in health.outputs] == ["EMBEDDING", "TOKEN_COUNT", *compact]
     assert dict(health.steps) == {"qwen3_vl_embedding_preprocess": True, "qwen3_vl_embedding_model": True}
     assert health.dimensions == 128
     reranker = health.reranker

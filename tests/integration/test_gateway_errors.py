@@ -154,8 +154,23 @@ def test_unknown_model_route_and_method_get_404_and_405(gateway):
 
 
 def test_unsupported_options_get_501(gateway):
-    for request in ({"input": "a", "encoding_format": "bytes"}, {"input": "a", "embed_dtype": "bfloat16"}):
+    for request in (
+        {"input": "a", "encoding_format": "bytes"},
+        {"input": "a", "encoding_format": "bytes_only"},
+    ):
         assert_error(post(f"{gateway.url}/v1/embeddings", request), 501, "NotImplementedError")
+
+
+def test_embed_dtypes_vllm_does_not_know_get_400(gateway):
+    """embed_dtype bfloat16 is served since compact vectors (test_gateway_compact); values outside vLLM's
+    lists are refused by the schema, as vLLM refuses them, with the values it takes."""
+    fragment = "Input should be 'float32', 'float16', 'bfloat16', 'fp8_e4m3' or 'fp8_e5m2'"
+    request = {"input": "a", "encoding_format": "base64", "embed_dtype": "int8"}
+    _, error = assert_error(post(f"{gateway.url}/v1/embeddings", request), 400, "BadRequestError", fragment)
+    assert "embed_dtype" in error["message"]
+    request = {"input": "a", "encoding_format": "base64", "endianness": "middle"}
+    fragment = "Input should be 'native', 'big' or 'little'"
+    assert_error(post(f"{gateway.url}/v1/embeddings", request), 400, "BadRequestError", fragment)
 
 
 def test_the_api_key_is_required_where_set_and_only_there(strict, gateway):

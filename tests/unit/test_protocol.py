@@ -221,8 +221,12 @@ def _names(tensors) -> list[str]:
 def test_the_configs_carry_the_protocol_names():
     embedding = _config(REPOSITORY / protocol.EMBEDDING_ENSEMBLE / "config.pbtxt")
     reranker = _config(REPOSITORY / protocol.RERANKER_ENSEMBLE / "config.pbtxt")
-    assert _names(embedding.input) == list(protocol.EMBEDDING_INPUTS)
-    assert _names(embedding.output) == [protocol.EMBEDDING_OUTPUT, protocol.TOKEN_COUNT_OUTPUT]
+    assert _names(embedding.input) == [*protocol.EMBEDDING_INPUTS, *protocol.COMPACT_INPUTS]
+    assert _names(embedding.output) == [
+        protocol.EMBEDDING_OUTPUT,
+        protocol.TOKEN_COUNT_OUTPUT,
+        *protocol.COMPACT_OUTPUTS.values(),
+    ]
     assert _names(reranker.input) == list(protocol.RERANK_INPUTS)
     assert _names(reranker.output) == [protocol.SCORE_OUTPUT, protocol.TOKEN_COUNT_OUTPUT]
     without_dimensions = [name for name in protocol.MODEL_INPUTS if name != "EMBED_DIM"]
@@ -232,12 +236,15 @@ def test_the_configs_carry_the_protocol_names():
     ):
         model = _config(REPOSITORY / f"{ensemble}_model" / "config.pbtxt")
         preprocess = _config(REPOSITORY / f"{ensemble}_preprocess" / "config.pbtxt")
-        assert _names(model.input) == model_inputs
+        # The embedding model step also takes the compact-vector inputs, straight from the ensemble.
+        own = list(protocol.COMPACT_INPUTS) if ensemble == protocol.EMBEDDING_ENSEMBLE else []
+        assert _names(model.input) == [*model_inputs, *own]
         assert _names(preprocess.output) == model_inputs
 
 
 def test_the_two_model_steps_agree_where_they_must():
-    """Same parameters, batching and inputs but EMBED_DIM; only model_path's default differs (settings)."""
+    """Same parameters, batching and inputs but EMBED_DIM and the compact-vector inputs (the embedding step's
+    own); only model_path's default differs (settings)."""
     embedding = _config(REPOSITORY / "qwen3_vl_embedding_model" / "config.pbtxt")
     reranker = _config(REPOSITORY / "qwen3_vl_reranker_model" / "config.pbtxt")
     assert dict(embedding.parameters) == dict(reranker.parameters)
@@ -246,8 +253,9 @@ def test_the_two_model_steps_agree_where_they_must():
     assert list(embedding.instance_group) == list(reranker.instance_group)
     rerank_inputs = {tensor.name: tensor for tensor in reranker.input}
     for tensor in embedding.input:
-        if tensor.name != "EMBED_DIM":
+        if tensor.name not in ("EMBED_DIM", *protocol.COMPACT_INPUTS):
             assert rerank_inputs[tensor.name] == tensor
+    assert len(rerank_inputs) == len(embedding.input) - 1 - len(protocol.COMPACT_INPUTS)
     embedding_pre = _config(REPOSITORY / "qwen3_vl_embedding_preprocess" / "config.pbtxt")
     reranker_pre = _config(REPOSITORY / "qwen3_vl_reranker_preprocess" / "config.pbtxt")
     shared = set(embedding_pre.parameters) & set(reranker_pre.parameters) - {
