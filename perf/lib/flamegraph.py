@@ -16,6 +16,9 @@ WIDTH = 1800
 ROW = 17
 FONT = 11
 MIN_WIDTH_PX = 0.6  # narrower frames are left out of the picture (still counted in their parents)
+MAX_DEPTH = 36  # deeper frames are cut (torch.vmap and dispatch frames run 60+ deep)
+# torch's and functools' call wrappers: one per module call, they only make the picture deeper.
+WRAPPERS = ("._wrapped_call_impl", "._call_impl", ".decorate_context", ".wrapped_func", ".wrapper")
 
 
 @dataclass
@@ -30,7 +33,8 @@ def tree(stacks: Iterable[tuple[str, int]]) -> Node:
     for stack, count in stacks:
         root.samples += count
         node = root
-        for frame in stack.split(";"):
+        frames = [frame for frame in stack.split(";") if not frame.split(" (")[0].endswith(WRAPPERS)]
+        for frame in frames[:MAX_DEPTH]:
             node = node.children.setdefault(frame, Node(frame))
             node.samples += count
     return root
