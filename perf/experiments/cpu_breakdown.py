@@ -16,8 +16,9 @@ intra-op pool) are counted in the stage that is running on its main thread when 
 forward; a stub waiting inside a native call that spins (IPC) shows as "stub C++".
 
 Writes ``cpu-breakdown.md`` / ``.json`` and one flame graph per workload
-(``cpu-breakdown-<model>-<workload>.svg``) into ``--out`` (default today's results directory); raw profiles
-and logs into ``<out>/raw/cpu-breakdown/``. Needs py-spy (``--py-spy`` or on PATH; perf/README.md says how).
+(``cpu-breakdown-<model>-<workload>.svg``) into ``--out`` (default today's results directory); raw
+profiles and logs into ``<out>/raw/cpu-breakdown/``. Needs py-spy (requirements.txt puts it in the venv;
+``--py-spy`` names another).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from perf.lib.console import add_out_argument, command_parser, log, parse_list, 
 from perf.lib.paths import REPO
 from perf.lib.perf_analyzer import Measurement, run_perf_analyzer
 from perf.lib.pipelines import EMBEDDING, model_path
+from perf.lib.profiling import available
 from perf.lib.record import Experiment, load_1m
 from perf.lib.sampling import TICKS, group_members
 from perf.lib.server_stats import finished_requests, snapshot, stats_delta
@@ -357,13 +359,6 @@ def markdown(experiment: Experiment, report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def default_py_spy() -> str | None:
-    from perf.lib.profiling import available
-
-    local = REPO / ".pyspy" / "bin" / "py-spy"
-    return str(local) if local.exists() else available()
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = command_parser("perf.experiments.cpu_breakdown", __doc__)
     add_out_argument(parser)
@@ -372,14 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--requests", type=int, default=0, help="per round (default: per workload)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--py-spy", default=None, help="py-spy binary (default .pyspy/bin/py-spy, PATH)")
+    parser.add_argument("--py-spy", default=None, help="py-spy binary (default the venv's, PATH)")
     parser.add_argument("--no-profile", action="store_true", help="CPU per request only, no py-spy round")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.py_spy = None if args.no_profile else (args.py_spy or default_py_spy())
+    args.py_spy = None if args.no_profile else (args.py_spy or available())
     if not args.no_profile and not args.py_spy:
         raise SystemExit("perf.experiments.cpu_breakdown: py-spy not found (--py-spy, or --no-profile)")
     experiment = Experiment("perf.experiments.cpu_breakdown", argv, args.out)
