@@ -113,9 +113,18 @@ def probe(python: Path, model: Path) -> tuple[bool, str]:
     return True, done.stdout.strip().splitlines()[-1]
 
 
+def default_instruction() -> str:
+    """The system turn the server puts before every row sent without an INSTRUCTION (backend.text.chat)."""
+    from backend.settings import PreprocessSettings
+    from backend.text import chat
+
+    return chat.normalize_instruction(None, PreprocessSettings.default_instruction)
+
+
 def workload_items(name: str, count: int, media: Path) -> list[dict[str, Any]]:
-    """The first `count` rows of the workload's data file as {"text", "image": path or None} (images
-    written once under `media`)."""
+    """The first `count` rows of the workload's data file as {"text", "image": path or None, "instruction"}
+    (images written once under `media`; `instruction`: the server's default system turn, which the peer
+    puts in the same chat messages for a text-only row)."""
     rows = json.loads(generate(name).read_text())["data"][:count]
     items = []
     for index, row in enumerate(rows):
@@ -126,7 +135,7 @@ def workload_items(name: str, count: int, media: Path) -> list[dict[str, Any]]:
             if not path.exists():
                 path.write_bytes(decode_bytes_tensor(row["IMAGE"]))
             image = str(path)
-        items.append({"text": text, "image": image})
+        items.append({"text": text, "image": image, "instruction": default_instruction()})
     return items
 
 

@@ -28,9 +28,19 @@ def cpu_seconds() -> float:
 
 
 def load(model: str) -> Any:
+    """The checkpoint as sentence-transformers loads it. Without a sentence-transformers configuration of
+    its own (`modules.json`; the tiny and bench checkpoints have none) it would mean-pool: the model's
+    pooling is the last token, so that is set, as the released model's configuration does."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(model, device="cpu", local_files_only=True)
+    encoder = SentenceTransformer(model, device="cpu", local_files_only=True)
+    if not (Path(model) / "modules.json").exists():
+        from sentence_transformers.sentence_transformer.modules import Pooling
+
+        encoder[1] = Pooling(encoder.get_embedding_dimension(), pooling_mode="lasttoken")
+        # The model reads the hidden state after the assistant prompt, as the server's chat prompt ends.
+        encoder[0].processing_kwargs = {"chat_template": {"add_generation_prompt": True}}
+    return encoder
 
 
 def versions() -> dict[str, str]:
@@ -48,7 +58,8 @@ def versions() -> dict[str, str]:
 
 
 def inputs(items: list[dict[str, Any]]) -> list[Any]:
-    """Text rows as strings; image rows as sentence-transformers' multimodal dicts (image, caption)."""
+    """Text rows as chat messages (system = the instruction, user = the text) or strings; image rows as
+    sentence-transformers' multimodal dicts (image, caption)."""
     from PIL import Image
 
     out: list[Any] = []
@@ -58,6 +69,13 @@ def inputs(items: list[dict[str, Any]]) -> list[Any]:
             if item.get("text"):
                 entry["text"] = item["text"]
             out.append(entry)
+        elif item.get("instruction"):  # the server's chat: the instruction as system turn, the text as user's
+            out.append(
+                [
+                    {"role": "system", "content": [{"type": "text", "text": item["instruction"]}]},
+                    {"role": "user", "content": [{"type": "text", "text": item["text"]}]},
+                ]
+            )
         else:
             out.append(item["text"])
     return out

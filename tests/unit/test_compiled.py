@@ -89,6 +89,23 @@ def test_compiled_vectors_equal_eager_for_every_shape(eager, compiled, lengths):
     assert compiled.stats.recompiles == 0
 
 
+@pytest.mark.parametrize("lengths", [(17,), (213, 150, 99, 213), (64,) * 7])
+def test_the_eager_all_ones_mask_changes_no_bit(eager, lengths):
+    """The eager text forward's all-ones mask (transformers then skips its vmap-built causal mask) gives
+    the hidden states of the forward without a mask, bit for bit, at every row's last real token."""
+    rows = text_rows(lengths, seed=len(lengths))
+    forward = eager.text_forward
+    width = max(lengths)
+    ids = torch.tensor(
+        np.stack([np.pad(row.input_ids, (0, width - row.length), constant_values=0) for row in rows])
+    )
+    last = torch.tensor([row.length - 1 for row in rows])
+    with torch.inference_mode():
+        unmasked = forward.language_model(input_ids=ids, use_cache=False).last_hidden_state
+        expected = unmasked[torch.arange(len(rows)), last].float()
+        assert torch.equal(forward(ids, last + 1), expected)
+
+
 def test_no_shape_compiles_a_new_graph_after_warm_up(compiled):
     from torch._dynamo.utils import counters
 

@@ -66,6 +66,24 @@ def test_patches_equal_qwen2vl_image_processor_after_smart_resize(size, mode):
     np.testing.assert_allclose(normalized, reference["pixel_values"], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
+def test_cpu_pixel_values_are_normalize_pixels_bit_for_bit(dtype_name):
+    """The model step's CPU lookup table gives exactly what the arithmetic gives, for every uint8 value."""
+    import torch
+
+    from backend.runtime.backbone import normalize_pixels, pixel_values
+
+    dtype = getattr(torch, dtype_name)
+    rng = np.random.default_rng(3)
+    patches = np.concatenate(
+        [np.arange(256, dtype=np.uint8).repeat(6).reshape(1, -1), rng.integers(0, 256, (40, 1536), np.uint8)]
+    )
+    expected = normalize_pixels(torch.from_numpy(patches)).to(dtype)
+    got = pixel_values(patches, torch.device("cpu"), dtype)
+    assert got.dtype == dtype and got.shape == expected.shape
+    assert torch.equal(got, expected)
+
+
 def test_rgba_is_composited_on_white():
     transparent = Image.new("RGBA", (64, 64), (255, 0, 0, 0))
     assert vision.to_rgb(transparent).getpixel((0, 0)) == (255, 255, 255)
