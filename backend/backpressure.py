@@ -18,8 +18,16 @@ even after the instance has freed (measured: 1 request in 10 waited ~500 ms at 4
   it (it went elsewhere: a client calling the preprocess step alone, whose requests would otherwise block
   the ensemble while the model step is idle).
 
-The channel is a file of 16 bytes (the newest stamp taken, then the start of the free spell or 0 inside
-execute()), one per ensemble and tritonserver: both steps' stubs are children of the same tritonserver
+Counting requests bounds memory, not time: 256 long texts are minutes of work. So the model step also
+publishes its measured service rate (backend.admission.ServiceRate, tokens per second), the tokens queued
+inside it, and its wait budget (queue_timeout_seconds x expected_wait_share); a preprocess instance, before
+it tokenises a request, refuses it when the tokens queued ahead of it (its own requests still waiting, times
+the preprocess instances, plus the model step's backlog) would take longer than the budget at that rate
+(QueueGate.wait_refusal). Nothing is refused before a rate is measured.
+
+The channel is a file of 40 bytes (the newest stamp taken, then the start of the free spell or 0 inside
+execute(); then the service rate in tokens/s, the tokens queued inside the model step, the wait budget in
+seconds), one per ensemble and tritonserver: both steps' stubs are children of the same tritonserver
 process, whose pid names the file.
 """
 
@@ -28,12 +36,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import struct
 import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from backend.admission import over_budget
 from backend.errors import UnavailableError
 from backend.protocol import QUEUED_AT, Tensors
 
@@ -41,6 +51,9 @@ logger = logging.getLogger(__name__)
 
 _WIDTH = 8
 _FREE_AT = _WIDTH  # offset of the free spell's start
+_SERVICE_AT = 2 * _WIDTH  # offset of (rate tokens/s float64, backlog tokens int64, budget seconds float64)
+_SERVICE = struct.Struct("<dqd")
+_SIZE = _SERVICE_AT + _SERVICE.size
 # Longer than any gap between two execute()s under load: at 4x overload on 2 shared cores a 50 ms allowance
 # forgot requests that were waiting (the model step's queue grew from 2.4 s to 5.5 s).
 IDLE_SECONDS = 1.0
@@ -76,6 +89,7 @@ class Publisher:
         # of a dead server with the same pid is overwritten).
         self.taken(clock())
         self.free()
+        self.service(None, 0, 0.0)
 
     def taken(self, stamp: int) -> None:
         if stamp > self._newest:
@@ -87,6 +101,12 @@ class Publisher:
 
     def free(self) -> None:
         os.pwrite(self._fd, self.clock().to_bytes(_WIDTH, "little"), _FREE_AT)
+
+    def service(self, tokens_per_second: float | None, backlog_tokens: int, budget_seconds: float) -> None:
+        """The measured rate (None: not yet: 0 is written, and nothing is refused by expected wait), the
+        tokens queued inside the step and not started, and how long a request may expect to wait."""
+        record = _SERVICE.pack(tokens_per_second or 0.0, backlog_tokens, budget_seconds)
+        os.pwrite(self._fd, record, _SERVICE_AT)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -166,22 +186,35 @@ class QueueBound:
 
 
 class QueueGate:
-    """The preprocess instance's side: at most `limit` of the requests it handed on wait for the model step.
+    """The preprocess instance's side: at most `limit` of the requests it handed on wait for the model step,
+    and none is let in whose expected wait is over the model step's budget (wait_refusal).
     The file may appear, vanish and be replaced (the model step loads, unloads or is reloaded) at any time;
-    while it does not exist or says nothing, nothing is refused."""
+    while it does not exist or says nothing, nothing is refused.
 
-    def __init__(self, path: Path, limit: int, clock: Callable[[], int] = time.monotonic_ns):
+    `instances`: the preprocess instances feeding the model step. Each sees only its own requests; under
+    load Triton spreads the requests over all of them, so the work queued ahead of a new request is about
+    its own times `instances`."""
+
+    def __init__(
+        self, path: Path, limit: int, clock: Callable[[], int] = time.monotonic_ns, instances: int = 1
+    ):
         self.path = path
         self.limit = limit
         self.clock = clock
-        self._stamps: deque[int] = deque()  # of the requests handed on and not yet taken, oldest first
+        self.instances = max(1, instances)
+        # (stamp, tokens) of the requests handed on and not yet taken, oldest first.
+        self._stamps: deque[tuple[int, int]] = deque()
+        self._waiting_tokens = 0
         self._fd: int | None = None
+        self._service = (0.0, 0, 0.0)  # the model step's rate, backlog and budget as last read
+        self.refused_by_wait = 0
 
     def admit(self, wanted: int) -> int:
         """How many of `wanted` new requests may be preprocessed; the rest are to be refused."""
         taken, free_since = self._read()
         if taken == 0:
             self._stamps.clear()
+            self._waiting_tokens = 0
             return wanted
         now = self.clock()
         idle = int(IDLE_SECONDS * 1e9)
@@ -193,12 +226,32 @@ class QueueGate:
                 stamp <= taken or stamp < forget or (free_since != 0 and now - max(stamp, free_since) > idle)
             )
 
-        while self._stamps and gone(self._stamps[0]):
-            self._stamps.popleft()
+        while self._stamps and gone(self._stamps[0][0]):
+            self._waiting_tokens -= self._stamps.popleft()[1]
         return max(0, min(wanted, self.limit - len(self._stamps)))
 
-    def handed_on(self, stamp: int) -> None:
-        self._stamps.append(stamp)
+    def handed_on(self, stamp: int, tokens: int = 0) -> None:
+        self._stamps.append((stamp, tokens))
+        self._waiting_tokens += tokens
+
+    def tokens_ahead(self) -> int:
+        """The work a new request would queue behind, as of the last admit(): this instance's requests
+        still waiting (times the instances), the model step's backlog."""
+        return self._waiting_tokens * self.instances + self._service[1]
+
+    def wait_refusal(self) -> UnavailableError | None:
+        """UNAVAILABLE for a new request whose expected wait (tokens ahead / the model step's measured rate)
+        is over the model step's budget; None to go on (also before any rate is measured). Call after
+        admit(), which reads the channel; the requests handed on since count too."""
+        rate, _, budget = self._service
+        wait = over_budget(self.tokens_ahead(), rate or None, budget)
+        if wait is None:
+            return None
+        self.refused_by_wait += 1
+        return UnavailableError(
+            f"the model step is overloaded (expected wait {wait:.1f} s for the work queued ahead of this "
+            f"request, over {budget:g} s); retry later"
+        )
 
     def refusal(self) -> UnavailableError:
         return UnavailableError(
@@ -207,19 +260,23 @@ class QueueGate:
         )
 
     def _read(self) -> tuple[int, int]:
-        """(newest stamp taken, start of the model step's free spell or 0); (0, 0) without a model step."""
+        """(newest stamp taken, start of the model step's free spell or 0); (0, 0) without a model step.
+        Also reads the model step's service record (kept in self._service; zeros when absent)."""
+        self._service = (0.0, 0, 0.0)
         try:
             if self._fd is not None and os.fstat(self._fd).st_nlink == 0:
                 os.close(self._fd)
                 self._fd = None
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_RDONLY)
-            data = os.pread(self._fd, 2 * _WIDTH, 0)
+            data = os.pread(self._fd, _SIZE, 0)
         except OSError:
             return 0, 0
-        if len(data) != 2 * _WIDTH:
+        if len(data) < 2 * _WIDTH:
             return 0, 0
-        return int.from_bytes(data[:_WIDTH], "little"), int.from_bytes(data[_WIDTH:], "little")
+        if len(data) == _SIZE:
+            self._service = _SERVICE.unpack_from(data, _SERVICE_AT)
+        return int.from_bytes(data[:_WIDTH], "little"), int.from_bytes(data[_WIDTH : 2 * _WIDTH], "little")
 
     def close(self) -> None:
         if self._fd is not None:

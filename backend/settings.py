@@ -104,6 +104,12 @@ class ModelSettings:
     # A request that waited longer than this since the preprocess step answered it (QUEUED_AT) is refused
     # with UNAVAILABLE instead of run late: the step's queue bound (README "Overload").
     queue_timeout_seconds: float = 10.0
+    # The preprocess steps refuse at once (UNAVAILABLE, before tokenising) a request whose expected wait for
+    # this step, the tokens queued ahead of it divided by the measured service rate, is over this share of
+    # queue_timeout_seconds; 0 = off, refused only once the timeout has passed (backend.admission).
+    expected_wait_share: float = 0.5
+    # The newest forward's weight in the measured service rate (a moving average of tokens and busy time).
+    service_rate_smoothing: float = 0.2
     # Longest row this step runs: the preprocess step never sends more, a direct caller may (tested to agree
     # with the preprocess step's max_length in tests/unit/test_protocol.py).
     max_length: int = EMBEDDING_MAX_LENGTH
@@ -129,7 +135,7 @@ SERVER_ENV_VARIABLES = tuple(dict.fromkeys([*EMBEDDING_ENV.values(), *RERANKER_E
 
 # Demuxers that read further files or URLs named inside the input: never allowed for client bytes.
 FILE_OPENING_DEMUXERS = frozenset({"concat", "hls", "dash", "image2", "imf"})
-ZERO_ALLOWED = {"batch_overhead_tokens", "cpu_threads"}
+ZERO_ALLOWED = {"batch_overhead_tokens", "cpu_threads", "expected_wait_share"}
 
 _T = TypeVar("_T")
 
@@ -209,6 +215,10 @@ def _validate(settings: Any) -> None:
         if settings.compile_mode not in COMPILE_MODES:
             raise ConfigError(
                 f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {settings.compile_mode!r}"
+            )
+        if settings.service_rate_smoothing > 1:
+            raise ConfigError(
+                f"service_rate_smoothing must be in (0, 1], got {settings.service_rate_smoothing}"
             )
         if settings.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
             raise ConfigError(

@@ -84,6 +84,12 @@ MODEL_MEANINGS = {
     "refused with `UNAVAILABLE` / 503 instead of run late: the step's queue bound (see "
     "[Overload](overload.md)); requests that come without `QUEUED_AT` (a client calling the step directly) "
     "are never refused",
+    "expected_wait_share": "the preprocess steps refuse a request at once (`UNAVAILABLE` / 503, before "
+    "tokenising it) when the tokens queued ahead of it divided by this step's measured service rate are "
+    "over this share of `queue_timeout_seconds`; nothing is refused before a rate is measured; `0` = off "
+    "(see [Overload](overload.md#refusal-by-expected-wait))",
+    "service_rate_smoothing": "weight of the newest forward in the measured service rate (a moving average "
+    "of tokens and of busy seconds), in (0, 1]",
     "max_length": "most text tokens (vision placeholders not counted: they are bounded by the patches sent) "
     "in a row the step runs; the preprocess step never sends more, a client calling the step directly gets "
     "`INVALID_ARG` (the reranker's is its preprocess `max_length` + the 5 kept tail tokens; keep the two in "

@@ -16,7 +16,9 @@ class TritonPythonModel:
         self.preprocessor = EmbeddingPreprocessor(settings)
         self.metrics = metrics.PreprocessMetrics(args["model_name"], self.preprocessor.timings)
         channel = backpressure.channel_path(args["model_name"])
-        self.gate = backpressure.QueueGate(channel, settings.max_model_queue)
+        self.gate = backpressure.QueueGate(
+            channel, settings.max_model_queue, instances=triton_io.instance_placement(args)[2]
+        )
         triton_io.freeze_loaded_objects()
 
     def execute(self, requests):

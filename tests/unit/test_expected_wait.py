@@ -1,0 +1,166 @@
+"""Admission by expected wait (backend.admission, backend.backpressure.QueueGate.wait_refusal): the service
+rate the model step measures, and the preprocess step refusing at once what would wait past the budget.
+Every time is passed in, so nothing here depends on how busy the machine is."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backend import backpressure
+from backend.admission import MIN_SAMPLES, ServiceRate, expected_wait, over_budget
+from backend.errors import UnavailableError
+
+
+def test_no_rate_no_refusal_a_cold_server_admits_everything():
+    rate = ServiceRate()
+    assert rate.per_second() is None
+    for index in range(MIN_SAMPLES - 1):
+        rate.done(1000, index, index + 1.0)
+        assert rate.per_second() is None
+    assert over_budget(10**9, rate.per_second(), 5.0) is None
+    assert expected_wait(10**9, None) is None
+    rate.done(1000, 10.0, 11.0)
+    assert rate.per_second() == pytest.approx(1000.0)
+
+
+def test_the_rate_is_tokens_over_busy_time_and_follows_a_change():
+    rate = ServiceRate(smoothing=0.5)
+    for step in range(MIN_SAMPLES):
+        rate.done(100, step * 10.0, step * 10.0 + 0.1)  # idle 9.9 s between forwards: not counted
+    assert rate.per_second() == pytest.approx(1000.0)
+    # The server slows down to 250 tokens/s: the estimate follows within a few forwards.
+    start = 100.0
+    for _ in range(8):
+        rate.done(100, start, start + 0.4)
+        start += 0.4
+    assert rate.per_second() == pytest.approx(250.0, rel=0.02)
+
+
+def test_overlapping_forwards_count_busy_time_once():
+    """Two lanes: a forward that overlaps the previous one counts only the time after it finished."""
+    rate = ServiceRate(smoothing=0.5)
+    rate.done(100, 0.0, 1.0)
+    rate.done(100, 0.5, 1.5)  # 0.5 s of its own
+    rate.done(100, 1.0, 1.2)  # finished inside: no time of its own, its tokens still count
+    assert rate.seconds > 0
+    assert rate.per_second() is not None and rate.per_second() > 100 / 1.0
+
+
+def test_over_budget_only_past_the_budget():
+    assert over_budget(4000, 1000.0, 5.0) is None
+    assert over_budget(5000, 1000.0, 5.0) is None
+    assert over_budget(5001, 1000.0, 5.0) == pytest.approx(5.001)
+    assert over_budget(10**9, 1000.0, 0.0) is None  # off
+    assert over_budget(0, 1000.0, 5.0) is None  # an idle server never refuses
+    assert expected_wait(-5, 100.0) == 0.0
+
+
+def _gate(tmp_path, clock, instances=1):
+    path = tmp_path / "channel"
+    publisher = backpressure.Publisher(path, clock=lambda: clock[0])
+    gate = backpressure.QueueGate(path, limit=1000, clock=lambda: clock[0], instances=instances)
+    return publisher, gate
+
+
+def test_the_gate_refuses_by_expected_wait_once_a_rate_is_published(tmp_path):
+    clock = [10**12]
+    publisher, gate = _gate(tmp_path, clock, instances=2)
+    # Nothing published yet (rate 0): every request goes in, whatever is queued.
+    assert gate.admit(10) == 10
+    for stamp in range(1, 11):
+        gate.handed_on(clock[0] + stamp, tokens=1000)
+    assert gate.wait_refusal() is None
+    # 1,000 tokens/s, budget 5 s: 10 x 1,000 tokens of this instance, about as many of the other one.
+    publisher.service(1000.0, 0, 5.0)
+    assert gate.admit(1) == 1
+    assert gate.tokens_ahead() == 20_000
+    refusal = gate.wait_refusal()
+    assert isinstance(refusal, UnavailableError)
+    message = str(refusal)
+    assert "overloaded" in message and "retry" in message and "expected wait 20.0 s" in message
+    assert gate.refused_by_wait == 1
+    # The model step takes the first 8: 2 x 1,000 tokens wait, plus its own backlog of 500.
+    publisher.service(1000.0, 500, 5.0)
+    publisher.taken(clock[0] + 8)
+    gate.admit(1)
+    assert gate.tokens_ahead() == 2 * 2 * 1000 + 500
+    assert gate.wait_refusal() is None
+    # Requests handed on in the same execute() count before the next admit().
+    gate.handed_on(clock[0] + 11, tokens=600)
+    assert isinstance(gate.wait_refusal(), UnavailableError)
+    # A model step that stopped publishing a budget (share 0) refuses nothing by wait.
+    publisher.service(1000.0, 10**9, 0.0)
+    gate.admit(1)
+    assert gate.wait_refusal() is None
+    # Gone (unloaded): nothing refused, nothing remembered.
+    publisher.close()
+    assert gate.admit(3) == 3 and gate.tokens_ahead() == 0 and gate.wait_refusal() is None
+    gate.close()
+
+
+def test_a_model_step_of_the_previous_release_16_byte_channel_is_still_read(tmp_path):
+    clock = [10**12]
+    path = tmp_path / "channel"
+    path.write_bytes((clock[0]).to_bytes(8, "little") + (0).to_bytes(8, "little"))
+    gate = backpressure.QueueGate(path, limit=2, clock=lambda: clock[0])
+    gate.handed_on(clock[0] + 1, tokens=10**9)
+    assert gate.admit(5) == 1 and gate.wait_refusal() is None
+    gate.close()
+
+
+def test_the_preprocess_step_refuses_by_wait_before_preparing(tmp_path):
+    """The refusal comes before any tokenising: prepare_request is not called for a refused request."""
+    from backend.protocol import PreparedItem
+    from backend.steps import preprocess_requests
+
+    prepared: list[int] = []
+
+    class Preprocessor:
+        def prepare_request(self, inputs):
+            prepared.append(int(inputs["N"][0]))
+            return [PreparedItem(input_ids=np.arange(3000, dtype=np.int64))]
+
+        def pack(self, rows):
+            return {"INPUT_IDS": np.stack([r.input_ids for r in rows])}
+
+    clock = [10**12]
+    publisher, gate = _gate(tmp_path, clock)
+    publisher.service(1000.0, 0, 5.0)  # 5,000 tokens of work at most
+    results = preprocess_requests(Preprocessor(), [{"N": np.array([n])} for n in range(4)], gate)
+    # Each admitted request adds 3,000 tokens: 0 and 3,000 ahead are within 5 s, 6,000 is not.
+    assert prepared == [0, 1]
+    assert [isinstance(result, UnavailableError) for result in results] == [False, False, True, True]
+    publisher.close()
+    gate.close()
+
+
+def test_the_model_step_publishes_its_rate_backlog_and_budget(tmp_path):
+    import struct
+
+    from backend.protocol import PreparedItem
+    from backend.runtime.batching import BatchLimits
+    from backend.runtime.worker import StepWorker
+    from tests.drivers import FunctionHead
+
+    def unpack(inputs):
+        return [PreparedItem(input_ids=np.arange(int(inputs["N"][0]), dtype=np.int64))]
+
+    def compute(rows):
+        return [np.zeros(1, dtype=np.float32) for _ in rows]
+
+    def respond(rows, outputs):
+        return {"OUT": np.stack(outputs)}
+
+    limits = BatchLimits(token_budget=4096, max_rows=8, vision_patch_budget=1, batch_overhead_tokens=0)
+    head = FunctionHead(unpack, compute, respond, limits, queue_timeout_seconds=10.0)
+    path = tmp_path / "channel"
+    worker = StepWorker(head, publisher=backpressure.Publisher(path), expected_wait_share=0.5)
+    try:
+        for _ in range(MIN_SAMPLES + 1):
+            worker.submit([({"N": np.array([100])}, lambda result: None, lambda: False)])
+        rate, backlog, budget = struct.unpack("<dqd", path.read_bytes()[16:40])
+    finally:
+        worker.close()
+    assert budget == 5.0 and backlog == 0 and rate > 0
+    assert worker.rate.samples >= MIN_SAMPLES
