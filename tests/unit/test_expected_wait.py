@@ -164,3 +164,32 @@ def test_the_model_step_publishes_its_rate_backlog_and_budget(tmp_path):
         worker.close()
     assert budget == 5.0 and backlog == 0 and rate > 0
     assert worker.rate.samples >= MIN_SAMPLES
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "in ensemble 'qwen3_vl_embedding', the model step is overloaded (expected wait 12.0 s for the work "
+        "queued ahead of this request, over 5 s); retry later",
+        "in ensemble 'qwen3_vl_embedding', the model step is overloaded (256 requests from this preprocess "
+        "instance wait for it); retry later",
+        "in ensemble 'qwen3_vl_embedding', waited 12.0 s for the model step, over its queue timeout of 10 s: "
+        "the server is overloaded; retry later",
+    ],
+)
+def test_an_overload_refusal_is_answered_at_once_not_waited_out_as_a_restart(message):
+    """The gateway passes the steps' refusals on as 503 at once, and the client retries them with its usual
+    backoff: neither takes them for a server restarting (which both wait out for up to a minute)."""
+    from tritonclient.utils import InferenceServerException
+
+    from gateway.errors import Kind
+    from gateway.triton_errors import kind_of, reloading
+    from qwen3vl_client._retry import is_down, is_unavailable
+
+    error = InferenceServerException(message, status="StatusCode.UNAVAILABLE")
+    assert not reloading(error)
+    assert not is_down(error, (ConnectionError,))
+    assert is_unavailable(error, (ConnectionError,))
+    assert kind_of(error) is Kind.UNAVAILABLE  # 503 + Retry-After, as before
+    # A server that does not answer is still down.
+    assert is_down(InferenceServerException("failed to connect", status="StatusCode.UNAVAILABLE"), ())
