@@ -1,12 +1,14 @@
 """Admission by expected wait: a request that would wait longer than its step's budget is refused when it
 arrives, not when the budget has passed (issue 19, item 3).
 
-Counting requests is not enough: 256 queued long texts are minutes of work, 256 short ones a second. So the
-model step measures how fast it works (ServiceRate: tokens per second of busy time, smoothed), and a
-preprocess instance, before it tokenises a request, divides the tokens queued ahead of it by that rate
-(expected_wait). Over the budget (the model step's queue timeout x ``expected_wait_share``) it refuses at
-once; the model step's own queue timeout (backend.backpressure.QueueBound) stays as the backstop for what
-the estimate got wrong.
+Counting requests is not enough: 256 queued long texts are minutes of work, 256 short ones a second. So a
+preprocess instance measures how fast the model step takes its requests (ServiceRate: tokens per second
+while some of them waited, smoothed), and before it tokenises a request divides the tokens queued ahead of
+it by that rate (expected_wait). Over the budget (the model step's queue timeout x ``expected_wait_share``)
+it refuses at once; the model step's own queue timeout (backend.backpressure.QueueBound) stays as the
+backstop for what the estimate got wrong. Measured where the requests wait, the rate holds every cost of
+serving them (Triton's hand-over, unpacking, answering), not only the forwards: timed around the forwards
+alone, short texts waited twice the budget.
 
 Pure and clock-free: callers pass the times, so the tests need no server, no sleep and no thread.
 """
@@ -15,20 +17,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Micro-batches measured before the rate counts: a cold server's first forwards (allocation, warm-up of
-# caches) are slower than its steady state, and nothing is refused before a rate is known.
+# Samples before the rate counts: a cold server's first forwards (allocation, warm-up of caches) are slower
+# than its steady state, and nothing is refused before a rate is known.
 MIN_SAMPLES = 3
 
 
 @dataclass
 class ServiceRate:
-    """Tokens the model step completes per second while busy: an exponentially weighted moving average
-    over micro-batches (``smoothing``: the weight of the newest one), of tokens and of busy seconds
-    separately, so that the rate is tokens over time, not an average of ratios a tiny batch could skew.
+    """Tokens served per second while busy: an exponentially weighted moving average over samples
+    (``smoothing``: the weight of the newest one), of tokens and of busy seconds separately, so that the
+    rate is tokens over time, not an average of ratios that a tiny sample could skew.
 
-    Busy time is counted once when forwards overlap (the model step runs two lanes): a micro-batch counts
-    the time from its start or from the previous completion, whichever is later; idle time between
-    micro-batches is never counted, so an idle server keeps the rate it had."""
+    A sample is some tokens served over a busy spell. Spells that overlap count their common time once (a
+    sample counts from its start or from the previous sample's end, whichever is later); idle time is no
+    sample's, so an idle server keeps the rate it had."""
 
     smoothing: float = 0.2
     tokens: float = 0.0
@@ -37,7 +39,7 @@ class ServiceRate:
     _last_finished: float = float("-inf")
 
     def done(self, tokens: int, started: float, finished: float) -> None:
-        """A micro-batch of ``tokens`` ran from ``started`` to ``finished`` (seconds, any one clock)."""
+        """``tokens`` were served from ``started`` to ``finished`` (seconds, any one clock)."""
         busy = max(0.0, finished - max(started, self._last_finished))
         self._last_finished = max(self._last_finished, finished)
         if self.samples == 0:

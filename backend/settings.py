@@ -66,6 +66,10 @@ class PreprocessSettings:
     # Requests this instance has handed on that may wait for the model step at once; past it new ones are
     # refused with UNAVAILABLE before any preprocessing (backend.backpressure: the model step's queue bound).
     max_model_queue: int = 256
+    # The weight of the newest sample in the rate at which the model step takes this instance's requests
+    # (tokens per second, a moving average of tokens and of seconds): with the model step's
+    # expected_wait_share it refuses at once what would wait too long (backend.admission).
+    service_rate_smoothing: float = 0.2
     vision: VisionSettings = VisionSettings()
 
 
@@ -105,11 +109,9 @@ class ModelSettings:
     # with UNAVAILABLE instead of run late: the step's queue bound (README "Overload").
     queue_timeout_seconds: float = 10.0
     # The preprocess steps refuse at once (UNAVAILABLE, before tokenising) a request whose expected wait for
-    # this step, the tokens queued ahead of it divided by the measured service rate, is over this share of
-    # queue_timeout_seconds; 0 = off, refused only once the timeout has passed (backend.admission).
+    # this step, the tokens queued ahead of it divided by the rate this step takes them at, is over this
+    # share of queue_timeout_seconds; 0 = off, refused only once the timeout has passed (backend.admission).
     expected_wait_share: float = 0.5
-    # The newest forward's weight in the measured service rate (a moving average of tokens and busy time).
-    service_rate_smoothing: float = 0.2
     # Longest row this step runs: the preprocess step never sends more, a direct caller may (tested to agree
     # with the preprocess step's max_length in tests/unit/test_protocol.py).
     max_length: int = EMBEDDING_MAX_LENGTH
@@ -205,6 +207,8 @@ def _validate(settings: Any) -> None:
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             if value < 0 or (value == 0 and field.name not in ZERO_ALLOWED):
                 raise ConfigError(f"parameter {field.name!r} must be positive, got {value}")
+    if isinstance(settings, PreprocessSettings) and settings.service_rate_smoothing > 1:
+        raise ConfigError(f"service_rate_smoothing must be in (0, 1], got {settings.service_rate_smoothing}")
     if isinstance(settings, ModelSettings):
         if settings.device.split(":")[0] not in ("auto", "cpu", "cuda", "npu"):
             raise ConfigError(f"device must be auto, cpu, cuda[:N] or npu[:N], got {settings.device!r}")
@@ -215,10 +219,6 @@ def _validate(settings: Any) -> None:
         if settings.compile_mode not in COMPILE_MODES:
             raise ConfigError(
                 f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {settings.compile_mode!r}"
-            )
-        if settings.service_rate_smoothing > 1:
-            raise ConfigError(
-                f"service_rate_smoothing must be in (0, 1], got {settings.service_rate_smoothing}"
             )
         if settings.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
             raise ConfigError(

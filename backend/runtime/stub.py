@@ -37,7 +37,6 @@ class ModelStepStub:
             lambda: self.metrics.record(self.model.stats),
             backpressure.Publisher(backpressure.channel_path(args["model_name"])),
             settings.expected_wait_share,
-            settings.service_rate_smoothing,
         )
         triton_io.freeze_loaded_objects()
 

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from backend.admission import ServiceRate
 from backend.backpressure import Publisher, QueueBound
 from backend.errors import UnavailableError
-from backend.protocol import PreparedItem, Result, Tensors
-from backend.runtime.batching import BatchLimits
+from backend.protocol import Result, Tensors
 from backend.runtime.head import ModelHead
 from backend.runtime.scheduler import MicroBatchQueue
 
@@ -77,40 +74,6 @@ class ExecuteAnswers:
                 self._senders[index](result)
 
 
-class MeasuredHead:
-    """The model head with every forward timed into a ServiceRate (tokens of the rows, padding and overhead
-    left to the rate), which `measured` then publishes: the preprocess steps refuse by expected wait
-    (backend.admission). Both lanes' threads compute, hence the lock."""
-
-    def __init__(self, head: ModelHead, rate: ServiceRate, measured: Callable[[], None]):
-        self.head = head
-        self.rate = rate
-        self._measured = measured
-        self._lock = threading.Lock()
-
-    @property
-    def limits(self) -> BatchLimits:
-        return self.head.limits
-
-    @property
-    def queue_timeout_seconds(self) -> float:
-        return self.head.queue_timeout_seconds
-
-    def unpack(self, inputs: Tensors) -> list[PreparedItem]:
-        return self.head.unpack(inputs)
-
-    def compute(self, rows: Sequence[PreparedItem]) -> list[np.ndarray]:
-        started = time.monotonic()
-        outputs = self.head.compute(rows)
-        with self._lock:
-            self.rate.done(sum(row.length for row in rows), started, time.monotonic())
-        self._measured()
-        return outputs
-
-    def respond(self, rows: Sequence[PreparedItem], outputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        return self.head.respond(rows, outputs)
-
-
 class StepWorker:
     """The model step's worker thread over a MicroBatchQueue.
 
@@ -128,18 +91,13 @@ class StepWorker:
         after_micro_batch: Callable[[], None] = lambda: None,
         publisher: Publisher | None = None,
         expected_wait_share: float = 0.0,
-        rate_smoothing: float = 0.2,
     ):
         """`after_micro_batch`: called after each of the worker's micro-batches and after each submit()
         (metrics: the stubs send what they hold only when called). `expected_wait_share`: the preprocess
-        steps refuse a request expected to wait longer than this share of the queue timeout (0: off);
-        `rate_smoothing`: the newest forward's weight in the measured service rate."""
-        self.queue_bound = QueueBound(head.queue_timeout_seconds, publisher)
-        self.publisher = publisher
-        self.wait_budget = head.queue_timeout_seconds * expected_wait_share
-        self.rate = ServiceRate(rate_smoothing)
-        measured = MeasuredHead(head, self.rate, self._publish_service)
-        self.queue = MicroBatchQueue(measured, head.limits.token_budget // CHEAP_SHARE_OF_BUDGET)
+        steps refuse a request expected to wait longer than this share of the queue timeout (0: off;
+        backend.admission)."""
+        self.queue_bound = QueueBound(head.queue_timeout_seconds, publisher, wait_share=expected_wait_share)
+        self.queue = MicroBatchQueue(head, head.limits.token_budget // CHEAP_SHARE_OF_BUDGET)
         self.backlog_limit = head.limits.token_budget
         self._enter_thread = enter_thread
         self._after_micro_batch = after_micro_batch
@@ -163,9 +121,11 @@ class StepWorker:
             if refusal is not None:
                 answers.answer(index)(refusal)
                 continue
-            self.queue.submit(owned(inputs), answers.answer(index), cancelled)
+            answer = answers.answer(index)
+            if inputs is not None:
+                answer = self.queue_bound.answered(inputs, answer)
+            self.queue.submit(owned(inputs), answer, cancelled)
         self.queue_bound.taken()
-        self._publish_service()
         while self.queue.run_next(cheap=True):
             pass
         self._report()
@@ -174,15 +134,6 @@ class StepWorker:
         answers.send()  # what is done must not wait for the backlog to shrink
         self.queue.wait_for_room(self.backlog_limit)
         return [None] * len(requests)
-
-    def _publish_service(self) -> None:
-        """The measured rate, the backlog and the wait budget, for the preprocess steps' admission."""
-        if self.publisher is None or not self.wait_budget:
-            return
-        try:
-            self.publisher.service(self.rate.per_second(), self.queue.queued_tokens(), self.wait_budget)
-        except OSError:
-            logger.exception("publishing the model step's service rate failed")
 
     def close(self, timeout: float = 10.0) -> None:
         self.queue.close(UnavailableError("the model step is shutting down; try again"))

@@ -56,41 +56,102 @@ def test_over_budget_only_past_the_budget():
     assert expected_wait(-5, 100.0) == 0.0
 
 
-def _gate(tmp_path, clock, instances=1):
+def _gate(tmp_path, clock):
     path = tmp_path / "channel"
     publisher = backpressure.Publisher(path, clock=lambda: clock[0])
-    gate = backpressure.QueueGate(path, limit=1000, clock=lambda: clock[0], instances=instances)
+    publisher.busy()  # inside an execute(): what waits, waits for it
+    gate = backpressure.QueueGate(path, limit=1000, clock=lambda: clock[0], rate_smoothing=0.5)
     return publisher, gate
 
 
-def test_the_gate_refuses_by_expected_wait_once_a_rate_is_published(tmp_path):
-    clock = [10**12]
-    publisher, gate = _gate(tmp_path, clock, instances=2)
-    # Nothing published yet (rate 0): every request goes in, whatever is queued.
-    assert gate.admit(10) == 10
-    for stamp in range(1, 11):
-        gate.handed_on(clock[0] + stamp, tokens=1000)
-    assert gate.wait_refusal() is None
-    # 1,000 tokens/s, budget 5 s: 10 x 1,000 tokens of this instance, about as many of the other one.
-    publisher.service(1000.0, 0, 5.0)
-    assert gate.admit(1) == 1
-    assert gate.tokens_ahead() == 20_000
+SECOND = 10**9
+
+
+def _answer(publisher, gate, clock, upto, seconds, oldest=0):
+    """`seconds` pass, the model step has taken everything stamped up to `upto` and answered all of it but
+    `oldest` and what came after."""
+    clock[0] += int(seconds * SECOND)
+    publisher.taken(upto)
+    publisher.progress(oldest, clock[0])
+    return gate.admit(1)
+
+
+def test_the_gate_measures_how_fast_its_requests_are_answered(tmp_path):
+    """Samples span from the first request handed on (or the previous sample) to the model step's last
+    answer; idle time is in none."""
+    clock = [1000 * SECOND]
+    publisher, gate = _gate(tmp_path, clock)
+    start = clock[0] + 1
+    for index in range(10):
+        gate.handed_on(start + index, tokens=1000)
+    for answered in range(2, 12, 2):  # two requests (2,000 tokens) answered every 0.5 s: 4,000 tokens/s
+        _answer(publisher, gate, clock, start + answered - 1, 0.5)
+    assert gate.rate.samples == 5 and gate.rate.per_second() == pytest.approx(4000.0)
+    assert gate.tokens_ahead() == 0
+    # Idle for an hour, then one request answered 10 ms after it was handed on, seen a minute later:
+    # the sample is those 10 ms, not the hour or the minute.
+    clock[0] += 3600 * SECOND
+    gate.handed_on(clock[0], tokens=80)  # 8,000 tokens/s
+    clock[0] += SECOND // 100
+    publisher.taken(clock[0] - SECOND // 100)
+    publisher.progress(0, clock[0])
+    clock[0] += 60 * SECOND
+    gate.admit(1)
+    assert gate.rate.samples == 6 and gate.rate.per_second() == pytest.approx((1000 + 40) / (0.25 + 0.005))
+
+
+def test_taken_but_not_answered_still_counts_for_the_wait_not_for_the_count(tmp_path):
+    clock = [1000 * SECOND]
+    publisher, gate = _gate(tmp_path, clock)
+    gate.limit = 3
+    start = clock[0] + 1
+    for index in range(5):
+        gate.handed_on(start + index, tokens=100)
+    # Taken up to the third, the second not answered yet: 2 wait (count), 4 unanswered (wait).
+    assert _answer(publisher, gate, clock, start + 2, 0.1, oldest=start + 1) == 1
+    assert gate.tokens_ahead() == 400
+    # A model step that lost track of a request (its oldest unanswered older than FORGET_SECONDS) no longer
+    # holds the others back.
+    clock[0] += int(backpressure.FORGET_SECONDS * SECOND) // 2
+    gate.handed_on(clock[0], tokens=100)
+    clock[0] += int(backpressure.FORGET_SECONDS * SECOND) // 2 + SECOND
+    publisher.taken(clock[0] - SECOND)
+    publisher.progress(start + 1, clock[0])
+    gate.admit(1)
+    assert gate.tokens_ahead() == 0
+    gate.close()
+    publisher.close()
+
+
+def test_the_gate_refuses_by_expected_wait_once_a_rate_is_measured(tmp_path):
+    clock = [1000 * SECOND]
+    publisher, gate = _gate(tmp_path, clock)
+    assert gate.admit(10) == 10  # nothing published: nothing refused
+    start = clock[0] + 1
+    for index in range(40):
+        gate.handed_on(start + index, tokens=1000)
+    # Budget 5 s, but no rate yet: a cold server admits everything, however much is queued.
+    publisher.budget(5.0)
+    gate.admit(1)
+    assert gate.tokens_ahead() == 40_000 and gate.wait_refusal() is None
+    for answered in range(MIN_SAMPLES):  # 2 requests a second: 2,000 tokens/s
+        _answer(publisher, gate, clock, start + 2 * answered + 1, 1.0)
+    assert gate.rate.per_second() == pytest.approx(2000.0)
+    # 34 unanswered, 17 s of work: over the 5 s budget.
     refusal = gate.wait_refusal()
     assert isinstance(refusal, UnavailableError)
     message = str(refusal)
-    assert "overloaded" in message and "retry" in message and "expected wait 20.0 s" in message
+    assert "overloaded" in message and "retry" in message and "expected wait 17.0 s" in message
     assert gate.refused_by_wait == 1
-    # The model step takes the first 8: 2 x 1,000 tokens wait, plus its own backlog of 500.
-    publisher.service(1000.0, 500, 5.0)
-    publisher.taken(clock[0] + 8)
-    gate.admit(1)
-    assert gate.tokens_ahead() == 2 * 2 * 1000 + 500
+    # All but the last 3 answered (at the same rate): 1.5 s of work.
+    _answer(publisher, gate, clock, start + 36, 15.5)
+    assert gate.tokens_ahead() == 3000 and gate.rate.per_second() == pytest.approx(2000.0)
     assert gate.wait_refusal() is None
     # Requests handed on in the same execute() count before the next admit().
-    gate.handed_on(clock[0] + 11, tokens=600)
+    gate.handed_on(start + 40, tokens=10_000)
     assert isinstance(gate.wait_refusal(), UnavailableError)
-    # A model step that stopped publishing a budget (share 0) refuses nothing by wait.
-    publisher.service(1000.0, 10**9, 0.0)
+    # A model step that publishes no budget (expected_wait_share 0) refuses nothing by wait.
+    publisher.budget(0.0)
     gate.admit(1)
     assert gate.wait_refusal() is None
     # Gone (unloaded): nothing refused, nothing remembered.
@@ -100,7 +161,7 @@ def test_the_gate_refuses_by_expected_wait_once_a_rate_is_published(tmp_path):
 
 
 def test_a_model_step_of_the_previous_release_16_byte_channel_is_still_read(tmp_path):
-    clock = [10**12]
+    clock = [1000 * SECOND]
     path = tmp_path / "channel"
     path.write_bytes((clock[0]).to_bytes(8, "little") + (0).to_bytes(8, "little"))
     gate = backpressure.QueueGate(path, limit=2, clock=lambda: clock[0])
@@ -124,9 +185,11 @@ def test_the_preprocess_step_refuses_by_wait_before_preparing(tmp_path):
         def pack(self, rows):
             return {"INPUT_IDS": np.stack([r.input_ids for r in rows])}
 
-    clock = [10**12]
+    clock = [1000 * SECOND]
     publisher, gate = _gate(tmp_path, clock)
-    publisher.service(1000.0, 0, 5.0)  # 5,000 tokens of work at most
+    publisher.budget(5.0)  # 5 s of work at most
+    for second in range(MIN_SAMPLES):
+        gate.rate.done(1000, second, second + 1.0)  # 1,000 tokens/s
     results = preprocess_requests(Preprocessor(), [{"N": np.array([n])} for n in range(4)], gate)
     # Each admitted request adds 3,000 tokens: 0 and 3,000 ahead are within 5 s, 6,000 is not.
     assert prepared == [0, 1]
@@ -135,10 +198,12 @@ def test_the_preprocess_step_refuses_by_wait_before_preparing(tmp_path):
     gate.close()
 
 
-def test_the_model_step_publishes_its_rate_backlog_and_budget(tmp_path):
+def test_the_model_step_publishes_its_budget_and_what_it_has_answered(tmp_path):
+    """The oldest stamp taken and not answered, and when the last answer came; a request refused for its
+    queue timeout or without QUEUED_AT is not tracked."""
     import struct
 
-    from backend.protocol import PreparedItem
+    from backend.protocol import QUEUED_AT, PreparedItem
     from backend.runtime.batching import BatchLimits
     from backend.runtime.worker import StepWorker
     from tests.drivers import FunctionHead
@@ -156,14 +221,36 @@ def test_the_model_step_publishes_its_rate_backlog_and_budget(tmp_path):
     head = FunctionHead(unpack, compute, respond, limits, queue_timeout_seconds=10.0)
     path = tmp_path / "channel"
     worker = StepWorker(head, publisher=backpressure.Publisher(path), expected_wait_share=0.5)
+    bound = worker.queue_bound
+    now = bound.clock()
+
+    def request(stamp):
+        inputs = {"N": np.array([100])}
+        if stamp is not None:
+            inputs[QUEUED_AT] = np.array([[stamp]], dtype=np.int64)
+        return (inputs, lambda result: None, lambda: False)
+
     try:
-        for _ in range(MIN_SAMPLES + 1):
-            worker.submit([({"N": np.array([100])}, lambda result: None, lambda: False)])
-        rate, backlog, budget = struct.unpack("<dqd", path.read_bytes()[16:40])
+        worker.submit([request(now - 5), request(now - 30 * SECOND), request(None)])
+        oldest, answered_at = struct.unpack("<qq", path.read_bytes()[16:32])
+        [budget] = struct.unpack("<d", path.read_bytes()[32:40])
+        assert (oldest, budget) == (0, 5.0) and answered_at >= now
+        # Unanswered: the oldest is published.
+        held = bound.answered({QUEUED_AT: np.array([[now - 3]], dtype=np.int64)}, lambda result: None)
+        later = bound.answered({QUEUED_AT: np.array([[now - 2]], dtype=np.int64)}, lambda result: None)
+        later({})
+        assert struct.unpack("<qq", path.read_bytes()[16:32])[0] == now - 3
+        held({})
+        assert struct.unpack("<qq", path.read_bytes()[16:32])[0] == 0
     finally:
         worker.close()
-    assert budget == 5.0 and backlog == 0 and rate > 0
-    assert worker.rate.samples >= MIN_SAMPLES
+    off = tmp_path / "off"
+    worker = StepWorker(head, publisher=backpressure.Publisher(off))  # share 0: nothing tracked
+    try:
+        worker.submit([request(now)])
+        assert path.exists() is False and off.read_bytes()[16:40] == bytes(24)
+    finally:
+        worker.close()
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,9 @@ class TritonPythonModel:
         self.metrics = metrics.PreprocessMetrics(args["model_name"], self.preprocessor.timings)
         channel = backpressure.channel_path(args["model_name"])
         self.gate = backpressure.QueueGate(
-            channel, settings.max_model_queue, instances=triton_io.instance_placement(args)[2]
+            channel,
+            settings.max_model_queue,
+            rate_smoothing=settings.service_rate_smoothing,
         )
         triton_io.freeze_loaded_objects()
 

@@ -19,7 +19,9 @@ class TritonPythonModel:
         )
         channel = backpressure.channel_path(args["model_name"])
         self.gate = backpressure.QueueGate(
-            channel, settings.max_model_queue, instances=triton_io.instance_placement(args)[2]
+            channel,
+            settings.max_model_queue,
+            rate_smoothing=settings.service_rate_smoothing,
         )
         triton_io.freeze_loaded_objects()
 
