@@ -2,12 +2,13 @@
 when that becomes known (milliseconds), not when its timeout expires? With short and with long texts,
 straight to Triton over gRPC and through the gateway.
 
-    python -m perf.drills.refusal [--seconds 15] [--multiple 4] [--texts short,long] [--paths grpc,gateway]
+    python -m perf.drills.refusal [--seconds 15] [--multiple 4] [--texts short,long]
+                                  [--paths grpc,gateway,gateway-latency]
     python -m perf.drills.reliability --only refusal      (make reliability's "refusal" phase)
 
 One tritonserver (the embedding ensemble, tiny checkpoint unless MODEL_PATH is set; or the launcher's, from
-perf.drills.reliability) and one gateway with its default settings in front of it. For each path and text
-length (short: ~200 tokens, long: ~3,000 tokens, one row per request):
+perf.drills.reliability) and, per gateway path, a fresh gateway in front of it (its defaults; the latency
+profile). For each path and text length (short: ~200 tokens, long: ~3,000 tokens, one row per request):
 
 1. capacity: a closed loop of ``--concurrency`` requests in flight for ``--capacity-seconds``: answers/s;
 2. overload: an open loop at ``--multiple`` x that for ``--seconds`` (requests start on schedule whatever
@@ -30,6 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -41,7 +43,13 @@ from perf.lib.sampling import RssSampler, percentiles
 SENTENCE = "The quick brown fox jumps over the lazy dog while the river runs past the old mill. "
 # ~200 and ~3,000 tokens: the tiny model's forward of a long text costs ~15x a short one's.
 TEXTS = {"short": SENTENCE * 11, "long": SENTENCE * 170}
-PATHS = ("grpc", "gateway")
+# path -> the gateway's settings (None: straight to Triton over gRPC).
+PATHS: dict[str, dict[str, str] | None] = {
+    "grpc": None,
+    "gateway": {},  # the defaults: throughput first, a 5 s burst allowance
+    # docs/overload.md "The latency profile": overload told from a burst after 1 s, nobody waits then.
+    "gateway-latency": {"GATEWAY_LATENCY_TARGET_RATIO": "1.25", "GATEWAY_BURST_SECONDS": "1"},
+}
 # Scheduled requests are skipped (counted) once this many are open: each holds a socket.
 MAX_OPEN = 15_000
 # What a refusal says, by who refused it (the steps' messages: backend.backpressure; the gateway's own:
@@ -217,43 +225,60 @@ async def run_leg(
     leg.ok_latency_ms = percentiles(overload.ok)
     leg.refused_latency_ms = percentiles(overload.refused)
     leg.server_rss_mib = [sampler.start[0], round(max(sampler.peaks[0], end[0]), 1), end[0]]
-    leg.gateway_rss_mib = [sampler.start[1], round(max(sampler.peaks[1], end[1]), 1), end[1]]
+    if pgids[1] != pgids[0]:
+        leg.gateway_rss_mib = [sampler.start[1], round(max(sampler.peaks[1], end[1]), 1), end[1]]
     log(f"refusal {leg.path}/{leg.text}: {json.dumps(asdict(leg))}")
     return leg
 
 
 async def measure(
     grpc_url: str,
-    gateway_url: str,
-    pgids: tuple[int, int],
+    server_pgid: int,
     texts: list[str],
     paths: list[str],
+    log_dir: Path,
     concurrency: int = 64,
     capacity_s: float = 8.0,
     seconds: float = 15.0,
     multiple: float = 4.0,
 ) -> list[Leg]:
-    """Every (path, text) leg against one server and gateway; pgids: tritonserver's group, the gateway's."""
+    """Every (path, text) leg against one tritonserver (`server_pgid`: its process group), a fresh gateway
+    per gateway path."""
     import aiohttp
 
+    from tools.gateway_process import GatewayProcess
+
     legs = []
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=300)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        for path in paths:
+    for path in paths:
+        environment = PATHS[path]
+        if environment is None:
             for text in texts:
-                leg = Leg(path, text)
-                if path == "grpc":
-                    send, close = grpc_sender(grpc_url, TEXTS[text])
-                    try:
-                        legs.append(
-                            await run_leg(leg, send, pgids, concurrency, capacity_s, seconds, multiple)
+                send, close = grpc_sender(grpc_url, TEXTS[text])
+                try:
+                    legs.append(
+                        await run_leg(
+                            Leg(path, text), send, (server_pgid, server_pgid), concurrency, capacity_s,
+                            seconds, multiple,
                         )
-                    finally:
-                        await close()
-                else:
-                    send = gateway_sender(gateway_url, TEXTS[text], session)
-                    legs.append(await run_leg(leg, send, pgids, concurrency, capacity_s, seconds, multiple))
+                    )  # fmt: skip
+                finally:
+                    await close()
+            continue
+        gateway = GatewayProcess(grpc_url, environment, log_dir / f"{path}.log").start()
+        connector = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=400)
+        try:
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+                for text in texts:
+                    send = gateway_sender(gateway.url, TEXTS[text], session)
+                    legs.append(
+                        await run_leg(
+                            Leg(path, text), send, (server_pgid, gateway.pid), concurrency, capacity_s,
+                            seconds, multiple,
+                        )
+                    )  # fmt: skip
+        finally:
+            gateway.stop()
     return legs
 
 
@@ -281,7 +306,7 @@ def leg_table(legs: list[Leg]) -> list[str]:
                 f"{_ms(leg.refused_latency_ms, 'p50')} / {_ms(leg.refused_latency_ms, 'p99')}",
                 f"{_ms(leg.ok_latency_ms, 'p50')} / {_ms(leg.ok_latency_ms, 'p99')}",
                 " / ".join(str(value) for value in leg.server_rss_mib),
-                " / ".join(str(value) for value in leg.gateway_rss_mib),
+                " / ".join(str(value) for value in leg.gateway_rss_mib) or "-",
                 f"{leg.load_before} / {leg.load_after}",
             )
             for leg in legs
@@ -296,7 +321,9 @@ def write_report(experiment: Experiment, legs: list[Leg], **extra: object) -> No
     lines = [
         *experiment.heading("Refusal latency at ~4x capacity", report),
         "One row per request: short ~200-token and long ~3,000-token texts, over gRPC straight to the "
-        "embedding ensemble and as `/v1/embeddings` through the gateway (default settings). Capacity: a "
+        "embedding ensemble and as `/v1/embeddings` through the gateway, with its default settings "
+        "(`gateway`) and with the latency profile (`gateway-latency`: `GATEWAY_LATENCY_TARGET_RATIO=1.25 "
+        "GATEWAY_BURST_SECONDS=1`), a fresh gateway each. Capacity: a "
         "closed loop of 64 in flight; overload: an open loop at 4x that, then until every answer is in. "
         "The client shares the host's cores with the server (and, on a shared host, with other work: see "
         "the load averages).",
@@ -333,7 +360,6 @@ def main(argv: list[str] | None = None) -> int:
     experiment = Experiment("perf.drills.refusal", argv, args.out)
     raise_file_limit()
     from perf.lib.paths import REPO
-    from tools.gateway_process import GatewayProcess
     from tools.triton_server import TritonServer
 
     log_dir = experiment.out / "raw" / "refusal"
@@ -345,13 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     with server:
         assert server.pid is not None  # started
-        with GatewayProcess(server.grpc_url, {}, log_dir / "gateway.log") as gateway:
-            legs = asyncio.run(
-                measure(
-                    server.grpc_url, gateway.url, (server.pid, gateway.pid), args.texts, args.paths,
-                    args.concurrency, args.capacity_seconds, args.seconds, args.multiple,
-                )
-            )  # fmt: skip
+        legs = asyncio.run(
+            measure(
+                server.grpc_url, server.pid, args.texts, args.paths, log_dir, args.concurrency,
+                args.capacity_seconds, args.seconds, args.multiple,
+            )
+        )  # fmt: skip
     write_report(experiment, legs)
     return 0
 

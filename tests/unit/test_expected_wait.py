@@ -264,9 +264,11 @@ def test_the_model_step_publishes_its_budget_and_what_it_has_answered(tmp_path):
         "the server is overloaded; retry later",
     ],
 )
-def test_an_overload_refusal_is_answered_at_once_not_waited_out_as_a_restart(message):
-    """The gateway passes the steps' refusals on as 503 at once, and the client retries them with its usual
-    backoff: neither takes them for a server restarting (which both wait out for up to a minute)."""
+def test_an_overload_refusal_is_not_waited_out_as_a_restart(message):
+    """Neither the gateway nor the client takes the steps' refusals for a server restarting (which both wait
+    out for up to a minute): the client retries them with its usual backoff, and the gateway treats them as
+    Triton's own queue refusals: the request waits again in its admission while its queue timeout allows
+    (a burst is not overload), and its admission decides when to answer 503."""
     from tritonclient.utils import InferenceServerException
 
     from gateway.errors import Kind
@@ -277,6 +279,42 @@ def test_an_overload_refusal_is_answered_at_once_not_waited_out_as_a_restart(mes
     assert not reloading(error)
     assert not is_down(error, (ConnectionError,))
     assert is_unavailable(error, (ConnectionError,))
-    assert kind_of(error) is Kind.UNAVAILABLE  # 503 + Retry-After, as before
+    assert kind_of(error) is Kind.OVERLOADED  # 503 + Retry-After once the gateway gives up
     # A server that does not answer is still down.
     assert is_down(InferenceServerException("failed to connect", status="StatusCode.UNAVAILABLE"), ())
+
+
+def test_a_call_triton_refused_is_no_completion_for_the_gateway():
+    """Counted as completions, Triton's fast refusals would read as service: the measured rate would grow
+    with the refusals and arrivals would never outpace completions, so sustained overload would never be
+    told from a burst (waiters held for the whole queue timeout)."""
+    import asyncio
+
+    from gateway.admission import Admission
+    from gateway.errors import GatewayError, Kind
+
+    clock = [0.0]
+    admission = Admission(4, 100, queue_timeout=10.0, clock=lambda: clock[0])
+
+    async def run():
+        for _ in range(30):
+            with pytest.raises(GatewayError):
+                async with admission.slot():
+                    raise GatewayError(Kind.OVERLOADED, "Triton: the model step is overloaded; retry later")
+        assert admission._completed == 0 and admission.rate() is None
+        for _ in range(30):
+            async with admission.slot() as ticket:
+                ticket.sample = ticket.served = False  # refused, sent again by the caller
+        assert admission._completed == 0
+        for _ in range(25):
+            clock[0] += 0.1
+            async with admission.slot():
+                pass
+        assert admission._completed == 25 and admission.rate() is not None
+        with pytest.raises(GatewayError):
+            async with admission.slot():
+                raise GatewayError(Kind.INVALID, "input[0]: bad")  # answered by Triton: a completion
+        assert admission._completed == 26
+        assert admission.in_flight == 0
+
+    asyncio.run(run())
