@@ -162,15 +162,7 @@ class MicroBatchQueue:
             return self._has_room(tokens)
 
     def _has_room(self, tokens: int) -> bool:
-        return self._closed is not None or self._queued_tokens() <= tokens
-
-    def queued_tokens(self) -> int:
-        """Tokens of the rows queued and not started (published for admission by expected wait)."""
-        with self._changed:
-            return self._queued_tokens()
-
-    def _queued_tokens(self) -> int:
-        return sum(row.item.length for row in self._rows)
+        return self._closed is not None or sum(row.item.length for row in self._rows) <= tokens
 
     @property
     def closed(self) -> bool:
