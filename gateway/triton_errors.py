@@ -10,16 +10,7 @@ from collections.abc import Sequence
 from gateway.coalescing import Blame, RowRejected
 from gateway.errors import GatewayError, Kind
 from qwen3vl_client import _wire
-from qwen3vl_client._retry import (
-    BUSY,
-    OVERLOADED,
-    error_status,
-    error_text,
-    is_down,
-    is_reloading,
-    pin,
-    row_of,
-)
+from qwen3vl_client._retry import BUSY, error_status, error_text, is_down, is_reloading, pin, row_of
 
 _KIND_BY_STATUS = {
     "StatusCode.INVALID_ARGUMENT": Kind.INVALID,
@@ -38,11 +29,8 @@ def kind_of(error: BaseException) -> Kind:
     if is_reloading(error):
         return Kind.UNAVAILABLE  # a stub died under the request, or its model is being reloaded: retry later
     kind = _KIND_BY_STATUS.get(error_status(error) or "", Kind.INTERNAL)
-    text = error_text(error)
-    if kind is Kind.UNAVAILABLE and (BUSY.search(text) or OVERLOADED.search(text)):
-        # Triton is up, its queue is not (Triton's queue policy, or the steps' own bound: too many
-        # requests or too long an expected wait): the request may be sent again.
-        return Kind.OVERLOADED
+    if kind is Kind.UNAVAILABLE and BUSY.search(error_text(error)):
+        return Kind.OVERLOADED  # Triton is up, its queue is not: the request may be sent again
     return kind
 
 
