@@ -293,11 +293,11 @@ class QueueGate:
             self._unanswered_tokens -= tokens
             drained += tokens if answered(stamp) else 0
         self._measure(drained, answered_at or now)
-        waiting = 0  # not taken: the newest, stamped after `taken`
+        waiting = 0  # not taken (the newest, stamped after `taken`) nor forgotten
         for stamp, _ in reversed(self._stamps):
             if stamp <= taken:
                 break
-            waiting += 1
+            waiting += not forgotten(stamp)
         return max(0, min(wanted, self.limit - waiting))
 
     def _measure(self, drained: int, answered_at: int) -> None:
