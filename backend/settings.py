@@ -111,7 +111,7 @@ class ModelSettings:
     # The preprocess steps refuse at once (UNAVAILABLE, before tokenising) a request whose expected wait for
     # this step, the tokens queued ahead of it divided by the rate this step takes them at, is over this
     # share of queue_timeout_seconds; 0 = off, refused only once the timeout has passed (backend.admission).
-    expected_wait_share: float = 0.5
+    expected_wait_share: float = 1.0
     # Longest row this step runs: the preprocess step never sends more, a direct caller may (tested to agree
     # with the preprocess step's max_length in tests/unit/test_protocol.py).
     max_length: int = EMBEDDING_MAX_LENGTH
