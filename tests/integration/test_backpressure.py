@@ -123,9 +123,9 @@ async def _saturate(url: str) -> tuple[list[float], list[float], list[str]]:
 
 
 def test_saturated_requests_are_refused_by_expected_wait_well_before_the_timeout(tmp_path, tiny_model_path):
-    """With a 4 s queue timeout (a 2 s budget at the default share), a closed loop of long texts far over
-    capacity: refusals come when the wait becomes known, at the preprocess step, in a fraction of the
-    timeout, not once it has passed; requests are still served meanwhile."""
+    """With a 4 s queue timeout (also the expected-wait budget, at the default share), a closed loop of long
+    texts far over capacity: refusals come when the wait becomes known, at the preprocess step, in a
+    fraction of the timeout, not once it has passed; requests are still served meanwhile."""
     repository = variant_repository(
         tmp_path / "repository",
         {"qwen3_vl_embedding_model": with_parameter("queue_timeout_seconds", str(QUEUE_TIMEOUT))},
