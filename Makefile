@@ -101,9 +101,11 @@ recovery: setup ## SIGKILL of each stub kind and of tritonserver under load
 
 # Reliability of `make serve` (issue #10), outside `make test`, ~20 min: 5,000 seeded malformed requests with good
 # ones interleaved, a 20,000-request soak (stub RSS, throughput), 4x overload, SIGKILL of each stub kind and of
-# tritonserver under load, SIGTERM under load. Results in perf/results/<host>/<date>/reliability.{json,md}.
+# tritonserver under load, SIGTERM under load. Results in perf/results/<host>/<date>/reliability.{json,md}; the
+# refusal-latency phase (4x capacity, short and long texts, gRPC and the gateway) in refusal.{json,md}, alone
+# with `make reliability PERF_ARGS="--only refusal"` (~10 min).
 .PHONY: reliability
-reliability: setup ## ~20 min: malformed requests, soak, overload, kills, SIGTERM
+reliability: setup ## ~30 min: malformed requests, soak, overload, refusal latency, kills, SIGTERM
 	$(PY) -m perf.drills.reliability $(PERF_ARGS)
 
 # The seed's `vllm bench serve` (embeddings and rerank) against the gateway, offline, with vLLM 0.33 in a venv of

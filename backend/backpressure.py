@@ -18,29 +18,48 @@ even after the instance has freed (measured: 1 request in 10 waited ~500 ms at 4
   it (it went elsewhere: a client calling the preprocess step alone, whose requests would otherwise block
   the ensemble while the model step is idle).
 
-The channel is a file of 16 bytes (the newest stamp taken, then the start of the free spell or 0 inside
-execute()), one per ensemble and tritonserver: both steps' stubs are children of the same tritonserver
-process, whose pid names the file.
+Counting requests bounds memory, not time: 256 long texts are minutes of work. So the model step also
+publishes its progress (the oldest stamp among the requests it has taken and not answered, and when it last
+answered one) and its wait budget (queue_timeout_seconds x expected_wait_share); a preprocess instance
+measures how fast its own requests are answered (backend.admission.ServiceRate: tokens per second over
+spells when some of them were unanswered, so every cost of serving counts, idle time does not, and its share
+of the model step is what it measures), and before it tokenises a request refuses it when the tokens of its
+requests not yet answered would take longer than the budget at that rate (QueueGate.wait_refusal). Nothing
+is refused before a rate is measured.
+
+The channel is a file of 40 bytes (the newest stamp taken; the start of the free spell or 0 inside
+execute(); the oldest stamp taken and not answered or 0; when a request was last answered; the wait budget
+in seconds, float64), one per ensemble and tritonserver: both steps' stubs are children of the same
+tritonserver process, whose pid names the file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import os
+import struct
 import tempfile
+import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 
+from backend.admission import ServiceRate, over_budget
 from backend.errors import UnavailableError
-from backend.protocol import QUEUED_AT, Tensors
+from backend.protocol import QUEUED_AT, Result, Tensors
 
 logger = logging.getLogger(__name__)
 
 _WIDTH = 8
 _FREE_AT = _WIDTH  # offset of the free spell's start
+_PROGRESS_AT = 2 * _WIDTH  # offset of (oldest unanswered stamp, last answer's time)
+_PROGRESS = struct.Struct("<qq")
+_BUDGET_AT = _PROGRESS_AT + _PROGRESS.size  # offset of the wait budget (seconds, float64)
+_BUDGET = struct.Struct("<d")
+_SIZE = _BUDGET_AT + _BUDGET.size
 # Longer than any gap between two execute()s under load: at 4x overload on 2 shared cores a 50 ms allowance
 # forgot requests that were waiting (the model step's queue grew from 2.4 s to 5.5 s).
 IDLE_SECONDS = 1.0
@@ -76,6 +95,8 @@ class Publisher:
         # of a dead server with the same pid is overwritten).
         self.taken(clock())
         self.free()
+        self.progress(0, 0)
+        self.budget(0.0)
 
     def taken(self, stamp: int) -> None:
         if stamp > self._newest:
@@ -87,6 +108,14 @@ class Publisher:
 
     def free(self) -> None:
         os.pwrite(self._fd, self.clock().to_bytes(_WIDTH, "little"), _FREE_AT)
+
+    def progress(self, oldest_unanswered: int, answered_at: int) -> None:
+        """The oldest stamp taken and not answered (0: none), and when a request was last answered."""
+        os.pwrite(self._fd, _PROGRESS.pack(oldest_unanswered, answered_at), _PROGRESS_AT)
+
+    def budget(self, seconds: float) -> None:
+        """How long a request may expect to wait for the step (0: no refusal by expected wait)."""
+        os.pwrite(self._fd, _BUDGET.pack(seconds), _BUDGET_AT)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -103,13 +132,17 @@ class QueueBound:
     """The model step's side, in its execute(): a request that waited more than `timeout_seconds` since the
     preprocess step answered it (QUEUED_AT) is refused with UNAVAILABLE before anything is unpacked, and
     after each execute() the newest stamp taken is published, so that the preprocess steps know how many of
-    theirs still wait. A request without QUEUED_AT (a client calling the step directly) is never refused."""
+    theirs still wait. A request without QUEUED_AT (a client calling the step directly) is never refused.
+
+    `wait_share` > 0: the budget timeout x share is published, and the stamps of the requests taken and not
+    yet answered (`answered`), for the preprocess steps' refusal by expected wait."""
 
     def __init__(
         self,
         timeout_seconds: float,
         publisher: Publisher | None = None,
         clock: Callable[[], int] = time.monotonic_ns,
+        wait_share: float = 0.0,
     ):
         self.timeout_ns = int(timeout_seconds * 1e9)
         self.publisher = publisher
@@ -118,6 +151,43 @@ class QueueBound:
         self._newest = 0
         self._unlogged = 0
         self._logged_at: int | None = None
+        self.tracking = publisher is not None and wait_share > 0 and timeout_seconds > 0
+        # Stamps of the requests taken and not answered: a heap, with answered ones removed lazily.
+        self._unanswered: list[int] = []
+        self._answered: Counter[int] = Counter()
+        self._lock = threading.Lock()  # answers come from execute() and from the worker thread
+        if self.tracking and publisher is not None:
+            publisher.budget(timeout_seconds * wait_share)
+
+    def answered(self, inputs: Tensors, answer: Callable[[Result], None]) -> Callable[[Result], None]:
+        """`answer` for a request just taken, which also marks it answered (the oldest unanswered stamp
+        and the time go to the preprocess steps)."""
+        stamps = inputs.get(QUEUED_AT)
+        if not self.tracking or stamps is None or stamps.size == 0:
+            return answer
+        stamp = min(int(stamps.min()), self.clock())
+        with self._lock:
+            heapq.heappush(self._unanswered, stamp)
+
+        def deliver(result: Result) -> None:
+            try:
+                answer(result)
+            finally:
+                self._done(stamp)
+
+        return deliver
+
+    def _done(self, stamp: int) -> None:
+        with self._lock:
+            self._answered[stamp] += 1
+            while self._unanswered and self._answered[self._unanswered[0]]:
+                oldest = heapq.heappop(self._unanswered)
+                self._answered[oldest] -= 1
+                if not self._answered[oldest]:
+                    del self._answered[oldest]
+            oldest = self._unanswered[0] if self._unanswered else 0
+            if self.publisher is not None:
+                self.publisher.progress(oldest, self.clock())
 
     def refusal(self, inputs: Tensors) -> UnavailableError | None:
         stamps = inputs.get(QUEUED_AT)
@@ -166,39 +236,101 @@ class QueueBound:
 
 
 class QueueGate:
-    """The preprocess instance's side: at most `limit` of the requests it handed on wait for the model step.
-    The file may appear, vanish and be replaced (the model step loads, unloads or is reloaded) at any time;
-    while it does not exist or says nothing, nothing is refused."""
+    """The preprocess instance's side: at most `limit` of the requests it handed on wait for the model step
+    (handed on and not taken), and none is let in whose expected wait is over the model step's budget
+    (wait_refusal). The file may appear, vanish and be replaced (the model step loads, unloads or is
+    reloaded) at any time; while it does not exist or says nothing, nothing is refused.
 
-    def __init__(self, path: Path, limit: int, clock: Callable[[], int] = time.monotonic_ns):
+    For the expected wait each instance counts the tokens of its requests not yet answered, and measures
+    the rate at which they are answered (`rate`): its share of the model step's work, so the one over the
+    other is the expected wait however Triton spreads the requests over the instances."""
+
+    def __init__(
+        self,
+        path: Path,
+        limit: int,
+        clock: Callable[[], int] = time.monotonic_ns,
+        rate_smoothing: float = 0.2,
+    ):
         self.path = path
         self.limit = limit
         self.clock = clock
-        self._stamps: deque[int] = deque()  # of the requests handed on and not yet taken, oldest first
+        self.rate = ServiceRate(rate_smoothing)
+        # (stamp, tokens) of the requests handed on and not yet answered (or forgotten), oldest first.
+        self._stamps: deque[tuple[int, int]] = deque()
+        self._unanswered_tokens = 0
+        # Since when the model step has been answering this instance's requests (some always unanswered).
+        self._draining_since: int | None = None
         self._fd: int | None = None
+        self._budget = 0.0  # the model step's wait budget as last read
+        self.refused_by_wait = 0
 
     def admit(self, wanted: int) -> int:
         """How many of `wanted` new requests may be preprocessed; the rest are to be refused."""
-        taken, free_since = self._read()
+        taken, free_since, oldest, answered_at, self._budget = self._read()
         if taken == 0:
             self._stamps.clear()
+            self._unanswered_tokens, self._draining_since = 0, None
             return wanted
         now = self.clock()
         idle = int(IDLE_SECONDS * 1e9)
         forget = now - int(FORGET_SECONDS * 1e9)
 
-        def gone(stamp: int) -> bool:
-            # Taken, too old to matter, or handed on while the model step was free and not taken since.
-            return (
-                stamp <= taken or stamp < forget or (free_since != 0 and now - max(stamp, free_since) > idle)
-            )
+        def answered(stamp: int) -> bool:
+            # Taken, and older than every request taken and not answered. A model step that publishes no
+            # progress (0, 0) has answered what it took, as far as the count bound is concerned; one whose
+            # oldest is older than anything remembered has lost track of it.
+            return stamp <= taken and (oldest == 0 or stamp < oldest or oldest < forget)
 
-        while self._stamps and gone(self._stamps[0]):
-            self._stamps.popleft()
-        return max(0, min(wanted, self.limit - len(self._stamps)))
+        def forgotten(stamp: int) -> bool:
+            # Too old to matter, or not taken and handed on while the model step was free and not taken since.
+            idle_since = 0 if free_since == 0 else now - max(stamp, free_since)
+            return stamp < forget or (stamp > taken and idle_since > idle)
 
-    def handed_on(self, stamp: int) -> None:
-        self._stamps.append(stamp)
+        drained = 0
+        while self._stamps and (answered(self._stamps[0][0]) or forgotten(self._stamps[0][0])):
+            stamp, tokens = self._stamps.popleft()
+            self._unanswered_tokens -= tokens
+            drained += tokens if answered(stamp) else 0
+        self._measure(drained, answered_at or now)
+        waiting = 0  # not taken (the newest, stamped after `taken`) nor forgotten
+        for stamp, _ in reversed(self._stamps):
+            if stamp <= taken:
+                break
+            waiting += not forgotten(stamp)
+        return max(0, min(wanted, self.limit - waiting))
+
+    def _measure(self, drained: int, answered_at: int) -> None:
+        """A rate sample: `drained` tokens of ours were answered between the start of the spell (the first
+        of them handed on, or the previous sample) and the model step's last answer."""
+        if drained and self._draining_since is not None and answered_at > self._draining_since:
+            self.rate.done(drained, self._draining_since / 1e9, answered_at / 1e9)
+        if drained:
+            self._draining_since = max(answered_at, self._stamps[0][0]) if self._stamps else None
+
+    def handed_on(self, stamp: int, tokens: int = 0) -> None:
+        if not self._stamps:
+            self._draining_since = stamp
+        self._stamps.append((stamp, tokens))
+        self._unanswered_tokens += tokens
+
+    def tokens_ahead(self) -> int:
+        """The work a new request would queue behind, in this instance's share, as of the last admit()
+        and the requests handed on since: the tokens of its requests not answered."""
+        return self._unanswered_tokens
+
+    def wait_refusal(self) -> UnavailableError | None:
+        """UNAVAILABLE for a new request whose expected wait (tokens ahead / the measured rate) is over the
+        model step's budget; None to go on (also before any rate is measured). Call after admit(), which
+        reads the channel."""
+        wait = over_budget(self.tokens_ahead(), self.rate.per_second(), self._budget)
+        if wait is None:
+            return None
+        self.refused_by_wait += 1
+        return UnavailableError(
+            f"the model step is overloaded (expected wait {wait:.1f} s for the work queued ahead of this "
+            f"request, over {self._budget:g} s); retry later"
+        )
 
     def refusal(self) -> UnavailableError:
         return UnavailableError(
@@ -206,20 +338,30 @@ class QueueGate:
             "it); retry later"
         )
 
-    def _read(self) -> tuple[int, int]:
-        """(newest stamp taken, start of the model step's free spell or 0); (0, 0) without a model step."""
+    def _read(self) -> tuple[int, int, int, int, float]:
+        """(newest stamp taken, start of the model step's free spell or 0, oldest stamp taken and not
+        answered or 0, when it last answered or 0, wait budget or 0); zeros without a model step, and the
+        last three zeros from a model step that does not publish them."""
         try:
             if self._fd is not None and os.fstat(self._fd).st_nlink == 0:
                 os.close(self._fd)
                 self._fd = None
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_RDONLY)
-            data = os.pread(self._fd, 2 * _WIDTH, 0)
+            data = os.pread(self._fd, _SIZE, 0)
         except OSError:
-            return 0, 0
-        if len(data) != 2 * _WIDTH:
-            return 0, 0
-        return int.from_bytes(data[:_WIDTH], "little"), int.from_bytes(data[_WIDTH:], "little")
+            return 0, 0, 0, 0, 0.0
+        if len(data) < 2 * _WIDTH:
+            return 0, 0, 0, 0, 0.0
+        taken, free_since = (
+            int.from_bytes(data[:_WIDTH], "little"),
+            int.from_bytes(data[_WIDTH:_PROGRESS_AT], "little"),
+        )
+        if len(data) < _SIZE:
+            return taken, free_since, 0, 0, 0.0
+        oldest, answered_at = _PROGRESS.unpack_from(data, _PROGRESS_AT)
+        (budget,) = _BUDGET.unpack_from(data, _BUDGET_AT)
+        return taken, free_since, int(oldest), int(answered_at), float(budget)
 
     def close(self) -> None:
         if self._fd is not None:

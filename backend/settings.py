@@ -66,6 +66,10 @@ class PreprocessSettings:
     # Requests this instance has handed on that may wait for the model step at once; past it new ones are
     # refused with UNAVAILABLE before any preprocessing (backend.backpressure: the model step's queue bound).
     max_model_queue: int = 256
+    # The weight of the newest sample in the rate at which the model step takes this instance's requests
+    # (tokens per second, a moving average of tokens and of seconds): with the model step's
+    # expected_wait_share it refuses at once what would wait too long (backend.admission).
+    service_rate_smoothing: float = 0.2
     vision: VisionSettings = VisionSettings()
 
 
@@ -112,6 +116,10 @@ class ModelSettings:
     # token_budget). Triton's queue in front of the step is first come, first served: a query waits there
     # behind every bulk request not yet taken, and in here it overtakes them. Bounds the memory they hold.
     bulk_backlog_tokens: int = 65536
+    # The preprocess steps refuse at once (UNAVAILABLE, before tokenising) a request whose expected wait for
+    # this step, the tokens queued ahead of it divided by the rate this step takes them at, is over this
+    # share of queue_timeout_seconds; 0 = off, refused only once the timeout has passed (backend.admission).
+    expected_wait_share: float = 1.0
     # Longest row this step runs: the preprocess step never sends more, a direct caller may (tested to agree
     # with the preprocess step's max_length in tests/unit/test_protocol.py).
     max_length: int = EMBEDDING_MAX_LENGTH
@@ -137,7 +145,7 @@ SERVER_ENV_VARIABLES = tuple(dict.fromkeys([*EMBEDDING_ENV.values(), *RERANKER_E
 
 # Demuxers that read further files or URLs named inside the input: never allowed for client bytes.
 FILE_OPENING_DEMUXERS = frozenset({"concat", "hls", "dash", "image2", "imf"})
-ZERO_ALLOWED = {"batch_overhead_tokens", "cpu_threads"}
+ZERO_ALLOWED = {"batch_overhead_tokens", "cpu_threads", "expected_wait_share"}
 
 _T = TypeVar("_T")
 
@@ -207,6 +215,8 @@ def _validate(settings: Any) -> None:
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             if value < 0 or (value == 0 and field.name not in ZERO_ALLOWED):
                 raise ConfigError(f"parameter {field.name!r} must be positive, got {value}")
+    if isinstance(settings, PreprocessSettings) and settings.service_rate_smoothing > 1:
+        raise ConfigError(f"service_rate_smoothing must be in (0, 1], got {settings.service_rate_smoothing}")
     if isinstance(settings, ModelSettings):
         if settings.device.split(":")[0] not in ("auto", "cpu", "cuda", "npu"):
             raise ConfigError(f"device must be auto, cpu, cuda[:N] or npu[:N], got {settings.device!r}")

@@ -28,7 +28,8 @@ class Preprocessor(Protocol):
 def preprocess_requests(
     preprocessor: Preprocessor, requests: Sequence[Tensors | None], gate: QueueGate | None = None
 ) -> list[Result]:
-    """`gate`: the model step's queue bound; requests past it are refused before any work."""
+    """`gate`: the model step's queue bound; requests past it, or whose expected wait for the model step is
+    over its budget, are refused before any work."""
     results: list[Result] = []
     admitted = len(requests) if gate is None else gate.admit(len(requests))
     for position, inputs in enumerate(requests):
@@ -37,6 +38,10 @@ def preprocess_requests(
             continue
         if position >= admitted:
             results.append(gate.refusal())  # type: ignore[union-attr]
+            continue
+        refusal = None if gate is None else gate.wait_refusal()
+        if refusal is not None:
+            results.append(refusal)
             continue
         try:
             rows = preprocessor.prepare_request(inputs)
@@ -48,6 +53,6 @@ def preprocess_requests(
         stamp = time.monotonic_ns()
         packed[QUEUED_AT] = np.full((len(rows), 1), stamp, dtype=np.int64)
         if gate is not None:
-            gate.handed_on(stamp)
+            gate.handed_on(stamp, sum(row.length for row in rows))
         results.append(packed)
     return results

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from gateway.errors import GatewayError, Kind
+from gateway.errors import RETRYABLE, GatewayError, Kind
 
 # Completions within this window give the service rate; fewer than MIN_SAMPLES give no estimate yet.
 RATE_WINDOW_SECONDS = 10.0
@@ -112,12 +112,16 @@ class _History:
 @dataclasses.dataclass
 class Ticket:
     """One admitted call. ``sample = False`` keeps its duration out of the latency estimate (a call that
-    Triton's queue refused at once says nothing about how long a served call takes)."""
+    Triton's queue refused at once says nothing about how long a served call takes); ``served = False``
+    keeps it out of the completions."""
 
     started: float
     generation: int
     solo: bool  # nothing else was at Triton when it started
     sample: bool = True
+    # False: Triton refused the call (overloaded). It is no completion: counted as one, Triton's fast
+    # refusals would read as service, and arrivals would never outpace completions under overload.
+    served: bool = True
 
 
 class LatencyLimit:
@@ -343,11 +347,13 @@ class Admission:
         failed = False
         try:
             yield ticket
-        except BaseException:
+        except BaseException as error:
             failed = True
+            if isinstance(error, GatewayError) and error.kind in RETRYABLE:
+                ticket.served = False  # refused by Triton (or Triton down): not served
             raise
         finally:
-            self._release(ticket if not failed and ticket.sample else None)
+            self._release(ticket if not failed and ticket.sample else None, completed=ticket.served)
 
     def _admit(self, now: float) -> Ticket:
         ticket = Ticket(now, self.latency.generation if self.latency else 0, solo=self.in_flight == 0)

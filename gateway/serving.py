@@ -116,7 +116,7 @@ class Gateway:
                 except GatewayError as error:
                     if error.kind is not Kind.OVERLOADED or time.monotonic() >= deadline:
                         raise
-                    ticket.sample = False  # refused at once: not a served call's latency
+                    ticket.sample = ticket.served = False  # refused: no served call's latency, no completion
                     self.metrics.triton_refusals.inc()
             await asyncio.sleep(TRITON_BUSY_PAUSE)
 

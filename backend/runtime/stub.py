@@ -37,6 +37,7 @@ class ModelStepStub:
             backpressure.Publisher(backpressure.channel_path(args["model_name"])),
             settings.bulk_share,
             settings.bulk_backlog_tokens,
+            settings.expected_wait_share,
         )
         triton_io.freeze_loaded_objects()
 

@@ -94,6 +94,7 @@ class StepWorker:
         publisher: Publisher | None = None,
         bulk_share: float = ModelSettings.bulk_share,
         bulk_backlog_tokens: int | None = None,
+        expected_wait_share: float = 0.0,
     ):
         """`after_micro_batch`: called after each of the worker's micro-batches and after each submit()
         (metrics: the stubs send what they hold only when called). `bulk_share`: of the model's work
@@ -101,8 +102,9 @@ class StepWorker:
         bulk rows queued here, not started, beyond which execute() waits (default: one token budget, shared
         with interactive rows). Triton's queue in front of the step is first come, first served, so a
         query waits there behind every bulk request not yet taken: the bulk backlog is taken in here,
-        where interactive rows overtake it."""
-        self.queue_bound = QueueBound(head.queue_timeout_seconds, publisher)
+        where interactive rows overtake it. `expected_wait_share`: the preprocess steps refuse a request
+        expected to wait longer than this share of the queue timeout (0: off; backend.admission)."""
+        self.queue_bound = QueueBound(head.queue_timeout_seconds, publisher, wait_share=expected_wait_share)
         self.queue = MicroBatchQueue(head, head.limits.token_budget // CHEAP_SHARE_OF_BUDGET, bulk_share)
         self.backlog_limit = head.limits.token_budget
         self.bulk_backlog_limit = bulk_backlog_tokens
@@ -130,7 +132,10 @@ class StepWorker:
             if refusal is not None:
                 answers.answer(index)(refusal)
                 continue
-            self.queue.submit(owned(inputs), answers.answer(index), cancelled, bulk[index])
+            answer = answers.answer(index)
+            if inputs is not None:
+                answer = self.queue_bound.answered(inputs, answer)
+            self.queue.submit(owned(inputs), answer, cancelled, bulk[index])
         self.queue_bound.taken()
         while self.queue.run_next(cheap=True):
             pass

@@ -37,6 +37,9 @@ _RELOAD_STATUSES = _NOT_FOUND | _UNAVAILABLE | {"StatusCode.INTERNAL", "500"}
 # Triton's dynamic batcher refusing a request (queue full, queue timeout): the server is up and busy. Sent
 # again only with the usual backoff and attempts, never within a reload's budget (that would be a storm).
 BUSY = re.compile(r"maximum queue size|timeout expired", re.IGNORECASE)
+# The steps' own refusals for load (backend.backpressure: "... overloaded ...; retry later") and the gateway's
+# 503s ("server overloaded: ..."): the server is up and says so; not a restart to wait out.
+OVERLOADED = re.compile(r"\boverloaded\b")
 # Triton prefixes the backend's "row N: ..." with "in ensemble '<name>', ".
 _ROW = re.compile(r"\brow (\d+): ")
 
@@ -78,7 +81,8 @@ def is_down(error: BaseException, connection_errors: tuple[type[BaseException], 
     for a model that served before, a server restarting."""
     if error_status(error) in _NOT_FOUND:
         return True
-    return is_unavailable(error, connection_errors) and not BUSY.search(error_text(error))
+    text = error_text(error)
+    return is_unavailable(error, connection_errors) and not BUSY.search(text) and not OVERLOADED.search(text)
 
 
 def reload_delay(backoff: float, attempt: int) -> float:

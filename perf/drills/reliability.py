@@ -12,6 +12,8 @@ model_repository/ with the tiny checkpoints on free ports, then, against that on
 2. soak: ``--soak`` good requests (texts, pairs, small images) from 32 in flight over gRPC; RSS of each
    stub after the first 1,000 and at the end, throughput of the first and the last 1,000;
 3. overload: perf.drills.overload's phases (unloaded, capacity at 64 in flight, 4x capacity open loop);
+   refusal: perf.drills.refusal's legs (4x capacity, short and long texts, over gRPC and through the
+   gateway: refusal and admitted latency, memory), into refusal.{json,md} (``--only refusal``: this alone);
 4. kills: perf.drills.recovery's SIGKILL of each stub kind and of tritonserver under load, recovery times;
 5. SIGTERM under load: stop time, stubs and /dev/shm regions left.
 
@@ -37,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perf.drills import malformed, overload
+from perf.drills import malformed, overload, refusal
 from perf.drills.recovery import SERVE_LINE, TARGETS, Load, kill_and_measure, kills_table, ready, wait_until
 from perf.lib.console import add_out_argument, code_block, command_parser
 from perf.lib.paths import REPO
@@ -369,6 +371,21 @@ def overload_phase(serve: Serve, seconds: float, multiple: float, concurrency: i
 # --- 4./5. kills and stop -----------------------------------------------------------------------------------
 
 
+def refusal_phase(serve: Serve, experiment: Experiment, seconds: float) -> list[dict]:
+    """perf.drills.refusal's legs against the launcher's server; refusal.{json,md} written here."""
+    refusal.raise_file_limit()
+    log_dir = experiment.out / "raw" / "refusal"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    legs = asyncio.run(
+        refusal.measure(
+            serve.grpc_url, serve.server_pid(), list(refusal.TEXTS), list(refusal.PATHS), log_dir,
+            seconds=seconds,
+        )
+    )  # fmt: skip
+    refusal.write_report(experiment, legs, served_by="python -m tools.launcher serve --no-gateway")
+    return [asdict(leg) for leg in legs]
+
+
 def kills_phase(serve: Serve) -> tuple[list[dict], dict]:
     results = []
     with Load(serve.base) as load:
@@ -512,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak", type=int, default=20000, help="good requests in the soak")
     parser.add_argument("--seed", type=int, default=20261130)
     parser.add_argument("--overload-seconds", type=float, default=15.0)
+    parser.add_argument("--only", choices=["refusal"], help="run this phase alone (no reliability.md)")
     add_out_argument(parser)
     args = parser.parse_args(argv)
     experiment = Experiment("perf.drills.reliability", argv, args.out)
@@ -530,6 +548,9 @@ def main(argv: list[str] | None = None) -> int:
             report["startup_seconds"] = serve.wait_ready(900.0)
         report["failed_starts"] = failed_starts
         print(f"ready in {report['startup_seconds']} s; log {serve.log}", flush=True)
+        if args.only == "refusal":
+            refusal_phase(serve, experiment, args.overload_seconds)
+            return 0
         transports = malformed.Transports(serve.http_url, serve.grpc_url)
         alone = [transports.send(case) for case in malformed.good_cases(media)]
         transports.close()
@@ -539,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         report["soak"] = soak_phase(serve, media, args.soak)
         print(f"soak: {json.dumps(report['soak'])}", flush=True)
         report["overload"] = overload_phase(serve, args.overload_seconds, 4.0, 64)
+        report["refusal"] = refusal_phase(serve, experiment, args.overload_seconds)
         report["kills"], report["stop_under_load"] = kills_phase(serve)
         report["seconds"] = round(time.monotonic() - phase_started, 1)
     finally:

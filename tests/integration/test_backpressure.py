@@ -69,3 +69,77 @@ async def _one_at_a_time(url: str) -> list[np.ndarray]:
     finally:
         await client.close()
     return vectors
+
+
+# Long texts (~2,000 tokens: several forwards' worth of work each on the tiny model) from a closed loop far
+# over what the model step finishes within its budget.
+LONG_TEXT = "The quick brown fox jumps over the lazy dog while the river runs past the old mill. " * 110
+SATURATING_IN_FLIGHT = 48
+SATURATING_SECONDS = 6.0
+QUEUE_TIMEOUT = 4.0
+
+
+async def _saturate(url: str) -> tuple[list[float], list[float], list[str]]:
+    """A closed loop of SATURATING_IN_FLIGHT long texts for SATURATING_SECONDS (after a warm-up that lets
+    the model step measure its rate): (served seconds, refused seconds, refusal messages)."""
+    import time
+
+    import tritonclient.grpc.aio as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(url)
+    served: list[float] = []
+    refused: list[float] = []
+    messages: list[str] = []
+
+    async def one(index: int) -> None:
+        tensor = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[f"{index}. {LONG_TEXT}".encode()]], dtype=object))
+        started = time.monotonic()
+        try:
+            await client.infer("qwen3_vl_embedding", [tensor], client_timeout=120)
+        except InferenceServerException as error:
+            assert "UNAVAILABLE" in str(error.status()), error
+            refused.append(time.monotonic() - started)
+            messages.append(error.message())
+            return
+        served.append(time.monotonic() - started)
+
+    async def loop(worker: int, deadline: float) -> None:
+        index = worker
+        while time.monotonic() < deadline:
+            await one(index)
+            index += SATURATING_IN_FLIGHT
+
+    try:
+        for index in range(6):  # warm-up: the rate is measured from the first forwards
+            await one(-1 - index)
+        served.clear()
+        deadline = time.monotonic() + SATURATING_SECONDS
+        await asyncio.gather(*(loop(worker, deadline) for worker in range(SATURATING_IN_FLIGHT)))
+    finally:
+        await client.close()
+    return served, refused, messages
+
+
+def test_saturated_requests_are_refused_by_expected_wait_well_before_the_timeout(tmp_path, tiny_model_path):
+    """With a 4 s queue timeout (also the expected-wait budget, at the default share), a closed loop of long
+    texts far over capacity: refusals come when the wait becomes known, at the preprocess step, in a
+    fraction of the timeout, not once it has passed; requests are still served meanwhile."""
+    repository = variant_repository(
+        tmp_path / "repository",
+        {"qwen3_vl_embedding_model": with_parameter("queue_timeout_seconds", str(QUEUE_TIMEOUT))},
+    )
+    endpoint = start_server("refusal", tiny_model_path, tmp_path / "server.log", repository=repository)
+    try:
+        served, refused, messages = asyncio.run(_saturate(endpoint.grpc))
+    finally:
+        endpoint.stop()
+    assert served and refused, (len(served), len(refused))
+    by_wait = [message for message in messages if "expected wait" in message]
+    assert len(by_wait) >= 0.9 * len(messages), messages[:5]
+    assert all("the model step is overloaded" in message and "retry" in message for message in by_wait)
+    ordered = sorted(refused)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    # Well under the timeout (milliseconds on a quiet host; a shared 2-core host may add a little).
+    assert p99 < QUEUE_TIMEOUT / 4, (p99, ordered[len(ordered) // 2])

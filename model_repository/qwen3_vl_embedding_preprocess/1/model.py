@@ -16,7 +16,11 @@ class TritonPythonModel:
         self.preprocessor = EmbeddingPreprocessor(settings)
         self.metrics = metrics.PreprocessMetrics(args["model_name"], self.preprocessor.timings)
         channel = backpressure.channel_path(args["model_name"])
-        self.gate = backpressure.QueueGate(channel, settings.max_model_queue)
+        self.gate = backpressure.QueueGate(
+            channel,
+            settings.max_model_queue,
+            rate_smoothing=settings.service_rate_smoothing,
+        )
         triton_io.freeze_loaded_objects()
 
     def execute(self, requests):

@@ -1,0 +1,73 @@
+"""Admission by expected wait: a request that would wait longer than its step's budget is refused when it
+arrives, not when the budget has passed (issue 19, item 3).
+
+Counting requests is not enough: 256 queued long texts are minutes of work, 256 short ones a second. So a
+preprocess instance measures how fast the model step takes its requests (ServiceRate: tokens per second
+while some of them waited, smoothed), and before it tokenises a request divides the tokens queued ahead of
+it by that rate (expected_wait). Over the budget (the model step's queue timeout x ``expected_wait_share``)
+it refuses at once; the model step's own queue timeout (backend.backpressure.QueueBound) stays as the
+backstop for what the estimate got wrong. Measured where the requests wait, the rate holds every cost of
+serving them (Triton's hand-over, unpacking, answering), not only the forwards: timed around the forwards
+alone, short texts waited twice the budget.
+
+Pure and clock-free: callers pass the times, so the tests need no server, no sleep and no thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Samples before the rate counts: a cold server's first forwards (allocation, warm-up of caches) are slower
+# than its steady state, and nothing is refused before a rate is known.
+MIN_SAMPLES = 3
+
+
+@dataclass
+class ServiceRate:
+    """Tokens served per second while busy: an exponentially weighted moving average over samples
+    (``smoothing``: the weight of the newest one), of tokens and of busy seconds separately, so that the
+    rate is tokens over time, not an average of ratios that a tiny sample could skew.
+
+    A sample is some tokens served over a busy spell. Spells that overlap count their common time once (a
+    sample counts from its start or from the previous sample's end, whichever is later); idle time is no
+    sample's, so an idle server keeps the rate it had."""
+
+    smoothing: float = 0.2
+    tokens: float = 0.0
+    seconds: float = 0.0
+    samples: int = 0
+    _last_finished: float = float("-inf")
+
+    def done(self, tokens: int, started: float, finished: float) -> None:
+        """``tokens`` were served from ``started`` to ``finished`` (seconds, any one clock)."""
+        busy = max(0.0, finished - max(started, self._last_finished))
+        self._last_finished = max(self._last_finished, finished)
+        if self.samples == 0:
+            self.tokens, self.seconds = float(tokens), busy
+        else:
+            keep = 1.0 - self.smoothing
+            self.tokens = keep * self.tokens + self.smoothing * tokens
+            self.seconds = keep * self.seconds + self.smoothing * busy
+        self.samples += 1
+
+    def per_second(self) -> float | None:
+        """Tokens per second, or None while too little has been measured (admit everything then)."""
+        if self.samples < MIN_SAMPLES or self.seconds <= 0.0 or self.tokens <= 0.0:
+            return None
+        return self.tokens / self.seconds
+
+
+def expected_wait(tokens_ahead: float, tokens_per_second: float | None) -> float | None:
+    """Seconds until the work queued ahead is done at the measured rate; None when no rate is known."""
+    if tokens_per_second is None or tokens_per_second <= 0.0:
+        return None
+    return max(0.0, tokens_ahead) / tokens_per_second
+
+
+def over_budget(tokens_ahead: float, tokens_per_second: float | None, budget_seconds: float) -> float | None:
+    """The expected wait when it is over ``budget_seconds`` (the request is to be refused), else None: no
+    rate measured yet (a cold server), a budget of 0 (off), or a wait within the budget."""
+    if budget_seconds <= 0.0:
+        return None
+    wait = expected_wait(tokens_ahead, tokens_per_second)
+    return wait if wait is not None and wait > budget_seconds else None

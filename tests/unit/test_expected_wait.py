@@ -1,0 +1,320 @@
+"""Admission by expected wait (backend.admission, backend.backpressure.QueueGate.wait_refusal): the service
+rate the model step measures, and the preprocess step refusing at once what would wait past the budget.
+Every time is passed in, so nothing here depends on how busy the machine is."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backend import backpressure
+from backend.admission import MIN_SAMPLES, ServiceRate, expected_wait, over_budget
+from backend.errors import UnavailableError
+
+
+def test_no_rate_no_refusal_a_cold_server_admits_everything():
+    rate = ServiceRate()
+    assert rate.per_second() is None
+    for index in range(MIN_SAMPLES - 1):
+        rate.done(1000, index, index + 1.0)
+        assert rate.per_second() is None
+    assert over_budget(10**9, rate.per_second(), 5.0) is None
+    assert expected_wait(10**9, None) is None
+    rate.done(1000, 10.0, 11.0)
+    assert rate.per_second() == pytest.approx(1000.0)
+
+
+def test_the_rate_is_tokens_over_busy_time_and_follows_a_change():
+    rate = ServiceRate(smoothing=0.5)
+    for step in range(MIN_SAMPLES):
+        rate.done(100, step * 10.0, step * 10.0 + 0.1)  # idle 9.9 s between forwards: not counted
+    assert rate.per_second() == pytest.approx(1000.0)
+    # The server slows down to 250 tokens/s: the estimate follows within a few forwards.
+    start = 100.0
+    for _ in range(8):
+        rate.done(100, start, start + 0.4)
+        start += 0.4
+    assert rate.per_second() == pytest.approx(250.0, rel=0.02)
+
+
+def test_overlapping_forwards_count_busy_time_once():
+    """Two lanes: a forward that overlaps the previous one counts only the time after it finished."""
+    rate = ServiceRate(smoothing=0.5)
+    rate.done(100, 0.0, 1.0)
+    rate.done(100, 0.5, 1.5)  # 0.5 s of its own
+    rate.done(100, 1.0, 1.2)  # finished inside: no time of its own, its tokens still count
+    assert rate.seconds > 0
+    assert rate.per_second() is not None and rate.per_second() > 100 / 1.0
+
+
+def test_over_budget_only_past_the_budget():
+    assert over_budget(4000, 1000.0, 5.0) is None
+    assert over_budget(5000, 1000.0, 5.0) is None
+    assert over_budget(5001, 1000.0, 5.0) == pytest.approx(5.001)
+    assert over_budget(10**9, 1000.0, 0.0) is None  # off
+    assert over_budget(0, 1000.0, 5.0) is None  # an idle server never refuses
+    assert expected_wait(-5, 100.0) == 0.0
+
+
+def _gate(tmp_path, clock):
+    path = tmp_path / "channel"
+    publisher = backpressure.Publisher(path, clock=lambda: clock[0])
+    publisher.busy()  # inside an execute(): what waits, waits for it
+    gate = backpressure.QueueGate(path, limit=1000, clock=lambda: clock[0], rate_smoothing=0.5)
+    return publisher, gate
+
+
+SECOND = 10**9
+
+
+def _answer(publisher, gate, clock, upto, seconds, oldest=0):
+    """`seconds` pass, the model step has taken everything stamped up to `upto` and answered all of it but
+    `oldest` and what came after."""
+    clock[0] += int(seconds * SECOND)
+    publisher.taken(upto)
+    publisher.progress(oldest, clock[0])
+    return gate.admit(1)
+
+
+def test_the_gate_measures_how_fast_its_requests_are_answered(tmp_path):
+    """Samples span from the first request handed on (or the previous sample) to the model step's last
+    answer; idle time is in none."""
+    clock = [1000 * SECOND]
+    publisher, gate = _gate(tmp_path, clock)
+    start = clock[0] + 1
+    for index in range(10):
+        gate.handed_on(start + index, tokens=1000)
+    for answered in range(2, 12, 2):  # two requests (2,000 tokens) answered every 0.5 s: 4,000 tokens/s
+        _answer(publisher, gate, clock, start + answered - 1, 0.5)
+    assert gate.rate.samples == 5 and gate.rate.per_second() == pytest.approx(4000.0)
+    assert gate.tokens_ahead() == 0
+    # Idle for an hour, then one request answered 10 ms after it was handed on, seen a minute later:
+    # the sample is those 10 ms, not the hour or the minute.
+    clock[0] += 3600 * SECOND
+    gate.handed_on(clock[0], tokens=80)  # 8,000 tokens/s
+    clock[0] += SECOND // 100
+    publisher.taken(clock[0] - SECOND // 100)
+    publisher.progress(0, clock[0])
+    clock[0] += 60 * SECOND
+    gate.admit(1)
+    assert gate.rate.samples == 6 and gate.rate.per_second() == pytest.approx((1000 + 40) / (0.25 + 0.005))
+
+
+def test_taken_but_not_answered_still_counts_for_the_wait_not_for_the_count(tmp_path):
+    clock = [1000 * SECOND]
+    publisher, gate = _gate(tmp_path, clock)
+    gate.limit = 3
+    start = clock[0] + 1
+    for index in range(5):
+        gate.handed_on(start + index, tokens=100)
+    # Taken up to the third, the second not answered yet: 2 wait (count), 4 unanswered (wait).
+    assert _answer(publisher, gate, clock, start + 2, 0.1, oldest=start + 1) == 1
+    assert gate.tokens_ahead() == 400
+    # A model step that lost track of a request (its oldest unanswered older than FORGET_SECONDS) no longer
+    # holds the others back.
+    clock[0] += int(backpressure.FORGET_SECONDS * SECOND) // 2
+    gate.handed_on(clock[0], tokens=100)
+    clock[0] += int(backpressure.FORGET_SECONDS * SECOND) // 2 + SECOND
+    publisher.taken(clock[0] - SECOND)
+    publisher.progress(start + 1, clock[0])
+    gate.admit(1)
+    assert gate.tokens_ahead() == 0
+    gate.close()
+    publisher.close()
+
+
+def test_the_gate_refuses_by_expected_wait_once_a_rate_is_measured(tmp_path):
+    clock = [1000 * SECOND]
+    publisher, gate = _gate(tmp_path, clock)
+    assert gate.admit(10) == 10  # nothing published: nothing refused
+    start = clock[0] + 1
+    for index in range(40):
+        gate.handed_on(start + index, tokens=1000)
+    # Budget 5 s, but no rate yet: a cold server admits everything, however much is queued.
+    publisher.budget(5.0)
+    gate.admit(1)
+    assert gate.tokens_ahead() == 40_000 and gate.wait_refusal() is None
+    for answered in range(MIN_SAMPLES):  # 2 requests a second: 2,000 tokens/s
+        _answer(publisher, gate, clock, start + 2 * answered + 1, 1.0)
+    assert gate.rate.per_second() == pytest.approx(2000.0)
+    # 34 unanswered, 17 s of work: over the 5 s budget.
+    refusal = gate.wait_refusal()
+    assert isinstance(refusal, UnavailableError)
+    message = str(refusal)
+    assert "overloaded" in message and "retry" in message and "expected wait 17.0 s" in message
+    assert gate.refused_by_wait == 1
+    # All but the last 3 answered (at the same rate): 1.5 s of work.
+    _answer(publisher, gate, clock, start + 36, 15.5)
+    assert gate.tokens_ahead() == 3000 and gate.rate.per_second() == pytest.approx(2000.0)
+    assert gate.wait_refusal() is None
+    # Requests handed on in the same execute() count before the next admit().
+    gate.handed_on(start + 40, tokens=10_000)
+    assert isinstance(gate.wait_refusal(), UnavailableError)
+    # A model step that publishes no budget (expected_wait_share 0) refuses nothing by wait.
+    publisher.budget(0.0)
+    gate.admit(1)
+    assert gate.wait_refusal() is None
+    # Gone (unloaded): nothing refused, nothing remembered.
+    publisher.close()
+    assert gate.admit(3) == 3 and gate.tokens_ahead() == 0 and gate.wait_refusal() is None
+    gate.close()
+
+
+def test_a_model_step_of_the_previous_release_16_byte_channel_is_still_read(tmp_path):
+    clock = [1000 * SECOND]
+    path = tmp_path / "channel"
+    path.write_bytes((clock[0]).to_bytes(8, "little") + (0).to_bytes(8, "little"))
+    gate = backpressure.QueueGate(path, limit=2, clock=lambda: clock[0])
+    gate.handed_on(clock[0] + 1, tokens=10**9)
+    assert gate.admit(5) == 1 and gate.wait_refusal() is None
+    gate.close()
+
+
+def test_the_preprocess_step_refuses_by_wait_before_preparing(tmp_path):
+    """The refusal comes before any tokenising: prepare_request is not called for a refused request."""
+    from backend.protocol import PreparedItem
+    from backend.steps import preprocess_requests
+
+    prepared: list[int] = []
+
+    class Preprocessor:
+        def prepare_request(self, inputs):
+            prepared.append(int(inputs["N"][0]))
+            return [PreparedItem(input_ids=np.arange(3000, dtype=np.int64))]
+
+        def pack(self, rows):
+            return {"INPUT_IDS": np.stack([r.input_ids for r in rows])}
+
+    clock = [1000 * SECOND]
+    publisher, gate = _gate(tmp_path, clock)
+    publisher.budget(5.0)  # 5 s of work at most
+    for second in range(MIN_SAMPLES):
+        gate.rate.done(1000, second, second + 1.0)  # 1,000 tokens/s
+    results = preprocess_requests(Preprocessor(), [{"N": np.array([n])} for n in range(4)], gate)
+    # Each admitted request adds 3,000 tokens: 0 and 3,000 ahead are within 5 s, 6,000 is not.
+    assert prepared == [0, 1]
+    assert [isinstance(result, UnavailableError) for result in results] == [False, False, True, True]
+    publisher.close()
+    gate.close()
+
+
+def test_the_model_step_publishes_its_budget_and_what_it_has_answered(tmp_path):
+    """The oldest stamp taken and not answered, and when the last answer came; a request refused for its
+    queue timeout or without QUEUED_AT is not tracked."""
+    import struct
+
+    from backend.protocol import QUEUED_AT, PreparedItem
+    from backend.runtime.batching import BatchLimits
+    from backend.runtime.worker import StepWorker
+    from tests.drivers import FunctionHead
+
+    def unpack(inputs):
+        return [PreparedItem(input_ids=np.arange(int(inputs["N"][0]), dtype=np.int64))]
+
+    def compute(rows):
+        return [np.zeros(1, dtype=np.float32) for _ in rows]
+
+    def respond(rows, outputs):
+        return {"OUT": np.stack(outputs)}
+
+    limits = BatchLimits(token_budget=4096, max_rows=8, vision_patch_budget=1, batch_overhead_tokens=0)
+    head = FunctionHead(unpack, compute, respond, limits, queue_timeout_seconds=10.0)
+    path = tmp_path / "channel"
+    worker = StepWorker(head, publisher=backpressure.Publisher(path), expected_wait_share=0.5)
+    bound = worker.queue_bound
+    now = bound.clock()
+
+    def request(stamp):
+        inputs = {"N": np.array([100])}
+        if stamp is not None:
+            inputs[QUEUED_AT] = np.array([[stamp]], dtype=np.int64)
+        return (inputs, lambda result: None, lambda: False)
+
+    try:
+        worker.submit([request(now - 5), request(now - 30 * SECOND), request(None)])
+        oldest, answered_at = struct.unpack("<qq", path.read_bytes()[16:32])
+        [budget] = struct.unpack("<d", path.read_bytes()[32:40])
+        assert (oldest, budget) == (0, 5.0) and answered_at >= now
+        # Unanswered: the oldest is published.
+        held = bound.answered({QUEUED_AT: np.array([[now - 3]], dtype=np.int64)}, lambda result: None)
+        later = bound.answered({QUEUED_AT: np.array([[now - 2]], dtype=np.int64)}, lambda result: None)
+        later({})
+        assert struct.unpack("<qq", path.read_bytes()[16:32])[0] == now - 3
+        held({})
+        assert struct.unpack("<qq", path.read_bytes()[16:32])[0] == 0
+    finally:
+        worker.close()
+    off = tmp_path / "off"
+    worker = StepWorker(head, publisher=backpressure.Publisher(off))  # share 0: nothing tracked
+    try:
+        worker.submit([request(now)])
+        assert path.exists() is False and off.read_bytes()[16:40] == bytes(24)
+    finally:
+        worker.close()
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "in ensemble 'qwen3_vl_embedding', the model step is overloaded (expected wait 12.0 s for the work "
+        "queued ahead of this request, over 5 s); retry later",
+        "in ensemble 'qwen3_vl_embedding', the model step is overloaded (256 requests from this preprocess "
+        "instance wait for it); retry later",
+        "in ensemble 'qwen3_vl_embedding', waited 12.0 s for the model step, over its queue timeout of 10 s: "
+        "the server is overloaded; retry later",
+    ],
+)
+def test_an_overload_refusal_is_answered_at_once_not_waited_out_as_a_restart(message):
+    """The gateway passes the steps' refusals on as 503 at once, and the client retries them with its usual
+    backoff: neither takes them for a server restarting (which both wait out for up to a minute). Sent again
+    by the gateway, a request refused for its expected wait only comes back later, and served last (its
+    admission serves the newest first under overload): measured, admitted long texts waited 137 s."""
+    from tritonclient.utils import InferenceServerException
+
+    from gateway.errors import Kind
+    from gateway.triton_errors import kind_of, reloading
+    from qwen3vl_client._retry import is_down, is_unavailable
+
+    error = InferenceServerException(message, status="StatusCode.UNAVAILABLE")
+    assert not reloading(error)
+    assert not is_down(error, (ConnectionError,))
+    assert is_unavailable(error, (ConnectionError,))
+    assert kind_of(error) is Kind.UNAVAILABLE  # 503 + Retry-After, as before
+    # A server that does not answer is still down.
+    assert is_down(InferenceServerException("failed to connect", status="StatusCode.UNAVAILABLE"), ())
+
+
+def test_a_call_triton_refused_is_no_completion_for_the_gateway():
+    """Counted as completions, Triton's fast refusals would read as service: the measured rate would grow
+    with the refusals and arrivals would never outpace completions, so sustained overload would never be
+    told from a burst (waiters held for the whole queue timeout)."""
+    import asyncio
+
+    from gateway.admission import Admission
+    from gateway.errors import GatewayError, Kind
+
+    clock = [0.0]
+    admission = Admission(4, 100, queue_timeout=10.0, clock=lambda: clock[0])
+
+    async def run():
+        for _ in range(30):
+            with pytest.raises(GatewayError):
+                async with admission.slot():
+                    raise GatewayError(Kind.OVERLOADED, "Triton: the model step is overloaded; retry later")
+        assert admission._completed == 0 and admission.rate() is None
+        for _ in range(30):
+            async with admission.slot() as ticket:
+                ticket.sample = ticket.served = False  # refused, sent again by the caller
+        assert admission._completed == 0
+        for _ in range(25):
+            clock[0] += 0.1
+            async with admission.slot():
+                pass
+        assert admission._completed == 25 and admission.rate() is not None
+        with pytest.raises(GatewayError):
+            async with admission.slot():
+                raise GatewayError(Kind.INVALID, "input[0]: bad")  # answered by Triton: a completion
+        assert admission._completed == 26
+        assert admission.in_flight == 0
+
+    asyncio.run(run())
