@@ -101,9 +101,12 @@ recovery: setup ## SIGKILL of each stub kind and of tritonserver under load
 
 # Reliability of `make serve` (issue #10), outside `make test`, ~20 min: 5,000 seeded malformed requests with good
 # ones interleaved, a 20,000-request soak (stub RSS, throughput), 4x overload, SIGKILL of each stub kind and of
-# tritonserver under load, SIGTERM under load. Results in perf/results/<host>/<date>/reliability.{json,md}.
+# tritonserver under load, SIGTERM under load; then issue 19's phases: the model stub's RSS over a 20,000-request
+# mixed soak (flat within 5 % from request 1k, or a ceiling), 60 MB hostile bodies at the gateway, SIGKILLs under
+# load with the gateway (reload). Results in perf/results/<host>/<date>/reliability.{json,md}.
+# PERF_ARGS="--rss-soak 5000" shortens the RSS phase.
 .PHONY: reliability
-reliability: setup ## ~20 min: malformed requests, soak, overload, kills, SIGTERM
+reliability: setup ## ~40 min: malformed requests, soak, stub RSS, overload, kills, SIGTERM, gateway bodies, reload
 	$(PY) -m perf.drills.reliability $(PERF_ARGS)
 
 # The seed's `vllm bench serve` (embeddings and rerank) against the gateway, offline, with vLLM 0.33 in a venv of

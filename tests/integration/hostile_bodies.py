@@ -71,7 +71,7 @@ def post(url: str, path: str, body: bytes | None, timeout: float = 300) -> tuple
     """(status, parsed body, seconds) of one POST (a GET when ``body`` is None) on its own connection."""
     parts = urllib.parse.urlsplit(url)
     started = time.perf_counter()
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
     try:
         if body is None:
             connection.request("GET", path)

@@ -1,5 +1,5 @@
-"""Reloads invisible through the gateway (issue 19, item 4): `python -m tools.launcher serve` with its watchdog
-and its gateway serves tests/integration/reload_repository (the stand-in embedding ensemble of
+"""Reloads invisible through the gateway (issue 19, item 4): `python -m tools.launcher serve` with its
+watchdog and its gateway serves tests/integration/reload_repository (the stand-in embedding ensemble of
 test_reload.py); a few threads POST /v1/embeddings with plain urllib, which never retries, while the step's
 stub or tritonserver itself is SIGKILLed. No call fails (the gateway holds and retries them), every vector is
 the one the text always gets, and once Triton is ready again the gateway answers within 1 s.
@@ -166,7 +166,9 @@ def test_a_kill_under_load_fails_no_call_through_the_gateway(tmp_path, target):
                 pass
     assert [failure for caller in callers for failure in caller.failures] == []
     # The first answer that ended after Triton was ready again: within 1 s of it.
-    first = min(start + seconds for caller in callers for start, seconds in caller.calls if start + seconds > back)
+    first = min(
+        start + seconds for caller in callers for start, seconds in caller.calls if start + seconds > back
+    )
     since = [seconds for caller in callers for start, seconds in caller.calls if start + seconds >= killed]
     p50, p99 = np.percentile(since, [50, 99])
     print(
