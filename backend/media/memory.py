@@ -105,10 +105,12 @@ def fix_mmap_threshold(threshold: int = MODEL_STEP_MMAP_THRESHOLD_BYTES) -> bool
 
     The model step's tensors change size with every micro-batch (rows x length, images of any size). With
     glibc's sliding threshold, the first freed large tensor raises the threshold to its size, so later
-    tensors up to 32 MB are carved from the malloc heaps, whose free space fragments: the stub's RSS grew in
-    steps, +24 % from request 500 to 3,000 of a mixed in-process soak (perf/results/.../stub-rss.md). A fixed
-    threshold (which also stops the sliding) gives each large tensor's pages back when it is freed: flat
-    within 1.3 % over the same soak, as a malloc_trim after every forward was, without walking the heaps."""
+    tensors up to 32 MB are carved from the malloc heaps, whose free space fragments: the RSS grew in steps,
+    886 -> 1,050 MiB from call 500 to 3,000 of a mixed in-process soak (+7.2 % from 1,000), as the served
+    stub did. With the threshold fixed (which also stops the sliding) each large tensor's pages go back
+    when it is freed: 559 -> 575 MiB (+1.2 % from 1,000). The price is a page fault per page of every large
+    tensor: +25 % CPU per call for the tiny checkpoint on 2 cores (perf/results/cpu-x86_64-2c/2026-12-07/
+    stub-rss.md); a deployment that prefers the old trade sets its own threshold."""
     if any(setting in os.environ.get("GLIBC_TUNABLES", "") for setting in THRESHOLD_SETTINGS) or (
         THRESHOLD_SETTINGS[0] in os.environ
     ):
