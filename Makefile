@@ -101,11 +101,13 @@ recovery: setup ## SIGKILL of each stub kind and of tritonserver under load
 
 # Reliability of `make serve` (issue #10), outside `make test`, ~20 min: 5,000 seeded malformed requests with good
 # ones interleaved, a 20,000-request soak (stub RSS, throughput), 4x overload, SIGKILL of each stub kind and of
-# tritonserver under load, SIGTERM under load. Results in perf/results/<host>/<date>/reliability.{json,md}; the
-# refusal-latency phase (4x capacity, short and long texts, gRPC and the gateway) in refusal.{json,md}, alone
-# with `make reliability PERF_ARGS="--only refusal"` (~10 min).
+# tritonserver under load, SIGTERM under load; then issue 19's phases: the model stub's RSS over a 20,000-request
+# mixed soak (flat within 5 % from request 1k, or a ceiling), refusal latency (4x capacity, short and long texts,
+# gRPC and the gateway: refusal.{json,md}), 60 MB hostile bodies at the gateway, SIGKILLs under load with the
+# gateway (reload). Results in perf/results/<host>/<date>/reliability.{json,md}. PERF_ARGS="--rss-soak 5000"
+# shortens the RSS phase; PERF_ARGS="--only refusal" runs the refusal phase alone (~10 min).
 .PHONY: reliability
-reliability: setup ## ~30 min: malformed requests, soak, overload, refusal latency, kills, SIGTERM
+reliability: setup ## ~45 min: malformed requests, soak, stub RSS, overload, refusal latency, kills, SIGTERM, gateway bodies, reload
 	$(PY) -m perf.drills.reliability $(PERF_ARGS)
 
 # The seed's `vllm bench serve` (embeddings and rerank) against the gateway, offline, with vLLM 0.33 in a venv of

@@ -226,13 +226,39 @@ def row_text(inputs: Tensors, name: str, row: int) -> str | None:
     return None if value is None else (decode_text(value, name) or None)
 
 
-def batch_size_of(inputs: Tensors) -> int:
-    sizes = {name: int(value.shape[0]) for name, value in inputs.items() if value is not None}
+# Every public input of both ensembles is [batch, n] (config.pbtxt dims [1] or [-1], batch first).
+PUBLIC_INPUT_RANK = 2
+# Triton 2.51 keeps a request's batch dimension modulo 2^32 (PLATFORM.md): a client claiming 2^40 rows
+# reaches a step as a batch of 0, its tensors without their batch dimension. Counting the dimensions is the
+# only trace of such a request a step sees, and costs nothing whatever size was claimed.
+WRAPPED_BATCH_HINT = "a batch size of 0 or of 2^32 and more arrives without its batch dimension"
+
+
+def check_rank(value: np.ndarray, rank: int, name: str) -> None:
+    if value.ndim != rank:
+        raise InputError(
+            f"expected {rank} dimensions, the batch dimension first, got shape {list(value.shape)} "
+            f"({WRAPPED_BATCH_HINT})",
+            input=name,
+        )
+
+
+def batch_size_of(inputs: Tensors, ranks: Mapping[str, int] | None = None) -> int:
+    """The request's batch size, once every present input has its rank (`ranks`: by name, default
+    PUBLIC_INPUT_RANK) and all agree on a batch of at least one row."""
+    sizes = {}
+    for name, value in inputs.items():
+        if value is not None:
+            check_rank(value, (ranks or {}).get(name, PUBLIC_INPUT_RANK), name)
+            sizes[name] = int(value.shape[0])
     if not sizes:
         raise InputError("request has no inputs; send at least one of TEXT, IMAGE or VIDEO")
     if len(set(sizes.values())) != 1:
         raise InputError(f"inputs disagree on the batch size: {sizes}")
-    return next(iter(sizes.values()))
+    size = next(iter(sizes.values()))
+    if size < 1:
+        raise InputError("request has no rows (batch size 0)")
+    return size
 
 
 def _row_token_ids(values: np.ndarray | None, row: int) -> tuple[int, ...]:

@@ -23,9 +23,20 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from backend.errors import InputError
-from backend.protocol import PreparedItem, VisionPatches
+from backend.protocol import QUEUED_AT, PreparedItem, VisionPatches, batch_size_of
 
 MODALITIES = (("IMAGE", "images"), ("VIDEO", "videos"))
+# Dimensions of each wire tensor, batch first (the table above).
+RANKS = {
+    "INPUT_IDS": 2,
+    "SEQ_LEN": 2,
+    "EMBED_DIM": 2,
+    "IMAGE_PATCHES": 3,
+    "IMAGE_GRID_THW": 3,
+    "VIDEO_PATCHES": 3,
+    "VIDEO_GRID_THW": 3,
+    QUEUED_AT: 2,
+}
 
 
 def _pack_vision(rows: Sequence[PreparedItem], attribute: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -93,9 +104,12 @@ def unpack_rows(tensors: Mapping[str, np.ndarray | None]) -> list[PreparedItem]:
     input_ids, lengths = tensors.get("INPUT_IDS"), tensors.get("SEQ_LEN")
     if input_ids is None or lengths is None:
         raise InputError("INPUT_IDS and SEQ_LEN are required")
+    # Ranks and one batch size over all tensors first: a tensor without its batch dimension or with fewer
+    # rows would otherwise fail below as an IndexError, an INTERNAL.
+    batch = batch_size_of(tensors, RANKS)
     dims = tensors.get("EMBED_DIM")
     rows = []
-    for index in range(input_ids.shape[0]):
+    for index in range(batch):
         try:
             length = int(lengths[index].reshape(-1)[0])
             if not 0 < length <= input_ids.shape[1]:

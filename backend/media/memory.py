@@ -34,6 +34,8 @@ def _glibc() -> ctypes.CDLL | None:
         libc = ctypes.CDLL(name)
         libc.malloc_trim.argtypes = [ctypes.c_size_t]
         libc.malloc_trim.restype = ctypes.c_int
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.mallopt.restype = ctypes.c_int
     except (OSError, AttributeError):  # not glibc: musl has no malloc_trim
         return None
     return libc
@@ -87,3 +89,31 @@ class _Trimmer:
 # Return the free pages of every malloc heap to the operating system if the RSS grew enough since the last
 # time (from_growth=0: now); True if it trimmed.
 release_freed_memory = _Trimmer()
+
+
+# mallopt's parameter number for the mmap threshold (glibc's malloc.h).
+M_MMAP_THRESHOLD = -3
+# The model step's blocks from this size up are mmapped and unmapped when freed: activations, attention
+# scores, patch embeddings (all larger); the step's small Python objects stay in the heaps.
+MODEL_STEP_MMAP_THRESHOLD_BYTES = 256 * 1024
+# A deployment that sets the threshold itself keeps its own.
+THRESHOLD_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold")
+
+
+def fix_mmap_threshold(threshold: int = MODEL_STEP_MMAP_THRESHOLD_BYTES) -> bool:
+    """Serve every block of `threshold` bytes or more with its own mmap, for good; True if set.
+
+    The model step's tensors change size with every micro-batch (rows x length, images of any size). With
+    glibc's sliding threshold, the first freed large tensor raises the threshold to its size, so later
+    tensors up to 32 MB are carved from the malloc heaps, whose free space fragments: the RSS grew in steps,
+    886 -> 1,050 MiB from call 500 to 3,000 of a mixed in-process soak (+7.2 % from 1,000), as the served
+    stub did. With the threshold fixed (which also stops the sliding) each large tensor's pages go back
+    when it is freed: 559 -> 575 MiB (+1.2 % from 1,000). The price is a page fault per page of every large
+    tensor: +25 % CPU per call for the tiny checkpoint on 2 cores (perf/results/cpu-x86_64-2c/2026-12-07/
+    stub-rss.md); a deployment that prefers the old trade sets its own threshold."""
+    if any(setting in os.environ.get("GLIBC_TUNABLES", "") for setting in THRESHOLD_SETTINGS) or (
+        THRESHOLD_SETTINGS[0] in os.environ
+    ):
+        return False
+    libc = _glibc()
+    return libc is not None and libc.mallopt(M_MMAP_THRESHOLD, threshold) == 1

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
 from backend import backpressure, metrics, triton_io
+from backend.media.memory import fix_mmap_threshold
 from backend.runtime.worker import StepWorker
 from backend.settings import ModelSettings, load_settings
 
@@ -25,6 +26,8 @@ class ModelStepStub:
 
     def initialize(self, args: dict[str, str]) -> None:
         triton_io.configure_logging(args["model_name"])
+        # Before anything is loaded: a tensor of every new shape must not grow the heaps (the RSS, in steps).
+        fix_mmap_threshold()
         settings = load_settings(self.settings_class, triton_io.model_parameters(args), self.environment)
         self.model = self.model_class(settings, *triton_io.instance_placement(args))
         if settings.warmup:

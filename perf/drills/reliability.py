@@ -17,6 +17,17 @@ model_repository/ with the tiny checkpoints on free ports, then, against that on
 4. kills: perf.drills.recovery's SIGKILL of each stub kind and of tritonserver under load, recovery times;
 5. SIGTERM under load: stop time, stubs and /dev/shm regions left.
 
+Then the phases of issue 19 (``PHASES``; each one entry), those that need servers of their own after that one
+has stopped:
+
+- stub RSS (perf.drills.stub_rss, on the first server, after the soak): ``--rss-soak`` mixed embedding
+  requests (texts of every length, images of many sizes, videos); the model stub's RSS flat within 5 % from
+  request 1,000 on, or at a ceiling it keeps;
+- gateway bodies (perf.drills.gateway_bodies): 60 MB hostile bodies, each at a fresh gateway: answered within
+  5 s, peak RSS under 1 GB, a small request answered within 1 s meanwhile;
+- reload (perf.drills.reload, with the gateway): SIGKILL of each of ``RELOAD_TARGETS`` under load; failed
+  calls per caller (client library over HTTP and gRPC, the gateway) and how soon each answers again.
+
 Reports crashes (processes that died without being killed), 5xx, hangs (> 10 s), lost or changed good
 requests, INTERNAL answers and error log lines, recovery times and memory, as
 perf/results/<host>/<date>/reliability.{json,md}. About 15-20 minutes on a 2-core host.
@@ -39,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perf.drills import malformed, overload, refusal
+from perf.drills import gateway_bodies, malformed, overload, refusal, reload, stub_rss
 from perf.drills.recovery import SERVE_LINE, TARGETS, Load, kill_and_measure, kills_table, ready, wait_until
 from perf.lib.console import add_out_argument, code_block, command_parser
 from perf.lib.paths import REPO
@@ -428,6 +439,67 @@ def log_findings(log: Path, kills: int) -> dict:
     }
 
 
+# --- issue 19's phases -------------------------------------------------------------------------------------
+
+RELOAD_TARGETS = ("qwen3_vl_embedding_model", "qwen3_vl_embedding_preprocess", "tritonserver")
+
+
+def rss_phase(serve: Serve, args) -> dict:
+    return stub_rss.measure(serve.grpc_url, serve.server_pid(), args.rss_soak, args.seed)
+
+
+def gateway_bodies_phase(args) -> list[dict]:
+    return gateway_bodies.measure(args.body_mb)
+
+
+def reload_phase(args) -> list[dict]:
+    return [reload.measure(target, 3, 4, 60.0, True, 15.0) for target in RELOAD_TARGETS]
+
+
+# (report key, what runs it): on the first server while it serves, or once it has stopped (servers of their
+# own). One entry per phase.
+PHASES_ON_SERVER = [
+    ("stub_rss", rss_phase),
+]
+PHASES_OWN_SERVERS = [
+    ("gateway_bodies", gateway_bodies_phase),
+    ("reload", reload_phase),
+]
+
+
+def reload_lines(results: list[dict]) -> list[str]:
+    lines = [
+        "| killed | Triton ready again after | caller | requests | failed | first answer after ready | "
+        "latency around the kill p50 / p99 / max |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        for caller in result["callers"]:
+            lines.append(
+                f"| {result['killed']} | {result['triton_ready_again_after_kill_s']} s | "
+                f"{caller.get('caller')} | {caller.get('requests')} | {caller.get('failed')} | "
+                f"{caller.get('first_answer_after_triton_ready_s')} s | "
+                + " / ".join(f"{value} s" for value in caller["latency_around_kill_s"].values())
+                + " |"
+            )
+    return lines
+
+
+def phase_sections(report: dict) -> list[str]:
+    """The markdown of issue 19's phases that ran."""
+    md: list[str] = []
+    if "stub_rss" in report:
+        md += ["", "## Model stub RSS under a mixed soak (perf.drills.stub_rss)", ""]
+        md += stub_rss.report_lines(report["stub_rss"])
+    if "gateway_bodies" in report:
+        md += ["", "## Hostile bodies at the gateway (perf.drills.gateway_bodies)", ""]
+        md += gateway_bodies.report_lines(report["gateway_bodies"])
+    if "reload" in report:
+        md += ["", "## SIGKILL under load with the gateway (perf.drills.reload)", ""]
+        md += reload_lines(report["reload"])
+    return md
+
+
 # --- report -------------------------------------------------------------------------------------------------
 
 
@@ -519,6 +591,7 @@ def write_report(experiment: Experiment, report: dict) -> None:
         "accepts them only with Triton's parser message.",
         "",
         *code_block("Launcher log", findings["launcher_lines"]),
+        *phase_sections(report),
     ]
     experiment.write_markdown("reliability.md", md, echo=True)
 
@@ -530,6 +603,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=20261130)
     parser.add_argument("--overload-seconds", type=float, default=15.0)
     parser.add_argument("--only", choices=["refusal"], help="run this phase alone (no reliability.md)")
+    parser.add_argument("--rss-soak", type=int, default=20000, help="mixed requests of the stub RSS phase")
+    parser.add_argument("--body-mb", type=float, default=60.0, help="size of the gateway-body phase's bodies")
     add_out_argument(parser)
     args = parser.parse_args(argv)
     experiment = Experiment("perf.drills.reliability", argv, args.out)
@@ -559,9 +634,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"malformed: {json.dumps(report['malformed'], default=str)[:2000]}", flush=True)
         report["soak"] = soak_phase(serve, media, args.soak)
         print(f"soak: {json.dumps(report['soak'])}", flush=True)
+        for key, on_server in PHASES_ON_SERVER:
+            report[key] = on_server(serve, args)
         report["overload"] = overload_phase(serve, args.overload_seconds, 4.0, 64)
         report["refusal"] = refusal_phase(serve, experiment, args.overload_seconds)
         report["kills"], report["stop_under_load"] = kills_phase(serve)
+        for key, own_servers in PHASES_OWN_SERVERS:
+            report[key] = own_servers(args)
         report["seconds"] = round(time.monotonic() - phase_started, 1)
     finally:
         if serve.process.poll() is None:

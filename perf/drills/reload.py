@@ -183,6 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     add_out_argument(parser)
     args = parser.parse_args(argv)
     experiment = Experiment("perf.drills.reload", argv, args.out)
+    results = measure(args.target, args.threads, args.retries, args.reload_wait, args.gateway, args.after)
+    report = experiment.report(**results)
+    print(json.dumps(report, indent=1), flush=True)
+    with (experiment.out / "reload.jsonl").open("a") as lines:
+        lines.write(json.dumps(report) + "\n")
+    return 0
+
+
+def measure(target: str, threads: int, retries: int, reload_wait: float, gateway: bool, after: float) -> dict:
+    """One kill under load against a fresh `make serve` (the reliability phase runs one per target)."""
     http_port, grpc_port, metrics_port, gateway_port = free_ports(4)
     log = Path(f"/tmp/reload-serve-{os.getpid()}.log")
     env = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "RERANKER_MODEL_PATH", "DEVICE")}
@@ -190,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     command = [sys.executable, "-m", "tools.launcher", "serve", "--model-repository", "model_repository",
                f"--http-port={http_port}", f"--grpc-port={grpc_port}",
                f"--metrics-port={metrics_port}"]  # fmt: skip
-    if not args.gateway:
+    if not gateway:
         command.append("--no-gateway")
     with log.open("wb") as output:
         process = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, env=env)
@@ -200,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         gateway_base = f"http://127.0.0.1:{gateway_port}"
         while (
             not ready(f"http://127.0.0.1:{http_port}/v2/health/ready")
-            or (args.gateway and not ready(f"{gateway_base}/health"))
+            or (gateway and not ready(f"{gateway_base}/health"))
             or SERVE_LINE not in log.read_text()  # written a moment after readiness
         ):
             if time.monotonic() > deadline or process.poll() is not None:
@@ -209,30 +219,30 @@ def main(argv: list[str] | None = None) -> int:
         callers = [
             Caller(
                 "client http",
-                client_caller(f"127.0.0.1:{http_port}", "http", args.retries, args.reload_wait),
-                args.threads,
+                client_caller(f"127.0.0.1:{http_port}", "http", retries, reload_wait),
+                threads,
             ),
             Caller(
                 "client grpc",
-                client_caller(f"127.0.0.1:{grpc_port}", "grpc", args.retries, args.reload_wait),
-                args.threads,
+                client_caller(f"127.0.0.1:{grpc_port}", "grpc", retries, reload_wait),
+                threads,
             ),
         ]
-        if args.gateway:
-            callers.append(Caller("gateway", gateway_caller(gateway_base), args.threads))
+        if gateway:
+            callers.append(Caller("gateway", gateway_caller(gateway_base), threads))
         readiness = Readiness(f"http://127.0.0.1:{http_port}/v2/health/ready")
         readiness.start()
         for caller in callers:
             caller.start()
         time.sleep(5.0)
         server_pid = int(re.findall(r"tritonserver pid (\d+), shm prefix", log.read_text())[-1])
-        if args.target == "tritonserver":
+        if target == "tritonserver":
             victim = server_pid
         else:
-            victim = min(pid for pid, model in live_stubs(server_pid).items() if model == args.target)
+            victim = min(pid for pid, model in live_stubs(server_pid).items() if model == target)
         killed = time.monotonic()
         os.kill(victim, signal.SIGKILL)
-        time.sleep(args.after)
+        time.sleep(after)
         for caller in callers:
             caller.stop()
         readiness.stop.set()
@@ -244,17 +254,14 @@ def main(argv: list[str] | None = None) -> int:
             report["first_answer_after_triton_ready_s"] = (
                 None if first is None or ready_again is None else round(first - ready_again, 3)
             )
-        report = experiment.report(
-            killed=args.target,
-            retries=args.retries,
-            reload_wait=args.reload_wait,
-            triton_ready_again_after_kill_s=None if back is None else round(back - killed, 3),
-            callers=reports,
-            launcher=[line for line in log.read_text().splitlines() if "launcher:" in line][-8:],
-        )
-        print(json.dumps(report, indent=1), flush=True)
-        with (experiment.out / "reload.jsonl").open("a") as results:
-            results.write(json.dumps(report) + "\n")
+        return {
+            "killed": target,
+            "retries": retries,
+            "reload_wait": reload_wait,
+            "triton_ready_again_after_kill_s": None if back is None else round(back - killed, 3),
+            "callers": reports,
+            "launcher": [line for line in log.read_text().splitlines() if "launcher:" in line][-8:],
+        }
     finally:
         for caller in callers:
             caller._stop.set()
@@ -263,7 +270,6 @@ def main(argv: list[str] | None = None) -> int:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
-    return 0
 
 
 if __name__ == "__main__":
