@@ -6,7 +6,7 @@
 The measurement behind perf/results/cpu-x86_64-2c/2026-12-07/gateway-bodies.md: one fresh gateway per body
 (``python -m gateway``, default settings, ``TRITON_GRPC_URL=127.0.0.1:1``: no Triton, so a body that passes
 every door check ends in 503 "Triton cannot describe"), the body sent while ``GET /metrics`` goes every 0.1 s
-alongside (tests.integration.hostile_bodies builds the bodies and sends them). Per body: the answer and its
+alongside (perf.drills.hostile_bodies builds the bodies and sends them). Per body: the answer and its
 time, the small requests' worst latency, the gateway's RSS after and its peak (VmHWM). The issue's goals:
 every body answered within 5 s, peak RSS under 1 GB, the small request answered within 1 s throughout.
 Writes perf/results/<host>/<date>/gateway-bodies-run.{json,md}.
@@ -29,7 +29,7 @@ NO_TRITON = "127.0.0.1:1"
 
 def measure(mb: float = 60.0, only: list[str] | None = None) -> list[dict]:
     """One row per body, each against a fresh gateway."""
-    from tests.integration.hostile_bodies import BODIES, attack, peak_rss_mb
+    from perf.drills.hostile_bodies import BODIES, attack, peak_rss_mb
 
     size = int(mb * 1_000_000)
     rows = []
@@ -80,7 +80,7 @@ def report_lines(rows: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tests.integration.hostile_bodies import BODIES
+    from perf.drills.hostile_bodies import BODIES
 
     parser = command_parser("perf.drills.gateway_bodies", __doc__)
     parser.add_argument("--mb", type=float, default=60.0, help="body size in MB (default 60)")

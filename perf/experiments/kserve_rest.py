@@ -2,7 +2,7 @@
 ``perf_analyzer -i http`` through the gateway vs straight to Triton's own (loopback) HTTP port, interleaved.
 
 One stack (``perf.gateway_stack``: tritonserver 2.51 from the wheel + the gateway, tiny checkpoint):
-1. every body of ``tests.integration.kserve_hostile`` sent to the gateway, a small request alongside: status,
+1. every body of ``perf.drills.kserve_hostile`` sent to the gateway, a small request alongside: status,
    time, the gateway's RSS after and at peak;
 2. rounds of perf_analyzer (text, one row per request, ``--concurrency``), gateway then Triton, each with a
    fixed request count; per round: throughput, latency, and CPU seconds per request of the gateway's and
@@ -24,13 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from perf.drills import kserve_hostile
+from perf.drills.hostile_bodies import peak_rss_mb
 from perf.gateway_stack import GatewayStack
 from perf.lib.console import command_parser, log
 from perf.lib.perf_analyzer import perf_analyzer_binary, perf_analyzer_env
 from perf.lib.record import Experiment, load_1m
 from perf.lib.sampling import group_cpu_seconds
-from tests.integration import kserve_hostile
-from tests.integration.hostile_bodies import peak_rss_mb
 
 MODEL = "qwen3_vl_embedding"
 TEXT = "The capital of China is Beijing. " * 6  # ~60 tokens

@@ -1,7 +1,7 @@
 """No body may bloat or stall the gateway (issue 19): hostile bodies within the 64 MiB limit are answered
 within 5 s while a small request alongside is answered within 1 s throughout, and the gateway's peak RSS
 stays under 1 GB; slow and idle clients are timed out. perf/results/cpu-x86_64-2c/2026-12-07/
-gateway-bodies.md has the figures (tests/integration/hostile_bodies.py measures them)."""
+gateway-bodies.md has the figures (perf/drills/hostile_bodies.py measures them)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.integration import hostile_bodies
+from perf.drills import hostile_bodies
 from tests.integration.gateway_process import GatewayProcess, post
 from tools.ports import free_port
 

@@ -2,7 +2,7 @@
 work against the gateway as against Triton's own HTTP port, with the same vectors as gRPC direct, and the
 bodies that crash or bloat tritonserver 2.51's HTTP front are answered 400/413/415 in milliseconds with
 no memory kept. perf/results/cpu-x86_64-2c/2026-12-07/gateway-kserve.md has the figures
-(tests/integration/kserve_hostile.py measures them)."""
+(perf/drills/kserve_hostile.py measures them)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from perf.lib.perf_analyzer import perf_analyzer_binary, perf_analyzer_env
-from tests.integration import kserve_hostile
+from perf.drills import kserve_hostile
 from tests.integration.gateway_process import GatewayProcess
-from tests.integration.hostile_bodies import peak_rss_mb
+from perf.drills.hostile_bodies import peak_rss_mb
 
 pytestmark = pytest.mark.server
 MODEL = "qwen3_vl_embedding"

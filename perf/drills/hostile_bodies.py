@@ -1,7 +1,7 @@
 """Hostile bodies against a running gateway, with a small request alongside: how long each takes, what it
 is answered, the small request's worst latency meanwhile and the gateway's peak RSS (VmHWM).
 
-    python -m tests.integration.hostile_bodies --url http://127.0.0.1:9000 --pid PID --mb 20
+    python -m perf.drills.hostile_bodies --url http://127.0.0.1:9000 --pid PID --mb 20
 
 The gateway needs no Triton for these (each body is refused at the door, or by Triton being away); the
 small request is ``GET /metrics``, answered by the gateway's event loop alone.

@@ -2,7 +2,7 @@
 port, with a small request alongside: each one's status, message and time, the small requests' worst
 latency, and the receiving process's RSS after and at peak (VmHWM).
 
-    python -m tests.integration.kserve_hostile --url http://127.0.0.1:9000 --pid PID
+    python -m perf.drills.kserve_hostile --url http://127.0.0.1:9000 --pid PID
 
 The small request is ``GET /v2/models/<model>/ready`` (forwarded to Triton over gRPC by the gateway).
 """
@@ -19,7 +19,7 @@ import urllib.parse
 import zlib
 from collections.abc import Callable
 
-from tests.integration.hostile_bodies import peak_rss_mb
+from perf.drills.hostile_bodies import peak_rss_mb
 
 MODEL = "qwen3_vl_embedding"
 INFER = f"/v2/models/{MODEL}/infer"
