@@ -13,10 +13,10 @@ import urllib.request
 import numpy as np
 import pytest
 
-from perf.lib.perf_analyzer import perf_analyzer_binary, perf_analyzer_env
 from perf.drills import kserve_hostile
-from tests.integration.gateway_process import GatewayProcess
 from perf.drills.hostile_bodies import peak_rss_mb
+from perf.lib.perf_analyzer import perf_analyzer_binary, perf_analyzer_env
+from tests.integration.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.server
 MODEL = "qwen3_vl_embedding"
