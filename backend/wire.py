@@ -23,7 +23,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from backend.errors import InputError
-from backend.protocol import QUEUED_AT, PreparedItem, VisionPatches, batch_size_of
+from backend.protocol import (
+    EMBEDDING_RANGE_INPUT,
+    EMBEDDING_TYPES_INPUT,
+    QUEUED_AT,
+    PreparedItem,
+    VisionPatches,
+    batch_size_of,
+)
 
 MODALITIES = (("IMAGE", "images"), ("VIDEO", "videos"))
 # Dimensions of each wire tensor, batch first (the table above).
@@ -36,6 +43,8 @@ RANKS = {
     "VIDEO_PATCHES": 3,
     "VIDEO_GRID_THW": 3,
     QUEUED_AT: 2,
+    EMBEDDING_TYPES_INPUT: 2,  # the compact types a row asks for (backend.vectors)
+    EMBEDDING_RANGE_INPUT: 2,
 }
 
 
