@@ -88,7 +88,8 @@ def config_ranks() -> dict[str, dict[str, int]]:
     """model -> input -> rank with the batch dimension, from model_repository/*/config.pbtxt."""
     found: dict[str, dict[str, int]] = {}
     for config in sorted((REPO / "model_repository").glob("*/config.pbtxt")):
-        text_ = "\n".join(line for line in config.read_text().splitlines() if not line.lstrip().startswith("#"))
+        lines = config.read_text().splitlines()
+        text_ = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
         section = text_.split("input [", 1)[1].split("\noutput [", 1)[0]
         found[config.parent.name] = {
             name: len(dims.split(",")) + 1
