@@ -63,6 +63,9 @@ _SIZE = _BUDGET_AT + _BUDGET.size
 # Longer than any gap between two execute()s under load: at 4x overload on 2 shared cores a 50 ms allowance
 # forgot requests that were waiting (the model step's queue grew from 2.4 s to 5.5 s).
 IDLE_SECONDS = 1.0
+# How often a preprocess instance looks for its requests' answers between execute()s (QueueGate.poll): a
+# rate sample ends at most about this late.
+WATCH_SECONDS = 0.01
 # Stamps older than this are forgotten: their request was refused by the model step's queue timeout (10 s
 # by default) or never reached it (a client calling the preprocess step alone).
 FORGET_SECONDS = 30.0
@@ -251,11 +254,14 @@ class QueueGate:
         limit: int,
         clock: Callable[[], int] = time.monotonic_ns,
         rate_smoothing: float = 0.2,
+        watch_seconds: float = 0.0,
     ):
         self.path = path
         self.limit = limit
         self.clock = clock
         self.rate = ServiceRate(rate_smoothing)
+        # admit() runs in execute() (Triton's thread) and poll() in the watcher: one at a time.
+        self._lock = threading.Lock()
         # (stamp, tokens) of the requests handed on and not yet answered (or forgotten), oldest first.
         self._stamps: deque[tuple[int, int]] = deque()
         self._unanswered_tokens = 0
@@ -264,13 +270,44 @@ class QueueGate:
         self._fd: int | None = None
         self._budget = 0.0  # the model step's wait budget as last read
         self.refused_by_wait = 0
+        self._pending = threading.Event()  # set while requests handed on are unanswered
+        self._closed = threading.Event()
+        self._watcher: threading.Thread | None = None
+        if watch_seconds > 0:
+            self._watcher = threading.Thread(
+                target=self._watch, args=(watch_seconds,), name="queue-gate-watch", daemon=True
+            )
+            self._watcher.start()
+
+    def _watch(self, interval: float) -> None:
+        """Every `interval` while requests handed on are unanswered: poll()."""
+        while True:
+            self._pending.wait()
+            if self._closed.wait(interval):
+                return
+            self.poll()
 
     def admit(self, wanted: int) -> int:
         """How many of `wanted` new requests may be preprocessed; the rest are to be refused."""
+        with self._lock:
+            return self._admit(wanted)
+
+    def poll(self) -> None:
+        """Take note of the requests answered so far (the watcher's turn, between execute()s).
+
+        Without it a request's answer is seen only at the next execute(), and the rate sample then ends at
+        the model step's last answer, which may be another instance's request seconds later: those seconds
+        counted as the time ours took (a burst after a quiet spell was refused with "expected wait 67 s" for
+        work that took 2 s)."""
+        with self._lock:
+            self._admit(0)
+
+    def _admit(self, wanted: int) -> int:
         taken, free_since, oldest, answered_at, self._budget = self._read()
         if taken == 0:
             self._stamps.clear()
             self._unanswered_tokens, self._draining_since = 0, None
+            self._pending.clear()
             return wanted
         now = self.clock()
         idle = int(IDLE_SECONDS * 1e9)
@@ -293,6 +330,8 @@ class QueueGate:
             self._unanswered_tokens -= tokens
             drained += tokens if answered(stamp) else 0
         self._measure(drained, answered_at or now)
+        if not self._stamps:
+            self._pending.clear()
         waiting = 0  # not taken (the newest, stamped after `taken`) nor forgotten
         for stamp, _ in reversed(self._stamps):
             if stamp <= taken:
@@ -309,10 +348,12 @@ class QueueGate:
             self._draining_since = max(answered_at, self._stamps[0][0]) if self._stamps else None
 
     def handed_on(self, stamp: int, tokens: int = 0) -> None:
-        if not self._stamps:
-            self._draining_since = stamp
-        self._stamps.append((stamp, tokens))
-        self._unanswered_tokens += tokens
+        with self._lock:
+            if not self._stamps:
+                self._draining_since = stamp
+            self._stamps.append((stamp, tokens))
+            self._unanswered_tokens += tokens
+            self._pending.set()
 
     def tokens_ahead(self) -> int:
         """The work a new request would queue behind, in this instance's share, as of the last admit()
@@ -323,7 +364,8 @@ class QueueGate:
         """UNAVAILABLE for a new request whose expected wait (tokens ahead / the measured rate) is over the
         model step's budget; None to go on (also before any rate is measured). Call after admit(), which
         reads the channel."""
-        wait = over_budget(self.tokens_ahead(), self.rate.per_second(), self._budget)
+        with self._lock:
+            wait = over_budget(self._unanswered_tokens, self.rate.per_second(), self._budget)
         if wait is None:
             return None
         self.refused_by_wait += 1
@@ -364,7 +406,12 @@ class QueueGate:
         return taken, free_since, int(oldest), int(answered_at), float(budget)
 
     def close(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
+        self._closed.set()
+        self._pending.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=1.0)
+        with self._lock:
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+                self._fd = None

@@ -318,3 +318,46 @@ def test_a_call_triton_refused_is_no_completion_for_the_gateway():
         assert admission.in_flight == 0
 
     asyncio.run(run())
+
+
+def test_a_sample_ends_when_the_watcher_saw_the_answer_not_at_a_later_answer_of_another_instance(tmp_path):
+    """The model step's last answer moves on with other instances' requests; a request of ours answered
+    early and seen only at our next execute() would count their seconds as ours (a burst was refused with
+    "expected wait 67 s" for 2 s of work). poll() between execute()s ends the sample when it was seen."""
+    clock = [1000 * SECOND]
+    publisher, gate = _gate(tmp_path, clock)
+    stamp = clock[0]
+    gate.handed_on(stamp, tokens=1000)
+    clock[0] += SECOND // 10
+    publisher.taken(stamp)
+    publisher.progress(0, clock[0])  # ours answered after 0.1 s
+    clock[0] += SECOND // 100
+    gate.poll()
+    assert gate.tokens_ahead() == 0 and gate.rate.samples == 1
+    assert gate.rate.seconds == pytest.approx(0.1)
+    clock[0] += 5 * SECOND
+    publisher.progress(0, clock[0])  # another instance's request answered 5 s later
+    assert gate.admit(1) == 1
+    assert gate.rate.samples == 1 and gate.rate.seconds == pytest.approx(0.1)
+    gate.close()
+    publisher.close()
+
+
+def test_the_watcher_polls_between_executes_and_stops_at_close(tmp_path):
+    import time
+
+    path = tmp_path / "channel"
+    publisher = backpressure.Publisher(path)
+    publisher.busy()
+    gate = backpressure.QueueGate(path, limit=10, watch_seconds=0.005)
+    stamp = time.monotonic_ns()
+    gate.handed_on(stamp, tokens=500)
+    publisher.taken(stamp)
+    publisher.progress(0, time.monotonic_ns())
+    deadline = time.monotonic() + 5.0
+    while gate.tokens_ahead() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert gate.tokens_ahead() == 0 and gate.rate.samples == 1  # no execute() ran: the watcher saw it
+    gate.close()
+    assert gate._watcher is not None and not gate._watcher.is_alive()
+    publisher.close()

@@ -22,6 +22,7 @@ class TritonPythonModel:
             channel,
             settings.max_model_queue,
             rate_smoothing=settings.service_rate_smoothing,
+            watch_seconds=backpressure.WATCH_SECONDS,
         )
         triton_io.freeze_loaded_objects()
 
