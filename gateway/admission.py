@@ -11,6 +11,11 @@ Sustained overload is told from a burst by time: when requests have had to wait 
 only about one round of Triton calls. Under a standing queue the newest waiter is served first (adaptive
 LIFO): the requests admitted are fresh, and those shed are the stale ones.
 
+A refusal for load from Triton's own steps (they refuse by expected wait, at once) says the work at Triton
+already fills its queue timeout: for ``BACKEND_REFUSAL_SECONDS`` after one, a request that finds no slot free
+is refused at once rather than held for the burst allowance only to meet the same refusal, or the gateway's
+shedding, seconds later. What already waits stays, and is served as slots free.
+
 With ``latency_ratio`` set, the in-flight bound also follows Triton's latency (``LatencyLimit``): it
 shrinks while calls take longer than ratio x the unloaded call latency and grows while they do not, so
 that batching buys throughput only as far as the latency target allows; and under overload the room is
@@ -60,6 +65,11 @@ ARRIVAL_SLACK = 4
 # Oldest waiters shed per arrival once overloaded: a backlog of thousands answered 503 at one instant
 # would stall the event loop (and the admitted requests' answers) for a noticeable time.
 SHED_PER_ARRIVAL = 8
+
+# After Triton's steps refused a call for load, newcomers that find every slot taken are refused at once for
+# this long (each such refusal starts it again): about one call, long enough to span the next refusal under
+# sustained overload, short enough that a burst behind one refusal is held back for no longer.
+BACKEND_REFUSAL_SECONDS = 1.0
 
 # LatencyLimit: the floor (one call alone is what "unloaded" means), the calls alone whose median is the
 # unloaded latency, how often that is re-measured when load leaves no call alone, and the fewest
@@ -242,6 +252,7 @@ class Admission:
         self._draining = False  # _drain() is shedding the waiting room
         self._arrived = 0
         self._completed = 0
+        self._backend_refused_at = -math.inf
         self._history = _History(max(burst_seconds, OVERLOAD_EXIT_SECONDS) + 1.0)
 
     def limit(self) -> int:
@@ -277,6 +288,10 @@ class Admission:
     def expected_wait(self) -> float | None:
         rate = self.rate()
         return None if rate is None else (self.waiting + 1) / rate
+
+    def backend_refused(self) -> None:
+        """Triton's steps refused a call for load (by their expected wait): see BACKEND_REFUSAL_SECONDS."""
+        self._backend_refused_at = self._clock()
 
     def _saturated_for(self, now: float) -> float:
         return 0.0 if self._saturated_since is None else now - self._saturated_since
@@ -376,6 +391,10 @@ class Admission:
         if timeout <= 0:
             raise self._shed(
                 f"server overloaded: no capacity within the queue timeout of {self.queue_timeout:g} s"
+            )
+        if now - self._backend_refused_at < BACKEND_REFUSAL_SECONDS:
+            raise self._shed(
+                "server overloaded: Triton refused work for load just now and every in-flight slot is taken"
             )
         overloaded = self.overloaded(now)
         if overloaded and self.latency is not None:

@@ -7,8 +7,12 @@ Triton's batcher met in bigger groups. A ``Coalescer`` keeps at most ``max_calls
 request that finds none goes at once, on its own, awaited in place (no delay at low load). One that finds
 some but not ``max_calls`` goes on the next turn of the event loop, with whatever arrived in the same turn
 (requests answered together come back together). What arrives while all are busy queues, and each call
-that finishes sends everything queued (up to ``max_rows``) as one call. Answers are split back per
-request.
+that finishes sends everything queued (up to ``max_rows``, and up to ``max_cost`` by ``cost``: an estimate
+of the rows' tokens) as one call. Answers are split back per request.
+
+The cost cap keeps one merged call short: 64 rows of 3,000 tokens are tens of seconds of work on a small
+host, and every request merged into it or queued behind it waits that long, past the steps' queue timeout,
+to be refused late. A part that alone is over the cap still goes, alone.
 
 Errors stay per request. ``judge`` says whom a failed call's error concerns: one row (that row's request
 gets ``RowRejected`` naming the row in its own numbering, the others go again without it, first in line),
@@ -51,6 +55,7 @@ class _Part(Generic[Row, Answer]):
 
     rows: Sequence[Row]
     future: asyncio.Future[list[Answer]]
+    cost: int = 0
 
 
 class Coalescer(Generic[Row, Answer]):
@@ -63,6 +68,8 @@ class Coalescer(Generic[Row, Answer]):
         judge: Callable[[Exception], int | Blame],
         max_rows: int,
         max_calls: int,
+        cost: Callable[[Row], int] | None = None,
+        max_cost: int = 0,
     ):
         if max_rows < 1 or max_calls < 1:
             raise ValueError(f"max_rows and max_calls must be at least 1, got {max_rows} and {max_calls}")
@@ -70,6 +77,8 @@ class Coalescer(Generic[Row, Answer]):
         self.judge = judge
         self.max_rows = max_rows
         self.max_calls = max_calls
+        self.cost = cost
+        self.max_cost = max_cost  # 0 (or no ``cost``): rows alone bound a merged call
         self.calls = 0
         self._queue: deque[_Part[Row, Answer]] = deque()
         self._soon = False  # a dispatch is scheduled for the loop's next turn
@@ -93,7 +102,8 @@ class Coalescer(Generic[Row, Answer]):
                 self.calls -= 1
                 self._dispatch()
         future: asyncio.Future[list[Answer]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Part(rows, future))
+        cost = sum(self.cost(row) for row in rows) if self.cost is not None and self.max_cost else 0
+        self._queue.append(_Part(rows, future, cost))
         if self.calls < self.max_calls and not self._soon:
             self._soon = True
             asyncio.get_running_loop().call_soon(self._dispatch_soon)
@@ -113,17 +123,20 @@ class Coalescer(Generic[Row, Answer]):
     def _take(self) -> list[_Part[Row, Answer]]:
         """The queue's head parts that fit one call together (none if every queued caller has gone)."""
         parts: list[_Part[Row, Answer]] = []
-        count = 0
+        count = cost = 0
         while self._queue:
             part = self._queue[0]
             if part.future.done():
                 self._queue.popleft()
                 continue
-            if parts and count + len(part.rows) > self.max_rows:
+            if parts and (
+                count + len(part.rows) > self.max_rows or (self.max_cost and cost + part.cost > self.max_cost)
+            ):
                 break
             self._queue.popleft()
             parts.append(part)
             count += len(part.rows)
+            cost += part.cost
         return parts
 
     def _launch(self, parts: list[_Part[Row, Answer]]) -> None:

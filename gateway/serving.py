@@ -19,6 +19,7 @@ from gateway.names import ServedNames
 from gateway.settings import DEFAULT_TOKENIZER_PATH, GatewaySettings
 from gateway.tokenizer import GatewayTokenizer
 from gateway.triton import Outcome, TritonBackend
+from gateway.triton_errors import refused_for_load
 
 # Strings longer than this are tokenised in a worker thread.
 TOKENIZE_OFFLOAD_CHARS = 100_000
@@ -114,6 +115,8 @@ class Gateway:
                 try:
                     return await call()
                 except GatewayError as error:
+                    if refused_for_load(error):
+                        self.admission.backend_refused()  # newcomers are refused at once for a moment
                     if error.kind is not Kind.OVERLOADED or time.monotonic() >= deadline:
                         raise
                     ticket.sample = ticket.served = False  # refused: no served call's latency, no completion

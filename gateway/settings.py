@@ -65,6 +65,11 @@ class GatewaySettings:
     # 1 serialises the calls (c=64 on 2 cores: 0.83 x off); 2 and 4 both cut Triton's CPU per request by
     # 10-20 %, 4 gained at c=16 and c=64 alike (perf/results/cpu-x86_64-2c/2026-11-30/gateway-coalesce-ab*).
     coalesce_calls: int = 4
+    # And at most this many tokens (estimated from the text's bytes) in one merged call: 64 rows of 3,000
+    # tokens are ~8 s of work for the tiny model on 2 busy cores, and all merged behind them waited past the
+    # steps' 10 s queue timeout to be refused late (gateway refusal p99 19 s at 4x load). 64 rows of ~200
+    # tokens still go together. 0 = rows alone bound a merged call.
+    coalesce_max_tokens: int = 16_384
     # Work that would wait longer than this for an in-flight slot is answered 503 + Retry-After. The seed's
     # burst (1,000 x 200 tokens at once) takes ~20 s on the 8B, and 62-104 s for the tiny model on two busy
     # cores: the default sheds only what could not even start within one Triton call's timeout.
@@ -110,6 +115,10 @@ class GatewaySettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.coalesce_calls < 0:
             raise ValueError(f"coalesce_calls must be 0 (off) or positive, got {self.coalesce_calls}")
+        if self.coalesce_max_tokens < 0:
+            raise ValueError(
+                f"coalesce_max_tokens must be 0 (no limit) or positive, got {self.coalesce_max_tokens}"
+            )
         if self.in_flight_seconds < 0:
             raise ValueError(
                 f"in_flight_seconds must be 0 (fixed bound) or positive, got {self.in_flight_seconds}"
@@ -160,6 +169,7 @@ ENVIRONMENT = {
     "in_flight_seconds": "GATEWAY_IN_FLIGHT_SECONDS",
     "max_waiting": "GATEWAY_MAX_WAITING",
     "coalesce_calls": "GATEWAY_COALESCE_CALLS",
+    "coalesce_max_tokens": "GATEWAY_COALESCE_MAX_TOKENS",
     "queue_timeout": "GATEWAY_QUEUE_TIMEOUT",
     "burst_seconds": "GATEWAY_BURST_SECONDS",
     "latency_target_ratio": "GATEWAY_LATENCY_TARGET_RATIO",

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from gateway import priority
-from gateway.calls import Outcome, assemble, call_groups, gather, mergeable
+from gateway.calls import Outcome, assemble, call_groups, estimated_tokens, gather, mergeable
 from gateway.coalescing import Coalescer
 from gateway.errors import GatewayError
 from gateway.items import Item
@@ -204,7 +204,14 @@ class TritonBackend:
             # One coalescer per class: a bulk row riding in an interactive call would be served first.
             coalescer = self._coalescers.get((info.name, priority_class))
             if coalescer is None:
-                coalescer = Coalescer(send, judge, info.max_batch_size, self.settings.coalesce_calls)
+                coalescer = Coalescer(
+                    send,
+                    judge,
+                    info.max_batch_size,
+                    self.settings.coalesce_calls,
+                    estimated_tokens,
+                    self.settings.coalesce_max_tokens,
+                )
                 self._coalescers[(info.name, priority_class)] = coalescer
 
         async def run(indices: list[int]) -> list[tuple[Value, int]]:

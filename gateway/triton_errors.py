@@ -10,7 +10,16 @@ from collections.abc import Sequence
 from gateway.coalescing import Blame, RowRejected
 from gateway.errors import GatewayError, Kind
 from qwen3vl_client import _wire
-from qwen3vl_client._retry import BUSY, error_status, error_text, is_down, is_reloading, pin, row_of
+from qwen3vl_client._retry import (
+    BUSY,
+    OVERLOADED,
+    error_status,
+    error_text,
+    is_down,
+    is_reloading,
+    pin,
+    row_of,
+)
 
 _KIND_BY_STATUS = {
     "StatusCode.INVALID_ARGUMENT": Kind.INVALID,
@@ -32,6 +41,12 @@ def kind_of(error: BaseException) -> Kind:
     if kind is Kind.UNAVAILABLE and BUSY.search(error_text(error)):
         return Kind.OVERLOADED  # Triton is up, its queue is not: the request may be sent again
     return kind
+
+
+def refused_for_load(error: GatewayError) -> bool:
+    """Triton's steps refused the call for load ("... overloaded (expected wait ...)"; UNAVAILABLE, at once),
+    as opposed to Triton being down or reloading."""
+    return error.kind is Kind.UNAVAILABLE and bool(OVERLOADED.search(error.message))
 
 
 def reloading(error: BaseException) -> bool:

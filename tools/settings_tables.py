@@ -134,6 +134,8 @@ GATEWAY_MEANINGS = {
     "max_waiting": "requests waiting for a slot (a memory guard)",
     "coalesce_calls": "Triton calls of text rows per ensemble at once; what arrives meanwhile is merged into "
     "one call when one finishes (`0` = off: every request its own call)",
+    "coalesce_max_tokens": "tokens (estimated: UTF-8 bytes / 4) merged into one call at most; a request "
+    "over it alone still goes alone (`0` = rows alone bound a merged call)",
     "queue_timeout": "seconds a request may (be expected to) wait before a 503",
     "burst_seconds": "how long requests may arrive faster than they complete (every slot taken) before it "
     "is overload, not a burst: then the newest are served first and the oldest waiters get 503 at once (`0` "

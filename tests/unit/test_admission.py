@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from gateway.admission import (
+    BACKEND_REFUSAL_SECONDS,
     LATENCY_FLOOR,
     PROBE_INTERVAL_SECONDS,
     PROBE_SAMPLES,
@@ -378,3 +379,39 @@ def test_a_burst_is_served_whole_even_when_it_takes_longer_than_the_burst_allowa
     served, outcomes, admission = asyncio.run(scenario())
     assert sorted(served) == list(range(201)), {k: v for k, v in outcomes.items() if v != "served"}
     assert admission.shed_overload == 0 and admission.waiting == 0 and admission.in_flight == 0
+
+
+def test_after_triton_refused_for_load_a_newcomer_without_a_free_slot_is_refused_at_once():
+    """Triton's steps refuse by expected wait: the work at Triton already fills its queue timeout. For a
+    moment after, a newcomer that finds every slot taken is refused at once instead of held for the burst
+    allowance; one that finds a slot free is served, what already waits stays, and once the moment has
+    passed newcomers wait again."""
+
+    async def scenario():
+        clock = FakeClock()
+        admission = Admission(
+            max_in_flight=1, max_waiting=10_000, queue_timeout=300.0, burst_seconds=5.0, clock=clock
+        )
+        release = asyncio.Event()
+        holder = asyncio.create_task(_hold(admission, release))
+        await asyncio.sleep(0)
+        served, outcomes = [], {}
+        tasks = await _queue(admission, 1, served, outcomes)  # waits (no refusal yet)
+        admission.backend_refused()
+        clock.now += BACKEND_REFUSAL_SECONDS / 2
+        tasks += await _queue(admission, 1, served, outcomes, start=1)
+        await settle()
+        assert outcomes == {1: Kind.OVERLOADED} and admission.waiting == 1  # refused with no wait
+        clock.now += BACKEND_REFUSAL_SECONDS
+        tasks += await _queue(admission, 1, served, outcomes, start=2)
+        await settle()
+        assert admission.waiting == 2 and 2 not in outcomes  # the moment passed: it waits
+        release.set()
+        await asyncio.gather(holder, *tasks)
+        admission.backend_refused()
+        await asyncio.gather(*await _queue(admission, 1, served, outcomes, start=3))  # a slot is free
+        return served, outcomes, admission
+
+    served, outcomes, admission = asyncio.run(scenario())
+    assert sorted(served) == [0, 2, 3] and outcomes[1] is Kind.OVERLOADED
+    assert admission.waiting == 0 and admission.in_flight == 0

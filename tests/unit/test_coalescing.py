@@ -289,3 +289,47 @@ def test_triton_errors_are_judged_and_a_rejected_row_is_named_in_its_requests_nu
         blame(RowRejected(query, 0), [0, 1], "documents", about_query=True).message
         == "query: QUERY_TEXT: bad"
     )
+
+
+def test_a_merged_call_holds_at_most_max_cost_and_a_part_over_it_goes_alone():
+    """Long texts: a merged call of many long rows is seconds of work that everyone merged into it or queued
+    behind it waits for; the cost cap (estimated tokens) cuts it where the rows alone would not."""
+
+    async def scenario():
+        call = FakeCall()
+        coalescer = Coalescer(call, fake_judge, max_rows=8, max_calls=1, cost=len, max_cost=6)
+        first = asyncio.create_task(coalescer.submit(["a"]))
+        await settle()
+        parts = [["bb", "cc"], ["dd"], ["eeee", "ffff"], ["g"], ["h"]]
+        waiting = [asyncio.create_task(coalescer.submit(rows)) for rows in parts]
+        await settle()
+        call.gate.set()
+        await first
+        answers = [await task for task in waiting]
+        assert answers == [[row.upper() for row in rows] for rows in parts]
+        # 4 + 2 = 6 fits; 8 is over the cap alone and goes alone; then 1 + 1.
+        assert call.calls == [["a"], ["bb", "cc", "dd"], ["eeee", "ffff"], ["g", "h"]]
+
+    run(scenario())
+
+
+def test_a_rows_estimated_tokens_follow_its_text_bytes():
+    from gateway.calls import BYTES_PER_TOKEN, estimated_tokens
+
+    text = Item(text="x" * 4000).row()
+    assert estimated_tokens(text) == 4000 // BYTES_PER_TOKEN
+    assert estimated_tokens(Item(text="").row()) == 1
+    pair = Pair(Item(text="q" * 400).row(), Item(text="d" * 4000).row(), b"i" * 40)
+    assert estimated_tokens(pair) == 4440 // BYTES_PER_TOKEN
+
+
+def test_only_the_steps_refusals_for_load_count_as_triton_refusing_for_load():
+    from gateway.errors import GatewayError
+    from gateway.triton_errors import refused_for_load
+
+    step = "Triton: the model step is overloaded (expected wait 12.0 s for the work queued ahead)"
+    assert refused_for_load(GatewayError(Kind.UNAVAILABLE, step))
+    down = "Triton: failed to connect to all addresses"
+    assert not refused_for_load(GatewayError(Kind.UNAVAILABLE, down))
+    ours = "server overloaded: 5 requests already waiting"
+    assert not refused_for_load(GatewayError(Kind.OVERLOADED, ours))
