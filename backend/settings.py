@@ -66,8 +66,9 @@ class PreprocessSettings:
     # Requests this instance has handed on that may wait for the model step at once; past it new ones are
     # refused with UNAVAILABLE before any preprocessing (backend.backpressure: the model step's queue bound).
     max_model_queue: int = 256
-    # The weight of the newest sample in the rate at which the model step takes this instance's requests
-    # (tokens per second, a moving average of tokens and of seconds): with the model step's
+    # The weight of the newest sample (of 1,024 tokens or more; a smaller one counts less) in the rate at
+    # which the model step takes this instance's requests (tokens per second, decayed sums of tokens and of
+    # seconds, backend.admission.ServiceRate): with the model step's
     # expected_wait_share it refuses at once what would wait too long (backend.admission).
     service_rate_smoothing: float = 0.2
     vision: VisionSettings = VisionSettings()
@@ -119,7 +120,9 @@ class ModelSettings:
     # The preprocess steps refuse at once (UNAVAILABLE, before tokenising) a request whose expected wait for
     # this step, the tokens queued ahead of it divided by the rate this step takes them at, is over this
     # share of queue_timeout_seconds; 0 = off, refused only once the timeout has passed (backend.admission).
-    expected_wait_share: float = 1.0
+    # Off by default: one token rate for every modality misjudges a shift (text after video work was refused
+    # as 10-20 s of work that took 1 s); 1 suits one kind of traffic (docs/overload.md).
+    expected_wait_share: float = 0.0
     # Longest row this step runs: the preprocess step never sends more, a direct caller may (tested to agree
     # with the preprocess step's max_length in tests/unit/test_protocol.py).
     max_length: int = EMBEDDING_MAX_LENGTH

@@ -37,9 +37,10 @@ PREPROCESS_MEANINGS = {
     "queue bound (at most 512 with the 2 instances; 256 per instance so that the gateway's 256 in flight are "
     "never refused, however they spread; see [Overload](overload.md)). A client calling the preprocess step "
     "alone counts only while the model step is busy",
-    "service_rate_smoothing": "weight of the newest sample in the rate at which the model step takes this "
-    "instance's requests (tokens per second, a moving average of tokens and of seconds), in (0, 1]: with the "
-    "model step's `expected_wait_share` it refuses at once what would wait too long",
+    "service_rate_smoothing": "weight of the newest sample (of 1,024 tokens or more; a smaller one counts "
+    "less) in the rate at which the model step takes this instance's requests (tokens per second, decayed "
+    "sums of tokens and of seconds), in (0, 1]: with the model step's `expected_wait_share` it refuses at "
+    "once what would wait too long",
     "image_min_pixels": "smart-resize lower pixel bound (4·32²)",
     "image_max_pixels": "smart-resize upper pixel bound (1800·32²)",
     "video_fps": "frames sampled per second of video",
@@ -96,7 +97,8 @@ MODEL_MEANINGS = {
     "overtakes them; bounds the memory they hold (images: ~6 KB per token)",
     "expected_wait_share": "the preprocess steps refuse a request at once (`UNAVAILABLE` / 503, before "
     "tokenising it) when the tokens queued ahead of it divided by the rate this step takes them at are "
-    "over this share of `queue_timeout_seconds`; nothing is refused before a rate is measured; `0` = off "
+    "over this share of `queue_timeout_seconds`; nothing is refused before a rate is measured; `0` = off, "
+    "the default: one rate for every modality misjudges mixed traffic; `1` for one kind of traffic "
     "(see [Overload](overload.md#refusal-by-expected-wait))",
     "max_length": "most text tokens (vision placeholders not counted: they are bounded by the patches sent) "
     "in a row the step runs; the preprocess step never sends more, a client calling the step directly gets "

@@ -9,7 +9,7 @@ import asyncio
 import numpy as np
 
 from perf.lib.servers import start_server
-from perf.lib.variants import variant_repository, with_parameter
+from perf.lib.variants import compose, variant_repository, with_parameter
 
 BURST = 64
 TEXT = "The quick brown fox jumps over the lazy dog while the river runs past the old mill. " * 20
@@ -123,12 +123,13 @@ async def _saturate(url: str) -> tuple[list[float], list[float], list[str]]:
 
 
 def test_saturated_requests_are_refused_by_expected_wait_well_before_the_timeout(tmp_path, tiny_model_path):
-    """With a 4 s queue timeout (also the expected-wait budget, at the default share), a closed loop of long
-    texts far over capacity: refusals come when the wait becomes known, at the preprocess step, in a
+    """With a 4 s queue timeout (also the expected-wait budget, at share 1: off by default), a closed loop
+    of long texts far over capacity: refusals come when the wait becomes known, at the preprocess step, in a
     fraction of the timeout, not once it has passed; requests are still served meanwhile."""
+    timeout = with_parameter("queue_timeout_seconds", str(QUEUE_TIMEOUT))
     repository = variant_repository(
         tmp_path / "repository",
-        {"qwen3_vl_embedding_model": with_parameter("queue_timeout_seconds", str(QUEUE_TIMEOUT))},
+        {"qwen3_vl_embedding_model": compose(timeout, with_parameter("expected_wait_share", "1"))},
     )
     endpoint = start_server("refusal", tiny_model_path, tmp_path / "server.log", repository=repository)
     try:

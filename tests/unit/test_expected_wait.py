@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from backend import backpressure
-from backend.admission import MIN_SAMPLES, ServiceRate, expected_wait, over_budget
+from backend.admission import FULL_WEIGHT_TOKENS, MIN_SAMPLES, ServiceRate, expected_wait, over_budget
 from backend.errors import UnavailableError
 
 
@@ -26,15 +26,36 @@ def test_no_rate_no_refusal_a_cold_server_admits_everything():
 
 def test_the_rate_is_tokens_over_busy_time_and_follows_a_change():
     rate = ServiceRate(smoothing=0.5)
+    full = FULL_WEIGHT_TOKENS
     for step in range(MIN_SAMPLES):
-        rate.done(100, step * 10.0, step * 10.0 + 0.1)  # idle 9.9 s between forwards: not counted
+        rate.done(full, step * 10.0, step * 10.0 + full / 1000)  # idle between forwards: not counted
     assert rate.per_second() == pytest.approx(1000.0)
     # The server slows down to 250 tokens/s: the estimate follows within a few forwards.
     start = 100.0
     for _ in range(8):
-        rate.done(100, start, start + 0.4)
-        start += 0.4
+        rate.done(full, start, start + full / 250)
+        start += full / 250
     assert rate.per_second() == pytest.approx(250.0, rel=0.02)
+
+
+def test_a_few_tokens_that_waited_long_hardly_move_the_rate():
+    """26 tokens answered after 0.7 s (they waited behind another instance's video) once took the rate from
+    ~5,000 to 277 tokens/s and 4,400 tokens queued next were refused as 15.8 s of work."""
+    rate = ServiceRate()
+    start = 0.0
+    for _ in range(200):  # short texts answered at 5,000 tokens/s
+        rate.done(50, start, start + 0.01)
+        start += 0.01
+    assert rate.per_second() == pytest.approx(5000.0)
+    rate.done(26, start, start + 0.708)
+    slowed = rate.per_second()
+    assert slowed is not None and slowed > 2500.0
+    assert over_budget(4400, slowed, 10.0) is None
+    # What keeps being slow still brings the rate down: the work ahead is then measured by it.
+    for _ in range(1000):
+        start += 0.708
+        rate.done(26, start - 0.708, start)
+    assert rate.per_second() == pytest.approx(26 / 0.708, rel=0.05)
 
 
 def test_overlapping_forwards_count_busy_time_once():
@@ -97,7 +118,13 @@ def test_the_gate_measures_how_fast_its_requests_are_answered(tmp_path):
     publisher.progress(0, clock[0])
     clock[0] += 60 * SECOND
     gate.admit(1)
-    assert gate.rate.samples == 6 and gate.rate.per_second() == pytest.approx((1000 + 40) / (0.25 + 0.005))
+    # Sums of tokens and seconds, decayed by smoothing x (sample tokens / FULL_WEIGHT_TOKENS, at most 1).
+    tokens, seconds = 0.0, 0.0
+    for sample_tokens, sample_seconds in [(2000, 0.5)] * 5 + [(80, 0.01)]:
+        keep = 1 - 0.5 * min(1.0, sample_tokens / FULL_WEIGHT_TOKENS)
+        tokens, seconds = keep * tokens + sample_tokens, keep * seconds + sample_seconds
+    assert gate.rate.samples == 6 and gate.rate.per_second() == pytest.approx(tokens / seconds)
+    assert gate.rate.per_second() == pytest.approx(4000.0, rel=0.02)
 
 
 def test_taken_but_not_answered_still_counts_for_the_wait_not_for_the_count(tmp_path):
