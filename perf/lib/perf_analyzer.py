@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,11 +134,14 @@ def run_perf_analyzer(
     log_path: Path,
     expected_throughput: float = 0.0,
     ensemble: str = ENSEMBLE,
+    extra_args: Sequence[str] = (),
 ) -> tuple[str, str]:
-    """Run one measurement; returns (mode used, error or ""). The CSV lands at csv_path on success."""
+    """Run one measurement; returns (mode used, error or ""). The CSV lands at csv_path on success.
+    `extra_args`: more perf_analyzer options (e.g. `-b 32`: rows per request, from successive data steps)."""
     base = [
         perf_analyzer_binary(),
         *target_args(ensemble, endpoint, protocol, data),
+        *extra_args,
         "--concurrency-range",
         f"{concurrency}:{concurrency}",
         "-f",

@@ -8,12 +8,14 @@ sent). Rows whose id left the source, or whose content changed, are dropped from
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol, TextIO, TypeVar
 
 import numpy as np
 
@@ -24,6 +26,8 @@ from qwen3vl_client.bulk.vectordb import Mirror
 from qwen3vl_client.items import Item
 
 DEFAULT_ROWS_PER_SHARD = 512
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -367,6 +371,90 @@ def _chunk_rows(
     return Rows(columns["ids"], columns["hashes"], columns["modalities"], counts, matrix, width, dtype)
 
 
+@dataclass
+class _Embedded:
+    """One chunk, embedded and ready to commit."""
+
+    size: int
+    rows: Rows | None
+    errors: list[ErrorRecord]
+    usage: Usage
+    seconds: float
+    embedded: int
+
+
+def _embedded_chunks(
+    plan: Plan, embedder: Embedder, options: JobOptions, settings: dict[str, Any]
+) -> Iterator[_Embedded]:
+    """Each pending chunk read, embedded and made into rows, in order. ``plan.reusable`` grows by the
+    repeated contents each chunk embedded, so that later chunks copy them."""
+    reusable = plan.reusable
+    for chunk in _chunks(plan.pending, options.rows_per_shard):
+        loaded, errors = _load(chunk)
+        chunk_usage = Usage()
+        for unread in errors:
+            chunk_usage.add(unread.modality, failed=1)
+        hashes = [item.content_hash for item in loaded]
+        chunk_started = time.monotonic()
+        answers = _embed_new(loaded, hashes, reusable, embedder, options, settings)
+        seconds = time.monotonic() - chunk_started
+        width = options.dimensions or settings.get("width") or plan.width or 0
+        rows = _chunk_rows(
+            loaded, hashes, reusable, answers, errors, chunk_usage, options.dtype, int(width), seconds
+        )
+        if rows is not None:
+            settings.setdefault("width", width)
+        for digest, (answer, tokens, _) in answers.items():
+            if answer is not None and digest in plan.repeated:
+                reusable[digest] = (answer, tokens)  # later chunks copy it
+        embedded = sum(1 for answer in answers.values() if answer[0] is not None)
+        yield _Embedded(len(chunk), rows, errors, chunk_usage, seconds, embedded)
+
+
+# How long a stopped job waits for the chunk embedded ahead (not committed: the next run sends it).
+_AHEAD_JOIN_SECONDS = 5.0
+
+
+def _one_ahead(produce: Iterator[T]) -> Iterator[T]:
+    """``produce``'s items, made by a thread one item ahead of the caller: the next chunk is embedded while
+    this one is committed (Parquet, the database), so the server is not left idle between chunks. An error
+    in the thread is raised here, after the items made before it."""
+    handoff: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in produce:
+                if not put((True, item)):
+                    return
+            put((False, None))
+        except BaseException as error:  # raised in the caller's thread
+            put((False, error))
+
+    thread = threading.Thread(target=run, name="bulk-embed-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            more, value = handoff.get()
+            if not more:
+                if value is not None:
+                    raise value
+                return
+            yield value
+    finally:
+        stop.set()
+        thread.join(_AHEAD_JOIN_SECONDS)
+
+
 def run(
     plan: Plan,
     store: Store,
@@ -376,7 +464,8 @@ def run(
     mirror: Mirror | None = None,
 ) -> Report:
     """Embed ``plan.pending`` chunk by chunk; each chunk becomes one committed shard (and, with ``mirror``,
-    is upserted into the vector database, which is first brought level with the committed shards)."""
+    is upserted into the vector database, which is first brought level with the committed shards). The
+    next chunk is embedded while one is committed; commits stay in order, one at a time."""
     manifest = store.manifest
     assert manifest is not None
     started = time.monotonic()
@@ -387,36 +476,18 @@ def run(
     if mirror is not None:
         mirror.reconcile((rows for _, rows in store.rows()), manifest.settings)
     usage = Usage()
-    reusable = plan.reusable
     embedded_total = 0
-    for chunk in _chunks(plan.pending, options.rows_per_shard):
-        loaded, errors = _load(chunk)
-        chunk_usage = Usage()
-        for unread in errors:
-            chunk_usage.add(unread.modality, failed=1)
-        hashes = [item.content_hash for item in loaded]
-        chunk_started = time.monotonic()
-        answers = _embed_new(loaded, hashes, reusable, embedder, options, manifest.settings)
-        seconds = time.monotonic() - chunk_started
-        width = options.dimensions or manifest.settings.get("width") or plan.width or 0
-        rows = _chunk_rows(
-            loaded, hashes, reusable, answers, errors, chunk_usage, options.dtype, int(width), seconds
-        )
-        if rows is not None:
-            manifest.settings.setdefault("width", width)
-        embedded = sum(1 for answer in answers.values() if answer[0] is not None)
-        store.commit(rows, errors, chunk_usage.as_dict(), seconds, embedded)
-        if mirror is not None and rows is not None:
-            mirror.add(rows, manifest.settings)
-        embedded_total += embedded
-        for modality, counters in chunk_usage.counters.items():
+    for done in _one_ahead(_embedded_chunks(plan, embedder, options, manifest.settings)):
+        store.commit(done.rows, done.errors, done.usage.as_dict(), done.seconds, done.embedded)
+        if mirror is not None and done.rows is not None:
+            mirror.add(done.rows, manifest.settings)
+        embedded_total += done.embedded
+        for modality, counters in done.usage.counters.items():
             usage.counters.setdefault(modality, Counter()).update(counters)
-        for digest, (answer, tokens, _) in answers.items():
-            if answer is not None and digest in plan.repeated:
-                reusable[digest] = (answer, tokens)  # later chunks copy it
         if progress is not None:
+            rows = done.rows
             known = 0 if rows is None else int(rows.token_counts[rows.token_counts >= 0].sum())
-            progress(len(chunk), len(errors), known)
+            progress(done.size, len(done.errors), known)
     return Report(plan, usage, time.monotonic() - started, embedded_total)
 
 
