@@ -158,6 +158,7 @@ class QueueBound:
         # Stamps of the requests taken and not answered: a heap, with answered ones removed lazily.
         self._unanswered: list[int] = []
         self._answered: Counter[int] = Counter()
+        self._answered_at = 0  # when a request was last answered (clock ns; 0: none yet)
         self._lock = threading.Lock()  # answers come from execute() and from the worker thread
         if self.tracking and publisher is not None:
             publisher.budget(timeout_seconds * wait_share)
@@ -171,6 +172,11 @@ class QueueBound:
         stamp = min(int(stamps.min()), self.clock())
         with self._lock:
             heapq.heappush(self._unanswered, stamp)
+            # Published before taken() is: a preprocess instance that sees the request taken must also see
+            # it unanswered, or it counts it answered at the last answer's time, before it was even sent
+            # (with a watcher polling every 10 ms, every sample of a sequential warm-up was lost that way).
+            if self.publisher is not None:
+                self.publisher.progress(self._unanswered[0], self._answered_at)
 
         def deliver(result: Result) -> None:
             try:
@@ -189,8 +195,9 @@ class QueueBound:
                 if not self._answered[oldest]:
                     del self._answered[oldest]
             oldest = self._unanswered[0] if self._unanswered else 0
+            self._answered_at = self.clock()
             if self.publisher is not None:
-                self.publisher.progress(oldest, self.clock())
+                self.publisher.progress(oldest, self._answered_at)
 
     def refusal(self, inputs: Tensors) -> UnavailableError | None:
         stamps = inputs.get(QUEUED_AT)

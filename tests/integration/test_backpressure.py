@@ -9,7 +9,7 @@ import asyncio
 import numpy as np
 
 from perf.lib.servers import start_server
-from perf.lib.variants import compose, variant_repository, with_parameter
+from perf.lib.variants import compose, variant_repository, with_instance_count, with_parameter
 
 BURST = 64
 TEXT = "The quick brown fox jumps over the lazy dog while the river runs past the old mill. " * 20
@@ -130,7 +130,13 @@ def test_saturated_requests_are_refused_by_expected_wait_well_before_the_timeout
     timeout = with_parameter("queue_timeout_seconds", str(QUEUE_TIMEOUT))
     repository = variant_repository(
         tmp_path / "repository",
-        {"qwen3_vl_embedding_model": compose(timeout, with_parameter("expected_wait_share", "1"))},
+        {
+            "qwen3_vl_embedding_model": compose(timeout, with_parameter("expected_wait_share", "1")),
+            # Each preprocess instance measures its own rate from 3 answers; the sequential warm-up may all go
+            # to one of two instances, and the other then admits the whole burst unmeasured (a fresh-clone CI
+            # run: 13 refusals, all by the queue timeout). One instance makes the warm-up its.
+            "qwen3_vl_embedding_preprocess": with_instance_count(1),
+        },
     )
     endpoint = start_server("refusal", tiny_model_path, tmp_path / "server.log", repository=repository)
     try:

@@ -10,6 +10,7 @@ import pytest
 from backend import backpressure
 from backend.admission import FULL_WEIGHT_TOKENS, MIN_SAMPLES, ServiceRate, expected_wait, over_budget
 from backend.errors import UnavailableError
+from backend.protocol import QUEUED_AT
 
 
 def test_no_rate_no_refusal_a_cold_server_admits_everything():
@@ -387,4 +388,33 @@ def test_the_watcher_polls_between_executes_and_stops_at_close(tmp_path):
     assert gate.tokens_ahead() == 0 and gate.rate.samples == 1  # no execute() ran: the watcher saw it
     gate.close()
     assert gate._watcher is not None and not gate._watcher.is_alive()
+    publisher.close()
+
+
+def test_a_request_taken_and_not_answered_is_not_counted_answered(tmp_path):
+    """The model step publishes a taken request as unanswered before it publishes it taken: read between the
+    two, a request looked answered at the previous answer's time, before it was sent, and the sample was
+    lost (the fresh-clone CI's expected-wait test saw no refusal: one sample from a 6-request warm-up)."""
+    clock = [1000 * SECOND]
+    path = tmp_path / "channel"
+    publisher = backpressure.Publisher(path, clock=lambda: clock[0])
+    bound = backpressure.QueueBound(10.0, publisher, clock=lambda: clock[0], wait_share=1.0)
+    gate = backpressure.QueueGate(path, limit=10, clock=lambda: clock[0])
+    answers = []
+    for _ in range(2):
+        clock[0] += SECOND // 100
+        stamp = clock[0]
+        gate.handed_on(stamp, tokens=2000)
+        inputs = {QUEUED_AT: np.array([[stamp]], dtype=np.int64)}
+        assert bound.refusal(inputs) is None
+        answer = bound.answered(inputs, answers.append)
+        bound.taken()
+        gate.poll()  # taken, not answered: still ahead
+        assert gate.tokens_ahead() == 2000
+        clock[0] += SECOND // 10
+        answer("done")
+        gate.poll()
+        assert gate.tokens_ahead() == 0
+    assert gate.rate.samples == 2 and gate.rate.tokens / gate.rate.seconds == pytest.approx(20_000)
+    gate.close()
     publisher.close()
