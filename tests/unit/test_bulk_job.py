@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -352,3 +353,32 @@ def test_progress_line():
     assert progress_line(50, 200, 10.0, 1, 0) == "index 50/200 (25%)  5.0 items/s  ETA 0:00:30  failed 1"
     assert "ETA ?" in progress_line(0, 10, 0.0, 0, 0)
     assert progress_line(10, 10, 2.0, 0, 700).endswith("350 tokens/s")
+
+
+class ThreadRecordingEmbedder(FakeEmbedder):
+    """Records the threads that embed and close: the HTTP client's gevent pool works only in the thread
+    that made it (closed from another thread it raised LoopExit)."""
+
+    def __init__(self, fail_after: int | None = None):
+        super().__init__(fail_after)
+        self.threads: set[str] = set()
+        self.closed_in: list[str] = []
+
+    def embed(self, items: list[Item], dimensions: int) -> EmbedOutcome:
+        self.threads.add(threading.current_thread().name)
+        return super().embed(items, dimensions)
+
+    def close(self) -> None:
+        self.closed_in.append(threading.current_thread().name)
+
+
+@pytest.mark.parametrize("fail_after", [None, 7])
+def test_the_embedder_is_used_and_closed_in_one_thread_ahead_of_the_commits(folder, tmp_path, fail_after):
+    embedder = ThreadRecordingEmbedder(fail_after)
+    if fail_after is None:
+        index_once(folder, tmp_path / "out", embedder=embedder)
+    else:
+        with pytest.raises(Killed):
+            index_once(folder, tmp_path / "out", embedder=embedder)
+    assert len(embedder.threads) == 1 and embedder.threads != {threading.current_thread().name}
+    assert embedder.closed_in == list(embedder.threads)

@@ -388,6 +388,19 @@ def _embedded_chunks(
 ) -> Iterator[_Embedded]:
     """Each pending chunk read, embedded and made into rows, in order. ``plan.reusable`` grows by the
     repeated contents each chunk embedded, so that later chunks copy them."""
+    try:
+        yield from _embed_chunks(plan, embedder, options, settings)
+    finally:
+        # In the thread that used it: the HTTP client's gevent pool belongs to the thread that made it
+        # (closed from another it raised LoopExit, "this operation would block forever").
+        close = getattr(embedder, "close", None)
+        if callable(close):
+            close()
+
+
+def _embed_chunks(
+    plan: Plan, embedder: Embedder, options: JobOptions, settings: dict[str, Any]
+) -> Iterator[_Embedded]:
     reusable = plan.reusable
     for chunk in _chunks(plan.pending, options.rows_per_shard):
         loaded, errors = _load(chunk)
@@ -439,6 +452,10 @@ def _one_ahead(produce: Iterator[T]) -> Iterator[T]:
             put((False, None))
         except BaseException as error:  # raised in the caller's thread
             put((False, error))
+        finally:
+            close = getattr(produce, "close", None)
+            if callable(close):
+                close()  # a generator's own cleanup runs in this thread, stopped early or not
 
     thread = threading.Thread(target=run, name="bulk-embed-ahead", daemon=True)
     thread.start()
