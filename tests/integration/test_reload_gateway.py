@@ -2,7 +2,11 @@
 watchdog and its gateway serves tests/integration/reload_repository (the stand-in embedding ensemble of
 test_reload.py); a few threads POST /v1/embeddings with plain urllib, which never retries, while the step's
 stub or tritonserver itself is SIGKILLed. No call fails (the gateway holds and retries them), every vector is
-the one the text always gets, and once Triton is ready again the gateway answers within 1 s.
+the one the text always gets, and a call made once Triton is ready again is answered within 1 s.
+
+Calls that were inside the killed stub's model instance when it died are not the gateway's to hurry: Triton's
+python backend notices a dead stub by a 1 s health poll per batch it hands it (python_be.cc
+SendMessageToStub), so each batch queued there fails after 1-2 s, and the gateway then resends it at once.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ pytestmark = pytest.mark.server
 
 # The issue's bound: the gateway notices Triton is back within 1 s.
 NOTICED_WITHIN_S = 1.0
+# Calls caught in the dead stub's instance: a 1 s health poll per batch queued there (see the docstring).
+CAUGHT_WITHIN_S = 10.0
 
 
 class GatewayCaller(threading.Thread):
@@ -124,6 +130,7 @@ def test_a_kill_under_load_fails_no_call_through_the_gateway(tmp_path, target):
     callers: list[GatewayCaller] = []
     readiness = Readiness(triton)
     server_pids: list[int] = []
+    probe_answered: float | None = None
     try:
         assert wait_for(
             lambda: ready(triton) and gateway_up(gateway) and SERVE_LINE.search(log.read_text()), 90.0
@@ -145,6 +152,14 @@ def test_a_kill_under_load_fails_no_call_through_the_gateway(tmp_path, target):
         assert wait_for(lambda: readiness.ready_again_after(killed) is not None, 90.0), log.read_text()
         back = readiness.ready_again_after(killed)
         assert back is not None
+        # A call made now, with Triton ready again, is answered within 1 s (the gateway's own noticing).
+        probe = GatewayCaller(len(callers), gateway)
+        probe.start()
+        assert wait_for(lambda: probe.calls or probe.failures, 30.0, interval=0.01)
+        probe.stop.set()
+        probe.join(timeout=30)
+        probe_answered = sum(probe.calls[0]) if probe.calls else None
+        callers.append(probe)
         # Every caller is served again after Triton is back.
         assert wait_for(lambda: all(caller.calls and caller.calls[-1][0] > back for caller in callers), 30.0)
         server_pids.extend(int(pid) for pid in SERVE_LINE.findall(log.read_text()))
@@ -165,7 +180,8 @@ def test_a_kill_under_load_fails_no_call_through_the_gateway(tmp_path, target):
             except (ProcessLookupError, PermissionError):
                 pass
     assert [failure for caller in callers for failure in caller.failures] == []
-    # The first answer that ended after Triton was ready again: within 1 s of it.
+    assert probe_answered is not None
+    # The first answer that ended after Triton was ready again (a call across the kill, or the probe).
     first = min(
         start + seconds for caller in callers for start, seconds in caller.calls if start + seconds > back
     )
@@ -173,7 +189,9 @@ def test_a_kill_under_load_fails_no_call_through_the_gateway(tmp_path, target):
     p50, p99 = np.percentile(since, [50, 99])
     print(
         f"{target} SIGKILL -> Triton ready again after {back - killed:.1f} s, the gateway's first answer "
-        f"{first - back:.2f} s later; 0 failed of {sum(len(caller.calls) for caller in callers)} calls; "
+        f"{first - back:.2f} s later, a new call's {probe_answered - back:.2f} s later; "
+        f"0 failed of {sum(len(caller.calls) for caller in callers)} calls; "
         f"latency of calls since the kill: p50 {p50:.2f} s, p99 {p99:.2f} s, max {max(since):.2f} s"
     )
-    assert first - back <= NOTICED_WITHIN_S
+    assert probe_answered - back <= NOTICED_WITHIN_S
+    assert max(since) <= CAUGHT_WITHIN_S
