@@ -10,12 +10,23 @@ backstop for what the estimate got wrong. Measured where the requests wait, the 
 serving them (Triton's hand-over, unpacking, answering), not only the forwards: timed around the forwards
 alone, short texts waited twice the budget.
 
+Text and media are measured apart (``KINDS``): a vision token costs the vision tower's work on top of the
+language model's, so one rate for both misjudged text after image or video work (a bulk job's images
+ahead of live queries): "expected wait 10.2 s" for about a second of text. Each kind's wait is its tokens
+ahead over its own rate, and a kind whose rate is not measured yet refuses nothing.
+
 Pure and clock-free: callers pass the times, so the tests need no server, no sleep and no thread.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+# The kinds of work measured apart: a request whose rows hold no image or video is text, any other media.
+TEXT = "text"
+MEDIA = "media"
+KINDS = (TEXT, MEDIA)
 
 # Samples before the rate counts: a cold server's first forwards (allocation, warm-up of caches) are slower
 # than its steady state, and nothing is refused before a rate is known.
@@ -69,10 +80,34 @@ def expected_wait(tokens_ahead: float, tokens_per_second: float | None) -> float
     return max(0.0, tokens_ahead) / tokens_per_second
 
 
-def over_budget(tokens_ahead: float, tokens_per_second: float | None, budget_seconds: float) -> float | None:
-    """The expected wait when it is over ``budget_seconds`` (the request is to be refused), else None: no
-    rate measured yet (a cold server), a budget of 0 (off), or a wait within the budget."""
-    if budget_seconds <= 0.0:
+def expected_wait_of(tokens_ahead: Mapping[str, float], rates: Mapping[str, ServiceRate]) -> float | None:
+    """Seconds until the work queued ahead is done, each kind's tokens at that kind's rate; None when some
+    kind has tokens ahead and no rate yet."""
+    total = 0.0
+    for kind, tokens in tokens_ahead.items():
+        if tokens <= 0:
+            continue
+        wait = expected_wait(tokens, rates[kind].per_second())
+        if wait is None:
+            return None
+        total += wait
+    return total
+
+
+def split_spell(
+    drained: Mapping[str, int], rates: Mapping[str, ServiceRate], seconds: float
+) -> dict[str, float] | None:
+    """The seconds of a spell in which several kinds were answered, shared in proportion to what each
+    kind's tokens cost at its rate; None when one of them has no rate yet (the spell teaches nothing)."""
+    costs: dict[str, float] = {}
+    for kind, tokens in drained.items():
+        if tokens <= 0:
+            continue
+        rate = rates[kind].per_second()
+        if rate is None or rate <= 0.0:
+            return None
+        costs[kind] = tokens / rate
+    total = sum(costs.values())
+    if total <= 0.0:
         return None
-    wait = expected_wait(tokens_ahead, tokens_per_second)
-    return wait if wait is not None and wait > budget_seconds else None
+    return {kind: seconds * cost / total for kind, cost in costs.items()}

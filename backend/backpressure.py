@@ -23,9 +23,9 @@ publishes its progress (the oldest stamp among the requests it has taken and not
 answered one) and its wait budget (queue_timeout_seconds x expected_wait_share); a preprocess instance
 measures how fast its own requests are answered (backend.admission.ServiceRate: tokens per second over
 spells when some of them were unanswered, so every cost of serving counts, idle time does not, and its share
-of the model step is what it measures), and before it tokenises a request refuses it when the tokens of its
-requests not yet answered would take longer than the budget at that rate (QueueGate.wait_refusal). Nothing
-is refused before a rate is measured.
+of the model step is what it measures; text and media apart), and before it tokenises a request refuses it
+when the tokens of its requests not yet answered would take longer than the budget at those rates
+(QueueGate.wait_refusal). Nothing is refused before the rates of the work ahead are measured.
 
 The channel is a file of 40 bytes (the newest stamp taken; the start of the free spell or 0 inside
 execute(); the oldest stamp taken and not answered or 0; when a request was last answered; the wait budget
@@ -47,7 +47,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 
-from backend.admission import ServiceRate, over_budget
+from backend.admission import KINDS, TEXT, ServiceRate, expected_wait_of, split_spell
 from backend.errors import UnavailableError
 from backend.protocol import QUEUED_AT, Result, Tensors
 
@@ -66,6 +66,8 @@ IDLE_SECONDS = 1.0
 # How often a preprocess instance looks for its requests' answers between execute()s (QueueGate.poll): a
 # rate sample ends at most about this late.
 WATCH_SECONDS = 0.01
+# ... and while the model step publishes no wait budget (expected_wait_share 0), only this often.
+UNMEASURED_WATCH_SECONDS = 1.0
 # Stamps older than this are forgotten: their request was refused by the model step's queue timeout (10 s
 # by default) or never reached it (a client calling the preprocess step alone).
 FORGET_SECONDS = 30.0
@@ -252,8 +254,9 @@ class QueueGate:
     reloaded) at any time; while it does not exist or says nothing, nothing is refused.
 
     For the expected wait each instance counts the tokens of its requests not yet answered, and measures
-    the rate at which they are answered (`rate`): its share of the model step's work, so the one over the
-    other is the expected wait however Triton spreads the requests over the instances."""
+    the rate at which they are answered (`rates`, text and media apart): its share of the model step's
+    work, so the one over the other is the expected wait however Triton spreads the requests over the
+    instances."""
 
     def __init__(
         self,
@@ -266,12 +269,13 @@ class QueueGate:
         self.path = path
         self.limit = limit
         self.clock = clock
-        self.rate = ServiceRate(rate_smoothing)
+        # How fast this instance's requests are answered, text and media apart (backend.admission).
+        self.rates = {kind: ServiceRate(rate_smoothing) for kind in KINDS}
         # admit() runs in execute() (Triton's thread) and poll() in the watcher: one at a time.
         self._lock = threading.Lock()
-        # (stamp, tokens) of the requests handed on and not yet answered (or forgotten), oldest first.
-        self._stamps: deque[tuple[int, int]] = deque()
-        self._unanswered_tokens = 0
+        # (stamp, tokens, kind) of the requests handed on and not yet answered (or forgotten), oldest first.
+        self._stamps: deque[tuple[int, int, str]] = deque()
+        self._unanswered: Counter[str] = Counter()
         # Since when the model step has been answering this instance's requests (some always unanswered).
         self._draining_since: int | None = None
         self._fd: int | None = None
@@ -287,10 +291,11 @@ class QueueGate:
             self._watcher.start()
 
     def _watch(self, interval: float) -> None:
-        """Every `interval` while requests handed on are unanswered: poll()."""
+        """Every `interval` while requests handed on are unanswered: poll(); every UNMEASURED_WATCH_SECONDS
+        while the model step publishes no wait budget (expected wait off: the rates serve nothing)."""
         while True:
             self._pending.wait()
-            if self._closed.wait(interval):
+            if self._closed.wait(interval if self._budget > 0.0 else UNMEASURED_WATCH_SECONDS):
                 return
             self.poll()
 
@@ -313,7 +318,8 @@ class QueueGate:
         taken, free_since, oldest, answered_at, self._budget = self._read()
         if taken == 0:
             self._stamps.clear()
-            self._unanswered_tokens, self._draining_since = 0, None
+            self._unanswered.clear()
+            self._draining_since = None
             self._pending.clear()
             return wanted
         now = self.clock()
@@ -331,49 +337,58 @@ class QueueGate:
             idle_since = 0 if free_since == 0 else now - max(stamp, free_since)
             return stamp < forget or (stamp > taken and idle_since > idle)
 
-        drained = 0
+        drained: Counter[str] = Counter()
         while self._stamps and (answered(self._stamps[0][0]) or forgotten(self._stamps[0][0])):
-            stamp, tokens = self._stamps.popleft()
-            self._unanswered_tokens -= tokens
-            drained += tokens if answered(stamp) else 0
+            stamp, tokens, kind = self._stamps.popleft()
+            self._unanswered[kind] -= tokens
+            drained[kind] += tokens if answered(stamp) else 0
         self._measure(drained, answered_at or now)
         if not self._stamps:
             self._pending.clear()
         waiting = 0  # not taken (the newest, stamped after `taken`) nor forgotten
-        for stamp, _ in reversed(self._stamps):
+        for stamp, _, _ in reversed(self._stamps):
             if stamp <= taken:
                 break
             waiting += not forgotten(stamp)
         return max(0, min(wanted, self.limit - waiting))
 
-    def _measure(self, drained: int, answered_at: int) -> None:
-        """A rate sample: `drained` tokens of ours were answered between the start of the spell (the first
-        of them handed on, or the previous sample) and the model step's last answer."""
-        if drained and self._draining_since is not None and answered_at > self._draining_since:
-            self.rate.done(drained, self._draining_since / 1e9, answered_at / 1e9)
-        if drained:
+    def _measure(self, drained: Counter[str], answered_at: int) -> None:
+        """A rate sample: `drained` tokens of ours (per kind) were answered between the start of the spell
+        (the first of them handed on, or the previous sample) and the model step's last answer. A spell
+        that answered both kinds is shared between them by what each kind's tokens cost at its rate."""
+        done = {kind: tokens for kind, tokens in drained.items() if tokens > 0}
+        if done and self._draining_since is not None and answered_at > self._draining_since:
+            started, finished = self._draining_since / 1e9, answered_at / 1e9
+            if len(done) == 1:
+                ((kind, tokens),) = done.items()
+                self.rates[kind].done(tokens, started, finished)
+            else:
+                shares = split_spell(done, self.rates, finished - started)
+                for kind, seconds in (shares or {}).items():
+                    self.rates[kind].done(done[kind], finished - seconds, finished)
+        if done:
             self._draining_since = max(answered_at, self._stamps[0][0]) if self._stamps else None
 
-    def handed_on(self, stamp: int, tokens: int = 0) -> None:
+    def handed_on(self, stamp: int, tokens: int = 0, kind: str = TEXT) -> None:
         with self._lock:
             if not self._stamps:
                 self._draining_since = stamp
-            self._stamps.append((stamp, tokens))
-            self._unanswered_tokens += tokens
+            self._stamps.append((stamp, tokens, kind))
+            self._unanswered[kind] += tokens
             self._pending.set()
 
     def tokens_ahead(self) -> int:
         """The work a new request would queue behind, in this instance's share, as of the last admit()
         and the requests handed on since: the tokens of its requests not answered."""
-        return self._unanswered_tokens
+        return sum(self._unanswered.values())
 
     def wait_refusal(self) -> UnavailableError | None:
         """UNAVAILABLE for a new request whose expected wait (tokens ahead / the measured rate) is over the
         model step's budget; None to go on (also before any rate is measured). Call after admit(), which
         reads the channel."""
         with self._lock:
-            wait = over_budget(self._unanswered_tokens, self.rate.per_second(), self._budget)
-        if wait is None:
+            wait = None if self._budget <= 0.0 else expected_wait_of(self._unanswered, self.rates)
+        if wait is None or wait <= self._budget:
             return None
         self.refused_by_wait += 1
         return UnavailableError(

@@ -119,10 +119,9 @@ class ModelSettings:
     bulk_backlog_tokens: int = 65536
     # The preprocess steps refuse at once (UNAVAILABLE, before tokenising) a request whose expected wait for
     # this step, the tokens queued ahead of it divided by the rate this step takes them at, is over this
-    # share of queue_timeout_seconds; 0 = off, refused only once the timeout has passed (backend.admission).
-    # Off by default: one token rate for every modality misjudges a shift (text after video work was refused
-    # as 10-20 s of work that took 1 s); 1 suits one kind of traffic (docs/overload.md).
-    expected_wait_share: float = 0.0
+    # share of queue_timeout_seconds, text and media each at its own rate; 0 = off, refused only once the
+    # timeout has passed (backend.admission, docs/overload.md).
+    expected_wait_share: float = 1.0
     # Longest row this step runs: the preprocess step never sends more, a direct caller may (tested to agree
     # with the preprocess step's max_length in tests/unit/test_protocol.py).
     max_length: int = EMBEDDING_MAX_LENGTH

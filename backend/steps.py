@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from backend.admission import MEDIA, TEXT
 from backend.backpressure import QueueGate
 from backend.errors import CancelledError, failure
 from backend.protocol import QUEUED_AT, PreparedItem, Result, Tensors
@@ -53,6 +54,7 @@ def preprocess_requests(
         stamp = time.monotonic_ns()
         packed[QUEUED_AT] = np.full((len(rows), 1), stamp, dtype=np.int64)
         if gate is not None:
-            gate.handed_on(stamp, sum(row.length for row in rows))
+            media = any(row.images or row.videos for row in rows)
+            gate.handed_on(stamp, sum(row.length for row in rows), MEDIA if media else TEXT)
         results.append(packed)
     return results

@@ -97,9 +97,9 @@ MODEL_MEANINGS = {
     "overtakes them; bounds the memory they hold (images: ~6 KB per token)",
     "expected_wait_share": "the preprocess steps refuse a request at once (`UNAVAILABLE` / 503, before "
     "tokenising it) when the tokens queued ahead of it divided by the rate this step takes them at are "
-    "over this share of `queue_timeout_seconds`; nothing is refused before a rate is measured; `0` = off, "
-    "the default: one rate for every modality misjudges mixed traffic; `1` for one kind of traffic "
-    "(see [Overload](overload.md#refusal-by-expected-wait))",
+    "over this share of `queue_timeout_seconds` (text and media tokens each at its own measured rate); "
+    "nothing is refused before the rates of the work ahead are measured; `0` = off (refused only once the "
+    "timeout has passed; see [Overload](overload.md#refusal-by-expected-wait))",
     "max_length": "most text tokens (vision placeholders not counted: they are bounded by the patches sent) "
     "in a row the step runs; the preprocess step never sends more, a client calling the step directly gets "
     "`INVALID_ARG` (the reranker's is its preprocess `max_length` + the 5 kept tail tokens; keep the two in "

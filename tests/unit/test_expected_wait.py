@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 
 from backend import backpressure
-from backend.admission import FULL_WEIGHT_TOKENS, MIN_SAMPLES, ServiceRate, expected_wait, over_budget
+from backend.admission import (
+    FULL_WEIGHT_TOKENS,
+    MEDIA,
+    MIN_SAMPLES,
+    TEXT,
+    ServiceRate,
+    expected_wait,
+    expected_wait_of,
+    split_spell,
+)
 from backend.errors import UnavailableError
 from backend.protocol import QUEUED_AT
 
@@ -19,7 +28,7 @@ def test_no_rate_no_refusal_a_cold_server_admits_everything():
     for index in range(MIN_SAMPLES - 1):
         rate.done(1000, index, index + 1.0)
         assert rate.per_second() is None
-    assert over_budget(10**9, rate.per_second(), 5.0) is None
+    assert expected_wait(10**9, rate.per_second()) is None
     assert expected_wait(10**9, None) is None
     rate.done(1000, 10.0, 11.0)
     assert rate.per_second() == pytest.approx(1000.0)
@@ -51,7 +60,7 @@ def test_a_few_tokens_that_waited_long_hardly_move_the_rate():
     rate.done(26, start, start + 0.708)
     slowed = rate.per_second()
     assert slowed is not None and slowed > 2500.0
-    assert over_budget(4400, slowed, 10.0) is None
+    assert expected_wait(4400, slowed) < 10.0
     # What keeps being slow still brings the rate down: the work ahead is then measured by it.
     for _ in range(1000):
         start += 0.708
@@ -69,13 +78,29 @@ def test_overlapping_forwards_count_busy_time_once():
     assert rate.per_second() is not None and rate.per_second() > 100 / 1.0
 
 
-def test_over_budget_only_past_the_budget():
-    assert over_budget(4000, 1000.0, 5.0) is None
-    assert over_budget(5000, 1000.0, 5.0) is None
-    assert over_budget(5001, 1000.0, 5.0) == pytest.approx(5.001)
-    assert over_budget(10**9, 1000.0, 0.0) is None  # off
-    assert over_budget(0, 1000.0, 5.0) is None  # an idle server never refuses
+def _measured(tokens_per_second: float) -> ServiceRate:
+    rate = ServiceRate()
+    for second in range(MIN_SAMPLES):
+        rate.done(int(tokens_per_second), second, second + 1.0)
+    return rate
+
+
+def test_each_kind_waits_at_its_own_rate_and_an_unmeasured_kind_refuses_nothing():
+    rates = {TEXT: _measured(4000.0), MEDIA: _measured(500.0)}
+    assert expected_wait_of({TEXT: 8000, MEDIA: 1000}, rates) == pytest.approx(2.0 + 2.0)
+    assert expected_wait_of({TEXT: 0, MEDIA: 0}, rates) == 0.0
     assert expected_wait(-5, 100.0) == 0.0
+    # Media work measured, text not yet: text ahead has no estimate, so nothing is refused for it.
+    cold = {TEXT: ServiceRate(), MEDIA: _measured(500.0)}
+    assert expected_wait_of({TEXT: 10**9, MEDIA: 0}, cold) is None
+    assert expected_wait_of({TEXT: 0, MEDIA: 1000}, cold) == pytest.approx(2.0)
+
+
+def test_a_spell_that_answered_both_kinds_is_shared_by_their_cost():
+    rates = {TEXT: _measured(4000.0), MEDIA: _measured(500.0)}
+    # 4,000 text tokens cost 1 s at their rate, 500 media tokens 1 s: 3 s shared half and half.
+    assert split_spell({TEXT: 4000, MEDIA: 500}, rates, 3.0) == pytest.approx({TEXT: 1.5, MEDIA: 1.5})
+    assert split_spell({TEXT: 4000, MEDIA: 500}, {TEXT: ServiceRate(), MEDIA: rates[MEDIA]}, 3.0) is None
 
 
 def _gate(tmp_path, clock):
@@ -108,7 +133,7 @@ def test_the_gate_measures_how_fast_its_requests_are_answered(tmp_path):
         gate.handed_on(start + index, tokens=1000)
     for answered in range(2, 12, 2):  # two requests (2,000 tokens) answered every 0.5 s: 4,000 tokens/s
         _answer(publisher, gate, clock, start + answered - 1, 0.5)
-    assert gate.rate.samples == 5 and gate.rate.per_second() == pytest.approx(4000.0)
+    assert gate.rates[TEXT].samples == 5 and gate.rates[TEXT].per_second() == pytest.approx(4000.0)
     assert gate.tokens_ahead() == 0
     # Idle for an hour, then one request answered 10 ms after it was handed on, seen a minute later:
     # the sample is those 10 ms, not the hour or the minute.
@@ -124,8 +149,8 @@ def test_the_gate_measures_how_fast_its_requests_are_answered(tmp_path):
     for sample_tokens, sample_seconds in [(2000, 0.5)] * 5 + [(80, 0.01)]:
         keep = 1 - 0.5 * min(1.0, sample_tokens / FULL_WEIGHT_TOKENS)
         tokens, seconds = keep * tokens + sample_tokens, keep * seconds + sample_seconds
-    assert gate.rate.samples == 6 and gate.rate.per_second() == pytest.approx(tokens / seconds)
-    assert gate.rate.per_second() == pytest.approx(4000.0, rel=0.02)
+    assert gate.rates[TEXT].samples == 6 and gate.rates[TEXT].per_second() == pytest.approx(tokens / seconds)
+    assert gate.rates[TEXT].per_second() == pytest.approx(4000.0, rel=0.02)
 
 
 def test_taken_but_not_answered_still_counts_for_the_wait_not_for_the_count(tmp_path):
@@ -164,7 +189,7 @@ def test_the_gate_refuses_by_expected_wait_once_a_rate_is_measured(tmp_path):
     assert gate.tokens_ahead() == 40_000 and gate.wait_refusal() is None
     for answered in range(MIN_SAMPLES):  # 2 requests a second: 2,000 tokens/s
         _answer(publisher, gate, clock, start + 2 * answered + 1, 1.0)
-    assert gate.rate.per_second() == pytest.approx(2000.0)
+    assert gate.rates[TEXT].per_second() == pytest.approx(2000.0)
     # 34 unanswered, 17 s of work: over the 5 s budget.
     refusal = gate.wait_refusal()
     assert isinstance(refusal, UnavailableError)
@@ -173,7 +198,7 @@ def test_the_gate_refuses_by_expected_wait_once_a_rate_is_measured(tmp_path):
     assert gate.refused_by_wait == 1
     # All but the last 3 answered (at the same rate): 1.5 s of work.
     _answer(publisher, gate, clock, start + 36, 15.5)
-    assert gate.tokens_ahead() == 3000 and gate.rate.per_second() == pytest.approx(2000.0)
+    assert gate.tokens_ahead() == 3000 and gate.rates[TEXT].per_second() == pytest.approx(2000.0)
     assert gate.wait_refusal() is None
     # Requests handed on in the same execute() count before the next admit().
     gate.handed_on(start + 40, tokens=10_000)
@@ -217,7 +242,7 @@ def test_the_preprocess_step_refuses_by_wait_before_preparing(tmp_path):
     publisher, gate = _gate(tmp_path, clock)
     publisher.budget(5.0)  # 5 s of work at most
     for second in range(MIN_SAMPLES):
-        gate.rate.done(1000, second, second + 1.0)  # 1,000 tokens/s
+        gate.rates[TEXT].done(1000, second, second + 1.0)  # 1,000 tokens/s
     results = preprocess_requests(Preprocessor(), [{"N": np.array([n])} for n in range(4)], gate)
     # Each admitted request adds 3,000 tokens: 0 and 3,000 ahead are within 5 s, 6,000 is not.
     assert prepared == [0, 1]
@@ -361,12 +386,12 @@ def test_a_sample_ends_when_the_watcher_saw_the_answer_not_at_a_later_answer_of_
     publisher.progress(0, clock[0])  # ours answered after 0.1 s
     clock[0] += SECOND // 100
     gate.poll()
-    assert gate.tokens_ahead() == 0 and gate.rate.samples == 1
-    assert gate.rate.seconds == pytest.approx(0.1)
+    assert gate.tokens_ahead() == 0 and gate.rates[TEXT].samples == 1
+    assert gate.rates[TEXT].seconds == pytest.approx(0.1)
     clock[0] += 5 * SECOND
     publisher.progress(0, clock[0])  # another instance's request answered 5 s later
     assert gate.admit(1) == 1
-    assert gate.rate.samples == 1 and gate.rate.seconds == pytest.approx(0.1)
+    assert gate.rates[TEXT].samples == 1 and gate.rates[TEXT].seconds == pytest.approx(0.1)
     gate.close()
     publisher.close()
 
@@ -377,7 +402,9 @@ def test_the_watcher_polls_between_executes_and_stops_at_close(tmp_path):
     path = tmp_path / "channel"
     publisher = backpressure.Publisher(path)
     publisher.busy()
+    publisher.budget(5.0)  # without one (expected wait off) the watcher polls once a second
     gate = backpressure.QueueGate(path, limit=10, watch_seconds=0.005)
+    gate.admit(0)  # execute() reads the channel, its budget among it
     stamp = time.monotonic_ns()
     gate.handed_on(stamp, tokens=500)
     publisher.taken(stamp)
@@ -385,7 +412,7 @@ def test_the_watcher_polls_between_executes_and_stops_at_close(tmp_path):
     deadline = time.monotonic() + 5.0
     while gate.tokens_ahead() and time.monotonic() < deadline:
         time.sleep(0.005)
-    assert gate.tokens_ahead() == 0 and gate.rate.samples == 1  # no execute() ran: the watcher saw it
+    assert gate.tokens_ahead() == 0 and gate.rates[TEXT].samples == 1  # no execute() ran: the watcher saw it
     gate.close()
     assert gate._watcher is not None and not gate._watcher.is_alive()
     publisher.close()
@@ -415,6 +442,46 @@ def test_a_request_taken_and_not_answered_is_not_counted_answered(tmp_path):
         answer("done")
         gate.poll()
         assert gate.tokens_ahead() == 0
-    assert gate.rate.samples == 2 and gate.rate.tokens / gate.rate.seconds == pytest.approx(20_000)
+    text = gate.rates[TEXT]
+    assert text.samples == 2 and text.tokens / text.seconds == pytest.approx(20_000)
     gate.close()
     publisher.close()
+
+
+def test_text_after_media_work_is_not_judged_at_the_media_rate(tmp_path):
+    """A bulk job's images, then live texts (test_bulk_priority after the index job): one rate for both
+    refused the texts ("expected wait 10.2 s" for about a second of work). Each kind has its own rate; text
+    waits at the text rate once it is measured, and nothing is refused for text before."""
+    clock = [1000 * SECOND]
+    publisher, gate = _gate(tmp_path, clock)
+    publisher.budget(5.0)
+    start = clock[0] + 1
+    for index in range(2 * MIN_SAMPLES):  # images: 1,000 tokens answered per second (slow per token)
+        gate.handed_on(start + index, tokens=500, kind=MEDIA)
+    for answered in range(MIN_SAMPLES):
+        _answer(publisher, gate, clock, start + 2 * answered + 1, 1.0)
+    assert gate.rates[MEDIA].per_second() == pytest.approx(1000.0) and gate.rates[TEXT].per_second() is None
+    # 20,000 text tokens ahead: 20 s at the media rate, but text has no rate yet: admitted.
+    text_start = clock[0] + 1
+    for index in range(20):
+        gate.handed_on(text_start + index, tokens=1000, kind=TEXT)
+    gate.admit(1)
+    assert gate.tokens_ahead() == 20_000 and gate.wait_refusal() is None
+    for answered in range(MIN_SAMPLES):  # texts: 2 answered every 0.1 s, 20,000 tokens/s
+        _answer(publisher, gate, clock, text_start + 2 * answered + 1, 0.1)
+    assert gate.rates[TEXT].per_second() == pytest.approx(20_000.0)
+    assert gate.rates[MEDIA].per_second() == pytest.approx(1000.0)  # untouched by the text samples
+    # 14,000 text tokens ahead: 0.7 s at the text rate, within the budget.
+    assert gate.tokens_ahead() == 14_000 and gate.wait_refusal() is None
+    # 6,000 media tokens more: 6 s at the media rate on top: refused.
+    gate.handed_on(text_start + 20, tokens=6000, kind=MEDIA)
+    refusal = gate.wait_refusal()
+    assert isinstance(refusal, UnavailableError) and "expected wait 6.7 s" in str(refusal)
+    # One spell that answered both kinds: shared by what each costs at its rate (0.7 s text, 6 s media).
+    before = {kind: rate.samples for kind, rate in gate.rates.items()}
+    _answer(publisher, gate, clock, text_start + 20, 6.7)
+    assert {kind: rate.samples - before[kind] for kind, rate in gate.rates.items()} == {TEXT: 1, MEDIA: 1}
+    assert gate.rates[TEXT].per_second() == pytest.approx(20_000.0)
+    assert gate.rates[MEDIA].per_second() == pytest.approx(1000.0)
+    publisher.close()
+    gate.close()
