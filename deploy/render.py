@@ -51,7 +51,9 @@ class Variant:
 
     @property
     def overrides(self) -> dict[str, Any]:
-        """What `--set` would add: only the gateway's own-Deployment mode."""
+        """What `--set` would add: the gateway off (it is on by default) or as its own Deployment."""
+        if self.gateway is None:
+            return {"gateway": {"enabled": False}}
         return {"gateway": {"mode": "deployment"}} if self.gateway == "deployment" else {}
 
 
