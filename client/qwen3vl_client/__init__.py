@@ -2,7 +2,7 @@
 
 from qwen3vl_client import EmbeddingClient, Item
 
-with EmbeddingClient("localhost:8000") as client:
+with EmbeddingClient("localhost:9000") as client:  # the gateway; or ("localhost:8001", protocol="grpc")
     documents = client.embed(["The capital of China is Beijing.", Item(text="a cat", images=["cat.jpg"])])
     queries = client.embed_queries(["What is the capital of China?"])
     scores = queries @ documents.T

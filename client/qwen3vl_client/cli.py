@@ -10,7 +10,7 @@
     qwen3vl ui --index photos.index --source photos/                     # a search page on :8090
 
 The server comes from --url / --protocol / --timeout, or QWEN3VL_URL / QWEN3VL_PROTOCOL / QWEN3VL_TIMEOUT
-(default localhost:8000 over HTTP, localhost:8001 over gRPC), the reranker from --reranker-model or
+(default localhost:9000 over HTTP, the gateway; localhost:8001 over gRPC), the reranker from --reranker-model or
 QWEN3VL_RERANKER_MODEL; these options go before the command or after it.
 """
 

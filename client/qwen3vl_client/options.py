@@ -10,7 +10,9 @@ MODEL_NAME = "qwen3_vl_embedding"
 RERANKER_MODEL_NAME = "qwen3_vl_reranker"
 # The task the vLLM-Ascend tutorial and the README use for web-search queries.
 DEFAULT_QUERY_TASK = "Given a web search query, retrieve relevant passages that answer the query"
-DEFAULT_URLS = {"http": "localhost:8000", "grpc": "localhost:8001"}
+# HTTP: the gateway's KServe v2 REST (its GATEWAY_PORT, 9000), the REST door of make serve, the images and the
+# chart; tritonserver's own HTTP (8000) binds loopback and its 2.51 parser must not face clients. gRPC: Triton.
+DEFAULT_URLS = {"http": "localhost:9000", "grpc": "localhost:8001"}
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_CONCURRENCY = 4
 DEFAULT_TIMEOUT = 300.0

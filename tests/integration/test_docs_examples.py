@@ -118,7 +118,8 @@ def _ports(server, gateway) -> dict[str, str]:
 
 def _environment(server, gateway) -> dict[str, str]:
     environment = {key: value for key, value in os.environ.items() if not key.startswith("QWEN3VL_")}
-    environment["QWEN3VL_URL"] = server.http_url.split("://")[-1]  # the qwen3vl command's default server
+    # The qwen3vl command's default server: the gateway's KServe v2 REST.
+    environment["QWEN3VL_URL"] = f"127.0.0.1:{gateway.port}"
     environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
     return environment
 
