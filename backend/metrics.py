@@ -263,10 +263,11 @@ class PreprocessMetrics:
 
     def record(
         self,
-        inputs: Sequence[Mapping[str, np.ndarray | None]],
+        inputs: Sequence[Mapping[str, np.ndarray | None] | None],
         results: Sequence[Mapping[str, np.ndarray] | Exception],
         timings: Mapping[str, float],
     ) -> None:
+        """A request of None (cancelled by its client) has an exception for its result."""
         delta = {modality: seconds - self._last.get(modality, 0.0) for modality, seconds in timings.items()}
         self._last = dict(timings)
         if not self.metrics.enabled:
@@ -275,7 +276,7 @@ class PreprocessMetrics:
             self.metrics.add("preprocess_seconds_total", seconds, {"modality": modality})
         totals, tokens = dict.fromkeys(MODALITIES, 0), 0
         for request, result in zip(inputs, results):
-            if isinstance(result, Exception):
+            if request is None or isinstance(result, Exception):
                 continue
             for modality, count in modality_counts(request, self.modality_inputs).items():
                 totals[modality] += count

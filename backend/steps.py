@@ -21,6 +21,8 @@ from backend.protocol import QUEUED_AT, PreparedItem, Result, Tensors
 
 
 class Preprocessor(Protocol):
+    timings: dict[str, float]  # seconds spent per modality so far (the step's metrics read them)
+
     def prepare_request(self, inputs: Tensors) -> list[PreparedItem]: ...
 
     def pack(self, rows: list[PreparedItem]) -> dict[str, np.ndarray]: ...
