@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from perf.gateway_stack import TINY_EMBEDDING, GatewayProcess, shown_path
+from perf.lib import loops
 from perf.lib.console import add_out_argument, command_parser, log, parse_list, table
 from perf.lib.record import Experiment
 from perf.lib.sampling import RssSampler, group_cpu_seconds, percentiles
@@ -186,11 +187,7 @@ class Client:
     async def closed_loop(self, phase: Phase, ok: list[float], refused: list[float]) -> None:
         deadline = time.perf_counter() + phase.seconds
 
-        async def worker() -> None:
-            while time.perf_counter() < deadline:
-                await self.one(phase, ok, refused)
-
-        await asyncio.gather(*(worker() for _ in range(phase.concurrency or 1)))
+        await loops.until(lambda: self.one(phase, ok, refused), deadline, phase.concurrency or 1)
 
     async def open_loop(self, phase: Phase, ok: list[float], refused: list[float]) -> None:
         rate = phase.offered_per_s or 1.0

@@ -99,39 +99,55 @@ def peak_rss_mb(pid: int) -> tuple[float, float]:
     return fields["VmRSS"], fields["VmHWM"]
 
 
-def attack(url: str, path: str, body: bytes, interval: float = 0.1, small_path: str = "/metrics") -> dict:
-    """``body`` sent while a small request is sent every ``interval`` s (each waiting for the last):
-    the big one's status, message and seconds, and the small ones' count and worst latency. The small
-    request: GET /metrics, or a POST of a one-word prompt to /tokenize."""
-    small_body = b'{"prompt": "hello"}' if small_path == "/tokenize" else None
+def beside_trickle(
+    big: Callable[[], tuple[int, str, float]], small: Callable[[], tuple[int, float]], interval: float = 0.1
+) -> dict:
+    """``big()`` (status, message, seconds) sent while ``small()`` (status, seconds) is sent every
+    ``interval`` s, each waiting for the last: the big one's status, message and seconds, and the small
+    ones' count, worst latency and statuses."""
     done = threading.Event()
-    small: list[float] = []
+    latencies: list[float] = []
     statuses: set[int] = set()
 
     def trickle() -> None:
         while not done.is_set():
-            status, _, seconds = post(url, small_path, small_body, timeout=120)
-            small.append(seconds)
+            status, seconds = small()
+            latencies.append(seconds)
             statuses.add(status)
             time.sleep(interval)
 
-    post(url, small_path, small_body, timeout=120)  # warm (a first /tokenize loads the tokenizer)
     thread = threading.Thread(target=trickle, daemon=True)
     thread.start()
     time.sleep(0.3)
-    status, answer, seconds = post(url, path, body)
+    status, message, seconds = big()
     time.sleep(0.3)
     done.set()
     thread.join()
-    message = (answer.get("error") or {}).get("message", "")
     return {
         "status": status,
         "message": message[:160],
         "seconds": seconds,
-        "small_count": len(small),
-        "small_worst": max(small) if small else None,
+        "small_count": len(latencies),
+        "small_worst": max(latencies) if latencies else None,
         "small_statuses": sorted(statuses),
     }
+
+
+def attack(url: str, path: str, body: bytes, interval: float = 0.1, small_path: str = "/metrics") -> dict:
+    """``body`` sent while a small request is sent every ``interval`` s (beside_trickle). The small
+    request: GET /metrics, or a POST of a one-word prompt to /tokenize."""
+    small_body = b'{"prompt": "hello"}' if small_path == "/tokenize" else None
+
+    def small() -> tuple[int, float]:
+        status, _, seconds = post(url, small_path, small_body, timeout=120)
+        return status, seconds
+
+    def big() -> tuple[int, str, float]:
+        status, answer, seconds = post(url, path, body)
+        return status, (answer.get("error") or {}).get("message", ""), seconds
+
+    small()  # warm (a first /tokenize loads the tokenizer)
+    return beside_trickle(big, small, interval)
 
 
 def main() -> int:

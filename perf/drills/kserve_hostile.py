@@ -13,13 +13,12 @@ import argparse
 import gzip
 import http.client
 import json
-import threading
 import time
 import urllib.parse
 import zlib
 from collections.abc import Callable
 
-from perf.drills.hostile_bodies import peak_rss_mb
+from perf.drills.hostile_bodies import beside_trickle, peak_rss_mb
 
 MODEL = "qwen3_vl_embedding"
 INFER = f"/v2/models/{MODEL}/infer"
@@ -122,36 +121,16 @@ def send(
 
 
 def attack(url: str, body: Body, interval: float = 0.1) -> dict:
-    """``body`` sent while ``GET /v2/models/<model>/ready`` is sent every ``interval`` s."""
+    """``body`` sent while ``GET /v2/models/<model>/ready`` is sent every ``interval`` s (beside_trickle)."""
     path, data, headers = body
-    done = threading.Event()
-    small: list[float] = []
-    statuses: set[int] = set()
     ready = f"/v2/models/{MODEL}/ready"
 
-    def trickle() -> None:
-        while not done.is_set():
-            status, _, seconds = send(url, ready, None, {})
-            small.append(seconds)
-            statuses.add(status)
-            time.sleep(interval)
+    def small() -> tuple[int, float]:
+        status, _, seconds = send(url, ready, None, {})
+        return status, seconds
 
-    send(url, ready, None, {})
-    thread = threading.Thread(target=trickle, daemon=True)
-    thread.start()
-    time.sleep(0.3)
-    status, message, seconds = send(url, path, data, headers)
-    time.sleep(0.3)
-    done.set()
-    thread.join()
-    return {
-        "status": status,
-        "message": message[:160],
-        "seconds": seconds,
-        "small_count": len(small),
-        "small_worst": max(small) if small else None,
-        "small_statuses": sorted(statuses),
-    }
+    small()
+    return beside_trickle(lambda: send(url, path, data, headers), small, interval)
 
 
 def main() -> int:

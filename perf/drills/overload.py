@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from backend.protocol import EMBEDDING_ENSEMBLE
+from perf.lib import loops
 from perf.lib.console import add_out_argument, command_parser, table
 from perf.lib.paths import REPO
 from perf.lib.record import Experiment
@@ -97,11 +98,7 @@ class Driver:
         refused: list[float] = []
         deadline = time.perf_counter() + phase.seconds
 
-        async def worker() -> None:
-            while time.perf_counter() < deadline:
-                await self.one(phase, ok, refused)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await loops.until(lambda: self.one(phase, ok, refused), deadline, concurrency)
         return ok, refused
 
     async def open_loop(self, phase: Phase, rate: float) -> tuple[list[float], list[float]]:

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from backend.protocol import EMBEDDING_ENSEMBLE
+from perf.lib import loops
 from perf.lib.console import add_out_argument, command_parser, log, parse_list, table
 from perf.lib.record import Experiment
 from perf.lib.sampling import RssSampler, percentiles
@@ -168,11 +169,7 @@ async def closed_loop(send: Send, concurrency: int, seconds: float) -> Tally:
     tally = Tally()
     deadline = time.perf_counter() + seconds
 
-    async def worker() -> None:
-        while time.perf_counter() < deadline:
-            await tally.one(send)
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await loops.until(lambda: tally.one(send), deadline, concurrency)
     return tally
 
 

@@ -52,6 +52,7 @@ import numpy as np
 
 from perf.drills import gateway_bodies, malformed, overload, refusal, reload, stub_rss
 from perf.drills.recovery import SERVE_LINE, TARGETS, Load, kill_and_measure, kills_table, ready, wait_until
+from perf.lib import loops
 from perf.lib.console import add_out_argument, code_block, command_parser
 from perf.lib.paths import REPO
 from perf.lib.record import Experiment
@@ -302,7 +303,6 @@ async def soak_async(serve: Serve, cases, expected, total: int) -> dict:
     outcomes: Counter[str] = Counter()
     changed, largest = 0, 0.0
     memory_at: dict[str, dict] = {}
-    next_index = 0
     started = time.monotonic()
 
     async def one(index: int) -> None:
@@ -334,14 +334,7 @@ async def soak_async(serve: Serve, cases, expected, total: int) -> dict:
         if len(completions) == SOAK_WINDOW:
             memory_at["after_1k"] = memory(serve.server_pid())
 
-    async def worker() -> None:
-        nonlocal next_index
-        while next_index < total:
-            index = next_index
-            next_index += 1
-            await one(index)
-
-    await asyncio.gather(*(worker() for _ in range(SOAK_IN_FLIGHT)))
+    await loops.each_index(one, total, SOAK_IN_FLIGHT)
     await client.close()
     memory_at["at_end"] = memory(serve.server_pid())
     completions.sort()

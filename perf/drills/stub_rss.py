@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from perf.lib import loops
 from perf.lib.console import add_out_argument, command_parser
 from perf.lib.record import Experiment
 from perf.lib.sampling import rss_mib
@@ -100,7 +101,6 @@ async def soak(grpc_url: str, server_pid: int, total: int, seed: int) -> dict:
     kinds: Counter[str] = Counter()
     readings: list[dict] = []
     answered = 0
-    next_index = 0
     started = time.monotonic()
 
     async def one(index: int) -> None:
@@ -132,14 +132,7 @@ async def soak(grpc_url: str, server_pid: int, total: int, seed: int) -> dict:
             )  # fmt: skip
             print(f"stub-rss: {readings[-1]}", flush=True)
 
-    async def worker() -> None:
-        nonlocal next_index
-        while next_index < total:
-            index = next_index
-            next_index += 1
-            await one(index)
-
-    await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
+    await loops.each_index(one, total, IN_FLIGHT)
     await client.close()
     return {
         "requests": total,
