@@ -10,8 +10,8 @@
     qwen3vl ui --index photos.index --source photos/                     # a search page on :8090
 
 The server comes from --url / --protocol / --timeout, or QWEN3VL_URL / QWEN3VL_PROTOCOL / QWEN3VL_TIMEOUT
-(default localhost:9000 over HTTP, the gateway; localhost:8001 over gRPC), the reranker from --reranker-model or
-QWEN3VL_RERANKER_MODEL; these options go before the command or after it.
+(default localhost:9000 over HTTP, the gateway; localhost:8001 over gRPC), the reranker from
+--reranker-model or QWEN3VL_RERANKER_MODEL; these options go before the command or after it.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from qwen3vl_client.options import (
     DEFAULT_TIMEOUT,
     MODEL_NAME,
     RERANKER_MODEL_NAME,
+    command_line_arguments,
 )
 from qwen3vl_client.results import EmbeddingResult, Health, ModelStatus, RerankResult
 from qwen3vl_client.ui.command import add_ui_parser, cmd_ui
@@ -265,16 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _client(args: argparse.Namespace) -> EmbeddingClient:
-    return EmbeddingClient(
-        args.url,
-        args.protocol,
-        model=args.model,
-        batch_size=args.batch_size,
-        max_concurrency=args.concurrency,
-        timeout=args.timeout,
-        retries=args.retries,
-        reranker_model=args.reranker_model,
-    )
+    return EmbeddingClient(**command_line_arguments(args))
 
 
 @contextmanager

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 MODEL_NAME = "qwen3_vl_embedding"
 RERANKER_MODEL_NAME = "qwen3_vl_reranker"
 # The task the vLLM-Ascend tutorial and the README use for web-search queries.
 DEFAULT_QUERY_TASK = "Given a web search query, retrieve relevant passages that answer the query"
-# HTTP: the gateway's KServe v2 REST (its GATEWAY_PORT, 9000), the REST door of make serve, the images and the
-# chart; tritonserver's own HTTP (8000) binds loopback and its 2.51 parser must not face clients. gRPC: Triton.
+# HTTP: the gateway's KServe v2 REST (its GATEWAY_PORT, 9000), the REST door of make serve, the images and
+# the chart; tritonserver's own HTTP (8000) binds loopback: its 2.51 parser must not face clients.
+# gRPC: Triton itself.
 DEFAULT_URLS = {"http": "localhost:9000", "grpc": "localhost:8001"}
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_CONCURRENCY = 4
@@ -50,6 +51,22 @@ class Options:
     reranker_model: str = RERANKER_MODEL_NAME
     reload_wait: float = DEFAULT_RELOAD_WAIT
     priority: PriorityClass = "interactive"
+
+
+def command_line_arguments(args: Any, **overrides: Any) -> dict[str, Any]:
+    """The client's keyword arguments from the ``qwen3vl`` command's common options (an argparse
+    namespace), ``overrides`` (``max_concurrency``, ``priority``) on top: how every subcommand opens one."""
+    arguments = {
+        "url": args.url,
+        "protocol": args.protocol,
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "max_concurrency": args.concurrency,
+        "timeout": args.timeout,
+        "retries": args.retries,
+        "reranker_model": args.reranker_model,
+    }
+    return {**arguments, **overrides}
 
 
 def make_options(

@@ -89,6 +89,7 @@ def add_index_parser(commands: Any, parents: Sequence[argparse.ArgumentParser]) 
 def cmd_index(args: argparse.Namespace, out: TextIO) -> int:
     from qwen3vl_client.bulk.embedder import ClientEmbedder
     from qwen3vl_client.client import EmbeddingClient
+    from qwen3vl_client.options import command_line_arguments
 
     try:
         shard = parse_shard(args.shard)
@@ -117,14 +118,7 @@ def cmd_index(args: argparse.Namespace, out: TextIO) -> int:
 
     def make_client(concurrency: int) -> EmbeddingClient:
         return EmbeddingClient(
-            args.url,
-            args.protocol,
-            model=args.model,
-            batch_size=args.batch_size,
-            max_concurrency=concurrency,
-            timeout=args.timeout,
-            retries=args.retries,
-            priority=args.priority,
+            **command_line_arguments(args, max_concurrency=concurrency, priority=args.priority)
         )
 
     if plan.pending:

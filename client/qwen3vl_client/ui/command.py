@@ -56,6 +56,7 @@ def cmd_ui(args: argparse.Namespace, out: TextIO) -> int:
 
     from qwen3vl_client.aio import AsyncEmbeddingClient
     from qwen3vl_client.cli import SEARCH_TASK
+    from qwen3vl_client.options import command_line_arguments
     from qwen3vl_client.ui.app import MAX_K, PageOptions, SearchPage
     from qwen3vl_client.ui.corpus import Corpus, CorpusError
 
@@ -72,16 +73,7 @@ def cmd_ui(args: argparse.Namespace, out: TextIO) -> int:
         print("qwen3vl ui: no --source: results show ids only and cannot be reranked", file=sys.stderr)
 
     def make_client() -> AsyncEmbeddingClient:
-        return AsyncEmbeddingClient(
-            args.url,
-            args.protocol,
-            model=args.model,
-            batch_size=args.batch_size,
-            max_concurrency=args.concurrency,
-            timeout=args.timeout,
-            retries=args.retries,
-            reranker_model=args.reranker_model,
-        )
+        return AsyncEmbeddingClient(**command_line_arguments(args))
 
     options = PageOptions(args.task or SEARCH_TASK, args.top_k, args.rerank_candidates)
     page = SearchPage(corpus, make_client, options)
