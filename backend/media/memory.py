@@ -98,6 +98,15 @@ M_MMAP_THRESHOLD = -3
 MODEL_STEP_MMAP_THRESHOLD_BYTES = 256 * 1024
 # A deployment that sets the threshold itself keeps its own.
 THRESHOLD_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold")
+# mallopt's parameter number for the trim threshold. Setting the mmap threshold freezes the trim threshold at
+# glibc's 128 KiB default too (glibc grows it with the mmap threshold only while that slides), and the heap's
+# top was then given back and faulted in again all the time: a fixed 32 MiB mmap threshold made the first
+# published commit's text rate 264 -> 215 req/s (perf/results/cpu-x86_64-2c/2026-12-07/ab-quiet*). So it is
+# set where glibc's own sliding would take it (twice the largest mmap threshold): the heaps hold only blocks
+# under 256 KiB, and at most this much free at their top.
+M_TRIM_THRESHOLD = -1
+MODEL_STEP_TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
+TRIM_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "glibc.malloc.trim_threshold")
 
 
 def fix_mmap_threshold(threshold: int = MODEL_STEP_MMAP_THRESHOLD_BYTES) -> bool:
@@ -109,11 +118,20 @@ def fix_mmap_threshold(threshold: int = MODEL_STEP_MMAP_THRESHOLD_BYTES) -> bool
     886 -> 1,050 MiB from call 500 to 3,000 of a mixed in-process soak (+7.2 % from 1,000), as the served
     stub did. With the threshold fixed (which also stops the sliding) each large tensor's pages go back
     when it is freed: 559 -> 575 MiB (+1.2 % from 1,000). The price is a page fault per page of every large
-    tensor: +25 % CPU per call for the tiny checkpoint on 2 cores (perf/results/cpu-x86_64-2c/2026-12-07/
-    stub-rss.md); a deployment that prefers the old trade sets its own threshold."""
-    if any(setting in os.environ.get("GLIBC_TUNABLES", "") for setting in THRESHOLD_SETTINGS) or (
-        THRESHOLD_SETTINGS[0] in os.environ
-    ):
+    tensor: served tiny checkpoint on 2 cores against 5f203c8 (before the fix), text 1.09x the rate at 0.95x
+    the CPU per request, images 0.84x at 1.13x (perf/results/cpu-x86_64-2c/2026-12-07/ab-quiet-trim; with
+    the trim threshold left frozen at 128 KiB text was 0.81x at 1.27x). A deployment that prefers the old
+    trade sets its own threshold."""
+    if _set_by_deployment(THRESHOLD_SETTINGS):
         return False
     libc = _glibc()
-    return libc is not None and libc.mallopt(M_MMAP_THRESHOLD, threshold) == 1
+    if libc is None or libc.mallopt(M_MMAP_THRESHOLD, threshold) != 1:
+        return False
+    if not _set_by_deployment(TRIM_SETTINGS):
+        libc.mallopt(M_TRIM_THRESHOLD, MODEL_STEP_TRIM_THRESHOLD_BYTES)
+    return True
+
+
+def _set_by_deployment(settings: tuple[str, str]) -> bool:
+    """Whether the environment sets this malloc parameter (its MALLOC_*_ variable or glibc tunable)."""
+    return settings[0] in os.environ or settings[1] in os.environ.get("GLIBC_TUNABLES", "")
