@@ -80,34 +80,40 @@ def expected_wait(tokens_ahead: float, tokens_per_second: float | None) -> float
     return max(0.0, tokens_ahead) / tokens_per_second
 
 
-def expected_wait_of(tokens_ahead: Mapping[str, float], rates: Mapping[str, ServiceRate]) -> float | None:
-    """Seconds until the work queued ahead is done, each kind's tokens at that kind's rate; None when some
-    kind has tokens ahead and no rate yet."""
-    total = 0.0
-    for kind, tokens in tokens_ahead.items():
+def _seconds_by_kind(
+    tokens_by_kind: Mapping[str, float], rates: Mapping[str, ServiceRate]
+) -> dict[str, float] | None:
+    """Each kind's tokens at that kind's rate, in seconds (kinds without tokens left out); None when some kind
+    has tokens and no rate yet."""
+    seconds: dict[str, float] = {}
+    for kind, tokens in tokens_by_kind.items():
         if tokens <= 0:
             continue
         wait = expected_wait(tokens, rates[kind].per_second())
         if wait is None:
             return None
-        total += wait
-    return total
+        seconds[kind] = wait
+    return seconds
+
+
+def expected_wait_of(tokens_ahead: Mapping[str, float], rates: Mapping[str, ServiceRate]) -> float | None:
+    """Seconds until the work queued ahead is done, each kind's tokens at that kind's rate; None when some
+    kind has tokens ahead and no rate yet."""
+    seconds = _seconds_by_kind(tokens_ahead, rates)
+    return None if seconds is None else sum(seconds.values())
 
 
 def split_spell(
     drained: Mapping[str, int], rates: Mapping[str, ServiceRate], seconds: float
 ) -> dict[str, float] | None:
-    """The seconds of a spell in which several kinds were answered, shared in proportion to what each
-    kind's tokens cost at its rate; None when one of them has no rate yet (the spell teaches nothing)."""
-    costs: dict[str, float] = {}
-    for kind, tokens in drained.items():
-        if tokens <= 0:
-            continue
-        rate = rates[kind].per_second()
-        if rate is None or rate <= 0.0:
-            return None
-        costs[kind] = tokens / rate
-    total = sum(costs.values())
-    if total <= 0.0:
+    """The seconds of a spell, per kind answered in it: all of them for one kind; for several, shared in
+    proportion to what each kind's tokens cost at its rate, None when one of them has no rate yet (the
+    spell teaches nothing)."""
+    kinds = [kind for kind, tokens in drained.items() if tokens > 0]
+    if len(kinds) == 1:
+        return {kinds[0]: seconds}
+    costs = _seconds_by_kind(drained, rates)
+    total = 0.0 if costs is None else sum(costs.values())
+    if costs is None or total <= 0.0:
         return None
     return {kind: seconds * cost / total for kind, cost in costs.items()}

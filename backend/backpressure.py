@@ -358,14 +358,10 @@ class QueueGate:
         that answered both kinds is shared between them by what each kind's tokens cost at its rate."""
         done = {kind: tokens for kind, tokens in drained.items() if tokens > 0}
         if done and self._draining_since is not None and answered_at > self._draining_since:
-            started, finished = self._draining_since / 1e9, answered_at / 1e9
-            if len(done) == 1:
-                ((kind, tokens),) = done.items()
-                self.rates[kind].done(tokens, started, finished)
-            else:
-                shares = split_spell(done, self.rates, finished - started)
-                for kind, seconds in (shares or {}).items():
-                    self.rates[kind].done(done[kind], finished - seconds, finished)
+            finished = answered_at / 1e9
+            spell = finished - self._draining_since / 1e9
+            for kind, seconds in (split_spell(done, self.rates, spell) or {}).items():
+                self.rates[kind].done(done[kind], finished - seconds, finished)
         if done:
             self._draining_since = max(answered_at, self._stamps[0][0]) if self._stamps else None
 

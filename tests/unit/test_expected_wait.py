@@ -101,6 +101,10 @@ def test_a_spell_that_answered_both_kinds_is_shared_by_their_cost():
     # 4,000 text tokens cost 1 s at their rate, 500 media tokens 1 s: 3 s shared half and half.
     assert split_spell({TEXT: 4000, MEDIA: 500}, rates, 3.0) == pytest.approx({TEXT: 1.5, MEDIA: 1.5})
     assert split_spell({TEXT: 4000, MEDIA: 500}, {TEXT: ServiceRate(), MEDIA: rates[MEDIA]}, 3.0) is None
+    # One kind answered: the whole spell is its own, measured rate or not.
+    assert split_spell({TEXT: 0, MEDIA: 500}, {TEXT: ServiceRate(), MEDIA: ServiceRate()}, 3.0) == {
+        MEDIA: 3.0
+    }
 
 
 def _gate(tmp_path, clock):
