@@ -144,11 +144,9 @@ def cmd_index(args: argparse.Namespace, out: TextIO) -> int:
             store.commit(None)
         mirror = None if database is None else Mirror(database, shard, plan.paths)
         progress = Progress(len(plan.pending), sys.stderr, args.progress)
+        # run() closes the embedder in the thread that used it (its HTTP client is bound to that thread).
         embedder = ClientEmbedder(make_client, args.concurrency)
-        try:
-            report = run(plan, store, embedder, options, lambda d, f, t: progress.update(d, f, t), mirror)
-        finally:
-            embedder.close()
+        report = run(plan, store, embedder, options, lambda d, f, t: progress.update(d, f, t), mirror)
     except DatabaseError as error:
         print(f"qwen3vl index: {error}", file=sys.stderr)
         return 1

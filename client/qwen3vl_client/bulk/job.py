@@ -482,7 +482,8 @@ def run(
 ) -> Report:
     """Embed ``plan.pending`` chunk by chunk; each chunk becomes one committed shard (and, with ``mirror``,
     is upserted into the vector database, which is first brought level with the committed shards). The
-    next chunk is embedded while one is committed; commits stay in order, one at a time."""
+    next chunk is embedded while one is committed; commits stay in order, one at a time. The embedder is
+    used and closed (when it has ``close``) in the thread that embeds."""
     manifest = store.manifest
     assert manifest is not None
     started = time.monotonic()
