@@ -6,10 +6,10 @@ only when its expected wait (queue position / recent completion rate) is longer 
 has actually waited that long, or when the waiting room's hard cap (a memory guard) is reached.
 
 Sustained overload is told from a burst by time: when requests have had to wait for ``burst_seconds``
-(every slot taken since) and still arrive faster than they complete, the oldest waiters are shed at once
-(newer requests overtake them, so they would wait for as long as the overload lasts) and the room keeps
-only about one round of Triton calls. Under a standing queue the newest waiter is served first (adaptive
-LIFO): the requests admitted are fresh, and those shed are the stale ones.
+(every slot taken since) and still arrive faster than they complete, a newcomer is refused at once while
+the room holds a round of Triton calls, and what already waits is served, in order: every refusal comes
+at arrival, in milliseconds, and nobody who waited out the burst allowance is refused for it. While a
+standing queue builds (before overload is told) the newest waiter is served first (adaptive LIFO).
 
 A refusal for load from Triton's own steps (they refuse by expected wait, at once) says the work at Triton
 already fills its queue timeout: for ``BACKEND_REFUSAL_SECONDS`` after one, a request that finds no slot free
@@ -242,7 +242,7 @@ class Admission:
         self.latency = LatencyLimit(latency_ratio, max_in_flight, clock) if latency_ratio > 0 else None
         self._clock = clock
         self.in_flight = 0
-        self.shed_overload = 0  # waiters shed because arrivals kept outpacing completions
+        self.shed_overload = 0  # requests refused because arrivals kept outpacing completions
         self._waiters: deque[asyncio.Future[Ticket]] = deque()
         self._completions: deque[float] = deque()
         self._busy_since: float | None = None  # first admission since the gateway was last idle
@@ -300,13 +300,15 @@ class Admission:
         return _Sample(now, len(self._waiters), self._arrived, self._completed)
 
     def standing(self, now: float | None = None) -> bool:
-        """Serve the newest first: overloaded, or held back for STANDING_QUEUE_SECONDS while the room grew
-        by more than the bound over the last ARRIVAL_WINDOW_SECONDS."""
+        """Serve the newest first: held back for STANDING_QUEUE_SECONDS while the room grew by more than the
+        bound over the last ARRIVAL_WINDOW_SECONDS, and not overloaded. Under overload newcomers beyond a
+        round are refused at once and the room (the burst allowance's backlog) is served in order: newest
+        first, its oldest would wait for as long as the overload lasts."""
         if not self.burst_seconds:
             return False
         now = self._clock() if now is None else now
         if self.overloaded(now):
-            return True
+            return False
         if self._saturated_since is None or now - self._saturated_since < STANDING_QUEUE_SECONDS:
             return False
         # Since saturation began the room grew from empty.
@@ -409,10 +411,18 @@ class Admission:
                 "server overloaded: every in-flight slot is taken while requests keep arriving faster "
                 "than they complete"
             )
-        if overloaded:
-            # The newcomer is served before every waiter: make room by shedding the oldest. The room keeps
-            # one round of calls (what the bound lets in at once).
-            self._shed_oldest(keep=max(0, min(self.limit(), self.max_waiting) - 1), at_most=SHED_PER_ARRIVAL)
+        if overloaded and self.waiting >= max(1, min(self.limit(), self.max_waiting)):
+            # Told from a burst: the newcomer is refused at once while the room holds a round of calls (what
+            # the bound lets in at once), and what already waits is served. Shedding the oldest waiters
+            # instead answered the burst allowance's requests 503 once they had waited it out (refusal p99
+            # = GATEWAY_BURST_SECONDS); a refusal is only useful fast.
+            self.shed_overload += 1
+            rate = self.rate()
+            raise self._shed(
+                f"server overloaded: requests keep arriving faster than they complete, and {self.waiting} "
+                "already wait",
+                retry_after=self.waiting / rate if rate else None,
+            )
         if self.waiting >= self.max_waiting:
             raise self._shed(f"server overloaded: {self.waiting} requests already waiting")
         if not overloaded:

@@ -94,7 +94,7 @@ class GatewayMetrics:
 
 
 class _AdmissionCollector:
-    """Admission's own counts, read at scrape time: waiters shed for overload, and (with a latency target)
+    """Admission's own counts, read at scrape time: requests refused for overload, and (with a latency target)
     the unloaded call latency the in-flight bound aims at a multiple of."""
 
     def __init__(self, admission: Admission):
@@ -103,7 +103,7 @@ class _AdmissionCollector:
     def collect(self):
         yield CounterMetricFamily(
             "gateway_overload_shed",
-            "Waiting requests shed (503) because requests kept arriving faster than they completed",
+            "Requests refused (503) because requests kept arriving faster than they completed",
             value=self.admission.shed_overload,
         )
         latency = self.admission.latency

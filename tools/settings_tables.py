@@ -140,8 +140,8 @@ GATEWAY_MEANINGS = {
     "over it alone still goes alone (`0` = rows alone bound a merged call)",
     "queue_timeout": "seconds a request may (be expected to) wait before a 503",
     "burst_seconds": "how long requests may arrive faster than they complete (every slot taken) before it "
-    "is overload, not a burst: then the newest are served first and the oldest waiters get 503 at once (`0` "
-    "= first come, first served, only the queue timeout sheds)",
+    "is overload, not a burst: then a newcomer gets 503 at once while a round of calls waits, and those "
+    "already waiting are served in order (`0` = first come, first served, only the queue timeout sheds)",
     "latency_target_ratio": "unless `0`, the in-flight bound also keeps Triton's median call latency near "
     "this many times that of a call alone (re-measured every 10 s; "
     "`gateway_triton_unloaded_latency_seconds`), at a cost in throughput; under overload nobody waits then "

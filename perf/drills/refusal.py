@@ -47,7 +47,7 @@ TEXTS = {"short": SENTENCE * 11, "long": SENTENCE * 170}
 # path -> the gateway's settings (None: straight to Triton over gRPC).
 PATHS: dict[str, dict[str, str] | None] = {
     "grpc": None,
-    "gateway": {},  # the defaults: throughput first, a 5 s burst allowance
+    "gateway": {},  # the defaults: throughput first, a 2 s burst allowance
     # docs/overload.md "The latency profile": overload told from a burst after 1 s, nobody waits then.
     "gateway-latency": {"GATEWAY_LATENCY_TARGET_RATIO": "1.25", "GATEWAY_BURST_SECONDS": "1"},
 }

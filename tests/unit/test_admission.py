@@ -194,7 +194,11 @@ async def _arrive(admission, clock, until, served, outcomes, tasks, per_tick=5, 
         tasks += await _queue(admission, per_tick, served, outcomes, start=len(tasks))
 
 
-def test_sustained_overload_sheds_the_oldest_waiters_at_once_and_serves_the_newest():
+def test_sustained_overload_refuses_newcomers_at_once_and_serves_those_already_waiting_in_order():
+    """Once overload is told from a burst every refusal comes at arrival: a newcomer is refused while the
+    room holds a round of calls, and the burst allowance's waiters are served (oldest first, or they would
+    wait for as long as the overload lasts), not refused once they have waited it out."""
+
     async def scenario():
         clock = FakeClock()
         admission = Admission(
@@ -211,28 +215,64 @@ def test_sustained_overload_sheds_the_oldest_waiters_at_once_and_serves_the_newe
         await settle()
         assert admission.waiting == len(tasks) == 95 and not outcomes and not admission.overloaded()
         assert admission.standing()
-        # Held back for 5 s, the room growing all along: overload. Each arrival sheds the oldest waiters.
+        # Held back for 5 s, the room growing all along: overload. Newcomers are refused at once; nobody
+        # who waited is.
         clock.now = 6.25
-        tasks += await _queue(admission, 1, served, outcomes, start=len(tasks))
-        await settle()
-        assert admission.overloaded()
-        shed = sorted(index for index, outcome in outcomes.items() if outcome is Kind.OVERLOADED)
-        assert shed == list(range(SHED_PER_ARRIVAL))  # the oldest, a bounded number per arrival
-        for _ in range(15):
+        for _ in range(16):
             tasks += await _queue(admission, 1, served, outcomes, start=len(tasks))
         await settle()
-        # The room keeps one round of calls: as many as the bound lets in at once.
-        assert admission.waiting == 2
-        clock.now = 6.3
+        assert admission.overloaded() and not admission.standing()
+        assert sorted(outcomes) == list(range(95, 111))
+        assert all(outcome is Kind.OVERLOADED for outcome in outcomes.values())
+        assert admission.waiting == 95 and admission.shed_overload == 16
         release.set()
         await asyncio.gather(*holders, *tasks)
         return served, outcomes, admission
 
     served, outcomes, admission = asyncio.run(scenario())
-    last = len(outcomes) - 1
-    assert served == [last, last - 1]  # the newest
-    assert sum(outcome is Kind.OVERLOADED for outcome in outcomes.values()) == last - 1
-    assert admission.shed_overload == last - 1 and admission.waiting == 0 and admission.in_flight == 0
+    assert served == list(range(95))  # the waiters, in order
+    assert sum(outcome is Kind.OVERLOADED for outcome in outcomes.values()) == 16
+    assert admission.shed_overload == 16 and admission.waiting == 0 and admission.in_flight == 0
+
+
+def test_under_overload_a_newcomer_waits_once_the_room_is_down_to_a_round():
+    """The room drains to below a round of calls: the next arrival waits its turn (behind the room, in
+    order) rather than being refused, and its refusal says how long the room takes to drain."""
+
+    async def scenario():
+        clock = FakeClock()
+        admission = Admission(
+            max_in_flight=2, max_waiting=10_000, queue_timeout=60.0, burst_seconds=5.0, clock=clock
+        )
+        await _serve_quickly(admission, clock, 40, 0.025)
+        release = asyncio.Event()
+        holders = [asyncio.create_task(_hold(admission, release)) for _ in range(2)]
+        await asyncio.sleep(0)
+        served, outcomes, tasks = [], {}, []
+        await _arrive(admission, clock, 5.75, served, outcomes, tasks)
+        clock.now = 6.25
+        refused: list[GatewayError] = []
+        try:
+            async with admission.slot():
+                pass
+        except GatewayError as error:
+            refused.append(error)
+        assert refused and refused[0].kind is Kind.OVERLOADED and "95 already wait" in str(refused[0])
+        assert refused[0].retry_after is not None and refused[0].retry_after >= 1
+        # Drop the room to one waiter (the rest give up), then arrive again: it waits.
+        for task in tasks[:-1]:
+            task.cancel()
+        await settle()
+        assert admission.waiting == 1 and admission.overloaded()
+        tasks += await _queue(admission, 1, served, outcomes, start=len(tasks))
+        await settle()
+        assert admission.waiting == 2 and len(tasks) - 1 not in outcomes
+        release.set()
+        await asyncio.gather(*holders, *tasks, return_exceptions=True)
+        return served
+
+    served = asyncio.run(scenario())
+    assert served == [94, 95]  # in order: the one left of the room, then the newcomer
 
 
 def test_with_a_latency_target_overload_serves_only_requests_that_find_a_slot_free():
@@ -296,18 +336,22 @@ def test_overload_lasts_while_arrivals_outpace_completions_through_a_second_with
         served, outcomes, tasks = [], {}, []
         await _arrive(admission, clock, 7.5, served, outcomes, tasks)
         await settle()
-        assert admission.overloaded() and admission.waiting == 1
+        waiting = admission.waiting
+        assert admission.overloaded() and 0 < waiting < len(tasks)  # the later arrivals refused
         # The client falters for a second (a load generator starved of CPU): still overloaded.
         clock.now = 8.5
         assert admission.overloaded()
         await _arrive(admission, clock, 9.5, served, outcomes, tasks)
         await settle()
-        assert admission.overloaded() and admission.waiting == 1
-        # The bound grows: the room empties and a slot is free for a moment. Still overloaded.
+        assert admission.overloaded() and admission.waiting == waiting
+        # The waiters give up but one; the bound grows: the room empties and a slot is free for a moment.
+        # Still overloaded.
+        for task in [task for task in tasks if not task.done()][1:]:
+            task.cancel()
         admission.max_in_flight = 3
         release.set()
-        await asyncio.gather(holder, *tasks)
-        assert len(served) == 1 and admission.waiting == 0 and admission.in_flight == 0
+        await asyncio.gather(holder, *tasks, return_exceptions=True)
+        assert served == [0] and admission.waiting == 0 and admission.in_flight == 0
         assert admission.overloaded()
         clock.now = 13.0  # three seconds and more without arrivals: over
         assert not admission.overloaded()
