@@ -52,10 +52,24 @@ def share_cpu_threads(requested: int, instance_count: int) -> int:
     return torch.get_num_threads()
 
 
+def per_shape_kernels_off() -> None:
+    """torch's oneDNN paths off for this process (the model step's). In float32 on the CPU they serve only
+    the vision tower's GELU (the Linears go to MKL, attention to torch's own kernels), and oneDNN builds and
+    keeps a kernel for every new tensor shape, up to 1,024 of them; every image size is a new number of
+    patches, so the model step's RSS grew with traffic. A GELU over 400 patch counts kept +16.5 MB at the tiny
+    model's width and +18.5 MB at the 8B's (4,304) against +2.2 / +3.4 MB with torch's own GELU, in about
+    the same time; without the step's fixed mmap threshold, +105 / +1,287 MB
+    (perf/results/cpu-x86_64-2c/2026-12-07/per-shape-kernels*.md). In bfloat16 and float16 oneDNN is what
+    makes CPU matmuls fast: kept."""
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # a module property typed as its descriptor
+
+
 class LinearPatchEmbed(torch.nn.Module):
     """Qwen3-VL's patch embedding as the Linear it is: its Conv3d's kernel equals its stride and sees one
-    already-flattened patch per row. Used on Ascend, where Conv3d rejects bf16 on some chips and is missing
-    on 310P; the weights are the conv's, reshaped, so the result is the same up to summation order."""
+    already-flattened patch per row. The weights are the conv's, reshaped, so the result is the same up to
+    summation order. Every platform uses it: on the CPU the Conv3d goes through oneDNN, which keeps a kernel
+    for every new number of patches (400 of them: +32 MB against the Linear's +6 MB) and took 3.6x the time
+    (perf.experiments.per_shape_kernels); on Ascend Conv3d rejects bf16 on some chips, and 310P has none."""
 
     def __init__(self, conv: torch.nn.Conv3d):
         super().__init__()
@@ -104,7 +118,12 @@ class Platform:
         over by itself."""
 
     def prepare_model(self, model) -> None:
-        """Device-specific changes to a loaded Qwen3-VL backbone (none on CPU and CUDA)."""
+        """Changes to a loaded Qwen3-VL backbone: the vision tower's patch embedding as a Linear; on the CPU
+        in float32, torch's oneDNN paths off (`per_shape_kernels_off`)."""
+        visual = model.visual
+        visual.patch_embed = LinearPatchEmbed(visual.patch_embed.proj)
+        if self.device.type == "cpu" and model.dtype == torch.float32:
+            per_shape_kernels_off()
 
     def synchronize(self) -> None:
         """Wait for queued device work (timing)."""
@@ -162,10 +181,6 @@ class NpuPlatform(Platform):
 
     def enter_thread(self) -> None:
         _npu().set_device(self.device)
-
-    def prepare_model(self, model) -> None:
-        visual = model.visual
-        visual.patch_embed = LinearPatchEmbed(visual.patch_embed.proj)
 
     def synchronize(self) -> None:
         _npu().synchronize(self.device)

@@ -38,6 +38,29 @@ def test_linear_patch_embed_equals_the_conv3d_it_replaces(tiny_model_path):
     assert torch.allclose(got, expected, atol=1e-5, rtol=0)
 
 
+def test_the_cpu_model_step_runs_no_per_shape_onednn_kernels(tiny_model_path):
+    """oneDNN keeps a kernel for every new tensor shape (every image size): the model step's RSS grew with
+    traffic. On the CPU in float32 the patch embedding runs as a Linear and oneDNN is off; torch's own GELU
+    is the closer of the two to the exact one (oneDNN approximates erf)."""
+    from backend.runtime.backbone import load_backbone
+    from backend.runtime.platforms import LinearPatchEmbed, Platform
+
+    model = load_backbone(str(tiny_model_path), torch.float32, "sdpa", torch.device("cpu"))
+    rows = torch.rand(300, 256, generator=torch.Generator().manual_seed(2)) * 8 - 4
+    enabled = torch.backends.mkldnn.enabled
+    try:
+        torch.backends.mkldnn.enabled = True
+        with_onednn = torch.nn.functional.gelu(rows)
+        Platform(torch.device("cpu")).prepare_model(model)
+        assert isinstance(model.visual.patch_embed, LinearPatchEmbed)
+        assert not torch.backends.mkldnn.enabled
+        exact = 0.5 * rows.double() * (1 + torch.special.erf(rows.double() / 2**0.5))
+        error = (torch.nn.functional.gelu(rows).double() - exact).abs().max()
+        assert error <= (with_onednn.double() - exact).abs().max() and error < 1e-6
+    finally:
+        torch.backends.mkldnn.enabled = enabled
+
+
 def test_mm_token_type_ids_mark_image_and_video_placeholders():
     from backend.runtime.backbone import mm_token_type_ids, wants_mm_token_type_ids
 
