@@ -7,8 +7,9 @@ project's: it needs transformers 5 (sentence-transformers 6 requires it; the pro
 Imports only the standard library, numpy, Pillow and sentence_transformers (nothing of the project), loads
 the checkpoint once, encodes the first batch as a warm-up, then all items, timed (wall and this process's
 CPU), and writes `peer.json` (versions, seconds, CPU seconds, items) and `vectors.npy` (float32,
-L2-normalised) into DIR. Items: a JSON list of {"text": str | null, "image": path | null}. `--probe`
-loads and encodes one text, prints the versions as JSON and exits 0, or prints why not and exits 1.
+L2-normalised) into DIR. Items: a JSON list of {"text": str | null, "image": path | null, "instruction": str}
+(see `inputs`). `--probe` loads and encodes one text, prints the versions as JSON and exits 0, or prints
+why not and exits 1.
 """
 
 from __future__ import annotations
@@ -58,24 +59,31 @@ def versions() -> dict[str, str]:
 
 
 def inputs(items: list[dict[str, Any]]) -> list[Any]:
-    """Text rows as chat messages (system = the instruction, user = the text) or strings; image rows as
-    sentence-transformers' multimodal dicts (image, caption)."""
+    """Rows with an instruction as the server's chat messages: system = the instruction, user = the image
+    (if any) then the text (if any), the official order; rows without one as strings or
+    sentence-transformers' multimodal dicts (image, caption). The checkpoint's processor resizes an image
+    by its own limits, not the server's (4 to 1800 x 32² pixels): the same for image_448's 448x448, whose
+    sides are already multiples of 32 within both."""
     from PIL import Image
 
     out: list[Any] = []
     for item in items:
-        if item.get("image"):
-            entry: dict[str, Any] = {"image": Image.open(item["image"]).convert("RGB")}
-            if item.get("text"):
-                entry["text"] = item["text"]
-            out.append(entry)
-        elif item.get("instruction"):  # the server's chat: the instruction as system turn, the text as user's
+        image = Image.open(item["image"]).convert("RGB") if item.get("image") else None
+        if item.get("instruction"):
+            content: list[dict[str, Any]] = [] if image is None else [{"type": "image", "image": image}]
+            if item.get("text") is not None:
+                content.append({"type": "text", "text": item["text"]})
             out.append(
                 [
                     {"role": "system", "content": [{"type": "text", "text": item["instruction"]}]},
-                    {"role": "user", "content": [{"type": "text", "text": item["text"]}]},
+                    {"role": "user", "content": content},
                 ]
             )
+        elif image is not None:
+            entry: dict[str, Any] = {"image": image}
+            if item.get("text"):
+                entry["text"] = item["text"]
+            out.append(entry)
         else:
             out.append(item["text"])
     return out
