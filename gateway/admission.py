@@ -57,13 +57,14 @@ OVERLOAD_GROWTH = 0.25
 # Overload starts only if arrivals over the last ARRIVAL_WINDOW_SECONDS pass completions by that factor
 # (and by more than a few: one request after a quiet second is no overload), and lasts until they no
 # longer do over the last OVERLOAD_EXIT_SECONDS (a load generator or a client starved of CPU for a second
-# must not make the backlog build up again for burst_seconds). The room is kept small meanwhile: neither
-# its growth nor a moment when it is empty and a slot free (the bound grew) says anything.
+# must not make the backlog build up again for burst_seconds). The room does not grow meanwhile (newcomers
+# beyond a round are refused): neither its size nor a moment when it is empty and a slot free (the bound
+# grew) says anything.
 ARRIVAL_WINDOW_SECONDS = 1.0
 OVERLOAD_EXIT_SECONDS = 3.0
 ARRIVAL_SLACK = 4
-# Oldest waiters shed per arrival once overloaded: a backlog of thousands answered 503 at one instant
-# would stall the event loop (and the admitted requests' answers) for a noticeable time.
+# Waiters shed per turn of the event loop when overload empties the room (with a latency target): a backlog
+# of thousands answered 503 at one instant would stall the event loop (and the admitted requests' answers).
 SHED_PER_ARRIVAL = 8
 
 # After Triton's steps refused a call for load, newcomers that find every slot taken are refused at once for
