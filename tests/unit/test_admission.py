@@ -194,20 +194,27 @@ async def _arrive(admission, clock, until, served, outcomes, tasks, per_tick=5, 
         tasks += await _queue(admission, per_tick, served, outcomes, start=len(tasks))
 
 
+async def _busy(slots: int) -> tuple[FakeClock, Admission, asyncio.Event, list[asyncio.Task]]:
+    """An admission of `slots` in flight that has a completion rate (40 calls in its first second) and every
+    slot held until the event is set."""
+    clock = FakeClock()
+    admission = Admission(
+        max_in_flight=slots, max_waiting=10_000, queue_timeout=60.0, burst_seconds=5.0, clock=clock
+    )
+    await _serve_quickly(admission, clock, 40, 0.025)
+    release = asyncio.Event()
+    holders = [asyncio.create_task(_hold(admission, release)) for _ in range(slots)]
+    await asyncio.sleep(0)
+    return clock, admission, release, holders
+
+
 def test_sustained_overload_refuses_newcomers_at_once_and_serves_those_already_waiting_in_order():
     """Once overload is told from a burst every refusal comes at arrival: a newcomer is refused while the
     room holds a round of calls, and the burst allowance's waiters are served (oldest first, or they would
     wait for as long as the overload lasts), not refused once they have waited it out."""
 
     async def scenario():
-        clock = FakeClock()
-        admission = Admission(
-            max_in_flight=2, max_waiting=10_000, queue_timeout=60.0, burst_seconds=5.0, clock=clock
-        )
-        await _serve_quickly(admission, clock, 40, 0.025)  # 40 calls in the first second
-        release = asyncio.Event()
-        holders = [asyncio.create_task(_hold(admission, release)) for _ in range(2)]
-        await asyncio.sleep(0)
+        clock, admission, release, holders = await _busy(2)
         served, outcomes, tasks = [], {}, []
         # 20 requests a second, none completing. Within the burst allowance everything waits (a burst
         # looks like this at first), newest on top.
@@ -240,14 +247,7 @@ def test_under_overload_a_newcomer_waits_once_the_room_is_down_to_a_round():
     order) rather than being refused, and its refusal says how long the room takes to drain."""
 
     async def scenario():
-        clock = FakeClock()
-        admission = Admission(
-            max_in_flight=2, max_waiting=10_000, queue_timeout=60.0, burst_seconds=5.0, clock=clock
-        )
-        await _serve_quickly(admission, clock, 40, 0.025)
-        release = asyncio.Event()
-        holders = [asyncio.create_task(_hold(admission, release)) for _ in range(2)]
-        await asyncio.sleep(0)
+        clock, admission, release, holders = await _busy(2)
         served, outcomes, tasks = [], {}, []
         await _arrive(admission, clock, 5.75, served, outcomes, tasks)
         clock.now = 6.25
@@ -325,14 +325,7 @@ def test_with_a_latency_target_overload_serves_only_requests_that_find_a_slot_fr
 
 def test_overload_lasts_while_arrivals_outpace_completions_through_a_second_without_arrivals():
     async def scenario():
-        clock = FakeClock()
-        admission = Admission(
-            max_in_flight=1, max_waiting=10_000, queue_timeout=60.0, burst_seconds=5.0, clock=clock
-        )
-        await _serve_quickly(admission, clock, 40, 0.025)
-        release = asyncio.Event()
-        holder = asyncio.create_task(_hold(admission, release))
-        await asyncio.sleep(0)
+        clock, admission, release, holders = await _busy(1)
         served, outcomes, tasks = [], {}, []
         await _arrive(admission, clock, 7.5, served, outcomes, tasks)
         await settle()
@@ -350,7 +343,7 @@ def test_overload_lasts_while_arrivals_outpace_completions_through_a_second_with
             task.cancel()
         admission.max_in_flight = 3
         release.set()
-        await asyncio.gather(holder, *tasks, return_exceptions=True)
+        await asyncio.gather(*holders, *tasks, return_exceptions=True)
         assert served == [0] and admission.waiting == 0 and admission.in_flight == 0
         assert admission.overloaded()
         clock.now = 13.0  # three seconds and more without arrivals: over
