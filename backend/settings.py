@@ -105,6 +105,10 @@ class ModelSettings:
     compile_length_multiple: int = 16
     # torch threads per instance on CPU; 0 = the cores divided among the model's instances.
     cpu_threads: int = 0
+    # Micro-batches one instance runs at once on CPU, each on cpu_threads / cpu_lanes torch threads; 0 = one
+    # per thread, at most 4. On 2 cores two single-threaded forwards side by side ran 1.2-1.5x the rows/s
+    # of one forward on both threads (docs/sizing.md "CPU lanes"); accelerators run one at a time.
+    cpu_lanes: int = 0
     warmup: bool = True
     # A request that waited longer than this since the preprocess step answered it (QUEUED_AT) is refused
     # with UNAVAILABLE instead of run late: the step's queue bound (README "Overload").
@@ -147,7 +151,7 @@ SERVER_ENV_VARIABLES = tuple(dict.fromkeys([*EMBEDDING_ENV.values(), *RERANKER_E
 
 # Demuxers that read further files or URLs named inside the input: never allowed for client bytes.
 FILE_OPENING_DEMUXERS = frozenset({"concat", "hls", "dash", "image2", "imf"})
-ZERO_ALLOWED = {"batch_overhead_tokens", "cpu_threads", "expected_wait_share"}
+ZERO_ALLOWED = {"batch_overhead_tokens", "cpu_threads", "cpu_lanes", "expected_wait_share"}
 
 _T = TypeVar("_T")
 

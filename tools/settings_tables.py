@@ -83,6 +83,10 @@ MODEL_MEANINGS = {
     "least 16)",
     "cpu_threads": "torch threads per instance on CPU; `0` = the cores divided among the model step's "
     "instances (torch's default, all cores in every instance, oversubscribes the CPU as soon as `count` > 1)",
+    "cpu_lanes": "micro-batches one instance runs at once on CPU, each on `cpu_threads` ÷ `cpu_lanes` torch "
+    "threads; `0` = one per thread, at most 4 (on 2 cores, two single-threaded forwards side by side served "
+    "1.3-1.5x the text requests/s of one forward on both; see [Sizing](sizing.md#cpu-lanes)); accelerators "
+    "run one micro-batch at a time",
     "warmup": "run one forward at load time (and compile, when compiling)",
     "queue_timeout_seconds": "a request that waited longer than this since its preprocess step answered is "
     "refused with `UNAVAILABLE` / 503 instead of run late: the step's queue bound (see "

@@ -186,7 +186,8 @@ class BackboneRunner(ABC):
         self.platform = resolve_platform(settings.device, instance_index, triton_gpu_id)
         self.device = self.platform.device
         self.dtype = self.platform.resolve_dtype(settings.dtype)
-        self.platform.activate(settings.cpu_threads, instance_count)
+        # Forwards the model step runs at once (backend.runtime.worker): on the CPU, one per lane of threads.
+        self.lanes = self.platform.activate(settings.cpu_threads, instance_count, settings.cpu_lanes)
         started = time.perf_counter()
         self.model = load_backbone(settings.model_path, self.dtype, settings.attn_implementation, self.device)
         self.platform.prepare_model(self.model)
@@ -212,7 +213,8 @@ class BackboneRunner(ABC):
             settings.compile_length_multiple,
         )
         self.stats = BatchStats()
-        # Two threads may run micro-batches at once (backend.runtime.worker: the worker thread and execute()).
+        # Several threads may run micro-batches at once (backend.runtime.worker: execute() and its lanes'
+        # helpers, the worker threads).
         self.stats_lock = threading.Lock()
         logger.info(
             "loaded %s on %s as %s (%s attention, hidden %d) in %.1f s",

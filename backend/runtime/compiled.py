@@ -86,7 +86,7 @@ class TextForward:
         self.recompiles = 0
         self.warmed = False
         self._function = None
-        # The model step may run two forwards at once (backend.runtime.worker); compiled ones take turns:
+        # The model step may run several forwards at once (backend.runtime.worker); compiled ones take turns:
         # dynamo does not promise thread safety should a call compile, and the graph count is process-wide.
         self._one_at_a_time = threading.Lock()
         if compile_model:

@@ -40,16 +40,39 @@ def npu_available() -> bool:
         return False
 
 
-def share_cpu_threads(requested: int, instance_count: int) -> int:
-    """torch's intra-op threads for one CPU instance: `requested`, or (0) the cores torch would use divided
-    among the model's instances. Each instance is its own process, and torch's default (all cores each)
-    oversubscribes the CPU: two instances of the tiny model on 2 cores served 43 text_200 requests/s at two
-    threads each and 300 at one each. A single instance keeps torch's default."""
+def share_cpu_threads(requested: int, instance_count: int, lanes: int = 1) -> int:
+    """torch's intra-op threads for one forward on the CPU: `requested` (or, 0, the cores torch would use
+    divided among the model's instances) divided among the `lanes` forwards an instance runs at once.
+    Each instance is its own process, and torch's default (all cores each) oversubscribes the CPU: two
+    instances of the tiny model on 2 cores served 43 text_200 requests/s at two threads each and 300 at
+    one each. A single instance with one lane keeps torch's default."""
     threads = requested or (max(1, torch.get_num_threads() // instance_count) if instance_count > 1 else 0)
+    if lanes > 1:
+        threads = max(1, (threads or torch.get_num_threads()) // lanes)
     if threads:
         torch.set_num_threads(threads)
-        logger.info("torch uses %d CPU thread(s) in this instance (%d instance(s))", threads, instance_count)
+        logger.info(
+            "torch uses %d CPU thread(s) per forward, %d forward(s) at once, in this instance (%d in all)",
+            threads,
+            lanes,
+            instance_count,
+        )
     return torch.get_num_threads()
+
+
+# cpu_lanes = 0: one lane per thread, at most this many. Measured on 2 cores only (docs/sizing.md "CPU
+# lanes"); past a few lanes each forward's activations (token_budget x the model's width) are held once per
+# lane, and a lone request runs on fewer threads.
+MAX_AUTO_LANES = 4
+
+
+def cpu_lane_count(requested_threads: int, instance_count: int, requested_lanes: int) -> int:
+    """How many forwards one CPU instance runs at once: `requested_lanes`, or (0) one per thread it has,
+    at most MAX_AUTO_LANES."""
+    if requested_lanes:
+        return requested_lanes
+    threads = requested_threads or max(1, torch.get_num_threads() // max(1, instance_count))
+    return max(1, min(MAX_AUTO_LANES, threads))
 
 
 def per_shape_kernels_off() -> None:
@@ -108,9 +131,12 @@ class Platform:
         ~10 % gain at batch 16 for a compute-bound model, a loss at batch 1)."""
         return choice == "on"
 
-    def activate(self, cpu_threads: int = 0, instance_count: int = 1) -> None:
-        """Make this the process's current device; on CPU, share the cores among the model's instances."""
-        share_cpu_threads(cpu_threads, instance_count)
+    def activate(self, cpu_threads: int = 0, instance_count: int = 1, cpu_lanes: int = 0) -> int:
+        """Make this the process's current device; on CPU, share the cores among the model's instances and
+        the forwards each runs at once. Returns how many forwards run at once (accelerators: 1)."""
+        lanes = cpu_lane_count(cpu_threads, instance_count, cpu_lanes)
+        share_cpu_threads(cpu_threads, instance_count, lanes)
+        return lanes
 
     def enter_thread(self) -> None:
         """Make this device current in a thread other than the one that called activate() (the model step's
@@ -148,8 +174,9 @@ class CudaPlatform(Platform):
     def compile_wanted(self, choice: str) -> bool:
         return choice in ("auto", "on")
 
-    def activate(self, cpu_threads: int = 0, instance_count: int = 1) -> None:
+    def activate(self, cpu_threads: int = 0, instance_count: int = 1, cpu_lanes: int = 0) -> int:
         torch.cuda.set_device(self.device)
+        return 1
 
     def enter_thread(self) -> None:
         torch.cuda.set_device(self.device)
@@ -176,8 +203,9 @@ class NpuPlatform(Platform):
             raise ConfigError("compile=on is not supported on npu (torch.compile needs torchair there)")
         return False
 
-    def activate(self, cpu_threads: int = 0, instance_count: int = 1) -> None:
+    def activate(self, cpu_threads: int = 0, instance_count: int = 1, cpu_lanes: int = 0) -> int:
         _npu().set_device(self.device)
+        return 1
 
     def enter_thread(self) -> None:
         _npu().set_device(self.device)

@@ -31,6 +31,7 @@ Free of torch and Triton: the model is a ModelHead (backend.runtime.head), and e
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -111,10 +112,19 @@ def _gone(request: QueuedRequest) -> bool:
 
 class MicroBatchQueue:
     """The rows of queued requests, run micro-batch by micro-batch in response-ratio order. Thread-safe:
-    any thread adds requests, one thread calls run_next()."""
+    any thread adds requests, several may call run_next() (each takes its own micro-batch)."""
 
-    def __init__(self, head: ModelHead, cheap_length: int = 0, bulk_share: float = ModelSettings.bulk_share):
+    def __init__(
+        self,
+        head: ModelHead,
+        cheap_length: int = 0,
+        bulk_share: float = ModelSettings.bulk_share,
+        lanes: int = 1,
+    ):
+        """`lanes`: threads that run micro-batches at once (backend.runtime.worker); each class's rows are
+        planned into at least that many micro-batches when there are that many rows."""
         self.head = head
+        self.lanes = max(1, lanes)
         self.priority = BulkShare(bulk_share)
         self.limits = head.limits
         self.cheap_length = cheap_length  # rows of at most this many tokens are cheap (run_next's `cheap`)
@@ -195,7 +205,7 @@ class MicroBatchQueue:
     def run_next(self, block: bool = False, cheap: bool | None = None) -> bool:
         """Run the next micro-batch (of the lane `cheap` names: True, only cheap rows; False, with a heavy
         row; None, any) and answer the requests it completes. False when there is none (with `block`, it
-        waits for one or for close()). Two threads may call it at once: each takes its own micro-batch."""
+        waits for one or for close()). Several threads may call it at once: each takes its own micro-batch."""
         with self._changed:
             if block:
                 self._changed.wait_for(
@@ -256,13 +266,18 @@ class MicroBatchQueue:
                 self._answer(request, CancelledError())
 
     def _planned(self) -> list[list[QueuedRow]]:
-        """Micro-batches of each class's rows apart (backend.runtime.priority says why)."""
+        """Micro-batches of each class's rows apart (backend.runtime.priority says why); with several
+        lanes, at most 1/lanes of a class's rows in one, so that every lane has one to run."""
         plan: list[list[QueuedRow]] = []
         for bulk in (False, True):
             rows = [row for row in self._rows if row.request.bulk == bulk]
             items = [row.item for row in rows]
+            limits = self.limits
+            if self.lanes > 1 and rows:
+                share = -(-len(rows) // self.lanes)
+                limits = dataclasses.replace(limits, max_rows=min(limits.max_rows, share))
             indices = plan_micro_batches(
-                [item.length for item in items], [item.vision_patch_count for item in items], self.limits
+                [item.length for item in items], [item.vision_patch_count for item in items], limits
             )
             plan.extend([rows[index] for index in batch] for batch in indices)
         return plan

@@ -41,6 +41,7 @@ class ModelStepStub:
             settings.bulk_share,
             settings.bulk_backlog_tokens,
             settings.expected_wait_share,
+            lanes=self.model.lanes,
         )
         triton_io.freeze_loaded_objects()
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -84,7 +86,12 @@ class StepWorker:
     as at most one token budget of heavy work is queued and not started: beyond that, requests wait in
     Triton's queue, which the preprocess steps bound (backend.backpressure; refused: UNAVAILABLE), and
     Triton batches them. So a short text beside videos waits for no video forward at all, only for
-    the share of the device the video leaves it; at most two forwards run at once."""
+    the share of the device the video leaves it.
+
+    `lanes` (the model's: on the CPU one per group of torch threads, backend.runtime.platforms; else 1):
+    execute() runs its cheap micro-batches on that many threads at once (its own and lanes - 1 helpers),
+    and that many worker threads run the heavy and bulk ones; the queue plans at least that many
+    micro-batches when it holds that many rows. So at most 2 x lanes forwards run at once."""
 
     def __init__(
         self,
@@ -95,6 +102,7 @@ class StepWorker:
         bulk_share: float = ModelSettings.bulk_share,
         bulk_backlog_tokens: int | None = None,
         expected_wait_share: float = 0.0,
+        lanes: int = 1,
     ):
         """`after_micro_batch`: called after each of the worker's micro-batches and after each submit()
         (metrics: the stubs send what they hold only when called). `bulk_share`: of the model's work
@@ -105,14 +113,28 @@ class StepWorker:
         where interactive rows overtake it. `expected_wait_share`: the preprocess steps refuse a request
         expected to wait longer than this share of the queue timeout (0: off; backend.admission)."""
         self.queue_bound = QueueBound(head.queue_timeout_seconds, publisher, wait_share=expected_wait_share)
-        self.queue = MicroBatchQueue(head, head.limits.token_budget // CHEAP_SHARE_OF_BUDGET, bulk_share)
+        self.lanes = max(1, lanes)
+        self.queue = MicroBatchQueue(
+            head, head.limits.token_budget // CHEAP_SHARE_OF_BUDGET, bulk_share, lanes=self.lanes
+        )
         self.backlog_limit = head.limits.token_budget
         self.bulk_backlog_limit = bulk_backlog_tokens
         self._enter_thread = enter_thread
         self._after_micro_batch = after_micro_batch
         self._reporting = threading.Lock()  # both threads report; the callback need not be thread-safe
-        self._thread = threading.Thread(target=self._loop, name="model-step-worker", daemon=True)
-        self._thread.start()
+        self._helpers = (
+            ThreadPoolExecutor(self.lanes - 1, "model-step-lane", initializer=enter_thread)
+            if self.lanes > 1
+            else None
+        )
+        self._threads = [
+            threading.Thread(
+                target=self._loop, name="model-step-worker" + (f"-{lane}" if lane else ""), daemon=True
+            )
+            for lane in range(self.lanes)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(
         self, requests: Sequence[StepRequest], bulk: Sequence[bool] | None = None
@@ -137,8 +159,12 @@ class StepWorker:
                 answer = self.queue_bound.answered(inputs, answer)
             self.queue.submit(owned(inputs), answer, cancelled, bulk[index])
         self.queue_bound.taken()
-        while self.queue.run_next(cheap=True):
-            pass
+        helpers = (
+            [self._helpers.submit(self._run_cheap) for _ in range(self.lanes - 1)] if self._helpers else []
+        )
+        self._run_cheap()
+        for helper in helpers:
+            helper.result()
         self._report()
         if self.queue.has_room(self.backlog_limit, self.bulk_backlog_limit):
             return answers.returned()
@@ -148,8 +174,17 @@ class StepWorker:
 
     def close(self, timeout: float = 10.0) -> None:
         self.queue.close(UnavailableError("the model step is shutting down; try again"))
-        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if self._helpers is not None:
+            self._helpers.shutdown(wait=False)
         self.queue_bound.close()
+
+    def _run_cheap(self) -> None:
+        """Run micro-batches of cheap rows until none is left (execute()'s thread and its helpers)."""
+        while self.queue.run_next(cheap=True):
+            pass
 
     def _loop(self) -> None:
         self._enter_thread()

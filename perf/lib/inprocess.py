@@ -118,7 +118,10 @@ def run(
     # The serving code compiles as it would when served (compile auto); bare-only runs compile their own.
     serving_compile = "off" if set(modes) <= {"bare"} else "auto"
     model = EmbeddingModel(
-        ModelSettings(model_path=str(model_path), device=device, dtype=dtype, compile=serving_compile)
+        # One forward at a time on every thread: the served step's lanes are the worker's, not the model's.
+        ModelSettings(
+            model_path=str(model_path), device=device, dtype=dtype, compile=serving_compile, cpu_lanes=1
+        )
     )
     model.warmup()
     result: dict = {

@@ -36,3 +36,24 @@ def test_cpu_threads_are_shared_among_instances():
         assert device.share_cpu_threads(3, 4) == 3  # an explicit number wins
     finally:
         torch.set_num_threads(before)
+
+
+def test_cpu_lanes_split_the_threads_into_forwards_that_run_at_once():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert device.cpu_lane_count(0, 1, 0) == 2  # one lane per thread
+        assert device.share_cpu_threads(0, 1, 2) == 1  # each forward on one thread
+        torch.set_num_threads(16)
+        assert device.cpu_lane_count(0, 1, 0) == device.MAX_AUTO_LANES
+        assert device.share_cpu_threads(0, 1, 4) == 4
+        torch.set_num_threads(16)
+        assert device.cpu_lane_count(0, 2, 0) == 4  # 8 threads per instance, 4 lanes of 2
+        assert device.cpu_lane_count(8, 1, 3) == 3  # an explicit number wins
+        assert device.share_cpu_threads(8, 1, 3) == 2
+        torch.set_num_threads(2)
+        assert device.cpu_lane_count(0, 2, 0) == 1  # an instance per core: one forward on its core
+        assert device.share_cpu_threads(0, 2, 1) == 1
+        assert device.Platform(torch.device("cpu")).activate(0, 1, 1) == 1
+    finally:
+        torch.set_num_threads(before)

@@ -4,6 +4,7 @@ answered, and how failures, cancellations and shutdown reach single requests."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
@@ -404,3 +405,74 @@ def test_the_preprocess_step_stamps_what_it_hands_on_and_refuses_past_the_gate(t
     assert gate.admit(2) == 1  # the good one waits; the bad one was never handed on
     publisher.close()
     gate.close()
+
+
+def test_with_two_lanes_execute_runs_two_cheap_micro_batches_at_once_and_returns_every_answer():
+    """On the CPU a model step runs one forward per lane of torch threads (backend.runtime.platforms):
+    execute() splits its cheap rows into a micro-batch per lane and runs them side by side."""
+    inside = threading.Barrier(2, timeout=10)  # passes only when two computes run at the same time
+    batches: list[list[int]] = []
+    threads: set[str] = set()
+
+    def compute(items):
+        batches.append([int(item.input_ids[0]) for item in items])
+        threads.add(threading.current_thread().name)
+        inside.wait()
+        return [np.array([item.input_ids[0]], dtype=np.float32) for item in items]
+
+    def unpack(inputs):
+        return [row(int(inputs["LENGTH"][0]), int(inputs["TAG"][0]))]
+
+    answered: list[str] = []
+
+    def request(tag):
+        inputs = {"LENGTH": np.array([20]), "TAG": np.array([tag])}
+        return inputs, lambda result: answered.append(str(tag)), lambda: False
+
+    worker = StepWorker(FunctionHead(unpack, compute, respond, LIMITS), lanes=2)
+    try:
+        results = worker.submit([request(tag) for tag in range(1, 7)])
+        assert [result["TAGS"].tolist() for result in results] == [[tag] for tag in range(1, 7)]
+        assert answered == []  # all returned by execute(), none through a sender
+        assert sorted(len(batch) for batch in batches) == [3, 3]  # 6 rows over 2 lanes
+        assert len(threads) == 2 and threading.current_thread().name in threads
+    finally:
+        worker.close()
+
+
+def test_with_two_lanes_bulk_rows_run_on_two_worker_threads_at_once():
+    inside = threading.Barrier(2, timeout=10)  # the first two computes must run at the same time
+    calls = itertools.count()
+    done = threading.Event()
+    answered: list[int] = []
+
+    def compute(items):
+        if next(calls) < 2:
+            inside.wait()
+        return [np.array([item.input_ids[0]], dtype=np.float32) for item in items]
+
+    def unpack(inputs):
+        return [row(int(inputs["LENGTH"][0]), int(inputs["TAG"][0]))]
+
+    def deliver(tag):
+        def answer(result):
+            assert not isinstance(result, Exception), result
+            answered.append(tag)
+            if len(answered) == 4:
+                done.set()
+
+        return answer
+
+    worker = StepWorker(FunctionHead(unpack, compute, respond, LIMITS), lanes=2)
+    try:
+        requests = [
+            ({"LENGTH": np.array([20]), "TAG": np.array([t])}, deliver(t), lambda: False) for t in range(4)
+        ]
+        # The worker threads run bulk rows (two at once, or the barrier breaks and they fail); what they
+        # finish before execute() returns comes back in its list, the rest through the senders.
+        for tag, result in enumerate(worker.submit(requests, bulk=[True] * 4)):
+            if result is not None:
+                deliver(tag)(result)
+        assert done.wait(10) and sorted(answered) == [0, 1, 2, 3]
+    finally:
+        worker.close()
