@@ -93,17 +93,16 @@ release_freed_memory = _Trimmer()
 
 # mallopt's parameter number for the mmap threshold (glibc's malloc.h).
 M_MMAP_THRESHOLD = -3
-# The model step's blocks from this size up are mmapped and unmapped when freed: activations, attention
-# scores, patch embeddings (all larger); the step's small Python objects stay in the heaps.
-MODEL_STEP_MMAP_THRESHOLD_BYTES = 256 * 1024
+# The model step's blocks from this size up are mmapped and unmapped when freed (fix_mmap_threshold).
+MODEL_STEP_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 # A deployment that sets the threshold itself keeps its own.
 THRESHOLD_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold")
 # mallopt's parameter number for the trim threshold. Setting the mmap threshold freezes the trim threshold at
 # glibc's 128 KiB default too (glibc grows it with the mmap threshold only while that slides), and the heap's
 # top was then given back and faulted in again all the time: a fixed 32 MiB mmap threshold made the first
 # published commit's text rate 264 -> 215 req/s (perf/results/cpu-x86_64-2c/2026-12-07/ab-quiet*). So it is
-# set where glibc's own sliding would take it (twice the largest mmap threshold): the heaps hold only blocks
-# under 256 KiB, and at most this much free at their top.
+# set where glibc's own sliding would take it (twice the largest mmap threshold): the heaps hold at most this
+# much free at their top.
 M_TRIM_THRESHOLD = -1
 MODEL_STEP_TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
 TRIM_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "glibc.malloc.trim_threshold")
@@ -113,15 +112,14 @@ def fix_mmap_threshold(threshold: int = MODEL_STEP_MMAP_THRESHOLD_BYTES) -> bool
     """Serve every block of `threshold` bytes or more with its own mmap, for good; True if set.
 
     The model step's tensors change size with every micro-batch (rows x length, images of any size). With
-    glibc's sliding threshold, the first freed large tensor raises the threshold to its size, so later
-    tensors up to 32 MB are carved from the malloc heaps, whose free space fragments: the RSS grew in steps,
-    886 -> 1,050 MiB from call 500 to 3,000 of a mixed in-process soak (+7.2 % from 1,000), as the served
-    stub did. With the threshold fixed (which also stops the sliding) each large tensor's pages go back
-    when it is freed: 559 -> 575 MiB (+1.2 % from 1,000). The price is a page fault per page of every large
-    tensor: served tiny checkpoint on 2 cores against 5f203c8 (before the fix), text 1.09x the rate at 0.95x
-    the CPU per request, images 0.84x at 1.13x (perf/results/cpu-x86_64-2c/2026-12-07/ab-quiet-trim; with
-    the trim threshold left frozen at 128 KiB text was 0.81x at 1.27x). A deployment that prefers the old
-    trade sets its own threshold."""
+    glibc's sliding threshold the heaps' free space fragmented and the RSS grew in steps; at first the
+    threshold was fixed at 256 KiB, so that every activation went back to the system when freed, at the price
+    of a page fault per page of every activation at every forward. Once oneDNN's per-shape kernels, what
+    really grew, were gone (backend.runtime.platforms), the heaps' share reaches a ceiling, so the threshold
+    is fixed where glibc's sliding ends (32 MiB) and the trim threshold at twice that, as glibc's sliding
+    would set it: the RSS over 20,000 mixed requests +5.0 % from 1k to 20k and +0.4 % in the last quarter,
+    and text and images run 1.1-1.5x the rate of the 256 KiB threshold (docs/sizing.md). A deployment that
+    prefers another trade sets its own threshold."""
     if _set_by_deployment(THRESHOLD_SETTINGS):
         return False
     libc = _glibc()
