@@ -121,7 +121,7 @@ class StepWorker:
         self.bulk_backlog_limit = bulk_backlog_tokens
         self._enter_thread = enter_thread
         self._after_micro_batch = after_micro_batch
-        self._reporting = threading.Lock()  # both threads report; the callback need not be thread-safe
+        self._reporting = threading.Lock()  # every thread reports; the callback need not be thread-safe
         self._helpers = (
             ThreadPoolExecutor(self.lanes - 1, "model-step-lane", initializer=enter_thread)
             if self.lanes > 1
