@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -87,6 +90,16 @@ def environment(values: Mapping[str, str | None]) -> Iterator[None]:
         _set_environment(saved)
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM to this process a SystemExit, so that the `finally` blocks that stop the servers it
+    started run: a tritonserver started here leads its own session, and a perf tool killed outright left it
+    running with parent 1. Only from the main thread, and only where SIGTERM still has its default action."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def start_server(
     label: str,
     model: Path,
@@ -104,6 +117,7 @@ def start_server(
     stubs run, so whose `backend` they import (default this interpreter's)."""
     from tools.triton_server import TritonServer
 
+    exit_on_sigterm()
     overrides: dict[str, str | None] = dict.fromkeys(SERVER_OVERRIDES)
     overrides.update({"MODEL_PATH": str(model), "TOKENIZERS_PARALLELISM": "false"})
     overrides.update(env or {})
