@@ -15,7 +15,16 @@ from backend.runtime.priority import BulkShare, is_bulk_parameters
 from backend.runtime.scheduler import MicroBatchQueue
 from backend.runtime.worker import StepWorker
 from tests.drivers import FunctionHead
-from tests.unit.test_scheduler import LIMITS, Recorder, drain, respond, row
+from tests.unit.test_scheduler import (
+    LIMITS,
+    Recorder,
+    drain,
+    respond,
+    row,
+    tag_outputs,
+    tagged,
+    unpack_tagged,
+)
 
 
 def test_the_bulk_mark_is_read_from_the_request_parameters_and_anything_else_is_interactive():
@@ -138,16 +147,12 @@ def test_execute_leaves_bulk_rows_to_the_worker_and_returns_at_once():
         if tag == 1:
             bulk_started.set()
             release.wait(10)
-        return [np.array([item.input_ids[0]], dtype=np.float32) for item in items]
-
-    def unpack(inputs):
-        return [row(int(inputs["LENGTH"][0]), int(inputs["TAG"][0]))]
+        return tag_outputs(items)
 
     def request(length, tag):
-        inputs = {"LENGTH": np.array([length]), "TAG": np.array([tag])}
-        return inputs, lambda result: answered.append(str(tag)), lambda: False
+        return tagged(length, tag), lambda result: answered.append(str(tag)), lambda: False
 
-    worker = StepWorker(FunctionHead(unpack, compute, respond, LIMITS))
+    worker = StepWorker(FunctionHead(unpack_tagged, compute, respond, LIMITS))
     try:
         [bulk] = worker.submit([request(12, 1)], bulk=[True])
         assert bulk is None  # answered later, through its sender
@@ -205,16 +210,12 @@ def test_bulk_rows_are_taken_in_up_to_their_own_backlog_so_that_queries_overtake
 
     def compute(items):
         release.wait(10)
-        return [np.array([item.input_ids[0]], dtype=np.float32) for item in items]
-
-    def unpack(inputs):
-        return [row(int(inputs["LENGTH"][0]), int(inputs["TAG"][0]))]
+        return tag_outputs(items)
 
     def request(length, tag):
-        inputs = {"LENGTH": np.array([length]), "TAG": np.array([tag])}
-        return inputs, lambda result: None, lambda: False
+        return tagged(length, tag), lambda result: None, lambda: False
 
-    worker = StepWorker(FunctionHead(unpack, compute, respond, LIMITS), bulk_backlog_tokens=3000)
+    worker = StepWorker(FunctionHead(unpack_tagged, compute, respond, LIMITS), bulk_backlog_tokens=3000)
     try:
         # 900 + 2 x 900 queued behind the one running: within 3,000 bulk tokens, submit() returns.
         for tag in (1, 2, 3):

@@ -36,6 +36,39 @@ def respond(rows, outputs) -> dict[str, np.ndarray]:
     }
 
 
+def tagged(length: int, tag: int) -> dict[str, np.ndarray]:
+    """One request's inputs for `unpack_tagged`: a row of `length` tokens named `tag`."""
+    return {"LENGTH": np.array([length]), "TAG": np.array([tag])}
+
+
+def unpack_tagged(inputs) -> list[PreparedItem]:
+    return [row(int(inputs["LENGTH"][0]), int(inputs["TAG"][0]))]
+
+
+def tag_outputs(items) -> list[np.ndarray]:
+    """compute()'s outputs: each row's tag."""
+    return [np.array([item.input_ids[0]], dtype=np.float32) for item in items]
+
+
+class SenderAnswers:
+    """Answers that come through response senders: each must be a result, not an error; `done` is set once
+    `expected` of them came."""
+
+    def __init__(self, expected: int):
+        self.expected = expected
+        self.names: list = []
+        self.done = threading.Event()
+
+    def sender(self, name):
+        def deliver(result):
+            assert not isinstance(result, Exception), result
+            self.names.append(name)
+            if len(self.names) == self.expected:
+                self.done.set()
+
+        return deliver
+
+
 class Recorder:
     """compute() that remembers each micro-batch's tags; answers in the order they came."""
 
@@ -175,30 +208,17 @@ def test_close_answers_queued_requests_and_refuses_new_ones():
 
 def test_the_worker_answers_from_its_thread_and_submit_waits_while_the_backlog_is_over_a_budget():
     release = threading.Event()
-    answered: list[str] = []
-    done = threading.Event()
+    answers = SenderAnswers(4)
 
     def compute(items):
         release.wait(10)
-        return [np.array([item.input_ids[0]], dtype=np.float32) for item in items]
+        return tag_outputs(items)
 
-    def answer(name):
-        def deliver(result):
-            assert not isinstance(result, Exception), result
-            answered.append(name)
-            if len(answered) == 4:
-                done.set()
-
-        return deliver
-
-    def unpack(inputs):
-        return [row(int(inputs["LENGTH"][0]), int(inputs["TAG"][0]))]
-
-    worker = StepWorker(FunctionHead(unpack, compute, respond, LIMITS))
+    worker = StepWorker(FunctionHead(unpack_tagged, compute, respond, LIMITS))
     try:
 
         def request(length, tag):
-            return ({"LENGTH": np.array([length]), "TAG": np.array([tag])}, answer(str(tag)), lambda: False)
+            return tagged(length, tag), answers.sender(str(tag)), lambda: False
 
         worker.submit([request(900, 1)])  # the worker takes it and blocks in compute
         submitter = threading.Thread(target=worker.submit, args=([request(900, 2), request(900, 3)],))
@@ -211,9 +231,9 @@ def test_the_worker_answers_from_its_thread_and_submit_waits_while_the_backlog_i
         # Returned by submit() if done before it returns, else answered through its sender.
         [result] = worker.submit([request(12, 4)])
         if result is not None:
-            answer("4")(result)
-        assert done.wait(10)
-        assert answered[0] == "1" and sorted(answered) == ["1", "2", "3", "4"]
+            answers.sender("4")(result)
+        assert answers.done.wait(10)
+        assert answers.names[0] == "1" and sorted(answers.names) == ["1", "2", "3", "4"]
     finally:
         release.set()
         worker.close()
@@ -244,18 +264,14 @@ def test_execute_runs_a_cheap_micro_batch_itself_while_the_worker_is_in_a_heavy_
         if tag == 1:
             heavy_started.set()
             release.wait(10)
-        return [np.array([item.input_ids[0]], dtype=np.float32) for item in items]
-
-    def unpack(inputs):
-        return [row(int(inputs["LENGTH"][0]), int(inputs["TAG"][0]))]
+        return tag_outputs(items)
 
     def request(length, tag):
-        inputs = {"LENGTH": np.array([length]), "TAG": np.array([tag])}
-        return inputs, lambda result: answered.append(str(tag)), lambda: False
+        return tagged(length, tag), lambda result: answered.append(str(tag)), lambda: False
 
     reports: list[int] = []
     worker = StepWorker(
-        FunctionHead(unpack, compute, respond, limits), after_micro_batch=lambda: reports.append(1)
+        FunctionHead(unpack_tagged, compute, respond, limits), after_micro_batch=lambda: reports.append(1)
     )
     try:
         worker.submit([request(900, 1)])  # 916 tokens: not cheap, the worker runs it
@@ -418,18 +434,14 @@ def test_with_two_lanes_execute_runs_two_cheap_micro_batches_at_once_and_returns
         batches.append([int(item.input_ids[0]) for item in items])
         threads.add(threading.current_thread().name)
         inside.wait()
-        return [np.array([item.input_ids[0]], dtype=np.float32) for item in items]
-
-    def unpack(inputs):
-        return [row(int(inputs["LENGTH"][0]), int(inputs["TAG"][0]))]
+        return tag_outputs(items)
 
     answered: list[str] = []
 
     def request(tag):
-        inputs = {"LENGTH": np.array([20]), "TAG": np.array([tag])}
-        return inputs, lambda result: answered.append(str(tag)), lambda: False
+        return tagged(20, tag), lambda result: answered.append(str(tag)), lambda: False
 
-    worker = StepWorker(FunctionHead(unpack, compute, respond, LIMITS), lanes=2)
+    worker = StepWorker(FunctionHead(unpack_tagged, compute, respond, LIMITS), lanes=2)
     try:
         results = worker.submit([request(tag) for tag in range(1, 7)])
         assert [result["TAGS"].tolist() for result in results] == [[tag] for tag in range(1, 7)]
@@ -443,36 +455,21 @@ def test_with_two_lanes_execute_runs_two_cheap_micro_batches_at_once_and_returns
 def test_with_two_lanes_bulk_rows_run_on_two_worker_threads_at_once():
     inside = threading.Barrier(2, timeout=10)  # the first two computes must run at the same time
     calls = itertools.count()
-    done = threading.Event()
-    answered: list[int] = []
+    answers = SenderAnswers(4)
 
     def compute(items):
         if next(calls) < 2:
             inside.wait()
-        return [np.array([item.input_ids[0]], dtype=np.float32) for item in items]
+        return tag_outputs(items)
 
-    def unpack(inputs):
-        return [row(int(inputs["LENGTH"][0]), int(inputs["TAG"][0]))]
-
-    def deliver(tag):
-        def answer(result):
-            assert not isinstance(result, Exception), result
-            answered.append(tag)
-            if len(answered) == 4:
-                done.set()
-
-        return answer
-
-    worker = StepWorker(FunctionHead(unpack, compute, respond, LIMITS), lanes=2)
+    worker = StepWorker(FunctionHead(unpack_tagged, compute, respond, LIMITS), lanes=2)
     try:
-        requests = [
-            ({"LENGTH": np.array([20]), "TAG": np.array([t])}, deliver(t), lambda: False) for t in range(4)
-        ]
+        requests = [(tagged(20, tag), answers.sender(tag), lambda: False) for tag in range(4)]
         # The worker threads run bulk rows (two at once, or the barrier breaks and they fail); what they
         # finish before execute() returns comes back in its list, the rest through the senders.
         for tag, result in enumerate(worker.submit(requests, bulk=[True] * 4)):
             if result is not None:
-                deliver(tag)(result)
-        assert done.wait(10) and sorted(answered) == [0, 1, 2, 3]
+                answers.sender(tag)(result)
+        assert answers.done.wait(10) and sorted(answers.names) == [0, 1, 2, 3]
     finally:
         worker.close()
