@@ -40,16 +40,20 @@ def npu_available() -> bool:
         return False
 
 
+def instance_cpu_threads(requested: int, instance_count: int) -> int:
+    """The CPU threads one instance of the model has: `requested`, or (0) the cores torch would use divided
+    among the model's instances."""
+    return requested or max(1, torch.get_num_threads() // max(1, instance_count))
+
+
 def share_cpu_threads(requested: int, instance_count: int, lanes: int = 1) -> int:
-    """torch's intra-op threads for one forward on the CPU: `requested` (or, 0, the cores torch would use
-    divided among the model's instances) divided among the `lanes` forwards an instance runs at once.
-    Each instance is its own process, and torch's default (all cores each) oversubscribes the CPU: two
-    instances of the tiny model on 2 cores served 43 text_200 requests/s at two threads each and 300 at
-    one each. A single instance with one lane keeps torch's default."""
-    threads = requested or (max(1, torch.get_num_threads() // instance_count) if instance_count > 1 else 0)
-    if lanes > 1:
-        threads = max(1, (threads or torch.get_num_threads()) // lanes)
-    if threads:
+    """torch's intra-op threads for one forward on the CPU: the instance's threads (instance_cpu_threads)
+    divided among the `lanes` forwards it runs at once. Each instance is its own process, and torch's
+    default (all cores each) oversubscribes the CPU: two instances of the tiny model on 2 cores served 43
+    text_200 requests/s at two threads each and 300 at one each. A single instance with one lane and no
+    requested number keeps torch's default."""
+    if requested or instance_count > 1 or lanes > 1:
+        threads = max(1, instance_cpu_threads(requested, instance_count) // lanes)
         torch.set_num_threads(threads)
         logger.info(
             "torch uses %d CPU thread(s) per forward, %d forward(s) at once, in this instance (%d in all)",
@@ -69,10 +73,7 @@ MAX_AUTO_LANES = 4
 def cpu_lane_count(requested_threads: int, instance_count: int, requested_lanes: int) -> int:
     """How many forwards one CPU instance runs at once: `requested_lanes`, or (0) one per thread it has,
     at most MAX_AUTO_LANES."""
-    if requested_lanes:
-        return requested_lanes
-    threads = requested_threads or max(1, torch.get_num_threads() // max(1, instance_count))
-    return max(1, min(MAX_AUTO_LANES, threads))
+    return requested_lanes or min(MAX_AUTO_LANES, instance_cpu_threads(requested_threads, instance_count))
 
 
 def per_shape_kernels_off() -> None:
