@@ -10,7 +10,8 @@ one (CUDA, given to the launcher with ``--tritonserver``), else the wheel's serv
 Environment (the Helm chart sets each one; defaults are ``make serve``'s):
   MODEL_REPOSITORY       repository to serve (default: the baked one)
   PIPELINES              embedding,reranker (default both)
-  MODEL_INSTANCES        model-step instances, one per device (instance k uses device k)
+  MODEL_INSTANCES        model-step instances, one per device (instance k uses device k); auto or unset:
+                         the launcher's choice (tools.repository: 2 on a CPU-only host with room for them)
   PREPROCESS_INSTANCES   preprocess processes per pipeline
   RESPONSE_CACHE         local,size=BYTES or redis,host=H,port=P (one --cache-config per key)
   REDIS_PASSWORD         appended to a redis cache config
@@ -24,11 +25,12 @@ Environment (the Helm chart sets each one; defaults are ``make serve``'s):
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from tools.repository import MODEL_INSTANCES_ENV, parse_model_instances, set_instance_count
 
 REPO = Path(__file__).resolve().parent.parent
 BAKED_REPOSITORY = REPO / "model_repository"
@@ -40,15 +42,6 @@ PIPELINE_MODELS = {
     "embedding": ("qwen3_vl_embedding", "qwen3_vl_embedding_preprocess", "qwen3_vl_embedding_model"),
     "reranker": ("qwen3_vl_reranker", "qwen3_vl_reranker_preprocess", "qwen3_vl_reranker_model"),
 }
-_INSTANCE_COUNT = re.compile(r"(instance_group\s*\[\s*\{\s*count:\s*)(\d+)")
-
-
-def set_instance_count(config: str, count: int) -> str:
-    """config.pbtxt text with its (single) instance group's count replaced."""
-    updated, replaced = _INSTANCE_COUNT.subn(lambda m: f"{m.group(1)}{count}", config)
-    if replaced != 1:
-        raise ValueError(f"expected one instance_group with a count, found {replaced}")
-    return updated
 
 
 def parse_pipelines(value: str) -> list[str]:
@@ -154,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(env.get("MODEL_REPOSITORY") or BAKED_REPOSITORY),
         Path(env.get("SERVE_DIR", "/tmp/qwen3vl")) / "model_repository",
         parse_pipelines(env.get("PIPELINES", "embedding,reranker")),
-        _optional_int(env, "MODEL_INSTANCES"),
+        parse_model_instances(env.get(MODEL_INSTANCES_ENV)) or None,  # auto: the launcher decides
         _optional_int(env, "PREPROCESS_INSTANCES"),
     )
     argv_out = command(env, extra, repository)

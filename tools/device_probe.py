@@ -21,6 +21,9 @@ import re
 import sys
 from pathlib import Path
 
+# repr() of the CPU's platform (backend.runtime.platforms.Platform), the answer for a CPU.
+CPU_PLATFORM = "Platform(cpu)"
+
 
 def _version_file() -> dict[str, str | None] | None:
     """torch's version and CUDA build from torch/version.py, or None when torch is not installed."""
@@ -54,6 +57,8 @@ def probe(device: str) -> dict[str, object]:
         return answer  # a CPU build: no CUDA device, whatever the host has
     if kind == "npu" and importlib.util.find_spec("torch_npu") is None:
         return {**answer, "error": "torch_npu is not installed"}
+    if kind == "auto" and not installed["cuda_build"] and importlib.util.find_spec("torch_npu") is None:
+        return {**answer, "platform": CPU_PLATFORM}  # what auto resolves to with neither
 
     from backend.errors import ConfigError
     from backend.runtime import platforms

@@ -22,12 +22,20 @@ import logging
 import os
 import shlex
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from tools.gateway_process import GatewayProcess
 from tools.ports import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, connect_host
 from tools.preflight import PreflightError, check_ports, run_preflight
+from tools.repository import (
+    CPU_MODEL_INSTANCES,
+    MODEL_INSTANCES_ENV,
+    parse_model_instances,
+    plan_model_instances,
+    with_model_instances,
+)
 from tools.supervisor import Supervisor
 from tools.triton_command import CPU_HOST_ERROR_LINES, HTTP_HOST, has_nvidia_gpu
 from tools.triton_install import (
@@ -94,6 +102,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--startup-timeout", type=float, default=SERVE_STARTUP_TIMEOUT_SECS)
     serve.add_argument("--log-verbose", type=int, default=0)
+    serve.add_argument(
+        "--model-instances",
+        default=os.environ.get(MODEL_INSTANCES_ENV, ""),
+        help=f"instances of each model step ({MODEL_INSTANCES_ENV}; default auto: {CPU_MODEL_INSTANCES} on a "
+        "CPU-only host with the cores and memory for them, else the repository's count, one per device)",
+    )
     serve.add_argument("--no-watchdog", action="store_true", help="do not reload models whose stub died")
     serve.add_argument(
         "--max-stub-reloads",
@@ -197,11 +211,46 @@ def serve(args: argparse.Namespace, venv: Path, passthrough: Sequence[str]) -> i
         )
         if gateway is not None and gateway.host != args.host:
             check_ports(gateway.host, gateway_ports)
-    except PreflightError as error:
+        requested = parse_model_instances(args.model_instances)
+    except (PreflightError, ValueError) as error:
         print(f"launcher: error: {error}", file=sys.stderr)
         return 2
+    with tempfile.TemporaryDirectory(prefix="qwen3vl-repository-") as scratch:
+        repository = serving_repository(
+            args.model_repository, requested, venv, _load_model_args(passthrough), Path(scratch)
+        )
+        return _serve(args, venv, passthrough, repository, gateway)
+
+
+def serving_repository(
+    repository: Path, requested: int, venv: Path, load_models: Sequence[str], scratch: Path
+) -> Path:
+    """The repository to serve: ``repository``, or a copy in ``scratch`` with the model steps' instance
+    count that MODEL_INSTANCES asks for (auto: tools.repository.plan_model_instances)."""
+    plan = plan_model_instances(repository, requested, venv_python(venv), load_models)
+    if plan.count is None:
+        logger.info("model steps: instances as configured (%s)", plan.reason)
+        return repository
+    served = with_model_instances(repository, scratch / "model_repository", plan.count, load_models)
+    logger.info(
+        "model steps: %d instance(s) each (%s; %s=N chooses)%s",
+        plan.count,
+        plan.reason,
+        MODEL_INSTANCES_ENV,
+        "" if served == repository else f", serving a copy of {repository} at {served}",
+    )
+    return served
+
+
+def _serve(
+    args: argparse.Namespace,
+    venv: Path,
+    passthrough: Sequence[str],
+    repository: Path,
+    gateway: GatewayProcess | None,
+) -> int:
     server = TritonServer(
-        args.model_repository,
+        repository,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,

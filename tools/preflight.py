@@ -95,7 +95,7 @@ def _env_for(model_name: str) -> Mapping[str, str]:
     return RERANKER_ENV if "reranker" in model_name else EMBEDDING_ENV
 
 
-def _setting(config: ModelConfig, key: str, environ: Mapping[str, str]) -> tuple[str, str]:
+def setting(config: ModelConfig, key: str, environ: Mapping[str, str]) -> tuple[str, str]:
     """(value, where it came from) for a parameter, the environment override winning as in the backend."""
     variable = _env_for(config.name).get(key)
     if variable and environ.get(variable):
@@ -103,14 +103,25 @@ def _setting(config: ModelConfig, key: str, environ: Mapping[str, str]) -> tuple
     return config.parameters.get(key, ""), f"parameter {key!r} of {config.name}/config.pbtxt"
 
 
-def check_model_path(config: ModelConfig, environ: Mapping[str, str], cwd: Path) -> None:
-    if "model_path" not in config.parameters:
-        return
-    value, source = _setting(config, "model_path", environ)
+def _model_path_setting(config: ModelConfig, environ: Mapping[str, str]) -> tuple[str, str]:
+    value, source = setting(config, "model_path", environ)
     if not value:
         default = DEFAULT_RERANKER_MODEL if "reranker" in config.name else DEFAULT_EMBEDDING_MODEL
         value, source = str(default), f"the default of {config.name} (run `make models` to build it)"
-    path = Path(value) if Path(value).is_absolute() else cwd / value
+    return value, source
+
+
+def model_path(config: ModelConfig, environ: Mapping[str, str], cwd: Path) -> Path:
+    """The checkpoint directory a model step loads: its setting (the environment first), else the default."""
+    value = _model_path_setting(config, environ)[0]
+    return Path(value) if Path(value).is_absolute() else cwd / value
+
+
+def check_model_path(config: ModelConfig, environ: Mapping[str, str], cwd: Path) -> None:
+    if "model_path" not in config.parameters:
+        return
+    value, source = _model_path_setting(config, environ)
+    path = model_path(config, environ, cwd)
     download = "huggingface-cli download Qwen/<checkpoint> --local-dir DIR"
     if not path.is_dir():
         looks_like_repo_id = not Path(value).is_absolute() and value.count("/") == 1
@@ -140,7 +151,7 @@ def requested_devices(models: Iterable[ModelConfig], environ: Mapping[str, str])
     for config in models:
         if "device" not in config.parameters:
             continue
-        value, source = _setting(config, "device", environ)
+        value, source = setting(config, "device", environ)
         if value.strip().lower() not in DEVICES_WITHOUT_PROBE:
             devices.setdefault(value.strip().lower(), source)
     return devices

@@ -3,10 +3,13 @@ free ports for a checkpoint and a model repository (the project's, or a variant 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -110,11 +113,16 @@ def start_server(
     ensembles: Sequence[str] = (ENSEMBLE,),
     venv: Path | None = None,
     ports: Sequence[int] = (),
+    model_instances: int | None = 0,
 ) -> Endpoint:
     """tritonserver on free ports (or `ports`: http, grpc, metrics) serving only `ensembles` (default the
     embedding one, each with its two steps) of `repository`. `model` is the embedding checkpoint; a
     reranker's comes in `env` (RERANKER_MODEL_PATH). `venv`: the environment whose python3 the Python
-    stubs run, so whose `backend` they import (default this interpreter's)."""
+    stubs run, so whose `backend` they import (default this interpreter's). `model_instances`: the model
+    steps' instances as `make serve` chooses them (0, auto: tools.repository), a number, or None for the
+    repository's own count."""
+    from tools.repository import plan_model_instances, with_model_instances
+    from tools.triton_install import venv_python
     from tools.triton_server import TritonServer
 
     exit_on_sigterm()
@@ -123,6 +131,17 @@ def start_server(
     overrides.update(env or {})
     started = time.monotonic()
     with environment(overrides):
+        if model_instances is not None:
+            plan = plan_model_instances(
+                Path(repository), model_instances, venv_python(Path(venv or sys.prefix)), ensembles
+            )
+            if plan.count is not None:
+                scratch = Path(tempfile.mkdtemp(prefix="qwen3vl-repository-"))
+                atexit.register(shutil.rmtree, scratch, True)
+                repository = with_model_instances(
+                    Path(repository), scratch / "model_repository", plan.count, ensembles
+                )
+                log(f"  server '{label}': model steps with {plan.count} instance(s) ({plan.reason})")
         http_port, grpc_port, metrics_port = (*ports, None, None, None)[:3]
         server = TritonServer(
             repository,

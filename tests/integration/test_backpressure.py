@@ -39,7 +39,9 @@ def test_a_full_model_queue_is_refused_at_the_preprocess_step(tmp_path, tiny_mod
     repository = variant_repository(
         tmp_path / "repository", {"qwen3_vl_embedding_preprocess": with_parameter("max_model_queue", "1")}
     )
-    endpoint = start_server("backpressure", tiny_model_path, tmp_path / "server.log", repository=repository)
+    endpoint = start_server(
+        "backpressure", tiny_model_path, tmp_path / "server.log", repository=repository, model_instances=None
+    )
     try:
         answers = asyncio.run(_burst(endpoint.grpc))
         refused = [answer for answer in answers if isinstance(answer, Exception)]
@@ -138,7 +140,9 @@ def test_saturated_requests_are_refused_by_expected_wait_well_before_the_timeout
             "qwen3_vl_embedding_preprocess": with_instance_count(1),
         },
     )
-    endpoint = start_server("refusal", tiny_model_path, tmp_path / "server.log", repository=repository)
+    endpoint = start_server(
+        "refusal", tiny_model_path, tmp_path / "server.log", repository=repository, model_instances=None
+    )
     try:
         served, refused, messages = asyncio.run(_saturate(endpoint.grpc))
     finally:

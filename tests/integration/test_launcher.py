@@ -588,6 +588,14 @@ def test_stub_dying_past_the_watchdog_limit_restarts_tritonserver(tmp_path, tiny
     try:
         assert wait_for(lambda: ready(base) == 200 and served.server_pids(), 240.0), served.text()
         assert embed(base)[0] == 200
+        # On a CPU-only host with two cores, two instances of the model step (tools.repository), served from
+        # a copy of the repository; one core (or a GPU) keeps the repository's one.
+        instances = 2 if len(os.sched_getaffinity(0)) >= 2 and not Path("/dev/nvidiactl").exists() else 1
+        config = json.loads(http("GET", f"{base}/v2/models/{model}/config")[1])
+        assert config["instance_group"][0]["count"] == instances
+        assert len(stubs_of(served.server_pids()[-1], model)) == instances
+        if instances == 2:
+            assert "model steps: 2 instance(s) each (CPU only, " in served.text()
         first = served.server_pids()[-1]
         os.kill(min(stubs_of(first, model)), signal.SIGKILL)
         reloaded = f"watchdog: model {model} serves again"
