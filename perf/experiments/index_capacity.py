@@ -44,7 +44,7 @@ from perf.lib.console import add_out_argument, code_block, command_parser, log, 
 from perf.lib.perf_analyzer import Measurement, read_csv_row, run_perf_analyzer
 from perf.lib.record import Experiment
 from perf.lib.server_stats import cpu_seconds_by_role
-from perf.lib.servers import Endpoint
+from perf.lib.servers import Endpoint, as_served
 from perf.lib.workloads import bytes_tensor, text_tensor
 from qwen3vl_client import EmbeddingClient
 from qwen3vl_client.items import Item
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         entries = write_items(folder, args.texts, args.images)
         data = scratch / "items.json"
         data.write_text(json.dumps({"data": entries}))
-        with TritonServer(REPO / "model_repository") as server:
+        with TritonServer(as_served(REPO / "model_repository")) as server:
             phases = Phases(server, args, folder, data, scratch)
             with EmbeddingClient(server.grpc_url, "grpc") as warm:
                 warm.embed(texts=[text_of(n) for n in range(64)])

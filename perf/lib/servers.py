@@ -103,6 +103,30 @@ def exit_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
 
+def as_served(
+    repository: Path,
+    load_models: Sequence[str] = (),
+    venv: Path | None = None,
+    model_instances: int = 0,
+    label: str = "server",
+) -> Path:
+    """`repository` with the model steps' instances `make serve` would give them in this environment (0,
+    auto: tools.repository) or `model_instances`: itself, or a copy in a temporary directory removed at
+    exit."""
+    from tools.repository import plan_model_instances, with_model_instances
+    from tools.triton_install import venv_python
+
+    plan = plan_model_instances(
+        repository, model_instances, venv_python(Path(venv or sys.prefix)), load_models
+    )
+    if plan.count is None:
+        return repository
+    scratch = Path(tempfile.mkdtemp(prefix="qwen3vl-repository-"))
+    atexit.register(shutil.rmtree, scratch, True)
+    log(f"  server '{label}': model steps with {plan.count} instance(s) ({plan.reason})")
+    return with_model_instances(repository, scratch / "model_repository", plan.count, load_models)
+
+
 def start_server(
     label: str,
     model: Path,
@@ -121,8 +145,6 @@ def start_server(
     stubs run, so whose `backend` they import (default this interpreter's). `model_instances`: the model
     steps' instances as `make serve` chooses them (0, auto: tools.repository), a number, or None for the
     repository's own count."""
-    from tools.repository import plan_model_instances, with_model_instances
-    from tools.triton_install import venv_python
     from tools.triton_server import TritonServer
 
     exit_on_sigterm()
@@ -132,16 +154,7 @@ def start_server(
     started = time.monotonic()
     with environment(overrides):
         if model_instances is not None:
-            plan = plan_model_instances(
-                Path(repository), model_instances, venv_python(Path(venv or sys.prefix)), ensembles
-            )
-            if plan.count is not None:
-                scratch = Path(tempfile.mkdtemp(prefix="qwen3vl-repository-"))
-                atexit.register(shutil.rmtree, scratch, True)
-                repository = with_model_instances(
-                    Path(repository), scratch / "model_repository", plan.count, ensembles
-                )
-                log(f"  server '{label}': model steps with {plan.count} instance(s) ({plan.reason})")
+            repository = as_served(Path(repository), ensembles, venv, model_instances, label)
         http_port, grpc_port, metrics_port = (*ports, None, None, None)[:3]
         server = TritonServer(
             repository,

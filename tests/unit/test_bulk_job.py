@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from qwen3vl_client.bulk import store as store_module
-from qwen3vl_client.bulk.job import EmbedOutcome, JobOptions, make_plan, progress_line, run
+from qwen3vl_client.bulk.job import CHUNKS_AT_ONCE, EmbedOutcome, JobOptions, make_plan, progress_line, run
 from qwen3vl_client.bulk.quantize import compact
 from qwen3vl_client.bulk.sources import (
     FileDigests,
@@ -40,6 +40,10 @@ class FakeEmbedder:
     def __init__(self, fail_after: int | None = None):
         self.sent: list[str] = []
         self.fail_after = fail_after
+
+    def twin(self) -> FakeEmbedder:
+        """The same server: the job embeds two chunks at once, one from another thread."""
+        return self
 
     def embed(self, items: list[Item], dimensions: int) -> EmbedOutcome:
         vectors = np.zeros((len(items), WIDTH), dtype=np.float32)
@@ -363,6 +367,13 @@ class ThreadRecordingEmbedder(FakeEmbedder):
         super().__init__(fail_after)
         self.threads: set[str] = set()
         self.closed_in: list[str] = []
+        self.twins: list[ThreadRecordingEmbedder] = []
+
+    def twin(self) -> ThreadRecordingEmbedder:
+        twin = ThreadRecordingEmbedder(self.fail_after)
+        twin.sent = self.sent  # one server
+        self.twins.append(twin)
+        return twin
 
     def embed(self, items: list[Item], dimensions: int) -> EmbedOutcome:
         self.threads.add(threading.current_thread().name)
@@ -373,12 +384,18 @@ class ThreadRecordingEmbedder(FakeEmbedder):
 
 
 @pytest.mark.parametrize("fail_after", [None, 7])
-def test_the_embedder_is_used_and_closed_in_one_thread_ahead_of_the_commits(folder, tmp_path, fail_after):
+def test_each_embedder_is_used_and_closed_in_one_thread_ahead_of_the_commits(folder, tmp_path, fail_after):
+    """Two chunks are embedded at once, by the embedder and its twin, each in a thread of its own."""
     embedder = ThreadRecordingEmbedder(fail_after)
     if fail_after is None:
         index_once(folder, tmp_path / "out", embedder=embedder)
     else:
         with pytest.raises(Killed):
             index_once(folder, tmp_path / "out", embedder=embedder)
-    assert len(embedder.threads) == 1 and embedder.threads != {threading.current_thread().name}
-    assert embedder.closed_in == list(embedder.threads)
+    assert len(embedder.twins) == CHUNKS_AT_ONCE - 1
+    threads = set()
+    for each in [embedder, *embedder.twins]:
+        assert len(each.threads) == 1 and each.threads != {threading.current_thread().name}
+        assert each.closed_in == list(each.threads)
+        threads |= each.threads
+    assert len(threads) == CHUNKS_AT_ONCE

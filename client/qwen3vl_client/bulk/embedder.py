@@ -40,6 +40,10 @@ class ClientEmbedder:
         self.clean = 0
         self.wait = 1.0
 
+    def twin(self) -> ClientEmbedder:
+        """An embedder like this one with a client of its own, for a second chunk embedded at once."""
+        return ClientEmbedder(self.make_client, self.limit, self.sleep, self.log)
+
     def close(self) -> None:
         if self.client is not None:
             self.client.close()

@@ -8,11 +8,11 @@ sent). Rows whose id left the source, or whose content changed, are dropped from
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO, TypeVar
@@ -287,16 +287,17 @@ def _load(chunk: list[Planned]) -> tuple[list[Loaded], list[ErrorRecord]]:
 def _embed_new(
     loaded: list[Loaded],
     hashes: list[str],
-    reusable: dict[str, tuple[np.ndarray, int]],
+    known: Callable[[str], bool],
     embedder: Embedder,
     options: JobOptions,
     settings: dict[str, Any],
 ) -> dict[str, Answer]:
-    """Send each content hash of the chunk that has no vector yet, once; the answers in the index's type.
-    The first answer fixes the directory's width and, for int8/uint8, its range (in ``settings``)."""
+    """Send each content hash of the chunk that is not ``known`` (has a vector, or is sent elsewhere), once;
+    the answers in the index's type. The first answer fixes the directory's width and, for int8/uint8, its
+    range (in ``settings``)."""
     first: dict[str, int] = {}
     for position, digest in enumerate(hashes):
-        if digest not in reusable and digest not in first:
+        if not known(digest) and digest not in first:
             first[digest] = position
     if not first:
         return {}
@@ -383,93 +384,160 @@ class _Embedded:
     embedded: int
 
 
+# Chunks embedded at once, each by a thread with an embedder of its own: the next chunk's requests go out
+# while the last ones of the chunk before it are answered. One chunk at a time left the server idle at each
+# chunk's end and while the next one was read.
+CHUNKS_AT_ONCE = 2
+# How long a stopped job waits for the chunks it embedded ahead (not committed: the next run sends them).
+_AHEAD_JOIN_SECONDS = 5.0
+_POLL_SECONDS = 0.1
+
+
 def _embedded_chunks(
     plan: Plan, embedder: Embedder, options: JobOptions, settings: dict[str, Any]
 ) -> Iterator[_Embedded]:
-    """Each pending chunk read, embedded and made into rows, in order. ``plan.reusable`` grows by the
-    repeated contents each chunk embedded, so that later chunks copy them."""
-    try:
-        yield from _embed_chunks(plan, embedder, options, settings)
-    finally:
-        # In the thread that used it: the HTTP client's gevent pool belongs to the thread that made it
-        # (closed from another it raised LoopExit, "this operation would block forever").
-        close = getattr(embedder, "close", None)
-        if callable(close):
-            close()
-
-
-def _embed_chunks(
-    plan: Plan, embedder: Embedder, options: JobOptions, settings: dict[str, Any]
-) -> Iterator[_Embedded]:
-    reusable = plan.reusable
-    for chunk in _chunks(plan.pending, options.rows_per_shard):
-        loaded, errors = _load(chunk)
-        chunk_usage = Usage()
-        for unread in errors:
-            chunk_usage.add(unread.modality, failed=1)
-        hashes = [item.content_hash for item in loaded]
-        chunk_started = time.monotonic()
-        answers = _embed_new(loaded, hashes, reusable, embedder, options, settings)
-        seconds = time.monotonic() - chunk_started
-        width = options.dimensions or settings.get("width") or plan.width or 0
-        rows = _chunk_rows(
-            loaded, hashes, reusable, answers, errors, chunk_usage, options.dtype, int(width), seconds
-        )
-        if rows is not None:
-            settings.setdefault("width", width)
-        for digest, (answer, tokens, _) in answers.items():
-            if answer is not None and digest in plan.repeated:
-                reusable[digest] = (answer, tokens)  # later chunks copy it
-        embedded = sum(1 for answer in answers.values() if answer[0] is not None)
-        yield _Embedded(len(chunk), rows, errors, chunk_usage, seconds, embedded)
-
-
-# How long a stopped job waits for the chunk embedded ahead (not committed: the next run sends it).
-_AHEAD_JOIN_SECONDS = 5.0
-
-
-def _one_ahead(produce: Iterator[T]) -> Iterator[T]:
-    """``produce``'s items, made by a thread one item ahead of the caller: the next chunk is embedded while
-    this one is committed (Parquet, the database), so the server is not left idle between chunks. An error
-    in the thread is raised here, after the items made before it."""
-    handoff: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
+    """Each pending chunk read, embedded and made into rows, in order, while the commits of the chunks
+    before it run: CHUNKS_AT_ONCE threads embed, each with its own embedder (``embedder`` and, when it has
+    ``twin()``, its twins; one thread without), at most one chunk ahead of those committed each. A content
+    repeated in the plan is sent by the first chunk that holds it; later chunks make their rows after the
+    chunk before them has and copy it from ``plan.reusable`` (or send it after all, where it failed there).
+    An error in a thread is raised here, after the chunks made before it."""
+    chunks = list(_chunks(plan.pending, options.rows_per_shard))
+    first_chunk: dict[str, int] = {}
+    for number, chunk in enumerate(chunks):
+        for entry in chunk:
+            if entry.content_hash is not None and entry.content_hash in plan.repeated:
+                first_chunk.setdefault(entry.content_hash, number)
+    twin = getattr(embedder, "twin", None)
+    embedders = [embedder] + ([twin() for _ in range(CHUNKS_AT_ONCE - 1)] if callable(twin) else [])
+    results: list[Future[_Made]] = [Future() for _ in chunks]
+    ahead = threading.Semaphore(2 * len(embedders))  # chunks started and not yet committed
     stop = threading.Event()
 
-    def put(entry: tuple[bool, Any]) -> bool:
-        while not stop.is_set():
-            try:
-                handoff.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run() -> None:
+    def work(lane: int) -> None:
+        mine = embedders[lane]
         try:
-            for item in produce:
-                if not put((True, item)):
+            for number in range(lane, len(chunks), len(embedders)):
+                while not ahead.acquire(timeout=_POLL_SECONDS):
+                    if stop.is_set():
+                        return
+                previous = results[number - 1] if number else None
+                try:
+                    made = _embed_chunk(
+                        number,
+                        chunks[number],
+                        plan,
+                        first_chunk,
+                        previous,
+                        stop,
+                        mine,
+                        options,
+                        dict(settings),
+                    )
+                except BaseException as error:  # raised in the caller's thread, in order
+                    results[number].set_exception(error)
                     return
-            put((False, None))
-        except BaseException as error:  # raised in the caller's thread
-            put((False, error))
+                if made is None:  # stopped, or an earlier chunk failed (raised there)
+                    return
+                results[number].set_result(made)
         finally:
-            close = getattr(produce, "close", None)
+            # In the thread that used it: the HTTP client's gevent pool belongs to the thread that made it
+            # (closed from another it raised LoopExit, "this operation would block forever").
+            close = getattr(mine, "close", None)
             if callable(close):
-                close()  # a generator's own cleanup runs in this thread, stopped early or not
+                close()
 
-    thread = threading.Thread(target=run, name="bulk-embed-ahead", daemon=True)
-    thread.start()
+    threads = [
+        threading.Thread(target=work, args=(lane,), name=f"bulk-embed-{lane}", daemon=True)
+        for lane in range(len(embedders))
+    ]
+    for thread in threads:
+        thread.start()
     try:
-        while True:
-            more, value = handoff.get()
-            if not more:
-                if value is not None:
-                    raise value
-                return
-            yield value
+        for result in results:
+            made = result.result()
+            for key, value in made.settings.items():  # the width and range the first answers fixed
+                if settings.get(key) is None:
+                    settings[key] = value
+            yield made.embedded
+            ahead.release()
     finally:
         stop.set()
-        thread.join(_AHEAD_JOIN_SECONDS)
+        for thread in threads:
+            thread.join(_AHEAD_JOIN_SECONDS)
+
+
+@dataclass
+class _Made:
+    embedded: _Embedded
+    settings: dict[str, Any]  # what the chunk's answers fixed (width, int8 range)
+    ended: float  # when its requests were answered (time.monotonic)
+
+
+def _settled(previous: Future[_Made] | None, stop: threading.Event) -> bool:
+    """Wait for the chunk before (None: there is none); False when it failed or the job stopped."""
+    if previous is None:
+        return True
+    while not previous.done():
+        if stop.is_set():
+            return False
+        wait([previous], timeout=_POLL_SECONDS)
+    return previous.exception() is None
+
+
+def _embed_chunk(
+    number: int,
+    chunk: list[Planned],
+    plan: Plan,
+    first_chunk: dict[str, int],
+    previous: Future[_Made] | None,
+    stop: threading.Event,
+    embedder: Embedder,
+    options: JobOptions,
+    settings: dict[str, Any],
+) -> _Made | None:
+    """One chunk: read, send what no chunk before it sends, wait for the chunk before it, copy or send the
+    rest, make the rows, and offer its repeated contents to the chunks after it. ``settings``: a copy of
+    the directory's; what the chunk's answers fixed in it is returned."""
+    reusable = plan.reusable
+    loaded, errors = _load(chunk)
+    chunk_usage = Usage()
+    for unread in errors:
+        chunk_usage.add(unread.modality, failed=1)
+    hashes = [item.content_hash for item in loaded]
+    earlier = {digest for digest in hashes if first_chunk.get(digest, number) < number}
+    started = time.monotonic()
+    answers = _embed_new(
+        loaded, hashes, lambda digest: digest in reusable or digest in earlier, embedder, options, settings
+    )
+    ended = time.monotonic()
+    if not _settled(previous, stop):
+        return None
+    # The time only this chunk was being embedded: the chunk before it had the part they shared.
+    seconds = max(0.0, ended - max(started, previous.result().ended if previous is not None else 0.0))
+    # Sent by an earlier chunk but not embedded there (the item failed): sent again, as it always was.
+    started = time.monotonic()
+    answers.update(
+        _embed_new(
+            loaded,
+            hashes,
+            lambda digest: digest in reusable or digest in answers,
+            embedder,
+            options,
+            settings,
+        )
+    )
+    seconds += time.monotonic() - started
+    width = options.dimensions or settings.get("width") or plan.width or 0
+    rows = _chunk_rows(
+        loaded, hashes, reusable, answers, errors, chunk_usage, options.dtype, int(width), seconds
+    )
+    fixed = {} if rows is None else {"width": width, **{k: v for k, v in settings.items() if k == "range"}}
+    for digest, (answer, tokens, _) in answers.items():
+        if answer is not None and digest in plan.repeated:
+            reusable[digest] = (answer, tokens)  # later chunks copy it
+    embedded = sum(1 for answer in answers.values() if answer[0] is not None)
+    return _Made(_Embedded(len(chunk), rows, errors, chunk_usage, seconds, embedded), fixed, ended)
 
 
 def run(
@@ -486,6 +554,7 @@ def run(
     used and closed (when it has ``close``) in the thread that embeds."""
     manifest = store.manifest
     assert manifest is not None
+    store.load_writer()
     started = time.monotonic()
     if plan.drops or plan.drop_errors:
         for name, kept in store.rows(only=plan.drops):
@@ -495,7 +564,7 @@ def run(
         mirror.reconcile((rows for _, rows in store.rows()), manifest.settings)
     usage = Usage()
     embedded_total = 0
-    for done in _one_ahead(_embedded_chunks(plan, embedder, options, manifest.settings)):
+    for done in _embedded_chunks(plan, embedder, options, manifest.settings):
         store.commit(done.rows, done.errors, done.usage.as_dict(), done.seconds, done.embedded)
         if mirror is not None and done.rows is not None:
             mirror.add(done.rows, manifest.settings)
