@@ -4,7 +4,10 @@ tree's, alternately, and the throughput ratio working tree ÷ REF with its sprea
 Benchmarks elsewhere compare ratios within one commit, so a slowdown that lands with a change goes unnoticed
 (issue 22: the same load against ed6213f and a later main gave 161.6 vs 145.8 and 171.6 vs 100.9 infer/s).
 Here both trees run in one session with the same tritonserver, checkpoint, data, ports and perf_analyzer
-options; only the project's code differs (backend/, model_repository/, the Python the stubs import).
+options; only the project's code differs (backend/, model_repository/, the Python the stubs import). Each
+tree is served as its own `make serve` would on this host: with the model steps' instance count that its
+tools/repository.py chooses (two on a CPU-only host), or, for a tree from before that choice, its repository
+as it is (one).
 
 REF is exported (``git archive``, no entry in the repository's worktree list) into
 ``build/perf-ab/<sha12>/`` and given a venv of its own: a hard-linked copy of this checkout's ``.venv`` with
@@ -74,6 +77,12 @@ class Side:
     @property
     def repository(self) -> Path:
         return self.root / "model_repository"
+
+    @property
+    def model_instances(self) -> int | None:
+        """Served as that tree's `make serve` serves it: the model steps' instances chosen for this host
+        (0, auto: tools/repository.py) where the tree has that choice, else its repository as it is."""
+        return 0 if (self.root / "tools" / "repository.py").exists() else None
 
 
 @dataclass
@@ -326,6 +335,7 @@ def measure_side(
             ensembles=ensembles,
             venv=side.venv,
             ports=ports,
+            model_instances=side.model_instances,
         )
     pgid = getattr(endpoint.server, "pid", 0)  # tritonserver leads its own session: its group's CPU
     runs = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from perf.ab import REF, WORK, Run, alternation_order, parse_args, point_results, ratio_spread
+from perf.ab import REF, WORK, Run, Side, alternation_order, parse_args, point_results, ratio_spread
 
 
 def test_order_flips_every_alternation():
@@ -70,3 +70,13 @@ def test_defaults_are_one_short_point_three_times():
 def test_bad_arguments_are_refused(argv):
     with pytest.raises(SystemExit):
         parse_args(argv)
+
+
+def test_each_tree_is_served_with_the_instances_its_own_make_serve_chooses(tmp_path):
+    """A tree with tools/repository.py gets its CPU-host choice (0, auto); an older one its repository as it
+    is (None), as its `make serve` served it."""
+    side = Side("ref", "abc", tmp_path, tmp_path / ".venv")
+    assert side.model_instances is None
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "repository.py").write_text("")
+    assert side.model_instances == 0
