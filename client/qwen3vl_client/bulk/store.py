@@ -247,9 +247,12 @@ class Store:
 
     @staticmethod
     def load_writer() -> None:
-        """Import the Parquet writer (pyarrow: ~0.7 s of CPU) now: imported by the first commit, it held up
-        the job for that long while the server waited for the next chunk."""
+        """Import the Parquet writer now, and what pyarrow imports at its first array (pandas, when it is
+        installed): ~1 s of CPU on this 2-core host that the first commit paid while the server waited."""
+        import pyarrow as pa
         import pyarrow.parquet  # noqa: F401
+
+        pa.array([0])
 
     def open(self, settings: dict[str, Any], create: bool = True) -> Manifest | None:
         """Load (or, with ``create``, start) this worker's manifest and clear what a killed run left.
