@@ -398,10 +398,10 @@ def _embedded_chunks(
 ) -> Iterator[_Embedded]:
     """Each pending chunk read, embedded and made into rows, in order, while the commits of the chunks
     before it run: CHUNKS_AT_ONCE threads embed, each with its own embedder (``embedder`` and, when it has
-    ``twin()``, its twins; one thread without), at most one chunk ahead of those committed each. A content
-    repeated in the plan is sent by the first chunk that holds it; later chunks make their rows after the
-    chunk before them has and copy it from ``plan.reusable`` (or send it after all, where it failed there).
-    An error in a thread is raised here, after the chunks made before it."""
+    ``twin()``, its twins; one thread without), at most two chunks each started and not yet committed.
+    A content repeated in the plan is sent by the first chunk that holds it; later chunks make their rows
+    after the chunk before them has and copy it from ``plan.reusable`` (or send it after all, where it
+    failed there). An error in a thread is raised here, after the chunks made before it."""
     chunks = list(_chunks(plan.pending, options.rows_per_shard))
     first_chunk: dict[str, int] = {}
     for number, chunk in enumerate(chunks):
