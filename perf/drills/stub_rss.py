@@ -83,10 +83,16 @@ def request_pool(seed: int, size: int = POOL) -> list[tuple[str, dict[str, np.nd
 
 
 def stub_memory(server_pid: int) -> dict[str, float]:
-    """RSS (MiB) of each stub by model name (one instance each in model_repository/)."""
-    return {
-        model: rss_mib(pid) for pid, model in sorted(live_stubs(server_pid).items(), key=lambda kv: kv[1])
-    }
+    """RSS (MiB) of each stub by model name; a model's second and later instances (the model steps run two
+    on a CPU-only host: tools/repository.py) as `name#2`, ... in pid order, so the first keeps the name."""
+    memory: dict[str, float] = {}
+    for pid, model in sorted(live_stubs(server_pid).items(), key=lambda kv: (kv[1], kv[0])):
+        key, number = model, 1
+        while key in memory:
+            number += 1
+            key = f"{model}#{number}"
+        memory[key] = rss_mib(pid)
+    return memory
 
 
 async def soak(grpc_url: str, server_pid: int, total: int, seed: int) -> dict:
