@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TextIO, TypeVar
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 
@@ -26,8 +26,6 @@ from qwen3vl_client.bulk.vectordb import Mirror
 from qwen3vl_client.items import Item
 
 DEFAULT_ROWS_PER_SHARD = 512
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -532,7 +530,7 @@ def _embed_chunk(
     rows = _chunk_rows(
         loaded, hashes, reusable, answers, errors, chunk_usage, options.dtype, int(width), seconds
     )
-    fixed = {} if rows is None else {"width": width, **{k: v for k, v in settings.items() if k == "range"}}
+    fixed = {} if rows is None else {"width": width, "range": settings.get("range")}
     for digest, (answer, tokens, _) in answers.items():
         if answer is not None and digest in plan.repeated:
             reusable[digest] = (answer, tokens)  # later chunks copy it
