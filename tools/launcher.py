@@ -33,8 +33,7 @@ from tools.repository import (
     CPU_MODEL_INSTANCES,
     MODEL_INSTANCES_ENV,
     parse_model_instances,
-    plan_model_instances,
-    with_model_instances,
+    serving_repository,
 )
 from tools.supervisor import Supervisor
 from tools.triton_command import CPU_HOST_ERROR_LINES, HTTP_HOST, has_nvidia_gpu
@@ -216,30 +215,22 @@ def serve(args: argparse.Namespace, venv: Path, passthrough: Sequence[str]) -> i
         print(f"launcher: error: {error}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="qwen3vl-repository-") as scratch:
-        repository = serving_repository(
-            args.model_repository, requested, venv, _load_model_args(passthrough), Path(scratch)
+        repository, plan = serving_repository(
+            args.model_repository, requested, venv_python(venv), _load_model_args(passthrough), Path(scratch)
         )
+        if plan.count is None:
+            logger.info("model steps: instances as configured (%s)", plan.reason)
+        else:
+            logger.info(
+                "model steps: %d instance(s) each (%s; %s=N chooses)%s",
+                plan.count,
+                plan.reason,
+                MODEL_INSTANCES_ENV,
+                ""
+                if repository == args.model_repository
+                else f", serving a copy of {args.model_repository} at {repository}",
+            )
         return _serve(args, venv, passthrough, repository, gateway)
-
-
-def serving_repository(
-    repository: Path, requested: int, venv: Path, load_models: Sequence[str], scratch: Path
-) -> Path:
-    """The repository to serve: ``repository``, or a copy in ``scratch`` with the model steps' instance
-    count that MODEL_INSTANCES asks for (auto: tools.repository.plan_model_instances)."""
-    plan = plan_model_instances(repository, requested, venv_python(venv), load_models)
-    if plan.count is None:
-        logger.info("model steps: instances as configured (%s)", plan.reason)
-        return repository
-    served = with_model_instances(repository, scratch / "model_repository", plan.count, load_models)
-    logger.info(
-        "model steps: %d instance(s) each (%s; %s=N chooses)%s",
-        plan.count,
-        plan.reason,
-        MODEL_INSTANCES_ENV,
-        "" if served == repository else f", serving a copy of {repository} at {served}",
-    )
-    return served
 
 
 def _serve(

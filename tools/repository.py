@@ -168,3 +168,15 @@ def with_model_instances(source: Path, dest: Path, count: int, load_models: Sequ
         config = dest / name / "config.pbtxt"
         config.write_text(set_instance_count(config.read_text(), count))
     return dest
+
+
+def serving_repository(
+    repository: Path, requested: int, python: Path, load_models: Sequence[str], scratch: Path
+) -> tuple[Path, InstancePlan]:
+    """The repository a server of ``load_models`` serves, and the plan behind it: ``repository`` itself, or
+    a copy at ``scratch``/model_repository with the model steps' count that ``plan_model_instances`` chose
+    (``requested``: a number, or 0 for auto; ``python``: the stubs' interpreter, for the device probe)."""
+    plan = plan_model_instances(repository, requested, python, load_models)
+    if plan.count is None:
+        return repository, plan
+    return with_model_instances(repository, scratch / "model_repository", plan.count, load_models), plan

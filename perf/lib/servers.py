@@ -113,18 +113,16 @@ def as_served(
     """`repository` with the model steps' instances `make serve` would give them in this environment (0,
     auto: tools.repository) or `model_instances`: itself, or a copy in a temporary directory removed at
     exit."""
-    from tools.repository import plan_model_instances, with_model_instances
+    from tools.repository import serving_repository
     from tools.triton_install import venv_python
 
-    plan = plan_model_instances(
-        repository, model_instances, venv_python(Path(venv or sys.prefix)), load_models
-    )
-    if plan.count is None:
-        return repository
     scratch = Path(tempfile.mkdtemp(prefix="qwen3vl-repository-"))
     atexit.register(shutil.rmtree, scratch, True)
-    log(f"  server '{label}': model steps with {plan.count} instance(s) ({plan.reason})")
-    return with_model_instances(repository, scratch / "model_repository", plan.count, load_models)
+    python = venv_python(Path(venv or sys.prefix))
+    served, plan = serving_repository(repository, model_instances, python, load_models, scratch)
+    if plan.count is not None:
+        log(f"  server '{label}': model steps with {plan.count} instance(s) ({plan.reason})")
+    return served
 
 
 def start_server(
